@@ -1,0 +1,103 @@
+"""What the supervisor offers to its front ends (the control API, the CLI's daemon mode, tests).
+
+The daemon's :class:`~supervisor.daemon.Supervisor` implements :class:`SupervisorFacade`; the
+REST app is written against this protocol only, so it can be exercised against the real
+supervisor in integration tests and against a small in-memory implementation in fast tests.
+Values crossing this boundary are frozen attrs values with JSON-friendly fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+from supervisor.model import Domain, Network
+
+if TYPE_CHECKING:
+    from supervisor.bus import Bus
+
+
+@attrs.frozen
+class DomainStatus:
+    """One row of ``vsv list``: a domain's identity and its libvirt state with the reason."""
+
+    name: str
+    id: int | None
+    uuid: str | None
+    type: str
+    state: str  # libvirt state name: RUNNING, PAUSED, SHUTDOWN, SHUTOFF, CRASHED
+    reason: str  # libvirt reason name: BOOTED, USER, SHUTDOWN, DESTROYED, CRASHED, FAILED...
+    autostart: bool
+    init_pid: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+
+
+@attrs.frozen
+class NetworkStatus:
+    """One row of ``vsv net-list``."""
+
+    name: str
+    uuid: str | None
+    active: bool
+    autostart: bool
+    bridge: str | None
+
+
+@attrs.frozen
+class Lease:
+    """A DHCP lease or static allocation on a network, as ``net-dhcp-leases`` shows it."""
+
+    network: str
+    mac: str
+    ip: str
+    prefix: int
+    hostname: str | None
+    expiry: float | None
+    domain: str | None = None
+
+
+class SupervisorFacade(Protocol):
+    """The operations of a running supervisor.
+
+    Every mutating call raises a subclass of :class:`supervisor.errors.VsvError` on refusal:
+    NotFound (no such name), ConflictError (duplicate name/uuid/id/address), InvalidOperation
+    (wrong state), InvalidDocument (bad definition), RuntimeFailure (the kernel said no).
+    """
+
+    @property
+    def bus(self) -> Bus: ...
+
+    # domains
+    def list_domains(self) -> list[DomainStatus]: ...
+    def domain_status(self, name: str) -> DomainStatus: ...
+    def get_domain(self, name: str) -> Domain: ...
+    async def define_domain(self, domain: Domain) -> Domain: ...
+    async def undefine_domain(self, name: str) -> None: ...
+    async def start_domain(self, name: str) -> DomainStatus: ...
+    async def shutdown_domain(self, name: str, *, timeout: float | None = None) -> None: ...
+    async def destroy_domain(self, name: str) -> None: ...
+    async def reboot_domain(self, name: str) -> None: ...
+    async def suspend_domain(self, name: str) -> None: ...
+    async def resume_domain(self, name: str) -> None: ...
+    async def set_autostart(self, name: str, autostart: bool) -> None: ...
+
+    # scheduler
+    def schedinfo(self, name: str) -> Mapping[str, object]: ...
+    async def set_schedinfo(
+        self, name: str, params: Mapping[str, str], *, live: bool, config: bool
+    ) -> Mapping[str, object]: ...
+
+    # networks
+    def list_networks(self) -> list[NetworkStatus]: ...
+    def get_network(self, name: str) -> Network: ...
+    async def define_network(self, network: Network) -> Network: ...
+    async def undefine_network(self, name: str) -> None: ...
+    async def start_network(self, name: str) -> None: ...
+    async def destroy_network(self, name: str) -> None: ...
+    def network_leases(self, name: str) -> list[Lease]: ...
+
+    # the supervisor itself
+    def statistics(self) -> Mapping[str, object]: ...
