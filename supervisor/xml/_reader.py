@@ -1,0 +1,295 @@
+"""Safe parsing and the small helpers shared by the domain and network codecs.
+
+Why a module of its own: every document the supervisor reads may be hostile (it comes from a user
+or over the API), so there is exactly one way to turn bytes into an lxml tree, and it refuses
+DTDs, entities, network and file access, oversized and overly deep documents before any codec
+looks at the tree. The :class:`Reader` collects every problem with its line instead of stopping
+at the first one, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from lxml import etree
+
+from supervisor.errors import InvalidDocument
+from supervisor.validate import Key, Problem
+
+#: Documents larger than this are refused before parsing (a domain is a few KiB).
+MAX_DOCUMENT_BYTES: Final = 1024 * 1024
+#: libxml2's own nesting limit without XML_PARSE_HUGE; our formats need fewer than 10 levels.
+MAX_DEPTH: Final = 256
+
+VSV_NS: Final = "https://vsupervisor.dev/xmlns/domain/1"
+VSV_PREFIX: Final = "vsv"
+
+_INT = re.compile(r"\s*-?[0-9]+\s*")
+_local = threading.local()
+
+
+def _parser(for_text: bool) -> etree.XMLParser:
+    """A hardened parser, one per thread (lxml parsers must not be shared across threads)."""
+    attr = "text_parser" if for_text else "bytes_parser"
+    parser: etree.XMLParser | None = getattr(_local, attr, None)
+    if parser is None:
+        parser = etree.XMLParser(
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_comments=False,
+            remove_pis=False,
+            # A str is already decoded: ignore whatever its XML declaration claims.
+            encoding="utf-8" if for_text else None,
+        )
+        setattr(_local, attr, parser)
+    return parser
+
+
+def location(path: str | None, line: int | None) -> str:
+    """``PATH:LINE`` (or the parts that are known) for the start of a message."""
+    where = path if path is not None else ""
+    if line is not None:
+        where = f"{where}:{line}" if where else str(line)
+    return where or "<document>"
+
+
+def safe_parse(
+    data: bytes | str, *, path: str | None, max_bytes: int = MAX_DOCUMENT_BYTES
+) -> etree._Element:
+    """Parse ``data`` into a root element, refusing anything an attacker could abuse."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if len(raw) > max_bytes:
+        raise InvalidDocument(
+            [
+                f"{location(path, None)}: document: size {len(raw)} bytes is too large: "
+                f"allowed at most {max_bytes} bytes"
+            ]
+        )
+    if b"<!DOCTYPE" in raw or b"<!doctype" in raw:
+        raise InvalidDocument([_doctype_message(path, raw.count(b"\n", 0, raw.find(b"<!")) + 1)])
+    try:
+        root = etree.fromstring(raw, _parser(isinstance(data, str)))
+    except etree.XMLSyntaxError as exc:
+        message = str(exc.msg) if exc.msg else str(exc)
+        if "depth" in message.lower():
+            message = (
+                f"document: nesting is too deep: allowed at most {MAX_DEPTH} levels of elements"
+            )
+        else:
+            message = f"document: not well-formed XML: {message}"
+        raise InvalidDocument([f"{location(path, exc.lineno)}: {message}"]) from None
+    except ValueError as exc:  # e.g. a document lxml cannot decode
+        raise InvalidDocument([f"{location(path, None)}: document: {exc}"]) from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise InvalidDocument([_doctype_message(path, 1)])
+    return root
+
+
+def _doctype_message(path: str | None, line: int) -> str:
+    return (
+        f"{location(path, line)}: document: a <!DOCTYPE> is not accepted "
+        "(no DTDs or entities are ever loaded): allowed a plain XML document"
+    )
+
+
+class Reader:
+    """Reads one document: collects problems with lines and remembers where each model key was."""
+
+    __slots__ = ("lines", "path", "problems", "root_line", "wheres")
+
+    def __init__(self, path: str | None, root_line: int) -> None:
+        self.path = path
+        self.root_line = root_line
+        self.problems: list[tuple[int, str]] = []
+        self.lines: dict[Key, int] = {}
+        self.wheres: set[str] = set()
+
+    # -- problems -------------------------------------------------------------------------
+
+    def error(self, line: int | None, where: str, message: str) -> None:
+        self.wheres.add(where)
+        self.problems.append((line or self.root_line, f"{where}: {message}"))
+
+    def bad_value(
+        self, el: etree._Element, where: str, value: object, what: str, allowed: str
+    ) -> None:
+        self.error(el.sourceline, where, f"value '{value}' {what}: allowed {allowed}")
+
+    def line_of(self, key: Key) -> int:
+        """The line of the element a model key came from (or of its nearest parent)."""
+        lines = self.lines
+        while key:
+            line = lines.get(key)
+            if line is not None:
+                return line
+            key = key[:-1]
+        return self.root_line
+
+    def add_model_problems(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            if p.where in self.wheres:
+                continue  # already reported while reading, with a more precise message
+            self.problems.append((self.line_of(p.key), f"{p.where}: {p.message}"))
+
+    def raise_if_problems(self) -> None:
+        if self.problems:
+            self.problems.sort(key=lambda item: item[0])
+            raise InvalidDocument(
+                [f"{location(self.path, line)}: {msg}" for line, msg in self.problems]
+            )
+
+    # -- structure ------------------------------------------------------------------------
+
+    def children(self, el: etree._Element, where: str) -> Iterator[etree._Element]:
+        """Element children; comments and PIs are skipped, stray text is a problem."""
+        if el.text is not None and el.text.strip():
+            self.error(el.sourceline, where, f"unexpected text '{el.text.strip()[:40]}'")
+        for child in el:
+            tail = child.tail
+            if tail is not None and tail.strip():
+                self.error(child.sourceline, where, f"unexpected text '{tail.strip()[:40]}'")
+            if isinstance(child.tag, str):
+                yield child
+
+    def unsupported(self, el: etree._Element, where: str, allowed: Iterable[str]) -> None:
+        tag = tag_name(el)
+        self.error(
+            el.sourceline,
+            f"{where}/{tag}" if where else tag,
+            f"unsupported element <{tag}>: allowed "
+            + ", ".join(f"<{a}>" for a in allowed),
+        )
+
+    def attrs(self, el: etree._Element, where: str, allowed: frozenset[str]) -> None:
+        """Report attributes the codec would otherwise silently drop."""
+        for name in el.attrib:
+            if name not in allowed:
+                self.error(
+                    el.sourceline,
+                    f"{where}/@{name}",
+                    f"unsupported attribute '{name}': allowed "
+                    + (", ".join(sorted(allowed)) or "none"),
+                )
+
+    def duplicate(self, el: etree._Element, where: str) -> None:
+        self.error(el.sourceline, where, f"element <{tag_name(el)}> is given twice: allowed once")
+
+    # -- values ---------------------------------------------------------------------------
+
+    def text(self, el: etree._Element, where: str) -> str:
+        """The text of a leaf element (children are a problem)."""
+        for child in el:
+            if isinstance(child.tag, str):
+                self.error(child.sourceline, f"{where}/{tag_name(child)}", "unexpected element")
+        return el.text or ""
+
+    def required(self, el: etree._Element, where: str, name: str) -> str | None:
+        value = el.get(name)
+        if value is None:
+            self.error(el.sourceline, f"{where}/@{name}", "required attribute is missing")
+        return value
+
+    def integer(
+        self, el: etree._Element, where: str, value: str | None, lo: int | None = None
+    ) -> int | None:
+        """An integer (decimal digits only, unlike int()); out-of-range is reported here."""
+        if value is None:
+            return None
+        if not _INT.fullmatch(value):
+            self.bad_value(el, where, value, "is not an integer", "decimal digits")
+            return None
+        number = int(value)
+        if lo is not None and number < lo:
+            self.bad_value(el, where, value, "is out of range", f"{lo} or more")
+            return None
+        return number
+
+    def int_attr(
+        self, el: etree._Element, where: str, name: str, lo: int | None = None
+    ) -> int | None:
+        return self.integer(el, f"{where}/@{name}", el.get(name), lo)
+
+    def choice(
+        self, el: etree._Element, where: str, value: str | None, allowed: dict[str, object]
+    ) -> object:
+        if value is None:
+            return None
+        if value not in allowed:
+            self.bad_value(el, where, value, "is not supported", ", ".join(allowed))
+            return None
+        return allowed[value]
+
+
+_YES_NO: Final[dict[str, object]] = {"yes": True, "no": False}
+_ON_OFF: Final[dict[str, object]] = {"on": True, "off": False}
+YES_NO = _YES_NO
+ON_OFF = _ON_OFF
+
+
+def tag_name(el: etree._Element) -> str:
+    """The element's name as a user wrote it (prefix:name for namespaced elements)."""
+    qname = etree.QName(el)
+    if qname.namespace is None:
+        return qname.localname
+    prefix = el.prefix
+    return f"{prefix}:{qname.localname}" if prefix else f"{{{qname.namespace}}}{qname.localname}"
+
+
+def serialize_foreign(el: etree._Element) -> str:
+    """A foreign metadata element as a self-contained string (only the namespaces it uses)."""
+    clone = copy.deepcopy(el)
+    clone.tail = None
+    etree.cleanup_namespaces(clone)
+    return etree.tostring(clone, encoding="unicode", with_tail=False)
+
+
+def parse_foreign(text: str) -> etree._Element:
+    """The inverse of :func:`serialize_foreign` (hardened parser, no DOCTYPE)."""
+    return safe_parse(text, path=None)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def sub(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    el = etree.SubElement(parent, tag, attrib)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def finish(root: etree._Element, metadata: etree._Element | None, foreign: Iterable[str]) -> str:
+    """Indent with two spaces and serialize; foreign metadata goes in after indenting.
+
+    Why after: :func:`etree.indent` would rewrite whitespace inside foreign content, and that
+    content must come back exactly as it was read.
+    """
+    etree.indent(root, space="  ")
+    if metadata is not None:
+        items = list(foreign)
+        if items:
+            depth = 1
+            inner = "\n" + "  " * (depth + 1)
+            outer = "\n" + "  " * depth
+            if len(metadata):
+                metadata[-1].tail = inner
+            else:
+                metadata.text = inner
+            for i, text in enumerate(items):
+                el = parse_foreign(text)
+                el.tail = inner if i < len(items) - 1 else outer
+                metadata.append(el)
+    return etree.tostring(root, encoding="unicode") + "\n"
+
+
+def vsv(tag: str) -> str:
+    """Clark name of an element in the vsupervisor metadata namespace."""
+    return f"{{{VSV_NS}}}{tag}"

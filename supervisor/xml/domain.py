@@ -1,0 +1,913 @@
+"""Domain XML: both dialects (libvirt's ``type='lxc'`` and the 2007 RFC's ``type='vserver'``).
+
+Theory: the two dialects share every element libvirt defines; the vserver dialect adds a
+top-level ``<scheduler>`` (the token bucket) and ``<interface type='vserver'>`` (IP isolation).
+Settings libvirt has no element for (host name, pids limit, autostart, and the token bucket in an
+lxc document) live under ``<metadata>`` in the ``vsv`` namespace, which libvirt's schema allows, so
+an lxc document the supervisor writes still validates against libvirt's ``domain.rng``.
+
+Reading never drops anything silently: an element or attribute the model cannot hold is reported.
+The only exceptions are things that carry no information for a container (``<console
+type='pty'>``, ``<os><type arch=...>``, ``<vcpu placement='static'>``, ``accessmode='passthrough'``),
+which ``virsh dumpxml`` writes and which the supervisor accepts and does not write back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Final, Literal, cast
+
+from lxml import etree
+
+from supervisor.model import (
+    Capabilities,
+    CapsPolicy,
+    CpuBucket,
+    CpuTune,
+    Domain,
+    Filesystem,
+    IdMapEntry,
+    Interface,
+    IpAddress,
+    MemTune,
+    OsSpec,
+    Route,
+    TokenBucket,
+)
+from supervisor.validate import CAPABILITY_NAMES, domain_problems
+from supervisor.xml._reader import (
+    ON_OFF,
+    VSV_NS,
+    VSV_PREFIX,
+    YES_NO,
+    Reader,
+    finish,
+    safe_parse,
+    serialize_foreign,
+    sub,
+    tag_name,
+    vsv,
+)
+
+#: Unit name -> bytes per unit (libvirt's table: k/KiB binary, KB decimal, and so on).
+UNITS: Final[dict[str, int]] = {
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "KiB": 1024,
+    "KB": 1000,
+    "M": 1024**2,
+    "MiB": 1024**2,
+    "MB": 1000**2,
+    "G": 1024**3,
+    "GiB": 1024**3,
+    "GB": 1000**3,
+    "T": 1024**4,
+    "TiB": 1024**4,
+    "TB": 1000**4,
+}
+_UNIT_LIST: Final = ", ".join(UNITS)
+
+_TOP_LXC: Final = (
+    "name uuid title description metadata memory currentMemory vcpu resource cputune memtune "
+    "os idmap features on_poweroff on_reboot on_crash devices"
+).split()
+_TOP_VSERVER: Final = [*_TOP_LXC, "scheduler"]
+_NONE: Final = frozenset[str]()
+_UNIT_ATTR: Final = frozenset({"unit"})
+_SCHED_ATTRS: Final = frozenset(
+    "fill_rate1 interval1 tokens tokens_min tokens_max prio_bias idle_time fill_rate2 interval2"
+    .split()
+)
+_CPU_ATTRS: Final = frozenset("id fill_rate1 interval1 idle_time fill_rate2 interval2".split())
+_LIFECYCLE: Final[dict[str, object]] = {
+    a: a for a in ("destroy", "restart", "preserve", "rename-restart")
+}
+_FAMILIES: Final[dict[str, object]] = {"ipv4": "ipv4", "ipv6": "ipv6"}
+_IFACE_CHILDREN: Final = ("source", "mac", "target", "guest", "ip", "route", "mtu", "link")
+
+
+def read_domain(root: etree._Element, path: str | None) -> Domain:
+    """Build a :class:`Domain` from a parsed ``<domain>`` element; raise with every problem."""
+    r = Reader(path, root.sourceline or 1)
+    r.lines[()] = r.root_line
+    r.attrs(root, "domain", frozenset({"type", "id"}))
+    dtype = root.get("type")
+    if dtype not in ("lxc", "vserver"):
+        r.error(
+            root.sourceline,
+            "domain/@type",
+            f"value '{dtype}' is not supported: allowed lxc, vserver"
+            if dtype is not None
+            else "required attribute is missing: allowed lxc, vserver",
+        )
+        dtype = "vserver"
+    r.lines[("id",)] = r.root_line
+    fields: dict[str, object] = {
+        "type": dtype,
+        "id": r.int_attr(root, "domain", "id"),
+    }
+    seen: set[str] = set()
+    filesystems: list[Filesystem] = []
+    interfaces: list[Interface] = []
+    allowed = _TOP_VSERVER if dtype == "vserver" else _TOP_LXC
+    name: str | None = None
+    sched_top: TokenBucket | None = None
+    sched_meta: TokenBucket | None = None
+    for el in r.children(root, "domain"):
+        tag = el.tag
+        if tag not in allowed:
+            if tag == "xid":
+                r.error(
+                    el.sourceline,
+                    "xid",
+                    "element <xid> is not used: the context id is the id attribute, "
+                    "as in <domain type='vserver' id='123'>",
+                )
+            elif tag == "scheduler":
+                r.error(
+                    el.sourceline,
+                    "scheduler",
+                    "element <scheduler> belongs to type='vserver': allowed in type='lxc' "
+                    f"as <{VSV_PREFIX}:scheduler> inside <metadata>",
+                )
+            else:
+                r.unsupported(el, "", allowed)
+            continue
+        assert isinstance(tag, str)
+        if tag in seen and tag != "metadata":
+            r.duplicate(el, tag)
+            continue
+        seen.add(tag)
+        line = el.sourceline or r.root_line
+        if tag == "name":
+            r.attrs(el, tag, _NONE)
+            name = r.text(el, tag)
+            r.lines[("name",)] = line
+        elif tag == "uuid":
+            r.attrs(el, tag, _NONE)
+            fields["uuid"] = read_uuid(r, el, r.text(el, tag).strip())
+            r.lines[("uuid",)] = line
+        elif tag in ("title", "description"):
+            r.attrs(el, tag, _NONE)
+            fields[tag] = r.text(el, tag)
+            r.lines[(tag,)] = line
+        elif tag == "metadata":
+            if "metadata" in fields:
+                r.duplicate(el, tag)
+                continue
+            sched_meta = _read_metadata(r, el, fields)
+        elif tag in ("memory", "currentMemory"):
+            key = "memory_kib" if tag == "memory" else "current_memory_kib"
+            r.attrs(el, tag, _UNIT_ATTR)
+            fields[key] = _scaled(r, el, tag, r.text(el, tag), el.get("unit"))
+            r.lines[(key,)] = line
+        elif tag == "vcpu":
+            r.attrs(el, tag, frozenset({"placement"}))
+            r.choice(el, f"{tag}/@placement", el.get("placement"), {"static": "static"})
+            fields["vcpu"] = r.integer(el, tag, r.text(el, tag))
+            r.lines[("vcpu",)] = line
+        elif tag == "resource":
+            _read_resource(r, el, fields)
+        elif tag == "cputune":
+            fields["cputune"] = _read_cputune(r, el)
+        elif tag == "memtune":
+            fields["memtune"] = _read_memtune(r, el)
+        elif tag == "scheduler":
+            r.lines[("scheduler",)] = line
+            sched_top = _read_scheduler(r, el, "scheduler", "cpu")
+        elif tag == "os":
+            fields["os"] = _read_os(r, el)
+        elif tag == "idmap":
+            fields["idmap"] = _read_idmap(r, el)
+        elif tag == "features":
+            _read_features(r, el, fields)
+        elif tag in ("on_poweroff", "on_reboot", "on_crash"):
+            r.attrs(el, tag, _NONE)
+            action = r.choice(el, tag, r.text(el, tag).strip(), _LIFECYCLE)
+            if action is not None:
+                fields[tag] = action
+            r.lines[(tag,)] = line
+        else:  # devices
+            _read_devices(r, el, filesystems, interfaces)
+    if name is None:
+        r.error(r.root_line, "name", "required element <name> is missing")
+        name = ""
+    if sched_top is not None and sched_meta is not None:
+        r.error(
+            r.lines.get(("scheduler",)),
+            "scheduler",
+            f"the token bucket is given twice (<scheduler> and <{VSV_PREFIX}:scheduler>): "
+            "allowed once",
+        )
+    sched = sched_top or sched_meta
+    if sched is not None:
+        fields["scheduler"] = sched
+    domain = Domain(
+        name=name,
+        filesystems=tuple(filesystems),
+        interfaces=tuple(interfaces),
+        **fields,  # type: ignore[arg-type]
+    )
+    r.add_model_problems(domain_problems(domain))
+    r.raise_if_problems()
+    return domain
+
+
+def read_uuid(r: Reader, el: etree._Element, text: str) -> str | None:
+    digits = text.replace("-", "").lower()
+    if len(digits) != 32 or any(c not in "0123456789abcdef" for c in digits) or (
+        "-" in text
+        and [len(part) for part in text.split("-")] != [8, 4, 4, 4, 12]
+    ):
+        r.bad_value(
+            el, "uuid", text, "is not a UUID",
+            "32 hex digits, optionally dashed as 8-4-4-4-12",
+        )
+        return None
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def _scaled(r: Reader, el: etree._Element, where: str, text: str, unit: str | None) -> int | None:
+    """A size with a libvirt unit, stored in KiB (rounded up, as libvirt does)."""
+    factor = 1024
+    if unit is not None:
+        found = UNITS.get(unit)
+        if found is None:
+            r.bad_value(el, f"{where}/@unit", unit, "is not a unit", _UNIT_LIST)
+            return None
+        factor = found
+    value = r.integer(el, where, text, lo=0)
+    if value is None:
+        return None
+    return math.ceil(value * factor / 1024) if factor % 1024 else value * (factor // 1024)
+
+
+def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> TokenBucket | None:
+    fields["metadata"] = ()
+    r.attrs(el, "metadata", _NONE)
+    foreign: list[str] = []
+    sched: TokenBucket | None = None
+    seen: set[str] = set()
+    for child in r.children(el, "metadata"):
+        tag = child.tag
+        assert isinstance(tag, str)
+        if not tag.startswith(f"{{{VSV_NS}}}"):
+            foreign.append(serialize_foreign(child))
+            continue
+        local = tag[len(VSV_NS) + 2 :]
+        where = f"metadata/{VSV_PREFIX}:{local}"
+        if local in seen:
+            r.duplicate(child, where)
+            continue
+        seen.add(local)
+        line = child.sourceline or r.root_line
+        if local == "hostname":
+            r.attrs(child, where, _NONE)
+            fields["hostname"] = r.text(child, where).strip()
+            r.lines[("hostname",)] = line
+        elif local == "pids":
+            r.attrs(child, where, frozenset({"max"}))
+            r.text(child, where)
+            fields["pids_limit"] = r.int_attr(child, where, "max")
+            r.lines[("pids_limit",)] = line
+        elif local == "autostart":
+            r.attrs(child, where, _NONE)
+            r.text(child, where)
+            fields["autostart"] = True
+        elif local == "scheduler":
+            r.lines[("scheduler",)] = line
+            sched = _read_scheduler(r, child, where, vsv("cpu"))
+        else:
+            r.error(
+                line,
+                where,
+                f"unsupported element <{VSV_PREFIX}:{local}>: allowed <{VSV_PREFIX}:hostname>, "
+                f"<{VSV_PREFIX}:pids>, <{VSV_PREFIX}:autostart>, <{VSV_PREFIX}:scheduler>",
+            )
+    fields["metadata"] = tuple(foreign)
+    return sched
+
+
+def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> TokenBucket:
+    r.attrs(el, where, _SCHED_ATTRS)
+    ia = r.int_attr
+    cpus: list[CpuBucket] = []
+    for child in r.children(el, where):
+        if child.tag != cpu_tag:
+            r.unsupported(child, where, [tag_name(el).replace("scheduler", "cpu")])
+            continue
+        i = len(cpus)
+        cwhere = f"{where}/cpu[{i + 1}]"
+        r.lines[("scheduler", "cpus", i)] = child.sourceline or r.root_line
+        r.attrs(child, cwhere, _CPU_ATTRS)
+        r.text(child, cwhere)
+        cpu_id = r.int_attr(child, cwhere, "id")
+        if cpu_id is None:
+            r.required(child, cwhere, "id")
+            continue
+        cpus.append(
+            CpuBucket(
+                cpu=cpu_id,
+                fill_rate=ia(child, cwhere, "fill_rate1"),
+                interval=ia(child, cwhere, "interval1"),
+                idle_time=cast(
+                    "bool | None", r.choice(child, f"{cwhere}/@idle_time", child.get("idle_time"), YES_NO)
+                ),
+                fill_rate2=ia(child, cwhere, "fill_rate2"),
+                interval2=ia(child, cwhere, "interval2"),
+            )
+        )
+    return TokenBucket(
+        fill_rate=ia(el, where, "fill_rate1"),
+        interval=ia(el, where, "interval1"),
+        tokens=ia(el, where, "tokens"),
+        tokens_min=ia(el, where, "tokens_min"),
+        tokens_max=ia(el, where, "tokens_max"),
+        prio_bias=ia(el, where, "prio_bias"),
+        idle_time=cast("bool | None", r.choice(el, f"{where}/@idle_time", el.get("idle_time"), YES_NO)),
+        fill_rate2=ia(el, where, "fill_rate2"),
+        interval2=ia(el, where, "interval2"),
+        cpus=tuple(cpus),
+    )
+
+
+def _read_resource(r: Reader, el: etree._Element, fields: dict[str, object]) -> None:
+    r.attrs(el, "resource", _NONE)
+    for child in r.children(el, "resource"):
+        if child.tag != "partition":
+            r.unsupported(child, "resource", ["partition"])
+            continue
+        r.attrs(child, "resource/partition", _NONE)
+        fields["partition"] = r.text(child, "resource/partition").strip()
+        r.lines[("partition",)] = child.sourceline or r.root_line
+
+
+def _read_cputune(r: Reader, el: etree._Element) -> CpuTune:
+    r.attrs(el, "cputune", _NONE)
+    values: dict[str, int | None] = {}
+    for child in r.children(el, "cputune"):
+        tag = child.tag
+        if tag not in ("shares", "period", "quota"):
+            r.unsupported(child, "cputune", ["shares", "period", "quota"])
+            continue
+        assert isinstance(tag, str)
+        where = f"cputune/{tag}"
+        if tag in values:
+            r.duplicate(child, where)
+        r.attrs(child, where, _NONE)
+        values[tag] = r.integer(child, where, r.text(child, where))
+        r.lines[("cputune", tag)] = child.sourceline or r.root_line
+    return CpuTune(**values)
+
+
+def _read_memtune(r: Reader, el: etree._Element) -> MemTune:
+    r.attrs(el, "memtune", _NONE)
+    values: dict[str, int | None] = {}
+    names = ("hard_limit", "soft_limit", "swap_hard_limit")
+    for child in r.children(el, "memtune"):
+        tag = child.tag
+        if tag not in names:
+            r.unsupported(child, "memtune", names)
+            continue
+        assert isinstance(tag, str)
+        where = f"memtune/{tag}"
+        key = f"{tag}_kib"
+        if key in values:
+            r.duplicate(child, where)
+        r.attrs(child, where, _UNIT_ATTR)
+        values[key] = _scaled(r, child, where, r.text(child, where), child.get("unit"))
+        r.lines[("memtune", key)] = child.sourceline or r.root_line
+    return MemTune(**values)
+
+
+def _read_os(r: Reader, el: etree._Element) -> OsSpec:
+    r.attrs(el, "os", _NONE)
+    r.lines[("os",)] = el.sourceline or r.root_line
+    init: str | None = None
+    args: list[str] = []
+    env: list[tuple[str, str]] = []
+    single: dict[str, str] = {}
+    have_type = False
+    for child in r.children(el, "os"):
+        tag = child.tag
+        where = f"os/{tag_name(child)}"
+        line = child.sourceline or r.root_line
+        if tag == "type":
+            r.attrs(child, where, frozenset({"arch"}))
+            value = r.text(child, where).strip()
+            if value != "exe":
+                r.bad_value(child, where, value, "is not supported for containers", "exe")
+            have_type = True
+        elif tag == "init":
+            r.attrs(child, where, _NONE)
+            if init is not None:
+                r.duplicate(child, where)
+            init = r.text(child, where)
+            r.lines[("os", "init")] = line
+        elif tag == "initarg":
+            r.attrs(child, where, _NONE)
+            r.lines[("os", "initargs", len(args))] = line
+            args.append(r.text(child, where))
+        elif tag == "initenv":
+            r.attrs(child, where, frozenset({"name"}))
+            name = r.required(child, where, "name") or ""
+            r.lines[("os", "initenv", len(env))] = line
+            env.append((name, r.text(child, where)))
+        elif tag in ("initdir", "inituser", "initgroup"):
+            assert isinstance(tag, str)
+            r.attrs(child, where, _NONE)
+            if tag in single:
+                r.duplicate(child, where)
+            single[tag] = r.text(child, where)
+            r.lines[("os", tag)] = line
+        else:
+            r.unsupported(
+                child, "os", ["type", "init", "initarg", "initenv", "initdir", "inituser", "initgroup"]
+            )
+    if not have_type:
+        r.error(el.sourceline, "os/type", "required element <type>exe</type> is missing")
+    return OsSpec(
+        init="/sbin/init" if init is None else init,
+        initargs=tuple(args),
+        initenv=tuple(env),
+        initdir=single.get("initdir"),
+        inituser=single.get("inituser"),
+        initgroup=single.get("initgroup"),
+    )
+
+
+def _read_idmap(r: Reader, el: etree._Element) -> tuple[IdMapEntry, ...]:
+    r.attrs(el, "idmap", _NONE)
+    entries: list[IdMapEntry] = []
+    attrs = frozenset({"start", "target", "count"})
+    for child in r.children(el, "idmap"):
+        tag = child.tag
+        if tag not in ("uid", "gid"):
+            r.unsupported(child, "idmap", ["uid", "gid"])
+            continue
+        where = f"idmap/{tag}"
+        r.attrs(child, where, attrs)
+        r.text(child, where)
+        values = [r.int_attr(child, where, a) for a in ("start", "target", "count")]
+        for a, v in zip(("start", "target", "count"), values, strict=True):
+            if v is None and child.get(a) is None:
+                r.required(child, where, a)
+        start, target, count = values
+        if start is None or target is None or count is None:
+            continue
+        r.lines[("idmap", len(entries))] = child.sourceline or r.root_line
+        entries.append(
+            IdMapEntry(kind=cast(Literal["uid", "gid"], tag), start=start, target=target, count=count)
+        )
+    return tuple(entries)
+
+
+def _read_features(r: Reader, el: etree._Element, fields: dict[str, object]) -> None:
+    r.attrs(el, "features", _NONE)
+    for child in r.children(el, "features"):
+        tag = child.tag
+        where = f"features/{tag_name(child)}"
+        if tag == "privnet":
+            r.attrs(child, where, _NONE)
+            r.text(child, where)
+            fields["privnet"] = True
+        elif tag == "capabilities":
+            r.attrs(child, where, frozenset({"policy"}))
+            r.lines[("capabilities",)] = child.sourceline or r.root_line
+            policy = r.choice(
+                child,
+                f"{where}/@policy",
+                r.required(child, where, "policy"),
+                {p.value: p for p in CapsPolicy},
+            )
+            caps: list[tuple[str, bool]] = []
+            for cap in r.children(child, where):
+                cname = tag_name(cap)
+                cwhere = f"{where}/{cname}"
+                if cname not in CAPABILITY_NAMES:
+                    r.error(
+                        cap.sourceline,
+                        cwhere,
+                        f"unsupported capability <{cname}>: allowed "
+                        + ", ".join(sorted(CAPABILITY_NAMES)),
+                    )
+                    continue
+                r.attrs(cap, cwhere, frozenset({"state"}))
+                r.text(cap, cwhere)
+                state = r.choice(cap, f"{cwhere}/@state", r.required(cap, cwhere, "state"), ON_OFF)
+                if state is not None:
+                    r.lines[("capabilities", "caps", len(caps))] = cap.sourceline or r.root_line
+                    caps.append((cname, bool(state)))
+            fields["capabilities"] = Capabilities(
+                policy=cast(CapsPolicy, policy) if policy is not None else CapsPolicy.DEFAULT,
+                caps=tuple(caps),
+            )
+        else:
+            r.unsupported(child, "features", ["privnet", "capabilities"])
+
+
+def _read_devices(
+    r: Reader,
+    el: etree._Element,
+    filesystems: list[Filesystem],
+    interfaces: list[Interface],
+) -> None:
+    r.attrs(el, "devices", _NONE)
+    for child in r.children(el, "devices"):
+        tag = child.tag
+        if tag == "filesystem":
+            fs = _read_filesystem(r, child, len(filesystems))
+            if fs is not None:
+                filesystems.append(fs)
+        elif tag == "interface":
+            iface = _read_interface(r, child, len(interfaces))
+            if iface is not None:
+                interfaces.append(iface)
+        elif tag == "console":
+            _read_console(r, child)
+        else:
+            r.unsupported(child, "devices", ["filesystem", "interface", "console"])
+
+
+def _read_console(r: Reader, el: etree._Element) -> None:
+    """Accept ``<console type='pty'>`` (what dumpxml writes); it configures nothing here."""
+    where = "devices/console"
+    r.attrs(el, where, frozenset({"type", "tty"}))
+    if el.get("type") != "pty":
+        r.bad_value(el, f"{where}/@type", el.get("type"), "is not supported", "pty")
+    for child in r.children(el, where):
+        if child.tag not in ("source", "target", "alias"):
+            r.unsupported(child, where, ["source", "target", "alias"])
+
+
+def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None:
+    where = f"devices/filesystem[{i + 1}]"
+    r.attrs(el, where, frozenset({"type", "accessmode"}))
+    r.lines[("filesystems", i)] = el.sourceline or r.root_line
+    fstype = el.get("type", "mount")
+    if fstype not in ("mount", "ram"):
+        r.bad_value(el, f"{where}/@type", fstype, "is not supported", "mount, ram")
+        return None
+    mode = el.get("accessmode")
+    if mode is not None and mode != "passthrough":
+        r.bad_value(el, f"{where}/@accessmode", mode, "is not supported", "passthrough")
+    source: str | None = None
+    usage: int | None = None
+    target: str | None = None
+    readonly = False
+    for child in r.children(el, where):
+        tag = child.tag
+        cwhere = f"{where}/{tag_name(child)}"
+        line = child.sourceline or r.root_line
+        if tag == "source":
+            r.text(child, cwhere)
+            if fstype == "mount":
+                r.attrs(child, cwhere, frozenset({"dir"}))
+                source = r.required(child, cwhere, "dir")
+            else:
+                r.attrs(child, cwhere, frozenset({"usage", "units"}))
+                text = r.required(child, cwhere, "usage")
+                if text is not None:
+                    usage = _scaled(r, child, f"{cwhere}/@usage", text, child.get("units"))
+            r.lines[("filesystems", i, "source")] = line
+            r.lines[("filesystems", i, "usage_kib")] = line
+        elif tag == "target":
+            r.attrs(child, cwhere, frozenset({"dir"}))
+            r.text(child, cwhere)
+            target = r.required(child, cwhere, "dir")
+            r.lines[("filesystems", i, "target")] = line
+        elif tag == "readonly":
+            r.attrs(child, cwhere, _NONE)
+            r.text(child, cwhere)
+            readonly = True
+        else:
+            r.unsupported(child, where, ["source", "target", "readonly"])
+    if target is None:
+        r.error(el.sourceline, f"{where}/target", "required element <target dir=...> is missing")
+        return None
+    if fstype == "mount" and source is None:
+        r.error(el.sourceline, f"{where}/source", "required element <source dir=...> is missing")
+        return None
+    if fstype == "ram" and usage is None:
+        return None
+    return Filesystem(
+        source=source or "",
+        target=target,
+        type=cast(Literal["mount", "ram"], fstype),
+        readonly=readonly,
+        usage_kib=usage,
+    )
+
+
+def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
+    where = f"devices/interface[{i + 1}]"
+    key = ("interfaces", i)
+    r.attrs(el, where, frozenset({"type"}))
+    r.lines[key] = el.sourceline or r.root_line
+    itype = el.get("type")
+    if itype not in ("network", "bridge", "ethernet", "vserver"):
+        r.bad_value(el, f"{where}/@type", itype, "is not supported", "network, bridge, ethernet, vserver")
+        return None
+    fields: dict[str, object] = {}
+    ips: list[IpAddress] = []
+    routes: list[Route] = []
+    seen: set[str] = set()
+    source_attr = {"network": "network", "bridge": "bridge", "vserver": "dev"}.get(itype)
+    for child in r.children(el, where):
+        tag = child.tag
+        cwhere = f"{where}/{tag_name(child)}"
+        line = child.sourceline or r.root_line
+        if tag not in _IFACE_CHILDREN:
+            r.unsupported(child, where, _IFACE_CHILDREN)
+            continue
+        assert isinstance(tag, str)
+        if tag in seen and tag not in ("ip", "route"):
+            r.duplicate(child, cwhere)
+            continue
+        seen.add(tag)
+        r.text(child, cwhere)
+        if tag == "source":
+            if source_attr is None:
+                r.error(line, cwhere, "element <source> is not used by type='ethernet'")
+                continue
+            r.attrs(child, cwhere, frozenset({source_attr}))
+            fields["source"] = r.required(child, cwhere, source_attr)
+            r.lines[(*key, "source")] = line
+        elif tag == "mac":
+            r.attrs(child, cwhere, frozenset({"address"}))
+            mac = r.required(child, cwhere, "address")
+            fields["mac"] = mac.lower() if mac is not None else None
+            r.lines[(*key, "mac")] = line
+        elif tag in ("target", "guest"):
+            r.attrs(child, cwhere, frozenset({"dev"}))
+            fields[f"{tag}_dev"] = r.required(child, cwhere, "dev")
+            r.lines[(*key, f"{tag}_dev")] = line
+        elif tag == "mtu":
+            r.attrs(child, cwhere, frozenset({"size"}))
+            fields["mtu"] = r.integer(child, f"{cwhere}/@size", r.required(child, cwhere, "size"))
+            r.lines[(*key, "mtu")] = line
+        elif tag == "link":
+            r.attrs(child, cwhere, frozenset({"state"}))
+            fields["link_up"] = r.choice(
+                child, f"{cwhere}/@state", r.required(child, cwhere, "state"),
+                {"up": True, "down": False},
+            )
+        elif tag == "ip":
+            r.attrs(child, cwhere, frozenset({"address", "prefix", "family"}))
+            address = r.required(child, cwhere, "address")
+            if address is None:
+                continue
+            r.lines[(*key, "ips", len(ips))] = line
+            ips.append(
+                IpAddress(
+                    address=canonical_ip(address),
+                    prefix=r.int_attr(child, cwhere, "prefix"),
+                    family=cast(
+                        "Literal['ipv4', 'ipv6'] | None",
+                        r.choice(child, f"{cwhere}/@family", child.get("family"), _FAMILIES),
+                    ),
+                )
+            )
+        else:  # route
+            route = read_route(r, child, cwhere)
+            if route is not None:
+                r.lines[(*key, "routes", len(routes))] = line
+                routes.append(route)
+    if itype == "vserver":
+        r.lines[(*key, "type")] = r.lines[key]
+    return Interface(
+        type=cast("Literal['network', 'bridge', 'ethernet', 'vserver']", itype),
+        ips=tuple(ips),
+        routes=tuple(routes),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def canonical_ip(text: str) -> str:
+    """The address as :mod:`ipaddress` prints it; left alone when invalid (validation says so)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return text
+
+
+def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
+    """A ``<route>`` (shared by domains and networks); netmask is accepted and stored as prefix."""
+    r.attrs(el, where, frozenset({"family", "address", "prefix", "netmask", "gateway"}))
+    address = r.required(el, where, "address")
+    gateway = r.required(el, where, "gateway")
+    prefix = r.int_attr(el, where, "prefix")
+    netmask = el.get("netmask")
+    if netmask is not None:
+        if prefix is not None:
+            r.error(el.sourceline, f"{where}/@netmask", "netmask and prefix together: allowed one")
+        prefix = netmask_prefix(r, el, f"{where}/@netmask", netmask)
+    if address is None or gateway is None:
+        return None
+    address = canonical_ip(address)
+    if prefix is None:
+        try:
+            prefix = ipaddress.ip_address(address).max_prefixlen
+        except ValueError:
+            prefix = 0
+    return Route(
+        address=address,
+        prefix=prefix,
+        gateway=canonical_ip(gateway),
+        family=cast(
+            "Literal['ipv4', 'ipv6'] | None",
+            r.choice(el, f"{where}/@family", el.get("family"), _FAMILIES),
+        ),
+    )
+
+
+def netmask_prefix(r: Reader, el: etree._Element, where: str, netmask: str) -> int | None:
+    """The prefix length of a dotted IPv4 netmask, or a problem if it is not one."""
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
+    except ValueError:
+        r.bad_value(el, where, netmask, "is not an IPv4 netmask", "e.g. 255.255.255.0")
+        return None
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _kib(parent: etree._Element, tag: str, value: int) -> None:
+    sub(parent, tag, str(value), unit="KiB")
+
+
+def _num(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _set(el: etree._Element, name: str, value: str | None) -> None:
+    if value is not None:
+        el.set(name, value)
+
+
+def _yes_no(value: bool | None) -> str | None:
+    return None if value is None else ("yes" if value else "no")
+
+
+def _write_scheduler(parent: etree._Element, tag: str, cpu_tag: str, s: TokenBucket) -> None:
+    el = etree.SubElement(parent, tag)
+    _set(el, "fill_rate1", _num(s.fill_rate))
+    _set(el, "interval1", _num(s.interval))
+    _set(el, "tokens", _num(s.tokens))
+    _set(el, "tokens_min", _num(s.tokens_min))
+    _set(el, "tokens_max", _num(s.tokens_max))
+    _set(el, "prio_bias", _num(s.prio_bias))
+    _set(el, "idle_time", _yes_no(s.idle_time))
+    _set(el, "fill_rate2", _num(s.fill_rate2))
+    _set(el, "interval2", _num(s.interval2))
+    for cpu in s.cpus:
+        c = etree.SubElement(el, cpu_tag)
+        c.set("id", str(cpu.cpu))
+        _set(c, "fill_rate1", _num(cpu.fill_rate))
+        _set(c, "interval1", _num(cpu.interval))
+        _set(c, "idle_time", _yes_no(cpu.idle_time))
+        _set(c, "fill_rate2", _num(cpu.fill_rate2))
+        _set(c, "interval2", _num(cpu.interval2))
+
+
+def write_domain(d: Domain) -> str:
+    """The document for ``d`` in its own dialect (deterministic order, two-space indent)."""
+    root = etree.Element("domain", type=d.type)
+    if d.id is not None:
+        root.set("id", str(d.id))
+    sub(root, "name", d.name)
+    if d.uuid is not None:
+        sub(root, "uuid", d.uuid)
+    if d.title is not None:
+        sub(root, "title", d.title)
+    if d.description is not None:
+        sub(root, "description", d.description)
+    vsv_sched = d.scheduler is not None and d.type != "vserver"
+    metadata: etree._Element | None = None
+    if d.metadata or d.hostname is not None or d.pids_limit is not None or d.autostart or vsv_sched:
+        metadata = etree.SubElement(root, "metadata", nsmap={VSV_PREFIX: VSV_NS})
+        if d.hostname is not None:
+            sub(metadata, vsv("hostname"), d.hostname)
+        if d.pids_limit is not None:
+            sub(metadata, vsv("pids"), max=str(d.pids_limit))
+        if d.autostart:
+            sub(metadata, vsv("autostart"))
+        if vsv_sched:
+            assert d.scheduler is not None
+            _write_scheduler(metadata, vsv("scheduler"), vsv("cpu"), d.scheduler)
+    if d.memory_kib is not None:
+        _kib(root, "memory", d.memory_kib)
+    if d.current_memory_kib is not None:
+        _kib(root, "currentMemory", d.current_memory_kib)
+    if d.vcpu is not None:
+        sub(root, "vcpu", str(d.vcpu))
+    if d.partition is not None:
+        sub(sub(root, "resource"), "partition", d.partition)
+    if d.cputune is not None:
+        ct = sub(root, "cputune")
+        if d.cputune.shares is not None:
+            sub(ct, "shares", str(d.cputune.shares))
+        if d.cputune.period is not None:
+            sub(ct, "period", str(d.cputune.period))
+        if d.cputune.quota is not None:
+            # libvirt writes every "unlimited" (negative) quota as -1; so do we.
+            sub(ct, "quota", str(max(d.cputune.quota, -1)))
+    if d.memtune is not None:
+        mt = sub(root, "memtune")
+        if d.memtune.hard_limit_kib is not None:
+            _kib(mt, "hard_limit", d.memtune.hard_limit_kib)
+        if d.memtune.soft_limit_kib is not None:
+            _kib(mt, "soft_limit", d.memtune.soft_limit_kib)
+        if d.memtune.swap_hard_limit_kib is not None:
+            _kib(mt, "swap_hard_limit", d.memtune.swap_hard_limit_kib)
+    if d.scheduler is not None and d.type == "vserver":
+        _write_scheduler(root, "scheduler", "cpu", d.scheduler)
+    os_el = sub(root, "os")
+    sub(os_el, "type", "exe")
+    sub(os_el, "init", d.os.init)
+    for arg in d.os.initargs:
+        sub(os_el, "initarg", arg)
+    for name, value in d.os.initenv:
+        sub(os_el, "initenv", value, name=name)
+    if d.os.initdir is not None:
+        sub(os_el, "initdir", d.os.initdir)
+    if d.os.inituser is not None:
+        sub(os_el, "inituser", d.os.inituser)
+    if d.os.initgroup is not None:
+        sub(os_el, "initgroup", d.os.initgroup)
+    if d.idmap:
+        idmap = sub(root, "idmap")
+        for entry in d.idmap:
+            sub(idmap, entry.kind, start=str(entry.start), target=str(entry.target),
+                count=str(entry.count))
+    if d.privnet or d.capabilities is not None:
+        features = sub(root, "features")
+        if d.privnet:
+            sub(features, "privnet")
+        if d.capabilities is not None:
+            caps = sub(features, "capabilities", policy=str(d.capabilities.policy))
+            for cap, on in d.capabilities.caps:
+                sub(caps, cap, state="on" if on else "off")
+    sub(root, "on_poweroff", d.on_poweroff)
+    sub(root, "on_reboot", d.on_reboot)
+    sub(root, "on_crash", d.on_crash)
+    if d.filesystems or d.interfaces:
+        devices = sub(root, "devices")
+        for fs in d.filesystems:
+            fel = sub(devices, "filesystem", type=fs.type)
+            if fs.type == "ram":
+                src = sub(fel, "source", usage=str(fs.usage_kib))
+                src.set("units", "KiB")
+            else:
+                sub(fel, "source", dir=fs.source)
+            sub(fel, "target", dir=fs.target)
+            if fs.readonly:
+                sub(fel, "readonly")
+        for iface in d.interfaces:
+            _write_interface(devices, iface)
+    return finish(root, metadata, d.metadata)
+
+
+def _write_interface(devices: etree._Element, iface: Interface) -> None:
+    el = sub(devices, "interface", type=iface.type)
+    attr = {"network": "network", "bridge": "bridge", "vserver": "dev"}.get(iface.type)
+    if attr is not None and iface.source is not None:
+        sub(el, "source", **{attr: iface.source})
+    if iface.mac is not None:
+        sub(el, "mac", address=iface.mac)
+    if iface.target_dev is not None:
+        sub(el, "target", dev=iface.target_dev)
+    if iface.guest_dev is not None:
+        sub(el, "guest", dev=iface.guest_dev)
+    for ip in iface.ips:
+        ipel = sub(el, "ip", address=ip.address)
+        _set(ipel, "prefix", _num(ip.prefix))
+        _set(ipel, "family", ip.family)
+    for route in iface.routes:
+        write_route(el, route)
+    if iface.mtu is not None:
+        sub(el, "mtu", size=str(iface.mtu))
+    if iface.link_up is not None:
+        sub(el, "link", state="up" if iface.link_up else "down")
+
+
+def write_route(parent: etree._Element, route: Route) -> None:
+    """``<route>`` as libvirt writes it (family first when given)."""
+    el = etree.SubElement(parent, "route")
+    _set(el, "family", route.family)
+    el.set("address", route.address)
+    el.set("prefix", str(route.prefix))
+    el.set("gateway", route.gateway)
+
+
+def parse_domain_bytes(data: bytes | str, path: str | None, max_bytes: int) -> Domain:
+    """Parse and read a domain document (helper for the public API)."""
+    root = safe_parse(data, path=path, max_bytes=max_bytes)
+    if root.tag != "domain":
+        r = Reader(path, root.sourceline or 1)
+        r.error(r.root_line, tag_name(root), "the root element is not <domain>")
+        r.raise_if_problems()
+    return read_domain(root, path)
