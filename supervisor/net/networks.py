@@ -1,0 +1,223 @@
+"""Starting and stopping a virNetwork in a given host namespace, in libvirt's order.
+
+Start: refuse a subnet that collides with an existing route or address; create the bridge
+(name from the XML or generated with the prefix, MAC, MTU, STP); load the network's nftables
+table; add the addresses; bring the bridge up; add the static routes; enable forwarding when the
+mode forwards; start dnsmasq (DHCP + DNS). Every step that changed something pushes its undo on
+a stack; a failure unwinds the stack, so a failed start leaves nothing behind. Stop is the same
+unwinding.
+
+A running network is a trio task (:func:`run_network`): it owns its dnsmasq supervisor, reports
+itself ready through ``task_status`` with a :class:`RunningNetwork` handle, and tears the network
+down when cancelled (``RunningNetwork.stop``). Forwarding sysctls are left on at stop, as libvirt
+does: other networks or the administrator may rely on them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervisor.errors import ConflictError, InvalidOperation
+from supervisor.model import DhcpHost, Network
+from supervisor.net import names, netlink, nftables
+from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq
+from supervisor.net.netlink import NetnsWorker
+
+Undo = Callable[[], Awaitable[Any]]
+
+
+@attrs.define(eq=False)
+class HostNet:
+    """The "host" side: the namespace where bridges, firewall and dnsmasq live.
+
+    ``netns`` is None for the supervisor's own namespace, or the path of another one (sandbox
+    mode). The netlink worker for it is opened once and kept.
+    """
+
+    prefix: str
+    netns: str | None
+    run_dir: Path
+    worker: NetnsWorker
+
+    @classmethod
+    async def open(cls, prefix: str, netns: str | None, run_dir: Path) -> HostNet:
+        """Open the host namespace's netlink worker; ``run_dir`` must exist."""
+        return cls(
+            prefix=prefix, netns=netns, run_dir=run_dir, worker=await NetnsWorker.open(netns)
+        )
+
+    async def aclose(self) -> None:
+        """Close the netlink worker."""
+        await self.worker.aclose()
+
+
+class UndoStack:
+    """Undo actions of the steps done so far; unwound in reverse, shielded, on failure or stop."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Undo]] = []
+
+    def push(self, what: str, undo: Undo) -> None:
+        """Remember how to undo a step that just succeeded."""
+        self._steps.append((what, undo))
+
+    async def unwind(self) -> list[str]:
+        """Undo every step, last first; returns the failures (which never stop the unwinding)."""
+        failures = []
+        with trio.CancelScope(shield=True):
+            while self._steps:
+                what, undo = self._steps.pop()
+                try:
+                    await undo()
+                except Exception as exc:
+                    failures.append(f"undo {what}: {exc}")
+        return failures
+
+
+def forwards(network: Network) -> bool:
+    """Whether the network's mode needs IP forwarding in the host."""
+    return network.forward is not None and network.forward.mode in ("nat", "route", "open")
+
+
+def check_collisions(
+    network: Network,
+    used: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]],
+) -> None:
+    """Refuse a network whose subnets overlap a subnet already routed or addressed (pure)."""
+    for ip in network.ips:
+        mine = ipaddress.ip_network(f"{ip.address}/{ip.prefix}", strict=False)
+        for other, dev in used:
+            if other.version == mine.version and mine.overlaps(other):
+                raise ConflictError(
+                    f"network {network.name}: {mine} collides with {other} on {dev}"
+                )
+
+
+@attrs.define(eq=False)
+class RunningNetwork:
+    """Handle on a running network: its bridge, table, dnsmasq, and how to stop it."""
+
+    network: Network
+    bridge: str
+    table: str | None
+    dnsmasq: Dnsmasq | None = None
+    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _stopped: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def gateway(self) -> str | None:
+        """The bridge's first IPv4 address: the guests' default gateway."""
+        return next((ip.address for ip in self.network.ips if ip.family == "ipv4"), None)
+
+    def add_host(self, key: str, host: DhcpHost) -> None:
+        """Add a guest's static reservation live (dnsmasq re-reads its hosts file)."""
+        if self.dnsmasq is not None:
+            self.dnsmasq.set_host(key, host)
+
+    def remove_host(self, key: str) -> None:
+        """Drop a guest's live reservation."""
+        if self.dnsmasq is not None:
+            self.dnsmasq.remove_host(key)
+
+    async def stop(self) -> None:
+        """Tear the network down completely and wait until it is gone."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
+def bridge_for(prefix: str, network: Network) -> str:
+    """The bridge's name: the XML's, or one generated with the prefix."""
+    return network.bridge.name or names.bridge_name(prefix, network.name)
+
+
+async def run_network(
+    host: HostNet,
+    network: Network,
+    *,
+    use_host_resolvers: bool = False,
+    task_status: trio.TaskStatus[RunningNetwork] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start ``network`` in the host namespace, run it until cancelled, then stop it."""
+    if network.forward is not None and network.forward.mode == "bridge":
+        raise InvalidOperation(
+            f"network {network.name}: forward mode 'bridge' (an existing host bridge) is not "
+            "supported; use <interface type='bridge'> in the domain instead"
+        )
+    w = host.worker
+    bridge = bridge_for(host.prefix, network)
+    undo = UndoStack()
+    running: RunningNetwork | None = None
+    try:
+        used = await w.call(netlink.used_subnets)
+        check_collisions(network, used)
+        if await w.call(lambda ipr: netlink.link_index(ipr, bridge)) is not None:
+            raise ConflictError(f"network {network.name}: an interface {bridge} already exists")
+
+        await w.call(
+            lambda ipr: netlink.create_bridge(
+                ipr,
+                bridge,
+                mac=network.mac,
+                mtu=network.mtu,
+                # STP only when asked for: with STP the kernel holds new ports in listening and
+                # learning for at least 2 x 2 s, so a guest would start without a network
+                stp=bool(network.bridge.stp),
+                delay=network.bridge.delay if network.bridge.delay is not None else 0,
+            )
+        )
+        undo.push(f"bridge {bridge}", lambda: w.call(lambda ipr: netlink.delete_link(ipr, bridge)))
+
+        table = names.nft_table(host.prefix, network.name)
+        ruleset = nftables.network_ruleset(table, network, bridge)
+        if ruleset is not None:
+            await nftables.apply(host.netns, table, ruleset)
+            undo.push(f"nft table {table}", lambda: nftables.delete(host.netns, table))
+
+        for ip in network.ips:
+            await w.call(
+                partial(netlink.add_address, name=bridge, address=ip.address, prefix=ip.prefix)
+            )
+        await w.call(lambda ipr: netlink.set_up(ipr, bridge))
+        for route in network.routes:
+            dst = f"{route.address}/{route.prefix}"
+            await w.call(partial(netlink.add_route, dst=dst, gateway=route.gateway))
+        if forwards(network):
+            families = {ip.family for ip in network.ips}
+            if "ipv4" in families:
+                await w.call(lambda _: netlink.sysctl_write("net.ipv4.ip_forward", "1"))
+            if "ipv6" in families:
+                await w.call(lambda _: netlink.sysctl_write("net.ipv6.conf.all.forwarding", "1"))
+
+        running = RunningNetwork(
+            network=network, bridge=bridge, table=table if ruleset is not None else None
+        )
+        with running._scope:
+            async with trio.open_nursery() as nursery:
+                if network.ips:
+                    host.run_dir.mkdir(parents=True, exist_ok=True)
+                    files = DnsmasqFiles.in_dir(host.run_dir, host.prefix, network.name)
+                    handle = Dnsmasq(
+                        network=network,
+                        bridge=bridge,
+                        files=files,
+                        netns=host.netns,
+                        use_host_resolvers=use_host_resolvers,
+                    )
+                    running.dnsmasq = await nursery.start(run_dnsmasq, handle)
+                task_status.started(running)
+                await trio.sleep_forever()
+    finally:
+        failures = await undo.unwind()
+        if running is not None:
+            running._stopped.set()
+        if failures:
+            raise InvalidOperation(
+                f"network {network.name} was not removed completely: " + "; ".join(failures)
+            )
