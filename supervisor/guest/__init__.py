@@ -1,0 +1,1 @@
+"""The guest runtime's kernel edge: cgroups, spawning an init in new namespaces, root dirs."""

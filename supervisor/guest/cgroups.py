@@ -1,0 +1,560 @@
+"""Per-guest control groups on cgroup v1, v2 and the hybrid of both.
+
+Theory of operation
+-------------------
+At start the supervisor calls :func:`detect_layout` once. It looks at the files under the cgroup
+root (a parameter, so the v2 logic can be unit tested on a temp dir that mimics cgroupfs):
+
+- **v2**: ``ROOT/cgroup.controllers`` exists: one unified hierarchy with the controllers.
+- **v1**: per-controller hierarchies ``ROOT/<name>`` (names like ``cpu,cpuacct`` are split on
+  commas, symlinked aliases are folded by their real path).
+- **hybrid**: v1 hierarchies plus a cgroup2 mount (``ROOT/unified``) that holds no controllers.
+  The unified hierarchy is still used: it gives every guest one place that lists all its
+  processes, and its core files ``cgroup.kill`` and ``cgroup.freeze`` need no controller.
+
+A guest's cgroup is the directory ``<prefix>-<name>`` directly under ``base`` (default: the
+top) of each hierarchy the supervisor uses: ``/sys/fs/cgroup/memory/vsv-web1``,
+``/sys/fs/cgroup/pids/vsv-web1``, ..., ``/sys/fs/cgroup/unified/vsv-web1``. One flat level keeps
+every directory name starting with the prefix, which is what ``find_leftovers`` (and the
+project's gc) match on. On v2 the needed controllers are enabled in the parent's
+``cgroup.subtree_control`` before the child directory is made.
+
+Every ``OSError`` from a cgroup file is turned into :class:`~supervisor.errors.RuntimeFailure`
+naming the file and the value written, because "EINVAL" alone never tells an operator which of
+a dozen writes the kernel refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+import trio
+
+from supervisor.errors import RuntimeFailure
+from supervisor.model import Domain
+
+LayoutKind = Literal["v1", "v2", "hybrid"]
+
+#: v1 controllers a guest gets a directory in (when the machine has them).
+V1_CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "memory", "pids", "freezer")
+#: how long freeze/thaw/kill_all/remove wait for the kernel before giving up
+SETTLE_TIMEOUT = 5.0
+#: v2 controllers enabled for guests (when the machine offers them).
+V2_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids")
+
+_KNOWN_V1 = frozenset(
+    {
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "memory",
+        "devices",
+        "freezer",
+        "net_cls",
+        "blkio",
+        "perf_event",
+        "net_prio",
+        "hugetlb",
+        "pids",
+        "rdma",
+        "misc",
+    }
+)
+
+
+@attrs.frozen
+class CgroupLayout:
+    """Where the hierarchies are mounted and which controllers each one carries.
+
+    ``v1`` maps a controller name to the directory of its hierarchy (co-mounted controllers map to
+    the same directory). ``unified`` is the cgroup2 mount, with ``v2_controllers`` available in it
+    (empty on a hybrid machine).
+    """
+
+    root: str
+    kind: LayoutKind
+    v1: tuple[tuple[str, str], ...] = ()
+    unified: str | None = None
+    v2_controllers: frozenset[str] = frozenset()
+
+    def v1_path(self, controller: str) -> str | None:
+        """The hierarchy directory that carries a v1 controller, or None."""
+        for name, path in self.v1:
+            if name == controller:
+                return path
+        return None
+
+    def hierarchies(self) -> tuple[str, ...]:
+        """Every hierarchy directory a guest gets a cgroup in: wanted v1 ones, then unified."""
+        seen: list[str] = []
+        for ctrl in V1_CONTROLLERS:
+            path = self.v1_path(ctrl)
+            if path is not None and path not in seen:
+                seen.append(path)
+        if self.unified is not None:
+            seen.append(self.unified)
+        return tuple(seen)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise RuntimeFailure(f"cannot read {path}: {e.strerror}") from e
+
+
+def _write(path: str, value: str) -> None:
+    """Write one value to a cgroup file with a single write(2), as the kernel expects."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot write {value!r} to {path}: {e.strerror}") from e
+
+
+def detect_layout(root: str = "/sys/fs/cgroup") -> CgroupLayout:
+    """Find out which cgroup layout ``root`` holds (see the module docstring for the rules)."""
+    top_controllers = os.path.join(root, "cgroup.controllers")
+    if os.path.exists(top_controllers):
+        return CgroupLayout(
+            root=root,
+            kind="v2",
+            unified=root,
+            v2_controllers=frozenset(_read(top_controllers).split()),
+        )
+    v1: dict[str, str] = {}
+    unified: str | None = None
+    v2_controllers: frozenset[str] = frozenset()
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as e:
+        raise RuntimeFailure(f"cannot list cgroup root {root}: {e.strerror}") from e
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if not os.path.isdir(path):
+            continue
+        if os.path.exists(os.path.join(path, "cgroup.controllers")):
+            unified = path
+            v2_controllers = frozenset(_read(os.path.join(path, "cgroup.controllers")).split())
+            continue
+        if not os.path.exists(os.path.join(path, "cgroup.procs")):
+            continue
+        real = os.path.realpath(path)
+        for ctrl in os.path.basename(real).split(","):
+            if ctrl in _KNOWN_V1 and ctrl not in v1:
+                v1[ctrl] = real
+    if not v1 and unified is None:
+        raise RuntimeFailure(f"no cgroup hierarchy found under {root}")
+    if not v1:
+        assert unified is not None
+        return CgroupLayout(root=root, kind="v2", unified=unified, v2_controllers=v2_controllers)
+    return CgroupLayout(
+        root=root,
+        kind="hybrid" if unified is not None else "v1",
+        v1=tuple(sorted(v1.items())),
+        unified=unified,
+        v2_controllers=v2_controllers,
+    )
+
+
+def cgroup_dir_name(prefix: str, name: str) -> str:
+    """The directory name of a guest's cgroup: ``<prefix>-<name>``."""
+    if not prefix or "/" in prefix or "/" in name or not name or name.startswith("."):
+        raise RuntimeFailure(f"unusable cgroup name: prefix {prefix!r}, domain {name!r}")
+    return f"{prefix}-{name}"
+
+
+@attrs.frozen
+class CpuStat:
+    """CPU time a guest's cgroup used, in nanoseconds, and CFS throttling counters."""
+
+    usage_ns: int
+    nr_periods: int = 0
+    nr_throttled: int = 0
+    throttled_ns: int = 0
+
+
+def _parse_flat_keyed(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def memory_writes(domain: Domain, layout_kind: LayoutKind) -> list[tuple[str, str]]:
+    """The (file, value) writes that put a domain's memtune and pids limit in place, in order.
+
+    Pure, so the mapping is unit tested without a kernel. v1 needs ``memory.limit_in_bytes``
+    before ``memory.memsw.limit_in_bytes`` (memsw may never be below it); libvirt's
+    ``swap_hard_limit`` is memory+swap, which is what v1's memsw means, while v2's
+    ``memory.swap.max`` is swap alone, so there it is the difference.
+    """
+    writes: list[tuple[str, str]] = []
+    mt = domain.memtune
+    v2 = layout_kind == "v2"
+    if mt is not None:
+        if mt.hard_limit_kib is not None:
+            writes.append(
+                ("memory.max" if v2 else "memory.limit_in_bytes", str(mt.hard_limit_kib * 1024))
+            )
+        if mt.soft_limit_kib is not None:
+            writes.append(
+                (
+                    "memory.high" if v2 else "memory.soft_limit_in_bytes",
+                    str(mt.soft_limit_kib * 1024),
+                )
+            )
+        if mt.swap_hard_limit_kib is not None:
+            if v2:
+                swap = mt.swap_hard_limit_kib - (mt.hard_limit_kib or 0)
+                writes.append(("memory.swap.max", str(max(swap, 0) * 1024)))
+            else:
+                writes.append(("memory.memsw.limit_in_bytes", str(mt.swap_hard_limit_kib * 1024)))
+    if domain.pids_limit is not None:
+        writes.append(("pids.max", str(domain.pids_limit)))
+    return writes
+
+
+@attrs.define(eq=False)
+class GuestCgroup:
+    """The cgroup directories of one guest, in every hierarchy the layout has.
+
+    Identity object: no I/O in ``__init__``; :meth:`create` makes the directories.
+    """
+
+    layout: CgroupLayout
+    prefix: str
+    name: str
+    #: path below each hierarchy's top under which guest directories live ("" = the top)
+    base: str = ""
+
+    @property
+    def dirname(self) -> str:
+        """``<prefix>-<name>``."""
+        return cgroup_dir_name(self.prefix, self.name)
+
+    def path_in(self, hierarchy: str) -> str:
+        """The guest's directory inside one hierarchy."""
+        return os.path.join(hierarchy, self.base, self.dirname)
+
+    def paths(self) -> tuple[str, ...]:
+        """The guest's directory in every hierarchy it uses."""
+        return tuple(self.path_in(h) for h in self.layout.hierarchies())
+
+    def _ctrl_dir(self, controller: str) -> str | None:
+        """The directory holding a controller's files for this guest, or None if unavailable."""
+        if self.layout.unified is not None and controller in self.layout.v2_controllers:
+            return self.path_in(self.layout.unified)
+        path = self.layout.v1_path(controller)
+        return None if path is None else self.path_in(path)
+
+    # -- creation and limits -------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make the directories (idempotent); on v2 enable the controllers in the parent first."""
+        if self.layout.unified is not None and self.layout.v2_controllers:
+            parent = os.path.join(self.layout.unified, self.base)
+            available = set(_read(os.path.join(parent, "cgroup.controllers")).split())
+            enabled = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+            missing = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
+            if missing:
+                _write(
+                    os.path.join(parent, "cgroup.subtree_control"),
+                    " ".join("+" + c for c in missing),
+                )
+        for path in self.paths():
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise RuntimeFailure(f"cannot create cgroup {path}: {e.strerror}") from e
+
+    def limit_writes(self, domain: Domain) -> list[tuple[str, str]]:
+        """Absolute (path, value) writes for a domain's memory and pids limits."""
+        kind: LayoutKind = "v2" if "memory" in self.layout.v2_controllers else "v1"
+        out: list[tuple[str, str]] = []
+        for fname, value in memory_writes(domain, kind):
+            ctrl = fname.split(".", 1)[0]
+            directory = self._ctrl_dir(ctrl)
+            if directory is None:
+                raise RuntimeFailure(f"no {ctrl} controller on this machine for {fname}={value}")
+            out.append((os.path.join(directory, fname), value))
+        return out
+
+    def apply_limits(self, domain: Domain) -> None:
+        """Write the domain's memtune and pids limits (only the ones the domain gives).
+
+        A v1 memsw file that does not exist (swap accounting off) is skipped: the kernel offers
+        no way to limit swap then, and refusing to start the guest would help no one.
+        """
+        for path, value in self.limit_writes(domain):
+            if path.endswith("memory.memsw.limit_in_bytes") and not os.path.exists(path):
+                continue
+            if path.endswith("memory.limit_in_bytes"):
+                memsw = os.path.join(os.path.dirname(path), "memory.memsw.limit_in_bytes")
+                try:
+                    _write(path, value)
+                except RuntimeFailure as e:
+                    # lowering memsw below the new limit first is the only legal order when
+                    # the new memory limit is above the current memsw limit
+                    if not isinstance(e.__cause__, OSError) or e.__cause__.errno != errno.EINVAL:
+                        raise
+                    if not os.path.exists(memsw):
+                        raise
+                    _write(memsw, value)
+                    _write(path, value)
+                continue
+            _write(path, value)
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def procs_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` files :meth:`attach_self` writes to (precomputed by spawners)."""
+        return tuple(os.path.join(p, "cgroup.procs") for p in self.paths())
+
+    def attach_self(self) -> None:
+        """Move the calling process into the guest's cgroup in every hierarchy.
+
+        Used in a forked child before it execs, so nothing the guest runs is ever outside its
+        cgroup. Writes "0" (the writer itself) so it works without knowing the pid.
+        """
+        attach_to(self.procs_files())
+
+    def attach(self, pid: int) -> None:
+        """Move another process into the guest's cgroup in every hierarchy."""
+        for f in self.procs_files():
+            _write(f, str(pid))
+
+    def pids(self) -> set[int]:
+        """Every process in the guest's cgroup (union over hierarchies)."""
+        found: set[int] = set()
+        for path in self.paths():
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    found.update(int(x) for x in f.read().split())
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise RuntimeFailure(f"cannot read {path}/cgroup.procs: {e.strerror}") from e
+        return found
+
+    # -- freezing ------------------------------------------------------------------------------
+
+    def _freeze_mode(self) -> tuple[Literal["v1", "v2"], str] | None:
+        v1 = self.layout.v1_path("freezer")
+        if v1 is not None:
+            return ("v1", self.path_in(v1))
+        if self.layout.unified is not None:
+            return ("v2", self.path_in(self.layout.unified))
+        return None
+
+    def is_frozen(self) -> bool:
+        """Whether the kernel reports the cgroup as completely frozen."""
+        mode = self._freeze_mode()
+        if mode is None:
+            return False
+        if mode[0] == "v1":
+            return _read(os.path.join(mode[1], "freezer.state")).strip() == "FROZEN"
+        events = _parse_flat_keyed(_read(os.path.join(mode[1], "cgroup.events")))
+        return events.get("frozen") == 1
+
+    async def freeze(self) -> None:
+        """Freeze every process and wait until the kernel says all are frozen."""
+        mode = self._require_freezer()
+        if mode[0] == "v1":
+            _write(os.path.join(mode[1], "freezer.state"), "FROZEN")
+        else:
+            _write(os.path.join(mode[1], "cgroup.freeze"), "1")
+        await self._wait_frozen(True)
+
+    async def thaw(self) -> None:
+        """Let the processes run again."""
+        mode = self._require_freezer()
+        if mode[0] == "v1":
+            _write(os.path.join(mode[1], "freezer.state"), "THAWED")
+        else:
+            _write(os.path.join(mode[1], "cgroup.freeze"), "0")
+        await self._wait_frozen(False)
+
+    def _require_freezer(self) -> tuple[Literal["v1", "v2"], str]:
+        mode = self._freeze_mode()
+        if mode is None:
+            raise RuntimeFailure("this machine has no cgroup freezer")
+        return mode
+
+    async def _wait_frozen(self, want: bool) -> None:
+        timeout = SETTLE_TIMEOUT
+        delay = 0.0005
+        with trio.move_on_after(timeout):
+            while self.is_frozen() != want:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+            return
+        raise RuntimeFailure(
+            f"cgroup {self.dirname} did not become {'frozen' if want else 'thawed'} "
+            f"within {timeout}s"
+        )
+
+    # -- killing and removal -------------------------------------------------------------------
+
+    async def kill_all(self) -> None:
+        """SIGKILL every process of the guest, including ones that double-forked or setsid'ed.
+
+        v2 (also the unified hierarchy of a hybrid machine): one write to ``cgroup.kill``, which
+        the kernel applies atomically, forks included. v1: freeze (so nothing can fork while we
+        look), SIGKILL each pid, thaw (a frozen task dies only once thawed), repeat until the
+        cgroup is empty. Gives up with RuntimeFailure after ``SETTLE_TIMEOUT`` seconds.
+        """
+        timeout = SETTLE_TIMEOUT
+        with trio.move_on_after(timeout):
+            kill_file = self._kill_file()
+            if kill_file is not None:
+                _write(kill_file, "1")
+                await self._wait_empty()
+                return
+            has_freezer = self.layout.v1_path("freezer") is not None
+            delay = 0.0005
+            while True:
+                pids = self.pids()
+                if not pids:
+                    return
+                if has_freezer:
+                    await self.freeze()
+                    _kill_each(self.pids())
+                    await self.thaw()
+                else:
+                    _kill_each(pids)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        raise RuntimeFailure(
+            f"cgroup {self.dirname} still has processes {sorted(self.pids())} after {timeout}s"
+        )
+
+    def _kill_file(self) -> str | None:
+        """The unified hierarchy's ``cgroup.kill`` when the kernel has it (5.14+)."""
+        if self.layout.unified is None:
+            return None
+        path = os.path.join(self.path_in(self.layout.unified), "cgroup.kill")
+        return path if os.path.exists(path) else None
+
+    async def _wait_empty(self) -> None:
+        delay = 0.0005
+        while self.pids():
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    async def remove(self) -> None:
+        """rmdir the guest's directory in every hierarchy.
+
+        Retries while the kernel still reports exiting tasks (EBUSY); a directory that is gone
+        already counts as removed, so this is safe to call twice.
+        """
+        timeout = SETTLE_TIMEOUT
+        pending = list(self.paths())
+        delay = 0.0005
+        with trio.move_on_after(timeout):
+            while pending:
+                still: list[str] = []
+                for path in pending:
+                    try:
+                        os.rmdir(path)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        if e.errno != errno.EBUSY:
+                            raise RuntimeFailure(
+                                f"cannot remove cgroup {path}: {e.strerror}"
+                            ) from e
+                        still.append(path)
+                pending = still
+                if pending:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            return
+        raise RuntimeFailure(f"cannot remove cgroups {pending}: still busy after {timeout}s")
+
+    # -- readers -------------------------------------------------------------------------------
+
+    def cpu_stat(self) -> CpuStat:
+        """CPU usage and throttling of the guest."""
+        if self.layout.unified is not None and "cpu" in self.layout.v2_controllers:
+            stat = _parse_flat_keyed(
+                _read(os.path.join(self.path_in(self.layout.unified), "cpu.stat"))
+            )
+            return CpuStat(
+                usage_ns=stat.get("usage_usec", 0) * 1000,
+                nr_periods=stat.get("nr_periods", 0),
+                nr_throttled=stat.get("nr_throttled", 0),
+                throttled_ns=stat.get("throttled_usec", 0) * 1000,
+            )
+        acct = self.layout.v1_path("cpuacct")
+        usage = 0
+        if acct is not None:
+            usage = int(_read(os.path.join(self.path_in(acct), "cpuacct.usage")).strip() or 0)
+        cpu = self.layout.v1_path("cpu")
+        stat = {}
+        if cpu is not None:
+            stat = _parse_flat_keyed(_read(os.path.join(self.path_in(cpu), "cpu.stat")))
+        return CpuStat(
+            usage_ns=usage,
+            nr_periods=stat.get("nr_periods", 0),
+            nr_throttled=stat.get("nr_throttled", 0),
+            throttled_ns=stat.get("throttled_time", 0),
+        )
+
+    def memory_current(self) -> int:
+        """Bytes of memory the guest uses now."""
+        if self.layout.unified is not None and "memory" in self.layout.v2_controllers:
+            return int(_read(os.path.join(self.path_in(self.layout.unified), "memory.current")))
+        mem = self.layout.v1_path("memory")
+        if mem is None:
+            raise RuntimeFailure("this machine has no memory controller")
+        return int(_read(os.path.join(self.path_in(mem), "memory.usage_in_bytes")))
+
+
+def attach_to(procs_files: Iterable[str]) -> None:
+    """Write "0" (the writer) to each ``cgroup.procs`` file: safe to call in a forked child."""
+    for f in procs_files:
+        _write(f, "0")
+
+
+def _kill_each(pids: Iterable[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def find_leftovers(layout: CgroupLayout, prefix: str, base: str = "") -> list[str]:
+    """Every cgroup directory under ``base`` of any hierarchy whose name starts with ``prefix``."""
+    found: list[str] = []
+    for hierarchy in layout.hierarchies():
+        parent = os.path.join(hierarchy, base)
+        try:
+            names = sorted(os.listdir(parent))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise RuntimeFailure(f"cannot list {parent}: {e.strerror}") from e
+        found.extend(
+            os.path.join(parent, n)
+            for n in names
+            if n.startswith(prefix) and os.path.isdir(os.path.join(parent, n))
+        )
+    return found

@@ -1,0 +1,562 @@
+"""Start a guest's init as PID 1 of new namespaces, inside its cgroup, without a Python per guest.
+
+Theory of operation
+-------------------
+The start path forks the running supervisor once (through ``trio.lowlevel.open_process``) and
+execs util-linux ``unshare``; no new interpreter is ever started, which keeps the start at a few
+milliseconds (docs: architecture, "what starting a guest costs"). Work is split like this:
+
+1. In the supervisor, :func:`plan_spawn` (pure) turns a :class:`~supervisor.model.Domain` into a
+   :class:`SpawnPlan`: argv, environment, uid/gid (names resolved in the guest's own
+   ``/etc/passwd`` and ``/etc/group``), hostname, namespace flags and the list of mounts.
+2. In the forked child, before exec, :func:`_child_setup` (``preexec_fn``) joins the guest's
+   cgroup in every hierarchy, calls unshare(2) for mount, uts, ipc, pid (and net when the domain
+   has a private network), sets the hostname, makes every mount private, bind-mounts the root
+   dir onto itself (or makes the host's root read-only in this namespace) and builds ``/dev``,
+   ``/sys`` and the domain's other filesystems inside it. A failure there is written to a pipe
+   so the caller gets a :class:`~supervisor.errors.RuntimeFailure` that says what failed
+   (subprocess itself only reports "Exception occurred in preexec_fn").
+3. ``unshare --fork --mount-proc --root ROOT --wd DIR [--setuid U --setgid G] -- init ...`` then
+   forks: since the pid namespace was unshared by its parent, the forked child is PID 1 of it.
+   util-linux 2.38 does, in that child, chroot(ROOT), chdir(DIR), mounts a fresh proc on /proc
+   (after the chroot, so on ROOT/proc, showing the new pid namespace), setgid/setuid, exec.
+   ``unshare`` (the *wrapper*, our direct child) waits for it and, when it is killed by a
+   signal, kills itself with the same signal, so the wrapper's exit status is the guest init's:
+   SIGHUP means reboot(2) RESTART inside the guest, SIGINT power-off/halt (verified by the
+   tests).
+
+Why chroot and not pivot_root: util-linux 2.38 ``unshare`` has no pivot_root option, and a
+pivot_root done in the pre-exec child would leave the host's dynamically linked ``unshare``
+unreachable. Without a user namespace or a capability bounding set the guest's root is the
+host's root anyway (it may mount, load modules, ...), so pivot_root would not make a security
+boundary here; the mounts of the host stay visible in the guest's mountinfo. A later change that
+drops CAP_SYS_CHROOT/CAP_SYS_ADMIN should switch to pivot_root (e.g. through a static helper).
+
+The wrapper itself is inside the guest's cgroup (it joined before exec), so it is counted by
+``pids.max`` and killed by ``kill_all``: one process more than the guest sees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from typing import Literal
+
+import attrs
+import trio
+
+from supervisor.errors import RuntimeFailure
+from supervisor.guest import procs
+from supervisor.guest.cgroups import GuestCgroup, attach_to
+from supervisor.model import Domain
+
+UNSHARE = "/usr/bin/unshare"
+#: how long spawn_init waits for the guest's init to be running
+START_TIMEOUT = 5.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+_SYS_MOUNT_SETATTR = 442  # x86_64 and every other architecture using the generic table
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_MOUNT_ATTR_RDONLY = 1
+
+#: device nodes bind-mounted from the host into the guest's /dev
+DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS: tuple[tuple[str, str], ...] = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+# -- the plan (pure) ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class MountOp:
+    """One step of building the guest's mount tree, done in the child in list order.
+
+    kinds: ``private`` (make everything below ``target`` private), ``bind`` (``source`` on
+    ``target``, recursive), ``ro`` (make the bind mount at ``target`` read-only), ``ro_tree``
+    (make every mount below ``target`` read-only), ``tmpfs``, ``sysfs``, ``devpts``, ``file``
+    (create an empty file as a bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the
+    link text).
+    """
+
+    kind: Literal[
+        "private", "bind", "ro", "ro_tree", "tmpfs", "sysfs", "devpts", "file", "dir", "symlink"
+    ]
+    target: str
+    source: str = ""
+    options: str = ""
+    #: skip silently when the target's parent directory does not exist (optional guest dirs)
+    optional: bool = False
+
+
+@attrs.frozen
+class SpawnPlan:
+    """Everything the start needs, computed before the fork so the child only executes it."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    hostname: str
+    clone_flags: int
+    root: str
+    mounts: tuple[MountOp, ...]
+
+
+def parse_passwd(text: str) -> dict[str, tuple[int, int, str]]:
+    """name -> (uid, gid, home) from an ``/etc/passwd`` text, ignoring malformed lines."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 7 and parts[2].isdigit() and parts[3].isdigit():
+            out.setdefault(parts[0], (int(parts[2]), int(parts[3]), parts[5]))
+    return out
+
+
+def parse_group(text: str) -> dict[str, int]:
+    """name -> gid from an ``/etc/group`` text, ignoring malformed lines."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            out.setdefault(parts[0], int(parts[2]))
+    return out
+
+
+def resolve_ids(
+    user: str | None, group: str | None, passwd_text: str, group_text: str
+) -> tuple[int | None, int | None, str | None]:
+    """(uid, gid, home) for ``<inituser>``/``<initgroup>``: numbers as is, names looked up.
+
+    A user name brings its primary group when no group is given, and its home directory.
+    """
+    uid: int | None = None
+    gid: int | None = None
+    home: str | None = None
+    if user is not None:
+        users = parse_passwd(passwd_text)
+        if user.isdigit():
+            uid = int(user)
+            for u, g, h in users.values():
+                if u == uid:
+                    gid, home = g, h
+                    break
+        elif user in users:
+            uid, gid, home = users[user]
+        else:
+            raise RuntimeFailure(f"inituser {user!r} is not in the guest's /etc/passwd")
+    if group is not None:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            groups = parse_group(group_text)
+            if group not in groups:
+                raise RuntimeFailure(f"initgroup {group!r} is not in the guest's /etc/group")
+            gid = groups[group]
+    return uid, gid, home
+
+
+def _inside(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/")) if root != "/" else "/" + path.lstrip("/")
+
+
+def plan_spawn(
+    domain: Domain,
+    *,
+    passwd_text: str = "",
+    group_text: str = "",
+    extra_env: Mapping[str, str] | None = None,
+) -> SpawnPlan:
+    """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files)."""
+    root_dir = domain.root_dir
+    root = os.path.abspath(root_dir) if root_dir is not None else "/"
+    flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+    if domain.private_network:
+        flags |= CLONE_NEWNET
+    os_spec = domain.os
+    uid, gid, home = resolve_ids(os_spec.inituser, os_spec.initgroup, passwd_text, group_text)
+
+    mounts: list[MountOp] = [MountOp("private", "/")]
+    root_readonly = False
+    if root_dir is None:
+        mounts.append(MountOp("ro_tree", "/"))
+    else:
+        mounts.append(MountOp("bind", root, source=root))
+        root_readonly = any(fs.target == "/" and fs.readonly for fs in domain.filesystems)
+    dev = _inside(root, "/dev")
+    mounts.append(MountOp("tmpfs", dev, source="vsv-dev", options="mode=755,size=64k"))
+    for node in DEV_NODES:
+        mounts.append(MountOp("file", f"{dev}/{node}"))
+        mounts.append(MountOp("bind", f"{dev}/{node}", source=f"/dev/{node}"))
+    mounts.append(MountOp("dir", f"{dev}/pts"))
+    mounts.append(MountOp("devpts", f"{dev}/pts", options="newinstance,ptmxmode=0666,mode=0620"))
+    mounts.append(MountOp("dir", f"{dev}/shm"))
+    mounts.append(MountOp("tmpfs", f"{dev}/shm", source="vsv-shm", options="mode=1777"))
+    for name, text in DEV_LINKS:
+        mounts.append(MountOp("symlink", f"{dev}/{name}", source=text))
+    if root_dir is None:
+        mounts.append(MountOp("tmpfs", "/tmp", source="vsv-tmp", options="mode=1777"))
+    else:
+        mounts.append(MountOp("sysfs", _inside(root, "/sys"), optional=True))
+    for fs in domain.filesystems:
+        if fs.target == "/":
+            continue
+        target = _inside(root, fs.target)
+        mounts.append(MountOp("dir", target))
+        if fs.type == "ram":
+            size = f",size={fs.usage_kib}k" if fs.usage_kib is not None else ""
+            mounts.append(MountOp("tmpfs", target, source="vsv-ram", options="mode=755" + size))
+        else:
+            mounts.append(MountOp("bind", target, source=fs.source))
+        if fs.readonly:
+            mounts.append(MountOp("ro", target))
+    if root_readonly:
+        mounts.append(MountOp("ro", root))
+
+    env: dict[str, str] = {
+        "PATH": DEFAULT_PATH,
+        "HOME": home or "/",
+        "container": "vsv",
+    }
+    env.update(dict(os_spec.initenv))
+    if extra_env:
+        env.update(extra_env)
+
+    argv: list[str] = [UNSHARE, "--fork", "--mount-proc"]
+    if root_dir is not None:
+        argv += ["--root", root]
+    argv += ["--wd", os_spec.initdir or "/"]
+    if uid is not None:
+        argv += ["--setuid", str(uid)]
+    if gid is not None:
+        argv += ["--setgid", str(gid)]
+    argv += ["--", os_spec.init, *os_spec.initargs]
+    return SpawnPlan(
+        argv=tuple(argv),
+        env=tuple(env.items()),
+        hostname=domain.hostname or domain.name,
+        clone_flags=flags,
+        root=root,
+        mounts=tuple(mounts),
+    )
+
+
+# -- the child side (runs between fork and exec) -----------------------------------------------
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source is not None else None,
+            target.encode(),
+            fstype.encode() if fstype is not None else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {fstype or 'bind'} {source or ''} on {target}",
+    )
+
+
+def _run_mount(op: MountOp) -> None:
+    if op.optional and not os.path.isdir(op.target):
+        return
+    if op.kind == "private":
+        _mount(None, op.target, None, MS_REC | MS_PRIVATE, "")
+    elif op.kind == "bind":
+        _mount(op.source, op.target, None, MS_BIND | MS_REC, "")
+    elif op.kind == "ro":
+        _mount(None, op.target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, "")
+    elif op.kind == "ro_tree":
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+        rc = _libc.syscall(
+            _SYS_MOUNT_SETATTR,
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(op.target.encode()),
+            ctypes.c_uint(_AT_RECURSIVE),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+        _check(rc, f"mount_setattr read-only {op.target}")
+    elif op.kind == "tmpfs":
+        _mount(op.source or "tmpfs", op.target, "tmpfs", MS_NOSUID | MS_NODEV, op.options)
+    elif op.kind == "sysfs":
+        _mount("sysfs", op.target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
+    elif op.kind == "devpts":
+        _mount("devpts", op.target, "devpts", MS_NOSUID | MS_NOEXEC, op.options)
+    elif op.kind == "file":
+        os.close(os.open(op.target, os.O_CREAT | os.O_WRONLY, 0o666))
+    elif op.kind == "dir":
+        os.makedirs(op.target, exist_ok=True)
+    elif op.kind == "symlink":
+        os.symlink(op.source, op.target)
+
+
+def _child_setup(plan: SpawnPlan, procs_files: tuple[str, ...], err_fd: int) -> None:
+    """preexec_fn: cgroup, namespaces, hostname, mounts. Reports failures on ``err_fd``."""
+    try:
+        attach_to(procs_files)
+        _check(_libc.unshare(plan.clone_flags), "unshare")
+        socket.sethostname(plan.hostname)
+        for op in plan.mounts:
+            _run_mount(op)
+    except BaseException as e:
+        try:
+            os.write(err_fd, f"{type(e).__name__}: {e}".encode()[:4000])
+        except OSError:
+            pass
+        raise
+
+
+# -- the parent side ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GuestExit:
+    """How the guest's init ended, as its wrapper reports it: an exit status or a signal."""
+
+    status: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_returncode(cls, rc: int) -> GuestExit:
+        """From a subprocess-style return code (negative = killed by that signal)."""
+        return cls(signal=-rc) if rc < 0 else cls(status=rc)
+
+
+@attrs.frozen
+class Namespaces:
+    """Inode numbers of the guest init's namespaces, to record in a run dir."""
+
+    pid: int
+    mnt: int
+    uts: int
+    ipc: int
+    net: int
+    cgroup: int
+
+
+@attrs.define(eq=False)
+class GuestProcess:
+    """A running guest: the ``unshare`` wrapper (our child) and the guest's PID 1 below it.
+
+    ``init_pid`` is None only when init ended before it could be observed (an init that exits at
+    once); ``wait()`` still reports how it ended.
+    """
+
+    wrapper: trio.Process
+    init_pid: int | None
+    namespaces: Namespaces | None
+
+    @property
+    def wrapper_pid(self) -> int:
+        """The host pid of the wrapper, to record in the run dir."""
+        return self.wrapper.pid
+
+    async def wait(self) -> GuestExit:
+        """Wait for the guest's init to end and say how."""
+        return GuestExit.from_returncode(await self.wrapper.wait())
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the guest's init (not the wrapper).
+
+        The kernel drops a signal for which a namespace's init has no handler, except SIGKILL
+        and SIGSTOP: a guest that ignores SIGTERM must be stopped with SIGKILL or kill_all.
+        """
+        if self.init_pid is None or self.namespaces is None:
+            raise RuntimeFailure("the guest's init is not running")
+        if not procs.pid_is_guest_init(self.init_pid, self.namespaces.pid):
+            raise RuntimeFailure(f"pid {self.init_pid} is no longer the guest's init")
+        try:
+            os.kill(self.init_pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _prepare(domain: Domain, extra_env: Mapping[str, str] | None) -> SpawnPlan:
+    """Check the root dir, read the guest's passwd/group if names need resolving, plan."""
+    root_dir = domain.root_dir
+    if root_dir is not None and not os.path.isdir(root_dir):
+        raise RuntimeFailure(f"root directory {root_dir} of domain {domain.name} does not exist")
+    root = os.path.abspath(root_dir) if root_dir is not None else "/"
+    passwd = group = ""
+    if domain.os.inituser is not None or domain.os.initgroup is not None:
+        passwd = _read_guest_file(root, "/etc/passwd")
+        group = _read_guest_file(root, "/etc/group")
+    return plan_spawn(domain, passwd_text=passwd, group_text=group, extra_env=extra_env)
+
+
+def _read_guest_file(root: str, rel: str) -> str:
+    try:
+        with open(_inside(root, rel)) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+async def spawn_init(
+    domain: Domain,
+    cgroup: GuestCgroup,
+    *,
+    log_path: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> GuestProcess:
+    """Start the domain's init in new namespaces inside ``cgroup`` (which must exist).
+
+    Returns once the guest's init is running (its PID 1 has exec'd the init program). stdin is
+    /dev/null; stdout and stderr go to ``log_path`` (appended) or /dev/null. Gives up with
+    RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
+    """
+    plan = _prepare(domain, extra_env)
+    procs_files = cgroup.procs_files()
+
+    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    out_fd: int | None = None
+    try:
+        if log_path is not None:
+            try:
+                out_fd = os.open(
+                    log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
+                )
+            except OSError as e:
+                raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
+        stdout: int = out_fd if out_fd is not None else subprocess.DEVNULL
+        try:
+            wrapper = await trio.lowlevel.open_process(
+                list(plan.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stdout,
+                env=dict(plan.env),
+                start_new_session=True,
+                preexec_fn=lambda: _child_setup(plan, procs_files, wfd),
+            )
+        except subprocess.SubprocessError as e:
+            os.close(wfd)
+            wfd = -1
+            try:
+                detail = os.read(rfd, 4096).decode(errors="replace")
+            except BlockingIOError:
+                detail = str(e)
+            raise RuntimeFailure(
+                f"cannot start guest {domain.name}: child setup failed: {detail}"
+            ) from None
+        except OSError as e:
+            raise RuntimeFailure(f"cannot start guest {domain.name}: {e}") from e
+    finally:
+        if wfd >= 0:
+            os.close(wfd)
+        os.close(rfd)
+        if out_fd is not None:
+            os.close(out_fd)
+
+    try:
+        init_pid = await _wait_init_exec(wrapper)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            wrapper.kill()
+            await wrapper.wait()
+        raise
+    if init_pid is None:
+        rc = wrapper.returncode
+        if rc in (126, 127):
+            raise RuntimeFailure(
+                f"cannot start guest {domain.name}: init {domain.os.init} could not be "
+                f"executed (wrapper exit {rc}; see the guest log)"
+            )
+        return GuestProcess(wrapper=wrapper, init_pid=None, namespaces=None)
+    try:
+        ns = Namespaces(**procs.ns_inodes(init_pid))
+    except RuntimeFailure:
+        # init ended between exec and now; wait() will tell how
+        return GuestProcess(wrapper=wrapper, init_pid=None, namespaces=None)
+    return GuestProcess(wrapper=wrapper, init_pid=init_pid, namespaces=ns)
+
+
+async def _wait_init_exec(wrapper: trio.Process) -> int | None:
+    """The host pid of the wrapper's child once it runs the init program, None if it ended.
+
+    The wrapper forks, and the child execs init after chroot/proc/setuid: it runs init once its
+    executable is no longer the wrapper's.
+    """
+    wrapper_exe = procs.exe_of(wrapper.pid)
+    timeout = START_TIMEOUT
+    delay = 0.0002
+    with trio.move_on_after(timeout):
+        while True:
+            if wrapper.poll() is not None:
+                return None
+            for child in procs.children_of(wrapper.pid):
+                exe = procs.exe_of(child)
+                if exe is not None and exe != wrapper_exe:
+                    return child
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+    raise RuntimeFailure(f"guest init did not start within {timeout}s")
+
+
+def signal_name(sig: int) -> str:
+    """``SIGHUP`` for 1, etc.; the number as text for unknown signals."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+__all__ = [
+    "GuestExit",
+    "GuestProcess",
+    "MountOp",
+    "Namespaces",
+    "SpawnPlan",
+    "plan_spawn",
+    "resolve_ids",
+    "spawn_init",
+]
