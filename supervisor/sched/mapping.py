@@ -315,7 +315,8 @@ def map_scheduler(
                 )
             )
         shares = _round(shares_f)
-        if shares != shares_f:
+        # rounding to whole shares moves a weight by < 0.5% once it is >= 100; below, say so
+        if shares_f and abs(shares - shares_f) / shares_f > Fraction(1, 200):
             losses.append(
                 Loss("scheduler.shares", _fmt(shares_f), str(shares), "shares are whole numbers")
             )
