@@ -375,7 +375,7 @@ def domain_problems(domain: Domain) -> list[Problem]:
             "is above <memory>",
             f"1..{domain.memory_kib} KiB",
         )
-    _check_positive(sink, ("vcpu",), "vcpu", domain.vcpu)
+    sink.int_range(("vcpu",), "vcpu", domain.vcpu, 1, 65535)
     _check_hostname(sink, domain.hostname)
     _check_positive(sink, ("pids_limit",), "metadata/vsv:pids/@max", domain.pids_limit)
 
