@@ -98,7 +98,7 @@ def test_converges_on_steady_input(
     data: st.DataObject,
 ) -> None:
     """Fed the same workload again and again, the tuner stops changing quotas."""
-    guests, state, loans, ncpus = scenario
+    guests, state, _, ncpus = scenario
     usage = {g: data.draw(st.floats(0.0, guests[g].guaranteed)) for g in guests}
     throttled = {g: data.draw(st.booleans()) for g in guests}
     idle = data.draw(st.floats(0.0, 1.0)) * max(0.0, ncpus - sum(usage.values()))
@@ -129,9 +129,13 @@ def _cfs_one_cpu(quotas: dict[str, float], weights: dict[str, float]) -> dict[st
 
 
 def test_lends_on_idle_and_reclaims_under_contention_in_a_cfs_model() -> None:
-    """Alone, a throttled borrower gets its loan; a busy neighbour takes it back in a few periods."""
-    b = tuned_guest("b", map_scheduler(TokenBucket(fill_rate=1, interval=4, fill_rate2=3,
-                                                   interval2=4), None, ncpus=1))  # fmt: skip
+    """Alone, a throttled borrower gets a loan; a busy neighbour takes it back in a few periods."""
+    b = tuned_guest(
+        "b",
+        map_scheduler(
+            TokenBucket(fill_rate=1, interval=4, fill_rate2=3, interval2=4), None, ncpus=1
+        ),
+    )
     c = tuned_guest("c", map_scheduler(TokenBucket(fill_rate=3, interval=4), None, ncpus=1))
     assert b is not None
     assert c is None  # no idle pair: not tuned, but it is a contender in the model
@@ -152,9 +156,13 @@ def test_lends_on_idle_and_reclaims_under_contention_in_a_cfs_model() -> None:
         sample = Sample(
             now=0.2 * step,
             host=HostIdle(idle_s=idle_s, total_s=0.2 * step, ncpus=1),
-            guests={"b": CpuStat(usage_ns=usage_ns["b"], nr_periods=12 * step,
-                                 nr_throttled=12 * step if share["b"] >= quotas["b"] - 1e-9
-                                 else 0)},  # fmt: skip
+            guests={
+                "b": CpuStat(
+                    usage_ns=usage_ns["b"],
+                    nr_periods=12 * step,
+                    nr_throttled=12 * step if share["b"] >= quotas["b"] - 1e-9 else 0,
+                )
+            },
         )
         state = decide(state, guests, sample).state
         history.append((share.get("b", 0.0), state.loans.get("b", 0.0)))
@@ -177,8 +185,13 @@ async def test_runner_samples_decides_and_applies(autojump_clock: trio.abc.Clock
         return Sample(
             now=now,
             host=HostIdle(idle_s=0.75 * now, total_s=now, ncpus=1),
-            guests={"b": CpuStat(usage_ns=round(0.25e9 * now), nr_periods=round(now * 10),
-                                 nr_throttled=round(now * 10))},  # fmt: skip
+            guests={
+                "b": CpuStat(
+                    usage_ns=round(0.25e9 * now),
+                    nr_periods=round(now * 10),
+                    nr_throttled=round(now * 10),
+                )
+            },
         )
 
     async def applier(change: QuotaChange) -> None:
