@@ -1,0 +1,443 @@
+"""The OpenAPI 3.1 document of the control API, built from data and served at ``/openapi.json``.
+
+``docs/openapi.json`` is this document written out (``python -m supervisor.api.openapi >
+docs/openapi.json``); a test fails when the two differ, so the copy in the repository cannot
+drift from what the server says about itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from supervisor import __version__
+
+_NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+    "description": "the domain's or network's name",
+}
+
+_SEQ = {"type": "integer", "minimum": 0, "description": "the journal's last sequence number"}
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details with a stable code and the offending field.",
+        "required": ["type", "title", "status", "code", "detail", "field"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "code": {
+                "type": "string",
+                "enum": [
+                    "bad-parameter",
+                    "bad-body",
+                    "invalid-document",
+                    "invalid-parameter",
+                    "not-found",
+                    "no-route",
+                    "method-not-allowed",
+                    "conflict",
+                    "invalid-operation",
+                    "read-only",
+                    "too-large",
+                    "runtime-failure",
+                    "internal",
+                    "error",
+                ],
+            },
+            "detail": {"type": "string"},
+            "field": _NULLABLE_STR,
+            "problems": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "DomainStatus": {
+        "type": "object",
+        "required": ["name", "id", "uuid", "type", "state", "reason", "autostart"],
+        "properties": {
+            "name": {"type": "string"},
+            "id": _NULLABLE_INT,
+            "uuid": _NULLABLE_STR,
+            "type": {"type": "string"},
+            "state": {
+                "type": "string",
+                "enum": [
+                    "NOSTATE",
+                    "RUNNING",
+                    "BLOCKED",
+                    "PAUSED",
+                    "SHUTDOWN",
+                    "SHUTOFF",
+                    "CRASHED",
+                ],
+            },
+            "reason": {"type": "string"},
+            "autostart": {"type": "boolean"},
+            "init_pid": _NULLABLE_INT,
+            "started_at": _NULLABLE_NUM,
+            "restarts": {"type": "integer"},
+        },
+    },
+    "DomainInfo": {
+        "allOf": [
+            {"$ref": "#/components/schemas/DomainStatus"},
+            {
+                "type": "object",
+                "required": ["seq", "persistent"],
+                "properties": {
+                    "seq": _SEQ,
+                    "title": _NULLABLE_STR,
+                    "hostname": _NULLABLE_STR,
+                    "memory_kib": _NULLABLE_INT,
+                    "current_memory_kib": _NULLABLE_INT,
+                    "vcpu": _NULLABLE_INT,
+                    "on_poweroff": {"type": "string"},
+                    "on_reboot": {"type": "string"},
+                    "on_crash": {"type": "string"},
+                    "interfaces": {"type": "integer"},
+                    "persistent": {"type": "boolean"},
+                },
+            },
+        ]
+    },
+    "NetworkStatus": {
+        "type": "object",
+        "required": ["name", "uuid", "active", "autostart", "bridge"],
+        "properties": {
+            "name": {"type": "string"},
+            "uuid": _NULLABLE_STR,
+            "active": {"type": "boolean"},
+            "autostart": {"type": "boolean"},
+            "bridge": _NULLABLE_STR,
+        },
+    },
+    "Lease": {
+        "type": "object",
+        "required": ["network", "mac", "ip", "prefix", "hostname", "expiry"],
+        "properties": {
+            "network": {"type": "string"},
+            "mac": {"type": "string"},
+            "ip": {"type": "string"},
+            "prefix": {"type": "integer"},
+            "hostname": _NULLABLE_STR,
+            "expiry": _NULLABLE_NUM,
+            "domain": _NULLABLE_STR,
+        },
+    },
+    "Event": {
+        "type": "object",
+        "description": (
+            "One journal record. kind 'domain' | 'network' | 'supervisor' for events; 'gap' for "
+            "a range removed by retention (data.first_missing..data.last_missing, seq = "
+            "last_missing); 'heartbeat' (streams only; seq = the stream's position)."
+        ),
+        "required": ["seq", "kind"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "kind": {"type": "string"},
+            "domain": _NULLABLE_STR,
+            "type": {"type": "string"},
+            "detail": {"type": ["string", "null"]},
+            "time": _NULLABLE_NUM,
+            "data": {"type": ["object", "null"]},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _obj(**props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+_PROBLEM = {
+    "description": "a problem (400 bad input, 403 read-only socket, 404 unknown name, 409 wrong "
+    "state or conflict, 413 body too large, 500 the kernel refused)",
+    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+}
+_XML_BODY = {
+    "required": True,
+    "content": {"application/xml": {"schema": {"type": "string"}}},
+}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    status: str = "200",
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    op_id: str,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "responses": {status: ok, "default": _PROBLEM},
+    }
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole document (a fresh dict each call)."""
+    seq_only = _json(_obj(seq=_SEQ))
+    domain_reply = _json(_obj(seq=_SEQ, domain=_ref("DomainStatus")))
+    network_reply = _json(_obj(seq=_SEQ, network=_ref("NetworkStatus")))
+    xml_reply = {
+        "description": "the document",
+        "content": {"application/xml": {"schema": {"type": "string"}}},
+    }
+    name = [_NAME_PARAM]
+    paths: dict[str, Any] = {
+        "/openapi.json": {"get": _op("this document", _json({"type": "object"}), op_id="openapi")},
+        "/v1/supervisor": {
+            "get": _op(
+                "supervisor version, uptime, journal and subsystem statistics",
+                _json(
+                    _obj(
+                        seq=_SEQ,
+                        version={"type": "string"},
+                        pid={"type": "integer"},
+                        uptime={"type": "number"},
+                        read_only={"type": "boolean"},
+                        journal={"type": "object"},
+                        statistics={"type": "object"},
+                    )
+                ),
+                op_id="supervisorInfo",
+            )
+        },
+        "/v1/events": {
+            "get": _op(
+                "the event journal from `since` on (NDJSON, or SSE when asked); with "
+                "`follow=true` the stream stays open, with heartbeats",
+                {
+                    "description": "one Event per line (NDJSON) or per SSE frame",
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                params=[
+                    _query(
+                        "since",
+                        {"type": "integer", "minimum": 0},
+                        "send the events with seq > since (default: 0, or the current end "
+                        "with follow)",
+                    ),
+                    _query("follow", {"type": "boolean"}, "keep the stream open for new events"),
+                    _query("limit", {"type": "integer", "minimum": 1}, "stop after this many"),
+                    _query("domain", {"type": "string"}, "only these domains (comma-separated)"),
+                    _query("type", {"type": "string"}, "only these event types (comma-separated)"),
+                    _query("kind", {"type": "string"}, "only these kinds (comma-separated)"),
+                    _query(
+                        "heartbeat",
+                        {"type": "number", "minimum": 0.01, "maximum": 3600},
+                        "seconds of silence before a heartbeat record (default 15)",
+                    ),
+                    _query(
+                        "format", {"type": "string", "enum": ["ndjson", "sse"]}, "stream format"
+                    ),
+                ],
+                op_id="events",
+            )
+        },
+        "/v1/domains": {
+            "get": _op(
+                "every defined domain with its state",
+                _json(_obj(seq=_SEQ, domains={"type": "array", "items": _ref("DomainStatus")})),
+                op_id="listDomains",
+            ),
+            "post": _op(
+                "define (or redefine) a domain from its XML",
+                _json(_obj(seq=_SEQ, domain=_ref("DomainStatus")), "defined"),
+                status="201",
+                body=_XML_BODY,
+                op_id="defineDomain",
+            ),
+        },
+        "/v1/domains/{name}": {
+            "get": _op(
+                "a domain's info", _json(_ref("DomainInfo")), params=name, op_id="domainInfo"
+            ),
+            "delete": _op("undefine a domain", seq_only, params=name, op_id="undefineDomain"),
+        },
+        "/v1/domains/{name}/xml": {
+            "get": _op("a domain's XML", xml_reply, params=name, op_id="domainXml")
+        },
+        "/v1/domains/{name}/state": {
+            "get": _op(
+                "a domain's state and reason",
+                _json(
+                    _obj(
+                        seq=_SEQ,
+                        name={"type": "string"},
+                        state={"type": "string"},
+                        reason={"type": "string"},
+                    )
+                ),
+                params=name,
+                op_id="domainState",
+            )
+        },
+        "/v1/domains/{name}/interfaces": {
+            "get": _op(
+                "a domain's interfaces and addresses (static and leased)",
+                _json(_obj(seq=_SEQ, interfaces={"type": "array", "items": {"type": "object"}})),
+                params=name,
+                op_id="domainInterfaces",
+            )
+        },
+        "/v1/domains/{name}/autostart": {
+            "put": _op(
+                "set a domain's autostart flag",
+                _json(_obj(seq=_SEQ, autostart={"type": "boolean"})),
+                params=name,
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _obj(autostart={"type": "boolean"})}
+                    },
+                },
+                op_id="setAutostart",
+            )
+        },
+        "/v1/domains/{name}/schedinfo": {
+            "get": _op(
+                "a domain's scheduler parameters",
+                _json(_obj(seq=_SEQ, params={"type": "object"})),
+                params=name,
+                op_id="getSchedinfo",
+            ),
+            "put": _op(
+                "change scheduler parameters live and/or in the config",
+                _json(_obj(seq=_SEQ, params={"type": "object"})),
+                params=name,
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["params"],
+                                "properties": {
+                                    "params": {
+                                        "type": "object",
+                                        "minProperties": 1,
+                                        "additionalProperties": {"type": ["string", "integer"]},
+                                    },
+                                    "live": {"type": "boolean"},
+                                    "config": {"type": "boolean"},
+                                },
+                            }
+                        }
+                    },
+                },
+                op_id="setSchedinfo",
+            ),
+        },
+        "/v1/networks": {
+            "get": _op(
+                "every defined network",
+                _json(_obj(seq=_SEQ, networks={"type": "array", "items": _ref("NetworkStatus")})),
+                op_id="listNetworks",
+            ),
+            "post": _op(
+                "define (or redefine) a network from its XML",
+                _json(_obj(seq=_SEQ, network=_ref("NetworkStatus")), "defined"),
+                status="201",
+                body=_XML_BODY,
+                op_id="defineNetwork",
+            ),
+        },
+        "/v1/networks/{name}": {
+            "get": _op(
+                "a network's status",
+                _json({"allOf": [_ref("NetworkStatus"), _obj(seq=_SEQ)]}),
+                params=name,
+                op_id="networkInfo",
+            ),
+            "delete": _op("undefine a network", seq_only, params=name, op_id="undefineNetwork"),
+        },
+        "/v1/networks/{name}/xml": {
+            "get": _op("a network's XML", xml_reply, params=name, op_id="networkXml")
+        },
+        "/v1/networks/{name}/leases": {
+            "get": _op(
+                "a network's DHCP leases and static allocations",
+                _json(_obj(seq=_SEQ, leases={"type": "array", "items": _ref("Lease")})),
+                params=name,
+                op_id="networkLeases",
+            )
+        },
+    }
+    for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume"):
+        params = list(name)
+        if action == "shutdown":
+            params.append(
+                _query(
+                    "timeout",
+                    {"type": "number", "minimum": 0, "maximum": 86400},
+                    "seconds to wait before the shutdown is escalated",
+                )
+            )
+        paths[f"/v1/domains/{{name}}/{action}"] = {
+            "post": _op(f"{action} a domain", domain_reply, params=params, op_id=f"{action}Domain")
+        }
+    for action in ("start", "destroy"):
+        paths[f"/v1/networks/{{name}}/{action}"] = {
+            "post": _op(f"{action} a network", network_reply, params=name, op_id=f"{action}Network")
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vsupervisor control API",
+            "version": __version__,
+            "description": (
+                "REST over Unix sockets. The read-write socket accepts everything; the read-only "
+                "socket answers every method but GET with 403 (code read-only). Every JSON answer "
+                "carries `seq`, the journal position it reflects, also as header X-Vsv-Seq."
+            ),
+        },
+        "servers": [{"url": "http://localhost"}],
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+def dump() -> str:
+    """The document as it is kept in docs/openapi.json."""
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(dump(), end="")

@@ -1,0 +1,609 @@
+"""The client verbs of ``vsv`` (virsh-like), talking to a running supervisor over its socket.
+
+:func:`register_client_verbs` adds every verb to the ``vsv`` argument parser; each verb is a
+function taking the parsed arguments and returning the exit status (see :data:`EXIT_CODES`).
+Only the standard library and :mod:`supervisor.api.client` are imported, so a verb answers in
+tens of milliseconds: no trio, no httpx, no server code.
+
+The socket is ``--socket``, else ``$VSV_SOCKET``, else the default. A read verb that finds the
+default read-write socket closed to it (not root, not in the group) falls back to the read-only
+socket next to it, so unprivileged users can look without being told to pass a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TextIO
+
+from supervisor.api.client import (
+    DEFAULT_RO_SOCKET,
+    DEFAULT_SOCKET,
+    ApiError,
+    Client,
+    ClientError,
+    DaemonNotRunning,
+    ProtocolError,
+    SocketNotPermitted,
+    quote,
+)
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the supervisor refused or failed the operation (not found, wrong state...)
+EXIT_USAGE = 2  # bad arguments (argparse's own status), unreadable input file
+EXIT_NOT_RUNNING = 3  # nothing serves on the socket
+EXIT_NOT_PERMITTED = 4  # the socket is not open to this user, or read-only for a mutation
+EXIT_PROTOCOL = 5  # the answer made no sense (version mismatch, broken connection)
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_REFUSED: "the supervisor refused or failed the operation (message on stderr)",
+    EXIT_USAGE: "usage error, or an input file that cannot be read",
+    EXIT_NOT_RUNNING: "the supervisor is not running (no socket, or nobody accepting)",
+    EXIT_NOT_PERMITTED: "permission denied: the socket is not open to this user, or read-only",
+    EXIT_PROTOCOL: "the supervisor's answer could not be understood, or the stream broke",
+}
+
+Verb = Callable[[argparse.Namespace, Client], int]
+
+
+def resolve_socket(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
+    """The socket path: ``--socket``, then ``$VSV_SOCKET``, then the default."""
+    env = os.environ if environ is None else environ
+    explicit = getattr(args, "socket", None)
+    if explicit:
+        return str(explicit)
+    return env.get("VSV_SOCKET") or DEFAULT_SOCKET
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """``--socket`` on the main parser (``vsv --socket PATH VERB``)."""
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help=f"the supervisor's API socket (default: $VSV_SOCKET, else {DEFAULT_SOCKET})",
+    )
+
+
+# --- output helpers ------------------------------------------------------------------------
+
+
+def _out() -> TextIO:
+    return sys.stdout
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, _out(), indent=None, separators=(",", ":"))
+    _out().write("\n")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    out = _out()
+    out.write(
+        " " + "   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n"
+    )
+    out.write("-" * (sum(widths) + 3 * len(widths)) + "\n")
+    for row in cells:
+        out.write(
+            " " + "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
+
+
+def _pairs(pairs: Iterable[tuple[str, object]]) -> None:
+    items = [(k, "-" if v is None else v) for k, v in pairs]
+    width = max((len(k) for k, _ in items), default=0) + 1
+    for key, value in items:
+        _out().write(f"{(key + ':').ljust(width)} {value}\n")
+
+
+def _read_file(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# --- domain verbs ----------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace, c: Client) -> int:
+    reply = c.get_json("/v1/domains")
+    rows = [
+        d for d in reply["domains"] if args.all or d["state"] in ("RUNNING", "PAUSED", "SHUTDOWN")
+    ]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    _table(["Id", "Name", "State"], ([d["id"], d["name"], _state_word(d["state"])] for d in rows))
+    return EXIT_OK
+
+
+_STATE_WORDS = {
+    "RUNNING": "running",
+    "PAUSED": "paused",
+    "SHUTDOWN": "in shutdown",
+    "SHUTOFF": "shut off",
+    "CRASHED": "crashed",
+    "BLOCKED": "idle",
+    "NOSTATE": "no state",
+}
+
+
+def _state_word(state: str) -> str:
+    return _STATE_WORDS.get(state, state.lower())
+
+
+def _define(args: argparse.Namespace, c: Client) -> int:
+    reply = c.send_xml("/v1/domains", _read_file(args.file))
+    if args.json:
+        _print_json(reply)
+    else:
+        _out().write(f"Domain '{reply['domain']['name']}' defined from {args.file}\n")
+    return EXIT_OK
+
+
+def _undefine(args: argparse.Namespace, c: Client) -> int:
+    reply = c.send_json("DELETE", f"/v1/domains/{quote(args.domain)}")
+    _done(args, reply, f"Domain '{args.domain}' has been undefined")
+    return EXIT_OK
+
+
+_ACTION_WORDS = {
+    "start": "started",
+    "shutdown": "is being shutdown",
+    "destroy": "destroyed",
+    "reboot": "is being rebooted",
+    "suspend": "suspended",
+    "resume": "resumed",
+}
+
+
+def _action(action: str) -> Verb:
+    def run(args: argparse.Namespace, c: Client) -> int:
+        query = {"timeout": args.timeout} if action == "shutdown" else {}
+        reply = c.send_json("POST", f"/v1/domains/{quote(args.domain)}/{action}", **query)
+        _done(args, reply, f"Domain '{args.domain}' {_ACTION_WORDS[action]}")
+        return EXIT_OK
+
+    return run
+
+
+def _done(args: argparse.Namespace, reply: Any, message: str) -> None:
+    if args.json:
+        _print_json(reply)
+    else:
+        _out().write(message + "\n")
+
+
+def _dumpxml(args: argparse.Namespace, c: Client) -> int:
+    text = c.get_text(f"/v1/domains/{quote(args.domain)}/xml")
+    if args.json:
+        _print_json({"name": args.domain, "xml": text})
+    else:
+        _out().write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def _dominfo(args: argparse.Namespace, c: Client) -> int:
+    info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    _pairs(
+        [
+            ("Id", info["id"]),
+            ("Name", info["name"]),
+            ("UUID", info["uuid"]),
+            ("OS Type", "exe"),
+            ("Type", info["type"]),
+            ("State", _state_word(info["state"])),
+            ("Reason", info["reason"].lower()),
+            ("Init PID", info.get("init_pid")),
+            ("CPU(s)", info.get("vcpu")),
+            ("Max memory", f"{info['memory_kib']} KiB" if info.get("memory_kib") else None),
+            ("Persistent", "yes" if info.get("persistent") else "no"),
+            ("Autostart", "enable" if info["autostart"] else "disable"),
+            ("Restarts", info.get("restarts", 0)),
+        ]
+    )
+    return EXIT_OK
+
+
+def _domstate(args: argparse.Namespace, c: Client) -> int:
+    reply = c.get_json(f"/v1/domains/{quote(args.domain)}/state")
+    if args.json:
+        _print_json(reply)
+    elif args.reason:
+        _out().write(f"{_state_word(reply['state'])} ({reply['reason'].lower()})\n")
+    else:
+        _out().write(_state_word(reply["state"]) + "\n")
+    return EXIT_OK
+
+
+def _autostart(args: argparse.Namespace, c: Client) -> int:
+    value = not args.disable
+    reply = c.send_json("PUT", f"/v1/domains/{quote(args.domain)}/autostart", {"autostart": value})
+    _done(
+        args,
+        reply,
+        f"Domain '{args.domain}' {'marked as autostarted' if value else 'unmarked as autostarted'}",
+    )
+    return EXIT_OK
+
+
+def _schedinfo(args: argparse.Namespace, c: Client) -> int:
+    path = f"/v1/domains/{quote(args.domain)}/schedinfo"
+    if args.set:
+        params: dict[str, str] = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                sys.stderr.write(f"vsv: --set expects NAME=VALUE, got {item!r}\n")
+                return EXIT_USAGE
+            params[key] = value
+        live = args.live or not args.config
+        reply = c.send_json("PUT", path, {"params": params, "live": live, "config": args.config})
+    else:
+        reply = c.get_json(path)
+    if args.json:
+        _print_json(reply)
+    else:
+        _pairs([("Scheduler", "posix"), *sorted(reply["params"].items())])
+    return EXIT_OK
+
+
+def _domifaddr(args: argparse.Namespace, c: Client) -> int:
+    reply = c.get_json(f"/v1/domains/{quote(args.domain)}/interfaces")
+    if args.json:
+        _print_json(reply["interfaces"])
+        return EXIT_OK
+    rows = []
+    for iface in reply["interfaces"]:
+        addrs = iface["addresses"] or [None]
+        for i, addr in enumerate(addrs):
+            rows.append(
+                [
+                    iface["name"] if i == 0 else "-",
+                    iface["mac"] if i == 0 else "-",
+                    addr["family"] if addr else None,
+                    f"{addr['address']}/{addr['prefix']}" if addr else None,
+                ]
+            )
+    _table(["Name", "MAC address", "Protocol", "Address"], rows)
+    return EXIT_OK
+
+
+# --- networks ------------------------------------------------------------------------------
+
+
+def _net_list(args: argparse.Namespace, c: Client) -> int:
+    reply = c.get_json("/v1/networks")
+    rows = [n for n in reply["networks"] if args.all or n["active"]]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    _table(
+        ["Name", "State", "Autostart", "Bridge"],
+        (
+            [
+                n["name"],
+                "active" if n["active"] else "inactive",
+                "yes" if n["autostart"] else "no",
+                n["bridge"],
+            ]
+            for n in rows
+        ),
+    )
+    return EXIT_OK
+
+
+def _net_define(args: argparse.Namespace, c: Client) -> int:
+    reply = c.send_xml("/v1/networks", _read_file(args.file))
+    _done(args, reply, f"Network {reply['network']['name']} defined from {args.file}")
+    return EXIT_OK
+
+
+def _net_undefine(args: argparse.Namespace, c: Client) -> int:
+    reply = c.send_json("DELETE", f"/v1/networks/{quote(args.network)}")
+    _done(args, reply, f"Network {args.network} has been undefined")
+    return EXIT_OK
+
+
+def _net_action(action: str) -> Verb:
+    def run(args: argparse.Namespace, c: Client) -> int:
+        reply = c.send_json("POST", f"/v1/networks/{quote(args.network)}/{action}")
+        _done(
+            args, reply, f"Network {args.network} {'started' if action == 'start' else 'destroyed'}"
+        )
+        return EXIT_OK
+
+    return run
+
+
+def _net_dumpxml(args: argparse.Namespace, c: Client) -> int:
+    text = c.get_text(f"/v1/networks/{quote(args.network)}/xml")
+    if args.json:
+        _print_json({"name": args.network, "xml": text})
+    else:
+        _out().write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def _net_leases(args: argparse.Namespace, c: Client) -> int:
+    reply = c.get_json(f"/v1/networks/{quote(args.network)}/leases")
+    if args.json:
+        _print_json(reply["leases"])
+        return EXIT_OK
+
+    def expiry(value: float | None) -> str | None:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else None
+
+    _table(
+        ["Expiry Time", "MAC address", "Protocol", "IP address", "Hostname", "Domain"],
+        (
+            [
+                expiry(lease["expiry"]),
+                lease["mac"],
+                "ipv6" if ":" in lease["ip"] else "ipv4",
+                f"{lease['ip']}/{lease['prefix']}",
+                lease["hostname"],
+                lease.get("domain"),
+            ]
+            for lease in reply["leases"]
+        ),
+    )
+    return EXIT_OK
+
+
+# --- supervisor and events --------------------------------------------------------------------
+
+
+def _info(args: argparse.Namespace, c: Client) -> int:
+    reply = c.get_json("/v1/supervisor")
+    if args.json:
+        _print_json(reply)
+        return EXIT_OK
+    journal = reply.get("journal", {})
+    _pairs(
+        [
+            ("Version", reply["version"]),
+            ("PID", reply["pid"]),
+            ("Uptime", f"{reply['uptime']:.0f} s"),
+            ("Socket", f"{c.socket_path}{' (read-only)' if reply['read_only'] else ''}"),
+            ("Last event", reply["seq"]),
+            ("Journal kept", f"{journal.get('first_seq')}..{journal.get('last_seq')}"),
+            *((f"stat {k}", v) for k, v in sorted(reply.get("statistics", {}).items())),
+        ]
+    )
+    return EXIT_OK
+
+
+def format_event(record: dict[str, Any]) -> str:
+    """One event as a line of text (virsh event style), gap records included."""
+    if record.get("kind") == "gap":
+        data = record.get("data") or {}
+        return (
+            f"#{record['seq']} gap: events {data.get('first_missing')}..{data.get('last_missing')} "
+            "were removed by the journal's retention"
+        )
+    when = record.get("time")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "-"
+    subject = record.get("domain") or (record.get("data") or {}).get("network") or "-"
+    what = f"{record.get('type')} {record.get('detail')}"
+    return f"#{record['seq']} {stamp} {record.get('kind')} '{subject}': {what}"
+
+
+def _event(args: argparse.Namespace, c: Client) -> int:
+    follow = args.loop or args.since is None
+    limit = None if args.loop else (1 if args.since is None else None)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    since = args.since
+    while True:
+        try:
+            for record in c.events(
+                since=since,
+                follow=follow,
+                limit=limit,
+                domain=args.domain,
+                type=args.type,
+                heartbeat=min(5.0, args.timeout) if args.timeout else 5.0,
+            ):
+                if record.get("kind") == "heartbeat":
+                    since = record["seq"]
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return EXIT_OK
+                    continue
+                since = record["seq"]
+                if args.json:
+                    _print_json(record)
+                else:
+                    _out().write(format_event(record) + "\n")
+                _out().flush()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return EXIT_OK
+            return EXIT_OK
+        except (ProtocolError, DaemonNotRunning) as exc:
+            if not args.loop:
+                raise
+            # the supervisor restarted or the connection died: resume where we were
+            sys.stderr.write(f"vsv: {exc}; reconnecting from #{since}\n")
+            time.sleep(0.5)
+            follow = True
+
+
+# --- registration ----------------------------------------------------------------------------
+
+_READ_VERBS = frozenset(
+    {
+        "list",
+        "dumpxml",
+        "dominfo",
+        "domstate",
+        "domifaddr",
+        "net-list",
+        "net-dumpxml",
+        "net-dhcp-leases",
+        "event",
+        "info",
+    }
+)
+
+
+def _runner(verb: str, fn: Verb) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return run_verb(verb, fn, args)
+
+    return run
+
+
+def run_verb(
+    verb: str, fn: Verb, args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> int:
+    """Run one verb against the resolved socket, turning every failure into a message and a code."""
+    path = resolve_socket(args, environ)
+    explicit = bool(getattr(args, "socket", None)) or bool(
+        (os.environ if environ is None else environ).get("VSV_SOCKET")
+    )
+    try:
+        try:
+            with Client(path) as client:
+                return fn(args, client)
+        except SocketNotPermitted:
+            if explicit or verb not in _READ_VERBS:
+                raise
+            with Client(DEFAULT_RO_SOCKET) as client:
+                return fn(args, client)
+    except ApiError as exc:
+        sys.stderr.write(f"vsv: error: {exc}\n")
+        for problem in exc.problems:
+            if problem != str(exc):
+                sys.stderr.write(f"  {problem}\n")
+        if exc.code == "read-only":
+            return EXIT_NOT_PERMITTED
+        return EXIT_REFUSED
+    except SocketNotPermitted as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_NOT_PERMITTED
+    except DaemonNotRunning as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_NOT_RUNNING
+    except ProtocolError as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_PROTOCOL
+    except ClientError as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_PROTOCOL
+    except OSError as exc:
+        name = getattr(exc, "filename", None)
+        sys.stderr.write(f"vsv: {name + ': ' if name else ''}{exc.strerror or exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def register_client_verbs(subparsers: Any) -> None:
+    """Add every client verb (with its options) to ``subparsers`` (from ``add_subparsers``).
+
+    Each verb also accepts ``--socket`` after the verb name; ``set_defaults(func=...)`` holds a
+    callable taking the Namespace and returning the exit status.
+    """
+
+    def verb(
+        name: str, fn: Verb, help_text: str, *, json_flag: bool = True
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=help_text, description=help_text
+        )
+        p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help="the API socket")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=_runner(name, fn))
+        return p
+
+    p = verb("list", _list, "list running domains (all with --all)")
+    p.add_argument("--all", action="store_true", help="also inactive domains")
+    p = verb("define", _define, "define a domain from an XML file ('-' for stdin)")
+    p.add_argument("file", metavar="FILE")
+    domain_verbs: tuple[tuple[str, Verb, str], ...] = (
+        ("undefine", _undefine, "remove an inactive domain's definition"),
+        ("dumpxml", _dumpxml, "print a domain's XML"),
+        ("dominfo", _dominfo, "show a domain's information"),
+        ("domifaddr", _domifaddr, "show a domain's interfaces and addresses"),
+    )
+    for name, fn, text in domain_verbs:
+        verb(name, fn, text).add_argument("domain", metavar="DOMAIN")
+    for action, text in (
+        ("start", "start a defined domain"),
+        ("shutdown", "ask a domain to shut down"),
+        ("destroy", "stop a domain now"),
+        ("reboot", "reboot a domain"),
+        ("suspend", "freeze a domain's processes"),
+        ("resume", "thaw a suspended domain"),
+    ):
+        p = verb(action, _action(action), text)
+        p.add_argument("domain", metavar="DOMAIN")
+        if action == "shutdown":
+            p.add_argument("--timeout", type=float, default=None, help="seconds before escalating")
+    p = verb("domstate", _domstate, "show a domain's state")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--reason", action="store_true", help="also the reason")
+    p = verb("autostart", _autostart, "start a domain when the supervisor starts")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--disable", action="store_true", help="do not autostart")
+    p = verb("schedinfo", _schedinfo, "show or set a domain's scheduler parameters")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="change a parameter")
+    p.add_argument("--live", action="store_true", help="change the running domain (default)")
+    p.add_argument("--config", action="store_true", help="change the stored definition")
+
+    p = verb("net-list", _net_list, "list active networks (all with --all)")
+    p.add_argument("--all", action="store_true", help="also inactive networks")
+    p = verb("net-define", _net_define, "define a network from an XML file ('-' for stdin)")
+    p.add_argument("file", metavar="FILE")
+    net_verbs: tuple[tuple[str, Verb, str], ...] = (
+        ("net-undefine", _net_undefine, "remove an inactive network's definition"),
+        ("net-start", _net_action("start"), "start a network"),
+        ("net-destroy", _net_action("destroy"), "stop a network"),
+        ("net-dumpxml", _net_dumpxml, "print a network's XML"),
+        ("net-dhcp-leases", _net_leases, "show a network's DHCP leases"),
+    )
+    for name, fn, text in net_verbs:
+        verb(name, fn, text).add_argument("network", metavar="NETWORK")
+
+    verb("info", _info, "show the supervisor's version, uptime and statistics")
+    p = verb(
+        "event", _event, "print events: the next one; the journal from --since N; all with --loop"
+    )
+    p.add_argument("--loop", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "--since", type=int, default=None, metavar="N", help="start after sequence N (0: all)"
+    )
+    p.add_argument("--domain", default=None, metavar="D", help="only events of this domain")
+    p.add_argument(
+        "--type", default=None, metavar="T", help="only events of this type (STARTED...)"
+    )
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A standalone entry with only the client verbs (tests, and until cli.py wires them in)."""
+    parser = argparse.ArgumentParser(prog="vsv")
+    add_global_options(parser)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    register_client_verbs(sub)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
