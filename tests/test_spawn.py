@@ -1,0 +1,334 @@
+"""Spawning a guest's init: namespaces, cgroup membership, root dir, exit statuses, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from supervisor.errors import RuntimeFailure
+from supervisor.guest import procs
+from supervisor.guest.cgroups import GuestCgroup, detect_layout
+from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.guest.spawn import (
+    CLONE_NEWNET,
+    GuestExit,
+    GuestProcess,
+    plan_spawn,
+    resolve_ids,
+    spawn_init,
+)
+from supervisor.model import Domain, Filesystem, MemTune, OsSpec
+
+# -- pure planning -----------------------------------------------------------------------------
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:web:/var/www:/bin/sh\n"
+GROUP = "root:x:0:\nwww:x:34:\nstaff:x:50:\n"
+
+
+def test_resolve_names_and_numbers() -> None:
+    """User names bring uid, primary gid and home; numbers pass through; groups by name."""
+    assert (33, 34, "/var/www") == resolve_ids("www", None, PASSWD, GROUP)
+    assert (33, 50, "/var/www") == resolve_ids("www", "staff", PASSWD, GROUP)
+    assert (1234, 7, None) == resolve_ids("1234", "7", PASSWD, GROUP)
+    assert (None, None, None) == resolve_ids(None, None, PASSWD, GROUP)
+
+
+def test_resolve_unknown_name_fails() -> None:
+    """An unknown user or group name is a clear error naming it."""
+    with pytest.raises(RuntimeFailure, match="'nobody'"):
+        resolve_ids("nobody", None, PASSWD, GROUP)
+    with pytest.raises(RuntimeFailure, match="'wheel'"):
+        resolve_ids(None, "wheel", PASSWD, GROUP)
+
+
+def test_plan_argv_env_and_flags() -> None:
+    """The plan chroots into the root dir, sets ids, env defaults, and adds netns only if asked."""
+    dom = Domain(
+        name="web",
+        os=OsSpec(
+            init="/sbin/init",
+            initargs=("-v",),
+            initenv=(("A", "1"),),
+            initdir="/srv",
+            inituser="www",
+        ),
+        filesystems=(Filesystem(source="/guests/web", target="/"),),
+    )
+    plan = plan_spawn(dom, passwd_text=PASSWD, group_text=GROUP)
+    expected_argv = (
+        "/usr/bin/unshare", "--fork", "--mount-proc", "--root", "/guests/web", "--wd", "/srv",
+        "--setuid", "33", "--setgid", "34", "--", "/sbin/init", "-v",
+    )  # fmt: skip
+    assert expected_argv == plan.argv
+    env = dict(plan.env)
+    assert ("1", "vsv", "/var/www") == (env["A"], env["container"], env["HOME"])
+    assert "web" == plan.hostname
+    assert 0 == plan.clone_flags & CLONE_NEWNET
+    privnet = plan_spawn(Domain(name="n", privnet=True, hostname="h"))
+    assert CLONE_NEWNET == privnet.clone_flags & CLONE_NEWNET
+    assert "h" == privnet.hostname
+    assert "ro_tree" == privnet.mounts[1].kind
+
+
+# -- the real kernel ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A busybox root dir shared by this module's tests."""
+    return prepare_busybox_root(str(tmp_path_factory.mktemp("rootfs") / "bb"))
+
+
+@pytest.fixture
+async def cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
+    """The guest's cgroup, emptied and removed afterwards whatever happened."""
+    cg = GuestCgroup(detect_layout(), prefix, "g")
+    cg.create()
+    try:
+        yield cg
+    finally:
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            await cg.kill_all()
+            await cg.remove()
+        assert [] == _existing(cg.paths())
+
+
+def _existing(paths: tuple[str, ...]) -> list[str]:
+    return [p for p in paths if os.path.exists(p)]
+
+
+def _read_limits(cg: GuestCgroup, dom: Domain) -> dict[str, str]:
+    """Current content of each cgroup file the domain's limits were written to."""
+    return {os.path.basename(p): Path(p).read_text().strip() for p, _ in cg.limit_writes(dom)}
+
+
+def _dom(root: str | None, script: str, **kw: object) -> Domain:
+    fss = (Filesystem(source=root, target="/"),) if root else ()
+    extra = kw.pop("filesystems", ())
+    assert isinstance(extra, tuple)
+    return Domain(
+        name="g",
+        os=OsSpec(init="/bin/sh", initargs=("-c", script)),
+        filesystems=fss + extra,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _finish(g: GuestProcess) -> GuestExit:
+    with trio.fail_after(10):
+        return await g.wait()
+
+
+@pytest.mark.root
+async def test_guest_sees_own_world(busybox_root: str, cgroup: GuestCgroup, tmp_path: Path) -> None:
+    """Inside: PID 1, own hostname, only its own processes, a minimal /dev, its limits."""
+    log = tmp_path / "log"
+    script = (
+        "echo pid=$$; echo host=$(hostname); echo procs=$(ls /proc | grep -c '^[0-9]');"
+        " echo dev=$(ls /dev | tr '\\n' ' '); echo null=$(echo x > /dev/null && echo ok);"
+        " echo ps=$(ps -o pid | tail -n +2 | tr '\\n' ' ')"
+    )
+    dom = _dom(busybox_root, script, hostname="inner")
+    g = await spawn_init(dom, cgroup, log_path=str(log))
+    assert GuestExit(status=0) == await _finish(g)
+    lines = dict(line.split("=", 1) for line in log.read_text().splitlines())
+    assert "1" == lines["pid"]
+    assert "inner" == lines["host"]
+    assert int(lines["procs"]) <= 20
+    assert [] == [p for p in lines["ps"].split() if int(p) > 50]
+    expected_dev = {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "fd"}
+    assert expected_dev <= set(lines["dev"].split())
+    assert "ok" == lines["null"]
+
+
+@pytest.mark.root
+async def test_running_init_is_pid1_in_its_cgroup(busybox_root: str, cgroup: GuestCgroup) -> None:
+    """A running init is PID 1 of a new pid ns, all guest processes are in its cgroup, limits."""
+    dom = _dom(
+        busybox_root,
+        "sleep 1000 & (sleep 1001 &); exec sleep 1002",
+        memtune=MemTune(hard_limit_kib=64 * 1024),
+        pids_limit=30,
+    )
+    cgroup.apply_limits(dom)
+    g = await spawn_init(dom, cgroup)
+    try:
+        assert g.init_pid is not None
+        assert g.namespaces is not None
+        assert 1 == procs.nspid(g.init_pid)[-1]
+        assert 2 == len(procs.nspid(g.init_pid))
+        assert procs.ns_inode(os.getpid(), "pid") != g.namespaces.pid
+        assert procs.ns_inode(os.getpid(), "net") == g.namespaces.net
+        assert procs.pid_is_guest_init(g.init_pid, g.namespaces.pid)
+        with trio.fail_after(5):
+            while True:
+                if len(cgroup.pids()) >= 4:
+                    break
+                await trio.sleep(0.005)
+        assert {g.wrapper_pid, g.init_pid} <= cgroup.pids()
+        assert 4 == len(cgroup.pids())
+        limits = _read_limits(cgroup, dom)
+        assert "30" == limits["pids.max"]
+        assert str(64 * 1024 * 1024) == limits.get(
+            "memory.limit_in_bytes", limits.get("memory.max")
+        )
+        await cgroup.kill_all()
+        assert GuestExit(signal=signal.SIGKILL) == await _finish(g)
+    finally:
+        await cgroup.kill_all()
+
+
+@pytest.mark.root
+async def test_private_network_gets_own_netns(busybox_root: str, cgroup: GuestCgroup) -> None:
+    """privnet gives the guest a network namespace of its own with only a loopback."""
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
+    try:
+        assert g.namespaces is not None
+        assert procs.ns_inode(os.getpid(), "net") != g.namespaces.net
+        assert ["lo"] == os.listdir(f"/proc/{g.init_pid}/root/sys/class/net")
+    finally:
+        await cgroup.kill_all()
+        await _finish(g)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("exit 0", GuestExit(status=0)),
+        ("exit 3", GuestExit(status=3)),
+        ("reboot -f", GuestExit(signal=signal.SIGHUP)),
+        ("poweroff -f", GuestExit(signal=signal.SIGINT)),
+    ],
+)
+async def test_exit_statuses(
+    busybox_root: str, cgroup: GuestCgroup, script: str, expected: GuestExit
+) -> None:
+    """The wrapper reports init's exit code, and in-guest reboot/poweroff as SIGHUP/SIGINT."""
+    g = await spawn_init(_dom(busybox_root, "sleep 0.05; " + script), cgroup)
+    assert expected == await _finish(g)
+
+
+@pytest.mark.root
+async def test_init_crash_by_sigsegv(cgroup: GuestCgroup) -> None:
+    """An init that faults is reported as killed by SIGSEGV (host root, read-only)."""
+    dom = Domain(
+        name="g",
+        os=OsSpec(init="/usr/bin/python3", initargs=("-c", "import ctypes; ctypes.string_at(0)")),
+    )
+    g = await spawn_init(dom, cgroup)
+    assert GuestExit(signal=signal.SIGSEGV) == await _finish(g)
+
+
+@pytest.mark.root
+async def test_host_root_is_read_only(cgroup: GuestCgroup, tmp_path: Path) -> None:
+    """Without a root dir the guest sees the host's root read-only, with a private /tmp."""
+    target = tmp_path / "x"
+    log = tmp_path / "log"
+    dom = Domain(
+        name="g",
+        os=OsSpec(
+            init="/bin/sh",
+            initargs=(
+                "-c",
+                f"touch {target} 2>/dev/null && echo rw || echo ro; touch /tmp/y && echo tmp",
+            ),
+        ),
+    )
+    g = await spawn_init(dom, cgroup, log_path=str(log))
+    assert GuestExit(status=0) == await _finish(g)
+    assert ["ro", "tmp"] == log.read_text().split()
+    assert not target.exists()
+
+
+@pytest.mark.root
+async def test_filesystems_user_env_and_wd(
+    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path
+) -> None:
+    """Bind mounts (readonly honoured), ram tmpfs, inituser by name, initenv and initdir apply."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "in").write_text("hello\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (
+        "cat /share/in > /share/out; echo $(id -u):$(id -g) >> /share/out; echo $GREETING >> "
+        "/share/out; pwd >> /share/out; (touch /ro/f 2>/dev/null && echo rw || echo ro) >> "
+        "/share/out; grep -c ' /scratch tmpfs' /proc/mounts >> /share/out"
+    )
+    dom = Domain(
+        name="g",
+        os=OsSpec(
+            init="/bin/sh",
+            initargs=("-c", script),
+            initenv=(("GREETING", "hi"),),
+            initdir="/tmp",
+            inituser="daemon",
+        ),
+        filesystems=(
+            Filesystem(source=busybox_root, target="/"),
+            Filesystem(source=str(share), target="/share"),
+            Filesystem(source=str(ro), target="/ro", readonly=True),
+            Filesystem(source="", target="/scratch", type="ram", usage_kib=1024),
+        ),
+    )
+    os.chmod(share, 0o777)
+    g = await spawn_init(dom, cgroup)
+    assert GuestExit(status=0) == await _finish(g)
+    assert ["hello", "1:1", "hi", "/tmp", "ro", "1"] == (share / "out").read_text().split()
+
+
+@pytest.mark.root
+async def test_missing_root_dir_is_clear_error(cgroup: GuestCgroup, tmp_path: Path) -> None:
+    """A root dir that does not exist fails before anything runs."""
+    dom = _dom(str(tmp_path / "missing"), "exit 0")
+    with pytest.raises(RuntimeFailure, match=r"root directory .*missing.* does not exist"):
+        await spawn_init(dom, cgroup)
+    assert set() == cgroup.pids()
+
+
+@pytest.mark.root
+async def test_failing_child_setup_is_clear_error(
+    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path
+) -> None:
+    """A mount that fails in the child comes back as RuntimeFailure naming it; nothing is left."""
+    dom = _dom(
+        busybox_root,
+        "exit 0",
+        filesystems=(Filesystem(source=str(tmp_path / "nope"), target="/data"),),
+    )
+    with pytest.raises(RuntimeFailure, match=r"child setup failed: .*mount bind .*nope on"):
+        await spawn_init(dom, cgroup)
+    assert set() == cgroup.pids()
+
+
+@pytest.mark.root
+async def test_missing_init_is_clear_error(busybox_root: str, cgroup: GuestCgroup) -> None:
+    """An init program that does not exist in the root is reported as not executable."""
+    dom = Domain(
+        name="g",
+        os=OsSpec(init="/sbin/no-such-init"),
+        filesystems=(Filesystem(source=busybox_root, target="/"),),
+    )
+    with pytest.raises(RuntimeFailure, match="could not be executed"):
+        await spawn_init(dom, cgroup)
+    assert set() == cgroup.pids()
+
+
+@pytest.mark.root
+async def test_wait_pid_exit_for_foreign_pid(busybox_root: str, cgroup: GuestCgroup) -> None:
+    """wait_pid_exit returns once a process that is not our child (the guest init) ends."""
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    assert g.init_pid is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_finish, g)
+        with trio.fail_after(5):
+            os.kill(g.init_pid, signal.SIGKILL)
+            await procs.wait_pid_exit(g.init_pid)
+    assert g.namespaces is not None
+    assert not procs.pid_is_guest_init(g.init_pid, g.namespaces.pid)
