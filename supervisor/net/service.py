@@ -1,0 +1,173 @@
+"""Network definitions and their lifecycle: define, undefine, start, stop, autostart, events.
+
+:class:`NetworkTable` is the pure part (which definitions exist, what a definition may not
+collide with, which event each change means). :class:`NetworkService` is the edge that the
+daemon holds: it starts networks as tasks in a nursery the caller passes in, keeps their
+:class:`RunningNetwork` handles, the address book shared by guest NICs, and emits the libvirt
+network lifecycle events (DEFINED, UNDEFINED, STARTED, STOPPED) through a callback, which the
+integration wires to ``bus.publish_nowait("network", name, type)``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from functools import partial
+
+import attrs
+import trio
+
+from supervisor.errors import ConflictError, InvalidOperation, NotFound
+from supervisor.model import Domain, Network
+from supervisor.net.ipam import Allocations
+from supervisor.net.networks import HostNet, RunningNetwork, bridge_for, run_network
+from supervisor.net.nics import AddressBook, PlumbedNic, plumb, unplumb
+
+Emit = Callable[[str, str], None]
+
+
+@attrs.define(eq=False)
+class NetworkTable:
+    """The defined networks (pure, no I/O)."""
+
+    prefix: str
+    definitions: dict[str, Network] = attrs.field(factory=dict)
+
+    def define(self, network: Network) -> tuple[Network, str]:
+        """Add or replace a definition; returns it (bridge name filled in) and the event type.
+
+        Refuses a uuid, bridge name or IPv4 subnet that another network already uses.
+        """
+        if not network.bridge.name:
+            network = attrs.evolve(
+                network,
+                bridge=attrs.evolve(network.bridge, name=bridge_for(self.prefix, network)),
+            )
+        for other in self.definitions.values():
+            if other.name == network.name:
+                continue
+            if network.uuid and other.uuid == network.uuid:
+                raise ConflictError(f"network {other.name} already has uuid {network.uuid}")
+            if other.bridge.name == network.bridge.name:
+                raise ConflictError(f"network {other.name} already uses bridge {other.bridge.name}")
+            for a in network.ips:
+                for b in other.ips:
+                    na = ipaddress.ip_network(f"{a.address}/{a.prefix}", strict=False)
+                    nb = ipaddress.ip_network(f"{b.address}/{b.prefix}", strict=False)
+                    if na.version == nb.version and na.overlaps(nb):
+                        raise ConflictError(
+                            f"network {network.name}: {na} overlaps {nb} of network {other.name}"
+                        )
+        self.definitions[network.name] = network
+        return network, "DEFINED"
+
+    def get(self, name: str) -> Network:
+        """A definition by name."""
+        try:
+            return self.definitions[name]
+        except KeyError:
+            raise NotFound(f"no network named {name!r}") from None
+
+    def undefine(self, name: str) -> str:
+        """Remove a definition; returns the event type."""
+        self.get(name)
+        del self.definitions[name]
+        return "UNDEFINED"
+
+    def set_autostart(self, name: str, autostart: bool) -> Network:
+        """Mark a network to be started with the supervisor (or not)."""
+        net = attrs.evolve(self.get(name), autostart=autostart)
+        self.definitions[name] = net
+        return net
+
+    def autostart_names(self) -> list[str]:
+        """The networks to start with the supervisor, in name order."""
+        return sorted(n for n, net in self.definitions.items() if net.autostart)
+
+
+@attrs.define(eq=False)
+class NetworkService:
+    """The running side: networks as tasks, NICs of guests, address allocations, events."""
+
+    host: HostNet
+    table: NetworkTable
+    emit: Emit = attrs.field(default=lambda name, type: None)
+    running: dict[str, RunningNetwork] = attrs.field(factory=dict)
+    book: AddressBook = attrs.field(factory=AddressBook)
+    use_host_resolvers: bool = False
+
+    def define(self, network: Network) -> Network:
+        """Define (or redefine) a network and emit DEFINED."""
+        net, event = self.table.define(network)
+        self.emit(net.name, event)
+        return net
+
+    def undefine(self, name: str) -> None:
+        """Undefine a stopped network and emit UNDEFINED."""
+        if name in self.running:
+            raise InvalidOperation(f"network {name} is running; stop it first")
+        self.emit(name, self.table.undefine(name))
+
+    async def start(self, name: str, nursery: trio.Nursery) -> RunningNetwork:
+        """Start a defined network as a task in ``nursery``; emits STARTED once it is up."""
+        if name in self.running:
+            raise InvalidOperation(f"network {name} is already running")
+        net = self.table.get(name)
+        handle: RunningNetwork = await nursery.start(_run_and_forget, self, net)
+        self.emit(name, "STARTED")
+        return handle
+
+    async def stop(self, name: str) -> None:
+        """Stop a running network completely; emits STOPPED."""
+        handle = self.running.get(name)
+        if handle is None:
+            raise InvalidOperation(f"network {name} is not running")
+        await handle.stop()
+        self.book.state = self.book.state.release_network(name)
+        self.emit(name, "STOPPED")
+
+    async def autostart(self, nursery: trio.Nursery) -> list[str]:
+        """Start every autostart network; returns those that failed (others still start)."""
+        failed = []
+        for name in self.table.autostart_names():
+            try:
+                await self.start(name, nursery)
+            except Exception:
+                failed.append(name)
+        return failed
+
+    async def plumb(self, domain: Domain, guest_netns: str) -> tuple[PlumbedNic, ...]:
+        """The ``prepare`` hook's network part: plumb a guest's NICs."""
+        return await plumb(self.host, domain, guest_netns, self.running, self.book)
+
+    async def unplumb(self, nics: tuple[PlumbedNic, ...]) -> None:
+        """The ``release`` hook's network part."""
+        await unplumb(self.host, nics, self.running, self.book)
+
+    def allocations(self) -> Allocations:
+        """The current allocations, to persist in the run dir."""
+        return self.book.state
+
+
+async def _run_and_forget(
+    service: NetworkService,
+    network: Network,
+    *,
+    task_status: trio.TaskStatus[RunningNetwork] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """run_network, with the handle registered in the service exactly while it runs."""
+
+    try:
+        async with trio.open_nursery() as inner:
+            handle: RunningNetwork = await inner.start(
+                partial(
+                    run_network,
+                    service.host,
+                    network,
+                    use_host_resolvers=service.use_host_resolvers,
+                )
+            )
+            service.running[network.name] = handle
+            task_status.started(handle)
+    finally:
+        service.running.pop(network.name, None)
