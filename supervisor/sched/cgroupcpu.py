@@ -134,6 +134,10 @@ def write_bandwidth(
         shares=current.shares if shares is None else shares,
     )
     files, _ = cgroup_files(limits, version)
+    # the kernel refuses a quota below the current burst: lower the burst first (never raised here)
+    burst_name = "cpu.cfs_burst_us" if version == 1 else "cpu.max.burst"
+    if limits.burst_us < current.burst_us:
+        _write(cpu_dir / burst_name, str(limits.burst_us))
     if version == 1:
         _write(cpu_dir / "cpu.cfs_period_us", files["cpu.cfs_period_us"])
         _write(cpu_dir / "cpu.cfs_quota_us", files["cpu.cfs_quota_us"])
