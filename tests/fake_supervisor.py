@@ -133,7 +133,8 @@ class ServerThread:
     def stop(self) -> None:
         if self._thread is None:
             return
-        assert self._token is not None and self._stop is not None
+        assert self._token is not None
+        assert self._stop is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join(10)
         self._thread = None

@@ -66,7 +66,7 @@ async def test_define_list_and_seq(api: Running) -> None:
 
 
 async def test_lifecycle_and_problem_details(api: Running) -> None:
-    """Actions change state; wrong-state and unknown-name answers are problems with code and field."""
+    """Actions change state; wrong state and unknown names are problems with code and field."""
     async with client(api.rw) as c:
         await c.post("/v1/domains", content=domain_xml("web1"))
         r = await c.post("/v1/domains/web1/start")
@@ -111,7 +111,7 @@ async def test_bad_input_names_the_field(api: Running) -> None:
 
 
 async def test_read_only_socket_refuses_every_mutation(api: Running) -> None:
-    """Every non-GET route on the read-only socket answers 403 read-only; GETs work."""
+    """Every non-GET route on the read-only socket answers 403 read-only."""
     async with client(api.rw) as rw:
         await rw.post("/v1/domains", content=domain_xml("web1"))
     before = api.journal.last_seq()
@@ -148,8 +148,8 @@ async def test_second_server_is_refused_and_sockets_removed(api: Running, sockdi
     other = sockdir / "other"
     other.mkdir()
     async with running_api(other) as run:
-        assert True is os.path.exists(run.rw)
-    assert False is os.path.exists(other / "rw.sock")
+        assert True is Path(run.rw).exists()  # noqa: ASYNC240
+    assert False is (other / "rw.sock").exists()
 
 
 async def test_mutations_log_the_peer(api: Running, caplog: pytest.LogCaptureFixture) -> None:
@@ -234,7 +234,7 @@ def _nobody_connect(path: str) -> int:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody")
 async def test_non_root_is_refused_on_the_rw_socket(api: Running, sockdir: Path) -> None:
-    """User nobody cannot connect to the read-write socket but can read through the read-only one."""
+    """User nobody cannot use the read-write socket but can read through the read-only one."""
     os.chmod(sockdir, 0o755)
     rw = await trio.to_thread.run_sync(_nobody_connect, api.rw)
     ro = await trio.to_thread.run_sync(_nobody_connect, api.ro)
