@@ -34,12 +34,20 @@ shrinks towards zero, and the band holds.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import attrs
 import trio
 
-from supervisor.sched.cgroupcpu import CpuStat, HostIdle
+from supervisor.errors import RuntimeFailure
+from supervisor.sched.cgroupcpu import (
+    CpuPaths,
+    CpuStat,
+    HostIdle,
+    read_host_idle,
+    read_stat,
+    write_bandwidth,
+)
 from supervisor.sched.mapping import SHARES_MAX, SHARES_MIN, CpuMapping
 
 
@@ -329,3 +337,44 @@ class Tuner:
             step_cpu_s=self._step_cpu_s,
             loans=dict(self.state.loans),
         )
+
+
+def cgroup_sampler(
+    paths: Callable[[], Mapping[str, CpuPaths]], cpus: Iterable[int] | None = None
+) -> Callable[[list[str]], Awaitable[Sample]]:
+    """A sampler reading the real kernel: host idle of ``cpus`` and each guest's counters.
+
+    The reads are a few small sysfs/procfs files, cheap enough to do on the trio thread. A guest
+    whose cgroup has vanished (it just stopped) is left out of the sample instead of failing.
+    """
+    cpu_set = None if cpus is None else tuple(cpus)
+
+    async def sample(names: list[str]) -> Sample:
+        where = paths()
+        stats: dict[str, CpuStat] = {}
+        for name in names:
+            if name in where:
+                try:
+                    stats[name] = read_stat(where[name])
+                except RuntimeFailure:
+                    continue
+        return Sample(now=trio.current_time(), host=read_host_idle(cpu_set), guests=stats)
+
+    return sample
+
+
+def cgroup_applier(
+    paths: Callable[[], Mapping[str, CpuPaths]],
+    publish: Callable[[QuotaChange], None] | None = None,
+) -> Callable[[QuotaChange], Awaitable[None]]:
+    """An applier writing a change to the guest's cgroup, then publishing it (TUNABLE)."""
+
+    async def apply(change: QuotaChange) -> None:
+        where = paths().get(change.guest)
+        if where is None:
+            return
+        write_bandwidth(where.cpu, change.period_us, change.new_quota_us, shares=change.shares)
+        if publish is not None:
+            publish(change)
+
+    return apply
