@@ -1,0 +1,145 @@
+"""Start latency of a guest's init, against the floor of util-linux unshare itself.
+
+Measured, each in two regimes (an idle gap of ~100 ms before every start, and back to back):
+- ``spawn_init``: call -> the guest's PID 1 runs its init (busybox root, private network, 6
+  cgroup hierarchies joined in the child, /dev built, chroot, fresh /proc);
+- ``floor_unshare``: ``unshare --fork --pid --mount --uts --ipc --net --mount-proc /bin/true``,
+  the whole process, run from this process;
+- ``floor_unshare_cgroup``: the same, joining a cgroup in every hierarchy before exec;
+- ``cgroup_attach``: moving an existing process into the guest's cgroup in every hierarchy.
+Medians with min/max in milliseconds, JSON in bench/results/spawn.json. Needs root.
+
+    .venv/bin/python bench/bench_spawn.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from supervisor.guest.cgroups import GuestCgroup, attach_to, detect_layout
+from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.guest.spawn import spawn_init
+from supervisor.model import Domain, Filesystem, OsSpec
+
+PREFIX = "vsvbench"
+IDLE_GAP = 0.1
+FLOOR = ["/usr/bin/unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
+         "--mount-proc", "/bin/true"]  # fmt: skip
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "n": len(ms),
+    }
+
+
+async def _measure(runs: int, idle: bool, once: Callable[[], Awaitable[float]]) -> dict[str, float]:
+    samples = []
+    for _ in range(runs):
+        if idle:
+            await trio.sleep(IDLE_GAP)
+        samples.append(await once())
+    return _summary(samples)
+
+
+def _run_floor(preexec: Callable[[], None] | None) -> float:
+    """Wall time of one whole unshare run (synchronous on purpose: nothing else in between)."""
+    t0 = time.perf_counter()
+    subprocess.run(FLOOR, check=True, preexec_fn=preexec)
+    return time.perf_counter() - t0
+
+
+def _attach_sample(cg: GuestCgroup) -> float:
+    """Time to move a fresh sleeping process into every hierarchy of the cgroup."""
+    p = subprocess.Popen(["/bin/sleep", "100"])
+    try:
+        time.sleep(0.001)
+        t0 = time.perf_counter()
+        cg.attach(p.pid)
+        return time.perf_counter() - t0
+    finally:
+        p.kill()
+        p.wait()
+
+
+async def main(runs: int) -> dict[str, object]:
+    layout = detect_layout()
+    root = prepare_busybox_root(os.path.join(tempfile.mkdtemp(prefix="vsvbench-"), "bb"))
+    dom = Domain(
+        name="b",
+        privnet=True,
+        os=OsSpec(init="/bin/sleep", initargs=("1000",)),
+        filesystems=(Filesystem(source=root, target="/"),),
+    )
+    cg = GuestCgroup(layout, PREFIX, "b")
+    cg.create()
+    files = cg.procs_files()
+
+    async def spawn_once() -> float:
+        t0 = time.perf_counter()
+        g = await spawn_init(dom, cg)
+        dt = time.perf_counter() - t0
+        await cg.kill_all()
+        await g.wait()
+        return dt
+
+    async def floor_once() -> float:
+        return _run_floor(None)
+
+    async def floor_cg_once() -> float:
+        return _run_floor(lambda: attach_to(files))
+
+    async def attach_once() -> float:
+        return _attach_sample(cg)
+
+    results: dict[str, object] = {
+        "layout": layout.kind,
+        "hierarchies": len(layout.hierarchies()),
+        "idle_gap_s": IDLE_GAP,
+    }
+    try:
+        for name, fn in [
+            ("spawn_init", spawn_once),
+            ("floor_unshare", floor_once),
+            ("floor_unshare_cgroup", floor_cg_once),
+            ("cgroup_attach", attach_once),
+        ]:
+            await fn()  # warm-up
+            results[name] = {
+                "idle": await _measure(runs, True, fn),
+                "back_to_back": await _measure(runs, False, fn),
+            }
+    finally:
+        await cg.kill_all()
+        await cg.remove()
+        shutil.rmtree(os.path.dirname(root), ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    out = trio.run(main, args.runs)
+    text = json.dumps(out, indent=2)
+    print(text)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "spawn.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    sys.exit(0)
