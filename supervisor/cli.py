@@ -24,6 +24,52 @@ def _cmd_format(args: argparse.Namespace) -> int:
     return format_path(args.path, out=sys.stdout, err=sys.stderr)
 
 
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    from pathlib import Path
+
+    import trio
+
+    from supervisor.daemon import DaemonOptions, run_daemon
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    sig = getattr(signal, "SIG" + args.shutdown_signal.upper().removeprefix("SIG"), None)
+    if not isinstance(sig, int):
+        print(
+            f"vsv daemon: --shutdown-signal: unknown signal {args.shutdown_signal!r}",
+            file=sys.stderr,
+        )
+        return 2
+    opts = DaemonOptions(
+        state_dir=Path(args.state_dir),
+        run_dir=Path(args.run_dir),
+        prefix=args.prefix,
+        start=tuple(args.start),
+        shutdown_timeout=args.shutdown_timeout,
+        stop_timeout=args.stop_timeout,
+        shutdown_signal=sig,
+        keep_guests=args.keep_guests,
+    )
+    return trio.run(run_daemon, opts)
+
+
+def _cmd_rootfs(args: argparse.Namespace) -> int:
+    from supervisor.errors import VsvError
+    from supervisor.guest.rootfs import prepare_busybox_root
+
+    try:
+        print(prepare_busybox_root(args.path))
+    except (VsvError, OSError) as exc:
+        print(f"vsv rootfs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, separate from :func:`main` so tests and docs can inspect it."""
     parser = argparse.ArgumentParser(
@@ -38,6 +84,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("format", help="print a document as the supervisor stores it")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=_cmd_format)
+
+    p = sub.add_parser("daemon", help="run the supervisor in the foreground")
+    p.add_argument("--state-dir", default="/var/lib/vsv", help="definitions (default %(default)s)")
+    p.add_argument("--run-dir", default="/run/vsv", help="runtime records (default %(default)s)")
+    p.add_argument("--prefix", default="vsv", help="name prefix of kernel objects")
+    p.add_argument(
+        "--start",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="define these documents and start them",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a guest gets to end after a shutdown request before it is killed",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT: seconds for all guests to end before they are killed",
+    )
+    p.add_argument(
+        "--shutdown-signal",
+        default="TERM",
+        metavar="SIG",
+        help="signal sent to a guest's init to ask it to power off",
+    )
+    p.add_argument(
+        "--keep-guests",
+        action="store_true",
+        help="on SIGTERM/SIGINT leave guests running (for an upgrade-restart)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_daemon)
+
+    p = sub.add_parser("rootfs", help="prepare a small busybox root directory for guests")
+    p.add_argument("path", nargs="?", default="/var/lib/vsv/rootfs/busybox")
+    p.set_defaults(func=_cmd_rootfs)
     return parser
 
 

@@ -9,7 +9,7 @@ Values crossing this boundary are frozen attrs values with JSON-friendly fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -68,7 +68,7 @@ class SupervisorFacade(Protocol):
     """
 
     @property
-    def bus(self) -> Bus: ...
+    def bus(self) -> Bus[Any]: ...
 
     # domains
     def list_domains(self) -> list[DomainStatus]: ...

@@ -1,0 +1,840 @@
+"""The supervisor: definitions, one trio task per running guest, events on the bus.
+
+Theory of operation
+-------------------
+:class:`Supervisor` owns a :class:`GuestSlot` per defined domain. A slot holds the domain's
+:class:`~supervisor.lifecycle.Lifecycle` (the pure table that decides what every request and
+every end of init means) and the runtime handles (cgroup, process). The rule is simple: **every
+change of a slot goes through** ``Lifecycle.apply``; this module only carries out the actions the
+table returns and publishes the events it lists, so the event sequences are the table's.
+
+- API calls (start, shutdown, destroy, reboot, suspend, resume) apply their input at once and do
+  the quick actions themselves (signal init, freeze, kill the cgroup). START launches the guest's
+  task in the guests' nursery.
+- The guest task (:meth:`Supervisor._guest_task`) boots the guest (cgroup, limits, ``prepare``
+  hooks, spawn), waits for init to end (with the shutdown deadline, if one is armed), classifies
+  the end, and then releases, respawns or schedules a restart as the table says. A failure in
+  one guest's task is caught there and reported as ``STOPPED FAILED``: it never reaches the
+  nursery, so it cannot take down another guest or the supervisor.
+- Runtime state of every running guest is written to the run dir (pids, namespace inodes,
+  cgroup). A supervisor that starts and finds records re-adopts live guests (watching their init
+  through a pidfd) and cleans up after dead ones, reporting each.
+
+The daemon (:func:`run_daemon`) wraps this: it prints events one per line, starts autostart
+guests, and on SIGINT/SIGTERM shuts every guest down within a deadline (then kills) and exits 0;
+``--keep-guests`` leaves them running for an upgrade-restart instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import trio
+
+from supervisor import lifecycle as lc
+from supervisor.bus import Bus, Gap
+from supervisor.errors import (
+    ConflictError,
+    InvalidDocument,
+    InvalidOperation,
+    NotFound,
+    RuntimeFailure,
+    VsvError,
+)
+from supervisor.facade import DomainStatus, Lease, NetworkStatus
+from supervisor.guest import procs
+from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
+from supervisor.guest.spawn import GuestExit, GuestProcess, spawn_init
+from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
+from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
+from supervisor.store import ConfigStore, RunStore
+
+log = logging.getLogger("vsv.daemon")
+
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+
+@attrs.define(eq=False)
+class GuestContext:
+    """What the bus's prepare/release hooks get for one guest boot."""
+
+    domain: Domain
+    cgroup: GuestCgroup
+    prefix: str
+    run_dir: Path
+    #: filled by hooks: what each subsystem plumbed, recorded in the run dir for re-adoption
+    records: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.define(eq=False)
+class GuestSlot:
+    """One defined domain and, while it runs, its runtime handles."""
+
+    domain: Domain
+    life: Lifecycle
+    cgroup: GuestCgroup | None = None
+    process: GuestProcess | None = None
+    #: pid of an adopted guest's init (its wrapper is not our child)
+    adopted_pid: int | None = None
+    ctx: GuestContext | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    task_running: bool = False
+    #: set by API calls that kill the guest: the end is then ours, not the guest's
+    killed_by_us: bool = False
+    reboot_requested: bool = False
+    #: cancel scope of the wait for init's end; its deadline is the shutdown timeout
+    wait_scope: trio.CancelScope | None = None
+    start_scope: trio.CancelScope | None = None
+    restart_scope: trio.CancelScope | None = None
+    #: set whenever a boot attempt finishes (STARTED or failed) and when the task ends
+    settled: trio.Event = attrs.Factory(trio.Event)
+    start_error: BaseException | None = None
+    task_done: trio.Event = attrs.Factory(trio.Event)
+
+    def failure(self) -> BaseException | None:
+        """Why the last start failed (None: it did not)."""
+        return self.start_error
+
+    def status(self) -> DomainStatus:
+        pid = self.adopted_pid
+        if self.process is not None:
+            pid = self.process.init_pid
+        return DomainStatus(
+            name=self.domain.name,
+            id=self.domain.id,
+            uuid=self.domain.uuid,
+            type=self.domain.type,
+            state=self.life.status.state.name,
+            reason=self.life.status.reason.name,
+            autostart=self.domain.autostart,
+            init_pid=pid,
+            started_at=self.started_at,
+            restarts=self.restarts,
+        )
+
+
+Spawner = Callable[[Callable[..., Awaitable[Any]], tuple[Any, ...]], None]
+
+
+@attrs.define(eq=False)
+class Supervisor:
+    """The running supervisor (implements :class:`supervisor.facade.SupervisorFacade`)."""
+
+    state_dir: Path
+    run_dir: Path
+    prefix: str = "vsv"
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    shutdown_signal: int = signal.SIGTERM
+    restart_policy: lc.RestartPolicy = attrs.Factory(lc.RestartPolicy)
+    layout: CgroupLayout | None = None
+    _bus: Bus[GuestContext] = attrs.Factory(Bus)
+    slots: dict[str, GuestSlot] = attrs.Factory(dict)
+    networks: dict[str, Network] = attrs.Factory(dict)
+    #: names of the guests re-adopted from a previous supervisor at start-up
+    adopted: list[str] = attrs.Factory(list)
+    config: ConfigStore = attrs.field(init=False)
+    runs: RunStore = attrs.field(init=False)
+    _spawn: trio.MemorySendChannel[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = (
+        None
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self.config = ConfigStore(self.state_dir)
+        self.runs = RunStore(self.run_dir)
+
+    @property
+    def bus(self) -> Bus[GuestContext]:
+        return self._bus
+
+    # ------------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load definitions, re-adopt what a predecessor left, then serve until cancelled.
+
+        Guest tasks run in a nursery inside this task; callers start it with ``nursery.start``
+        and can call the operations once it is started.
+        """
+        if self.layout is None:
+            self.layout = detect_layout()
+        self.config.ensure()
+        self.runs.ensure()
+        domains, problems = self.config.load_domains()
+        for problem in problems:
+            log.warning("ignoring stored definition: %s", problem)
+        for domain in domains:
+            self.slots[domain.name] = self._new_slot(domain)
+        nets, problems = self.config.load_networks()
+        for problem in problems:
+            log.warning("ignoring stored network: %s", problem)
+        self.networks = {n.name: n for n in nets}
+        send, receive = trio.open_memory_channel[
+            tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]
+        ](math.inf)
+        async with trio.open_nursery() as guests:
+            guests.start_soon(self._spawner, receive)
+            self._spawn = send
+            await self._adopt_leftovers()
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _spawner(
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]],
+    ) -> None:
+        # The guests' nursery is owned by run(); tasks reach it through this channel so the
+        # nursery object is never stored on the supervisor.
+        async with trio.open_nursery() as nursery:
+            async for fn, args in receive:
+                nursery.start_soon(fn, *args)
+
+    def _launch(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._spawn is None:
+            raise InvalidOperation("the supervisor is not running")
+        self._spawn.send_nowait((fn, args))
+
+    def _new_slot(self, domain: Domain) -> GuestSlot:
+        return GuestSlot(domain=domain, life=Lifecycle.for_domain(domain, self.restart_policy))
+
+    def _slot(self, name: str) -> GuestSlot:
+        try:
+            return self.slots[name]
+        except KeyError:
+            raise NotFound(f"domain {name!r} is not defined") from None
+
+    def _publish_step(self, name: str, step: lc.Step) -> None:
+        for emit in step.events:
+            self._bus.publish_nowait("domain", name, emit.type, emit.detail, emit.data)
+
+    def _apply(self, slot: GuestSlot, input: Input, end: GuestEnd | None = None) -> lc.Step:
+        step = slot.life.apply(input, now=time.monotonic(), end=end)
+        self._publish_step(slot.domain.name, step)
+        return step
+
+    # ------------------------------------------------------------------------ definitions
+
+    def list_domains(self) -> list[DomainStatus]:
+        return [self.slots[n].status() for n in sorted(self.slots)]
+
+    def domain_status(self, name: str) -> DomainStatus:
+        return self._slot(name).status()
+
+    def get_domain(self, name: str) -> Domain:
+        return self._slot(name).domain
+
+    def _check_conflicts(self, domain: Domain) -> None:
+        for other in self.slots.values():
+            d = other.domain
+            if d.name == domain.name:
+                continue
+            if domain.uuid is not None and d.uuid == domain.uuid:
+                raise ConflictError(
+                    f"domain {domain.name}: uuid {domain.uuid} is already used by {d.name}"
+                )
+            if domain.id is not None and d.id == domain.id:
+                raise ConflictError(
+                    f"domain {domain.name}: context id {domain.id} is already used by {d.name}"
+                )
+
+    def _complete(self, domain: Domain, previous: Domain | None) -> Domain:
+        """Fill what a definition may leave out: uuid and (vserver dialect) context id."""
+        import uuid as uuidlib
+
+        changes: dict[str, Any] = {}
+        if domain.uuid is None:
+            changes["uuid"] = previous.uuid if previous else str(uuidlib.uuid4())
+        if domain.id is None and domain.type == "vserver":
+            if previous is not None and previous.id is not None:
+                changes["id"] = previous.id
+            else:
+                used = {s.domain.id for s in self.slots.values()}
+                changes["id"] = next(
+                    i for i in range(CONTEXT_ID_MIN, CONTEXT_ID_MAX + 1) if i not in used
+                )
+        return attrs.evolve(domain, **changes) if changes else domain
+
+    async def define_domain(self, domain: Domain) -> Domain:
+        """Add or update a definition (DEFINED ADDED / UPDATED); refuses duplicates.
+
+        Updating a running guest changes its stored definition; the running guest keeps the
+        old one until it is next started.
+        """
+        from supervisor.validate import check_domain
+
+        problems = check_domain(domain)
+        if problems:
+            raise InvalidDocument(problems)
+        previous = self.slots.get(domain.name)
+        if (
+            previous is not None
+            and domain.uuid is not None
+            and previous.domain.uuid
+            not in (
+                None,
+                domain.uuid,
+            )
+        ):
+            raise ConflictError(
+                f"domain {domain.name} exists with uuid {previous.domain.uuid}, not {domain.uuid}"
+            )
+        domain = self._complete(domain, previous.domain if previous else None)
+        self._check_conflicts(domain)
+        self.config.save_domain(domain)
+        if previous is None:
+            self.slots[domain.name] = self._new_slot(domain)
+            detail = "ADDED"
+        else:
+            if previous.life.phase is Phase.SHUTOFF:
+                previous.domain = domain
+                previous.life = Lifecycle.for_domain(domain, self.restart_policy)
+                previous.life.status = lc.DomainStatus(
+                    lc.DomainState.SHUTOFF, previous.life.status.reason
+                )
+            else:
+                previous.domain = attrs.evolve(previous.domain, autostart=domain.autostart)
+            detail = "UPDATED"
+        self._bus.publish_nowait("domain", domain.name, "DEFINED", detail)
+        return domain
+
+    async def undefine_domain(self, name: str) -> None:
+        slot = self._slot(name)
+        if slot.life.phase is not Phase.SHUTOFF or slot.task_running:
+            raise InvalidOperation(
+                f"domain {name} is {slot.life.status.state.name.lower()}: stop it first"
+            )
+        self.config.remove_domain(name)
+        del self.slots[name]
+        self._bus.publish_nowait("domain", name, "UNDEFINED", "REMOVED")
+
+    async def set_autostart(self, name: str, autostart: bool) -> None:
+        slot = self._slot(name)
+        domain = attrs.evolve(slot.domain, autostart=autostart)
+        self.config.save_domain(domain)
+        slot.domain = domain
+
+    # ------------------------------------------------------------------------ operations
+
+    async def start_domain(self, name: str) -> DomainStatus:
+        """Start the guest and wait until it runs (STARTED BOOTED) or failed to start."""
+        slot = self._slot(name)
+        if self._running_id_conflict(slot):
+            raise ConflictError(
+                f"domain {name}: context id {slot.domain.id} is in use by a running guest"
+            )
+        step = slot.life.apply(Input.START, now=time.monotonic())
+        self._publish_step(name, step)
+        slot.settled = trio.Event()
+        slot.start_error = None
+        if Action.CANCEL_RESTART in step.actions and slot.restart_scope is not None:
+            slot.restart_scope.cancel()  # the waiting task proceeds to boot
+        else:
+            slot.task_done = trio.Event()
+            slot.task_running = True
+            self._launch(self._guest_task, slot)
+        await slot.settled.wait()
+        error = slot.failure()
+        if error is not None:
+            if isinstance(error, VsvError):
+                raise error
+            raise RuntimeFailure(f"domain {name}: start failed: {error}") from error
+        return slot.status()
+
+    def _running_id_conflict(self, slot: GuestSlot) -> bool:
+        if slot.domain.id is None:
+            return False
+        return any(
+            s is not slot and s.domain.id == slot.domain.id and s.life.phase is not Phase.SHUTOFF
+            for s in self.slots.values()
+        )
+
+    async def shutdown_domain(self, name: str, *, timeout: float | None = None) -> None:
+        """Ask init to power off (SIGTERM by default); kill it after ``timeout`` seconds.
+
+        Returns once the request is made; the end is reported as events.
+        """
+        slot = self._slot(name)
+        step = self._apply(slot, Input.SHUTDOWN)
+        if Action.CANCEL_RESTART in step.actions and slot.restart_scope is not None:
+            slot.restart_scope.cancel()
+        if Action.ASK_SHUTDOWN in step.actions:
+            deadline = trio.current_time() + (self.shutdown_timeout if timeout is None else timeout)
+            if slot.wait_scope is not None:
+                slot.wait_scope.deadline = deadline
+            self._signal_init(slot, self.shutdown_signal)
+
+    async def destroy_domain(self, name: str) -> None:
+        """Kill every process of the guest (its whole cgroup) and wait until it is released."""
+        slot = self._slot(name)
+        step = self._apply(slot, Input.DESTROY)
+        await self._do_actions(slot, step)
+        if slot.task_running:
+            await slot.task_done.wait()
+
+    async def reboot_domain(self, name: str) -> None:
+        """Restart the guest in place: its processes are killed and init respawned (REBOOT)."""
+        slot = self._slot(name)
+        step = self._apply(slot, Input.REBOOT)
+        if Action.ASK_REBOOT in step.actions:
+            slot.reboot_requested = True
+            await self._kill(slot)
+
+    async def suspend_domain(self, name: str) -> None:
+        slot = self._slot(name)
+        step = self._apply(slot, Input.SUSPEND)
+        await self._do_actions(slot, step)
+
+    async def resume_domain(self, name: str) -> None:
+        slot = self._slot(name)
+        step = self._apply(slot, Input.RESUME)
+        await self._do_actions(slot, step)
+
+    async def _do_actions(self, slot: GuestSlot, step: lc.Step) -> None:
+        """The quick actions an API call carries out itself."""
+        for action in step.actions:
+            if action is Action.KILL:
+                if slot.start_scope is not None:
+                    slot.start_scope.cancel()
+                await self._kill(slot)
+            elif action is Action.FREEZE and slot.cgroup is not None:
+                await slot.cgroup.freeze()
+            elif action is Action.THAW and slot.cgroup is not None:
+                await slot.cgroup.thaw()
+            elif action is Action.CANCEL_RESTART and slot.restart_scope is not None:
+                slot.restart_scope.cancel()
+            elif action is Action.RELEASE and not slot.task_running:
+                await self._release(slot)
+
+    def _signal_init(self, slot: GuestSlot, sig: int) -> None:
+        with contextlib.suppress(RuntimeFailure, ProcessLookupError):
+            if slot.process is not None:
+                slot.process.send_signal(sig)
+            elif slot.adopted_pid is not None:
+                os.kill(slot.adopted_pid, sig)
+
+    async def _kill(self, slot: GuestSlot) -> None:
+        slot.killed_by_us = True
+        if slot.cgroup is not None:
+            await slot.cgroup.kill_all()
+
+    # ------------------------------------------------------------------------ the guest task
+
+    async def _guest_task(self, slot: GuestSlot, adopted: bool = False) -> None:
+        """Run one guest from START (or adoption) until it is released for good."""
+        name = slot.domain.name
+        try:
+            respawn = adopted
+            while True:
+                if not respawn and not await self._boot(slot):
+                    return
+                respawn = False
+                exit_ = await self._wait_end(slot)
+                end = self._classify(slot, exit_)
+                slot.process = None
+                slot.adopted_pid = None
+                step = self._apply(slot, end.input, end)
+                again = await self._after_end(slot, step)
+                if again is None:
+                    return
+                respawn = again
+        except Exception as exc:
+            log.exception("guest %s: supervisor error", name)
+            with trio.CancelScope(shield=True):
+                await self._fail_hard(slot, exc)
+        finally:
+            slot.task_running = False
+            slot.settled.set()
+            slot.task_done.set()
+
+    async def _boot(self, slot: GuestSlot, *, keep_resources: bool = False) -> bool:
+        """Prepare and spawn; True when init runs. A failure is reported and released here."""
+        domain = slot.domain
+        try:
+            with trio.CancelScope() as scope:
+                slot.start_scope = scope
+                if not keep_resources:
+                    assert self.layout is not None
+                    cgroup = GuestCgroup(self.layout, self.prefix, domain.name)
+                    slot.cgroup = cgroup
+                    cgroup.create()
+                    cgroup.apply_limits(domain)
+                    slot.ctx = GuestContext(domain, cgroup, self.prefix, self.run_dir)
+                    await self._bus.run_prepare(slot.ctx)
+                assert slot.cgroup is not None
+                slot.process = await spawn_init(
+                    domain, slot.cgroup, log_path=str(self._log_path(domain.name))
+                )
+            slot.start_scope = None
+            if scope.cancelled_caught:
+                raise RuntimeFailure(f"start of {domain.name} was cancelled")  # noqa: TRY301
+        except Exception as exc:
+            slot.start_scope = None
+            slot.start_error = exc
+            log.warning("guest %s: start failed: %s", domain.name, exc)
+            step = self._apply(slot, Input.START_FAILED)
+            if Action.RELEASE in step.actions:
+                with trio.CancelScope(shield=True):
+                    await self._release(slot)
+            slot.settled.set()
+            return False
+        slot.killed_by_us = False
+        slot.reboot_requested = False
+        slot.started_at = time.time()
+        step = self._apply(slot, Input.STARTED)
+        self._record(slot)
+        slot.settled.set()
+        if Action.KILL in step.actions:
+            await self._kill(slot)
+        return True
+
+    def _log_path(self, name: str) -> Path:
+        logs = self.run_dir / "logs"
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return logs / f"{name}.log"
+
+    async def _wait_end(self, slot: GuestSlot) -> GuestExit | None:
+        """Wait for init to end; a shutdown deadline that passes escalates to a kill."""
+        while True:
+            with trio.CancelScope() as scope:
+                slot.wait_scope = scope
+                if slot.life.phase is Phase.STOPPING:
+                    scope.deadline = trio.current_time() + self.shutdown_timeout
+                if slot.process is not None:
+                    result: GuestExit | None = await slot.process.wait()
+                else:
+                    assert slot.adopted_pid is not None
+                    await procs.wait_pid_exit(slot.adopted_pid)
+                    result = None
+            slot.wait_scope = None
+            if not scope.cancelled_caught:
+                return result
+            # the shutdown timeout passed: escalate
+            step = self._apply(slot, Input.SHUTDOWN_TIMEOUT)
+            await self._do_actions(slot, step)
+
+    def _classify(self, slot: GuestSlot, exit_: GuestExit | None) -> GuestEnd:
+        if slot.reboot_requested:
+            return GuestEnd(EndKind.REBOOT, signal=signal.SIGHUP)
+        if exit_ is None:
+            # an adopted guest: its exit status went to its wrapper, not to us
+            if slot.killed_by_us:
+                return GuestEnd(EndKind.KILLED, signal=signal.SIGKILL)
+            return GuestEnd(EndKind.POWEROFF, exit_code=0)
+        status: lc.ExitStatus = (
+            (True, exit_.status, 0) if exit_.status is not None else (False, 0, exit_.signal or 0)
+        )
+        return lc.classify_exit(status, killed_by_us=slot.killed_by_us)
+
+    async def _after_end(self, slot: GuestSlot, step: lc.Step) -> bool | None:
+        """Carry out what the table says after init ended.
+
+        Returns None when the task is done, False to boot again from scratch, True to respawn
+        init with the resources kept.
+        """
+        for action in step.actions:
+            if action is Action.THAW and slot.cgroup is not None:
+                await slot.cgroup.thaw()
+            elif action is Action.RELEASE:
+                with trio.CancelScope(shield=True):
+                    await self._release(slot)
+            elif action is Action.RESPAWN:
+                await trio.sleep(step.delay)
+                slot.restarts += 1
+                # leftovers of the previous init (a pid namespace dies with its init)
+                if slot.cgroup is not None:
+                    await slot.cgroup.kill_all()
+                if not await self._boot(slot, keep_resources=True):
+                    return None
+                return True
+            elif action is Action.SCHEDULE_RESTART:
+                with trio.CancelScope() as scope:
+                    slot.restart_scope = scope
+                    await trio.sleep(step.delay)
+                slot.restart_scope = None
+                if slot.life.phase is Phase.RESTARTING:
+                    self._apply(slot, Input.RESTART_DUE)
+                if slot.life.phase is not Phase.STARTING:
+                    return None
+                slot.restarts += 1
+                return False
+        return None
+
+    async def _release(self, slot: GuestSlot) -> None:
+        """Undo everything a boot did: processes, hooks' resources, cgroup, run record."""
+        if slot.cgroup is not None:
+            try:
+                await slot.cgroup.kill_all()
+            except RuntimeFailure as exc:
+                log.warning("guest %s: kill on release: %s", slot.domain.name, exc)
+        if slot.ctx is not None:
+            try:
+                await self._bus.run_release(slot.ctx)
+            except VsvError as exc:
+                log.warning("guest %s: release hooks: %s", slot.domain.name, exc)
+        if slot.cgroup is not None:
+            try:
+                await slot.cgroup.remove()
+            except RuntimeFailure as exc:
+                log.warning("guest %s: cgroup removal: %s", slot.domain.name, exc)
+        slot.cgroup = None
+        slot.ctx = None
+        slot.process = None
+        slot.adopted_pid = None
+        slot.started_at = None
+        self.runs.remove("domains", slot.domain.name)
+
+    async def _fail_hard(self, slot: GuestSlot, exc: BaseException) -> None:
+        """The supervisor's own code failed for this guest: clean up, report, stay up."""
+        slot.start_error = exc
+        await self._release(slot)
+        slot.life = Lifecycle.for_domain(slot.domain, self.restart_policy)
+        slot.life.status = lc.DomainStatus(lc.DomainState.SHUTOFF, lc.ShutoffReason.FAILED)
+        with contextlib.suppress(Exception):
+            self._bus.publish_nowait(
+                "domain",
+                slot.domain.name,
+                "STOPPED",
+                "FAILED",
+                {"reason": "supervisor-error", "error": str(exc)[:200]},
+            )
+
+    # ------------------------------------------------------------------------ run records
+
+    def _record(self, slot: GuestSlot) -> None:
+        proc = slot.process
+        record: dict[str, Any] = {
+            "name": slot.domain.name,
+            "uuid": slot.domain.uuid,
+            "prefix": self.prefix,
+            "started_at": slot.started_at,
+            "cgroup": slot.cgroup.dirname if slot.cgroup else None,
+            "hooks": slot.ctx.records if slot.ctx else {},
+        }
+        if proc is not None:
+            record["wrapper_pid"] = proc.wrapper_pid
+            record["init_pid"] = proc.init_pid
+            record["namespaces"] = attrs.asdict(proc.namespaces) if proc.namespaces else None
+        self.runs.write("domains", slot.domain.name, record)
+
+    async def _adopt_leftovers(self) -> None:
+        """Re-adopt guests a previous supervisor left running; clean up after dead ones."""
+        assert self.layout is not None
+        for name, record in self.runs.read_all("domains").items():
+            slot = self.slots.get(name)
+            init_pid = record.get("init_pid")
+            namespaces = record.get("namespaces") or {}
+            alive = (
+                isinstance(init_pid, int)
+                and isinstance(namespaces.get("pid"), int)
+                and procs.pid_is_guest_init(init_pid, namespaces["pid"])
+            )
+            cgroup = GuestCgroup(self.layout, self.prefix, name)
+            domain = slot.domain if slot else Domain(name=name)
+            ctx = GuestContext(
+                domain, cgroup, self.prefix, self.run_dir, dict(record.get("hooks") or {})
+            )
+            if alive and slot is not None and isinstance(init_pid, int):
+                slot.cgroup = cgroup
+                slot.ctx = ctx
+                slot.adopted_pid = init_pid
+                slot.started_at = record.get("started_at")
+                frozen = False
+                with contextlib.suppress(RuntimeFailure):
+                    frozen = cgroup.is_frozen()
+                self._apply(slot, Input.ADOPT_PAUSED if frozen else Input.ADOPT)
+                self.adopted.append(name)
+                slot.task_done = trio.Event()
+                slot.task_running = True
+                self._launch(self._guest_task, slot, True)
+                continue
+            # dead (or no longer defined): clean up what it held and report it
+            with trio.CancelScope(shield=True):
+                if alive:
+                    with contextlib.suppress(RuntimeFailure):
+                        await cgroup.kill_all()
+                with contextlib.suppress(VsvError):
+                    await self._bus.run_release(ctx)
+                with contextlib.suppress(RuntimeFailure):
+                    await cgroup.remove()
+            self.runs.remove("domains", name)
+            self._bus.publish_nowait(
+                "domain",
+                name,
+                "STOPPED",
+                "FAILED",
+                {"reason": "ended-while-supervisor-down" if not alive else "no-definition"},
+            )
+            if slot is not None:
+                slot.life.status = lc.DomainStatus(lc.DomainState.SHUTOFF, lc.ShutoffReason.FAILED)
+
+    # ------------------------------------------------------------------------ whole-supervisor
+
+    async def start_autostart(self) -> None:
+        """Start every domain marked autostart that is not running (failures are reported)."""
+        async with trio.open_nursery() as nursery:
+            for slot in list(self.slots.values()):
+                if slot.domain.autostart and slot.life.phase is Phase.SHUTOFF:
+                    nursery.start_soon(self._start_quietly, slot.domain.name)
+
+    async def _start_quietly(self, name: str) -> None:
+        try:
+            await self.start_domain(name)
+        except VsvError as exc:
+            log.warning("autostart of %s failed: %s", name, exc)
+
+    async def shutdown_all(self, timeout: float) -> None:
+        """Shut every running guest down gracefully; kill what is left after ``timeout``."""
+        running = [s for s in self.slots.values() if s.task_running]
+        for slot in running:
+            with contextlib.suppress(VsvError):
+                if slot.life.phase in (Phase.RUNNING, Phase.PAUSED):
+                    if slot.life.phase is Phase.PAUSED:
+                        await self.resume_domain(slot.domain.name)
+                    await self.shutdown_domain(slot.domain.name, timeout=timeout)
+                elif slot.life.phase is not Phase.STOPPING:
+                    await self.destroy_domain(slot.domain.name)
+        with trio.move_on_after(timeout + 5):
+            for slot in running:
+                await slot.task_done.wait()
+        for slot in running:
+            if slot.task_running:
+                with contextlib.suppress(VsvError):
+                    await self.destroy_domain(slot.domain.name)
+
+    # ------------------------------------------------------------------------ not yet served
+
+    def schedinfo(self, name: str) -> Mapping[str, object]:
+        raise InvalidOperation("schedinfo is not available yet")
+
+    async def set_schedinfo(
+        self, name: str, params: Mapping[str, str], *, live: bool, config: bool
+    ) -> Mapping[str, object]:
+        raise InvalidOperation("schedinfo is not available yet")
+
+    def list_networks(self) -> list[NetworkStatus]:
+        return []
+
+    def get_network(self, name: str) -> Network:
+        raise NotFound(f"network {name!r} is not defined")
+
+    async def define_network(self, network: Network) -> Network:
+        raise InvalidOperation("networks are not available yet")
+
+    async def undefine_network(self, name: str) -> None:
+        raise NotFound(f"network {name!r} is not defined")
+
+    async def start_network(self, name: str) -> None:
+        raise NotFound(f"network {name!r} is not defined")
+
+    async def destroy_network(self, name: str) -> None:
+        raise NotFound(f"network {name!r} is not defined")
+
+    def network_leases(self, name: str) -> list[Lease]:
+        raise NotFound(f"network {name!r} is not defined")
+
+    def statistics(self) -> Mapping[str, object]:
+        states: dict[str, int] = {}
+        for slot in self.slots.values():
+            key = slot.life.status.state.name
+            states[key] = states.get(key, 0) + 1
+        return {
+            "prefix": self.prefix,
+            "domains": len(self.slots),
+            "states": states,
+            "bus": attrs.asdict(self._bus.statistics(), recurse=True),
+        }
+
+
+# ---------------------------------------------------------------------------- the daemon
+
+
+async def print_events(
+    bus: Bus[Any], out: TextIO, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Print every event as one line (``12 web1 STARTED BOOTED``), flushing each."""
+    async with bus.subscribe("stdout", buffer=100_000) as sub:
+        task_status.started()
+        async for item in sub:
+            if isinstance(item, Gap):
+                line = f"# missed events {item.first_seq}..{item.last_seq}"
+            else:
+                line = item.line()
+            out.write(line + "\n")
+            out.flush()
+
+
+@attrs.frozen
+class DaemonOptions:
+    state_dir: Path
+    run_dir: Path
+    prefix: str = "vsv"
+    start: tuple[str, ...] = ()
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    stop_timeout: float = 15.0
+    shutdown_signal: int = signal.SIGTERM
+    keep_guests: bool = False
+
+
+async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
+    """The foreground supervisor; returns the exit status (0 after a signal-initiated stop)."""
+    from supervisor.xml import parse_document
+
+    documents: list[Domain] = []
+    for path in opts.start:
+        try:
+            doc = parse_document(Path(path).read_bytes(), path=path)  # noqa: ASYNC240
+        except InvalidDocument as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            return 1
+        if isinstance(doc, Domain):
+            documents.append(doc)
+    sup = Supervisor(
+        state_dir=opts.state_dir,
+        run_dir=opts.run_dir,
+        prefix=opts.prefix,
+        shutdown_timeout=opts.shutdown_timeout,
+        shutdown_signal=opts.shutdown_signal,
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(print_events, sup.bus, out)
+            await nursery.start(sup.run)
+            sup.bus.publish_nowait(
+                "supervisor",
+                None,
+                "STARTED",
+                None,
+                {"pid": os.getpid(), "adopted": ",".join(sup.adopted)},
+            )
+            for domain in documents:
+                try:
+                    await sup.define_domain(domain)
+                except VsvError as exc:
+                    print(f"define {domain.name}: {exc}", file=sys.stderr)
+            nursery.start_soon(sup.start_autostart)
+            for domain in documents:
+                nursery.start_soon(sup._start_quietly, domain.name)
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                break
+            if not opts.keep_guests:
+                await sup.shutdown_all(opts.stop_timeout)
+            sup.bus.publish_nowait(
+                "supervisor", None, "STOPPED", None, {"keep_guests": str(opts.keep_guests).lower()}
+            )
+            await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    return 0
