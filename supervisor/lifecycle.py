@@ -31,6 +31,9 @@ An input that has no row for the current phase raises :class:`IllegalTransition`
 Event sequences (the contract; docs/lifecycle.md repeats it, the runtime's tests assert it)
 ------------------------------------------------------------------------------------------
 - start: ``STARTED BOOTED``; a start that fails: ``STOPPED FAILED`` (data reason=start-failed).
+- destroy during a start: ``STOPPED DESTROYED`` (reason=start-cancelled) if init never ran,
+  else ``STARTED BOOTED`` then ``STOPPED DESTROYED``: a consumer never sees a STOPPED for a
+  guest it was not told had started, except these two start outcomes.
 - API shutdown: nothing until the guest ends, then ``STOPPED SHUTDOWN``; if the guest does not
   end before the runner's timeout and is killed: ``STOPPED DESTROYED`` (reason=shutdown-timeout).
 - API destroy: ``STOPPED DESTROYED``.
@@ -182,6 +185,7 @@ class Phase(enum.Enum):
     PAUSED = "paused"  # frozen
     STOPPING = "stopping"  # init asked to power off; waiting for it to end
     DESTROYING = "destroying"  # killing; waiting for the end
+    ABORTING = "aborting"  # destroy requested while starting; waiting for the start to settle
     REBOOTING = "rebooting"  # init ended for a reboot; respawning it, resources kept
     RESTARTING = "restarting"  # stopped and released; a restart is scheduled after a delay
     PRESERVED = "preserved"  # processes gone, resources kept (on_*=preserve) until destroy
@@ -358,7 +362,17 @@ TABLE: Mapping[TableKey, Transition] = {
     (P.STARTING, In.START_FAILED, None): Transition(
         P.SHUTOFF, _OFF_FAILED, (_STOPPED_START_FAILED,), (A.RELEASE,)
     ),
-    (P.STARTING, In.DESTROY, None): Transition(P.DESTROYING, _GOING, (), (A.KILL,)),
+    (P.STARTING, In.DESTROY, None): Transition(P.ABORTING, _GOING, (), (A.KILL,)),
+    # -- ABORTING: a start being cancelled; consumers never saw STARTED, so a start that still
+    # completes is announced before it is destroyed, and one that does not is marked cancelled
+    (P.ABORTING, In.DESTROY, None): Transition(P.ABORTING, None),
+    (P.ABORTING, In.STARTED, None): Transition(P.DESTROYING, _GOING, (_STARTED,), (A.KILL,)),
+    (P.ABORTING, In.START_FAILED, None): Transition(
+        P.SHUTOFF,
+        _OFF_DESTROYED,
+        (Emit("STOPPED", "DESTROYED", (("reason", "start-cancelled"),)),),
+        (A.RELEASE,),
+    ),
     # -- RUNNING
     (P.RUNNING, In.SHUTDOWN, None): Transition(P.STOPPING, _GOING, (), (A.ASK_SHUTDOWN,)),
     (P.RUNNING, In.DESTROY, None): Transition(P.DESTROYING, _GOING, (), (A.KILL,)),
