@@ -55,7 +55,7 @@ class HostNet:
 
     async def aclose(self) -> None:
         """Close the netlink worker."""
-        await self.worker.aclose()
+        await self.worker.aclose(wait=True)
 
 
 class UndoStack:

@@ -226,8 +226,14 @@ async def _plumb_one(
     )
     undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
     if bridge is not None:
-        bmtu = iface.mtu or await w.call(partial(netlink.link_mtu, name=bridge))
-        await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=bmtu))
+
+        def enslave(ipr: Any, bridge: str = bridge) -> None:
+            # one hop to the netlink thread: the bridge's MTU, then enslave and bring up
+            netlink.set_up(
+                ipr, host_if, master=bridge, mtu=iface.mtu or netlink.link_mtu(ipr, bridge)
+            )
+
+        await w.call(enslave)
     else:
         await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
         # ethernet: the XML's addresses and routes are the host end's
