@@ -74,6 +74,8 @@ class GuestContext:
     run_dir: Path
     #: filled by hooks: what each subsystem plumbed, recorded in the run dir for re-adoption
     records: dict[str, Any] = attrs.Factory(dict)
+    #: True once every prepare hook succeeded (a failed prepare undoes itself on the bus)
+    prepared: bool = False
 
 
 @attrs.define(eq=False)
@@ -469,6 +471,7 @@ class Supervisor:
                     cgroup.apply_limits(domain)
                     slot.ctx = GuestContext(domain, cgroup, self.prefix, self.run_dir)
                     await self._bus.run_prepare(slot.ctx)
+                    slot.ctx.prepared = True
                 assert slot.cgroup is not None
                 slot.process = await spawn_init(
                     domain, slot.cgroup, log_path=str(self._log_path(domain.name))
@@ -575,7 +578,7 @@ class Supervisor:
                 await slot.cgroup.kill_all()
             except RuntimeFailure as exc:
                 log.warning("guest %s: kill on release: %s", slot.domain.name, exc)
-        if slot.ctx is not None:
+        if slot.ctx is not None and slot.ctx.prepared:
             try:
                 await self._bus.run_release(slot.ctx)
             except VsvError as exc:
