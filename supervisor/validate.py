@@ -48,11 +48,45 @@ MTU_MAX: Final = 65535
 
 #: Capability names libvirt's domain schema knows for ``<features><capabilities>``.
 CAPABILITY_NAMES: Final = frozenset(
-    "audit_control audit_write block_suspend chown dac_override dac_read_search fowner fsetid "
-    "ipc_lock ipc_owner kill lease linux_immutable mac_admin mac_override mknod net_admin "
-    "net_bind_service net_broadcast net_raw setgid setfcap setpcap setuid sys_admin sys_boot "
-    "sys_chroot sys_module sys_nice sys_pacct sys_ptrace sys_rawio sys_resource sys_time "
-    "sys_tty_config syslog wake_alarm".split()
+    [
+        "audit_control",
+        "audit_write",
+        "block_suspend",
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "ipc_lock",
+        "ipc_owner",
+        "kill",
+        "lease",
+        "linux_immutable",
+        "mac_admin",
+        "mac_override",
+        "mknod",
+        "net_admin",
+        "net_bind_service",
+        "net_broadcast",
+        "net_raw",
+        "setgid",
+        "setfcap",
+        "setpcap",
+        "setuid",
+        "sys_admin",
+        "sys_boot",
+        "sys_chroot",
+        "sys_module",
+        "sys_nice",
+        "sys_pacct",
+        "sys_ptrace",
+        "sys_rawio",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "syslog",
+        "wake_alarm",
+    ]
 )
 INTERFACE_TYPES_LXC: Final = ("network", "bridge", "ethernet")
 INTERFACE_TYPES_VSERVER: Final = ("network", "bridge", "ethernet", "vserver")
@@ -252,7 +286,9 @@ def _check_abs_path(sink: _Sink, key: Key, where: str, value: str | None, root_o
 
 def _check_bucket_rates(sink: _Sink, key: Key, where: str, b: TokenBucket | CpuBucket) -> None:
     if b.interval is not None and b.interval <= 0:
-        sink.add((*key, "interval"), f"{where}/@interval1", b.interval, "is not positive", "1 or more")
+        sink.add(
+            (*key, "interval"), f"{where}/@interval1", b.interval, "is not positive", "1 or more"
+        )
     if b.interval2 is not None and b.interval2 <= 0:
         sink.add(
             (*key, "interval2"), f"{where}/@interval2", b.interval2, "is not positive", "1 or more"
@@ -455,10 +491,17 @@ def domain_problems(domain: Domain) -> list[Problem]:
             )
     if domain.memtune is not None:
         mt = domain.memtune
-        _check_positive(sink, ("memtune", "hard_limit_kib"), "memtune/hard_limit", mt.hard_limit_kib)
-        _check_positive(sink, ("memtune", "soft_limit_kib"), "memtune/soft_limit", mt.soft_limit_kib)
         _check_positive(
-            sink, ("memtune", "swap_hard_limit_kib"), "memtune/swap_hard_limit", mt.swap_hard_limit_kib
+            sink, ("memtune", "hard_limit_kib"), "memtune/hard_limit", mt.hard_limit_kib
+        )
+        _check_positive(
+            sink, ("memtune", "soft_limit_kib"), "memtune/soft_limit", mt.soft_limit_kib
+        )
+        _check_positive(
+            sink,
+            ("memtune", "swap_hard_limit_kib"),
+            "memtune/swap_hard_limit",
+            mt.swap_hard_limit_kib,
         )
     if domain.scheduler is not None:
         where = "scheduler" if domain.type == "vserver" else "metadata/vsv:scheduler"
@@ -486,24 +529,45 @@ def domain_problems(domain: Domain) -> list[Problem]:
     for i, fs in enumerate(domain.filesystems):
         key: Key = ("filesystems", i)
         where = f"devices/filesystem[{i + 1}]"
-        if fs.type == "mount":
+        fstype: str = fs.type  # a model built by hand can hold anything
+        if fstype == "mount":
             _check_abs_path(sink, (*key, "source"), f"{where}/source/@dir", fs.source, root_ok=True)
             if fs.usage_kib is not None:
-                add((*key, "usage_kib"), f"{where}/source/@usage", fs.usage_kib,
-                    "is only for type='ram'", "none")
-        elif fs.type == "ram":
+                add(
+                    (*key, "usage_kib"),
+                    f"{where}/source/@usage",
+                    fs.usage_kib,
+                    "is only for type='ram'",
+                    "none",
+                )
+        elif fstype == "ram":
             if fs.usage_kib is None or fs.usage_kib < 1:
-                add((*key, "usage_kib"), f"{where}/source/@usage", fs.usage_kib,
-                    "is missing or not positive", "a size of 1 KiB or more")
+                add(
+                    (*key, "usage_kib"),
+                    f"{where}/source/@usage",
+                    fs.usage_kib,
+                    "is missing or not positive",
+                    "a size of 1 KiB or more",
+                )
             if fs.source:
-                add((*key, "source"), f"{where}/source/@dir", fs.source,
-                    "is not used by type='ram'", "none")
+                add(
+                    (*key, "source"),
+                    f"{where}/source/@dir",
+                    fs.source,
+                    "is not used by type='ram'",
+                    "none",
+                )
         else:
             add((*key, "type"), f"{where}/@type", fs.type, "is not supported", "mount, ram")
         _check_abs_path(sink, (*key, "target"), f"{where}/target/@dir", fs.target, root_ok=True)
         if fs.target in targets:
-            add((*key, "target"), f"{where}/target/@dir", fs.target,
-                "is mounted twice", "one filesystem per target")
+            add(
+                (*key, "target"),
+                f"{where}/target/@dir",
+                fs.target,
+                "is mounted twice",
+                "one filesystem per target",
+            )
         targets.add(fs.target)
 
     macs: set[str] = set()
@@ -511,8 +575,13 @@ def domain_problems(domain: Domain) -> list[Problem]:
         _check_interface(sink, domain, i, iface)
         if iface.mac is not None:
             if iface.mac in macs:
-                add(("interfaces", i, "mac"), f"devices/interface[{i + 1}]/mac/@address",
-                    iface.mac, "is used by another interface", "distinct MAC addresses")
+                add(
+                    ("interfaces", i, "mac"),
+                    f"devices/interface[{i + 1}]/mac/@address",
+                    iface.mac,
+                    "is used by another interface",
+                    "distinct MAC addresses",
+                )
             macs.add(iface.mac)
     return sink.problems
 
@@ -536,20 +605,40 @@ def network_problems(network: Network) -> list[Problem]:
     sink.int_range(("mtu",), "mtu/@size", network.mtu, MTU_MIN, MTU_MAX)
     _check_mac(sink, ("mac",), "mac/@address", network.mac)
     if network.domain_name is not None and not _DNS_NAME.fullmatch(network.domain_name):
-        add(("domain_name",), "domain/@name", network.domain_name, "is not a DNS domain",
-            "letters, digits, '.' and '-'")
+        add(
+            ("domain_name",),
+            "domain/@name",
+            network.domain_name,
+            "is not a DNS domain",
+            "letters, digits, '.' and '-'",
+        )
     fwd = network.forward
     if fwd is not None:
         if fwd.mode not in FORWARD_MODES:
-            add(("forward", "mode"), "forward/@mode", fwd.mode, "is not supported",
-                ", ".join(FORWARD_MODES))
+            add(
+                ("forward", "mode"),
+                "forward/@mode",
+                fwd.mode,
+                "is not supported",
+                ", ".join(FORWARD_MODES),
+            )
         _check_ifname(sink, ("forward", "dev"), "forward/@dev", fwd.dev)
         if (fwd.nat_addresses or fwd.nat_ports is not None) and fwd.mode != "nat":
-            add(("forward", "mode"), "forward/nat", fwd.mode, "does not translate addresses",
-                "<nat> only with mode='nat'")
+            add(
+                ("forward", "mode"),
+                "forward/nat",
+                fwd.mode,
+                "does not translate addresses",
+                "<nat> only with mode='nat'",
+            )
         if len(fwd.nat_addresses) > 1:
-            add(("forward", "nat_addresses", 1), "forward/nat/address[2]",
-                fwd.nat_addresses[1].start, "is a second NAT address range", "one range")
+            add(
+                ("forward", "nat_addresses", 1),
+                "forward/nat/address[2]",
+                fwd.nat_addresses[1].start,
+                "is a second NAT address range",
+                "one range",
+            )
         for i, rng in enumerate(fwd.nat_addresses):
             key: Key = ("forward", "nat_addresses", i)
             where = f"forward/nat/address[{i + 1}]"
@@ -558,19 +647,35 @@ def network_problems(network: Network) -> list[Problem]:
             for a, attr in ((start, "start"), (end, "end")):
                 if a is not None and a.version != 4:
                     add((*key, attr), f"{where}/@{attr}", a, "is not IPv4", "an IPv4 address")
-            if start is not None and end is not None and start.version == end.version == 4:
-                if start > end:
-                    add((*key, "end"), f"{where}/@end", rng.end, f"is below start {rng.start}",
-                        f"{rng.start} or above")
+            if (
+                start is not None
+                and end is not None
+                and start.version == end.version == 4
+                and int(start) > int(end)
+            ):
+                add(
+                    (*key, "end"),
+                    f"{where}/@end",
+                    rng.end,
+                    f"is below start {rng.start}",
+                    f"{rng.start} or above",
+                )
         if fwd.nat_ports is not None:
             ports = fwd.nat_ports
-            sink.int_range(("forward", "nat_ports", "start"), "forward/nat/port/@start",
-                           ports.start, 1, 65535)
-            sink.int_range(("forward", "nat_ports", "end"), "forward/nat/port/@end",
-                           ports.end, 1, 65535)
+            sink.int_range(
+                ("forward", "nat_ports", "start"), "forward/nat/port/@start", ports.start, 1, 65535
+            )
+            sink.int_range(
+                ("forward", "nat_ports", "end"), "forward/nat/port/@end", ports.end, 1, 65535
+            )
             if ports.start > ports.end:
-                add(("forward", "nat_ports", "end"), "forward/nat/port/@end", ports.end,
-                    f"is below start {ports.start}", f"{ports.start}..65535")
+                add(
+                    ("forward", "nat_ports", "end"),
+                    "forward/nat/port/@end",
+                    ports.end,
+                    f"is below start {ports.start}",
+                    f"{ports.start}..65535",
+                )
 
     for i, nip in enumerate(network.ips):
         key = ("ips", i)
@@ -581,8 +686,13 @@ def network_problems(network: Network) -> list[Problem]:
         _check_family(sink, (*key, "family"), f"{where}/@family", nip.family, addr)
         top = addr.max_prefixlen
         if not 0 <= nip.prefix <= top:
-            add((*key, "prefix"), f"{where}/@prefix", nip.prefix,
-                f"is not a prefix length for {addr}", f"0..{top}")
+            add(
+                (*key, "prefix"),
+                f"{where}/@prefix",
+                nip.prefix,
+                f"is not a prefix length for {addr}",
+                f"0..{top}",
+            )
             continue
         net = ipaddress.ip_interface(f"{addr}/{nip.prefix}").network
         for j, rng in enumerate(nip.dhcp_ranges):
@@ -592,19 +702,38 @@ def network_problems(network: Network) -> list[Problem]:
             end = _address(sink, (*rkey, "end"), f"{rwhere}/@end", rng.end)
             for a, attr in ((start, "start"), (end, "end")):
                 if a is not None and a not in net:
-                    add((*rkey, attr), f"{rwhere}/@{attr}", a, f"is outside the network {net}",
-                        f"an address in {net}")
-            if start is not None and end is not None and start.version == end.version:
-                if start > end:
-                    add((*rkey, "end"), f"{rwhere}/@end", rng.end, f"is below start {rng.start}",
-                        f"{rng.start} or above")
+                    add(
+                        (*rkey, attr),
+                        f"{rwhere}/@{attr}",
+                        a,
+                        f"is outside the network {net}",
+                        f"an address in {net}",
+                    )
+            if (
+                start is not None
+                and end is not None
+                and start.version == end.version
+                and int(start) > int(end)
+            ):
+                add(
+                    (*rkey, "end"),
+                    f"{rwhere}/@end",
+                    rng.end,
+                    f"is below start {rng.start}",
+                    f"{rng.start} or above",
+                )
         for j, host in enumerate(nip.dhcp_hosts):
             hkey: Key = (*key, "dhcp_hosts", j)
             hwhere = f"{where}/dhcp/host[{j + 1}]"
             hip = _address(sink, (*hkey, "ip"), f"{hwhere}/@ip", host.ip)
             if hip is not None and hip not in net:
-                add((*hkey, "ip"), f"{hwhere}/@ip", hip, f"is outside the network {net}",
-                    f"an address in {net}")
+                add(
+                    (*hkey, "ip"),
+                    f"{hwhere}/@ip",
+                    hip,
+                    f"is outside the network {net}",
+                    f"an address in {net}",
+                )
             _check_mac(sink, (*hkey, "mac"), f"{hwhere}/@mac", host.mac)
             if host.mac is None and host.name is None:
                 add(hkey, hwhere, "", "has neither mac nor name", "a mac and/or a name")
@@ -617,8 +746,13 @@ def network_problems(network: Network) -> list[Problem]:
             add(key, f"{where}/hostname", "", "is missing", "one or more host names")
         for j, name in enumerate(dns.hostnames):
             if not _DNS_NAME.fullmatch(name):
-                add((*key, "hostnames", j), f"{where}/hostname[{j + 1}]", name,
-                    "is not a host name", "letters, digits, '.' and '-'")
+                add(
+                    (*key, "hostnames", j),
+                    f"{where}/hostname[{j + 1}]",
+                    name,
+                    "is not a host name",
+                    "letters, digits, '.' and '-'",
+                )
     for i, route in enumerate(network.routes):
         _check_route(sink, ("routes", i), f"route[{i + 1}]", route)
     return sink.problems
@@ -627,4 +761,3 @@ def network_problems(network: Network) -> list[Problem]:
 def check_network(network: Network) -> list[str]:
     """The network's problems as ``<element>/@attr: message`` lines (no file, no line)."""
     return [str(p) for p in network_problems(network)]
-

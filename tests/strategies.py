@@ -59,7 +59,9 @@ def ifnames() -> st.SearchStrategy[str]:
     )
 
 
-def _xml_text(min_size: int = 0, max_size: int = 40, newlines: bool = True) -> st.SearchStrategy[str]:
+def _xml_text(
+    min_size: int = 0, max_size: int = 40, newlines: bool = True
+) -> st.SearchStrategy[str]:
     """Text XML can carry unchanged (no control characters, no CR)."""
     blacklist = "\r" if newlines else "\r\n"
     return st.text(
@@ -109,7 +111,9 @@ def hostnames() -> st.SearchStrategy[str]:
 
 
 def _ip_address_values() -> st.SearchStrategy[IpAddress]:
-    def build(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject) -> IpAddress:
+    def build(
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject
+    ) -> IpAddress:
         prefix = data.draw(st.none() | st.integers(0, addr.max_prefixlen))
         family = data.draw(st.none() | st.just("ipv4" if addr.version == 4 else "ipv6"))
         return IpAddress(address=str(addr), prefix=prefix, family=family)  # type: ignore[arg-type]
@@ -174,13 +178,21 @@ def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
     for target in targets:
         if draw(st.booleans()):
             result.append(
-                Filesystem(source=draw(abs_paths() | st.just("/")), target=target,
-                           readonly=draw(st.booleans()))
+                Filesystem(
+                    source=draw(abs_paths() | st.just("/")),
+                    target=target,
+                    readonly=draw(st.booleans()),
+                )
             )
         else:
             result.append(
-                Filesystem(source="", target=target, type="ram",
-                           readonly=draw(st.booleans()), usage_kib=draw(st.integers(1, 2**40)))
+                Filesystem(
+                    source="",
+                    target=target,
+                    type="ram",
+                    readonly=draw(st.booleans()),
+                    usage_kib=draw(st.integers(1, 2**40)),
+                )
             )
     return tuple(result)
 
@@ -249,8 +261,9 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         initenv=tuple(
             draw(
                 st.lists(
-                    st.tuples(st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True),
-                              _xml_text()),
+                    st.tuples(
+                        st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True), _xml_text()
+                    ),
                     max_size=3,
                 )
             )
@@ -276,8 +289,9 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         | st.builds(
             Capabilities,
             policy=st.sampled_from(list(CapsPolicy)),
-            caps=st.lists(st.sampled_from(sorted(CAPABILITY_NAMES)), unique=True, max_size=4)
-            .flatmap(lambda cs: st.tuples(*(st.tuples(st.just(c), st.booleans()) for c in cs))),
+            caps=st.lists(
+                st.sampled_from(sorted(CAPABILITY_NAMES)), unique=True, max_size=4
+            ).flatmap(lambda cs: st.tuples(*(st.tuples(st.just(c), st.booleans()) for c in cs))),
         )
     )
     idmap = tuple(
@@ -308,9 +322,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         os=os,
         hostname=draw(st.none() | hostnames()),
         filesystems=draw(filesystems()),
-        interfaces=tuple(
-            draw(st.lists(interfaces(dtype), max_size=3).filter(_unique_macs))
-        ),
+        interfaces=tuple(draw(st.lists(interfaces(dtype), max_size=3).filter(_unique_macs))),
         cputune=cputune,
         scheduler=draw(st.none() | token_buckets()),
         memtune=memtune,

@@ -17,7 +17,11 @@ EXAMPLES = sorted(str(p.relative_to(REPO)) for p in (REPO / "examples").glob("*.
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -30,15 +34,24 @@ def test_validate_examples_exit_zero() -> None:
 
 def test_examples_are_all_there() -> None:
     """The promised examples exist (so the test above cannot pass on an empty glob)."""
-    expected = {"web1.xml", "db1.xml", "web1-nat.xml", "db1-nat.xml", "iso1.xml",
-                "demo-nat.xml", "demo-isolated.xml"}
+    expected = {
+        "web1.xml",
+        "db1.xml",
+        "web1-nat.xml",
+        "db1-nat.xml",
+        "iso1.xml",
+        "demo-nat.xml",
+        "demo-isolated.xml",
+    }
     assert expected <= {Path(p).name for p in EXAMPLES}
 
 
 def test_validate_broken_gives_path_line_message_and_exit_one() -> None:
     """A broken document gives 'PATH:LINE: message' lines on stderr and exit status 1."""
     result = _run("validate", "tests/data/broken-domain.xml")
-    first = "tests/data/broken-domain.xml:1: domain/@id: value '1' is out of range: allowed 2..49151"
+    first = (
+        "tests/data/broken-domain.xml:1: domain/@id: value '1' is out of range: allowed 2..49151"
+    )
     lines = result.stderr.splitlines()
     assert (1, first, 4) == (result.returncode, lines[0], len(lines))
 
@@ -48,7 +61,8 @@ def test_validate_mixed_reports_ok_and_problems() -> None:
     out, err = io.StringIO(), io.StringIO()
     status = validate_paths(
         [str(REPO / "examples/web1.xml"), str(REPO / "tests/data/broken-network.xml")],
-        out=out, err=err,
+        out=out,
+        err=err,
     )
     assert (1, 1, 4) == (status, len(out.getvalue().splitlines()), len(err.getvalue().splitlines()))
 
@@ -73,6 +87,7 @@ def test_format_subprocess_broken_exit_one() -> None:
     """`vsv format` on a broken document prints its problems and exits 1."""
     result = _run("format", "tests/data/broken-network.xml")
     assert (1, "", True) == (
-        result.returncode, result.stdout,
+        result.returncode,
+        result.stdout,
         result.stderr.startswith("tests/data/broken-network.xml:3: bridge/@name"),
     )

@@ -84,58 +84,116 @@ DOMAIN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("memtune zero", {"memtune": MemTune(hard_limit_kib=0)}, "memtune/hard_limit"),
     ("interval zero", {"scheduler": TokenBucket(interval=0)}, "scheduler/@interval1"),
     ("fill negative", {"scheduler": TokenBucket(fill_rate=-1)}, "scheduler/@fill_rate1"),
-    ("min above max", {"scheduler": TokenBucket(tokens_min=5, tokens_max=4)},
-     "scheduler/@tokens_min"),
+    (
+        "min above max",
+        {"scheduler": TokenBucket(tokens_min=5, tokens_max=4)},
+        "scheduler/@tokens_min",
+    ),
     ("interval2 zero", {"scheduler": TokenBucket(interval2=0)}, "scheduler/@interval2"),
-    ("cpu interval zero", {"scheduler": TokenBucket(cpus=(CpuBucket(0, interval=0),))},
-     "scheduler/cpu[1]/@interval1"),
-    ("cpu twice", {"scheduler": TokenBucket(cpus=(CpuBucket(0), CpuBucket(0)))},
-     "scheduler/cpu[2]/@id"),
+    (
+        "cpu interval zero",
+        {"scheduler": TokenBucket(cpus=(CpuBucket(0, interval=0),))},
+        "scheduler/cpu[1]/@interval1",
+    ),
+    (
+        "cpu twice",
+        {"scheduler": TokenBucket(cpus=(CpuBucket(0), CpuBucket(0)))},
+        "scheduler/cpu[2]/@id",
+    ),
     ("bad lifecycle", {"on_crash": "explode"}, "on_crash"),
-    ("unknown cap", {"capabilities": Capabilities(caps=(("fly", True),))},
-     "features/capabilities/fly"),
+    (
+        "unknown cap",
+        {"capabilities": Capabilities(caps=(("fly", True),))},
+        "features/capabilities/fly",
+    ),
     ("idmap count zero", {"idmap": (IdMapEntry("uid", 0, 1000, 0),)}, "idmap/uid[1]/@count"),
-    ("relative fs source", {"filesystems": (Filesystem(source="x", target="/"),)},
-     "devices/filesystem[1]/source/@dir"),
-    ("ram without usage", {"filesystems": (Filesystem(source="", target="/t", type="ram"),)},
-     "devices/filesystem[1]/source/@usage"),
-    ("same target twice",
-     {"filesystems": (Filesystem(source="/a", target="/"), Filesystem(source="/b", target="/"))},
-     "devices/filesystem[2]/target/@dir"),
-    ("multicast mac", {"interfaces": (_iface(mac="01:00:00:00:00:01"),)},
-     "devices/interface[1]/mac/@address"),
-    ("fe mac", {"interfaces": (_iface(mac="fe:00:00:00:00:01"),)},
-     "devices/interface[1]/mac/@address"),
-    ("malformed mac", {"interfaces": (_iface(mac="00:11:22:33:44"),)},
-     "devices/interface[1]/mac/@address"),
-    ("long target dev", {"interfaces": (_iface(target_dev="x" * 16),)},
-     "devices/interface[1]/target/@dev"),
-    ("slash guest dev", {"interfaces": (_iface(guest_dev="a/b"),)},
-     "devices/interface[1]/guest/@dev"),
-    ("space bridge", {"interfaces": (_iface(type="bridge", source="br 0"),)},
-     "devices/interface[1]/source/@bridge"),
-    ("network without source", {"interfaces": (_iface(source=None),)},
-     "devices/interface[1]/source/@network"),
-    ("bad ip", {"interfaces": (_iface(ips=(IpAddress("10.0.0.300"),)),)},
-     "devices/interface[1]/ip[1]/@address"),
-    ("v4 prefix 33", {"interfaces": (_iface(ips=(IpAddress("10.0.0.1", 33),)),)},
-     "devices/interface[1]/ip[1]/@prefix"),
-    ("family mismatch", {"interfaces": (_iface(ips=(IpAddress("::1", 64, "ipv4"),)),)},
-     "devices/interface[1]/ip[1]/@family"),
-    ("route gateway family",
-     {"interfaces": (_iface(routes=(Route("10.0.0.0", 8, "fe80::1"),)),)},
-     "devices/interface[1]/route[1]/@gateway"),
+    (
+        "relative fs source",
+        {"filesystems": (Filesystem(source="x", target="/"),)},
+        "devices/filesystem[1]/source/@dir",
+    ),
+    (
+        "ram without usage",
+        {"filesystems": (Filesystem(source="", target="/t", type="ram"),)},
+        "devices/filesystem[1]/source/@usage",
+    ),
+    (
+        "same target twice",
+        {"filesystems": (Filesystem(source="/a", target="/"), Filesystem(source="/b", target="/"))},
+        "devices/filesystem[2]/target/@dir",
+    ),
+    (
+        "multicast mac",
+        {"interfaces": (_iface(mac="01:00:00:00:00:01"),)},
+        "devices/interface[1]/mac/@address",
+    ),
+    (
+        "fe mac",
+        {"interfaces": (_iface(mac="fe:00:00:00:00:01"),)},
+        "devices/interface[1]/mac/@address",
+    ),
+    (
+        "malformed mac",
+        {"interfaces": (_iface(mac="00:11:22:33:44"),)},
+        "devices/interface[1]/mac/@address",
+    ),
+    (
+        "long target dev",
+        {"interfaces": (_iface(target_dev="x" * 16),)},
+        "devices/interface[1]/target/@dev",
+    ),
+    (
+        "slash guest dev",
+        {"interfaces": (_iface(guest_dev="a/b"),)},
+        "devices/interface[1]/guest/@dev",
+    ),
+    (
+        "space bridge",
+        {"interfaces": (_iface(type="bridge", source="br 0"),)},
+        "devices/interface[1]/source/@bridge",
+    ),
+    (
+        "network without source",
+        {"interfaces": (_iface(source=None),)},
+        "devices/interface[1]/source/@network",
+    ),
+    (
+        "bad ip",
+        {"interfaces": (_iface(ips=(IpAddress("10.0.0.300"),)),)},
+        "devices/interface[1]/ip[1]/@address",
+    ),
+    (
+        "v4 prefix 33",
+        {"interfaces": (_iface(ips=(IpAddress("10.0.0.1", 33),)),)},
+        "devices/interface[1]/ip[1]/@prefix",
+    ),
+    (
+        "family mismatch",
+        {"interfaces": (_iface(ips=(IpAddress("::1", 64, "ipv4"),)),)},
+        "devices/interface[1]/ip[1]/@family",
+    ),
+    (
+        "route gateway family",
+        {"interfaces": (_iface(routes=(Route("10.0.0.0", 8, "fe80::1"),)),)},
+        "devices/interface[1]/route[1]/@gateway",
+    ),
     ("mtu low", {"interfaces": (_iface(mtu=67),)}, "devices/interface[1]/mtu/@size"),
-    ("vserver iface without ip", {"interfaces": (_iface(type="vserver", source=None),)},
-     "devices/interface[1]/ip"),
-    ("same mac twice",
-     {"interfaces": (_iface(mac="02:00:00:00:00:01"), _iface(mac="02:00:00:00:00:01"))},
-     "devices/interface[2]/mac/@address"),
+    (
+        "vserver iface without ip",
+        {"interfaces": (_iface(type="vserver", source=None),)},
+        "devices/interface[1]/ip",
+    ),
+    (
+        "same mac twice",
+        {"interfaces": (_iface(mac="02:00:00:00:00:01"), _iface(mac="02:00:00:00:00:01"))},
+        "devices/interface[2]/mac/@address",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("changes", "where"), [c[1:] for c in DOMAIN_CASES],
-                         ids=[c[0] for c in DOMAIN_CASES])
+@pytest.mark.parametrize(
+    ("changes", "where"), [c[1:] for c in DOMAIN_CASES], ids=[c[0] for c in DOMAIN_CASES]
+)
 def test_domain_rule(changes: dict[str, Any], where: str) -> None:
     """Each broken domain rule yields exactly one problem at the right element/attribute."""
     assert [where] == _wheres(check_domain(attrs.evolve(BASE, **changes)))
@@ -143,11 +201,16 @@ def test_domain_rule(changes: dict[str, Any], where: str) -> None:
 
 def test_vserver_interface_refused_in_lxc_dialect() -> None:
     """IP isolation is a vserver-dialect feature; an lxc domain with it gets a clear message."""
-    d = attrs.evolve(BASE, type="lxc",
-                     interfaces=(_iface(type="vserver", source=None, ips=(IpAddress("10.0.0.2"),)),))
+    d = attrs.evolve(
+        BASE,
+        type="lxc",
+        interfaces=(_iface(type="vserver", source=None, ips=(IpAddress("10.0.0.2"),)),),
+    )
     problems = check_domain(d)
     assert (["devices/interface[1]/@type"], True) == (
-        _wheres(problems), "only in the vserver dialect" in problems[0])
+        _wheres(problems),
+        "only in the vserver dialect" in problems[0],
+    )
 
 
 def test_negative_quota_means_unlimited() -> None:
@@ -164,29 +227,41 @@ NETWORK_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("bad forward mode", {"forward": Forward(mode="teleport")}, "forward/@mode"),  # type: ignore[arg-type]
     ("nat on route", {"forward": Forward(mode="route", nat_ports=PortRange(1, 2))}, "forward/nat"),
     ("port order", {"forward": Forward(nat_ports=PortRange(10, 9))}, "forward/nat/port/@end"),
-    ("nat v6", {"forward": Forward(nat_addresses=(AddressRange("::1", "10.0.0.2"),))},
-     "forward/nat/address[1]/@start"),
+    (
+        "nat v6",
+        {"forward": Forward(nat_addresses=(AddressRange("::1", "10.0.0.2"),))},
+        "forward/nat/address[1]/@start",
+    ),
     ("prefix 33", {"ips": (NetworkIp("10.0.0.1", 33),)}, "ip[1]/@prefix"),
     ("family mismatch", {"ips": (NetworkIp("10.0.0.1", 24, "ipv6"),)}, "ip[1]/@family"),
-    ("range reversed",
-     {"ips": (NetworkIp("10.0.0.1", 24, dhcp_ranges=(AddressRange("10.0.0.9", "10.0.0.5"),)),)},
-     "ip[1]/dhcp/range[1]/@end"),
-    ("range outside",
-     {"ips": (NetworkIp("10.0.0.1", 24, dhcp_ranges=(AddressRange("10.0.0.5", "10.0.1.5"),)),)},
-     "ip[1]/dhcp/range[1]/@end"),
-    ("host outside",
-     {"ips": (NetworkIp("10.0.0.1", 24, dhcp_hosts=(DhcpHost("10.9.0.5", name="h"),)),)},
-     "ip[1]/dhcp/host[1]/@ip"),
-    ("host without mac or name",
-     {"ips": (NetworkIp("10.0.0.1", 24, dhcp_hosts=(DhcpHost("10.0.0.5"),)),)},
-     "ip[1]/dhcp/host[1]"),
+    (
+        "range reversed",
+        {"ips": (NetworkIp("10.0.0.1", 24, dhcp_ranges=(AddressRange("10.0.0.9", "10.0.0.5"),)),)},
+        "ip[1]/dhcp/range[1]/@end",
+    ),
+    (
+        "range outside",
+        {"ips": (NetworkIp("10.0.0.1", 24, dhcp_ranges=(AddressRange("10.0.0.5", "10.0.1.5"),)),)},
+        "ip[1]/dhcp/range[1]/@end",
+    ),
+    (
+        "host outside",
+        {"ips": (NetworkIp("10.0.0.1", 24, dhcp_hosts=(DhcpHost("10.9.0.5", name="h"),)),)},
+        "ip[1]/dhcp/host[1]/@ip",
+    ),
+    (
+        "host without mac or name",
+        {"ips": (NetworkIp("10.0.0.1", 24, dhcp_hosts=(DhcpHost("10.0.0.5"),)),)},
+        "ip[1]/dhcp/host[1]",
+    ),
     ("dns hostname", {"dns_hosts": (DnsHost("10.0.0.5", ("a b",)),)}, "dns/host[1]/hostname[1]"),
     ("route prefix", {"routes": (Route("10.0.0.0", 40, "10.0.0.1"),)}, "route[1]/@prefix"),
 ]
 
 
-@pytest.mark.parametrize(("changes", "where"), [c[1:] for c in NETWORK_CASES],
-                         ids=[c[0] for c in NETWORK_CASES])
+@pytest.mark.parametrize(
+    ("changes", "where"), [c[1:] for c in NETWORK_CASES], ids=[c[0] for c in NETWORK_CASES]
+)
 def test_network_rule(changes: dict[str, Any], where: str) -> None:
     """Each broken network rule yields exactly one problem at the right element/attribute."""
     assert [where] == _wheres(check_network(attrs.evolve(NET, **changes)))
@@ -207,9 +282,7 @@ def test_codec_reports_all_problems_with_lines() -> None:
 </domain>"""
     with pytest.raises(InvalidDocument) as info:
         parse_domain(doc, path="g.xml")
-    assert ["g.xml:1", "g.xml:3", "g.xml:8"] == [
-        p.split(": ", 1)[0] for p in info.value.problems
-    ]
+    assert ["g.xml:1", "g.xml:3", "g.xml:8"] == [p.split(": ", 1)[0] for p in info.value.problems]
 
 
 def test_codec_message_without_path_starts_with_line() -> None:

@@ -23,10 +23,23 @@ def _problems(extra: str = "", t: str = "lxc") -> list[str]:
 
 @pytest.mark.parametrize(
     ("value", "unit", "kib"),
-    [("2048", "b", 2), ("1", "bytes", 1), ("3", "k", 3), ("3", "KiB", 3), ("1024", "KB", 1000),
-     ("1", "M", 1024), ("1", "MiB", 1024), ("1", "MB", 977), ("1", "G", 1024**2),
-     ("1", "GiB", 1024**2), ("1", "GB", 976563), ("1", "T", 1024**3), ("1", "TiB", 1024**3),
-     ("1", "TB", 976562500), ("7", None, 7)],
+    [
+        ("2048", "b", 2),
+        ("1", "bytes", 1),
+        ("3", "k", 3),
+        ("3", "KiB", 3),
+        ("1024", "KB", 1000),
+        ("1", "M", 1024),
+        ("1", "MiB", 1024),
+        ("1", "MB", 977),
+        ("1", "G", 1024**2),
+        ("1", "GiB", 1024**2),
+        ("1", "GB", 976563),
+        ("1", "T", 1024**3),
+        ("1", "TiB", 1024**3),
+        ("1", "TB", 976562500),
+        ("7", None, 7),
+    ],
 )
 def test_memory_units_are_stored_in_kib(value: str, unit: str | None, kib: int) -> None:
     """Every libvirt unit converts to KiB (rounded up); no unit means KiB."""
@@ -36,7 +49,22 @@ def test_memory_units_are_stored_in_kib(value: str, unit: str | None, kib: int) 
 
 def test_unit_table_is_the_documented_one() -> None:
     """The accepted units are exactly the documented ones."""
-    expected = "b bytes k KiB KB M MiB MB G GiB GB T TiB TB".split()
+    expected = [
+        "b",
+        "bytes",
+        "k",
+        "KiB",
+        "KB",
+        "M",
+        "MiB",
+        "MB",
+        "G",
+        "GiB",
+        "GB",
+        "T",
+        "TiB",
+        "TB",
+    ]
     assert expected == list(UNITS)
 
 
@@ -78,8 +106,11 @@ def test_unsupported_elements_are_named_not_dropped() -> None:
     )
     assert [True, True, True] == [
         any(s in p for p in problems)
-        for s in ("unsupported element <clock>", "unsupported element <hostdev>",
-                  "unsupported attribute 'dumpCore'")
+        for s in (
+            "unsupported element <clock>",
+            "unsupported element <hostdev>",
+            "unsupported attribute 'dumpCore'",
+        )
     ]
 
 
@@ -99,7 +130,8 @@ def test_virsh_dumpxml_style_document_is_accepted() -> None:
   <vcpu placement='static'>1</vcpu>
   <resource><partition>/machine</partition></resource>
   <os><type arch='x86_64'>exe</type><init>/sbin/init</init></os>
-  <features><privnet/><capabilities policy='default'><net_admin state='off'/></capabilities></features>
+  <features><privnet/>
+    <capabilities policy='default'><net_admin state='off'/></capabilities></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <filesystem type='mount' accessmode='passthrough'>
@@ -111,8 +143,12 @@ def test_virsh_dumpxml_style_document_is_accepted() -> None:
 </domain>"""
     d = parse_domain(doc)
     assert ("c1", 4242, 1, "/srv/c1", "virbr0", ("net_admin", False)) == (
-        d.name, d.id, d.vcpu, d.root_dir, d.interfaces[0].source, d.capabilities.caps[0]
-        if d.capabilities else None,
+        d.name,
+        d.id,
+        d.vcpu,
+        d.root_dir,
+        d.interfaces[0].source,
+        d.capabilities.caps[0] if d.capabilities else None,
     )
 
 

@@ -82,7 +82,10 @@ def test_deep_nesting_gives_a_depth_error() -> None:
 def test_malformed_xml_names_line() -> None:
     """A syntax error is reported with the file and the line of the error."""
     problems = _problems(b'<domain type="lxc">\n<name>x</name>\n<os></domain>')
-    assert (1, True) == (len(problems), problems[0].startswith("evil.xml:3: document: not well-formed"))
+    assert (1, True) == (
+        len(problems),
+        problems[0].startswith("evil.xml:3: document: not well-formed"),
+    )
 
 
 def test_external_entity_reference_without_doctype_is_an_error() -> None:
@@ -103,6 +106,8 @@ def test_xinclude_is_not_processed() -> None:
 
 def test_str_input_with_foreign_encoding_declaration() -> None:
     """A str is parsed as text whatever its XML declaration claims about encoding."""
-    doc = '<?xml version="1.0" encoding="ISO-8859-1"?><domain type="lxc"><name>ü</name>' \
+    doc = (
+        '<?xml version="1.0" encoding="ISO-8859-1"?><domain type="lxc"><name>ü</name>'
         "<os><type>exe</type></os></domain>"
+    )
     assert "ü" == parse_domain(doc).name

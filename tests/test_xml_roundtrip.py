@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from lxml import etree
 
 from supervisor.model import Domain, Network
-from supervisor.xml import format_domain, format_network, parse_document, parse_domain, parse_network
+from supervisor.xml import (
+    format_domain,
+    format_network,
+    parse_document,
+    parse_domain,
+    parse_network,
+)
 from tests.strategies import domains, networks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from supervisor.errors import InvalidDocument
 from supervisor.model import Domain, Network
-from supervisor.xml._reader import MAX_DEPTH, MAX_DOCUMENT_BYTES, VSV_NS, Reader, safe_parse
+from supervisor.xml._reader import (
+    MAX_DEPTH,
+    MAX_DOCUMENT_BYTES,
+    VSV_NS,
+    Reader,
+    safe_parse,
+    srcline,
+)
 from supervisor.xml.domain import UNITS, parse_domain_bytes, read_domain, write_domain
 from supervisor.xml.network import parse_network_bytes, read_network, write_network
 
@@ -51,7 +58,7 @@ def parse_document(
         return read_domain(root, path)
     if root.tag == "network":
         return read_network(root, path)
-    reader = Reader(path, root.sourceline or 1)
+    reader = Reader(path, srcline(root) or 1)
     reader.error(
         reader.root_line,
         str(root.tag),

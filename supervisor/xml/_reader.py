@@ -13,7 +13,7 @@ import copy
 import re
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Any, Final, cast
 
 from lxml import etree
 
@@ -87,7 +87,7 @@ def safe_parse(
         raise InvalidDocument([f"{location(path, exc.lineno)}: {message}"]) from None
     except ValueError as exc:  # e.g. a document lxml cannot decode
         raise InvalidDocument([f"{location(path, None)}: document: {exc}"]) from None
-    docinfo = root.getroottree().docinfo
+    docinfo: Any = root.getroottree().docinfo  # lxml's stubs lack DocInfo.doctype
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise InvalidDocument([_doctype_message(path, 1)])
     return root
@@ -121,7 +121,7 @@ class Reader:
     def bad_value(
         self, el: etree._Element, where: str, value: object, what: str, allowed: str
     ) -> None:
-        self.error(el.sourceline, where, f"value '{value}' {what}: allowed {allowed}")
+        self.error(srcline(el), where, f"value '{value}' {what}: allowed {allowed}")
 
     def line_of(self, key: Key) -> int:
         """The line of the element a model key came from (or of its nearest parent)."""
@@ -151,36 +151,36 @@ class Reader:
     def children(self, el: etree._Element, where: str) -> Iterator[etree._Element]:
         """Element children; comments and PIs are skipped, stray text is a problem."""
         if el.text is not None and el.text.strip():
-            self.error(el.sourceline, where, f"unexpected text '{el.text.strip()[:40]}'")
+            self.error(srcline(el), where, f"unexpected text '{el.text.strip()[:40]}'")
         for child in el:
             tail = child.tail
             if tail is not None and tail.strip():
-                self.error(child.sourceline, where, f"unexpected text '{tail.strip()[:40]}'")
+                self.error(srcline(child), where, f"unexpected text '{tail.strip()[:40]}'")
             if isinstance(child.tag, str):
                 yield child
 
     def unsupported(self, el: etree._Element, where: str, allowed: Iterable[str]) -> None:
         tag = tag_name(el)
         self.error(
-            el.sourceline,
+            srcline(el),
             f"{where}/{tag}" if where else tag,
-            f"unsupported element <{tag}>: allowed "
-            + ", ".join(f"<{a}>" for a in allowed),
+            f"unsupported element <{tag}>: allowed " + ", ".join(f"<{a}>" for a in allowed),
         )
 
     def attrs(self, el: etree._Element, where: str, allowed: frozenset[str]) -> None:
         """Report attributes the codec would otherwise silently drop."""
-        for name in el.attrib:
+        for key in el.attrib:
+            name = key if isinstance(key, str) else key.decode()
             if name not in allowed:
                 self.error(
-                    el.sourceline,
+                    srcline(el),
                     f"{where}/@{name}",
                     f"unsupported attribute '{name}': allowed "
                     + (", ".join(sorted(allowed)) or "none"),
                 )
 
     def duplicate(self, el: etree._Element, where: str) -> None:
-        self.error(el.sourceline, where, f"element <{tag_name(el)}> is given twice: allowed once")
+        self.error(srcline(el), where, f"element <{tag_name(el)}> is given twice: allowed once")
 
     # -- values ---------------------------------------------------------------------------
 
@@ -188,13 +188,13 @@ class Reader:
         """The text of a leaf element (children are a problem)."""
         for child in el:
             if isinstance(child.tag, str):
-                self.error(child.sourceline, f"{where}/{tag_name(child)}", "unexpected element")
+                self.error(srcline(child), f"{where}/{tag_name(child)}", "unexpected element")
         return el.text or ""
 
     def required(self, el: etree._Element, where: str, name: str) -> str | None:
         value = el.get(name)
         if value is None:
-            self.error(el.sourceline, f"{where}/@{name}", "required attribute is missing")
+            self.error(srcline(el), f"{where}/@{name}", "required attribute is missing")
         return value
 
     def integer(
@@ -234,10 +234,16 @@ YES_NO = _YES_NO
 ON_OFF = _ON_OFF
 
 
+def srcline(el: etree._Element) -> int | None:
+    """The element's line (lxml's stubs leave ``sourceline`` untyped)."""
+    return cast("int | None", el.sourceline)
+
+
 def tag_name(el: etree._Element) -> str:
     """The element's name as a user wrote it (prefix:name for namespaced elements)."""
     qname = etree.QName(el)
-    if qname.namespace is None:
+    namespace: str | None = qname.namespace
+    if not namespace:
         return qname.localname
     prefix = el.prefix
     return f"{prefix}:{qname.localname}" if prefix else f"{{{qname.namespace}}}{qname.localname}"

@@ -8,8 +8,8 @@ an lxc document the supervisor writes still validates against libvirt's ``domain
 
 Reading never drops anything silently: an element or attribute the model cannot hold is reported.
 The only exceptions are things that carry no information for a container (``<console
-type='pty'>``, ``<os><type arch=...>``, ``<vcpu placement='static'>``, ``accessmode='passthrough'``),
-which ``virsh dumpxml`` writes and which the supervisor accepts and does not write back.
+type='pty'>``, ``<os><type arch=...>``, ``<vcpu placement='static'>``,
+``accessmode='passthrough'``), which ``virsh dumpxml`` writes and which the supervisor accepts and does not write back.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from supervisor.xml._reader import (
     finish,
     safe_parse,
     serialize_foreign,
+    srcline,
     sub,
     tag_name,
     vsv,
@@ -69,18 +70,45 @@ UNITS: Final[dict[str, int]] = {
 }
 _UNIT_LIST: Final = ", ".join(UNITS)
 
-_TOP_LXC: Final = (
-    "name uuid title description metadata memory currentMemory vcpu resource cputune memtune "
-    "os idmap features on_poweroff on_reboot on_crash devices"
-).split()
+_TOP_LXC: Final = [
+    "name",
+    "uuid",
+    "title",
+    "description",
+    "metadata",
+    "memory",
+    "currentMemory",
+    "vcpu",
+    "resource",
+    "cputune",
+    "memtune",
+    "os",
+    "idmap",
+    "features",
+    "on_poweroff",
+    "on_reboot",
+    "on_crash",
+    "devices",
+]
 _TOP_VSERVER: Final = [*_TOP_LXC, "scheduler"]
 _NONE: Final = frozenset[str]()
 _UNIT_ATTR: Final = frozenset({"unit"})
 _SCHED_ATTRS: Final = frozenset(
-    "fill_rate1 interval1 tokens tokens_min tokens_max prio_bias idle_time fill_rate2 interval2"
-    .split()
+    [
+        "fill_rate1",
+        "interval1",
+        "tokens",
+        "tokens_min",
+        "tokens_max",
+        "prio_bias",
+        "idle_time",
+        "fill_rate2",
+        "interval2",
+    ]
 )
-_CPU_ATTRS: Final = frozenset("id fill_rate1 interval1 idle_time fill_rate2 interval2".split())
+_CPU_ATTRS: Final = frozenset(
+    ["id", "fill_rate1", "interval1", "idle_time", "fill_rate2", "interval2"]
+)
 _LIFECYCLE: Final[dict[str, object]] = {
     a: a for a in ("destroy", "restart", "preserve", "rename-restart")
 }
@@ -90,13 +118,13 @@ _IFACE_CHILDREN: Final = ("source", "mac", "target", "guest", "ip", "route", "mt
 
 def read_domain(root: etree._Element, path: str | None) -> Domain:
     """Build a :class:`Domain` from a parsed ``<domain>`` element; raise with every problem."""
-    r = Reader(path, root.sourceline or 1)
+    r = Reader(path, srcline(root) or 1)
     r.lines[()] = r.root_line
     r.attrs(root, "domain", frozenset({"type", "id"}))
     dtype = root.get("type")
     if dtype not in ("lxc", "vserver"):
         r.error(
-            root.sourceline,
+            srcline(root),
             "domain/@type",
             f"value '{dtype}' is not supported: allowed lxc, vserver"
             if dtype is not None
@@ -120,14 +148,14 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
         if tag not in allowed:
             if tag == "xid":
                 r.error(
-                    el.sourceline,
+                    srcline(el),
                     "xid",
                     "element <xid> is not used: the context id is the id attribute, "
                     "as in <domain type='vserver' id='123'>",
                 )
             elif tag == "scheduler":
                 r.error(
-                    el.sourceline,
+                    srcline(el),
                     "scheduler",
                     "element <scheduler> belongs to type='vserver': allowed in type='lxc' "
                     f"as <{VSV_PREFIX}:scheduler> inside <metadata>",
@@ -140,7 +168,7 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             r.duplicate(el, tag)
             continue
         seen.add(tag)
-        line = el.sourceline or r.root_line
+        line = srcline(el) or r.root_line
         if tag == "name":
             r.attrs(el, tag, _NONE)
             name = r.text(el, tag)
@@ -217,12 +245,16 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
 
 def read_uuid(r: Reader, el: etree._Element, text: str) -> str | None:
     digits = text.replace("-", "").lower()
-    if len(digits) != 32 or any(c not in "0123456789abcdef" for c in digits) or (
-        "-" in text
-        and [len(part) for part in text.split("-")] != [8, 4, 4, 4, 12]
+    if (
+        len(digits) != 32
+        or any(c not in "0123456789abcdef" for c in digits)
+        or ("-" in text and [len(part) for part in text.split("-")] != [8, 4, 4, 4, 12])
     ):
         r.bad_value(
-            el, "uuid", text, "is not a UUID",
+            el,
+            "uuid",
+            text,
+            "is not a UUID",
             "32 hex digits, optionally dashed as 8-4-4-4-12",
         )
         return None
@@ -262,7 +294,7 @@ def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
             r.duplicate(child, where)
             continue
         seen.add(local)
-        line = child.sourceline or r.root_line
+        line = srcline(child) or r.root_line
         if local == "hostname":
             r.attrs(child, where, _NONE)
             fields["hostname"] = r.text(child, where).strip()
@@ -300,7 +332,7 @@ def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> 
             continue
         i = len(cpus)
         cwhere = f"{where}/cpu[{i + 1}]"
-        r.lines[("scheduler", "cpus", i)] = child.sourceline or r.root_line
+        r.lines[("scheduler", "cpus", i)] = srcline(child) or r.root_line
         r.attrs(child, cwhere, _CPU_ATTRS)
         r.text(child, cwhere)
         cpu_id = r.int_attr(child, cwhere, "id")
@@ -313,7 +345,8 @@ def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> 
                 fill_rate=ia(child, cwhere, "fill_rate1"),
                 interval=ia(child, cwhere, "interval1"),
                 idle_time=cast(
-                    "bool | None", r.choice(child, f"{cwhere}/@idle_time", child.get("idle_time"), YES_NO)
+                    "bool | None",
+                    r.choice(child, f"{cwhere}/@idle_time", child.get("idle_time"), YES_NO),
                 ),
                 fill_rate2=ia(child, cwhere, "fill_rate2"),
                 interval2=ia(child, cwhere, "interval2"),
@@ -326,7 +359,9 @@ def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> 
         tokens_min=ia(el, where, "tokens_min"),
         tokens_max=ia(el, where, "tokens_max"),
         prio_bias=ia(el, where, "prio_bias"),
-        idle_time=cast("bool | None", r.choice(el, f"{where}/@idle_time", el.get("idle_time"), YES_NO)),
+        idle_time=cast(
+            "bool | None", r.choice(el, f"{where}/@idle_time", el.get("idle_time"), YES_NO)
+        ),
         fill_rate2=ia(el, where, "fill_rate2"),
         interval2=ia(el, where, "interval2"),
         cpus=tuple(cpus),
@@ -341,7 +376,7 @@ def _read_resource(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
             continue
         r.attrs(child, "resource/partition", _NONE)
         fields["partition"] = r.text(child, "resource/partition").strip()
-        r.lines[("partition",)] = child.sourceline or r.root_line
+        r.lines[("partition",)] = srcline(child) or r.root_line
 
 
 def _read_cputune(r: Reader, el: etree._Element) -> CpuTune:
@@ -358,7 +393,7 @@ def _read_cputune(r: Reader, el: etree._Element) -> CpuTune:
             r.duplicate(child, where)
         r.attrs(child, where, _NONE)
         values[tag] = r.integer(child, where, r.text(child, where))
-        r.lines[("cputune", tag)] = child.sourceline or r.root_line
+        r.lines[("cputune", tag)] = srcline(child) or r.root_line
     return CpuTune(**values)
 
 
@@ -378,13 +413,13 @@ def _read_memtune(r: Reader, el: etree._Element) -> MemTune:
             r.duplicate(child, where)
         r.attrs(child, where, _UNIT_ATTR)
         values[key] = _scaled(r, child, where, r.text(child, where), child.get("unit"))
-        r.lines[("memtune", key)] = child.sourceline or r.root_line
+        r.lines[("memtune", key)] = srcline(child) or r.root_line
     return MemTune(**values)
 
 
 def _read_os(r: Reader, el: etree._Element) -> OsSpec:
     r.attrs(el, "os", _NONE)
-    r.lines[("os",)] = el.sourceline or r.root_line
+    r.lines[("os",)] = srcline(el) or r.root_line
     init: str | None = None
     args: list[str] = []
     env: list[tuple[str, str]] = []
@@ -393,7 +428,7 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
     for child in r.children(el, "os"):
         tag = child.tag
         where = f"os/{tag_name(child)}"
-        line = child.sourceline or r.root_line
+        line = srcline(child) or r.root_line
         if tag == "type":
             r.attrs(child, where, frozenset({"arch"}))
             value = r.text(child, where).strip()
@@ -424,10 +459,12 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
             r.lines[("os", tag)] = line
         else:
             r.unsupported(
-                child, "os", ["type", "init", "initarg", "initenv", "initdir", "inituser", "initgroup"]
+                child,
+                "os",
+                ["type", "init", "initarg", "initenv", "initdir", "inituser", "initgroup"],
             )
     if not have_type:
-        r.error(el.sourceline, "os/type", "required element <type>exe</type> is missing")
+        r.error(srcline(el), "os/type", "required element <type>exe</type> is missing")
     return OsSpec(
         init="/sbin/init" if init is None else init,
         initargs=tuple(args),
@@ -457,9 +494,11 @@ def _read_idmap(r: Reader, el: etree._Element) -> tuple[IdMapEntry, ...]:
         start, target, count = values
         if start is None or target is None or count is None:
             continue
-        r.lines[("idmap", len(entries))] = child.sourceline or r.root_line
+        r.lines[("idmap", len(entries))] = srcline(child) or r.root_line
         entries.append(
-            IdMapEntry(kind=cast(Literal["uid", "gid"], tag), start=start, target=target, count=count)
+            IdMapEntry(
+                kind=cast(Literal["uid", "gid"], tag), start=start, target=target, count=count
+            )
         )
     return tuple(entries)
 
@@ -475,7 +514,7 @@ def _read_features(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
             fields["privnet"] = True
         elif tag == "capabilities":
             r.attrs(child, where, frozenset({"policy"}))
-            r.lines[("capabilities",)] = child.sourceline or r.root_line
+            r.lines[("capabilities",)] = srcline(child) or r.root_line
             policy = r.choice(
                 child,
                 f"{where}/@policy",
@@ -488,7 +527,7 @@ def _read_features(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
                 cwhere = f"{where}/{cname}"
                 if cname not in CAPABILITY_NAMES:
                     r.error(
-                        cap.sourceline,
+                        srcline(cap),
                         cwhere,
                         f"unsupported capability <{cname}>: allowed "
                         + ", ".join(sorted(CAPABILITY_NAMES)),
@@ -498,7 +537,7 @@ def _read_features(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
                 r.text(cap, cwhere)
                 state = r.choice(cap, f"{cwhere}/@state", r.required(cap, cwhere, "state"), ON_OFF)
                 if state is not None:
-                    r.lines[("capabilities", "caps", len(caps))] = cap.sourceline or r.root_line
+                    r.lines[("capabilities", "caps", len(caps))] = srcline(cap) or r.root_line
                     caps.append((cname, bool(state)))
             fields["capabilities"] = Capabilities(
                 policy=cast(CapsPolicy, policy) if policy is not None else CapsPolicy.DEFAULT,
@@ -545,7 +584,7 @@ def _read_console(r: Reader, el: etree._Element) -> None:
 def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None:
     where = f"devices/filesystem[{i + 1}]"
     r.attrs(el, where, frozenset({"type", "accessmode"}))
-    r.lines[("filesystems", i)] = el.sourceline or r.root_line
+    r.lines[("filesystems", i)] = srcline(el) or r.root_line
     fstype = el.get("type", "mount")
     if fstype not in ("mount", "ram"):
         r.bad_value(el, f"{where}/@type", fstype, "is not supported", "mount, ram")
@@ -560,7 +599,7 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None
     for child in r.children(el, where):
         tag = child.tag
         cwhere = f"{where}/{tag_name(child)}"
-        line = child.sourceline or r.root_line
+        line = srcline(child) or r.root_line
         if tag == "source":
             r.text(child, cwhere)
             if fstype == "mount":
@@ -585,10 +624,10 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None
         else:
             r.unsupported(child, where, ["source", "target", "readonly"])
     if target is None:
-        r.error(el.sourceline, f"{where}/target", "required element <target dir=...> is missing")
+        r.error(srcline(el), f"{where}/target", "required element <target dir=...> is missing")
         return None
     if fstype == "mount" and source is None:
-        r.error(el.sourceline, f"{where}/source", "required element <source dir=...> is missing")
+        r.error(srcline(el), f"{where}/source", "required element <source dir=...> is missing")
         return None
     if fstype == "ram" and usage is None:
         return None
@@ -605,10 +644,12 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
     where = f"devices/interface[{i + 1}]"
     key = ("interfaces", i)
     r.attrs(el, where, frozenset({"type"}))
-    r.lines[key] = el.sourceline or r.root_line
+    r.lines[key] = srcline(el) or r.root_line
     itype = el.get("type")
     if itype not in ("network", "bridge", "ethernet", "vserver"):
-        r.bad_value(el, f"{where}/@type", itype, "is not supported", "network, bridge, ethernet, vserver")
+        r.bad_value(
+            el, f"{where}/@type", itype, "is not supported", "network, bridge, ethernet, vserver"
+        )
         return None
     fields: dict[str, object] = {}
     ips: list[IpAddress] = []
@@ -618,7 +659,7 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
     for child in r.children(el, where):
         tag = child.tag
         cwhere = f"{where}/{tag_name(child)}"
-        line = child.sourceline or r.root_line
+        line = srcline(child) or r.root_line
         if tag not in _IFACE_CHILDREN:
             r.unsupported(child, where, _IFACE_CHILDREN)
             continue
@@ -651,7 +692,9 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
         elif tag == "link":
             r.attrs(child, cwhere, frozenset({"state"}))
             fields["link_up"] = r.choice(
-                child, f"{cwhere}/@state", r.required(child, cwhere, "state"),
+                child,
+                f"{cwhere}/@state",
+                r.required(child, cwhere, "state"),
                 {"up": True, "down": False},
             )
         elif tag == "ip":
@@ -702,7 +745,7 @@ def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
     netmask = el.get("netmask")
     if netmask is not None:
         if prefix is not None:
-            r.error(el.sourceline, f"{where}/@netmask", "netmask and prefix together: allowed one")
+            r.error(srcline(el), f"{where}/@netmask", "netmask and prefix together: allowed one")
         prefix = netmask_prefix(r, el, f"{where}/@netmask", netmask)
     if address is None or gateway is None:
         return None
@@ -841,8 +884,13 @@ def write_domain(d: Domain) -> str:
     if d.idmap:
         idmap = sub(root, "idmap")
         for entry in d.idmap:
-            sub(idmap, entry.kind, start=str(entry.start), target=str(entry.target),
-                count=str(entry.count))
+            sub(
+                idmap,
+                entry.kind,
+                start=str(entry.start),
+                target=str(entry.target),
+                count=str(entry.count),
+            )
     if d.privnet or d.capabilities is not None:
         features = sub(root, "features")
         if d.privnet:
@@ -907,7 +955,7 @@ def parse_domain_bytes(data: bytes | str, path: str | None, max_bytes: int) -> D
     """Parse and read a domain document (helper for the public API)."""
     root = safe_parse(data, path=path, max_bytes=max_bytes)
     if root.tag != "domain":
-        r = Reader(path, root.sourceline or 1)
+        r = Reader(path, srcline(root) or 1)
         r.error(r.root_line, tag_name(root), "the root element is not <domain>")
         r.raise_if_problems()
     return read_domain(root, path)

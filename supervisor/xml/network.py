@@ -31,6 +31,7 @@ from supervisor.xml._reader import (
     Reader,
     finish,
     safe_parse,
+    srcline,
     sub,
     tag_name,
     vsv,
@@ -38,14 +39,25 @@ from supervisor.xml._reader import (
 from supervisor.xml.domain import canonical_ip, netmask_prefix, read_route, read_uuid, write_route
 
 _NONE: Final = frozenset[str]()
-_TOP: Final = ("name", "uuid", "metadata", "forward", "bridge", "mtu", "mac", "domain", "dns",
-               "ip", "route")
+_TOP: Final = (
+    "name",
+    "uuid",
+    "metadata",
+    "forward",
+    "bridge",
+    "mtu",
+    "mac",
+    "domain",
+    "dns",
+    "ip",
+    "route",
+)
 _MODES: Final[dict[str, object]] = {m: m for m in ("nat", "route", "open", "bridge")}
 
 
 def read_network(root: etree._Element, path: str | None) -> Network:
     """Build a :class:`Network` from a parsed ``<network>`` element; raise with every problem."""
-    r = Reader(path, root.sourceline or 1)
+    r = Reader(path, srcline(root) or 1)
     r.lines[()] = r.root_line
     r.attrs(root, "network", _NONE)
     fields: dict[str, object] = {}
@@ -64,7 +76,7 @@ def read_network(root: etree._Element, path: str | None) -> Network:
             r.duplicate(el, tag)
             continue
         seen.add(tag)
-        line = el.sourceline or r.root_line
+        line = srcline(el) or r.root_line
         if tag == "name":
             r.attrs(el, tag, _NONE)
             name = r.text(el, tag)
@@ -141,7 +153,7 @@ def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
 
 def _read_forward(r: Reader, el: etree._Element) -> Forward:
     r.attrs(el, "forward", frozenset({"mode", "dev"}))
-    r.lines[("forward",)] = el.sourceline or r.root_line
+    r.lines[("forward",)] = srcline(el) or r.root_line
     r.lines[("forward", "mode")] = r.lines[("forward",)]
     r.lines[("forward", "dev")] = r.lines[("forward",)]
     mode = r.choice(el, "forward/@mode", el.get("mode", "nat"), _MODES) or "nat"
@@ -155,7 +167,7 @@ def _read_forward(r: Reader, el: etree._Element) -> Forward:
         for item in r.children(child, "forward/nat"):
             where = f"forward/nat/{tag_name(item)}"
             r.text(item, where)
-            line = item.sourceline or r.root_line
+            line = srcline(item) or r.root_line
             if item.tag == "address":
                 r.attrs(item, where, frozenset({"start", "end"}))
                 start, end = r.required(item, where, "start"), r.required(item, where, "end")
@@ -200,7 +212,7 @@ def _read_dns(r: Reader, el: etree._Element, hosts: list[DnsHost]) -> None:
             r.attrs(hn, f"{where}/hostname", _NONE)
             names.append(r.text(hn, f"{where}/hostname").strip())
         if ip is not None:
-            r.lines[("dns_hosts", len(hosts))] = child.sourceline or r.root_line
+            r.lines[("dns_hosts", len(hosts))] = srcline(child) or r.root_line
             hosts.append(DnsHost(ip=canonical_ip(ip), hostnames=tuple(names)))
 
 
@@ -208,13 +220,13 @@ def _read_ip(r: Reader, el: etree._Element, i: int) -> NetworkIp | None:
     where = f"ip[{i + 1}]"
     key = ("ips", i)
     r.attrs(el, where, frozenset({"address", "prefix", "netmask", "family"}))
-    r.lines[key] = el.sourceline or r.root_line
+    r.lines[key] = srcline(el) or r.root_line
     address = r.required(el, where, "address")
     prefix = r.int_attr(el, where, "prefix")
     netmask = el.get("netmask")
     if netmask is not None:
         if prefix is not None:
-            r.error(el.sourceline, f"{where}/@netmask", "netmask and prefix together: allowed one")
+            r.error(srcline(el), f"{where}/@netmask", "netmask and prefix together: allowed one")
         prefix = netmask_prefix(r, el, f"{where}/@netmask", netmask)
     family = r.choice(el, f"{where}/@family", el.get("family"), {"ipv4": "ipv4", "ipv6": "ipv6"})
     ranges: list[AddressRange] = []
@@ -225,7 +237,7 @@ def _read_ip(r: Reader, el: etree._Element, i: int) -> NetworkIp | None:
             continue
         r.attrs(child, f"{where}/dhcp", _NONE)
         for item in r.children(child, f"{where}/dhcp"):
-            line = item.sourceline or r.root_line
+            line = srcline(item) or r.root_line
             if item.tag == "range":
                 iwhere = f"{where}/dhcp/range[{len(ranges) + 1}]"
                 r.attrs(item, iwhere, frozenset({"start", "end"}))
@@ -254,7 +266,7 @@ def _read_ip(r: Reader, el: etree._Element, i: int) -> NetworkIp | None:
     if address is None:
         return None
     if prefix is None:
-        r.error(el.sourceline, f"{where}/@prefix", "required prefix (or netmask) is missing")
+        r.error(srcline(el), f"{where}/@prefix", "required prefix (or netmask) is missing")
         return None
     canonical = canonical_ip(address)
     if family is None:
@@ -289,8 +301,12 @@ def write_network(n: Network) -> str:
             for rng in n.forward.nat_addresses:
                 sub(nat, "address", start=rng.start, end=rng.end)
             if n.forward.nat_ports is not None:
-                sub(nat, "port", start=str(n.forward.nat_ports.start),
-                    end=str(n.forward.nat_ports.end))
+                sub(
+                    nat,
+                    "port",
+                    start=str(n.forward.nat_ports.start),
+                    end=str(n.forward.nat_ports.end),
+                )
     b = n.bridge
     if b.name is not None or b.stp is not None or b.delay is not None:
         bel = sub(root, "bridge")
@@ -322,13 +338,13 @@ def write_network(n: Network) -> str:
             dhcp = sub(ipel, "dhcp")
             for rng in nip.dhcp_ranges:
                 sub(dhcp, "range", start=rng.start, end=rng.end)
-            for host in nip.dhcp_hosts:
+            for dhost in nip.dhcp_hosts:
                 hel = sub(dhcp, "host")
-                if host.mac is not None:
-                    hel.set("mac", host.mac)
-                if host.name is not None:
-                    hel.set("name", host.name)
-                hel.set("ip", host.ip)
+                if dhost.mac is not None:
+                    hel.set("mac", dhost.mac)
+                if dhost.name is not None:
+                    hel.set("name", dhost.name)
+                hel.set("ip", dhost.ip)
     for route in n.routes:
         write_route(root, route)
     return finish(root, None, ())
@@ -338,7 +354,7 @@ def parse_network_bytes(data: bytes | str, path: str | None, max_bytes: int) -> 
     """Parse and read a network document (helper for the public API)."""
     root = safe_parse(data, path=path, max_bytes=max_bytes)
     if root.tag != "network":
-        r = Reader(path, root.sourceline or 1)
+        r = Reader(path, srcline(root) or 1)
         r.error(r.root_line, tag_name(root), "the root element is not <network>")
         r.raise_if_problems()
     return read_network(root, path)
