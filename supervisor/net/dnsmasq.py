@@ -137,42 +137,54 @@ class Dnsmasq:
     live_hosts: dict[str, DhcpHost] = attrs.field(factory=dict)
     process: trio.Process | None = None
     starts: int = 0
+    written: dict[Path, str] = attrs.field(factory=dict)
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     def all_hosts(self) -> list[DhcpHost]:
         """The network's own reservations followed by the live ones (guests' reservations)."""
         own = [h for ip in self.network.ips for h in ip.dhcp_hosts]
         return own + list(self.live_hosts.values())
 
-    def write_files(self) -> None:
-        """(Re)write config, hosts and addn-hosts files; atomically, so a reload never sees half."""
+    def _texts(self) -> list[tuple[Path, str]]:
         hosts = self.all_hosts()
-        for path, text in (
-            (
-                self.files.conf,
-                config_text(
-                    self.network,
-                    self.bridge,
-                    self.files,
-                    use_host_resolvers=self.use_host_resolvers,
-                ),
-            ),
+        conf = config_text(
+            self.network, self.bridge, self.files, use_host_resolvers=self.use_host_resolvers
+        )
+        return [
+            (self.files.conf, conf),
             (self.files.hosts, hosts_text(hosts)),
             (self.files.addn_hosts, addn_hosts_text(self.network, hosts)),
-        ):
+        ]
+
+    def write_files(self) -> None:
+        """Write the files whose text changed, atomically, so a reload never sees half a file.
+
+        Unchanged files are skipped: a rename costs milliseconds on some filesystems, and a
+        guest start changes only the hosts files.
+        """
+        for path, text in self._texts():
+            if self.written.get(path) == text:
+                continue
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_text(text)
             os.replace(tmp, path)
+            self.written[path] = text
 
-    def set_host(self, key: str, host: DhcpHost) -> None:
+    async def set_host(self, key: str, host: DhcpHost) -> None:
         """Add or replace a live reservation (``key`` is the NIC's owner) and tell dnsmasq."""
         self.live_hosts[key] = host
-        self.write_files()
-        self.reload()
+        await self._rewrite()
 
-    def remove_host(self, key: str) -> None:
+    async def remove_host(self, key: str) -> None:
         """Drop a live reservation, if present, and tell dnsmasq."""
         if self.live_hosts.pop(key, None) is not None:
-            self.write_files()
+            await self._rewrite()
+
+    async def _rewrite(self) -> None:
+        # file writes off the trio loop; concurrent guests serialise on the lock so the files
+        # always end up describing the latest set of hosts
+        async with self.lock:
+            await trio.to_thread.run_sync(self.write_files)
             self.reload()
 
     def reload(self) -> None:

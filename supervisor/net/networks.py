@@ -116,15 +116,15 @@ class RunningNetwork:
         """The bridge's first IPv4 address: the guests' default gateway."""
         return next((ip.address for ip in self.network.ips if ip.family == "ipv4"), None)
 
-    def add_host(self, key: str, host: DhcpHost) -> None:
+    async def add_host(self, key: str, host: DhcpHost) -> None:
         """Add a guest's static reservation live (dnsmasq re-reads its hosts file)."""
         if self.dnsmasq is not None:
-            self.dnsmasq.set_host(key, host)
+            await self.dnsmasq.set_host(key, host)
 
-    def remove_host(self, key: str) -> None:
+    async def remove_host(self, key: str) -> None:
         """Drop a guest's live reservation."""
         if self.dnsmasq is not None:
-            self.dnsmasq.remove_host(key)
+            await self.dnsmasq.remove_host(key)
 
     async def stop(self) -> None:
         """Tear the network down completely and wait until it is gone."""

@@ -204,7 +204,7 @@ async def _plumb_one(
         undo.push(f"allocation {owner}", partial(_release, book, owner))
         prefix = next(ip.prefix for ip in running.network.ips if ip.family == "ipv4")
         addresses.append(f"{alloc.address}/{prefix}")
-        running.add_host(owner, DhcpHost(ip=alloc.address, mac=mac, name=domain.name))
+        await running.add_host(owner, DhcpHost(ip=alloc.address, mac=mac, name=domain.name))
         undo.push(f"reservation {owner}", partial(_remove_host, running, owner))
     elif iface.type == "bridge":
         addresses += [f"{ip.address}/{ip.prefix or 24}" for ip in iface.ips]
@@ -345,7 +345,7 @@ async def _release(book: AddressBook, owner: str) -> None:
 
 
 async def _remove_host(running: RunningNetwork, owner: str) -> None:
-    running.remove_host(owner)
+    await running.remove_host(owner)
 
 
 async def unplumb(
@@ -369,7 +369,7 @@ async def unplumb(
             except Exception as exc:
                 errors.append(f"{nic.host_if}: {exc}")
             if nic.network is not None and nic.network in networks:
-                networks[nic.network].remove_host(nic.owner)
+                await networks[nic.network].remove_host(nic.owner)
             book.state = book.state.release(nic.owner)
     if errors:
         raise RuntimeFailure("unplumbing incomplete: " + "; ".join(errors))
