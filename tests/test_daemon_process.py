@@ -1,0 +1,193 @@
+"""`vsv daemon` as a whole process: stdout events, signals, SIGKILL and re-adoption."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.guest.cgroups import detect_layout, find_leftovers
+from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.model import Domain, Filesystem, OsSpec
+from supervisor.xml import format_domain
+
+pytestmark = pytest.mark.root
+
+LOOP = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
+
+
+class Daemon:
+    """A `vsv daemon` child process whose stdout is read line by line with deadlines."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "daemon", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.lines: list[str] = []
+        self._partial = b""
+
+    def wait_line(self, suffix: str, timeout: float = 15) -> str:
+        """Read stdout until a line ending with ``suffix``; return it.
+
+        Reads the raw pipe (no Python buffering) so select() never misses buffered lines.
+        """
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for line in self.lines[checked:]:
+                if line.endswith(suffix):
+                    return line
+            checked = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], min(remaining, 0.1))
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self._partial += chunk
+                *complete, self._partial = self._partial.split(b"\n")
+                self.lines.extend(c.decode() for c in complete)
+        raise AssertionError(f"no line ending {suffix!r}; got {self.lines}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        """Kill the process if it still runs and close its pipes (test teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts (append them); closed at teardown."""
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            d.close()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, prefix: str) -> Iterator[dict[str, Path]]:
+    """State/run dirs and a busybox root; kills whatever a failed test left in the cgroups."""
+    d = {
+        "state": tmp_path / "state",
+        "run": tmp_path / "run",
+        "root": Path(prepare_busybox_root(str(tmp_path / "rootfs"))),
+    }
+    try:
+        yield d
+    finally:
+        layout = detect_layout()
+        for path in find_leftovers(layout, prefix):
+            for pid in Path(path, "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.2)
+        for path in find_leftovers(layout, prefix):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+
+def _doc(tmp: Path, name: str, root: Path, script: str = LOOP) -> str:
+    d = Domain(
+        name=name,
+        type="vserver",
+        os=OsSpec(init="/bin/sh", initargs=("-c", script)),
+        filesystems=(Filesystem(source=str(root), target="/"),),
+        privnet=True,
+    )
+    path = tmp / f"{name}.xml"
+    path.write_text(format_domain(d))
+    return str(path)
+
+
+def _args(dirs: dict[str, Path], prefix: str) -> list[str]:
+    return [
+        "--state-dir", str(dirs["state"]), "--run-dir", str(dirs["run"]), "--prefix", prefix,
+        "--shutdown-timeout", "3", "--stop-timeout", "5",
+    ]  # fmt: skip
+
+
+def test_foreground_run_and_sigterm(
+    tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon]
+) -> None:
+    """--start defines and starts; SIGTERM shuts guests down gracefully and exits 0."""
+    doc = _doc(tmp_path, "p1", dirs["root"])
+    daemon = Daemon([*_args(dirs, prefix), "--start", doc])
+    daemons.append(daemon)
+    daemon.wait_line("p1 STARTED BOOTED")
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert daemon.wait_line("@supervisor STOPPED")
+    events = [line.split(" ", 1)[1] for line in daemon.lines]
+    assert events == [
+        "@supervisor STARTED",
+        "p1 DEFINED ADDED",
+        "p1 STARTED BOOTED",
+        "p1 STOPPED SHUTDOWN",
+        "@supervisor STOPPED",
+    ]
+    seqs = [int(line.split(" ", 1)[0]) for line in daemon.lines]
+    assert seqs == sorted(seqs)
+    assert find_leftovers(detect_layout(), prefix) == []
+
+
+def test_sigkill_then_readopt(
+    tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon]
+) -> None:
+    """After SIGKILL of the supervisor, running guests are re-adopted, dead ones reported."""
+    keep = _doc(tmp_path, "keep", dirs["root"])
+    gone = _doc(tmp_path, "gone", dirs["root"])
+    first = Daemon([*_args(dirs, prefix), "--start", keep, gone])
+    daemons.append(first)
+    first.wait_line("keep STARTED BOOTED")
+    first.wait_line("gone STARTED BOOTED")
+    records = {p.stem: json.loads(p.read_text()) for p in (dirs["run"] / "domains").glob("*.json")}
+    assert sorted(records) == ["gone", "keep"]
+    first.stop(signal.SIGKILL)
+
+    keep_init = records["keep"]["init_pid"]
+    gone_init = records["gone"]["init_pid"]
+    os.kill(gone_init, signal.SIGKILL)  # the guest ends while no supervisor watches
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{gone_init}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path(f"/proc/{keep_init}").exists()
+
+    second = Daemon(_args(dirs, prefix))
+    daemons.append(second)
+    line = second.wait_line("gone STOPPED FAILED")
+    started = second.wait_line("@supervisor STARTED")
+    assert int(line.split()[0]) < int(started.split()[0])
+    seq_before = max(int(x.split()[0]) for x in first.lines) if first.lines else 0
+    assert seq_before >= 1
+    assert Path(f"/proc/{keep_init}").exists()  # still the same guest, untouched
+    assert second.stop(signal.SIGTERM) == 0
+    second.wait_line("keep STOPPED SHUTDOWN")
+    assert not Path(f"/proc/{keep_init}").exists()
+    assert find_leftovers(detect_layout(), prefix) == []
+    assert list((dirs["run"] / "domains").glob("*.json")) == []
