@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         "events_per_s_min": round(min(rates)),
         "events_per_s_max": round(max(rates)),
         "deliveries_per_s_median": round(statistics.median(rates) * args.subscribers),
+        # other work on the machine skews this benchmark a lot (2 vCPUs here): record the load
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "trio": trio.__version__,
         "target_events_per_s": 200_000,
