@@ -10,9 +10,10 @@ at the first one, so a user fixes a file in one pass.
 from __future__ import annotations
 
 import copy
+import operator
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, cast
 
 from lxml import etree
@@ -234,13 +235,15 @@ YES_NO = _YES_NO
 ON_OFF = _ON_OFF
 
 
-def srcline(el: etree._Element) -> int | None:
-    """The element's line (lxml's stubs leave ``sourceline`` untyped)."""
-    return cast("int | None", el.sourceline)
+#: The element's line (lxml's stubs leave ``sourceline`` untyped); attrgetter is the fast way.
+srcline = cast("Callable[[etree._Element], int | None]", operator.attrgetter("sourceline"))
 
 
 def tag_name(el: etree._Element) -> str:
     """The element's name as a user wrote it (prefix:name for namespaced elements)."""
+    tag = el.tag
+    if isinstance(tag, str) and not tag.startswith("{"):
+        return tag  # the common case, without building a QName
     qname = etree.QName(el)
     namespace: str | None = qname.namespace
     if not namespace:

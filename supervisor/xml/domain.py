@@ -9,7 +9,8 @@ an lxc document the supervisor writes still validates against libvirt's ``domain
 Reading never drops anything silently: an element or attribute the model cannot hold is reported.
 The only exceptions are things that carry no information for a container (``<console
 type='pty'>``, ``<os><type arch=...>``, ``<vcpu placement='static'>``,
-``accessmode='passthrough'``), which ``virsh dumpxml`` writes and which the supervisor accepts and does not write back.
+``accessmode='passthrough'``), which ``virsh dumpxml`` writes and which the supervisor accepts
+and does not write back.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from supervisor.model import (
     Route,
     TokenBucket,
 )
-from supervisor.validate import CAPABILITY_NAMES, domain_problems
+from supervisor.validate import CAPABILITY_NAMES, domain_problems, parse_ip
 from supervisor.xml._reader import (
     ON_OFF,
     VSV_NS,
@@ -731,7 +732,7 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
 def canonical_ip(text: str) -> str:
     """The address as :mod:`ipaddress` prints it; left alone when invalid (validation says so)."""
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        return str(parse_ip(text.strip()))
     except ValueError:
         return text
 
