@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import RuntimeFailure
-from supervisor.model import TokenBucket
+from supervisor.model import Domain, TokenBucket
 from supervisor.sched import cgroupcpu as cc
 from supervisor.sched.mapping import CpuLimits, map_scheduler
 
@@ -50,6 +50,18 @@ def test_v2_write_then_read_back(fake_v2: Path) -> None:
         (fake_v2 / "cpu.weight").read_text(),
         cc.read_limits(fake_v2),
     )
+
+
+def test_apply_domain_writes_mapping_and_reports_file_losses(fake_v2: Path) -> None:
+    """prepare's step writes the domain's mapped limits and returns v2's own losses too."""
+    domain = Domain(name="g", scheduler=TokenBucket(fill_rate=1, interval=3))
+    mapping, file_losses = cc.apply_domain(fake_v2, domain, hz=250, host_cpus=1)
+    assert ("4000 12000", "33", ["cpu.weight"]) == (
+        (fake_v2 / "cpu.max").read_text(),
+        (fake_v2 / "cpu.weight").read_text(),
+        [x.parameter for x in file_losses],
+    )
+    assert (341, 338) == (mapping.limits.shares, cc.read_limits(fake_v2).shares)
 
 
 def test_v2_bandwidth_fast_path_keeps_burst_within_quota(fake_v2: Path) -> None:

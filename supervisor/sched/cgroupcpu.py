@@ -18,13 +18,17 @@ from pathlib import Path
 import attrs
 
 from supervisor.errors import RuntimeFailure
+from supervisor.model import Domain
 from supervisor.sched.mapping import (
+    DEFAULT_HZ,
     CgroupVersion,
     CpuLimits,
+    CpuMapping,
     Loss,
     cgroup_files,
     limits_from_v1,
     limits_from_v2,
+    map_domain,
 )
 
 V1_FILES = ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.cfs_burst_us", "cpu.shares")
@@ -226,3 +230,20 @@ def read_config_hz(release: str | None = None, boot: Path = Path("/boot")) -> in
         if line.startswith("CONFIG_HZ="):
             return int(line.split("=", 1)[1])
     return None
+
+
+def apply_domain(
+    cpu_dir: Path,
+    domain: Domain,
+    *,
+    hz: int = DEFAULT_HZ,
+    host_cpus: int = 1,
+    version: CgroupVersion | None = None,
+) -> tuple[CpuMapping, tuple[Loss, ...]]:
+    """The ``prepare`` step: map a domain's CPU settings and write them to its cgroup.
+
+    Returns the mapping (with its losses) and the per-version losses of the files written, so
+    the caller can report everything that could not be applied as asked.
+    """
+    mapping = map_domain(domain, hz=hz, host_cpus=host_cpus)
+    return mapping, write_limits(cpu_dir, mapping.limits, version)
