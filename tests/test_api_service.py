@@ -48,6 +48,7 @@ def test_notify_abstract_socket() -> None:
 def test_json_logs_carry_extra_fields() -> None:
     """JSON log lines hold the message and the extra fields (the peer of a mutation)."""
     out = io.StringIO()
+    level = logging.getLogger().level
     handler = setup_logging(logging.INFO, fmt="json", stream=out)
     try:
         logging.getLogger("supervisor.api").info(
@@ -55,6 +56,7 @@ def test_json_logs_carry_extra_fields() -> None:
         )
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
     record = json.loads(out.getvalue().splitlines()[-1])
     assert ("api mutation POST /v1/domains", 0, 42, "info") == (
         record["message"],
