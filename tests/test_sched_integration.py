@@ -179,8 +179,11 @@ def test_quarter_rate_is_capped_on_a_busy_host(lab: Lab) -> None:
 
 
 async def test_tuner_lends_idle_cpu_and_reclaims_it(lab: Lab) -> None:
-    """With fill_rate2 and an idle CPU a guest runs above its hard rate; a busy neighbour
-    gets the loan back within a few tuner periods (measured usage, not configured quotas)."""
+    """With fill_rate2 on an idle CPU a guest exceeds its hard rate; a busy neighbour reclaims it.
+
+    Judged by measured usage: during the loan the borrower's weight is raised with its rate, so
+    without a reclaim it would keep ~0.5 CPU against the 3/4 neighbour instead of 0.25.
+    """
     b_map = map_scheduler(
         TokenBucket(fill_rate=1, interval=4, fill_rate2=3, interval2=4), None, ncpus=1
     )
