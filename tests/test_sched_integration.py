@@ -189,7 +189,7 @@ async def test_tuner_lends_idle_cpu_and_reclaims_it(lab: Lab) -> None:
     )
     lab.cpu = _idlest_cpu()
     idle_before = _cpu_idle(lab.cpu, 0.5)
-    assert idle_before >= 0.7, f"precondition: CPU {lab.cpu} must be idle, was {idle_before:.2f}"
+    assert idle_before >= 0.6, f"precondition: CPU {lab.cpu} must be idle, was {idle_before:.2f}"
     b = lab.group("b", b_map.limits)
     c = lab.group("c", map_scheduler(TokenBucket(fill_rate=3, interval=4), None).limits)
     guest = tuned_guest("b", b_map)
