@@ -12,5 +12,7 @@ exec .venv/bin/vsv daemon \
   --state-dir /var/lib/vsv/demo \
   --run-dir /run/vsv-demo \
   --prefix vsv \
-  --start examples/web1.xml examples/db1.xml \
+  --netns vsv-demo \
+  --start examples/demo-nat.xml examples/web1-nat.xml examples/db1-nat.xml \
+          examples/web1.xml examples/db1.xml \
   "$@"

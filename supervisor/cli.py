@@ -54,6 +54,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         stop_timeout=args.stop_timeout,
         shutdown_signal=sig,
         keep_guests=args.keep_guests,
+        netns=args.netns,
     )
     return trio.run(run_daemon, opts)
 
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-guests",
         action="store_true",
         help="on SIGTERM/SIGINT leave guests running (for an upgrade-restart)",
+    )
+    p.add_argument(
+        "--netns",
+        metavar="NAME",
+        help="sandbox mode: do all host-side networking in this network namespace "
+        "(created if missing, removed at exit if it was created)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_daemon)

@@ -57,6 +57,7 @@ from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
 from supervisor.guest.spawn import GuestExit, GuestProcess, spawn_init
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
+from supervisor.net.subsystem import NetworkSubsystem, require_network
 from supervisor.store import ConfigStore, RunStore
 
 log = logging.getLogger("vsv.daemon")
@@ -76,6 +77,8 @@ class GuestContext:
     records: dict[str, Any] = attrs.Factory(dict)
     #: True once every prepare hook succeeded (a failed prepare undoes itself on the bus)
     prepared: bool = False
+    #: set by the network subsystem's prepare: the namespace the guest's init must join
+    netns_path: str | None = None
 
 
 @attrs.define(eq=False)
@@ -140,9 +143,13 @@ class Supervisor:
     shutdown_signal: int = signal.SIGTERM
     restart_policy: lc.RestartPolicy = attrs.Factory(lc.RestartPolicy)
     layout: CgroupLayout | None = None
+    #: where host-side networking happens: None = our own namespace, else a netns path
+    host_netns: str | None = None
+    #: False: no network subsystem (guests with <interface> then fail to start)
+    networking: bool = True
+    net: NetworkSubsystem | None = None
     _bus: Bus[GuestContext] = attrs.Factory(Bus)
     slots: dict[str, GuestSlot] = attrs.Factory(dict)
-    networks: dict[str, Network] = attrs.Factory(dict)
     #: names of the guests re-adopted from a previous supervisor at start-up
     adopted: list[str] = attrs.Factory(list)
     config: ConfigStore = attrs.field(init=False)
@@ -176,19 +183,33 @@ class Supervisor:
             log.warning("ignoring stored definition: %s", problem)
         for domain in domains:
             self.slots[domain.name] = self._new_slot(domain)
-        nets, problems = self.config.load_networks()
-        for problem in problems:
-            log.warning("ignoring stored network: %s", problem)
-        self.networks = {n.name: n for n in nets}
         send, receive = trio.open_memory_channel[
             tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]
         ](math.inf)
-        async with trio.open_nursery() as guests:
-            guests.start_soon(self._spawner, receive)
-            self._spawn = send
-            await self._adopt_leftovers()
-            task_status.started()
-            await trio.sleep_forever()
+        if self.networking:
+            self.net = await NetworkSubsystem.open(
+                self._bus,
+                prefix=self.prefix,
+                host_netns=self.host_netns,
+                run_dir=self.run_dir,
+                config=self.config,
+                runs=self.runs,
+            )
+        try:
+            async with trio.open_nursery() as top:
+                if self.net is not None:
+                    await top.start(self.net.run)
+                async with trio.open_nursery() as guests:
+                    guests.start_soon(self._spawner, receive)
+                    self._spawn = send
+                    await self._adopt_leftovers()
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._spawn = None
+            if self.net is not None:
+                with trio.CancelScope(shield=True):
+                    await self.net.aclose()
 
     async def _spawner(
         self,
@@ -474,7 +495,10 @@ class Supervisor:
                     slot.ctx.prepared = True
                 assert slot.cgroup is not None
                 slot.process = await spawn_init(
-                    domain, slot.cgroup, log_path=str(self._log_path(domain.name))
+                    domain,
+                    slot.cgroup,
+                    log_path=str(self._log_path(domain.name)),
+                    netns_path=slot.ctx.netns_path if slot.ctx else None,
                 )
             slot.start_scope = None
             if scope.cancelled_caught:
@@ -724,25 +748,25 @@ class Supervisor:
         raise InvalidOperation("schedinfo is not available yet")
 
     def list_networks(self) -> list[NetworkStatus]:
-        return []
+        return [] if self.net is None else self.net.list_networks()
 
     def get_network(self, name: str) -> Network:
-        raise NotFound(f"network {name!r} is not defined")
+        return require_network(self.net, name).get_network(name)
 
     async def define_network(self, network: Network) -> Network:
-        raise InvalidOperation("networks are not available yet")
+        return require_network(self.net, network.name).define_network(network)
 
     async def undefine_network(self, name: str) -> None:
-        raise NotFound(f"network {name!r} is not defined")
+        require_network(self.net, name).undefine_network(name)
 
     async def start_network(self, name: str) -> None:
-        raise NotFound(f"network {name!r} is not defined")
+        await require_network(self.net, name).start_network(name)
 
     async def destroy_network(self, name: str) -> None:
-        raise NotFound(f"network {name!r} is not defined")
+        await require_network(self.net, name).destroy_network(name)
 
     def network_leases(self, name: str) -> list[Lease]:
-        raise NotFound(f"network {name!r} is not defined")
+        return require_network(self.net, name).leases(name)
 
     def statistics(self) -> Mapping[str, object]:
         states: dict[str, int] = {}
@@ -785,59 +809,111 @@ class DaemonOptions:
     stop_timeout: float = 15.0
     shutdown_signal: int = signal.SIGTERM
     keep_guests: bool = False
+    #: sandbox mode: do host-side networking in this named network namespace
+    netns: str | None = None
+
+
+def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
+    """Parse the --start documents; print every problem and return None if any is bad."""
+    from supervisor.xml import parse_document
+
+    domains: list[Domain] = []
+    networks: list[Network] = []
+    ok = True
+    for path in paths:
+        try:
+            doc = parse_document(Path(path).read_bytes(), path=path)
+        except InvalidDocument as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            ok = False
+            continue
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            ok = False
+            continue
+        (domains if isinstance(doc, Domain) else networks).append(doc)  # type: ignore[arg-type]
+    return (domains, networks) if ok else None
 
 
 async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     """The foreground supervisor; returns the exit status (0 after a signal-initiated stop)."""
-    from supervisor.xml import parse_document
+    from supervisor import nsutil
 
-    documents: list[Domain] = []
-    for path in opts.start:
-        try:
-            doc = parse_document(Path(path).read_bytes(), path=path)  # noqa: ASYNC240
-        except InvalidDocument as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
-            return 1
-        if isinstance(doc, Domain):
-            documents.append(doc)
+    documents = _read_documents(opts.start)
+    if documents is None:
+        return 1
+    domains, networks = documents
+    created_netns = False
+    host_netns: str | None = None
+    if opts.netns is not None:
+        if not nsutil.netns_exists(opts.netns):
+            nsutil.create_netns(opts.netns)
+            created_netns = True
+        host_netns = str(nsutil.netns_path(opts.netns))
     sup = Supervisor(
         state_dir=opts.state_dir,
         run_dir=opts.run_dir,
         prefix=opts.prefix,
         shutdown_timeout=opts.shutdown_timeout,
         shutdown_signal=opts.shutdown_signal,
+        host_netns=host_netns,
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(print_events, sup.bus, out)
-            await nursery.start(sup.run)
-            sup.bus.publish_nowait(
-                "supervisor",
-                None,
-                "STARTED",
-                None,
-                {"pid": os.getpid(), "adopted": ",".join(sup.adopted)},
-            )
-            for domain in documents:
-                try:
-                    await sup.define_domain(domain)
-                except VsvError as exc:
-                    print(f"define {domain.name}: {exc}", file=sys.stderr)
-            nursery.start_soon(sup.start_autostart)
-            for domain in documents:
-                nursery.start_soon(sup._start_quietly, domain.name)
-            async for signum in signals:
-                log.info("received %s", signal.Signals(signum).name)
-                break
-            if not opts.keep_guests:
-                await sup.shutdown_all(opts.stop_timeout)
-            sup.bus.publish_nowait(
-                "supervisor", None, "STOPPED", None, {"keep_guests": str(opts.keep_guests).lower()}
-            )
-            await trio.lowlevel.checkpoint()
-            nursery.cancel_scope.cancel()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(print_events, sup.bus, out)
+                await nursery.start(sup.run)
+                sup.bus.publish_nowait(
+                    "supervisor",
+                    None,
+                    "STARTED",
+                    None,
+                    {"pid": os.getpid(), "adopted": ",".join(sup.adopted)},
+                )
+                await _bring_up(sup, domains, networks)
+                nursery.start_soon(sup.start_autostart)
+                for domain in domains:
+                    nursery.start_soon(sup._start_quietly, domain.name)
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    break
+                if not opts.keep_guests:
+                    await sup.shutdown_all(opts.stop_timeout)
+                    if sup.net is not None:
+                        await sup.net.stop_all()
+                sup.bus.publish_nowait(
+                    "supervisor",
+                    None,
+                    "STOPPED",
+                    None,
+                    {"keep_guests": str(opts.keep_guests).lower()},
+                )
+                await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
+    finally:
+        if created_netns and not opts.keep_guests:
+            nsutil.delete_netns(opts.netns or "")
     return 0
+
+
+async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Network]) -> None:
+    """Define the --start documents, then start networks (autostart ones and given ones)."""
+    for network in networks:
+        try:
+            await sup.define_network(network)
+        except VsvError as exc:
+            print(f"define network {network.name}: {exc}", file=sys.stderr)
+    for domain in domains:
+        try:
+            await sup.define_domain(domain)
+        except VsvError as exc:
+            print(f"define {domain.name}: {exc}", file=sys.stderr)
+    if sup.net is not None:
+        await sup.net.start_autostart()
+        for network in networks:
+            if network.name not in sup.net.service.running:
+                try:
+                    await sup.start_network(network.name)
+                except VsvError as exc:
+                    print(f"start network {network.name}: {exc}", file=sys.stderr)

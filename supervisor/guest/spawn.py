@@ -98,6 +98,7 @@ _libc.mount.argtypes = [
     ctypes.c_char_p,
 ]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 class _MountAttr(ctypes.Structure):
@@ -143,6 +144,9 @@ class SpawnPlan:
     clone_flags: int
     root: str
     mounts: tuple[MountOp, ...]
+    #: join this existing network namespace (NICs plumbed by a prepare hook) instead of
+    #: creating one
+    netns_path: str | None = None
 
 
 def parse_passwd(text: str) -> dict[str, tuple[int, int, str]]:
@@ -208,12 +212,16 @@ def plan_spawn(
     passwd_text: str = "",
     group_text: str = "",
     extra_env: Mapping[str, str] | None = None,
+    netns_path: str | None = None,
 ) -> SpawnPlan:
-    """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files)."""
+    """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files).
+
+    With ``netns_path`` the guest joins that network namespace rather than getting a new one.
+    """
     root_dir = domain.root_dir
     root = os.path.abspath(root_dir) if root_dir is not None else "/"
     flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
-    if domain.private_network:
+    if domain.private_network and netns_path is None:
         flags |= CLONE_NEWNET
     os_spec = domain.os
     uid, gid, home = resolve_ids(os_spec.inituser, os_spec.initgroup, passwd_text, group_text)
@@ -280,6 +288,7 @@ def plan_spawn(
         clone_flags=flags,
         root=root,
         mounts=tuple(mounts),
+        netns_path=netns_path,
     )
 
 
@@ -343,6 +352,12 @@ def _child_setup(plan: SpawnPlan, procs_files: tuple[str, ...], err_fd: int) -> 
     """preexec_fn: cgroup, namespaces, hostname, mounts. Reports failures on ``err_fd``."""
     try:
         attach_to(procs_files)
+        if plan.netns_path is not None:
+            fd = os.open(plan.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _check(_libc.setns(fd, CLONE_NEWNET), f"setns {plan.netns_path}")
+            finally:
+                os.close(fd)
         _check(_libc.unshare(plan.clone_flags), "unshare")
         socket.sethostname(plan.hostname)
         for op in plan.mounts:
@@ -420,7 +435,9 @@ class GuestProcess:
             pass
 
 
-def _prepare(domain: Domain, extra_env: Mapping[str, str] | None) -> SpawnPlan:
+def _prepare(
+    domain: Domain, extra_env: Mapping[str, str] | None, netns_path: str | None = None
+) -> SpawnPlan:
     """Check the root dir, read the guest's passwd/group if names need resolving, plan."""
     root_dir = domain.root_dir
     if root_dir is not None and not os.path.isdir(root_dir):
@@ -430,7 +447,9 @@ def _prepare(domain: Domain, extra_env: Mapping[str, str] | None) -> SpawnPlan:
     if domain.os.inituser is not None or domain.os.initgroup is not None:
         passwd = _read_guest_file(root, "/etc/passwd")
         group = _read_guest_file(root, "/etc/group")
-    return plan_spawn(domain, passwd_text=passwd, group_text=group, extra_env=extra_env)
+    return plan_spawn(
+        domain, passwd_text=passwd, group_text=group, extra_env=extra_env, netns_path=netns_path
+    )
 
 
 def _read_guest_file(root: str, rel: str) -> str:
@@ -447,6 +466,7 @@ async def spawn_init(
     *,
     log_path: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    netns_path: str | None = None,
 ) -> GuestProcess:
     """Start the domain's init in new namespaces inside ``cgroup`` (which must exist).
 
@@ -454,7 +474,7 @@ async def spawn_init(
     /dev/null; stdout and stderr go to ``log_path`` (appended) or /dev/null. Gives up with
     RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
     """
-    plan = _prepare(domain, extra_env)
+    plan = _prepare(domain, extra_env, netns_path)
     procs_files = cgroup.procs_files()
 
     rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)

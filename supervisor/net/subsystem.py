@@ -1,0 +1,311 @@
+"""The network subsystem as a bus subscriber: networks for the facade, NICs in guest hooks.
+
+A guest with ``<interface>`` elements gets a named network namespace (``/run/netns/PREFIX-NAME``)
+in its ``prepare`` hook; the NICs are plumbed into it there, and the guest's init then joins it,
+so init starts with its network in place. ``release`` unplumbs and drops the namespace. What was
+plumbed is written into the guest's hook records (and so into the run dir), which is enough to
+undo it after a supervisor restart.
+
+Networks run as tasks in a nursery that :meth:`NetworkSubsystem.run` owns; their lifecycle
+events (DEFINED, UNDEFINED, STARTED, STOPPED) are published as ``network`` events on the bus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from supervisor import nsutil
+from supervisor.errors import InvalidDocument, NotFound, RuntimeFailure, VsvError
+from supervisor.facade import Lease, NetworkStatus
+from supervisor.model import Network
+from supervisor.net import names, nftables
+from supervisor.net.dnsmasq import DnsmasqFiles, lease_lines
+from supervisor.net.networks import HostNet, bridge_for
+from supervisor.net.nics import PlumbedNic
+from supervisor.net.service import NetworkService, NetworkTable
+from supervisor.store import ConfigStore, RunStore
+
+if TYPE_CHECKING:
+    from supervisor.bus import Bus
+    from supervisor.daemon import GuestContext
+
+log = logging.getLogger("vsv.net")
+
+HOOK_ORDER = 10
+
+Starter = Callable[..., Awaitable[Any]]
+
+
+@attrs.define(eq=False)
+class NetworkSubsystem:
+    """Networks and guest NICs of one supervisor."""
+
+    bus: Bus[GuestContext]
+    prefix: str
+    config: ConfigStore
+    runs: RunStore
+    service: NetworkService
+    _start: trio.MemorySendChannel[tuple[str, trio.Event, list[BaseException]]] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        bus: Bus[GuestContext],
+        *,
+        prefix: str,
+        host_netns: str | None,
+        run_dir: Path,
+        config: ConfigStore,
+        runs: RunStore,
+    ) -> NetworkSubsystem:
+        """Open the host side (netlink worker in ``host_netns``, None = our own namespace)."""
+        net_dir = run_dir / "net"
+        net_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        host = await HostNet.open(prefix, host_netns, net_dir)
+        table = NetworkTable(prefix)
+
+        def emit(name: str, type: str) -> None:
+            bus.publish_nowait("network", name, type)
+
+        service = NetworkService(host=host, table=table, emit=emit)
+        return cls(bus=bus, prefix=prefix, config=config, runs=runs, service=service)
+
+    async def aclose(self) -> None:
+        await self.service.host.aclose()
+
+    # ------------------------------------------------------------------------ the task
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load stored networks, clean up a predecessor's leftovers, register hooks, serve.
+
+        Cancelling it stops every running network (each network task undoes its own work).
+        """
+        nets, problems = self.config.load_networks()
+        for problem in problems:
+            log.warning("ignoring stored network: %s", problem)
+        for net in nets:
+            self.service.table.define(net)
+        await self._clean_leftovers()
+        send, receive = trio.open_memory_channel[tuple[str, trio.Event, list[BaseException]]](
+            math.inf
+        )
+        self.bus.add_hooks(
+            "network", prepare=self._prepare, release=self._release, order=HOOK_ORDER
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._start = send
+                nursery.start_soon(self._starter, receive, nursery)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._start = None
+            self.bus.remove_hooks("network")
+
+    async def _starter(
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[str, trio.Event, list[BaseException]]],
+        nursery: trio.Nursery,
+    ) -> None:
+        # Network tasks live in run()'s nursery; requests reach it through this channel.
+        async for name, done, errors in receive:
+            try:
+                await self.service.start(name, nursery)
+                self._record(name)
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                done.set()
+
+    def _record(self, name: str) -> None:
+        handle = self.service.running.get(name)
+        if handle is None:
+            return
+        record: dict[str, Any] = {"bridge": handle.bridge, "table": handle.table}
+        if handle.dnsmasq is not None:
+            record["dnsmasq_pid"] = handle.dnsmasq.statistics().pid
+        self.runs.write("networks", name, record)
+
+    async def _clean_leftovers(self) -> None:
+        """Remove the bridges, tables and dnsmasq of networks a killed supervisor left."""
+        from supervisor.net import netlink
+
+        host = self.service.host
+        for name, record in self.runs.read_all("networks").items():
+            pid = record.get("dnsmasq_pid")
+            if isinstance(pid, int):
+                with contextlib.suppress(OSError):
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # noqa: ASYNC240
+                    if b"dnsmasq" in cmdline and self.prefix.encode() in cmdline:
+                        signal_pid(pid, signal.SIGTERM)
+            table = record.get("table")
+            if isinstance(table, str):
+                with contextlib.suppress(VsvError):
+                    await nftables.delete(host.netns, table)
+            bridge = record.get("bridge")
+            if isinstance(bridge, str) and bridge:
+                with contextlib.suppress(Exception):
+                    await host.worker.call(functools.partial(netlink.delete_link, name=bridge))
+            self.runs.remove("networks", name)
+            log.info("cleaned up network %s left by a previous supervisor", name)
+
+    # ------------------------------------------------------------------------ guest hooks
+
+    def _netns_name(self, domain_name: str) -> str:
+        return f"{self.prefix}-{domain_name}"
+
+    async def _prepare(self, ctx: GuestContext) -> None:
+        domain = ctx.domain
+        if not domain.interfaces:
+            return
+        name = self._netns_name(domain.name)
+        if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now
+            nsutil.delete_netns(name)
+        path = await trio.to_thread.run_sync(nsutil.create_netns, name)
+        record: dict[str, Any] = {"netns": name, "nics": []}
+        ctx.records["net"] = record
+        try:
+            nics = await self.service.plumb(domain, str(path))
+        except BaseException:
+            nsutil.delete_netns(name)
+            ctx.records.pop("net", None)
+            raise
+        record["nics"] = [attrs.asdict(n) for n in nics]
+        record["modes"] = sorted({n.mode for n in nics})
+        ctx.netns_path = str(path)
+
+    async def _release(self, ctx: GuestContext) -> None:
+        record = ctx.records.get("net")
+        if not isinstance(record, dict):
+            return
+        nics = tuple(PlumbedNic(**n) for n in record.get("nics", []))
+        try:
+            await self.service.unplumb(nics)
+        finally:
+            nsutil.delete_netns(str(record.get("netns")))
+            ctx.records.pop("net", None)
+
+    # ------------------------------------------------------------------------ facade
+
+    def list_networks(self) -> list[NetworkStatus]:
+        out = []
+        for name in sorted(self.service.table.definitions):
+            net = self.service.table.definitions[name]
+            out.append(
+                NetworkStatus(
+                    name=name,
+                    uuid=net.uuid,
+                    active=name in self.service.running,
+                    autostart=net.autostart,
+                    bridge=bridge_for(self.prefix, net),
+                )
+            )
+        return out
+
+    def get_network(self, name: str) -> Network:
+        return self.service.table.get(name)
+
+    def define_network(self, network: Network) -> Network:
+        from supervisor.validate import check_network
+
+        problems = check_network(network)
+        if problems:
+            raise InvalidDocument(problems)
+        if network.uuid is None:
+            import uuid
+
+            previous = self.service.table.definitions.get(network.name)
+            network = attrs.evolve(network, uuid=previous.uuid if previous else str(uuid.uuid4()))
+        if network.bridge.name is None:
+            network = attrs.evolve(
+                network, bridge=attrs.evolve(network.bridge, name=bridge_for(self.prefix, network))
+            )
+        names.check_ifname(network.bridge.name or "")
+        # check first (pure), store, then publish
+        scratch = NetworkTable(self.prefix, dict(self.service.table.definitions))
+        scratch.define(network)
+        self.config.save_network(network)
+        return self.service.define(network)
+
+    def undefine_network(self, name: str) -> None:
+        self.service.undefine(name)
+        self.config.remove_network(name)
+
+    async def start_network(self, name: str) -> None:
+        self.service.table.get(name)
+        if self._start is None:
+            raise RuntimeFailure("the network subsystem is not running")
+        done = trio.Event()
+        errors: list[BaseException] = []
+        self._start.send_nowait((name, done, errors))
+        await done.wait()
+        if errors:
+            raise errors[0]
+
+    async def destroy_network(self, name: str) -> None:
+        self.service.table.get(name)
+        await self.service.stop(name)
+        self.runs.remove("networks", name)
+
+    async def set_autostart(self, name: str, autostart: bool) -> None:
+        net = self.service.table.set_autostart(name, autostart)
+        self.config.save_network(net)
+
+    async def start_autostart(self) -> None:
+        for name in self.service.table.autostart_names():
+            if name not in self.service.running:
+                try:
+                    await self.start_network(name)
+                except VsvError as exc:
+                    log.warning("autostart of network %s failed: %s", name, exc)
+
+    async def stop_all(self) -> None:
+        for name in list(self.service.running):
+            with contextlib.suppress(VsvError):
+                await self.destroy_network(name)
+
+    def leases(self, name: str) -> list[Lease]:
+        net = self.service.table.get(name)
+        handle = self.service.running.get(name)
+        if handle is None:
+            return []
+        files = DnsmasqFiles.in_dir(self.service.host.run_dir, self.prefix, name)
+        prefix = next((ip.prefix for ip in net.ips if ip.family == "ipv4"), 24)
+        owners = {a.mac: a.owner for a in self.service.allocations().on(name)}
+        return [
+            Lease(
+                network=name,
+                mac=mac,
+                ip=ip,
+                prefix=prefix,
+                hostname=None if host == "*" else host,
+                expiry=None,
+                domain=owners.get(mac),
+            )
+            for mac, ip, host in lease_lines(files)
+        ]
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    """Send a signal, ignoring a process that is already gone."""
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def require_network(sub: NetworkSubsystem | None, name: str) -> NetworkSubsystem:
+    """The subsystem, or NotFound naming the network when networking is off."""
+    if sub is None:
+        raise NotFound(f"network {name!r} is not defined (networking is not enabled)")
+    return sub
