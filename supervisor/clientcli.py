@@ -397,7 +397,8 @@ def format_event(record: dict[str, Any]) -> str:
         )
     when = record.get("time")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "-"
-    subject = record.get("domain") or (record.get("data") or {}).get("network") or "-"
+    data = record.get("data") or {}
+    subject = record.get("domain") or record.get("network") or data.get("network") or "-"
     what = f"{record.get('type')} {record.get('detail')}"
     return f"#{record['seq']} {stamp} {record.get('kind')} '{subject}': {what}"
 

@@ -148,7 +148,7 @@ async def test_second_server_is_refused_and_sockets_removed(api: Running, sockdi
     other = sockdir / "other"
     other.mkdir()
     async with running_api(other) as run:
-        assert True is Path(run.rw).exists()  # noqa: ASYNC240
+        assert True is Path(run.rw).exists()
     assert False is (other / "rw.sock").exists()
 
 

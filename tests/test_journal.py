@@ -206,3 +206,23 @@ def test_read_since_has_no_silent_hole(
             covered.append(r["seq"])
     assert list(range(since + 1, n + 1)) == covered
     j.close()
+
+
+async def test_bus_events_journal_and_numbering_continues(tmp_path: Path) -> None:
+    """Bus events (the real Event value) are journaled; a new bus continues from last_seq."""
+    from supervisor.bus import Bus
+
+    j = Journal.open(tmp_path)
+    bus: Bus[object] = Bus(first_seq=j.last_seq() + 1)
+    j.append(bus.publish_nowait("supervisor", None, "STARTED"))
+    j.append(bus.publish_nowait("domain", "web1", "STARTED", "BOOTED"))
+    j.close()
+    j2 = Journal.open(tmp_path)
+    bus2: Bus[object] = Bus(first_seq=j2.last_seq() + 1)
+    j2.append(bus2.publish_nowait("domain", "web1", "STOPPED", "DESTROYED"))
+    got = [(r["seq"], r["kind"], r["domain"], r["type"]) for r in j2.read_since(0)]
+    assert [
+        (1, "supervisor", None, "STARTED"),
+        (2, "domain", "web1", "STARTED"),
+        (3, "domain", "web1", "STOPPED"),
+    ] == got

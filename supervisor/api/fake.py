@@ -219,7 +219,7 @@ class FakeSupervisor:
         self._change(name, ("SHUTOFF", "CRASHED"), "RUNNING", "BOOTED", ("STARTED", "BOOTED"))
         return self.domain_status(name)
 
-    async def shutdown_domain(self, name: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (the facade's signature)
+    async def shutdown_domain(self, name: str, *, timeout: float | None = None) -> None:
         self._change(name, ("RUNNING",), "SHUTOFF", "SHUTDOWN", ("STOPPED", "SHUTDOWN"))
 
     async def destroy_domain(self, name: str) -> None:
