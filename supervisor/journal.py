@@ -33,7 +33,7 @@ reading the disk.
 
 from __future__ import annotations
 
-import collections
+import bisect
 import json
 import os
 import time
@@ -186,7 +186,8 @@ class Journal:
     fsync: FsyncPolicy
     clock: Callable[[], float]
     _segments: list[SegmentInfo]
-    _tail: collections.deque[Entry]
+    _tail: list[Entry]
+    _tail_events: int
     _fd: int
     _active_count: int
     _last_seq: int
@@ -216,13 +217,13 @@ class Journal:
                 if p.name.startswith(_SEGMENT_PREFIX) and p.name.endswith(_SEGMENT_SUFFIX)
             )
             segments: list[SegmentInfo] = []
-            tail: collections.deque[Entry] = collections.deque(maxlen=max(1, tail_events))
+            tail: list[Entry] = []
             for i, name in enumerate(names):
                 seg_path = path / name
                 first = int(name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)])
                 if i == len(names) - 1:
                     entries = _load_active(seg_path)
-                    tail.extend(entries)
+                    tail.extend(entries[-max(1, tail_events) :])
                     last = entries[-1].seq if entries else first - 1
                     last_time = _record_time(entries[-1].record) if entries else None
                     active_count = len(entries)
@@ -247,6 +248,7 @@ class Journal:
             clock=clock,
             segments=segments,
             tail=tail,
+            tail_events=max(1, tail_events),
             fd=fd,
             active_count=active_count,
             last_seq=last_seq,
@@ -298,6 +300,8 @@ class Journal:
         self._last_seq = seq
         self._appended += 1
         self._tail.append(Entry(seq, record, line))
+        if len(self._tail) >= 2 * self._tail_events:
+            del self._tail[: len(self._tail) - self._tail_events]
         for listener in tuple(self._listeners):
             listener(seq)
 
@@ -328,8 +332,8 @@ class Journal:
             self._pruned += len(drop)
             self._write_state()
             first = self.first_seq()
-            while self._tail and first is not None and self._tail[0].seq < first:
-                self._tail.popleft()
+            if first is not None:
+                del self._tail[: bisect.bisect_left(self._tail, first, key=_entry_seq)]
         return len(drop)
 
     def close(self) -> None:
@@ -397,11 +401,8 @@ class Journal:
             if len(out) >= cap or first is None:
                 return out
         if self._tail and self._tail[0].seq <= since + 1:
-            for entry in self._tail:
-                if entry.seq > since:
-                    out.append(entry)
-                    if len(out) >= cap:
-                        break
+            start = bisect.bisect_right(self._tail, since, key=_entry_seq)
+            out.extend(self._tail[start : start + cap - len(out)])
             return out
         for info in self._segments:
             if info.last_seq <= since:
@@ -423,6 +424,10 @@ class Journal:
             appended=self._appended,
             pruned_segments=self._pruned,
         )
+
+
+def _entry_seq(entry: Entry) -> int:
+    return entry.seq
 
 
 def _write_all(fd: int, data: bytes) -> None:
