@@ -1,0 +1,714 @@
+"""Core runtime of the supervisor against its floors and LXC, measured in the same run.
+
+What is measured (needs root), each start/destroy figure in two regimes: an idle gap of
+``IDLE_GAP`` seconds before every timed operation (the first ``cgroup.procs`` write after idle
+waits for an RCU grace period on these machines) and back to back:
+
+- start: ``Supervisor.start_domain`` called -> its ``STARTED BOOTED`` event (the event's time
+  stamp); beside it the floors ``unshare --fork --pid --mount --uts --ipc --net --mount-proc
+  /bin/true`` (whole process) and the same joining a cgroup in every hierarchy first, and LXC's
+  ``lxc-start -d`` (until it returns);
+- destroy: ``destroy_domain`` called -> ``STOPPED DESTROYED``; floor: kill a running unshare'd
+  guest through its cgroup, reap it and rmdir its cgroups; LXC: ``lxc-stop -k``;
+- N guests started concurrently (one trio nursery) against LXC starting N containers one after
+  another (and N floors one after another);
+- supervisor RSS per running guest: VmRSS of this process (the supervisor runs in it) before
+  defining M guests and with all M running, divided by M; beside it the Pss of each guest's
+  wrapper process and of each LXC container's monitor process.
+
+Prints a Markdown table (median with min-max in ms, ratio to LXC, target, met) and writes JSON to
+bench/results/daemon.json. Everything it creates is named ``vsvbench...`` and is removed also on
+failure or Ctrl-C; ``leakcheck --prefix vsvbench`` runs at the end.
+
+    .venv/bin/python bench/bench_daemon.py [--quick] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import inspect
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import lxc_peer
+import trio
+
+from supervisor.bus import Gap, Subscription
+from supervisor.daemon import Supervisor
+from supervisor.events import Event
+from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, attach_to, detect_layout
+from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.model import Domain, Filesystem, OsSpec
+
+PREFIX = "vsvbench"
+IDLE_GAP = 0.12
+INIT_LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
+UNSHARE = ["/usr/bin/unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
+           "--mount-proc"]  # fmt: skip
+LEAKCHECK = "/work/shared/tools/leakcheck"
+#: how many guests boot at once while filling the supervisor for the RSS figure (a bound keeps
+#: every start well inside spawn's own start timeout on a 2-CPU machine)
+FILL_CONCURRENCY = 50
+
+TARGETS = {"start": 0.6, "destroy": 0.5, "concurrent": 0.3, "rss_kib_per_guest": 512.0}
+
+Samples = list[float]
+
+
+def summary(samples: Samples) -> dict[str, float]:
+    """Median, min, max in ms of samples in seconds."""
+    ms = [s * 1000 for s in samples]
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "n": len(ms),
+    }
+
+
+def vm_rss_kib() -> int:
+    """VmRSS of this process (the supervisor) in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def cgroup2_options() -> str:
+    """The mount options of every cgroup2 mount (``favordynmods`` changes both regimes)."""
+    with open("/proc/mounts") as f:
+        opts = [f"{p[1]}: {p[3]}" for p in (line.split() for line in f) if p[2] == "cgroup2"]
+    return "; ".join(opts) or "no cgroup2 mount"
+
+
+# -- floors (synchronous on purpose: nothing else runs in between) -----------------------------
+
+
+def floor_start(procs_files: tuple[str, ...] | None) -> float:
+    """One whole ``unshare ... /bin/true`` run, optionally joining a cgroup before exec."""
+    preexec = None if procs_files is None else (lambda: attach_to(procs_files))
+    t0 = time.perf_counter()
+    subprocess.run([*UNSHARE, "/bin/true"], check=True, preexec_fn=preexec)
+    return time.perf_counter() - t0
+
+
+class FloorGuest:
+    """An unshare'd ``sleep`` in cgroups of its own: the least a destroy has to undo."""
+
+    def __init__(self, layout: CgroupLayout) -> None:
+        self.layout = layout
+        self.dirs = [os.path.join(h, f"{PREFIX}-floorkill") for h in layout.hierarchies()]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        for d in self.dirs:
+            os.makedirs(d, exist_ok=True)
+        files = tuple(os.path.join(d, "cgroup.procs") for d in self.dirs)
+        self.proc = subprocess.Popen(
+            [*UNSHARE, "/bin/sleep", "1000"], preexec_fn=lambda: attach_to(files)
+        )
+        deadline = time.monotonic() + 5
+        while len(self._pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def _pids(self) -> list[int]:
+        with open(os.path.join(self.dirs[-1], "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+
+    def destroy(self) -> float:
+        """Kill everything in the cgroup, reap the wrapper, wait empty, rmdir: seconds."""
+        assert self.proc is not None
+        t0 = time.perf_counter()
+        kill = os.path.join(self.dirs[-1], "cgroup.kill")
+        if os.path.exists(kill):
+            with open(kill, "w") as f:
+                f.write("1")
+        else:
+            for pid in self._pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        while self._pids():
+            time.sleep(0.0002)
+        for d in self.dirs:
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.0002)
+        dt = time.perf_counter() - t0
+        self.proc = None
+        return dt
+
+
+# -- the supervisor side -----------------------------------------------------------------------
+
+
+def guest(name: str, root: str) -> Domain:
+    """A vserver guest on the busybox root with a private network and a shell loop as init."""
+    return Domain(
+        name=name,
+        type="vserver",
+        os=OsSpec(init="/bin/sh", initargs=("-c", INIT_LOOP)),
+        filesystems=(Filesystem(source=root, target="/"),),
+        privnet=True,
+    )
+
+
+class Timer:
+    """Times supervisor operations by the events they publish."""
+
+    def __init__(self, sup: Supervisor, sub: Subscription) -> None:
+        self.sup = sup
+        self.sub = sub
+
+    def drain(self) -> list[Event]:
+        out: list[Event] = []
+        while True:
+            try:
+                item = self.sub.receive_nowait()
+            except trio.WouldBlock:
+                return out
+            if isinstance(item, Gap):
+                raise RuntimeError(f"the benchmark's subscription missed events: {item}")  # noqa: TRY004
+            out.append(item)
+
+    @staticmethod
+    def find(events: list[Event], name: str, text: str, since: float) -> Event:
+        for e in events:
+            if e.name == name and f"{e.type} {e.detail}" == text and e.time >= since:
+                return e
+        raise RuntimeError(f"no {text} event for {name}")
+
+    async def start(self, name: str) -> tuple[float, float]:
+        """(call -> STARTED BOOTED event, call -> start_domain returned) in seconds."""
+        self.drain()
+        wall = time.time()
+        t0 = time.perf_counter()
+        await self.sup.start_domain(name)
+        returned = time.perf_counter() - t0
+        event = self.find(self.drain(), name, "STARTED BOOTED", wall)
+        return event.time - wall, returned
+
+    async def destroy(self, name: str) -> tuple[float, float]:
+        """(call -> STOPPED DESTROYED event, call -> destroy_domain returned) in seconds."""
+        self.drain()
+        wall = time.time()
+        t0 = time.perf_counter()
+        await self.sup.destroy_domain(name)
+        returned = time.perf_counter() - t0
+        event = self.find(self.drain(), name, "STOPPED DESTROYED", wall)
+        return event.time - wall, returned
+
+
+async def gap(idle: bool) -> None:
+    if idle:
+        await trio.sleep(IDLE_GAP)
+
+
+async def run_all(
+    names: list[str], fn: Callable[[str], Awaitable[Any]], limit: int | None = None
+) -> float:
+    """Run ``fn(name)`` for every name concurrently (at most ``limit`` at once): seconds."""
+    limiter = trio.CapacityLimiter(limit or len(names))
+
+    async def one(name: str) -> None:
+        async with limiter:
+            await fn(name)
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
+    return time.perf_counter() - t0
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+class Run:
+    """Everything one benchmark run creates, so that cleanup can find it after any failure."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.layout = detect_layout()
+        self.peer: lxc_peer.LxcPeer | None = None
+        self.floor_cg = GuestCgroup(self.layout, PREFIX, "floor")
+        self.floor_guest = FloorGuest(self.layout)
+
+
+async def measure(run: Run, quick: bool, runs: int, do_profile: bool) -> dict[str, Any]:
+    n_conc = 20 if quick else 100
+    n_rss = 200 if quick else 1000
+    root = prepare_busybox_root(os.path.join(run.workdir, "rootfs"))
+    if lxc_peer.available():
+        run.peer = lxc_peer.LxcPeer(run.workdir, root, PREFIX)
+    peer = run.peer
+    run.floor_cg.create()
+    procs_files = run.floor_cg.procs_files()
+    results: dict[str, Any] = {
+        "quick": quick,
+        "runs": runs,
+        "idle_gap_s": IDLE_GAP,
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "cgroup2_mount": cgroup2_options(),
+        "layout": run.layout.kind,
+        "hierarchies": len(run.layout.hierarchies()),
+        "lxc": peer is not None,
+        "targets": TARGETS,
+    }
+    sup = Supervisor(
+        state_dir=Path(run.workdir) / "state",
+        run_dir=Path(run.workdir) / "run",
+        prefix=PREFIX,
+        shutdown_timeout=5.0,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        try:
+            async with sup.bus.subscribe("bench", buffer=1_000_000) as sub:
+                timer = Timer(sup, sub)
+                await sup.define_domain(guest("one", root))
+                # warm-up: first fork paths, imports, run-dir files
+                for _ in range(2):
+                    await timer.start("one")
+                    await timer.destroy("one")
+                floor_start(procs_files)
+                run.floor_guest.spawn()
+                run.floor_guest.destroy()
+                if peer is not None:
+                    peer.start(peer.name(0))
+                    peer.stop(peer.name(0))
+
+                for regime, idle in (("idle", True), ("back_to_back", False)):
+                    results[regime] = await single_ops(run, timer, idle, runs, procs_files)
+                results["concurrent"] = await concurrent(run, sup, timer, root, n_conc, procs_files)
+                results["rss"] = await rss(sup, root, n_rss)
+                if do_profile:
+                    results["profile"] = await profile(timer, runs)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(120):
+                running = [n for n, s in sup.slots.items() if s.task_running or s.cgroup]
+                await run_all(running, sup.destroy_domain, FILL_CONCURRENCY)
+            nursery.cancel_scope.cancel()
+    results["loadavg_after"] = os.getloadavg()
+    return results
+
+
+async def single_ops(
+    run: Run, timer: Timer, idle: bool, runs: int, procs_files: tuple[str, ...]
+) -> dict[str, Any]:
+    """Start and destroy, one at a time, for the supervisor, the floors and LXC."""
+    start_ev: Samples = []
+    start_ret: Samples = []
+    destroy_ev: Samples = []
+    destroy_ret: Samples = []
+    for _ in range(runs):
+        await gap(idle)
+        ev, ret = await timer.start("one")
+        start_ev.append(ev)
+        start_ret.append(ret)
+        await gap(idle)
+        ev, ret = await timer.destroy("one")
+        destroy_ev.append(ev)
+        destroy_ret.append(ret)
+    floor: Samples = []
+    floor_cg: Samples = []
+    floor_destroy: Samples = []
+    for _ in range(runs):
+        await gap(idle)
+        floor.append(floor_start(None))
+        await gap(idle)
+        floor_cg.append(floor_start(procs_files))
+        run.floor_guest.spawn()
+        await gap(idle)
+        floor_destroy.append(run.floor_guest.destroy())
+    out: dict[str, Any] = {
+        "start": summary(start_ev),
+        "start_returned": summary(start_ret),
+        "destroy": summary(destroy_ev),
+        "destroy_returned": summary(destroy_ret),
+        "floor_unshare": summary(floor),
+        "floor_unshare_cgroup": summary(floor_cg),
+        "floor_destroy": summary(floor_destroy),
+    }
+    peer = run.peer
+    if peer is not None:
+        name = peer.name(0)
+        lxc_start: Samples = []
+        lxc_stop: Samples = []
+        init_ran = 0
+        for _ in range(runs):
+            await gap(idle)
+            lxc_start.append(peer.start(name))
+            init_ran += peer.init_runs(name)
+            await gap(idle)
+            lxc_stop.append(peer.stop(name))
+        out["lxc_start"] = summary(lxc_start)
+        out["lxc_start_init_running_on_return"] = f"{init_ran}/{runs}"
+        out["lxc_stop"] = summary(lxc_stop)
+    return out
+
+
+async def concurrent(
+    run: Run, sup: Supervisor, timer: Timer, root: str, n: int, procs_files: tuple[str, ...]
+) -> dict[str, Any]:
+    """n supervisor starts at once vs LXC (and the floor) starting n one after another."""
+    names = [f"c{i}" for i in range(n)]
+    for name in names:
+        await sup.define_domain(guest(name, root))
+    await trio.sleep(IDLE_GAP)
+    timer.drain()
+    wall = time.time()
+    total = await run_all(names, sup.start_domain)
+    events = timer.drain()
+    last = max(timer.find(events, name, "STARTED BOOTED", wall).time for name in names) - wall
+    await trio.sleep(IDLE_GAP)
+    destroy_total = await run_all(names, sup.destroy_domain)
+    for name in names:
+        await sup.undefine_domain(name)
+    await trio.sleep(IDLE_GAP)
+    floor_total = sum(floor_start(procs_files) for _ in range(n))
+    out: dict[str, Any] = {
+        "n": n,
+        "start_all_s": round(total, 4),
+        "last_started_event_s": round(last, 4),
+        "destroy_all_s": round(destroy_total, 4),
+        "floor_unshare_cgroup_sequential_s": round(floor_total, 4),
+    }
+    peer = run.peer
+    if peer is not None:
+        lxc_names = [peer.name(i) for i in range(1, n + 1)]
+        await trio.sleep(IDLE_GAP)
+        t0 = time.perf_counter()
+        for name in lxc_names:
+            peer.start(name)
+        out["lxc_start_sequential_s"] = round(time.perf_counter() - t0, 4)
+        monitors = [lxc_peer.memory_kib(pid) for pid in peer.monitor_pids()]
+        out["lxc_monitor_pss_kib_per_container"] = round(sum(p for _, p in monitors) / n, 1)
+        out["lxc_monitor_rss_kib_per_container"] = round(sum(r for r, _ in monitors) / n, 1)
+        t0 = time.perf_counter()
+        for name in lxc_names:
+            peer.stop(name)
+        out["lxc_stop_sequential_s"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+async def rss(sup: Supervisor, root: str, n: int) -> dict[str, Any]:
+    """VmRSS of the supervisor (this process) per running guest, with n guests."""
+    names = [f"r{i}" for i in range(n)]
+    gc.collect()
+    before = vm_rss_kib()
+    for name in names:
+        await sup.define_domain(guest(name, root))
+    gc.collect()
+    defined = vm_rss_kib()
+    t_fill = await run_all(names, sup.start_domain, FILL_CONCURRENCY)
+    running = sum(1 for name in names if sup.slots[name].life.status.state.name == "RUNNING")
+    await trio.sleep(1.0)
+    gc.collect()
+    after = vm_rss_kib()
+    wrappers = [lxc_peer.memory_kib(s.process.wrapper_pid) for s in sup.slots.values() if s.process]
+    t_empty = await run_all(names, sup.destroy_domain, FILL_CONCURRENCY)
+    for name in names:
+        await sup.undefine_domain(name)
+    return {
+        "n": n,
+        "running": running,
+        "vmrss_before_kib": before,
+        "vmrss_defined_kib": defined,
+        "vmrss_running_kib": after,
+        "kib_per_guest": round((after - before) / n, 1),
+        "kib_per_definition": round((defined - before) / n, 1),
+        "wrapper_pss_kib_per_guest": round(sum(p for _, p in wrappers) / max(len(wrappers), 1), 1),
+        "wrapper_rss_kib_per_guest": round(sum(r for r, _ in wrappers) / max(len(wrappers), 1), 1),
+        "start_all_s": round(t_fill, 3),
+        "destroy_all_s": round(t_empty, 3),
+    }
+
+
+# -- where the time goes (--profile) -----------------------------------------------------------
+
+
+class Probe:
+    """Wraps supervisor functions in place to sum their wall time per call (no code changes).
+
+    Only for diagnosis: the wrappers add a few microseconds per call, and the originals are put
+    back by :meth:`restore`.
+    """
+
+    def __init__(self) -> None:
+        self.samples: dict[str, Samples] = {}
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+        samples = self.samples.setdefault(label, [])
+        self._undo.append((owner, attr, original))
+        if inspect.iscoroutinefunction(original):
+
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    samples.append(time.perf_counter() - t0)
+
+            setattr(owner, attr, timed_async)
+        else:
+
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    samples.append(time.perf_counter() - t0)
+
+            setattr(owner, attr, timed)
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+        self._undo.clear()
+
+    def report(self) -> dict[str, dict[str, float]]:
+        out = {k: summary(v) for k, v in self.samples.items() if v}
+        for v in self.samples.values():
+            v.clear()  # in place: the wrappers hold these lists
+        return out
+
+
+def install_probe() -> Probe:
+    """Time each step of the supervisor's start and destroy paths."""
+    from supervisor import daemon
+    from supervisor.bus import Bus
+    from supervisor.guest import procs, spawn
+    from supervisor.store import RunStore
+
+    probe = Probe()
+    probe.wrap(GuestCgroup, "create", "boot: cgroup create (mkdir x hierarchies)")
+    probe.wrap(GuestCgroup, "apply_limits", "boot: cgroup limits")
+    probe.wrap(Bus, "run_prepare", "boot: bus prepare hooks")
+    probe.wrap(daemon, "spawn_init", "boot: spawn_init (whole)")
+    probe.wrap(spawn, "_prepare", "spawn: plan (passwd/group read)")
+    probe.wrap(trio.lowlevel, "open_process", "spawn: fork+preexec+exec unshare (blocks loop)")
+    probe.wrap(spawn, "_wait_init_exec", "spawn: poll until init exec'd")
+    probe.wrap(procs, "ns_inodes", "spawn: namespace inodes")
+    probe.wrap(daemon.Supervisor, "_record", "boot: run-dir record (fsync x2), after STARTED")
+    probe.wrap(GuestCgroup, "kill_all", "destroy: cgroup kill_all (each call)")
+    probe.wrap(Bus, "run_release", "destroy: bus release hooks")
+    probe.wrap(GuestCgroup, "remove", "destroy: cgroup rmdir")
+    probe.wrap(RunStore, "remove", "destroy: run-dir record removal")
+    return probe
+
+
+async def profile(timer: Timer, runs: int) -> dict[str, Any]:
+    """Per-step medians of the start and destroy paths in both regimes."""
+    probe = install_probe()
+    out: dict[str, Any] = {}
+    try:
+        for regime, idle in (("idle", True), ("back_to_back", False)):
+            for _ in range(runs):
+                await gap(idle)
+                await timer.start("one")
+                await gap(idle)
+                await timer.destroy("one")
+            out[regime] = probe.report()
+    finally:
+        probe.restore()
+    return out
+
+
+def profile_table(p: dict[str, Any]) -> str:
+    steps = list(dict.fromkeys(k for regime in p.values() for k in regime))
+    lines = ["| step (ms, median (min-max)) | idle | back_to_back |", "|---|---|---|"]
+    for step in steps:
+        lines.append(
+            f"| {step} | {cell(p['idle'].get(step))} | {cell(p['back_to_back'].get(step))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- cleanup and report ------------------------------------------------------------------------
+
+
+def cleanup(run: Run | None, workdir: str) -> list[str]:
+    """Remove whatever the run left (LXC containers, cgroups and their processes, temp dir)."""
+    problems: list[str] = []
+    if run is not None:
+        if run.peer is not None:
+            problems += run.peer.cleanup()
+        if run.floor_guest.proc is not None:
+            run.floor_guest.proc.kill()
+            run.floor_guest.proc.wait()
+        for path in sorted({p for h in run.layout.hierarchies() for p in _prefixed(h)}):
+            _kill_and_remove(path, problems)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return problems
+
+
+def _prefixed(hierarchy: str) -> list[str]:
+    return [
+        os.path.join(hierarchy, n)
+        for n in os.listdir(hierarchy)
+        if n.startswith(PREFIX) and os.path.isdir(os.path.join(hierarchy, n))
+    ]
+
+
+def _kill_and_remove(path: str, problems: list[str]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+    problems.append(f"cannot remove {path}")
+
+
+def cell(s: dict[str, float] | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s['median_ms']:.2f} ({s['min_ms']:.2f}-{s['max_ms']:.2f})"
+
+
+def verdict(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "n/a"
+    return "yes" if ratio <= target else "**no**"
+
+
+def table(r: dict[str, Any]) -> str:
+    head = (
+        "| figure | regime | vsupervisor | floor: unshare | floor: unshare+cgroup | LXC | "
+        "vsv/LXC | target | met |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for regime in ("idle", "back_to_back"):
+        x = r[regime]
+        lxc = x.get("lxc_start")
+        ratio = x["start"]["median_ms"] / lxc["median_ms"] if lxc else None
+        note = f" (init running on return: {x['lxc_start_init_running_on_return']})" if lxc else ""
+        rows.append(
+            f"| start (ms) | {regime} | {cell(x['start'])} | {cell(x['floor_unshare'])} | "
+            f"{cell(x['floor_unshare_cgroup'])} | {cell(lxc)}{note} | "
+            f"{_ratio(ratio)} | <= {TARGETS['start']} | {verdict(ratio, TARGETS['start'])} |"
+        )
+    for regime in ("idle", "back_to_back"):
+        x = r[regime]
+        lxc = x.get("lxc_stop")
+        ratio = x["destroy"]["median_ms"] / lxc["median_ms"] if lxc else None
+        rows.append(
+            f"| destroy (ms) | {regime} | {cell(x['destroy'])} | kill+reap+rmdir: "
+            f"{cell(x['floor_destroy'])} | - | {cell(lxc)} | {_ratio(ratio)} | "
+            f"<= {TARGETS['destroy']} | {verdict(ratio, TARGETS['destroy'])} |"
+        )
+    c = r["concurrent"]
+    lxc_seq = c.get("lxc_start_sequential_s")
+    ratio = c["start_all_s"] / lxc_seq if lxc_seq else None
+    rows.append(
+        f"| {c['n']} starts (ms) | concurrent vs sequential | {c['start_all_s'] * 1000:.1f} "
+        f"(last event {c['last_started_event_s'] * 1000:.1f}) | - | "
+        f"{c['floor_unshare_cgroup_sequential_s'] * 1000:.1f} one after another | "
+        f"{lxc_seq * 1000 if lxc_seq else 0:.1f} one after another | {_ratio(ratio)} | "
+        f"<= {TARGETS['concurrent']} | {verdict(ratio, TARGETS['concurrent'])} |"
+    )
+    m = r["rss"]
+    per = m["kib_per_guest"]
+    lxc_mon = c.get("lxc_monitor_pss_kib_per_container")
+    rows.append(
+        f"| supervisor RSS per guest (KiB) | {m['running']}/{m['n']} running | {per:.1f} "
+        f"(+ wrapper process Pss {m['wrapper_pss_kib_per_guest']:.1f}) | - | - | "
+        f"monitor process Pss {lxc_mon if lxc_mon is not None else '-'} | - | "
+        f"<= {TARGETS['rss_kib_per_guest']:.0f} | "
+        f"{'yes' if per <= TARGETS['rss_kib_per_guest'] else '**no**'} |"
+    )
+    return head + "\n".join(rows) + "\n"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def header(r: dict[str, Any]) -> str:
+    return (
+        f"# vsupervisor core runtime ({'quick' if r['quick'] else 'full'}: {r['runs']} runs per "
+        f"regime, idle gap {r['idle_gap_s'] * 1000:.0f} ms)\n\n"
+        f"- kernel {r['kernel']}, {r['cpus']} CPUs, load average before {r['loadavg_before']}, "
+        f"after {r['loadavg_after']}\n"
+        f"- cgroup layout {r['layout']} ({r['hierarchies']} hierarchies per guest); cgroup2 "
+        f"mount options: {r['cgroup2_mount']}\n"
+        f"- LXC peer: {'lxc-start -d / lxc-stop -k' if r['lxc'] else 'not installed'}\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, 20 and 200 guests")
+    parser.add_argument("--profile", action="store_true", help="also time each start step")
+    parser.add_argument("--runs", type=int, default=None, help="samples per figure and regime")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_daemon needs root", file=sys.stderr)
+        return 2
+    runs = args.runs or (10 if args.quick else 30)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    run: Run | None = None
+    results: dict[str, Any] | None = None
+    try:
+        run = Run(workdir)
+        results = trio.run(measure, run, args.quick, runs, args.profile)
+    finally:
+        problems = cleanup(run, workdir)
+        for p in problems:
+            print(f"cleanup: {p}", file=sys.stderr)
+        leak = subprocess.run([LEAKCHECK, "--prefix", PREFIX], capture_output=True, text=True)
+        leak_text = (leak.stdout + leak.stderr).strip()
+        if results is None:
+            print(leak_text, file=sys.stderr)
+    assert results is not None
+    results["leakcheck"] = leak_text
+    print(header(results))
+    print(table(results))
+    if "profile" in results:
+        print(profile_table(results["profile"]))
+    print(f"leakcheck: {leak_text}")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "daemon.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(json.dumps(results, indent=2) + "\n")
+    return 0 if leak.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
