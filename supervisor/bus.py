@@ -32,6 +32,7 @@ so a busy consumer drains its buffer in one go. See bench/bench_bus.py.
 
 from __future__ import annotations
 
+import logging
 import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -47,6 +48,7 @@ from supervisor.events import CODES, DataPairs, Event, EventKind, codes_of, to_d
 CtxT = TypeVar("CtxT")
 Overflow = Literal["gap", "drop"]
 Hook = Callable[[CtxT], Awaitable[object]]
+_log = logging.getLogger("vsv.bus")
 
 #: how long one release hook may take by default (seconds), also during a prepare rollback
 DEFAULT_RELEASE_TIMEOUT = 10.0
@@ -375,6 +377,8 @@ class Bus(Generic[CtxT]):
         self._serial = 0
         self._closed = False
         self._dropped = 0
+        self._sinks: tuple[Callable[[Event], object], ...] = ()
+        self.sink_errors = 0
 
     @property
     def last_seq(self) -> int:
@@ -405,6 +409,14 @@ class Bus(Generic[CtxT]):
         self._next_seq = seq + 1
         self._published += 1
         event = Event(seq, _time.time(), kind, name, type, detail, pairs)
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:
+                # a sink (the journal) that fails must not stop the supervisor's own work;
+                # the failure is counted and logged, subscribers still get the event
+                self.sink_errors += 1
+                _log.exception("bus sink %r failed for event %d", sink, seq)
         for sub in self._subs:
             if (sub.kinds is None or kind in sub.kinds) and (
                 sub.names is None or name in sub.names
@@ -424,6 +436,14 @@ class Bus(Generic[CtxT]):
         event = self.publish_nowait(kind, name, type, detail, data)
         await trio.lowlevel.checkpoint()
         return event
+
+    def add_sink(self, sink: Callable[[Event], object]) -> None:
+        """Call ``sink(event)`` synchronously for every event, after numbering, before fan-out.
+
+        For the durable journal: an event is on disk before any subscriber (or API stream) can
+        see it, and in exactly the bus's order. A sink must be quick and must not publish.
+        """
+        self._sinks = (*self._sinks, sink)
 
     def subscribe(
         self,

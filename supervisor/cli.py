@@ -26,18 +26,22 @@ def _cmd_format(args: argparse.Namespace) -> int:
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     import logging
+    import os
     import signal
     from pathlib import Path
 
     import trio
 
+    from supervisor.clientcli import resolve_socket
     from supervisor.daemon import DaemonOptions, run_daemon
+    from supervisor.logging_setup import setup_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
+    socket_path: str | None = None
+    ro_socket: str | None = None
+    if not args.no_api:
+        socket_path = resolve_socket(args)
+        ro_socket = args.ro_socket or os.path.join(os.path.dirname(socket_path), "vsv-ro.sock")
     sig = getattr(signal, "SIG" + args.shutdown_signal.upper().removeprefix("SIG"), None)
     if not isinstance(sig, int):
         print(
@@ -55,6 +59,9 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         shutdown_signal=sig,
         keep_guests=args.keep_guests,
         netns=args.netns,
+        socket=socket_path,
+        ro_socket=ro_socket,
+        socket_group=args.socket_group,
     )
     return trio.run(run_daemon, opts)
 
@@ -76,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsv", description="Supervise Linux guest contexts defined in libvirt-style XML."
     )
+    from supervisor.clientcli import add_global_options, register_client_verbs
+
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    register_client_verbs(sub)
 
     p = sub.add_parser("validate", help="check domain/network XML documents")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -128,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="sandbox mode: do all host-side networking in this network namespace "
         "(created if missing, removed at exit if it was created)",
     )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="read-write API socket (default: vsv --socket, $VSV_SOCKET, /run/vsv/vsv.sock)",
+    )
+    p.add_argument(
+        "--ro-socket", metavar="PATH", help="read-only API socket (default: beside --socket)"
+    )
+    p.add_argument("--socket-group", metavar="GROUP", help="group allowed on the read-write socket")
+    p.add_argument("--no-api", action="store_true", help="serve no API sockets")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_daemon)
 

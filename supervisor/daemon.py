@@ -35,6 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -811,6 +812,10 @@ class DaemonOptions:
     keep_guests: bool = False
     #: sandbox mode: do host-side networking in this named network namespace
     netns: str | None = None
+    #: the control API's sockets (None: no API)
+    socket: str | None = None
+    ro_socket: str | None = None
+    socket_group: str | None = None
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
@@ -851,6 +856,14 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
             nsutil.create_netns(opts.netns)
             created_netns = True
         host_netns = str(nsutil.netns_path(opts.netns))
+    from supervisor import sdnotify
+    from supervisor.journal import Journal
+
+    # The journal numbers on from where the previous supervisor stopped; every event is in it
+    # before anyone can see it (a bus sink), so a consumer resuming with since=N misses nothing.
+    journal = Journal.open(opts.state_dir / "journal")
+    bus: Bus[GuestContext] = Bus(first_seq=journal.last_seq() + 1)
+    bus.add_sink(journal.append)
     sup = Supervisor(
         state_dir=opts.state_dir,
         run_dir=opts.run_dir,
@@ -858,12 +871,26 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         shutdown_timeout=opts.shutdown_timeout,
         shutdown_signal=opts.shutdown_signal,
         host_netns=host_netns,
+        bus=bus,
     )
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(print_events, sup.bus, out)
                 await nursery.start(sup.run)
+                if opts.socket is not None:
+                    from supervisor.api.server import serve_api
+
+                    await nursery.start(
+                        partial(
+                            serve_api,
+                            sup,
+                            journal,
+                            socket_path=opts.socket,
+                            ro_socket_path=opts.ro_socket,
+                            group=opts.socket_group,
+                        )
+                    )
                 sup.bus.publish_nowait(
                     "supervisor",
                     None,
@@ -875,9 +902,11 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                 nursery.start_soon(sup.start_autostart)
                 for domain in domains:
                     nursery.start_soon(sup._start_quietly, domain.name)
+                sdnotify.ready()
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)
                     break
+                sdnotify.stopping()
                 if not opts.keep_guests:
                     await sup.shutdown_all(opts.stop_timeout)
                     if sup.net is not None:
@@ -892,6 +921,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                 await trio.lowlevel.checkpoint()
                 nursery.cancel_scope.cancel()
     finally:
+        journal.close()
         if created_netns and not opts.keep_guests:
             nsutil.delete_netns(opts.netns or "")
     return 0

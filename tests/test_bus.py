@@ -549,3 +549,30 @@ class BusMachine(RuleBasedStateMachine):
 
 TestBusMachine = BusMachine.TestCase
 TestBusMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+async def test_sink_sees_every_event_before_subscribers() -> None:
+    """A sink is called synchronously, in order, before any subscriber can receive the event."""
+    bus: Bus[None] = Bus(first_seq=41)
+    seen: list[int] = []
+    async with bus.subscribe("s") as sub:
+        bus.add_sink(lambda e: seen.append(e.seq))
+        first = bus.publish_nowait("domain", "a", "STARTED", "BOOTED")
+        assert seen == [41]
+        bus.publish_nowait("domain", "a", "STOPPED", "SHUTDOWN")
+        assert seen == [41, 42]
+        assert (await sub.receive()) == first
+
+
+async def test_failing_sink_does_not_stop_publishing() -> None:
+    """A sink that raises is counted; the event still reaches subscribers."""
+    bus: Bus[None] = Bus()
+
+    def broken(_: object) -> None:
+        raise OSError("disk full")
+
+    bus.add_sink(broken)
+    async with bus.subscribe("s") as sub:
+        event = bus.publish_nowait("domain", "a", "STARTED", "BOOTED")
+        assert bus.sink_errors == 1
+        assert (await sub.receive()) == event

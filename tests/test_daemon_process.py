@@ -130,6 +130,7 @@ def _args(dirs: dict[str, Path], prefix: str) -> list[str]:
     return [
         "--state-dir", str(dirs["state"]), "--run-dir", str(dirs["run"]), "--prefix", prefix,
         "--shutdown-timeout", "3", "--stop-timeout", "5",
+        "--socket", str(dirs["run"] / "vsv.sock"), "--ro-socket", str(dirs["run"] / "ro.sock"),
     ]  # fmt: skip
 
 
