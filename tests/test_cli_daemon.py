@@ -67,6 +67,15 @@ class Env:
                 raise AssertionError((base / "daemon.out").read_text())
             time.sleep(0.02)
 
+    def args(self) -> list[str]:
+        base, prefix = self.base, self.prefix
+        return [
+            "--state-dir", str(base / "state"), "--run-dir", str(base / "run"),
+            "--prefix", prefix, "--netns", self.netns,
+            "--socket", self.sock, "--ro-socket", self.ro,
+            "--shutdown-timeout", "3",
+        ]  # fmt: skip
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
