@@ -37,26 +37,7 @@ class Env:
         self.netns = f"{prefix}-sbx"
         self.out = open(base / "daemon.out", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supervisor",
-                "daemon",
-                "--state-dir",
-                str(base / "state"),
-                "--run-dir",
-                str(base / "run"),
-                "--prefix",
-                prefix,
-                "--netns",
-                self.netns,
-                "--socket",
-                self.sock,
-                "--ro-socket",
-                self.ro,
-                "--shutdown-timeout",
-                "3",
-            ],  # fmt: skip
+            [sys.executable, "-m", "supervisor", "daemon", *self.args()],
             cwd=REPO,
             stdout=self.out,
             stderr=subprocess.STDOUT,
@@ -68,6 +49,16 @@ class Env:
             time.sleep(0.02)
 
     def args(self) -> list[str]:
+        base, prefix = self.base, self.prefix
+        return [
+            "--state-dir", str(base / "state"), "--run-dir", str(base / "run"),
+            "--prefix", prefix, "--netns", self.netns,
+            "--socket", self.sock, "--ro-socket", self.ro,
+            "--shutdown-timeout", "3",
+        ]  # fmt: skip
+
+    def args(self) -> list[str]:
+        """The daemon's command-line options for this environment."""
         base, prefix = self.base, self.prefix
         return [
             "--state-dir", str(base / "state"), "--run-dir", str(base / "run"),
