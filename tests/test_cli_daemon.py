@@ -49,15 +49,6 @@ class Env:
             time.sleep(0.02)
 
     def args(self) -> list[str]:
-        base, prefix = self.base, self.prefix
-        return [
-            "--state-dir", str(base / "state"), "--run-dir", str(base / "run"),
-            "--prefix", prefix, "--netns", self.netns,
-            "--socket", self.sock, "--ro-socket", self.ro,
-            "--shutdown-timeout", "3",
-        ]  # fmt: skip
-
-    def args(self) -> list[str]:
         """The daemon's command-line options for this environment."""
         base, prefix = self.base, self.prefix
         return [
