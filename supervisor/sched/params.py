@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import attrs
 
-from supervisor.errors import VsvError
+from supervisor.errors import InvalidDocument
 from supervisor.model import CpuTune, Domain, TokenBucket
 from supervisor.sched.mapping import (
     DEFAULT_HZ,
@@ -38,8 +38,15 @@ INT_MAX = 2**31 - 1
 Value = int | bool
 
 
-class InvalidParameter(VsvError, ValueError):
-    """A ``schedinfo`` parameter name or value is not acceptable; the message says why."""
+class InvalidParameter(InvalidDocument):
+    """A ``schedinfo`` parameter name or value is not acceptable; the message says why.
+
+    An :class:`~supervisor.errors.InvalidDocument` (the parameters are the request's document):
+    the API answers 400 ``invalid-parameter`` for it, not 500, and ``problems`` holds the message.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message])
 
 
 @attrs.frozen
