@@ -482,3 +482,41 @@ async def test_tuner_lends_to_a_really_throttled_guest(
         int(files[1]) > 4000,
         throttled > 0,
     )
+
+
+@pytest.mark.root
+async def test_live_set_resets_the_loan(
+    layout: CgroupLayout, guests: Callable[[Domain], GuestContext]
+) -> None:
+    """After a lend, a live set writes the new guarantee and the tuner's loan starts from zero."""
+    bus: Bus[GuestContext] = Bus()
+    sub = SchedSubsystem(
+        bus=bus,
+        layout=layout,
+        hz=250,
+        host_cpus=1,
+        tuner_period=0.02,
+        sampler=throttled_sampler("r"),
+    )
+    domain = Domain(name="r", vcpu=1, scheduler=LENDER)
+    ctx = guests(domain)
+    with trio.fail_after(10):
+        async with running(sub):
+            async with bus.subscribe("t", kinds=["domain"]) as events:
+                await bus.run_prepare(ctx)
+                await events.receive()
+            lent = cpu_files(ctx)[1]
+            _, info = await sub.set_schedinfo(
+                domain, ctx.cgroup, {"cpu_shares": "300"}, live=True, config=False
+            )
+            files = cpu_files(ctx)
+            await bus.run_release(ctx)
+    assert (
+        True,
+        ("16000", "4000", "300"),
+        {"guaranteed": 0.25, "idle_rate": 0.75, "loan": 0.0},
+    ) == (
+        int(lent) > 4000,
+        files,
+        info["tuner"],
+    )
