@@ -631,6 +631,18 @@ def table(r: dict[str, Any]) -> str:
             f"{cell(x['floor_destroy'])} | - | {cell(lxc)} | {_ratio(ratio)} | "
             f"<= {TARGETS['destroy']} | {verdict(ratio, TARGETS['destroy'])} |"
         )
+    for figure, key, lxc_key in (
+        ("start_domain returned (ms)", "start_returned", "lxc_start"),
+        ("destroy_domain returned, released (ms)", "destroy_returned", "lxc_stop"),
+    ):
+        for regime in ("idle", "back_to_back"):
+            x = r[regime]
+            lxc = x.get(lxc_key)
+            ratio = x[key]["median_ms"] / lxc["median_ms"] if lxc else None
+            rows.append(
+                f"| {figure} | {regime} | {cell(x[key])} | - | - | {cell(lxc)} | "
+                f"{_ratio(ratio)} | (info) | - |"
+            )
     c = r["concurrent"]
     lxc_seq = c.get("lxc_start_sequential_s")
     ratio = c["start_all_s"] / lxc_seq if lxc_seq else None
@@ -680,6 +692,10 @@ def main() -> int:
         print("bench_daemon needs root", file=sys.stderr)
         return 2
     runs = args.runs or (10 if args.quick else 30)
+    # Ctrl-C must clean up even when a shell started us in the background (SIGINT ignored
+    # then); SIGTERM takes the same path through trio's own SIGINT handling.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
@@ -702,7 +718,7 @@ def main() -> int:
     print(table(results))
     if "profile" in results:
         print(profile_table(results["profile"]))
-    print(f"leakcheck: {leak_text}")
+    print(leak_text)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "daemon.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
