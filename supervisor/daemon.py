@@ -53,12 +53,11 @@ from supervisor.errors import (
     VsvError,
 )
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
-from supervisor.guest import procs
-from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
-from supervisor.guest.spawn import GuestExit, GuestProcess, spawn_init
+from supervisor.guest.spawn import GuestExit
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
 from supervisor.net.subsystem import NetworkSubsystem, require_network
+from supervisor.runtime import CgroupHandle, LinuxRuntime, ProcessHandle, Runtime
 from supervisor.store import ConfigStore, RunStore
 
 log = logging.getLogger("vsv.daemon")
@@ -71,7 +70,7 @@ class GuestContext:
     """What the bus's prepare/release hooks get for one guest boot."""
 
     domain: Domain
-    cgroup: GuestCgroup
+    cgroup: CgroupHandle
     prefix: str
     run_dir: Path
     #: filled by hooks: what each subsystem plumbed, recorded in the run dir for re-adoption
@@ -88,8 +87,8 @@ class GuestSlot:
 
     domain: Domain
     life: Lifecycle
-    cgroup: GuestCgroup | None = None
-    process: GuestProcess | None = None
+    cgroup: CgroupHandle | None = None
+    process: ProcessHandle | None = None
     #: pid of an adopted guest's init (its wrapper is not our child)
     adopted_pid: int | None = None
     ctx: GuestContext | None = None
@@ -143,7 +142,8 @@ class Supervisor:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     shutdown_signal: int = signal.SIGTERM
     restart_policy: lc.RestartPolicy = attrs.Factory(lc.RestartPolicy)
-    layout: CgroupLayout | None = None
+    #: the kernel side (None: the real one, made when the supervisor runs)
+    runtime: Runtime | None = None
     #: where host-side networking happens: None = our own namespace, else a netns path
     host_netns: str | None = None
     #: False: no network subsystem (guests with <interface> then fail to start)
@@ -175,8 +175,8 @@ class Supervisor:
         Guest tasks run in a nursery inside this task; callers start it with ``nursery.start``
         and can call the operations once it is started.
         """
-        if self.layout is None:
-            self.layout = detect_layout()
+        if self.runtime is None:
+            self.runtime = LinuxRuntime()
         self.config.ensure()
         self.runs.ensure()
         domains, problems = self.config.load_domains()
@@ -486,8 +486,8 @@ class Supervisor:
             with trio.CancelScope() as scope:
                 slot.start_scope = scope
                 if not keep_resources:
-                    assert self.layout is not None
-                    cgroup = GuestCgroup(self.layout, self.prefix, domain.name)
+                    assert self.runtime is not None
+                    cgroup = self.runtime.cgroup(self.prefix, domain.name)
                     slot.cgroup = cgroup
                     cgroup.create()
                     cgroup.apply_limits(domain)
@@ -495,7 +495,8 @@ class Supervisor:
                     await self._bus.run_prepare(slot.ctx)
                     slot.ctx.prepared = True
                 assert slot.cgroup is not None
-                slot.process = await spawn_init(
+                assert self.runtime is not None
+                slot.process = await self.runtime.spawn(
                     domain,
                     slot.cgroup,
                     log_path=str(self._log_path(domain.name)),
@@ -540,7 +541,8 @@ class Supervisor:
                     result: GuestExit | None = await slot.process.wait()
                 else:
                     assert slot.adopted_pid is not None
-                    await procs.wait_pid_exit(slot.adopted_pid)
+                    assert self.runtime is not None
+                    await self.runtime.wait_pid_exit(slot.adopted_pid)
                     result = None
             slot.wait_scope = None
             if not scope.cancelled_caught:
@@ -655,7 +657,8 @@ class Supervisor:
 
     async def _adopt_leftovers(self) -> None:
         """Re-adopt guests a previous supervisor left running; clean up after dead ones."""
-        assert self.layout is not None
+        runtime = self.runtime
+        assert runtime is not None
         for name, record in self.runs.read_all("domains").items():
             slot = self.slots.get(name)
             init_pid = record.get("init_pid")
@@ -663,9 +666,9 @@ class Supervisor:
             alive = (
                 isinstance(init_pid, int)
                 and isinstance(namespaces.get("pid"), int)
-                and procs.pid_is_guest_init(init_pid, namespaces["pid"])
+                and runtime.pid_is_guest_init(init_pid, namespaces["pid"])
             )
-            cgroup = GuestCgroup(self.layout, self.prefix, name)
+            cgroup = runtime.cgroup(self.prefix, name)
             domain = slot.domain if slot else Domain(name=name)
             ctx = GuestContext(
                 domain, cgroup, self.prefix, self.run_dir, dict(record.get("hooks") or {})

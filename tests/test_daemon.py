@@ -16,7 +16,7 @@ from supervisor.daemon import GuestContext, Supervisor
 from supervisor.errors import ConflictError, RuntimeFailure
 from supervisor.events import Event
 from supervisor.guest import procs
-from supervisor.guest.cgroups import detect_layout, find_leftovers
+from supervisor.guest.cgroups import GuestCgroup, detect_layout, find_leftovers
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.lifecycle import RestartPolicy
 from supervisor.model import Domain, Filesystem, MemTune, OsSpec
@@ -53,8 +53,7 @@ async def sup(tmp_path: Path, prefix: str, nursery: trio.Nursery) -> AsyncIterat
                         await s.destroy_domain(slot.domain.name)
                     except Exception:
                         pass
-        assert s.layout is not None
-        leftovers = find_leftovers(s.layout, prefix)
+        leftovers = find_leftovers(detect_layout(), prefix)
         assert leftovers == []
 
 
@@ -138,15 +137,15 @@ async def test_guest_is_pid1_isolated_in_its_cgroup_with_limits(
     assert len(visible) <= 4  # init, ls, perhaps sleep: none of the host's hundreds
     assert (root / "tmp" / "hostname").read_text().strip() == "inner-g1"
     slot = sup.slots["g1"]
-    assert slot.cgroup is not None
+    assert isinstance(slot.cgroup, GuestCgroup)
     members = slot.cgroup.pids()
     assert init in members
     for child in procs.children_of(init):
         assert child in members
     memory_dir = slot.cgroup._ctrl_dir("memory")
     assert memory_dir is not None
-    assert sup.layout is not None
-    limit_file = "memory.max" if "memory" in sup.layout.v2_controllers else "memory.limit_in_bytes"
+    layout = slot.cgroup.layout
+    limit_file = "memory.max" if "memory" in layout.v2_controllers else "memory.limit_in_bytes"
     assert Path(memory_dir, limit_file).read_text().strip() == str(64 << 20)
     pids_dir = slot.cgroup._ctrl_dir("pids")
     assert pids_dir is not None

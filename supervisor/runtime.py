@@ -1,0 +1,94 @@
+"""The seam between the supervisor and the kernel: cgroups and guest processes.
+
+:class:`~supervisor.daemon.Supervisor` talks to guests only through a :class:`Runtime`.
+:class:`LinuxRuntime` is the real one (cgroups, namespaces, util-linux ``unshare``);
+:mod:`supervisor.fakeruntime` keeps everything in memory so the property-based stress harness
+can run thousands of operations a second against the same supervisor code. The fake never stands
+in for the real one where real behaviour is what a test checks.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from supervisor.guest import procs
+from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
+from supervisor.guest.spawn import GuestExit, Namespaces, spawn_init
+from supervisor.model import Domain
+
+
+class CgroupHandle(Protocol):
+    """One guest's cgroup (in every hierarchy the runtime uses)."""
+
+    @property
+    def dirname(self) -> str: ...
+    def create(self) -> None: ...
+    def apply_limits(self, domain: Domain) -> None: ...
+    def pids(self) -> set[int]: ...
+    def is_frozen(self) -> bool: ...
+    async def freeze(self) -> None: ...
+    async def thaw(self) -> None: ...
+    async def kill_all(self) -> None: ...
+    async def remove(self) -> None: ...
+
+
+class ProcessHandle(Protocol):
+    """A running guest init (and whatever wraps it)."""
+
+    @property
+    def init_pid(self) -> int | None: ...
+    @property
+    def wrapper_pid(self) -> int: ...
+    @property
+    def namespaces(self) -> Namespaces | None: ...
+    async def wait(self) -> GuestExit: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+class Runtime(Protocol):
+    """Makes cgroups and guest processes, and watches processes it did not start."""
+
+    def cgroup(self, prefix: str, name: str) -> CgroupHandle: ...
+
+    async def spawn(
+        self,
+        domain: Domain,
+        cgroup: CgroupHandle,
+        *,
+        log_path: str | None,
+        netns_path: str | None,
+    ) -> ProcessHandle: ...
+
+    async def wait_pid_exit(self, pid: int) -> None: ...
+
+    def pid_is_guest_init(self, pid: int, pidns_inode: int) -> bool: ...
+
+
+@attrs.define(eq=False)
+class LinuxRuntime:
+    """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, util-linux unshare."""
+
+    layout: CgroupLayout = attrs.Factory(detect_layout)
+
+    def cgroup(self, prefix: str, name: str) -> GuestCgroup:
+        return GuestCgroup(self.layout, prefix, name)
+
+    async def spawn(
+        self,
+        domain: Domain,
+        cgroup: CgroupHandle,
+        *,
+        log_path: str | None,
+        netns_path: str | None,
+    ) -> ProcessHandle:
+        if not isinstance(cgroup, GuestCgroup):
+            raise TypeError(f"LinuxRuntime needs a GuestCgroup, got {type(cgroup).__name__}")
+        return await spawn_init(domain, cgroup, log_path=log_path, netns_path=netns_path)
+
+    async def wait_pid_exit(self, pid: int) -> None:
+        await procs.wait_pid_exit(pid)
+
+    def pid_is_guest_init(self, pid: int, pidns_inode: int) -> bool:
+        return procs.pid_is_guest_init(pid, pidns_inode)
