@@ -250,15 +250,33 @@ def _schedinfo(args: argparse.Namespace, c: Client) -> int:
                 sys.stderr.write(f"vsv: --set expects NAME=VALUE, got {item!r}\n")
                 return EXIT_USAGE
             params[key] = value
-        live = args.live or not args.config
-        reply = c.send_json("PUT", path, {"params": params, "live": live, "config": args.config})
+        reply = c.send_json(
+            "PUT", path, {"params": params, "live": args.live, "config": args.config}
+        )
     else:
         reply = c.get_json(path)
     if args.json:
         _print_json(reply)
     else:
-        _pairs([("Scheduler", "posix"), *sorted(reply["params"].items())])
+        info = reply["params"]
+        scalars = [(k, v) for k, v in info.items() if not isinstance(v, (dict, list))]
+        _pairs([("Scheduler", "posix"), *sorted(scalars)])
+        for key in ("applied", "accounting", "tuner"):
+            if isinstance(info.get(key), dict):
+                _pairs(sorted((f"{key}.{k}", v) for k, v in info[key].items()))
+        for loss in info.get("losses") or []:
+            sys.stdout.write(f"lossy: {_loss_text(loss)}\n")
     return EXIT_OK
+
+
+def _loss_text(loss: object) -> str:
+    """One lossy mapping as text: what was asked, what is applied, why."""
+    if isinstance(loss, dict):
+        return (
+            f"{loss.get('parameter')}: requested {loss.get('requested')}, "
+            f"applied {loss.get('applied')} ({loss.get('reason')})"
+        )
+    return str(loss)
 
 
 def _domifaddr(args: argparse.Namespace, c: Client) -> int:

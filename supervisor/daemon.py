@@ -53,11 +53,13 @@ from supervisor.errors import (
     VsvError,
 )
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
+from supervisor.guest.cgroups import GuestCgroup
 from supervisor.guest.spawn import GuestExit
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
 from supervisor.net.subsystem import NetworkSubsystem, require_network
 from supervisor.runtime import CgroupHandle, LinuxRuntime, ProcessHandle, Runtime
+from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.store import ConfigStore, RunStore
 
 log = logging.getLogger("vsv.daemon")
@@ -149,6 +151,8 @@ class Supervisor:
     #: False: no network subsystem (guests with <interface> then fail to start)
     networking: bool = True
     net: NetworkSubsystem | None = None
+    #: CPU limits and the idle-time tuner (real runtime only)
+    sched: SchedSubsystem | None = None
     _bus: Bus[GuestContext] = attrs.Factory(Bus)
     slots: dict[str, GuestSlot] = attrs.Factory(dict)
     #: names of the guests re-adopted from a previous supervisor at start-up
@@ -177,6 +181,8 @@ class Supervisor:
         """
         if self.runtime is None:
             self.runtime = LinuxRuntime()
+        if isinstance(self.runtime, LinuxRuntime):
+            self.sched = SchedSubsystem.open(self._bus, self.runtime.layout)
         self.config.ensure()
         self.runs.ensure()
         domains, problems = self.config.load_domains()
@@ -198,6 +204,8 @@ class Supervisor:
             )
         try:
             async with trio.open_nursery() as top:
+                if self.sched is not None:
+                    await top.start(self.sched.run)
                 if self.net is not None:
                     await top.start(self.net.run)
                 async with trio.open_nursery() as guests:
@@ -682,6 +690,11 @@ class Supervisor:
                 with contextlib.suppress(RuntimeFailure):
                     frozen = cgroup.is_frozen()
                 self._apply(slot, Input.ADOPT_PAUSED if frozen else Input.ADOPT)
+                if self.sched is not None:
+                    try:
+                        await self.sched.adopt(ctx)
+                    except VsvError as exc:
+                        log.warning("guest %s: re-applying CPU limits: %s", name, exc)
                 self.adopted.append(name)
                 slot.task_done = trio.Event()
                 slot.task_running = True
@@ -743,13 +756,42 @@ class Supervisor:
 
     # ------------------------------------------------------------------------ not yet served
 
+    def _sched(self) -> SchedSubsystem:
+        if self.sched is None:
+            raise InvalidOperation("the scheduler subsystem is not available in this runtime")
+        return self.sched
+
+    def _live_cgroup(self, slot: GuestSlot) -> GuestCgroup | None:
+        running = slot.life.phase in (Phase.RUNNING, Phase.PAUSED, Phase.STOPPING)
+        return slot.cgroup if running and isinstance(slot.cgroup, GuestCgroup) else None
+
     def schedinfo(self, name: str) -> Mapping[str, object]:
-        raise InvalidOperation("schedinfo is not available yet")
+        slot = self._slot(name)
+        return self._sched().schedinfo(slot.domain, self._live_cgroup(slot))
 
     async def set_schedinfo(
         self, name: str, params: Mapping[str, str], *, live: bool, config: bool
     ) -> Mapping[str, object]:
-        raise InvalidOperation("schedinfo is not available yet")
+        """virsh schedinfo --set: live (the running guest's cgroup), config (the definition).
+
+        With neither flag: live when the guest runs, else config (libvirt's "current").
+        """
+        slot = self._slot(name)
+        cgroup = self._live_cgroup(slot)
+        live, config = resolve_flags(live, config, running=cgroup is not None)
+        new, info = await self._sched().set_schedinfo(
+            slot.domain, cgroup, params, live=live, config=config
+        )
+        if config:
+            self.config.save_domain(new)
+        if live:
+            slot.domain = new
+            if slot.ctx is not None:
+                slot.ctx.domain = new
+            self._record(slot)
+        elif config and slot.life.phase is Phase.SHUTOFF:
+            slot.domain = new
+        return info
 
     def list_networks(self) -> list[NetworkStatus]:
         return [] if self.net is None else self.net.list_networks()
@@ -782,6 +824,7 @@ class Supervisor:
             "domains": len(self.slots),
             "states": states,
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
+            "sched": self.sched.statistics() if self.sched is not None else None,
         }
 
 

@@ -120,6 +120,7 @@ def test_every_verb_against_the_real_daemon(env: Env, prefix: str) -> None:
     )
     (e.base / "d.xml").write_text(
         f"""<domain type='vserver' id='4242'><name>w1</name>
+        <scheduler fill_rate1='1' interval1='4'/>
         <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
         <initarg>trap 'exit 0' TERM; while :; do sleep 0.1; done</initarg></os>
         <devices><filesystem type='mount'><source dir='{e.root}'/><target dir='/'/></filesystem>
@@ -155,6 +156,20 @@ def test_every_verb_against_the_real_daemon(env: Env, prefix: str) -> None:
     assert "<name>w1</name>" in js(e, "dumpxml", "w1")["xml"]
     assert js(e, "autostart", "w1")["autostart"] is True
     assert js(e, "autostart", "w1", "--disable")["autostart"] is False
+    # 1 token per 4 ticks of each CPU the bucket covers (all of the supervisor's CPUs), HZ 250
+    quota = 4000 * len(os.sched_getaffinity(0))
+    cpu_dir = Path(f"/sys/fs/cgroup/cpu/{prefix}-w1")
+    if cpu_dir.is_dir():  # v1 cpu controller (this machine); on pure v2 it is cpu.max
+        assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == str(quota)
+        assert (cpu_dir / "cpu.cfs_period_us").read_text().strip() == "16000"
+    info = js(e, "schedinfo", "w1")["params"]
+    assert (info["scheduler"], info["vcpu_period"], info["vcpu_quota"]) == ("posix", 16000, quota)
+    changed = js(e, "schedinfo", "w1", "--set", "cpu_shares=512")["params"]
+    assert changed["cpu_shares"] == 512
+    if cpu_dir.is_dir():
+        assert (cpu_dir / "cpu.shares").read_text().strip() == "512"
+    _, text, _ = vsv(e, "schedinfo", "w1")
+    assert "cpu_shares:" in text
     assert isinstance(js(e, "net-dhcp-leases", "lan"), list)
     vsv(e, "shutdown", "w1", "--json")
     wait_state(e, "w1", "SHUTOFF")
@@ -174,6 +189,7 @@ def test_every_verb_against_the_real_daemon(env: Env, prefix: str) -> None:
         ("SUSPENDED", "PAUSED"),
         ("RESUMED", "UNPAUSED"),
         ("REBOOT", None),
+        ("TUNABLE", None),
         ("STOPPED", "SHUTDOWN"),
         ("STARTED", "BOOTED"),
         ("STOPPED", "DESTROYED"),

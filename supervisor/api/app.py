@@ -583,7 +583,8 @@ class ApiApp:
                     field=f"params.{key}",
                 )
             params[key] = str(value)
-        live = body.get("live", True)
+        # neither flag: the supervisor applies libvirt's "current" (live if running, else config)
+        live = body.get("live", False)
         config = body.get("config", False)
         for flag, value in (("live", live), ("config", config)):
             if not isinstance(value, bool):

@@ -255,7 +255,7 @@ class FakeSupervisor:
                 slot.sched[key] = int(value)
             except ValueError:
                 raise InvalidDocument([f"{key} must be an integer, not {value!r}"]) from None
-        self.emit("domain", name, "TUNABLE", "CPUTUNE", {k: str(v) for k, v in params.items()})
+        self.emit("domain", name, "TUNABLE", None, {k: str(v) for k, v in params.items()})
         return dict(slot.sched)
 
     # networks

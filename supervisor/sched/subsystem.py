@@ -35,6 +35,7 @@ import attrs
 import trio
 
 from supervisor.errors import InvalidOperation, RuntimeFailure, VsvError
+from supervisor.guest.cgroups import CgroupLayout, GuestCgroup
 from supervisor.model import Domain
 from supervisor.sched import cgroupcpu
 from supervisor.sched.mapping import (
@@ -61,7 +62,6 @@ from supervisor.sched.tuner import (
 if TYPE_CHECKING:
     from supervisor.bus import Bus
     from supervisor.daemon import GuestContext
-    from supervisor.guest.cgroups import CgroupLayout, GuestCgroup
 
 log = logging.getLogger("vsv.sched")
 
@@ -343,6 +343,8 @@ class SchedSubsystem:
     async def _prepare(self, ctx: GuestContext) -> None:
         """Write the guest's CPU limits before init runs; record them and the losses."""
         domain = ctx.domain
+        if not isinstance(ctx.cgroup, GuestCgroup):
+            return  # a fake runtime's cgroup: nothing in the kernel to write
         paths = cpu_paths(ctx.cgroup)
         if paths is None:
             if domain.scheduler is not None or domain.cputune is not None:
