@@ -44,7 +44,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +359,8 @@ async def _list_links(where: str) -> list[str]:
 async def _list_nft(where: str) -> list[tuple[str, str]]:
     from supervisor.net.runner import run_checked
 
+    if not _exists(NFT):
+        return []  # no nftables on this machine: nobody can have left tables
     return parse_nft_tables(await run_checked(_ns_path(where), [NFT, "list", "tables"]))
 
 
@@ -421,7 +423,7 @@ def running_daemons(prefix: str) -> list[str]:
 # ------------------------------------------------------------------------------- removers
 
 
-async def _wait_until(predicate: Any, timeout: float) -> bool:
+async def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     """Poll ``predicate`` with a growing delay; True once it holds, False at the deadline."""
     delay = 0.001
     with trio.move_on_after(timeout):

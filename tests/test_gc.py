@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -192,9 +192,9 @@ def _hierarchy_label(path: str) -> str:
     return os.path.basename(os.path.realpath(os.path.dirname(path)))
 
 
-def _wait_for(predicate: object, timeout: float = 5.0) -> None:
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {predicate}")
         time.sleep(0.01)
