@@ -27,6 +27,8 @@ readers and removers around them are thin. pyroute2 is only used through
 :class:`~supervisor.net.netlink.NetnsWorker`, which enters the namespace before it opens its
 socket. The work is async (trio) inside; :func:`find` and :func:`remove` are the synchronous
 entry points for the CLI and :func:`find_async`/:func:`remove_async` those for trio code.
+trio and the netlink code are imported inside the functions that use them, so that ``vsv``
+can register this verb without slowing every other verb down by their import time.
 
 Safety: a prefix shorter than two characters, or one with ``/`` or whitespace, is refused,
 because it would match objects of other programs (``v`` matches ``veth0``). Nothing whose name
@@ -49,9 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import trio
 
-from supervisor import nsutil
 from supervisor.errors import RuntimeFailure, VsvError
 
 #: removal order of the kinds (see the module docstring for why)
@@ -365,6 +365,8 @@ async def _list_nft(where: str) -> list[tuple[str, str]]:
 
 
 def _ns_path(where: str) -> str | None:
+    from supervisor import nsutil
+
     return None if where == ROOT_NETNS else str(nsutil.netns_path(where))
 
 
@@ -377,6 +379,8 @@ async def find_async(
     namespace's (a sandbox that does not exist, e.g. because gc removed it, has none).
     ``run_dir`` None skips the run-dir records and files.
     """
+    from supervisor import nsutil
+
     check_prefix(prefix)
     items: list[Leftover] = []
     cgroups, members = _find_cgroups(prefix)
@@ -404,6 +408,8 @@ async def find_async(
 
 def find(prefix: str, *, run_dir: Path | None = None, netns: str | None = None) -> list[Leftover]:
     """Synchronous :func:`find_async` (for the CLI and tests; not from inside trio)."""
+    import trio
+
     return trio.run(functools.partial(find_async, prefix, run_dir=run_dir, netns=netns))
 
 
@@ -425,6 +431,8 @@ def running_daemons(prefix: str) -> list[str]:
 
 async def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     """Poll ``predicate`` with a growing delay; True once it holds, False at the deadline."""
+    import trio
+
     delay = 0.001
     with trio.move_on_after(timeout):
         while not predicate():
@@ -461,6 +469,8 @@ async def _kill_cgroup(path: str) -> None:
     directory is a freezer one (nothing can fork while we look), kill each pid, thaw (a frozen
     task dies only once thawed), and repeat until empty.
     """
+    import trio
+
     kill_file = os.path.join(path, "cgroup.kill")
     freezer = _freezer_state(path) is not None
     has_kill = _exists(kill_file)
@@ -524,6 +534,7 @@ async def _remove_process(item: Leftover, killed: dict[str, str | None]) -> str 
 
 
 async def _remove_nft(item: Leftover) -> str | None:
+    from supervisor import nsutil
     from supervisor.net.runner import run_checked
 
     family, table = item.name.split(" ", 1)
@@ -539,6 +550,7 @@ async def _remove_nft(item: Leftover) -> str | None:
 
 
 async def _remove_link(item: Leftover, workers: dict[str, Any]) -> str | None:
+    from supervisor import nsutil
     from supervisor.net import netlink
 
     if item.where != ROOT_NETNS and not nsutil.netns_exists(item.where):
@@ -597,6 +609,10 @@ def _remove_runfile(item: Leftover) -> str | None:
 async def remove_async(items: list[Leftover]) -> list[tuple[Leftover, str | None]]:
     """Remove the items in :data:`KIND_ORDER`; ``(item, None)`` when removed (or gone already),
     ``(item, message)`` when it could not be. One failure does not stop the others."""
+    import trio
+
+    from supervisor import nsutil
+
     results: list[tuple[Leftover, str | None]] = []
     killed: dict[str, str | None] = {}
     workers: dict[str, Any] = {}
@@ -631,6 +647,8 @@ async def remove_async(items: list[Leftover]) -> list[tuple[Leftover, str | None
 
 def remove(items: list[Leftover]) -> list[tuple[Leftover, str | None]]:
     """Synchronous :func:`remove_async` (for the CLI and tests; not from inside trio)."""
+    import trio
+
     return trio.run(remove_async, items)
 
 

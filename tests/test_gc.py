@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -478,3 +479,10 @@ def _rmdir_soon(dirs: list[str]) -> None:
                 time.sleep(0.01)
                 continue
             break
+
+
+def test_import_is_light_for_the_cli() -> None:
+    """Importing supervisor.gc (to register the verb) loads neither trio nor pyroute2."""
+    code = "import sys, supervisor.gc; print(sorted({'trio', 'pyroute2'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "[]\n" == done.stdout
