@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_daemon)
 
+    from supervisor.gc import add_gc_parser
+
+    add_gc_parser(sub)
+
     p = sub.add_parser("rootfs", help="prepare a small busybox root directory for guests")
     p.add_argument("path", nargs="?", default="/var/lib/vsv/rootfs/busybox")
     p.set_defaults(func=_cmd_rootfs)

@@ -678,8 +678,14 @@ class Supervisor:
             )
             cgroup = runtime.cgroup(self.prefix, name)
             domain = slot.domain if slot else Domain(name=name)
+            # whatever it recorded was prepared: release must undo it, adopted or not
             ctx = GuestContext(
-                domain, cgroup, self.prefix, self.run_dir, dict(record.get("hooks") or {})
+                domain,
+                cgroup,
+                self.prefix,
+                self.run_dir,
+                dict(record.get("hooks") or {}),
+                prepared=True,
             )
             if alive and slot is not None and isinstance(init_pid, int):
                 slot.cgroup = cgroup
@@ -695,6 +701,8 @@ class Supervisor:
                         await self.sched.adopt(ctx)
                     except VsvError as exc:
                         log.warning("guest %s: re-applying CPU limits: %s", name, exc)
+                if self.net is not None:
+                    await self.net.adopt(ctx)
                 self.adopted.append(name)
                 slot.task_done = trio.Event()
                 slot.task_running = True
@@ -755,6 +763,50 @@ class Supervisor:
                     await self.destroy_domain(slot.domain.name)
 
     # ------------------------------------------------------------------------ not yet served
+
+    def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
+        """What each NIC really got (MAC, guest name, address) while the guest runs; the
+        definition's static values otherwise."""
+        slot = self._slot(name)
+        plumbed: dict[int, dict[str, Any]] = {}
+        if slot.ctx is not None and isinstance(slot.ctx.records.get("net"), dict):
+            for nic in slot.ctx.records["net"].get("nics", []):
+                plumbed[int(nic["index"])] = nic
+        rows: list[dict[str, Any]] = []
+        for index, iface in enumerate(slot.domain.interfaces):
+            nic = plumbed.get(index)
+            if nic is not None:
+                addresses = [
+                    {
+                        "address": cidr.split("/")[0],
+                        "prefix": int(cidr.split("/")[1]) if "/" in cidr else None,
+                        "family": "ipv6" if ":" in cidr else "ipv4",
+                        "origin": "allocated" if not iface.ips else "static",
+                    }
+                    for cidr in nic.get("addresses", [])
+                ]
+            else:
+                addresses = [
+                    {
+                        "address": ip.address,
+                        "prefix": ip.prefix,
+                        "family": ip.family or ("ipv6" if ":" in ip.address else "ipv4"),
+                        "origin": "static",
+                    }
+                    for ip in iface.ips
+                ]
+            rows.append(
+                {
+                    "name": (nic or {}).get("guest_if") or iface.guest_dev or f"eth{index}",
+                    "type": iface.type,
+                    "source": iface.source,
+                    "mac": (nic or {}).get("mac") or iface.mac,
+                    "host_if": (nic or {}).get("host_if"),
+                    "mode": (nic or {}).get("mode"),
+                    "addresses": addresses,
+                }
+            )
+        return rows
 
     def _sched(self) -> SchedSubsystem:
         if self.sched is None:

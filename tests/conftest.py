@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,6 +38,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A name prefix unique to one test: starts with 'vsvt' so leakcheck finds leftovers."""
-    return "vsvt" + secrets.token_hex(2)
+def prefix() -> Iterator[str]:
+    """A name prefix unique to one test: starts with 'vsvt' so leakcheck finds leftovers.
+
+    After the test, anything still carrying the prefix (processes, cgroups, namespaces, links,
+    nft tables) is a leak: it is removed with `vsv gc`'s code and the test fails, so a test that
+    forgets its clean-up, or whose clean-up breaks when the test fails, is caught at once.
+    """
+    value = "vsvt" + secrets.token_hex(2)
+    yield value
+    if os.geteuid() != 0:
+        return
+    from supervisor import gc
+
+    leftovers = gc.find(value)
+    if leftovers:
+        gc.remove(leftovers)
+        pytest.fail(f"test left behind: {[(x.kind, x.name) for x in leftovers]}", pytrace=False)

@@ -605,46 +605,7 @@ class ApiApp:
 
     async def domain_interfaces(self, request: Request) -> Reply:
         name = request.params["name"]
-        domain = _call(self.facade.get_domain, name, field="name")
-        rows: list[dict[str, Any]] = []
-        leases_by_net: dict[str, list[Lease]] = {}
-        for index, iface in enumerate(domain.interfaces):
-            addresses = [
-                {
-                    "address": ip.address,
-                    "prefix": ip.prefix,
-                    "family": ip.family,
-                    "origin": "static",
-                }
-                for ip in iface.ips
-            ]
-            if iface.type == "network" and iface.source:
-                if iface.source not in leases_by_net:
-                    try:
-                        leases_by_net[iface.source] = self.facade.network_leases(iface.source)
-                    except VsvError:
-                        leases_by_net[iface.source] = []
-                for lease in leases_by_net[iface.source]:
-                    if (iface.mac is not None and lease.mac.lower() == iface.mac.lower()) or (
-                        iface.mac is None and lease.domain == name
-                    ):
-                        addresses.append(
-                            {
-                                "address": lease.ip,
-                                "prefix": lease.prefix,
-                                "family": "ipv6" if ":" in lease.ip else "ipv4",
-                                "origin": "lease",
-                            }
-                        )
-            rows.append(
-                {
-                    "name": iface.guest_dev or f"eth{index}",
-                    "type": iface.type,
-                    "source": iface.source,
-                    "mac": iface.mac,
-                    "addresses": addresses,
-                }
-            )
+        rows = _call(self.facade.domain_interfaces, name, field="name")
         return _ok({"seq": self.journal.last_seq(), "interfaces": rows})
 
     # --- networks -----------------------------------------------------------------------------

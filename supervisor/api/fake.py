@@ -126,7 +126,7 @@ class FakeSupervisor:
         kind: str,
         name: str | None,
         type_: str,
-        detail: str,
+        detail: str | None,
         data: Mapping[str, Any] | None = None,
     ) -> int:
         """Append one event to the journal as the bus would; returns its seq."""
@@ -305,6 +305,44 @@ class FakeSupervisor:
     def network_leases(self, name: str) -> list[Lease]:
         self._net(name)
         return list(self.leases.get(name, ()))
+
+    def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
+        """Static ``<ip>`` addresses plus the fake's leases matched by MAC or domain name."""
+        domain = self.get_domain(name)
+        rows: list[dict[str, Any]] = []
+        for index, iface in enumerate(domain.interfaces):
+            addresses: list[dict[str, Any]] = [
+                {
+                    "address": ip.address,
+                    "prefix": ip.prefix,
+                    "family": ip.family,
+                    "origin": "static",
+                }
+                for ip in iface.ips
+            ]
+            if iface.type == "network" and iface.source in self.leases:
+                for lease in self.leases[iface.source]:
+                    if (iface.mac is not None and lease.mac.lower() == iface.mac.lower()) or (
+                        iface.mac is None and lease.domain == name
+                    ):
+                        addresses.append(
+                            {
+                                "address": lease.ip,
+                                "prefix": lease.prefix,
+                                "family": "ipv6" if ":" in lease.ip else "ipv4",
+                                "origin": "lease",
+                            }
+                        )
+            rows.append(
+                {
+                    "name": iface.guest_dev or f"eth{index}",
+                    "type": iface.type,
+                    "source": iface.source,
+                    "mac": iface.mac,
+                    "addresses": addresses,
+                }
+            )
+        return rows
 
     def statistics(self) -> Mapping[str, object]:
         return {"domains": len(self.domains), "networks": len(self.networks), "fake": True}

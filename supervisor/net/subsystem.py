@@ -95,6 +95,9 @@ class NetworkSubsystem:
             log.warning("ignoring stored network: %s", problem)
         for net in nets:
             self.service.table.define(net)
+        # networks a killed predecessor ran: torn down, then started again below, so guests it
+        # left running can be re-attached (adopt) with their addresses
+        previously = sorted(self.runs.read_all("networks"))
         await self._clean_leftovers()
         send, receive = trio.open_memory_channel[tuple[str, trio.Event, list[BaseException]]](
             math.inf
@@ -106,6 +109,12 @@ class NetworkSubsystem:
             async with trio.open_nursery() as nursery:
                 self._start = send
                 nursery.start_soon(self._starter, receive, nursery)
+                for name in previously:
+                    if name in self.service.table.definitions:
+                        try:
+                            await self.start_network(name)
+                        except VsvError as exc:
+                            log.warning("restarting network %s: %s", name, exc)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -148,6 +157,8 @@ class NetworkSubsystem:
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # noqa: ASYNC240
                     if b"dnsmasq" in cmdline and self.prefix.encode() in cmdline:
                         signal_pid(pid, signal.SIGTERM)
+                        with trio.move_on_after(2):
+                            await wait_pid_gone(pid)
             table = record.get("table")
             if isinstance(table, str):
                 with contextlib.suppress(VsvError):
@@ -183,6 +194,43 @@ class NetworkSubsystem:
         record["nics"] = [attrs.asdict(n) for n in nics]
         record["modes"] = sorted({n.mode for n in nics})
         ctx.netns_path = str(path)
+
+    async def adopt(self, ctx: GuestContext) -> None:
+        """Re-attach a guest a previous supervisor plumbed: its netns, bridge port, address.
+
+        The networks were restarted (new bridge, new dnsmasq) before guests are adopted, so the
+        guest's host-side veth is enslaved to the new bridge and its address goes back into the
+        allocation book and dnsmasq's reservations: the guest keeps its address, and no other
+        guest can be given it.
+        """
+        from supervisor.model import DhcpHost
+        from supervisor.net import netlink
+
+        record = ctx.records.get("net")
+        if not isinstance(record, dict):
+            return
+        ctx.netns_path = str(nsutil.netns_path(str(record.get("netns"))))
+        running = self.service.running
+        for raw in record.get("nics", []):
+            nic = PlumbedNic(**raw)
+            if nic.network is None or nic.network not in running:
+                continue
+            handle = running[nic.network]
+            try:
+                await self.service.host.worker.call(
+                    functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
+                )
+            except Exception as exc:
+                log.warning("guest %s: re-attaching %s: %s", ctx.domain.name, nic.host_if, exc)
+                continue
+            address = nic.addresses[0].split("/")[0] if nic.addresses else None
+            if address is None:
+                continue
+            book = self.service.book
+            book.state, _ = book.state.allocate(handle.network, nic.owner, nic.mac, address)
+            await handle.add_host(
+                nic.owner, DhcpHost(ip=address, mac=nic.mac, name=ctx.domain.name)
+            )
 
     async def _release(self, ctx: GuestContext) -> None:
         record = ctx.records.get("net")
@@ -294,6 +342,20 @@ class NetworkSubsystem:
             )
             for mac, ip, host in lease_lines(files)
         ]
+
+
+async def wait_pid_gone(pid: int) -> None:
+    """Wait until ``pid`` no longer exists (a process we did not start)."""
+    import os
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 def signal_pid(pid: int, sig: int) -> None:

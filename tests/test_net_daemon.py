@@ -1,0 +1,265 @@
+"""Networks through the supervisor: real guests on a NAT network, DHCP, DNS, restart survival.
+
+Everything host-side happens in a sandbox network namespace the test creates.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from supervisor import nsutil
+from supervisor.daemon import Supervisor
+from supervisor.guest.cgroups import detect_layout, find_leftovers
+from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.model import (
+    AddressRange,
+    Bridge,
+    Domain,
+    Filesystem,
+    Forward,
+    Interface,
+    Network,
+    NetworkIp,
+    OsSpec,
+)
+from supervisor.xml import format_domain, format_network
+from tests.fake_supervisor import short_tmpdir
+
+pytestmark = pytest.mark.root
+
+DHCP_INIT = (
+    "ip addr flush dev eth0; "
+    "udhcpc -i eth0 -n -q -t 10 -T 1 -s /usr/share/udhcpc/default.script >/tmp/dhcp.log 2>&1; "
+    "ip -4 -o addr show dev eth0 > /tmp/addr.tmp; mv /tmp/addr.tmp /tmp/addr; "
+    "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+)
+
+
+def lan(prefix: str, third: int) -> Network:
+    return Network(
+        name="lan",
+        bridge=Bridge(name=f"{prefix}b0", stp=False),
+        forward=Forward(mode="nat"),
+        ips=(
+            NetworkIp(
+                address=f"10.213.{third}.1",
+                prefix=24,
+                dhcp_ranges=(AddressRange(f"10.213.{third}.100", f"10.213.{third}.150"),),
+            ),
+        ),
+    )
+
+
+def nic_guest(name: str, root: Path, script: str) -> Domain:
+    return Domain(
+        name=name,
+        type="lxc",
+        os=OsSpec(init="/bin/sh", initargs=("-c", script)),
+        filesystems=(Filesystem(source=str(root), target="/"),),
+        interfaces=(Interface(type="network", source="lan"),),
+    )
+
+
+@pytest.fixture
+def sandbox(prefix: str) -> Iterator[str]:
+    """A network namespace standing for the host; removed afterwards."""
+    name = f"{prefix}-sbx"
+    nsutil.create_netns(name)
+    try:
+        yield name
+    finally:
+        nsutil.delete_netns(name)
+
+
+@pytest.fixture
+async def sup(
+    tmp_path: Path, prefix: str, sandbox: str, nursery: trio.Nursery
+) -> AsyncIterator[Supervisor]:
+    s = Supervisor(
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        prefix=prefix,
+        host_netns=str(nsutil.netns_path(sandbox)),
+        shutdown_timeout=3,
+    )
+    await nursery.start(s.run)
+    try:
+        yield s
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(30):
+            for slot in list(s.slots.values()):
+                if slot.task_running:
+                    await s.destroy_domain(slot.domain.name)
+            if s.net is not None:
+                await s.net.stop_all()
+        assert find_leftovers(detect_layout(), prefix) == []
+        assert nsutil.list_netns(prefix) == [sandbox]
+
+
+def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "/bin/busybox", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+async def test_two_guests_dhcp_ping_dns(
+    sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """Two guests get addresses by DHCP, ping each other and the bridge; leases and DNS work."""
+    await sup.define_network(lan(prefix, 61))
+    await sup.start_network("lan")
+    roots = {n: Path(prepare_busybox_root(str(tmp_path / f"root-{n}"))) for n in ("ga", "gb")}
+    for n, root in roots.items():
+        await sup.define_domain(nic_guest(n, root, DHCP_INIT))
+    async with trio.open_nursery() as nursery:
+        for n in roots:
+            nursery.start_soon(sup.start_domain, n)
+    addr: dict[str, str] = {}
+    with trio.fail_after(20):
+        for n, root in roots.items():
+            while not (root / "tmp" / "addr").exists():
+                await trio.sleep(0.05)
+            fields = (root / "tmp" / "addr").read_text().split()
+            addr[n] = fields[fields.index("inet") + 1].split("/")[0]
+    assert all(a.startswith("10.213.61.1") for a in addr.values()), addr
+    assert addr["ga"] != addr["gb"]
+    dhcp_log = (roots["ga"] / "tmp" / "dhcp.log").read_text()
+    assert "lease of" in dhcp_log or "obtained" in dhcp_log, dhcp_log
+    ping = in_ns(f"{prefix}-ga", "ping", "-c1", "-W2", addr["gb"])
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    for n in roots:
+        gw = in_ns(f"{prefix}-{n}", "ping", "-c1", "-W2", "10.213.61.1")
+        assert gw.returncode == 0, gw.stdout
+    leases = {(lease.ip, lease.domain is not None) for lease in sup.network_leases("lan")}
+    assert {(addr["ga"], True), (addr["gb"], True)} <= leases
+    dns = in_ns(f"{prefix}-ga", "nslookup", "gb", "10.213.61.1")
+    assert addr["gb"] in dns.stdout, dns.stdout + dns.stderr
+
+
+async def test_isolated_network_table_lifetime(sup: Supervisor, prefix: str, sandbox: str) -> None:
+    """The NAT network's nftables table exists exactly while the network runs."""
+
+    def tables() -> str:
+        return subprocess.run(
+            ["ip", "netns", "exec", sandbox, "nft", "list", "tables"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    await sup.define_network(lan(prefix, 62))
+    assert prefix not in tables()
+    await sup.start_network("lan")
+    assert prefix in tables()
+    await sup.destroy_network("lan")
+    assert prefix not in tables()
+
+
+# ---------------------------------------------------------------------------- restart survival
+
+
+class Daemon:
+    def __init__(self, base: Path, prefix: str, *start: str) -> None:
+        self.log = open(base / "daemon.log", "ab")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "supervisor", "daemon",
+                "--state-dir", str(base / "state"), "--run-dir", str(base / "run"),
+                "--prefix", prefix, "--netns", f"{prefix}-sbx",
+                "--socket", str(base / "rw.sock"), "--ro-socket", str(base / "ro.sock"),
+                "--shutdown-timeout", "3",
+                *(("--start", *start) if start else ()),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.base = base
+
+    def vsv(self, *args: str) -> object:
+        done = subprocess.run(
+            [sys.executable, "-m", "supervisor", "--socket", str(self.base / "rw.sock"), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    def wait_running(self, name: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = self.vsv("domstate", name, "--json")
+                if isinstance(state, dict) and state.get("state") == "RUNNING":
+                    return
+            except subprocess.CalledProcessError:
+                pass
+            assert time.monotonic() < deadline, (self.base / "daemon.log").read_text()
+            time.sleep(0.1)
+
+    def close(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self.log.close()
+
+
+def test_sigkill_keeps_guest_network_and_allocations(prefix: str) -> None:
+    """After SIGKILL, the restarted supervisor re-attaches the guest: same address, reachable,
+    and that address is not handed to a new guest."""
+    base = short_tmpdir()
+    root = Path(prepare_busybox_root(str(base / "rootfs")))
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    (base / "lan.xml").write_text(format_network(lan(prefix, 63)))
+    (base / "g1.xml").write_text(format_domain(nic_guest("g1", root, loop)))
+    (base / "g2.xml").write_text(format_domain(nic_guest("g2", root, loop)))
+    daemons: list[Daemon] = []
+    try:
+        first = Daemon(base, prefix, str(base / "lan.xml"), str(base / "g1.xml"))
+        daemons.append(first)
+        first.wait_running("g1")
+        before = first.vsv("domifaddr", "g1", "--json")
+        assert isinstance(before, list)
+        g1_ip = before[0]["addresses"][0]["address"]
+        first.close(signal.SIGKILL)
+
+        second = Daemon(base, prefix)
+        daemons.append(second)
+        second.wait_running("g1")
+        nets = second.vsv("net-list", "--json")
+        assert isinstance(nets, list)
+        assert [(n["name"], n["active"]) for n in nets] == [("lan", True)]
+        ping = in_ns(f"{prefix}-sbx", "ping", "-c1", "-W2", g1_ip)
+        assert ping.returncode == 0, ping.stdout
+        second.vsv("define", str(base / "g2.xml"), "--json")
+        second.vsv("start", "g2", "--json")
+        g2 = second.vsv("domifaddr", "g2", "--json")
+        assert isinstance(g2, list)
+        assert g2[0]["addresses"][0]["address"] != g1_ip
+        assert second.close() == 0
+    finally:
+        for d in daemons:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+            if not d.log.closed:
+                d.log.close()
+        if nsutil.netns_exists(f"{prefix}-sbx"):
+            nsutil.delete_netns(f"{prefix}-sbx")
+    assert find_leftovers(detect_layout(), prefix) == []
+    assert nsutil.list_netns(prefix) == []
