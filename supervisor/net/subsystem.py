@@ -140,7 +140,11 @@ class NetworkSubsystem:
         handle = self.service.running.get(name)
         if handle is None:
             return
-        record: dict[str, Any] = {"bridge": handle.bridge, "table": handle.table}
+        record: dict[str, Any] = {
+            "bridge": handle.bridge,
+            "table": handle.table,
+            "prefix": self.prefix,
+        }
         if handle.dnsmasq is not None:
             record["dnsmasq_pid"] = handle.dnsmasq.statistics().pid
         self.runs.write("networks", name, record)
