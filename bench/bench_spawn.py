@@ -1,15 +1,21 @@
 """Start latency of a guest's init, against the floor of util-linux unshare itself.
 
 Measured, each in two regimes (an idle gap of ~100 ms before every start, and back to back):
-- ``spawn_init``: call -> the guest's PID 1 runs its init (busybox root, private network, 6
-  cgroup hierarchies joined in the child, /dev built, chroot, fresh /proc);
+- ``spawn_init[fork]`` and ``spawn_init[forkserver]`` (the two start paths, ``$VSV_SPAWN``):
+  call -> the guest's PID 1 runs its init (busybox root, private network, 6 cgroup hierarchies
+  joined in the child, /dev built, chroot, fresh /proc);
 - ``floor_unshare``: ``unshare --fork --pid --mount --uts --ipc --net --mount-proc /bin/true``,
   the whole process, run from this process;
 - ``floor_unshare_cgroup``: the same, joining a cgroup in every hierarchy before exec;
-- ``cgroup_attach``: moving an existing process into the guest's cgroup in every hierarchy.
-Medians with min/max in milliseconds, JSON in bench/results/spawn.json. Needs root.
+- ``cgroup_attach``: moving an existing process into the guest's cgroup in every hierarchy;
+- ``concurrent[MODE]``: N (``--concurrent``, default 100) ``spawn_init`` calls at once in one
+  nursery, until all returned (each guest in a cgroup of its own), against ``floor_unshare_cgroup``
+  run N times one after another.
+``--ballast MB`` grows this process's RSS first (a supervisor with many guests is larger, and a
+fork's cost grows with it). Medians with min/max in milliseconds, JSON in
+bench/results/spawn.json. Needs root.
 
-    .venv/bin/python bench/bench_spawn.py [--runs N]
+    .venv/bin/python bench/bench_spawn.py [--runs N] [--concurrent N] [--ballast MB]
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from supervisor.guest.cgroups import GuestCgroup, attach_to, detect_layout
+from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, attach_to, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
-from supervisor.guest.spawn import spawn_init
+from supervisor.guest.spawn import GuestProcess, spawn_init
 from supervisor.model import Domain, Filesystem, OsSpec
 
 PREFIX = "vsvbench"
 IDLE_GAP = 0.1
+MODES = ("fork", "forkserver")
 FLOOR = ["/usr/bin/unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
          "--mount-proc", "/bin/true"]  # fmt: skip
 
@@ -77,7 +84,37 @@ def _attach_sample(cg: GuestCgroup) -> float:
         p.wait()
 
 
-async def main(runs: int) -> dict[str, object]:
+def _set_mode(mode: str) -> None:
+    os.environ["VSV_SPAWN"] = mode
+
+
+async def _concurrent(n: int, dom: Domain, layout: CgroupLayout) -> float:
+    """Wall time of n spawn_init calls started at once, each guest in its own cgroup."""
+    cgs = [GuestCgroup(layout, PREFIX, f"c{i}") for i in range(n)]
+    for cg in cgs:
+        cg.create()
+    guests: list[GuestProcess] = []
+    try:
+
+        async def one(cg: GuestCgroup) -> None:
+            guests.append(await spawn_init(dom, cg))
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for cg in cgs:
+                nursery.start_soon(one, cg)
+        return time.perf_counter() - t0
+    finally:
+        with trio.CancelScope(shield=True):
+            for cg in cgs:
+                await cg.kill_all()
+            for g in guests:
+                await g.wait()
+            for cg in cgs:
+                await cg.remove()
+
+
+async def main(runs: int, concurrent: int) -> dict[str, object]:
     layout = detect_layout()
     root = prepare_busybox_root(os.path.join(tempfile.mkdtemp(prefix="vsvbench-"), "bb"))
     dom = Domain(
@@ -113,8 +150,28 @@ async def main(runs: int) -> dict[str, object]:
         "idle_gap_s": IDLE_GAP,
     }
     try:
+        for mode in MODES:
+            _set_mode(mode)
+            await spawn_once()  # warm-up (starts the fork server)
+            results[f"spawn_init[{mode}]"] = {
+                "idle": await _measure(runs, True, spawn_once),
+                "back_to_back": await _measure(runs, False, spawn_once),
+            }
+        for mode in MODES:
+            _set_mode(mode)
+            await trio.sleep(IDLE_GAP)
+            results[f"concurrent[{mode}]"] = {
+                "n": concurrent,
+                "wall_ms": round(1000 * await _concurrent(concurrent, dom, layout), 1),
+            }
+        t0 = time.perf_counter()
+        for _ in range(concurrent):
+            _run_floor(lambda: attach_to(files))
+        results["floor_unshare_cgroup_sequential"] = {
+            "n": concurrent,
+            "wall_ms": round(1000 * (time.perf_counter() - t0), 1),
+        }
         for name, fn in [
-            ("spawn_init", spawn_once),
             ("floor_unshare", floor_once),
             ("floor_unshare_cgroup", floor_cg_once),
             ("cgroup_attach", attach_once),
@@ -125,8 +182,9 @@ async def main(runs: int) -> dict[str, object]:
                 "back_to_back": await _measure(runs, False, fn),
             }
     finally:
-        await cg.kill_all()
-        await cg.remove()
+        with trio.CancelScope(shield=True):
+            await cg.kill_all()
+            await cg.remove()
         shutil.rmtree(os.path.dirname(root), ignore_errors=True)
     return results
 
@@ -134,8 +192,12 @@ async def main(runs: int) -> dict[str, object]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--concurrent", type=int, default=100)
+    parser.add_argument("--ballast", type=int, default=0, help="MB of extra RSS")
     args = parser.parse_args()
-    out = trio.run(main, args.runs)
+    ballast = bytearray(os.urandom(1 << 20) * args.ballast)  # touched pages, kept alive
+    out = trio.run(main, args.runs, args.concurrent)
+    out["ballast_mb"] = len(ballast) >> 20
     text = json.dumps(out, indent=2)
     print(text)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "spawn.json")

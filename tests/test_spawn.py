@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from supervisor.guest.spawn import (
     plan_spawn,
     resolve_ids,
     spawn_init,
+    spawn_mode,
 )
 from supervisor.model import Domain, Filesystem, MemTune, OsSpec
 
@@ -75,6 +79,17 @@ def test_plan_argv_env_and_flags() -> None:
     assert "ro_tree" == privnet.mounts[1].kind
 
 
+def test_spawn_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$VSV_SPAWN picks the start path; an unknown value is a clear error."""
+    monkeypatch.setenv("VSV_SPAWN", "forkserver")
+    assert "forkserver" == spawn_mode()
+    monkeypatch.setenv("VSV_SPAWN", "fork")
+    assert "fork" == spawn_mode()
+    monkeypatch.setenv("VSV_SPAWN", "vfork")
+    with pytest.raises(RuntimeFailure, match="VSV_SPAWN='vfork'"):
+        spawn_mode()
+
+
 # -- the real kernel ---------------------------------------------------------------------------
 
 
@@ -84,9 +99,16 @@ def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return prepare_busybox_root(str(tmp_path_factory.mktemp("rootfs") / "bb"))
 
 
-@pytest.fixture
-async def cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
-    """The guest's cgroup, emptied and removed afterwards whatever happened."""
+@pytest.fixture(params=["fork", "forkserver"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each kernel test runs on both start paths ($VSV_SPAWN)."""
+    value: str = request.param
+    monkeypatch.setenv("VSV_SPAWN", value)
+    return value
+
+
+@contextlib.asynccontextmanager
+async def _guest_cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
     cg = GuestCgroup(detect_layout(), prefix, "g")
     cg.create()
     try:
@@ -96,6 +118,20 @@ async def cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
             await cg.kill_all()
             await cg.remove()
         assert [] == _existing(cg.paths())
+
+
+@pytest.fixture
+async def cgroup(prefix: str, mode: str) -> AsyncIterator[GuestCgroup]:
+    """The guest's cgroup, emptied and removed afterwards whatever happened."""
+    async with _guest_cgroup(prefix) as cg:
+        yield cg
+
+
+@pytest.fixture
+async def plain_cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
+    """The same cgroup for a test that picks its start path itself."""
+    async with _guest_cgroup(prefix) as cg:
+        yield cg
 
 
 def _existing(paths: tuple[str, ...]) -> list[str]:
@@ -332,3 +368,106 @@ async def test_wait_pid_exit_for_foreign_pid(busybox_root: str, cgroup: GuestCgr
             await procs.wait_pid_exit(g.init_pid)
     assert g.namespaces is not None
     assert not procs.pid_is_guest_init(g.init_pid, g.namespaces.pid)
+
+
+@pytest.mark.root
+async def test_wrapper_is_our_child(busybox_root: str, cgroup: GuestCgroup, mode: str) -> None:
+    """On both paths the wrapper is the supervisor's own child, so we get its exit status."""
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    try:
+        assert os.getpid() == _ppid(g.wrapper_pid)
+        assert g.init_pid is not None
+        assert g.wrapper_pid == _ppid(g.init_pid)
+    finally:
+        await cgroup.kill_all()
+    assert GuestExit(signal=signal.SIGKILL) == await _finish(g)
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.root
+async def test_concurrent_starts(busybox_root: str, prefix: str, mode: str) -> None:
+    """Twenty starts at once each get a running init in their own cgroup."""
+    cgs = [GuestCgroup(detect_layout(), prefix, f"c{i}") for i in range(20)]
+    guests: list[GuestProcess] = []
+    try:
+        for cg in cgs:
+            cg.create()
+
+        async def one(cg: GuestCgroup) -> None:
+            guests.append(await spawn_init(_dom(busybox_root, "exec sleep 1000"), cg))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for cg in cgs:
+                    nursery.start_soon(one, cg)
+        assert 20 == len(guests)
+        for cg in cgs:
+            pids = cg.pids()
+            assert 2 == len(pids)
+            (init,) = [g.init_pid for g in guests if g.init_pid in pids]
+            assert init is not None
+            assert 1 == procs.nspid(init)[-1]
+            assert "/usr/bin/unshare" != procs.exe_of(init)
+    finally:
+        with trio.CancelScope(shield=True), trio.fail_after(20):
+            for cg in cgs:
+                await cg.kill_all()
+            for g in guests:
+                await g.wait()
+            for cg in cgs:
+                await cg.remove()
+
+
+_SUPERVISOR_SCRIPT = """
+import os, sys, trio
+from supervisor.guest.cgroups import GuestCgroup, detect_layout
+from supervisor.guest import spawn
+from supervisor.model import Domain, Filesystem, OsSpec
+
+async def main():
+    dom = Domain(name="g", os=OsSpec(init="/bin/sleep", initargs=("1000",)),
+                 filesystems=(Filesystem(source=sys.argv[2], target="/"),))
+    g = await spawn.spawn_init(dom, GuestCgroup(detect_layout(), sys.argv[1], "g"))
+    print(g.wrapper_pid, g.init_pid, spawn._fork_server().proc.pid, flush=True)
+    await trio.sleep(1000)
+
+trio.run(main)
+"""
+
+
+@pytest.mark.root
+async def test_guest_survives_supervisor_sigkill(
+    busybox_root: str, plain_cgroup: GuestCgroup, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILLed supervisor takes its fork server along, while its guest keeps running."""
+    monkeypatch.setenv("VSV_SPAWN", "forkserver")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sup = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _SUPERVISOR_SCRIPT, prefix, busybox_root],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert sup.stdout is not None
+        line = b""
+        with trio.fail_after(10):
+            while not line.endswith(b"\n"):
+                line += await sup.stdout.receive_some()
+        wrapper, init, server = (int(x) for x in line.split())
+        assert {wrapper, init} <= plain_cgroup.pids()
+        sup.kill()
+        await sup.wait()
+        with trio.fail_after(5):
+            await procs.wait_pid_exit(server)
+        await trio.sleep(0.05)
+        assert {wrapper, init} == plain_cgroup.pids()
+    finally:
+        with trio.CancelScope(shield=True):
+            sup.kill()
+            await sup.wait()
+            if sup.stdout is not None:
+                await sup.stdout.aclose()

@@ -38,46 +38,43 @@ The wrapper itself is inside the guest's cgroup (it joined before exec), so it i
 
 from __future__ import annotations
 
-import ctypes
+import array
+import atexit
+import marshal
 import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
 import attrs
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.guest import procs
-from supervisor.guest.cgroups import GuestCgroup, attach_to
+from supervisor.guest import forkserver, procs
+from supervisor.guest.cgroups import GuestCgroup
+from supervisor.guest.forkserver import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    MountTuple,
+    child_setup,
+)
 from supervisor.model import Domain
 
 UNSHARE = "/usr/bin/unshare"
 #: how long spawn_init waits for the guest's init to be running
 START_TIMEOUT = 5.0
+#: first pause while polling for init's exec, and its growth per poll: the exec follows the
+#: wrapper's own by about a millisecond, so sub-millisecond polls (a timerfd) save most of a
+#: millisecond over trio.sleep's whole milliseconds
+FIRST_POLL = 0.0001
+POLL_GROWTH = 1.3
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-
-_SYS_MOUNT_SETATTR = 442  # x86_64 and every other architecture using the generic table
-_AT_FDCWD = -100
-_AT_RECURSIVE = 0x8000
-_MOUNT_ATTR_RDONLY = 1
 
 #: device nodes bind-mounted from the host into the guest's /dev
 DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
@@ -88,27 +85,6 @@ DEV_LINKS: tuple[tuple[str, str], ...] = (
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"),
 )
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = (
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    )
-
 
 # -- the plan (pure) ---------------------------------------------------------------------------
 
@@ -295,73 +271,16 @@ def plan_spawn(
 # -- the child side (runs between fork and exec) -----------------------------------------------
 
 
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
-    _check(
-        _libc.mount(
-            source.encode() if source is not None else None,
-            target.encode(),
-            fstype.encode() if fstype is not None else None,
-            flags,
-            data.encode() if data else None,
-        ),
-        f"mount {fstype or 'bind'} {source or ''} on {target}",
-    )
-
-
-def _run_mount(op: MountOp) -> None:
-    if op.optional and not os.path.isdir(op.target):
-        return
-    if op.kind == "private":
-        _mount(None, op.target, None, MS_REC | MS_PRIVATE, "")
-    elif op.kind == "bind":
-        _mount(op.source, op.target, None, MS_BIND | MS_REC, "")
-    elif op.kind == "ro":
-        _mount(None, op.target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, "")
-    elif op.kind == "ro_tree":
-        attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-        rc = _libc.syscall(
-            _SYS_MOUNT_SETATTR,
-            ctypes.c_int(_AT_FDCWD),
-            ctypes.c_char_p(op.target.encode()),
-            ctypes.c_uint(_AT_RECURSIVE),
-            ctypes.byref(attr),
-            ctypes.c_size_t(ctypes.sizeof(attr)),
-        )
-        _check(rc, f"mount_setattr read-only {op.target}")
-    elif op.kind == "tmpfs":
-        _mount(op.source or "tmpfs", op.target, "tmpfs", MS_NOSUID | MS_NODEV, op.options)
-    elif op.kind == "sysfs":
-        _mount("sysfs", op.target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
-    elif op.kind == "devpts":
-        _mount("devpts", op.target, "devpts", MS_NOSUID | MS_NOEXEC, op.options)
-    elif op.kind == "file":
-        os.close(os.open(op.target, os.O_CREAT | os.O_WRONLY, 0o666))
-    elif op.kind == "dir":
-        os.makedirs(op.target, exist_ok=True)
-    elif op.kind == "symlink":
-        os.symlink(op.source, op.target)
+def _mount_tuples(plan: SpawnPlan) -> tuple[MountTuple, ...]:
+    return tuple((m.kind, m.target, m.source, m.options, m.optional) for m in plan.mounts)
 
 
 def _child_setup(plan: SpawnPlan, procs_files: tuple[str, ...], err_fd: int) -> None:
-    """preexec_fn: cgroup, namespaces, hostname, mounts. Reports failures on ``err_fd``."""
+    """preexec_fn of the fork path: cgroup, namespaces, hostname, mounts; failures on ``err_fd``."""
     try:
-        attach_to(procs_files)
-        if plan.netns_path is not None:
-            fd = os.open(plan.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _check(_libc.setns(fd, CLONE_NEWNET), f"setns {plan.netns_path}")
-            finally:
-                os.close(fd)
-        _check(_libc.unshare(plan.clone_flags), "unshare")
-        socket.sethostname(plan.hostname)
-        for op in plan.mounts:
-            _run_mount(op)
+        child_setup(
+            procs_files, plan.netns_path, plan.clone_flags, plan.hostname, _mount_tuples(plan)
+        )
     except BaseException as e:
         try:
             os.write(err_fd, f"{type(e).__name__}: {e}".encode()[:4000])
@@ -371,6 +290,75 @@ def _child_setup(plan: SpawnPlan, procs_files: tuple[str, ...], err_fd: int) -> 
 
 
 # -- the parent side ---------------------------------------------------------------------------
+
+
+class Wrapper(Protocol):
+    """What :class:`GuestProcess` needs of the wrapper process: ``trio.Process`` or ours."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    async def wait(self) -> int: ...
+    def kill(self) -> None: ...
+
+
+@attrs.define(eq=False)
+class ChildProcess:
+    """A child of ours that we did not fork ourselves (the fork server cloned it for us).
+
+    It is our child thanks to CLONE_PARENT, so only we can reap it; waiting uses a pidfd (as
+    trio does for its own processes) and then ``waitpid(pid, WNOHANG)``, which never reaps a
+    pid that is not ours. Return codes follow subprocess: negative for a killing signal.
+    """
+
+    pid: int
+    _pidfd: int = -1
+    _returncode: int | None = None
+    _lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self._pidfd = os.pidfd_open(self.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        """The return code once reaped, else None."""
+        return self._returncode
+
+    def poll(self) -> int | None:
+        """Reap the child if it has ended; its return code or None."""
+        if self._returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                # reaped elsewhere (a waitpid(-1) in the process): the status is lost
+                pid, status = self.pid, 255 << 8
+            if pid != 0:
+                self._returncode = os.waitstatus_to_exitcode(status)
+                self._close()
+        return self._returncode
+
+    async def wait(self) -> int:
+        """Wait for the child to end; its return code."""
+        async with self._lock:
+            while self.poll() is None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+        assert self._returncode is not None
+        return self._returncode
+
+    def kill(self) -> None:
+        """SIGKILL the child unless it is reaped already (its pid cannot be reused before)."""
+        if self._returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def _close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def __del__(self) -> None:
+        self._close()
 
 
 @attrs.frozen
@@ -406,7 +394,7 @@ class GuestProcess:
     once); ``wait()`` still reports how it ended.
     """
 
-    wrapper: trio.Process
+    wrapper: Wrapper
     init_pid: int | None
     namespaces: Namespaces | None
 
@@ -460,6 +448,19 @@ def _read_guest_file(root: str, rel: str) -> str:
         return ""
 
 
+#: the start path: "forkserver" (default) or "fork" (preexec_fn in a fork of the supervisor)
+SPAWN_MODE_ENV = "VSV_SPAWN"
+DEFAULT_SPAWN_MODE = "fork"
+
+
+def spawn_mode() -> str:
+    """The start path chosen by ``$VSV_SPAWN`` (read at every start, so tests can switch)."""
+    mode = os.environ.get(SPAWN_MODE_ENV, DEFAULT_SPAWN_MODE)
+    if mode not in ("fork", "forkserver"):
+        raise RuntimeFailure(f"{SPAWN_MODE_ENV}={mode!r}: expected 'fork' or 'forkserver'")
+    return mode
+
+
 async def spawn_init(
     domain: Domain,
     cgroup: GuestCgroup,
@@ -474,10 +475,10 @@ async def spawn_init(
     /dev/null; stdout and stderr go to ``log_path`` (appended) or /dev/null. Gives up with
     RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
     """
+    mode = spawn_mode()
     plan = _prepare(domain, extra_env, netns_path)
     procs_files = cgroup.procs_files()
 
-    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     out_fd: int | None = None
     try:
         if log_path is not None:
@@ -487,33 +488,11 @@ async def spawn_init(
                 )
             except OSError as e:
                 raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
-        stdout: int = out_fd if out_fd is not None else subprocess.DEVNULL
-        try:
-            wrapper = await trio.lowlevel.open_process(
-                list(plan.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stdout,
-                env=dict(plan.env),
-                start_new_session=True,
-                preexec_fn=lambda: _child_setup(plan, procs_files, wfd),
-            )
-        except subprocess.SubprocessError as e:
-            os.close(wfd)
-            wfd = -1
-            try:
-                detail = os.read(rfd, 4096).decode(errors="replace")
-            except BlockingIOError:
-                detail = str(e)
-            raise RuntimeFailure(
-                f"cannot start guest {domain.name}: child setup failed: {detail}"
-            ) from None
-        except OSError as e:
-            raise RuntimeFailure(f"cannot start guest {domain.name}: {e}") from e
+        if mode == "forkserver":
+            wrapper: Wrapper = await _start_via_forkserver(domain.name, plan, procs_files, out_fd)
+        else:
+            wrapper = await _start_via_fork(domain.name, plan, procs_files, out_fd)
     finally:
-        if wfd >= 0:
-            os.close(wfd)
-        os.close(rfd)
         if out_fd is not None:
             os.close(out_fd)
 
@@ -540,7 +519,191 @@ async def spawn_init(
     return GuestProcess(wrapper=wrapper, init_pid=init_pid, namespaces=ns)
 
 
-async def _wait_init_exec(wrapper: trio.Process) -> int | None:
+async def _start_via_fork(
+    name: str, plan: SpawnPlan, procs_files: tuple[str, ...], out_fd: int | None
+) -> trio.Process:
+    """The fork path: ``preexec_fn`` in a fork of the supervisor; blocks until exec."""
+    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        stdout: int = out_fd if out_fd is not None else subprocess.DEVNULL
+        try:
+            return await trio.lowlevel.open_process(
+                list(plan.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stdout,
+                env=dict(plan.env),
+                start_new_session=True,
+                preexec_fn=lambda: _child_setup(plan, procs_files, wfd),
+            )
+        except subprocess.SubprocessError as e:
+            os.close(wfd)
+            wfd = -1
+            try:
+                detail = os.read(rfd, 4096).decode(errors="replace")
+            except BlockingIOError:
+                detail = str(e)
+            raise RuntimeFailure(
+                f"cannot start guest {name}: child setup failed: {detail}"
+            ) from None
+        except OSError as e:
+            raise RuntimeFailure(f"cannot start guest {name}: {e}") from e
+    finally:
+        if wfd >= 0:
+            os.close(wfd)
+        os.close(rfd)
+
+
+async def _start_via_forkserver(
+    name: str, plan: SpawnPlan, procs_files: tuple[str, ...], out_fd: int | None
+) -> ChildProcess:
+    """The fork-server path: one message to the server, then the report pipe until EOF.
+
+    The report pipe's write end is close-on-exec in the child, so EOF means the wrapper has
+    exec'd (or the child ended after writing why). Reading it is shielded (bounded by
+    ``START_TIMEOUT``) so that a cancelled start still learns the pid of the child it must
+    kill; the caller's cancellation then takes effect in :func:`_wait_init_exec`.
+    """
+    payload = marshal.dumps(
+        (plan.argv, plan.env, plan.hostname, plan.clone_flags, plan.netns_path, procs_files,
+         _mount_tuples(plan))
+    )  # fmt: skip
+    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        try:
+            server = _fork_server()
+            await server.send(payload, [wfd] if out_fd is None else [wfd, out_fd])
+        finally:
+            os.close(wfd)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(START_TIMEOUT):
+                report = await _read_to_eof(rfd)
+    finally:
+        os.close(rfd)
+    return await _child_from_report(name, report)
+
+
+async def _read_to_eof(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+async def _child_from_report(name: str, report: bytes) -> ChildProcess:
+    """Turn the child's report (``P<pid>\\n`` then maybe ``E``/``X<why>``) into a child or error."""
+    text = report.decode(errors="replace")
+    child: ChildProcess | None = None
+    if text.startswith("P"):
+        line, _, text = text.partition("\n")
+        child = ChildProcess(int(line[1:]))
+    if text:
+        if child is not None:
+            with trio.CancelScope(shield=True):
+                await child.wait()
+        if text[0] == "E":
+            raise RuntimeFailure(f"cannot start guest {name}: child setup failed: {text[1:]}")
+        raise RuntimeFailure(f"cannot start guest {name}: {text[1:]}")
+    if child is None:
+        _reset_fork_server()
+        raise RuntimeFailure(f"cannot start guest {name}: the fork server did not answer")
+    return child
+
+
+@attrs.define(eq=False)
+class _ForkServer:
+    """Our end of the fork server (:mod:`supervisor.guest.forkserver`) and its process."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    owner: int
+
+    @classmethod
+    def start(cls) -> _ForkServer:
+        """Start the server (once per supervisor process; ~20 ms, the interpreter's start)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            script = forkserver.__file__
+            argv = [sys.executable, "-I", "-S", script, str(theirs.fileno()), str(os.getpid())]
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as e:
+            ours.close()
+            raise RuntimeFailure(f"cannot start the fork server: {e}") from e
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(proc=proc, sock=ours, owner=os.getpid())
+
+    def usable(self) -> bool:
+        """Ours (not inherited through a fork) and still running."""
+        return self.owner == os.getpid() and self.proc.poll() is None
+
+    async def send(self, payload: bytes, fds: list[int]) -> None:
+        """Send one request; waits (under a per-run lock) while the socket buffer is full."""
+        try:
+            lock = _SEND_LOCK.get()
+        except LookupError:
+            lock = trio.Lock()
+            _SEND_LOCK.set(lock)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        async with lock:
+            while True:
+                try:
+                    self.sock.sendmsg([payload], ancillary)
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
+                except OSError as e:
+                    _reset_fork_server()
+                    raise RuntimeFailure(f"the fork server is gone: {e}") from e
+
+    def close(self) -> None:
+        """Close our end (the server exits on EOF) and reap it."""
+        self.sock.close()
+        if self.owner != os.getpid():
+            return
+        try:
+            self.proc.wait(1)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_SEND_LOCK: trio.lowlevel.RunVar[trio.Lock] = trio.lowlevel.RunVar("vsv_forkserver_send")
+_server: _ForkServer | None = None
+
+
+def _fork_server() -> _ForkServer:
+    global _server
+    if _server is None or not _server.usable():
+        _reset_fork_server()
+        _server = _ForkServer.start()
+    return _server
+
+
+def _reset_fork_server() -> None:
+    global _server
+    if _server is not None:
+        _server.close()
+        _server = None
+
+
+atexit.register(_reset_fork_server)
+
+
+async def _wait_init_exec(wrapper: Wrapper) -> int | None:
     """The host pid of the wrapper's child once it runs the init program, None if it ended.
 
     The wrapper forks, and the child execs init after chroot/proc/setuid: it runs init once its
@@ -548,8 +711,8 @@ async def _wait_init_exec(wrapper: trio.Process) -> int | None:
     """
     wrapper_exe = procs.exe_of(wrapper.pid)
     timeout = START_TIMEOUT
-    delay = 0.0002
-    with trio.move_on_after(timeout):
+    delay = FIRST_POLL
+    with trio.move_on_after(timeout), procs.FineSleeper() as sleeper:
         while True:
             if wrapper.poll() is not None:
                 return None
@@ -557,8 +720,8 @@ async def _wait_init_exec(wrapper: trio.Process) -> int | None:
                 exe = procs.exe_of(child)
                 if exe is not None and exe != wrapper_exe:
                     return child
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            await sleeper.sleep(delay)
+            delay = min(delay * POLL_GROWTH, 0.01)
     raise RuntimeFailure(f"guest init did not start within {timeout}s")
 
 
@@ -571,6 +734,12 @@ def signal_name(sig: int) -> str:
 
 
 __all__ = [
+    "CLONE_NEWIPC",
+    "CLONE_NEWNET",
+    "CLONE_NEWNS",
+    "CLONE_NEWPID",
+    "CLONE_NEWUTS",
+    "ChildProcess",
     "GuestExit",
     "GuestProcess",
     "MountOp",
@@ -579,4 +748,5 @@ __all__ = [
     "plan_spawn",
     "resolve_ids",
     "spawn_init",
+    "spawn_mode",
 ]

@@ -1,0 +1,285 @@
+"""The child side of starting a guest, and a small fork server ("zygote") that runs it.
+
+Why a fork server
+-----------------
+Setting up a guest between fork and exec (cgroups, unshare(2), hostname, mounts) needs code to
+run in the child, so the supervisor cannot use vfork/posix_spawn: ``subprocess`` with a
+``preexec_fn`` does a real fork() of the whole supervisor (about 2.5 ms, growing with its RSS),
+and ``Popen`` blocks the event loop until the child has exec'd, which serializes concurrent
+starts. The fork server is a separate ``python -I -S`` process started once, importing only the
+standard library (this file must stay that way: it runs as a script, without the venv's
+site-packages). Its RSS is a few MB, so its fork is cheap, and the supervisor only sends it a
+message and waits on a pipe.
+
+Protocol (one SOCK_SEQPACKET message per start, the supervisor's end non-blocking):
+the payload is ``marshal`` of ``(argv, env, hostname, clone_flags, netns_path, procs_files,
+mounts)`` (``mounts`` as ``(kind, target, source, options, optional)`` tuples), with SCM_RIGHTS
+``[report_fd]`` or ``[report_fd, out_fd]``. The server clones a child with CLONE_PARENT, so the
+child (the future wrapper) is the *supervisor's* child: the supervisor reaps it and gets the
+wrapper's exit status, exactly as if it had forked it itself; the server keeps no state about
+it. The child writes ``P<pid>\\n`` on ``report_fd``, sets itself up, and execs; ``report_fd`` is
+close-on-exec, so the supervisor reads EOF once exec succeeded. A failure appends ``E<text>``
+(setup) or ``X<text>`` (exec) before the child exits; a failure of the clone itself is
+``E<text>`` without a pid, written by the server.
+
+Lifetime: the server gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG) and exits on EOF
+of its socket. PDEATHSIG is cleared in cloned children, so guests survive a supervisor SIGKILL
+(re-adoption relies on that). The server runs in a session of its own, so a terminal's Ctrl-C
+does not reach it; children reset the signals Python ignores (SIGPIPE, SIGXFSZ) before exec,
+since an ignored signal stays ignored across exec and the wrapper must be killable by the
+signal that killed the guest's init.
+
+Raw clone: ``os.fork`` cannot pass CLONE_PARENT, so the server calls clone(2) through ctypes
+(``PyDLL``, keeping the GIL held). The server is single-threaded, so skipping Python's at-fork
+bookkeeping is safe for the few steps the child runs before exec.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import gc
+import marshal
+import os
+import signal
+import socket
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_PARENT = 0x00008000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
+_SYS_MOUNT_SETATTR = 442  # x86_64 and every other architecture using the generic table
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_MOUNT_ATTR_RDONLY = 1
+_PR_SET_PDEATHSIG = 1
+
+#: (kind, target, source, options, optional): one step of building the guest's mount tree
+MountTuple = tuple[str, str, str, str, bool]
+#: (argv, env, hostname, clone_flags, netns_path, procs_files, mounts): one start request
+Request = tuple[
+    tuple[str, ...],
+    tuple[tuple[str, str], ...],
+    str,
+    int,
+    "str | None",
+    tuple[str, ...],
+    tuple[MountTuple, ...],
+]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+# -- the child side (runs between fork and exec, in either spawn path) ------------------------
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source is not None else None,
+            target.encode(),
+            fstype.encode() if fstype is not None else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {fstype or 'bind'} {source or ''} on {target}",
+    )
+
+
+def run_mount(op: MountTuple) -> None:
+    """Do one mount step (see ``spawn.MountOp`` for the kinds)."""
+    kind, target, source, options, optional = op
+    if optional and not os.path.isdir(target):
+        return
+    if kind == "private":
+        _mount(None, target, None, MS_REC | MS_PRIVATE, "")
+    elif kind == "bind":
+        _mount(source, target, None, MS_BIND | MS_REC, "")
+    elif kind == "ro":
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, "")
+    elif kind == "ro_tree":
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+        rc = _libc.syscall(
+            _SYS_MOUNT_SETATTR,
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(target.encode()),
+            ctypes.c_uint(_AT_RECURSIVE),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+        _check(rc, f"mount_setattr read-only {target}")
+    elif kind == "tmpfs":
+        _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    elif kind == "sysfs":
+        _mount("sysfs", target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
+    elif kind == "devpts":
+        _mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, options)
+    elif kind == "file":
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+    elif kind == "dir":
+        os.makedirs(target, exist_ok=True)
+    elif kind == "symlink":
+        os.symlink(source, target)
+
+
+def child_setup(
+    procs_files: tuple[str, ...],
+    netns_path: str | None,
+    clone_flags: int,
+    hostname: str,
+    mounts: tuple[MountTuple, ...],
+) -> None:
+    """Join the cgroup, the network namespace, unshare, set the hostname, build the mounts.
+
+    Runs in the child before it execs the wrapper, so the wrapper and everything below it are
+    in the guest's cgroup and namespaces from their first instruction. Raises OSError.
+    """
+    for f in procs_files:
+        fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write '0' to {f}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+    if netns_path is not None:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns_path}")
+        finally:
+            os.close(fd)
+    _check(_libc.unshare(clone_flags), "unshare")
+    socket.sethostname(hostname)
+    for op in mounts:
+        run_mount(op)
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+
+
+def _clone_parent() -> int:
+    """clone(CLONE_PARENT | SIGCHLD): 0 in the child, its pid in the caller, -errno on failure."""
+    nr = _SYS_CLONE.get(os.uname().machine)
+    if nr is None:
+        return -38  # ENOSYS: the caller falls back to the fork path
+    pid = int(_pylibc.syscall(ctypes.c_long(nr), ctypes.c_ulong(CLONE_PARENT | signal.SIGCHLD),
+                              ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                              ctypes.c_ulong(0)))  # fmt: skip
+    return -ctypes.get_errno() if pid < 0 else pid
+
+
+def _child(request: Request, report_fd: int, out_fd: int) -> None:
+    """In the cloned child: report the pid, set up, exec. Never returns."""
+    stage = b"E"
+    code = 1
+    try:
+        argv, env, hostname, flags, netns_path, procs_files, mounts = request
+        os.write(report_fd, b"P%d\n" % os.getpid())
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        os.dup2(null, 0)
+        os.dup2(out_fd if out_fd >= 0 else null, 1)
+        os.dup2(out_fd if out_fd >= 0 else null, 2)
+        child_setup(procs_files, netns_path, flags, hostname, mounts)
+        stage, code = b"X", 127
+        os.execve(argv[0], argv, dict(env))
+    except BaseException as e:
+        try:
+            os.write(report_fd, stage + f"{type(e).__name__}: {e}".encode()[:3800])
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _handle(data: bytes, fds: list[int]) -> None:
+    report_fd = fds[0] if fds else -1
+    out_fd = fds[1] if len(fds) > 1 else -1
+    if report_fd < 0:
+        return
+    try:
+        request: Request = marshal.loads(data)
+    except (ValueError, EOFError, TypeError) as e:
+        os.write(report_fd, f"Ebad request: {e}".encode())
+        return
+    pid = _clone_parent()
+    if pid == 0:
+        _child(request, report_fd, out_fd)
+    elif pid < 0:
+        os.write(report_fd, f"Eclone: {os.strerror(-pid)}".encode())
+
+
+def serve(sock_fd: int, parent_pid: int) -> None:
+    """Answer start requests on ``sock_fd`` until the supervisor closes it or dies."""
+    # no cyclic GC: a collection in a cloned child would touch (copy) every object's page
+    gc.disable()
+    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    if os.getppid() != parent_pid:
+        return  # the supervisor died before PDEATHSIG was armed
+    sock = socket.socket(fileno=sock_fd)
+    sock.set_inheritable(False)
+    fd_size = array.array("i").itemsize
+    while True:
+        data, ancdata, _flags, _addr = sock.recvmsg(
+            1 << 20, socket.CMSG_SPACE(4 * fd_size), socket.MSG_CMSG_CLOEXEC
+        )
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(payload[: len(payload) - len(payload) % fd_size])
+                fds.extend(got)
+        if not data and not fds:
+            return
+        try:
+            _handle(data, fds)
+        except OSError:
+            pass  # the requester went away; its report pipe tells it nothing more
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), int(sys.argv[2]))
