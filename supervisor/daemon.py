@@ -1009,6 +1009,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                     await sup.shutdown_all(opts.stop_timeout)
                     if sup.net is not None:
                         await sup.net.stop_all()
+                elif sup.net is not None:
+                    sup.net.detach()
                 sup.bus.publish_nowait(
                     "supervisor",
                     None,

@@ -172,7 +172,7 @@ async def test_isolated_network_table_lifetime(sup: Supervisor, prefix: str, san
 
 
 class Daemon:
-    def __init__(self, base: Path, prefix: str, *start: str) -> None:
+    def __init__(self, base: Path, prefix: str, *start: str, extra: tuple[str, ...] = ()) -> None:
         self.log = open(base / "daemon.log", "ab")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [
@@ -181,6 +181,7 @@ class Daemon:
                 "--prefix", prefix, "--netns", f"{prefix}-sbx",
                 "--socket", str(base / "rw.sock"), "--ro-socket", str(base / "ro.sock"),
                 "--shutdown-timeout", "3",
+                *extra,
                 *(("--start", *start) if start else ()),
             ],
             stdout=self.log,
@@ -251,6 +252,48 @@ def test_sigkill_keeps_guest_network_and_allocations(prefix: str) -> None:
         g2 = second.vsv("domifaddr", "g2", "--json")
         assert isinstance(g2, list)
         assert g2[0]["addresses"][0]["address"] != g1_ip
+        assert second.close() == 0
+    finally:
+        for d in daemons:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+            if not d.log.closed:
+                d.log.close()
+        if nsutil.netns_exists(f"{prefix}-sbx"):
+            nsutil.delete_netns(f"{prefix}-sbx")
+    assert find_leftovers(detect_layout(), prefix) == []
+    assert nsutil.list_netns(prefix) == []
+
+
+def test_keep_guests_upgrade_restart(prefix: str) -> None:
+    """--keep-guests: SIGTERM leaves the guest running and reachable; the next supervisor
+    re-adopts it with its address, and a normal stop then leaves nothing."""
+    base = short_tmpdir()
+    root = Path(prepare_busybox_root(str(base / "rootfs")))
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    (base / "lan.xml").write_text(format_network(lan(prefix, 66)))
+    (base / "g1.xml").write_text(format_domain(nic_guest("g1", root, loop)))
+    daemons: list[Daemon] = []
+    try:
+        first = Daemon(
+            base, prefix, str(base / "lan.xml"), str(base / "g1.xml"), extra=("--keep-guests",)
+        )
+        daemons.append(first)
+        first.wait_running("g1")
+        rows = first.vsv("domifaddr", "g1", "--json")
+        assert isinstance(rows, list)
+        g1_ip = rows[0]["addresses"][0]["address"]
+        assert first.close(signal.SIGTERM) == 0
+        # between supervisors: the guest still runs and still answers through the bridge
+        assert in_ns(f"{prefix}-sbx", "ping", "-c1", "-W2", g1_ip).returncode == 0
+        second = Daemon(base, prefix)
+        daemons.append(second)
+        second.wait_running("g1")
+        again = second.vsv("domifaddr", "g1", "--json")
+        assert isinstance(again, list)
+        assert again[0]["addresses"][0]["address"] == g1_ip
+        assert in_ns(f"{prefix}-sbx", "ping", "-c1", "-W2", g1_ip).returncode == 0
         assert second.close() == 0
     finally:
         for d in daemons:

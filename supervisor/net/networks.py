@@ -45,6 +45,10 @@ class HostNet:
     netns: str | None
     run_dir: Path
     worker: NetnsWorker
+    #: set when the supervisor exits leaving guests running (--keep-guests): networks that
+    #: are cancelled then keep their bridge and firewall, so guests keep talking; the next
+    #: supervisor rebuilds them and re-attaches the guests
+    keep: bool = False
 
     @classmethod
     async def open(cls, prefix: str, netns: str | None, run_dir: Path) -> HostNet:
@@ -214,7 +218,7 @@ async def run_network(
                 task_status.started(running)
                 await trio.sleep_forever()
     finally:
-        failures = await undo.unwind()
+        failures = [] if host.keep else await undo.unwind()
         if running is not None:
             running._stopped.set()
         if failures:

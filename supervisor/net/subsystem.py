@@ -321,6 +321,10 @@ class NetworkSubsystem:
                 except VsvError as exc:
                     log.warning("autostart of network %s failed: %s", name, exc)
 
+    def detach(self) -> None:
+        """Leave networks in place when this supervisor exits (guests keep running)."""
+        self.service.host.keep = True
+
     async def stop_all(self) -> None:
         for name in list(self.service.running):
             with contextlib.suppress(VsvError):
