@@ -44,7 +44,7 @@ DHCP_INIT = (
 )
 
 
-def lan(prefix: str, third: int) -> Network:
+def lan(prefix: str, third: int, last: int = 150) -> Network:
     return Network(
         name="lan",
         bridge=Bridge(name=f"{prefix}b0", stp=False),
@@ -53,7 +53,7 @@ def lan(prefix: str, third: int) -> Network:
             NetworkIp(
                 address=f"10.213.{third}.1",
                 prefix=24,
-                dhcp_ranges=(AddressRange(f"10.213.{third}.100", f"10.213.{third}.150"),),
+                dhcp_ranges=(AddressRange(f"10.213.{third}.100", f"10.213.{third}.{last}"),),
             ),
         ),
     )
@@ -306,3 +306,44 @@ def test_keep_guests_upgrade_restart(prefix: str) -> None:
             nsutil.delete_netns(f"{prefix}-sbx")
     assert find_leftovers(detect_layout(), prefix) == []
     assert nsutil.list_netns(prefix) == []
+
+
+async def test_hundred_nic_guests_concurrently(
+    sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """100 guests with a NIC each on one bridge, started and stopped concurrently: each gets
+    its own address, and nothing is left (links, namespaces, allocations, cgroups)."""
+    await sup.define_network(lan(prefix, 67, last=250))
+    await sup.start_network("lan")
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    loop = "trap 'exit 0' TERM; while :; do sleep 1; done"
+    names = [f"n{i:03d}" for i in range(100)]
+    for n in names:
+        await sup.define_domain(nic_guest(n, root, loop))
+    async with trio.open_nursery() as nursery:
+        for n in names:
+            nursery.start_soon(sup.start_domain, n)
+    addresses = {
+        a["address"] for n in names for row in sup.domain_interfaces(n) for a in row["addresses"]
+    }
+    assert len(addresses) == 100
+    links = subprocess.run(
+        ["ip", "-n", sandbox, "-o", "link", "show", "master", f"{prefix}b0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(links) == 100
+    async with trio.open_nursery() as nursery:
+        for n in names:
+            nursery.start_soon(sup.destroy_domain, n)
+    assert sup.net is not None
+    assert list(sup.net.service.allocations().on("lan")) == []
+    left = subprocess.run(
+        ["ip", "-n", sandbox, "-o", "link"], capture_output=True, text=True, check=True
+    ).stdout
+    assert [line.split(": ")[1].split("@")[0] for line in left.splitlines()] == [
+        "lo",
+        f"{prefix}b0",
+    ]
+    assert nsutil.list_netns(prefix) == [sandbox]
