@@ -417,7 +417,12 @@ def format_event(record: dict[str, Any]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "-"
     data = record.get("data") or {}
     subject = record.get("domain") or record.get("network") or data.get("network") or "-"
-    what = f"{record.get('type')} {record.get('detail')}"
+    what = str(record.get("type"))
+    if record.get("detail") is not None:
+        what += f" {record['detail']}"
+    if record.get("type") in ("TUNABLE", "STOPPED", "CRASHED") and data:
+        # what changed, or why it stopped: the part a person reading the stream wants
+        what += " (" + ", ".join(f"{k}={v}" for k, v in sorted(data.items())) + ")"
     return f"#{record['seq']} {stamp} {record.get('kind')} '{subject}': {what}"
 
 

@@ -56,6 +56,8 @@ class NetworkSubsystem:
     runs: RunStore
     service: NetworkService
     _start: trio.MemorySendChannel[tuple[str, trio.Event, list[BaseException]]] | None = None
+    #: allocation owner key -> domain name, for leases and domifaddr
+    _owners: dict[str, str] = attrs.Factory(dict)
 
     @classmethod
     async def open(
@@ -196,6 +198,8 @@ class NetworkSubsystem:
             ctx.records.pop("net", None)
             raise
         record["nics"] = [attrs.asdict(n) for n in nics]
+        for nic in nics:
+            self._owners[nic.owner] = domain.name
         record["modes"] = sorted({n.mode for n in nics})
         ctx.netns_path = str(path)
 
@@ -337,8 +341,9 @@ class NetworkSubsystem:
             return []
         files = DnsmasqFiles.in_dir(self.service.host.run_dir, self.prefix, name)
         prefix = next((ip.prefix for ip in net.ips if ip.family == "ipv4"), 24)
-        owners = {a.mac: a.owner for a in self.service.allocations().on(name)}
-        return [
+        allocations = list(self.service.allocations().on(name))
+        owners = {a.mac: self._owners.get(a.owner, a.owner) for a in allocations}
+        leases = [
             Lease(
                 network=name,
                 mac=mac,
@@ -350,6 +355,23 @@ class NetworkSubsystem:
             )
             for mac, ip, host in lease_lines(files)
         ]
+        # addresses handed out with the NIC (the guest need not run a DHCP client): listed too,
+        # so every guest on the network shows, as libvirt's reservations would
+        leased = {lease.ip for lease in leases}
+        leases += [
+            Lease(
+                network=name,
+                mac=a.mac,
+                ip=a.address,
+                prefix=prefix,
+                hostname=self._owners.get(a.owner),
+                expiry=None,
+                domain=self._owners.get(a.owner),
+            )
+            for a in allocations
+            if a.address not in leased
+        ]
+        return leases
 
 
 async def wait_pid_gone(pid: int) -> None:
