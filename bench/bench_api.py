@@ -10,12 +10,16 @@
 The facade is the in-memory fake (supervisor/api/fake.py), so these figures are the API's own
 cost; against the real daemon the start/destroy figures add the guest's start cost.
 
+Writes the figures to bench/results/api.json as well.
+
 Run: .venv/bin/python bench/bench_api.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
 import sys
@@ -32,12 +36,27 @@ from supervisor.api.client import Client
 from supervisor.api.pyclient import TrioClient
 from tests.fake_supervisor import Running, running_api
 
+RESULTS = Path(__file__).resolve().parent / "results" / "api.json"
+#: every printed figure by a stable key, for bench/results/api.json (read by bench/report.py)
+FIGURES: dict[str, dict[str, float]] = {}
+
 XML = b"<domain type='lxc'><name>b1</name><os><type>exe</type><init>/bin/sh</init></os></domain>"
 
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def record(key: str, values: list[float]) -> None:
+    ms = [v * 1000 for v in values]
+    FIGURES[key] = {
+        "median_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(pct(ms, 99), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "n": len(ms),
+    }
 
 
 def fmt(values: list[float]) -> str:
@@ -71,6 +90,10 @@ async def bench_actions(run: Running, n: int) -> None:
         t = time.perf_counter()
         await run.fake.destroy_domain("b1")
         local_d.append(time.perf_counter() - t)
+    record("start_via_api", starts)
+    record("start_in_process", local_s)
+    record("destroy_via_api", destroys)
+    record("destroy_in_process", local_d)
     print("start   via API      ", fmt(starts))
     print("start   in-process   ", fmt(local_s))
     print("destroy via API      ", fmt(destroys))
@@ -104,6 +127,7 @@ async def bench_delivery(run: Running, consumers: int, rate: float, seconds: flo
         for done in dones:
             await done.wait()
     every = [x for lat in lats for x in lat]
+    record(f"delivery_{consumers}_consumers_at_{rate:.0f}_per_s", every)
     print(f"delivery {consumers:2d} consumer(s) at {rate:.0f} ev/s ", fmt(every))
 
 
@@ -122,6 +146,7 @@ async def bench_burst(run: Running, consumers: int, n: int) -> None:
         for done in dones:
             await done.wait()
         elapsed = time.perf_counter() - t
+    FIGURES[f"burst_{consumers}_consumers"] = {"events": n, "events_per_s": round(n / elapsed)}
     print(
         f"burst    {consumers:2d} consumer(s): {n} events in {elapsed:.3f} s "
         f"= {n / elapsed:,.0f} ev/s each"
@@ -151,6 +176,8 @@ async def bench_cli(run: Running, n: int) -> None:
             "--all",
         ]
     )
+    record("python_c_pass", floor)
+    record("vsv_list_all", cli)
     print("python -c pass       ", fmt(floor))
     print("vsv list --all       ", fmt(cli))
 
@@ -168,6 +195,9 @@ async def main(quick: bool) -> None:
             await bench_cli(run, 5 if quick else 20)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = {"quick": quick, "loadavg_after": os.getloadavg(), **FIGURES}
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

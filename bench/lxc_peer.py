@@ -9,6 +9,16 @@ What is timed is what an operator waits for: ``lxc-start -d`` until the command 
 waits for the container to reach RUNNING; :meth:`LxcPeer.init_runs` tells whether the init
 program was already exec'd then) and ``lxc-stop -k`` until it returns.
 
+With ``netns`` (a sandbox network namespace standing for the host) every LXC command runs inside
+it, and :meth:`LxcPeer.config` can give a container a veth whose host end LXC enslaves to a bridge
+in that namespace. Two things make this work: LXC creates the host end in the namespace it runs
+in, and its command socket is an abstract socket, so ``lxc-stop`` must run there too; and LXC
+checks that the bridge is a Linux bridge through ``/sys/class/net``, which shows the namespace
+that mounted sysfs, so ``lxc-start`` runs in a private mount namespace where the sandbox's own
+net entries are bind-mounted over the host's (``SYSFS_WRAP``). LXC would not pay for that
+wrapping (``nsenter`` + ``unshare`` + a shell) on a real host, so :meth:`LxcPeer.wrap_overhead`
+measures it and benchmarks subtract it.
+
 Every container is named with the ``vsvbench`` prefix and lives in a temporary lxcpath;
 :meth:`LxcPeer.cleanup` stops every container it started and removes the cgroup directories LXC
 left behind (``lxc.pivot`` only when it did not exist before the peer was made).
@@ -17,6 +27,7 @@ left behind (``lxc.pivot`` only when it did not exist before the peer was made).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -28,6 +39,22 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 #: the init program LXC runs: the same loop as the supervisor's benchmark guests
 INIT_SCRIPT = "#!/bin/sh\ntrap 'exit 0' TERM; while :; do sleep 1; done\n"
 INIT_PATH = "/sbin/vsvbench-init"
+#: shows the current network namespace's links in /sys/class/net (see the module docstring)
+SYSFS_WRAP = (
+    "set -e; mount --make-rprivate /; d=$(mktemp -d /tmp/vsvbench-sysfs.XXXXXX); "
+    'mount -t sysfs sysfs "$d"; mount --bind "$d/class/net" /sys/class/net; '
+    'mount --bind "$d/devices/virtual/net" /sys/devices/virtual/net; '
+    'umount -l "$d"; rmdir "$d"; exec "$@"'
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Veth:
+    """One veth NIC for a container: host end on ``bridge``, a static address and gateway."""
+
+    bridge: str
+    address: str  # with prefix length, e.g. 10.79.250.1/16
+    gateway: str
 
 
 def available() -> bool:
@@ -70,7 +97,10 @@ def memory_kib(pid: int) -> tuple[int, int]:
 class LxcPeer:
     """Minimal LXC containers on one root directory, under a private lxcpath."""
 
-    def __init__(self, workdir: str, rootfs: str, prefix: str = "vsvbench") -> None:
+    def __init__(
+        self, workdir: str, rootfs: str, prefix: str = "vsvbench", netns: str | None = None
+    ) -> None:
+        self.netns = netns
         self.lxcpath = os.path.join(workdir, "lxcpath")
         self.rootfs = rootfs
         self.prefix = prefix
@@ -85,29 +115,55 @@ class LxcPeer:
     def name(self, index: int) -> str:
         return f"{self.prefix}-lxc{index}"
 
-    def config(self, name: str) -> str:
+    def config(self, name: str, veth: Veth | None = None) -> str:
         """Write (once) and return the container's config file."""
         path = os.path.join(self.lxcpath, f"{name}.conf")
+        if veth is None:
+            net = "lxc.net.0.type = empty\n"
+        else:
+            net = (
+                "lxc.net.0.type = veth\n"
+                f"lxc.net.0.link = {veth.bridge}\n"
+                "lxc.net.0.name = eth0\n"
+                "lxc.net.0.flags = up\n"
+                f"lxc.net.0.ipv4.address = {veth.address}\n"
+                f"lxc.net.0.ipv4.gateway = {veth.gateway}\n"
+            )
         if not os.path.exists(path):
             with open(path, "w") as f:
                 f.write(
                     f"lxc.uts.name = {name}\n"
                     f"lxc.rootfs.path = dir:{self.rootfs}\n"
                     f"lxc.init.cmd = {INIT_PATH}\n"
-                    "lxc.net.0.type = empty\n"
+                    f"{net}"
                     "lxc.apparmor.profile = unconfined\n"
                     "lxc.mount.auto = proc:rw sys:ro\n"
                     "lxc.autodev = 1\n"
                 )
         return path
 
-    def start(self, name: str) -> float:
+    def _in_netns(self, argv: list[str], sysfs: bool = False) -> list[str]:
+        """``argv`` run in the sandbox namespace (and with its sysfs view), if there is one."""
+        if self.netns is None:
+            return argv
+        wrap = ["unshare", "--mount", "sh", "-c", SYSFS_WRAP, "sh"] if sysfs else []
+        return ["nsenter", f"--net={self.netns}", *wrap, *argv]
+
+    def wrap_overhead(self) -> float:
+        """Seconds the sandbox wrapping of ``lxc-start`` costs by itself (0 without a netns)."""
+        if self.netns is None:
+            return 0.0
+        t0 = time.perf_counter()
+        subprocess.run(self._in_netns(["/bin/true"], sysfs=True), check=True)
+        return time.perf_counter() - t0
+
+    def start(self, name: str, veth: Veth | None = None) -> float:
         """Seconds ``lxc-start -d`` takes to return (raises when it fails)."""
-        cfg = self.config(name)
+        cfg = self.config(name, veth)
         self.started.add(name)
         t0 = time.perf_counter()
         subprocess.run(
-            [LXC_START, "-P", self.lxcpath, "-n", name, "-f", cfg, "-d"],
+            self._in_netns([LXC_START, "-P", self.lxcpath, "-n", name, "-f", cfg, "-d"], True),
             check=True,
             stdin=subprocess.DEVNULL,
         )
@@ -117,7 +173,7 @@ class LxcPeer:
         """Seconds ``lxc-stop -k`` takes to return."""
         t0 = time.perf_counter()
         subprocess.run(
-            [LXC_STOP, "-P", self.lxcpath, "-n", name, "-k"],
+            self._in_netns([LXC_STOP, "-P", self.lxcpath, "-n", name, "-k"]),
             check=True,
             stdin=subprocess.DEVNULL,
         )
@@ -155,7 +211,7 @@ class LxcPeer:
         problems: list[str] = []
         for name in sorted(self.started):
             r = subprocess.run(
-                [LXC_STOP, "-P", self.lxcpath, "-n", name, "-k"],
+                self._in_netns([LXC_STOP, "-P", self.lxcpath, "-n", name, "-k"]),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
