@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.guest import procs
+from supervisor.guest import procs, spawn
 from supervisor.guest.cgroups import GuestCgroup, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.guest.spawn import (
@@ -25,6 +25,7 @@ from supervisor.guest.spawn import (
     resolve_ids,
     spawn_init,
     spawn_mode,
+    start_fork_server,
 )
 from supervisor.model import Domain, Filesystem, MemTune, OsSpec
 
@@ -88,6 +89,9 @@ def test_spawn_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VSV_SPAWN", "vfork")
     with pytest.raises(RuntimeFailure, match="VSV_SPAWN='vfork'"):
         spawn_mode()
+    monkeypatch.delenv("VSV_SPAWN")
+    expected = "forkserver" if os.uname().machine in ("x86_64", "aarch64") else "fork"
+    assert expected == spawn_mode()
 
 
 # -- the real kernel ---------------------------------------------------------------------------
@@ -471,3 +475,23 @@ async def test_guest_survives_supervisor_sigkill(
             await sup.wait()
             if sup.stdout is not None:
                 await sup.stdout.aclose()
+
+
+@pytest.mark.root
+async def test_fork_server_restarts_after_dying(
+    busybox_root: str, plain_cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork server that died is replaced at the next start, which succeeds."""
+    monkeypatch.setenv("VSV_SPAWN", "forkserver")
+    start_fork_server()
+    first = spawn._fork_server().proc
+    first.kill()
+    first.wait()
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), plain_cgroup)
+    try:
+        assert first.pid != spawn._fork_server().proc.pid
+        assert g.init_pid is not None
+        assert 1 == procs.nspid(g.init_pid)[-1]
+    finally:
+        await plain_cgroup.kill_all()
+    assert GuestExit(signal=signal.SIGKILL) == await _finish(g)

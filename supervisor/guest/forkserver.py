@@ -61,7 +61,8 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
+#: clone(2)'s number where the raw clone is known to work; elsewhere spawn uses the fork path
+SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
 _SYS_MOUNT_SETATTR = 442  # x86_64 and every other architecture using the generic table
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
@@ -199,9 +200,9 @@ _pylibc = ctypes.PyDLL(None, use_errno=True)
 
 def _clone_parent() -> int:
     """clone(CLONE_PARENT | SIGCHLD): 0 in the child, its pid in the caller, -errno on failure."""
-    nr = _SYS_CLONE.get(os.uname().machine)
+    nr = SYS_CLONE.get(os.uname().machine)
     if nr is None:
-        return -38  # ENOSYS: the caller falls back to the fork path
+        return -38  # ENOSYS; spawn_mode() does not pick this path there
     pid = int(_pylibc.syscall(ctypes.c_long(nr), ctypes.c_ulong(CLONE_PARENT | signal.SIGCHLD),
                               ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
                               ctypes.c_ulong(0)))  # fmt: skip

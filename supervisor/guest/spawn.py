@@ -2,20 +2,32 @@
 
 Theory of operation
 -------------------
-The start path forks the running supervisor once (through ``trio.lowlevel.open_process``) and
-execs util-linux ``unshare``; no new interpreter is ever started, which keeps the start at a few
-milliseconds (docs: architecture, "what starting a guest costs"). Work is split like this:
+A start makes one child that sets itself up and execs util-linux ``unshare``; no interpreter is
+started per guest, which keeps the start at a few milliseconds (docs: architecture, "what
+starting a guest costs"). There are two ways to make that child, chosen by ``$VSV_SPAWN``:
+
+- ``forkserver`` (default): a small ``python -I -S`` process started once
+  (:mod:`supervisor.guest.forkserver`) clones the child with CLONE_PARENT, so it is our child
+  all the same. Cloning a ~10 MB process instead of the supervisor is cheaper and does not grow
+  with the supervisor's RSS, and the event loop only sends a message and waits on a pipe, so
+  concurrent starts overlap (with ``preexec_fn``, ``Popen`` blocks the loop until exec).
+- ``fork``: ``trio.lowlevel.open_process`` with a ``preexec_fn`` forks the supervisor itself.
+  Kept as the fallback (no helper process; also used on architectures the server's raw clone
+  does not know).
+
+Work is split like this:
 
 1. In the supervisor, :func:`plan_spawn` (pure) turns a :class:`~supervisor.model.Domain` into a
    :class:`SpawnPlan`: argv, environment, uid/gid (names resolved in the guest's own
    ``/etc/passwd`` and ``/etc/group``), hostname, namespace flags and the list of mounts.
-2. In the forked child, before exec, :func:`_child_setup` (``preexec_fn``) joins the guest's
+2. In the child, before exec, :func:`~supervisor.guest.forkserver.child_setup` joins the guest's
    cgroup in every hierarchy, calls unshare(2) for mount, uts, ipc, pid (and net when the domain
    has a private network), sets the hostname, makes every mount private, bind-mounts the root
    dir onto itself (or makes the host's root read-only in this namespace) and builds ``/dev``,
    ``/sys`` and the domain's other filesystems inside it. A failure there is written to a pipe
    so the caller gets a :class:`~supervisor.errors.RuntimeFailure` that says what failed
-   (subprocess itself only reports "Exception occurred in preexec_fn").
+   (subprocess itself only reports "Exception occurred in preexec_fn"). On the fork-server
+   path that pipe is close-on-exec, so its EOF also says the wrapper has exec'd.
 3. ``unshare --fork --mount-proc --root ROOT --wd DIR [--setuid U --setgid G] -- init ...`` then
    forks: since the pid namespace was unshared by its parent, the forked child is PID 1 of it.
    util-linux 2.38 does, in that child, chroot(ROOT), chdir(DIR), mounts a fresh proc on /proc
@@ -23,7 +35,10 @@ milliseconds (docs: architecture, "what starting a guest costs"). Work is split 
    ``unshare`` (the *wrapper*, our direct child) waits for it and, when it is killed by a
    signal, kills itself with the same signal, so the wrapper's exit status is the guest init's:
    SIGHUP means reboot(2) RESTART inside the guest, SIGINT power-off/halt (verified by the
-   tests).
+   tests). :func:`spawn_init` returns once that child runs init, seen by polling ``/proc``
+   (its executable is no longer ``unshare``) with sub-millisecond pauses: the exec follows the
+   wrapper's by about a millisecond, and no event tells it (the wrapper keeps every fd it
+   inherits, so a close-on-exec pipe cannot reach init alone).
 
 Why chroot and not pivot_root: util-linux 2.38 ``unshare`` has no pivot_root option, and a
 pivot_root done in the pre-exec child would leave the host's dynamically linked ``unshare``
@@ -354,8 +369,12 @@ class ChildProcess:
 
     def _close(self) -> None:
         if self._pidfd >= 0:
-            os.close(self._pidfd)
-            self._pidfd = -1
+            fd, self._pidfd = self._pidfd, -1
+            try:
+                trio.lowlevel.notify_closing(fd)
+            except RuntimeError:
+                pass  # outside trio (garbage collection after the run)
+            os.close(fd)
 
     def __del__(self) -> None:
         self._close()
@@ -450,12 +469,18 @@ def _read_guest_file(root: str, rel: str) -> str:
 
 #: the start path: "forkserver" (default) or "fork" (preexec_fn in a fork of the supervisor)
 SPAWN_MODE_ENV = "VSV_SPAWN"
-DEFAULT_SPAWN_MODE = "fork"
+DEFAULT_SPAWN_MODE = "forkserver"
 
 
 def spawn_mode() -> str:
-    """The start path chosen by ``$VSV_SPAWN`` (read at every start, so tests can switch)."""
-    mode = os.environ.get(SPAWN_MODE_ENV, DEFAULT_SPAWN_MODE)
+    """The start path chosen by ``$VSV_SPAWN`` (read at every start, so tests can switch).
+
+    Without the variable: the fork server where its raw clone(2) is known, else the fork path.
+    """
+    mode = os.environ.get(SPAWN_MODE_ENV)
+    if mode is None:
+        known = os.uname().machine in forkserver.SYS_CLONE
+        return DEFAULT_SPAWN_MODE if known else "fork"
     if mode not in ("fork", "forkserver"):
         raise RuntimeFailure(f"{SPAWN_MODE_ENV}={mode!r}: expected 'fork' or 'forkserver'")
     return mode
@@ -685,6 +710,14 @@ _SEND_LOCK: trio.lowlevel.RunVar[trio.Lock] = trio.lowlevel.RunVar("vsv_forkserv
 _server: _ForkServer | None = None
 
 
+def start_fork_server() -> None:
+    """Start the fork server now if the fork-server path is in use (else it starts on the first
+    start, which then waits ~20-30 ms for the interpreter). Call from the main thread: the
+    server's parent-death signal is tied to the thread that started it."""
+    if spawn_mode() == "forkserver":
+        _fork_server()
+
+
 def _fork_server() -> _ForkServer:
     global _server
     if _server is None or not _server.usable():
@@ -749,4 +782,5 @@ __all__ = [
     "resolve_ids",
     "spawn_init",
     "spawn_mode",
+    "start_fork_server",
 ]
