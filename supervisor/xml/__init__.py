@@ -9,8 +9,11 @@ indentation), so a stored definition changes only when the definition does.
 
 from __future__ import annotations
 
+from lxml.etree import _Element
+
 from supervisor.errors import InvalidDocument
 from supervisor.model import Domain, Network
+from supervisor.xml._fast import try_read_domain
 from supervisor.xml._reader import (
     MAX_DEPTH,
     MAX_DOCUMENT_BYTES,
@@ -18,8 +21,9 @@ from supervisor.xml._reader import (
     Reader,
     safe_parse,
     srcline,
+    tag_name,
 )
-from supervisor.xml.domain import UNITS, parse_domain_bytes, read_domain, write_domain
+from supervisor.xml.domain import UNITS, read_domain, write_domain
 from supervisor.xml.network import parse_network_bytes, read_network, write_network
 
 __all__ = [
@@ -39,7 +43,12 @@ def parse_domain(
     data: bytes | str, *, path: str | None = None, max_bytes: int = MAX_DOCUMENT_BYTES
 ) -> Domain:
     """Read a domain document of either dialect; raise InvalidDocument listing every problem."""
-    return parse_domain_bytes(data, path, max_bytes)
+    root = safe_parse(data, path=path, max_bytes=max_bytes)
+    if root.tag != "domain":
+        r = Reader(path, srcline(root) or 1)
+        r.error(r.root_line, tag_name(root), "the root element is not <domain>")
+        r.raise_if_problems()
+    return _read_domain(root, path)
 
 
 def parse_network(
@@ -55,7 +64,7 @@ def parse_document(
     """Read a domain or a network, whichever the root element says."""
     root = safe_parse(data, path=path, max_bytes=max_bytes)
     if root.tag == "domain":
-        return read_domain(root, path)
+        return _read_domain(root, path)
     if root.tag == "network":
         return read_network(root, path)
     reader = Reader(path, srcline(root) or 1)
@@ -66,6 +75,12 @@ def parse_document(
     )
     reader.raise_if_problems()
     raise InvalidDocument(["unreachable"])  # pragma: no cover - raise_if_problems raised
+
+
+def _read_domain(root: _Element, path: str | None) -> Domain:
+    """The fast reader when it can (no problem to report), else the full, reporting one."""
+    domain = try_read_domain(root)
+    return read_domain(root, path) if domain is None else domain
 
 
 def format_domain(domain: Domain) -> str:

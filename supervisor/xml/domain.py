@@ -15,6 +15,7 @@ and does not write back.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from typing import Final, Literal, cast
@@ -44,7 +45,6 @@ from supervisor.xml._reader import (
     YES_NO,
     Reader,
     finish,
-    safe_parse,
     serialize_foreign,
     srcline,
     sub,
@@ -244,13 +244,21 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
     return domain
 
 
-def read_uuid(r: Reader, el: etree._Element, text: str) -> str | None:
+def normal_uuid(text: str) -> str | None:
+    """The UUID lower-case and dashed 8-4-4-4-12, or None if ``text`` is not one."""
     digits = text.replace("-", "").lower()
     if (
         len(digits) != 32
         or any(c not in "0123456789abcdef" for c in digits)
         or ("-" in text and [len(part) for part in text.split("-")] != [8, 4, 4, 4, 12])
     ):
+        return None
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def read_uuid(r: Reader, el: etree._Element, text: str) -> str | None:
+    uuid = normal_uuid(text)
+    if uuid is None:
         r.bad_value(
             el,
             "uuid",
@@ -258,8 +266,7 @@ def read_uuid(r: Reader, el: etree._Element, text: str) -> str | None:
             "is not a UUID",
             "32 hex digits, optionally dashed as 8-4-4-4-12",
         )
-        return None
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return uuid
 
 
 def _scaled(r: Reader, el: etree._Element, where: str, text: str, unit: str | None) -> int | None:
@@ -729,8 +736,13 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_ip(text: str) -> str:
-    """The address as :mod:`ipaddress` prints it; left alone when invalid (validation says so)."""
+    """The address as :mod:`ipaddress` prints it; left alone when invalid (validation says so).
+
+    Cached because printing an address costs more than parsing it, and a host's documents keep
+    naming the same few addresses.
+    """
     try:
         return str(parse_ip(text.strip()))
     except ValueError:
@@ -950,13 +962,3 @@ def write_route(parent: etree._Element, route: Route) -> None:
     el.set("address", route.address)
     el.set("prefix", str(route.prefix))
     el.set("gateway", route.gateway)
-
-
-def parse_domain_bytes(data: bytes | str, path: str | None, max_bytes: int) -> Domain:
-    """Parse and read a domain document (helper for the public API)."""
-    root = safe_parse(data, path=path, max_bytes=max_bytes)
-    if root.tag != "domain":
-        r = Reader(path, srcline(root) or 1)
-        r.error(r.root_line, tag_name(root), "the root element is not <domain>")
-        r.raise_if_problems()
-    return read_domain(root, path)

@@ -1,0 +1,651 @@
+"""The fast path for reading a domain: one pass over the tree, no problem reporting.
+
+Why a second reader: the full reader (:func:`supervisor.xml.domain.read_domain`) keeps, for
+everything it reads, the line and the element/attribute path a message would need, so that it can
+report every problem of a document at once. That bookkeeping cost several times the parse itself,
+while almost every document the supervisor reads (its own stored definitions, API calls) has no
+problem at all. This reader visits each element once and builds the model directly. The moment it
+meets anything the full reader would report, or anything unusual it need not handle (a repeated
+element, a comment inside a value, a second token bucket, ...), it gives up and the caller runs the
+full reader on the same tree.
+
+The contract, checked by ``tests/test_xml_fast.py`` on generated and mutated documents: when
+:func:`try_read_domain` returns a model, the full reader returns an equal model and no problem.
+So every message still comes from the full reader alone, and the fast path can change speed only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable
+from typing import Final, Literal, cast
+
+from lxml import etree
+
+from supervisor.model import (
+    Capabilities,
+    CapsPolicy,
+    CpuBucket,
+    CpuTune,
+    Domain,
+    Filesystem,
+    IdMapEntry,
+    Interface,
+    IpAddress,
+    MemTune,
+    OsSpec,
+    Route,
+    TokenBucket,
+)
+from supervisor.validate import CAPABILITY_NAMES, domain_problems, parse_ip
+from supervisor.xml._reader import _INT, VSV_NS, serialize_foreign
+from supervisor.xml.domain import UNITS, canonical_ip, normal_uuid
+
+_Element = etree._Element
+_Fields = dict[str, object]
+#: ``el.items()`` typed as lxml returns it for our parser (str names and values, never bytes).
+_items = cast("Callable[[_Element], list[tuple[str, str]]]", _Element.items)
+
+
+class _GiveUp(Exception):
+    """The fast reader leaves this document to the full reader (never escapes this module)."""
+
+
+def try_read_domain(root: _Element) -> Domain | None:
+    """The domain of a ``<domain>`` root, or None to say "ask the full reader".
+
+    None is not a verdict: the document may be fine but unusual. A model is returned only when
+    the document has no problem at all, the model rules of :mod:`supervisor.validate` included.
+    """
+    try:
+        domain = _read_domain(root)
+    except _GiveUp:
+        return None
+    if domain_problems(domain):
+        return None
+    return domain
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def _int(value: str) -> int:
+    """An integer as the full reader accepts it (optional sign and blanks, ASCII digits)."""
+    if value.isdigit() and value.isascii() and len(value) < 19:
+        return int(value)  # the common case, without the regular expression
+    if len(value) > 64 or not _INT.fullmatch(value):
+        raise _GiveUp  # long numbers too: int() may refuse them (the full reader decides)
+    return int(value)
+
+
+def _opt_int(value: str | None) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _need(value: str | None) -> str:
+    """A required attribute's value."""
+    if value is None:
+        raise _GiveUp
+    return value
+
+
+def _choice(value: str | None, allowed: dict[str, object]) -> object:
+    """``allowed[value]`` for an optional attribute; any other value is a problem."""
+    if value is None:
+        return None
+    found = allowed.get(value, _MISSING)
+    if found is _MISSING:
+        raise _GiveUp
+    return found
+
+
+def _size_kib(text: str, unit: str | None) -> int:
+    """A size with a libvirt unit, in KiB rounded up (as the full reader's ``_scaled``)."""
+    factor = 1024 if unit is None else UNITS.get(unit)
+    if factor is None:
+        raise _GiveUp
+    value = _int(text)
+    if value < 0:
+        raise _GiveUp
+    return math.ceil(value * factor / 1024) if factor % 1024 else value * (factor // 1024)
+
+
+_MISSING: Final = object()
+_YES_NO: Final[dict[str, object]] = {"yes": True, "no": False}
+_ON_OFF: Final[dict[str, object]] = {"on": True, "off": False}
+_UP_DOWN: Final[dict[str, object]] = {"up": True, "down": False}
+_FAMILIES: Final[dict[str, object]] = {"ipv4": "ipv4", "ipv6": "ipv6"}
+_POLICIES: Final[dict[str, object]] = {p.value: p for p in CapsPolicy}
+_LIFECYCLE: Final = frozenset(("destroy", "restart", "preserve", "rename-restart"))
+
+# --- structure -----------------------------------------------------------------------------
+
+
+def _only(el: _Element, name: str) -> str:
+    """The value of the element's one attribute, which must be ``name`` (a required one)."""
+    items = _items(el)
+    if len(items) != 1 or items[0][0] != name:
+        raise _GiveUp
+    return items[0][1]
+
+
+def _attrs(el: _Element, allowed: frozenset[str]) -> None:
+    """Attributes only from ``allowed``."""
+    keys = el.keys()
+    if keys and not allowed.issuperset(keys):
+        raise _GiveUp
+
+
+def _leaf(el: _Element) -> str:
+    """The text of an element without children (a comment in a value is left to the full reader)."""
+    if len(el):
+        raise _GiveUp
+    return el.text or ""
+
+
+def _bare(el: _Element) -> str:
+    """The text of an element without attributes or children."""
+    if len(el) or el.keys():
+        raise _GiveUp
+    return el.text or ""
+
+
+def _kids(el: _Element) -> list[_Element]:
+    """The children of a container without attributes."""
+    if el.keys():
+        raise _GiveUp
+    return _children(el)
+
+
+def _children(el: _Element) -> list[_Element]:
+    """The children; text outside them (other than blanks) is a problem.
+
+    Comments and PIs come back too: their tag is a function, which matches no tag any caller
+    accepts, so a document with a comment inside a container goes to the full reader (which skips
+    comments), and the fast path needs no check of its own.
+    """
+    text = el.text
+    if text is not None and text.strip():
+        raise _GiveUp
+    children = list(el)
+    for child in children:
+        tail = child.tail
+        if tail is not None and tail.strip():
+            raise _GiveUp
+    return children
+
+
+# --- the document --------------------------------------------------------------------------
+
+_ROOT_ATTRS: Final = frozenset(("type", "id"))
+_PLACEMENT: Final = frozenset(("placement",))
+_STATIC: Final[dict[str, object]] = {"static": "static"}
+_VSV: Final = f"{{{VSV_NS}}}"
+_VSV_CPU: Final = f"{_VSV}cpu"
+
+
+def _read_domain(root: _Element) -> Domain:
+    _attrs(root, _ROOT_ATTRS)
+    dtype = root.get("type")
+    if dtype == "vserver":
+        table = _TOP_VSERVER
+    elif dtype == "lxc":
+        table = _TOP_LXC
+    else:
+        raise _GiveUp
+    fields: _Fields = {"type": dtype, "id": _opt_int(root.get("id"))}
+    seen: set[str] = set()
+    for el in _children(root):
+        tag: str = el.tag
+        read = table.get(tag)
+        if read is None or tag in seen:
+            raise _GiveUp
+        seen.add(tag)
+        read(el, fields)
+    if "name" not in fields:
+        raise _GiveUp
+    return Domain(**fields)  # type: ignore[arg-type]
+
+
+def _name(el: _Element, fields: _Fields) -> None:
+    fields["name"] = _bare(el)
+
+
+def _uuid(el: _Element, fields: _Fields) -> None:
+    uuid = normal_uuid(_bare(el).strip())
+    if uuid is None:
+        raise _GiveUp
+    fields["uuid"] = uuid
+
+
+def _title(el: _Element, fields: _Fields) -> None:
+    fields["title"] = _bare(el)
+
+
+def _description(el: _Element, fields: _Fields) -> None:
+    fields["description"] = _bare(el)
+
+
+def _memory(el: _Element, fields: _Fields) -> None:
+    fields["memory_kib"] = _size_kib(_leaf(el), _only(el, "unit") if el.keys() else None)
+
+
+def _current_memory(el: _Element, fields: _Fields) -> None:
+    fields["current_memory_kib"] = _size_kib(_leaf(el), _only(el, "unit") if el.keys() else None)
+
+
+def _vcpu(el: _Element, fields: _Fields) -> None:
+    _attrs(el, _PLACEMENT)
+    _choice(el.get("placement"), _STATIC)
+    fields["vcpu"] = _int(_leaf(el))
+
+
+def _lifecycle(el: _Element, fields: _Fields) -> None:
+    action = _bare(el).strip()
+    if action not in _LIFECYCLE:
+        raise _GiveUp
+    fields[el.tag] = action
+
+
+def _metadata(el: _Element, fields: _Fields) -> None:
+    foreign: list[str] = []
+    seen: set[str] = set()
+    for child in _kids(el):
+        tag = child.tag
+        if type(tag) is not str:
+            raise _GiveUp  # a comment
+        if not tag.startswith(_VSV):
+            foreign.append(serialize_foreign(child))
+            continue
+        if tag in seen:
+            raise _GiveUp
+        seen.add(tag)
+        local = tag[len(_VSV) :]
+        if local == "hostname":
+            fields["hostname"] = _bare(child).strip()
+        elif local == "pids":
+            _leaf(child)
+            fields["pids_limit"] = _int(_only(child, "max")) if child.keys() else None
+        elif local == "autostart":
+            _bare(child)
+            fields["autostart"] = True
+        elif local == "scheduler":
+            _scheduler_into(child, fields, _VSV_CPU)
+        else:
+            raise _GiveUp
+    fields["metadata"] = tuple(foreign)
+
+
+def _top_scheduler(el: _Element, fields: _Fields) -> None:
+    _scheduler_into(el, fields, "cpu")
+
+
+def _scheduler_into(el: _Element, fields: _Fields, cpu_tag: str) -> None:
+    if "scheduler" in fields:
+        raise _GiveUp  # given twice: <scheduler> and <vsv:scheduler>
+    cpus: list[CpuBucket] = []
+    for child in _children(el):
+        if child.tag != cpu_tag:
+            raise _GiveUp
+        _leaf(child)
+        values = _bucket_attrs(child, _CPU_FIELDS)
+        if "cpu" not in values:
+            raise _GiveUp
+        cpus.append(CpuBucket(**values))  # type: ignore[arg-type]
+    fields["scheduler"] = TokenBucket(cpus=tuple(cpus), **_bucket_attrs(el, _SCHED_FIELDS))  # type: ignore[arg-type]
+
+
+def _bucket_attrs(el: _Element, names: dict[str, str]) -> dict[str, object]:
+    """The attributes of a token bucket by model field; an unknown one is a problem."""
+    values: dict[str, object] = {}
+    for name, value in _items(el):
+        field = names.get(name)
+        if field is None:
+            raise _GiveUp
+        values[field] = _choice(value, _YES_NO) if field == "idle_time" else _int(value)
+    return values
+
+
+_SCHED_FIELDS: Final = {
+    "fill_rate1": "fill_rate",
+    "interval1": "interval",
+    "tokens": "tokens",
+    "tokens_min": "tokens_min",
+    "tokens_max": "tokens_max",
+    "prio_bias": "prio_bias",
+    "idle_time": "idle_time",
+    "fill_rate2": "fill_rate2",
+    "interval2": "interval2",
+}
+_CPU_FIELDS: Final = {
+    "id": "cpu",
+    "fill_rate1": "fill_rate",
+    "interval1": "interval",
+    "idle_time": "idle_time",
+    "fill_rate2": "fill_rate2",
+    "interval2": "interval2",
+}
+
+
+def _resource(el: _Element, fields: _Fields) -> None:
+    kids = _kids(el)
+    if len(kids) > 1:
+        raise _GiveUp
+    for child in kids:
+        if child.tag != "partition":
+            raise _GiveUp
+        fields["partition"] = _bare(child).strip()
+
+
+_CPUTUNE: Final = frozenset(("shares", "period", "quota"))
+
+
+def _cputune(el: _Element, fields: _Fields) -> None:
+    values: dict[str, int | None] = {}
+    for child in _kids(el):
+        tag: str = child.tag
+        if tag not in _CPUTUNE or tag in values:
+            raise _GiveUp
+        values[tag] = _int(_bare(child))
+    fields["cputune"] = CpuTune(**values)
+
+
+_MEMTUNE: Final = {
+    "hard_limit": "hard_limit_kib",
+    "soft_limit": "soft_limit_kib",
+    "swap_hard_limit": "swap_hard_limit_kib",
+}
+
+
+def _memtune(el: _Element, fields: _Fields) -> None:
+    values: dict[str, int | None] = {}
+    for child in _kids(el):
+        key = _MEMTUNE.get(child.tag)
+        if key is None or key in values:
+            raise _GiveUp
+        values[key] = _size_kib(_leaf(child), _only(child, "unit") if child.keys() else None)
+    fields["memtune"] = MemTune(**values)
+
+
+_ARCH: Final = frozenset(("arch",))
+_OS_SINGLE: Final = frozenset(("initdir", "inituser", "initgroup"))
+
+
+def _os(el: _Element, fields: _Fields) -> None:
+    init: str | None = None
+    args: list[str] = []
+    env: list[tuple[str, str]] = []
+    single: dict[str, str] = {}
+    have_type = False
+    for child in _kids(el):
+        tag = child.tag
+        if tag == "initarg":
+            args.append(_bare(child))
+        elif tag == "init":
+            if init is not None:
+                raise _GiveUp
+            init = _bare(child)
+        elif tag == "type":
+            _attrs(child, _ARCH)
+            if have_type or _leaf(child).strip() != "exe":
+                raise _GiveUp
+            have_type = True
+        elif tag == "initenv":
+            env.append((_only(child, "name"), _leaf(child)))
+        elif tag in _OS_SINGLE:
+            if tag in single:
+                raise _GiveUp
+            single[tag] = _bare(child)
+        else:
+            raise _GiveUp
+    if not have_type:
+        raise _GiveUp
+    fields["os"] = OsSpec(
+        init="/sbin/init" if init is None else init,
+        initargs=tuple(args),
+        initenv=tuple(env),
+        initdir=single.get("initdir"),
+        inituser=single.get("inituser"),
+        initgroup=single.get("initgroup"),
+    )
+
+
+_IDMAP_ATTRS: Final = frozenset(("start", "target", "count"))
+
+
+def _idmap(el: _Element, fields: _Fields) -> None:
+    entries: list[IdMapEntry] = []
+    for child in _kids(el):
+        kind = child.tag
+        if kind != "uid" and kind != "gid":
+            raise _GiveUp
+        _attrs(child, _IDMAP_ATTRS)
+        _leaf(child)
+        get = child.get
+        entries.append(
+            IdMapEntry(
+                kind=cast(Literal["uid", "gid"], kind),
+                start=_int(_need(get("start"))),
+                target=_int(_need(get("target"))),
+                count=_int(_need(get("count"))),
+            )
+        )
+    fields["idmap"] = tuple(entries)
+
+
+_POLICY: Final = frozenset(("policy",))
+_STATE: Final = frozenset(("state",))
+
+
+def _features(el: _Element, fields: _Fields) -> None:
+    for child in _kids(el):
+        tag = child.tag
+        if tag == "privnet" and "privnet" not in fields:
+            _bare(child)
+            fields["privnet"] = True
+        elif tag == "capabilities" and "capabilities" not in fields:
+            _attrs(child, _POLICY)
+            policy = _choice(_need(child.get("policy")), _POLICIES)
+            caps: list[tuple[str, bool]] = []
+            for cap in _children(child):
+                name = cap.tag
+                if name not in CAPABILITY_NAMES:
+                    raise _GiveUp
+                _attrs(cap, _STATE)
+                _leaf(cap)
+                caps.append((name, bool(_choice(_need(cap.get("state")), _ON_OFF))))
+            fields["capabilities"] = Capabilities(policy=cast(CapsPolicy, policy), caps=tuple(caps))
+        else:
+            raise _GiveUp
+
+
+def _devices(el: _Element, fields: _Fields) -> None:
+    filesystems: list[Filesystem] = []
+    interfaces: list[Interface] = []
+    for child in _kids(el):
+        tag = child.tag
+        if tag == "filesystem":
+            filesystems.append(_filesystem(child))
+        elif tag == "interface":
+            interfaces.append(_interface(child))
+        elif tag == "console":
+            _console(child)
+        else:
+            raise _GiveUp
+    fields["filesystems"] = tuple(filesystems)
+    fields["interfaces"] = tuple(interfaces)
+
+
+_CONSOLE_ATTRS: Final = frozenset(("type", "tty"))
+_CONSOLE_CHILDREN: Final = frozenset(("source", "target", "alias"))
+
+
+def _console(el: _Element) -> None:
+    """``<console type='pty'>`` configures nothing; its children are not looked into."""
+    _attrs(el, _CONSOLE_ATTRS)
+    if el.get("type") != "pty":
+        raise _GiveUp
+    for child in _children(el):
+        if child.tag not in _CONSOLE_CHILDREN:
+            raise _GiveUp
+
+
+_USAGE: Final = frozenset(("usage", "units"))
+
+
+def _filesystem(el: _Element) -> Filesystem:
+    fstype = "mount"
+    for name, value in _items(el):
+        if name == "type" and (value == "mount" or value == "ram"):
+            fstype = value
+        elif name != "accessmode" or value != "passthrough":
+            raise _GiveUp
+    source: str | None = None
+    usage: int | None = None
+    target: str | None = None
+    readonly = False
+    seen: set[object] = set()
+    for child in _children(el):
+        tag = child.tag
+        if tag in seen:
+            raise _GiveUp
+        seen.add(tag)
+        if tag == "source":
+            _leaf(child)
+            if fstype == "mount":
+                source = _only(child, "dir")
+            else:
+                _attrs(child, _USAGE)
+                usage = _size_kib(_need(child.get("usage")), child.get("units"))
+        elif tag == "target":
+            _leaf(child)
+            target = _only(child, "dir")
+        elif tag == "readonly":
+            _bare(child)
+            readonly = True
+        else:
+            raise _GiveUp
+    if target is None or (source is None if fstype == "mount" else usage is None):
+        raise _GiveUp
+    return Filesystem(
+        source=source or "",
+        target=target,
+        type=fstype,  # type: ignore[arg-type]
+        readonly=readonly,
+        usage_kib=usage,
+    )
+
+
+_SOURCE_ATTR: Final[dict[str, str | None]] = {
+    "network": "network",
+    "bridge": "bridge",
+    "vserver": "dev",
+    "ethernet": None,
+}
+_ROUTE_ATTRS: Final = frozenset(("family", "address", "prefix", "netmask", "gateway"))
+
+
+def _interface(el: _Element) -> Interface:
+    itype = _only(el, "type")
+    if itype not in _SOURCE_ATTR:
+        raise _GiveUp
+    source_attr = _SOURCE_ATTR[itype]
+    fields: _Fields = {}
+    ips: list[IpAddress] = []
+    routes: list[Route] = []
+    for child in _children(el):
+        tag = child.tag
+        _leaf(child)
+        if tag == "ip":
+            ip: _Fields = {}
+            for name, value in _items(child):
+                if name == "address":
+                    ip[name] = canonical_ip(value)
+                elif name == "prefix":
+                    ip[name] = _int(value)
+                elif name == "family":
+                    ip[name] = _choice(value, _FAMILIES)
+                else:
+                    raise _GiveUp
+            if "address" not in ip:
+                raise _GiveUp
+            ips.append(IpAddress(**ip))  # type: ignore[arg-type]
+            continue
+        if tag == "route":
+            routes.append(_route(child))
+            continue
+        if tag == "source":
+            if source_attr is None or "source" in fields:
+                raise _GiveUp
+            fields["source"] = _only(child, source_attr)
+        elif tag == "mac" and "mac" not in fields:
+            fields["mac"] = _only(child, "address").lower()
+        elif tag == "target" and "target_dev" not in fields:
+            fields["target_dev"] = _only(child, "dev")
+        elif tag == "guest" and "guest_dev" not in fields:
+            fields["guest_dev"] = _only(child, "dev")
+        elif tag == "mtu" and "mtu" not in fields:
+            fields["mtu"] = _int(_only(child, "size"))
+        elif tag == "link" and "link_up" not in fields:
+            fields["link_up"] = _choice(_only(child, "state"), _UP_DOWN)
+        else:
+            raise _GiveUp
+    return Interface(
+        type=itype,  # type: ignore[arg-type]
+        ips=tuple(ips),
+        routes=tuple(routes),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _route(el: _Element) -> Route:
+    values = dict(_items(el))
+    if not _ROUTE_ATTRS.issuperset(values):
+        raise _GiveUp
+    address = canonical_ip(_need(values.get("address")))
+    gateway = canonical_ip(_need(values.get("gateway")))
+    prefix = _opt_int(values.get("prefix"))
+    netmask = values.get("netmask")
+    if netmask is not None:
+        if prefix is not None:
+            raise _GiveUp
+        try:
+            prefix = ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
+        except ValueError:
+            raise _GiveUp from None
+    if prefix is None:
+        try:
+            prefix = parse_ip(address).max_prefixlen
+        except ValueError:
+            prefix = 0
+    return Route(
+        address=address,
+        prefix=prefix,
+        gateway=gateway,
+        family=_choice(values.get("family"), _FAMILIES),  # type: ignore[arg-type]
+    )
+
+
+_Reader = Callable[[_Element, _Fields], None]
+_TOP_LXC: Final[dict[str, _Reader]] = {
+    "name": _name,
+    "uuid": _uuid,
+    "title": _title,
+    "description": _description,
+    "metadata": _metadata,
+    "memory": _memory,
+    "currentMemory": _current_memory,
+    "vcpu": _vcpu,
+    "resource": _resource,
+    "cputune": _cputune,
+    "memtune": _memtune,
+    "os": _os,
+    "idmap": _idmap,
+    "features": _features,
+    "on_poweroff": _lifecycle,
+    "on_reboot": _lifecycle,
+    "on_crash": _lifecycle,
+    "devices": _devices,
+}
+_TOP_VSERVER: Final[dict[str, _Reader]] = {**_TOP_LXC, "scheduler": _top_scheduler}
