@@ -41,6 +41,9 @@ from supervisor.model import Domain, Filesystem, OsSpec
 PREFIX = "vsvbench"
 IDLE_GAP = 0.1
 MODES = ("fork", "forkserver")
+#: pause before each concurrent burst, for the previous burst's namespaces to be torn down
+SETTLE = 2.0
+Samples = list[float]
 FLOOR = ["/usr/bin/unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
          "--mount-proc", "/bin/true"]  # fmt: skip
 
@@ -150,27 +153,22 @@ async def main(runs: int, concurrent: int) -> dict[str, object]:
         "idle_gap_s": IDLE_GAP,
     }
     try:
-        for mode in MODES:
-            _set_mode(mode)
-            await spawn_once()  # warm-up (starts the fork server)
-            results[f"spawn_init[{mode}]"] = {
-                "idle": await _measure(runs, True, spawn_once),
-                "back_to_back": await _measure(runs, False, spawn_once),
-            }
-        for mode in MODES:
-            _set_mode(mode)
-            await trio.sleep(IDLE_GAP)
-            results[f"concurrent[{mode}]"] = {
-                "n": concurrent,
-                "wall_ms": round(1000 * await _concurrent(concurrent, dom, layout), 1),
-            }
-        t0 = time.perf_counter()
-        for _ in range(concurrent):
-            _run_floor(lambda: attach_to(files))
-        results["floor_unshare_cgroup_sequential"] = {
-            "n": concurrent,
-            "wall_ms": round(1000 * (time.perf_counter() - t0), 1),
-        }
+        # the two paths alternate sample by sample, so drifting machine load hits both alike
+        for regime, idle in (("idle", True), ("back_to_back", False)):
+            samples: dict[str, Samples] = {mode: [] for mode in MODES}
+            for mode in MODES:
+                _set_mode(mode)
+                await spawn_once()  # warm-up (starts the fork server)
+            for _ in range(runs):
+                for mode in MODES:
+                    _set_mode(mode)
+                    if idle:
+                        await trio.sleep(IDLE_GAP)
+                    samples[mode].append(await spawn_once())
+            for mode in MODES:
+                entry = results.setdefault(f"spawn_init[{mode}]", {})
+                assert isinstance(entry, dict)
+                entry[regime] = _summary(samples[mode])
         for name, fn in [
             ("floor_unshare", floor_once),
             ("floor_unshare_cgroup", floor_cg_once),
@@ -180,6 +178,21 @@ async def main(runs: int, concurrent: int) -> dict[str, object]:
             results[name] = {
                 "idle": await _measure(runs, True, fn),
                 "back_to_back": await _measure(runs, False, fn),
+            }
+        # last: tearing down many network namespaces slows whatever runs next for a while
+        t0 = time.perf_counter()
+        for _ in range(concurrent):
+            _run_floor(lambda: attach_to(files))
+        results["floor_unshare_cgroup_sequential"] = {
+            "n": concurrent,
+            "wall_ms": round(1000 * (time.perf_counter() - t0), 1),
+        }
+        for mode in MODES:
+            _set_mode(mode)
+            await trio.sleep(SETTLE)
+            results[f"concurrent[{mode}]"] = {
+                "n": concurrent,
+                "wall_ms": round(1000 * await _concurrent(concurrent, dom, layout), 1),
             }
     finally:
         with trio.CancelScope(shield=True):

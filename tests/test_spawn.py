@@ -94,6 +94,16 @@ def test_spawn_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert expected == spawn_mode()
 
 
+async def test_report_without_child_is_clear_error() -> None:
+    """A fork server's refusal, or its silence, becomes a RuntimeFailure saying which."""
+    with pytest.raises(RuntimeFailure, match="g: child setup failed: clone: Resource temp"):
+        await spawn._child_from_report("g", b"Eclone: Resource temporarily unavailable")
+    with pytest.raises(RuntimeFailure, match="g: the fork server did not answer"):
+        await spawn._child_from_report("g", b"")
+    with pytest.raises(RuntimeFailure, match="g: the child did not exec within"):
+        await spawn._child_from_report("g", b"", complete=False)
+
+
 # -- the real kernel ---------------------------------------------------------------------------
 
 

@@ -594,6 +594,7 @@ async def _start_via_forkserver(
          _mount_tuples(plan))
     )  # fmt: skip
     rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    chunks: list[bytes] = []
     try:
         try:
             server = _fork_server()
@@ -601,15 +602,15 @@ async def _start_via_forkserver(
         finally:
             os.close(wfd)
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(START_TIMEOUT):
-                report = await _read_to_eof(rfd)
+            with trio.move_on_after(START_TIMEOUT) as waited:
+                await _read_to_eof(rfd, chunks)
     finally:
         os.close(rfd)
-    return await _child_from_report(name, report)
+    return await _child_from_report(name, b"".join(chunks), complete=not waited.cancelled_caught)
 
 
-async def _read_to_eof(fd: int) -> bytes:
-    chunks: list[bytes] = []
+async def _read_to_eof(fd: int, chunks: list[bytes]) -> None:
+    """Append what ``fd`` delivers to ``chunks`` until EOF (kept if the caller gives up)."""
     while True:
         try:
             chunk = os.read(fd, 4096)
@@ -617,17 +618,25 @@ async def _read_to_eof(fd: int) -> bytes:
             await trio.lowlevel.wait_readable(fd)
             continue
         if not chunk:
-            return b"".join(chunks)
+            return
         chunks.append(chunk)
 
 
-async def _child_from_report(name: str, report: bytes) -> ChildProcess:
-    """Turn the child's report (``P<pid>\\n`` then maybe ``E``/``X<why>``) into a child or error."""
+async def _child_from_report(name: str, report: bytes, *, complete: bool = True) -> ChildProcess:
+    """Turn the child's report (``P<pid>\\n`` then maybe ``E``/``X<why>``) into a child or error.
+
+    ``complete`` is False when the report did not reach EOF within the start timeout: the
+    child (if it said its pid) is killed and reaped, and the start fails.
+    """
     text = report.decode(errors="replace")
     child: ChildProcess | None = None
-    if text.startswith("P"):
+    if text.startswith("P") and "\n" in text:
         line, _, text = text.partition("\n")
         child = ChildProcess(int(line[1:]))
+    if not complete:
+        text = f"Xthe child did not exec within {START_TIMEOUT}s"
+        if child is not None:
+            child.kill()
     if text:
         if child is not None:
             with trio.CancelScope(shield=True):
