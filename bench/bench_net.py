@@ -4,7 +4,8 @@ Runs as root inside a sandbox namespace it creates (prefix ``vsvb<hex>``) and re
 is the same netlink operations done directly with synchronous pyroute2 in one thread per
 namespace (and, for a network, one ``nft -f``), without the supervisor's planning, checks, undo
 bookkeeping or trio hand-off. Two regimes: back to back, and with an idle gap before each
-timed operation. Prints medians with min/max in milliseconds.
+timed operation. Prints medians with min/max in milliseconds and writes them, by the printed
+label, to bench/results/net.json.
 
     .venv/bin/python bench/bench_net.py [--n 30]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import secrets
 import statistics
@@ -33,6 +35,9 @@ from supervisor.net.networks import HostNet, run_network
 from supervisor.net.nics import AddressBook, plumb, unplumb
 
 libc = ctypes.CDLL(None, use_errno=True)
+RESULTS = Path(__file__).resolve().parent / "results" / "net.json"
+#: every printed figure by its label, for bench/results/net.json (read by bench/report.py)
+FIGURES: dict[str, dict[str, float]] = {}
 
 
 def sh(*argv: str) -> None:
@@ -61,6 +66,12 @@ def in_thread(path: str, fn: Callable[[IPRoute], Any]) -> Any:
 
 def summary(name: str, samples: list[float]) -> str:
     ms = [s * 1000 for s in samples]
+    FIGURES[name] = {
+        "median_ms": round(statistics.median(ms), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "n": len(ms),
+    }
     return (
         f"{name:48s} median {statistics.median(ms):7.2f} ms  min {min(ms):7.2f}  max {max(ms):7.2f}"
     )
@@ -193,6 +204,9 @@ async def main(n: int) -> None:
         await trio.to_thread.run_sync(cleanup, prefix)
     print(f"n={n} per cell; kernel {os.uname().release}")
     print("\n".join(results))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = {"n": n, "kernel": os.uname().release, "loadavg_after": os.getloadavg(), **FIGURES}
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,19 @@ Prints markdown tables:
    (sampling the kernel, deciding, writing) in a live run.
 
 Everything created carries a ``vsvbench`` prefix and is removed at the end (also on error).
+The figures are also written to bench/results/sched.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import secrets
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -35,6 +40,10 @@ from supervisor.sched.tuner import (
 )
 from tests.test_sched_integration import Lab, _measure
 
+RESULTS = Path(__file__).resolve().parent / "results" / "sched.json"
+#: every figure in the printed tables, for bench/results/sched.json (read by bench/report.py)
+FIGURES: dict[str, list[dict[str, Any]]] = {"caps": [], "weights": [], "decide": [], "live": []}
+
 
 def caps(seconds: float) -> list[str]:
     rows = ["| fill_rate/interval | configured | measured | error |", "|---|---|---|---|"]
@@ -51,6 +60,14 @@ def caps(seconds: float) -> list[str]:
         finally:
             lab.close()
         want = fill / interval
+        FIGURES["caps"].append(
+            {
+                "fill_rate": fill,
+                "interval": interval,
+                "configured": want,
+                "measured": round(used, 4),
+            }
+        )
         rows.append(
             f"| {fill}/{interval} | {want:.4f} | {used:.4f} | {100 * (used - want) / want:+.2f}% |"
         )
@@ -73,6 +90,9 @@ def weights(seconds: float) -> list[str]:
             lab.close()
         want = a / (a + b)
         got = ua / (ua + ub)
+        FIGURES["weights"].append(
+            {"a": a, "b": b, "configured": round(want, 4), "measured": round(got, 4)}
+        )
         rows.append(f"| {a}:{b} | {want:.4f} | {got:.4f} | {100 * (got - want) / want:+.2f}% |")
     return rows
 
@@ -99,6 +119,9 @@ def decide_cost() -> list[str]:
             t0 = time.perf_counter()
             state = decide(state, guests, sample).state
             times.append(time.perf_counter() - t0)
+        FIGURES["decide"].append(
+            {"guests": n, "us_per_step": round(1e6 * statistics.median(times), 1)}
+        )
         rows.append(f"| {n} | {1e6 * statistics.median(times):.1f} |")
     return rows
 
@@ -127,6 +150,17 @@ async def live_tuner_cost(seconds: float) -> list[str]:
         lab.close()
     per_step = 1e6 * st.step_cpu_s / max(1, st.steps)
     share = st.step_cpu_s / seconds
+    FIGURES["live"].append(
+        {
+            "guests": 1,
+            "seconds": seconds,
+            "steps": st.steps,
+            "changes": st.changes,
+            "cpu_us_per_step": round(per_step),
+            "cpu_share": share,
+            "period_s": 0.2,
+        }
+    )
     return [
         "| live run | steps | changes | CPU per step (us) | tuner CPU share at 200 ms period |",
         "|---|---|---|---|---|",
@@ -147,6 +181,9 @@ def main() -> None:
     print("\n".join(decide_cost()))
     print()
     print("\n".join(trio.run(live_tuner_cost, max(3.0, args.seconds))))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = {"seconds": args.seconds, "loadavg_after": os.getloadavg(), **FIGURES}
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,16 @@ def run_bench(bench: Bench, quick: bool) -> Outcome:
     return Outcome(bench.name, command, round(seconds, 1), status, results)
 
 
+def reuse(bench: Bench) -> Outcome:
+    """The latest results of a benchmark not run now (``--only``), marked as such."""
+    out = RESULTS / f"{bench.name}.json"
+    if not out.exists():
+        return Outcome(bench.name, "-", 0.0, "not run")
+    when = datetime.fromtimestamp(out.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return Outcome(bench.name, "-", 0.0, f"not run now: results reused from {when}",
+                   json.loads(out.read_text()))  # fmt: skip
+
+
 # -- the machine -------------------------------------------------------------------------------
 
 
@@ -763,7 +773,8 @@ def main() -> int:
         "--only",
         nargs="*",
         choices=[b.name for b in BENCHES],
-        help="run only these (the others' sections stay empty)",
+        help="run only these; the others' latest results in bench/results are reused (and "
+        "marked so in the report)",
     )
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -779,7 +790,10 @@ def main() -> int:
     load_start = os.getloadavg()
     mach = machine()
     t0 = time.perf_counter()
-    outcomes = [run_bench(b, args.quick) for b in BENCHES if not args.only or b.name in args.only]
+    outcomes = [
+        run_bench(b, args.quick) if not args.only or b.name in args.only else reuse(b)
+        for b in BENCHES
+    ]
     seconds = time.perf_counter() - t0
     load_end = os.getloadavg()
     got = {o.name: o.results for o in outcomes}
@@ -800,6 +814,8 @@ def main() -> int:
         except Exception as e:  # a changed JSON layout must not lose the rest of the report
             areas.append(Area("(a section failed)", f"{type(e).__name__}: {e}"))
     command = ".venv/bin/python bench/report.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += " --only " + " ".join(args.only)
     meta = {
         "command": command,
         "quick": args.quick,
