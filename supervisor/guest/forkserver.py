@@ -218,6 +218,7 @@ def _child(request: Request, report_fd: int, out_fd: int) -> None:
         os.write(report_fd, b"P%d\n" % os.getpid())
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         os.setsid()
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         os.dup2(null, 0)
