@@ -17,7 +17,9 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from supervisor.errors import RuntimeFailure
 
@@ -25,6 +27,7 @@ CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
 NETNS_DIR = Path("/run/netns")
+T = TypeVar("T")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -52,11 +55,8 @@ def netns_exists(name: str) -> bool:
         return False
 
 
-def create_netns(name: str) -> Path:
-    """Create the named network namespace (``lo`` down, nothing else), return its path.
-
-    Raises RuntimeFailure when a namespace of that name exists already.
-    """
+def _reserve(name: str) -> Path:
+    """Create the empty mount point of a new namespace; RuntimeFailure when the name is taken."""
     NETNS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     path = netns_path(name)
     try:
@@ -66,16 +66,30 @@ def create_netns(name: str) -> Path:
         raise RuntimeFailure(f"network namespace {name!r}: exists already ({path})") from None
     except OSError as exc:
         raise RuntimeFailure(f"{path}: cannot create: {exc.strerror}") from exc
+    return path
+
+
+def _unshare_and_mount(name: str, path: Path) -> None:
+    """Move the calling thread into a new network namespace and bind-mount it on ``path``."""
+    _check(_libc.unshare(CLONE_NEWNET), f"unshare(CLONE_NEWNET) for {name}")
+    source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+    _check(
+        _libc.mount(source, str(path).encode(), None, MS_BIND, None),
+        f"bind mount of network namespace {name} on {path}",
+    )
+
+
+def create_netns(name: str) -> Path:
+    """Create the named network namespace (``lo`` down, nothing else), return its path.
+
+    Raises RuntimeFailure when a namespace of that name exists already.
+    """
+    path = _reserve(name)
     failure: list[BaseException] = []
 
     def worker() -> None:
         try:
-            _check(_libc.unshare(CLONE_NEWNET), f"unshare(CLONE_NEWNET) for {name}")
-            source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-            _check(
-                _libc.mount(source, str(path).encode(), None, MS_BIND, None),
-                f"bind mount of network namespace {name} on {path}",
-            )
+            _unshare_and_mount(name, path)
         except BaseException as exc:
             failure.append(exc)
 
@@ -83,10 +97,73 @@ def create_netns(name: str) -> Path:
     thread.start()
     thread.join()
     if failure:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        _discard(path)
         raise failure[0]
     return path
+
+
+def create_netns_here(name: str, inside: Callable[[], T]) -> tuple[Path, T]:
+    """Create the named namespace from the calling thread, run ``inside()`` in it, come back.
+
+    For a thread that already exists (a netlink worker): it saves the cost of starting one, and
+    ``inside`` can open sockets that belong to the new namespace (a netlink socket keeps the
+    namespace it was made in). The thread returns to its namespace before this returns, also
+    on failure; if even that fails, the thread is left in an unknown namespace and
+    :class:`ThreadLost` is raised (the caller must stop using the thread).
+    """
+    home = _open_own()
+    try:
+        path = _reserve(name)
+        try:
+            _unshare_and_mount(name, path)
+            result = inside()
+        except BaseException:
+            _discard(path)
+            _return(home)
+            raise
+        _return(home)
+        return path, result
+    finally:
+        os.close(home)
+
+
+def run_in_netns(fd: int, fn: Callable[[], T]) -> T:
+    """Run ``fn()`` with the calling thread in the namespace ``fd``, then bring it back.
+
+    Used to open netlink sockets in a guest's namespace from a long-lived worker thread; the
+    same ThreadLost rule as :func:`create_netns_here` applies.
+    """
+    home = _open_own()
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), "setns into a guest's network namespace")
+        try:
+            return fn()
+        finally:
+            _return(home)
+    finally:
+        os.close(home)
+
+
+def _open_own() -> int:
+    path = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+class ThreadLost(RuntimeFailure):
+    """A thread could not return to its own network namespace and must not be used again."""
+
+
+def _return(home: int) -> None:
+    if _libc.setns(home, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise ThreadLost(f"setns back to the thread's own namespace: {os.strerror(err)}")
+
+
+def _discard(path: Path) -> None:
+    """Undo a half-made namespace: unmount (if mounted) and remove the mount point."""
+    _libc.umount2(str(path).encode(), MNT_DETACH)
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def delete_netns(name: str) -> bool:

@@ -138,7 +138,6 @@ class Dnsmasq:
     process: trio.Process | None = None
     starts: int = 0
     written: dict[Path, str] = attrs.field(factory=dict)
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     def all_hosts(self) -> list[DhcpHost]:
         """The network's own reservations followed by the live ones (guests' reservations)."""
@@ -181,11 +180,16 @@ class Dnsmasq:
             await self._rewrite()
 
     async def _rewrite(self) -> None:
-        # file writes off the trio loop; concurrent guests serialise on the lock so the files
-        # always end up describing the latest set of hosts
-        async with self.lock:
-            await trio.to_thread.run_sync(self.write_files)
-            self.reload()
+        # written on the trio loop: two small files in the run dir (no fsync: dnsmasq re-reads
+        # them, and they are rebuilt from the guests' records after a restart) take tens of
+        # microseconds, less than a hop to a worker thread. Nothing awaits between the write
+        # and the signal, so concurrent guests cannot interleave and the files always describe
+        # the latest set of hosts when dnsmasq reloads. Rewritten before the guest's init
+        # runs, so a DHCP request from the guest finds its reservation.
+        self.write_files()
+        self.reload()
+        # yield, but never raise Cancelled after the change: the caller records its undo next
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def reload(self) -> None:
         """SIGHUP: dnsmasq re-reads the hosts files (not the config)."""

@@ -28,6 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from supervisor.errors import ConflictError, RuntimeFailure
+from supervisor.nsutil import ThreadLost
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -74,6 +75,7 @@ class NetnsWorker:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._calls = 0
+        self._lost: BaseException | None = None
 
     @classmethod
     async def open(cls, path: str | None) -> NetnsWorker:
@@ -111,31 +113,63 @@ class NetnsWorker:
                 fut, fn = job
                 try:
                     fut.set_result(fn(ipr))
+                except ThreadLost as exc:
+                    # the thread is stuck in some other namespace: serving on would apply the
+                    # next jobs' sysctls there; later calls fail with "closed"
+                    fut.set_exception(exc)
+                    self._failed(exc)
+                    return
                 except BaseException as exc:
                     fut.set_exception(exc)
         finally:
             ipr.close()
 
+    def _failed(self, exc: BaseException) -> None:
+        # fail the jobs already queued; the thread ends, so call() refuses new ones
+        self._lost = exc
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job[0].set_exception(exc)
+
     @staticmethod
-    async def _wait(fut: concurrent.futures.Future[T]) -> T:
+    async def _wait(fut: concurrent.futures.Future[T], *, deliver: bool = False) -> T:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         fut.add_done_callback(lambda _: token.run_sync_soon(done.set))
         # netlink jobs are short and must not be abandoned halfway: the caller would not know
-        # what exists; a cancellation takes effect right after the job.
+        # what exists; a cancellation takes effect right after the job, or (deliver) at the
+        # caller's next checkpoint, so that it can record what the job made first.
         with trio.CancelScope(shield=True):
             await done.wait()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if not deliver:
+            await trio.lowlevel.checkpoint_if_cancelled()
         return fut.result()
 
-    async def call(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(ipr)`` in the namespace's thread and return its result."""
-        if self._thread is None or not self._thread.is_alive():
-            raise RuntimeFailure(f"netlink worker for {self.path} is closed")
+    def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
+        """Queue ``fn(ipr)`` without waiting: the caller can work meanwhile, then :meth:`wait`."""
+        if self._thread is None or not self._thread.is_alive() or self._lost is not None:
+            raise RuntimeFailure(f"netlink worker for {self.path} is closed ({self._lost})")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._calls += 1
         self._jobs.put((fut, fn))
-        return await self._wait(fut)
+        return fut
+
+    async def wait(self, fut: concurrent.futures.Future[T], *, deliver: bool = False) -> T:
+        """The result of a submitted job (see :meth:`call` for ``deliver``)."""
+        return await self._wait(fut, deliver=deliver)
+
+    async def call(self, fn: Callable[[Any], T], *, deliver: bool = False) -> T:
+        """Run ``fn(ipr)`` in the namespace's thread and return its result.
+
+        A cancellation that arrives while the job runs is raised once it is done; with
+        ``deliver`` the result is returned anyway and the cancellation comes at the caller's
+        next checkpoint (for jobs that create something the caller must record to undo).
+        """
+        return await self._wait(self.submit(fn), deliver=deliver)
 
     async def aclose(self, *, wait: bool = False) -> None:
         """Stop the thread, which closes the socket after the jobs already queued.

@@ -29,6 +29,7 @@ from supervisor.model import DhcpHost, Network
 from supervisor.net import names, netlink, nftables
 from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq
 from supervisor.net.netlink import NetnsWorker
+from supervisor.net.rtnl import Rtnl
 
 Undo = Callable[[], Awaitable[Any]]
 
@@ -49,6 +50,15 @@ class HostNet:
     #: are cancelled then keep their bridge and firewall, so guests keep talking; the next
     #: supervisor rebuilds them and re-attaches the guests
     keep: bool = False
+    #: a raw netlink socket in the host namespace for the guest start path, made on first use
+    #: inside a worker job (so in the worker's namespace) and used only there
+    _rtnl: Rtnl | None = None
+
+    def rtnl_here(self) -> Rtnl:
+        """The host namespace's raw netlink socket; call only inside a ``worker`` job."""
+        if self._rtnl is None:
+            self._rtnl = Rtnl()
+        return self._rtnl
 
     @classmethod
     async def open(cls, prefix: str, netns: str | None, run_dir: Path) -> HostNet:
@@ -58,8 +68,11 @@ class HostNet:
         )
 
     async def aclose(self) -> None:
-        """Close the netlink worker."""
+        """Close the netlink worker (and then the raw socket it used)."""
         await self.worker.aclose(wait=True)
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
 
 class UndoStack:

@@ -23,6 +23,7 @@ absence).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -32,12 +33,13 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from supervisor import nsutil
 from supervisor.errors import ConflictError, InvalidOperation, RuntimeFailure
 from supervisor.model import DhcpHost, Domain, Interface
 from supervisor.net import names, netlink, nftables
 from supervisor.net.ipam import Allocations, owner_key
-from supervisor.net.netlink import NetnsWorker
 from supervisor.net.networks import HostNet, RunningNetwork, UndoStack
+from supervisor.net.rtnl import LO_INDEX, Rtnl
 
 NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth"]
 
@@ -93,11 +95,15 @@ async def plumb(
     guest_netns: str,
     networks: Mapping[str, RunningNetwork],
     book: AddressBook,
+    *,
+    guest: Rtnl | None = None,
 ) -> tuple[PlumbedNic, ...]:
     """Plumb every interface of ``domain`` for a guest whose namespace is at ``guest_netns``.
 
-    ``guest_netns`` is a path (``/proc/PID/ns/net`` or ``/run/netns/NAME``). On failure nothing
-    is left: links, tables, reservations and address allocations are all undone.
+    ``guest_netns`` is a path (``/proc/PID/ns/net`` or ``/run/netns/NAME``). ``guest`` is a
+    netlink socket already open in that namespace with ``lo`` up (made with the namespace, see
+    :func:`guest_rtnl`); without it one is opened here, and closed at the end. On failure
+    nothing is left: links, tables, reservations and address allocations are all undone.
     """
     undo = UndoStack()
     done: list[PlumbedNic] = []
@@ -105,10 +111,12 @@ async def plumb(
         guest_fd = os.open(guest_netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise RuntimeFailure(f"cannot open guest namespace {guest_netns}: {exc}") from exc
-    guest: NetnsWorker | None = None
+    own: Rtnl | None = None
     try:
-        guest = await NetnsWorker.open(guest_netns)
-        await guest.call(partial(netlink.set_up, name="lo"))
+        if guest is None:
+            guest = own = await host.worker.call(
+                lambda _: nsutil.run_in_netns(guest_fd, guest_rtnl)
+            )
         for index, iface in enumerate(domain.interfaces):
             nic = await _plumb_one(
                 host, guest, guest_fd, domain, index, iface, networks, book, undo
@@ -123,25 +131,45 @@ async def plumb(
         raise
     finally:
         os.close(guest_fd)
-        if guest is not None:
-            with trio.CancelScope(shield=True):
-                await guest.aclose()
+        if own is not None:
+            own.close()
     return tuple(done)
 
 
-async def _host_name(host: HostNet, domain: Domain, index: int, iface: Interface) -> str:
+def guest_rtnl() -> Rtnl:
+    """A netlink socket in the calling thread's namespace (a fresh guest's), with ``lo`` up.
+
+    Runs inside :func:`supervisor.nsutil.create_netns_here` or ``run_in_netns``; the socket
+    keeps that namespace, so the guest side is configured from the host's worker thread.
+    """
+    sock = Rtnl()
+    try:
+        sock.set_up(LO_INDEX, what="lo")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _pick_host_name(r: Rtnl, prefix: str, domain: Domain, index: int, iface: Interface) -> str:
     """The host end's name: ``<target dev>`` (must be free) or a free generated one."""
-    w = host.worker
     if iface.target_dev:
         name = names.check_ifname(iface.target_dev)
-        if await w.call(partial(netlink.link_index, name=name)) is not None:
+        if r.link(name) is not None:
             raise ConflictError(f"{domain.name}: interface {name} (<target dev>) already exists")
         return name
     for attempt in range(ATTEMPTS):
-        name = names.host_ifname(host.prefix, guest_key(domain), index, attempt)
-        if await w.call(partial(netlink.link_index, name=name)) is None:
+        name = names.host_ifname(prefix, guest_key(domain), index, attempt)
+        if r.link(name) is None:
             return name
     raise ConflictError(f"{domain.name}: no free interface name for NIC {index}")
+
+
+async def _host_name(host: HostNet, domain: Domain, index: int, iface: Interface) -> str:
+    """:func:`_pick_host_name` in the host's worker thread."""
+    return await host.worker.call(
+        lambda _: _pick_host_name(host.rtnl_here(), host.prefix, domain, index, iface)
+    )
 
 
 def _mac(domain: Domain, index: int, iface: Interface, book: AddressBook, net: str | None) -> str:
@@ -162,7 +190,7 @@ def _mac(domain: Domain, index: int, iface: Interface, book: AddressBook, net: s
 
 async def _plumb_one(
     host: HostNet,
-    guest: NetnsWorker,
+    guest: Rtnl,
     guest_fd: int,
     domain: Domain,
     index: int,
@@ -189,27 +217,30 @@ async def _plumb_one(
             raise InvalidOperation(f"{domain.name}: bridge {bridge} does not exist")
     net_name = running.network.name if running is not None else None
     mac = _mac(domain, index, iface, book, net_name)
-    host_if = await _host_name(host, domain, index, iface)
 
     if iface.type == "vserver":
+        host_if = await _host_name(host, domain, index, iface)
         return await _plumb_vserver(
             host, guest, guest_fd, domain, index, iface, host_if, guest_if, mac, undo
         )
 
     # addresses for the guest end
     addresses: list[str] = []
+    reservation: DhcpHost | None = None
     if running is not None and iface.type == "network" and running.gateway is not None:
         requested = iface.ips[0].address if iface.ips else None
         book.state, alloc = book.state.allocate(running.network, owner, mac, requested)
         undo.push(f"allocation {owner}", partial(_release, book, owner))
         prefix = next(ip.prefix for ip in running.network.ips if ip.family == "ipv4")
         addresses.append(f"{alloc.address}/{prefix}")
-        await running.add_host(owner, DhcpHost(ip=alloc.address, mac=mac, name=domain.name))
-        undo.push(f"reservation {owner}", partial(_remove_host, running, owner))
+        reservation = DhcpHost(ip=alloc.address, mac=mac, name=domain.name)
     elif iface.type == "bridge":
         addresses += [f"{ip.address}/{ip.prefix or 24}" for ip in iface.ips]
 
     if iface.target_dev and iface.target_dev.startswith("tap") and bridge is not None:
+        if reservation is not None:
+            await _reserve(running, owner, reservation, undo)
+        host_if = await _host_name(host, domain, index, iface)
         tmac = names.tap_mac(mac)
         await w.call(partial(netlink.create_tap, name=host_if, mac=tmac))
         undo.push(f"tap {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
@@ -219,23 +250,49 @@ async def _plumb_one(
             index, iface.type, "tap", host_if, None, mac, owner, tuple(addresses), net_name
         )
 
-    await w.call(
-        partial(
-            netlink.create_veth, host_if=host_if, guest_if=guest_if, guest_ns_fd=guest_fd, mac=mac
-        )
-    )
-    undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
-    if bridge is not None:
+    gateway = running.gateway if running is not None and index == 0 else None
+    routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in iface.routes]
 
-        def enslave(ipr: Any, bridge: str = bridge) -> None:
-            # one hop to the netlink thread: the bridge's MTU, then enslave and bring up
-            netlink.set_up(
-                ipr, host_if, master=bridge, mtu=iface.mtu or netlink.link_mtu(ipr, bridge)
-            )
+    def veth(_ipr: Any) -> str:
+        # the whole NIC in one hop to the worker thread, on raw netlink sockets: name, veth
+        # (enslaved, sized and up as it is made), then the guest end
+        r = host.rtnl_here()
+        host_if = _pick_host_name(r, host.prefix, domain, index, iface)
+        master: int | None = None
+        mtu = iface.mtu
+        if bridge is not None:
+            found = r.link(bridge)
+            if found is None:
+                raise RuntimeFailure(f"bridge {bridge} does not exist")
+            master, mtu = found[0], iface.mtu or found[1]
+        r.create_veth(host_if, guest_if, guest_fd, mac=mac, master=master, mtu=mtu)
+        try:
+            link = guest.index(guest_if)
+            for cidr in addresses:
+                a = ipaddress.ip_interface(cidr)
+                guest.add_address(link, str(a.ip), a.network.prefixlen, what=guest_if)
+            guest.set_up(link, mtu=iface.mtu, what=guest_if)
+            if gateway is not None:
+                guest.add_route("default", gateway=gateway)
+            if iface.type == "bridge":
+                for dst, via in routes:
+                    guest.add_route(dst, gateway=via)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                r.delete(r.index(host_if))
+            raise
+        return host_if
 
-        await w.call(enslave)
-    else:
-        await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
+    # dnsmasq's reservation is written on this thread while the worker makes the veth; both
+    # are done before the guest's init exists, so its first DHCP request finds the reservation
+    pending = w.submit(veth)
+    try:
+        if reservation is not None:
+            await _reserve(running, owner, reservation, undo)
+    finally:
+        host_if = await w.wait(pending, deliver=True)
+        undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
+    if bridge is None:
         # ethernet: the XML's addresses and routes are the host end's
         for ip in iface.ips:
             await w.call(
@@ -249,19 +306,6 @@ async def _plumb_one(
                     netlink.add_route, dst=f"{r.address}/{r.prefix}", gateway=r.gateway, dev=host_if
                 )
             )
-
-    def guest_side(ipr: Any) -> None:
-        for cidr in addresses:
-            a = ipaddress.ip_interface(cidr)
-            netlink.add_address(ipr, guest_if, str(a.ip), a.network.prefixlen)
-        netlink.set_up(ipr, guest_if, mtu=iface.mtu)
-        if running is not None and running.gateway is not None and index == 0:
-            netlink.add_route(ipr, "default", gateway=running.gateway)
-        if iface.type == "bridge":
-            for r in iface.routes:
-                netlink.add_route(ipr, f"{r.address}/{r.prefix}", gateway=r.gateway)
-
-    await guest.call(guest_side)
     mode: NicMode = "veth-bridge" if bridge is not None else "veth-ethernet"
     return PlumbedNic(
         index, iface.type, mode, host_if, guest_if, mac, owner, tuple(addresses), net_name
@@ -270,7 +314,7 @@ async def _plumb_one(
 
 async def _plumb_vserver(
     host: HostNet,
-    guest: NetnsWorker,
+    guest: Rtnl,
     guest_fd: int,
     domain: Domain,
     index: int,
@@ -318,14 +362,15 @@ async def _plumb_vserver(
 
     await w.call(host_side)
 
-    def guest_side(ipr: Any) -> None:
+    def guest_side(_ipr: Any) -> None:
+        link = guest.index(guest_if)
         for ip in iface.ips:
-            netlink.add_address(ipr, guest_if, ip.address, ip.prefix or 32)
-        netlink.set_up(ipr, guest_if)
+            guest.add_address(link, ip.address, ip.prefix or 32, what=guest_if)
+        guest.set_up(link, what=guest_if)
         if index == 0:
-            netlink.add_route(ipr, "default", dev=guest_if)
+            guest.add_route("default", oif=link)
 
-    await guest.call(guest_side)
+    await w.call(guest_side)
     return PlumbedNic(
         index,
         "vserver",
@@ -342,6 +387,15 @@ async def _plumb_vserver(
 
 async def _release(book: AddressBook, owner: str) -> None:
     book.state = book.state.release(owner)
+
+
+async def _reserve(
+    running: RunningNetwork | None, owner: str, host: DhcpHost, undo: UndoStack
+) -> None:
+    """Hand a guest's address to dnsmasq (a live reservation), with its undo."""
+    assert running is not None
+    await running.add_host(owner, host)
+    undo.push(f"reservation {owner}", partial(_remove_host, running, owner))
 
 
 async def _remove_host(running: RunningNetwork, owner: str) -> None:

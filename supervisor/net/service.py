@@ -13,15 +13,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import attrs
 import trio
 
+from supervisor import nsutil
 from supervisor.errors import ConflictError, InvalidOperation, NotFound
 from supervisor.model import Domain, Network
 from supervisor.net.ipam import Allocations
 from supervisor.net.networks import HostNet, RunningNetwork, bridge_for, run_network
-from supervisor.net.nics import AddressBook, PlumbedNic, plumb, unplumb
+from supervisor.net.nics import AddressBook, PlumbedNic, guest_rtnl, plumb, unplumb
+from supervisor.net.rtnl import Rtnl
 
 Emit = Callable[[str, str], None]
 
@@ -136,9 +139,23 @@ class NetworkService:
                 failed.append(name)
         return failed
 
-    async def plumb(self, domain: Domain, guest_netns: str) -> tuple[PlumbedNic, ...]:
-        """The ``prepare`` hook's network part: plumb a guest's NICs."""
-        return await plumb(self.host, domain, guest_netns, self.running, self.book)
+    async def plumb(
+        self, domain: Domain, guest_netns: str, *, guest: Rtnl | None = None
+    ) -> tuple[PlumbedNic, ...]:
+        """The ``prepare`` hook's network part: plumb a guest's NICs (see :func:`plumb`)."""
+        return await plumb(self.host, domain, guest_netns, self.running, self.book, guest=guest)
+
+    async def create_guest_netns(self, name: str) -> tuple[Path, Rtnl]:
+        """Create a guest's named namespace from the host's netlink worker, ``lo`` up.
+
+        One hop to the worker thread, which enters the new namespace, opens a netlink socket
+        there (returned: the caller closes it) and comes back; no thread is started. A
+        cancellation meanwhile comes at the caller's next checkpoint, once it holds what was
+        made (and so can remove it).
+        """
+        return await self.host.worker.call(
+            lambda _: nsutil.create_netns_here(name, guest_rtnl), deliver=True
+        )
 
     async def unplumb(self, nics: tuple[PlumbedNic, ...]) -> None:
         """The ``release`` hook's network part."""

@@ -188,15 +188,17 @@ class NetworkSubsystem:
         name = self._netns_name(domain.name)
         if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now
             nsutil.delete_netns(name)
-        path = await trio.to_thread.run_sync(nsutil.create_netns, name)
+        path, guest = await self.service.create_guest_netns(name)
         record: dict[str, Any] = {"netns": name, "nics": []}
         ctx.records["net"] = record
         try:
-            nics = await self.service.plumb(domain, str(path))
+            nics = await self.service.plumb(domain, str(path), guest=guest)
         except BaseException:
             nsutil.delete_netns(name)
             ctx.records.pop("net", None)
             raise
+        finally:
+            guest.close()
         record["nics"] = [attrs.asdict(n) for n in nics]
         for nic in nics:
             self._owners[nic.owner] = domain.name

@@ -1,0 +1,197 @@
+"""Where a guest's NIC costs its time: start with one NIC against none, and the NIC path by step.
+
+Runs the real :class:`supervisor.daemon.Supervisor` in-process with the host side in a sandbox
+namespace it creates (``vsvbnic-sbx``), a NAT network with dnsmasq (as in :mod:`bench_start`),
+a guest with one ``<interface type='network'>`` and the same guest without. The two starts are
+alternated sample by sample, in both regimes (idle gap, back to back), so load on the machine
+hits both alike; the difference is what the NIC costs. With ``--profile`` each step of the
+network ``prepare`` hook is timed by wrapping the supervisor's functions in place (diagnosis
+only: the wrappers add microseconds). Everything is named ``vsvbnic...`` and removed also on
+failure or Ctrl-C.
+
+    .venv/bin/python bench/bench_nic.py [--runs N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from bench_daemon import LEAKCHECK, Probe, Timer, gap, guest, run_all, summary
+
+from supervisor import nsutil
+from supervisor.daemon import Supervisor
+from supervisor.guest.cgroups import detect_layout, find_leftovers
+from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.model import AddressRange, Bridge, Forward, Interface, Network, NetworkIp
+
+PREFIX = "vsvbnic"
+SANDBOX = f"{PREFIX}-sbx"
+RESULTS = Path(__file__).resolve().parent / "results" / "nic.json"
+
+
+def lan() -> Network:
+    """A NAT network with a DHCP range, so dnsmasq runs and takes reservations."""
+    return Network(
+        name="lan",
+        bridge=Bridge(name=f"{PREFIX}b0", stp=False),
+        forward=Forward(mode="nat"),
+        ips=(
+            NetworkIp(
+                address="10.78.0.1",
+                prefix=16,
+                dhcp_ranges=(AddressRange("10.78.1.1", "10.78.1.250"),),
+            ),
+        ),
+    )
+
+
+def install_probe() -> Probe:
+    """Time the steps of the network prepare and release hooks."""
+    from supervisor.bus import Bus
+    from supervisor.net import dnsmasq, netlink, service, subsystem
+
+    probe = Probe()
+    probe.wrap(Bus, "run_prepare", "prepare hooks (whole)")
+    probe.wrap(service.NetworkService, "create_guest_netns", "  guest netns + netlink socket")
+    probe.wrap(service.NetworkService, "plumb", "  plumb (whole)")
+    probe.wrap(netlink.NetnsWorker, "call", "    netlink worker calls (each)")
+    probe.wrap(netlink.NetnsWorker, "wait", "    netlink worker jobs waited for (each)")
+    probe.wrap(dnsmasq.Dnsmasq, "set_host", "    dnsmasq reservation (set_host)")
+    probe.wrap(dnsmasq.Dnsmasq, "write_files", "      dnsmasq hosts files written")
+    probe.wrap(Bus, "run_release", "release hooks (whole)")
+    probe.wrap(service.NetworkService, "unplumb", "  unplumb")
+    probe.wrap(nsutil, "delete_netns", "  delete netns")
+    return probe
+
+
+async def measure(workdir: str, runs: int, do_profile: bool) -> dict[str, Any]:
+    root = prepare_busybox_root(os.path.join(workdir, "rootfs"))
+    sup = Supervisor(
+        state_dir=Path(workdir) / "state",
+        run_dir=Path(workdir) / "run",
+        prefix=PREFIX,
+        host_netns=str(nsutil.netns_path(SANDBOX)),
+        shutdown_timeout=5.0,
+    )
+    out: dict[str, Any] = {"runs": runs, "loadavg_before": os.getloadavg()}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        try:
+            async with sup.bus.subscribe("bench", buffer=1_000_000) as sub:
+                timer = Timer(sup, sub)
+                await sup.define_network(lan())
+                await sup.start_network("lan")
+                nic = (Interface(type="network", source="lan"),)
+                await sup.define_domain(attrs.evolve(guest("nic", root), interfaces=nic))
+                await sup.define_domain(guest("plain", root))
+                for _ in range(3):  # warm-up
+                    for name in ("nic", "plain"):
+                        await timer.start(name)
+                        await timer.destroy(name)
+                for regime, idle in (("idle", True), ("back_to_back", False)):
+                    probe = install_probe() if do_profile else None
+                    samples: dict[str, list[float]] = {"nic": [], "plain": []}
+                    try:
+                        for _ in range(runs):
+                            for name in ("nic", "plain"):
+                                await gap(idle)
+                                ev, _ret = await timer.start(name)
+                                samples[name].append(ev)
+                                await gap(idle)
+                                await timer.destroy(name)
+                    finally:
+                        steps = probe.report() if probe is not None else None
+                        if probe is not None:
+                            probe.restore()
+                    out[regime] = {
+                        "start_one_nic": summary(samples["nic"]),
+                        "start_no_nic": summary(samples["plain"]),
+                        "steps": steps,
+                    }
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(60):
+                running = [n for n, s in sup.slots.items() if s.task_running or s.cgroup]
+                await run_all(running, sup.destroy_domain)
+                if sup.net is not None:
+                    await sup.net.stop_all()
+            nursery.cancel_scope.cancel()
+    out["loadavg_after"] = os.getloadavg()
+    return out
+
+
+def cleanup(workdir: str) -> list[str]:
+    """Remove what a failed run may have left: cgroups, namespaces, files."""
+    problems = [f"cgroup left: {p}" for p in find_leftovers(detect_layout(), PREFIX)]
+    for name in nsutil.list_netns(PREFIX):
+        nsutil.delete_netns(name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return problems
+
+
+def table(r: dict[str, Any]) -> str:
+    def cell(s: dict[str, float]) -> str:
+        return f"{s['median_ms']:.2f} ({s['min_ms']:.2f}-{s['max_ms']:.2f})"
+
+    lines = [
+        f"load average before {r['loadavg_before']}, after {r['loadavg_after']}",
+        "",
+        "| regime | one NIC | no NIC | NIC cost (median difference) |",
+        "|---|---|---|---|",
+    ]
+    for regime in ("idle", "back_to_back"):
+        c = r[regime]
+        diff = c["start_one_nic"]["median_ms"] - c["start_no_nic"]["median_ms"]
+        lines.append(
+            f"| {regime} | {cell(c['start_one_nic'])} | {cell(c['start_no_nic'])} | {diff:.2f} |"
+        )
+    for regime in ("idle", "back_to_back"):
+        steps = r[regime]["steps"]
+        if not steps:
+            continue
+        lines += ["", f"steps, {regime} (per call: median (min-max) ms, calls)", ""]
+        lines += [f"    {k:48s} {cell(v):28s} n={v['n']}" for k, v in steps.items()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="samples per figure and regime")
+    parser.add_argument("--profile", action="store_true", help="time the NIC path step by step")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_nic needs root", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    results: dict[str, Any] | None = None
+    try:
+        nsutil.create_netns(SANDBOX)
+        results = trio.run(measure, workdir, args.runs, args.profile)
+    finally:
+        for p in cleanup(workdir):
+            print(f"cleanup: {p}", file=sys.stderr)
+        leak = subprocess.run([LEAKCHECK, "--prefix", PREFIX], capture_output=True, text=True)
+        leak_text = (leak.stdout + leak.stderr).strip()
+    assert results is not None
+    results["leakcheck"] = leak_text
+    print(table(results))
+    print(leak_text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if leak.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
