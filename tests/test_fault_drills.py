@@ -8,6 +8,7 @@ and nothing carrying the prefix is left once the supervisor has stopped.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -31,7 +32,9 @@ from supervisor.errors import RuntimeFailure
 from supervisor.fakeruntime import FailOp, FakeRuntime, Leftovers
 from supervisor.guest.cgroups import cgroup_dir_name, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
-from supervisor.model import Domain, Filesystem, OsSpec
+from supervisor.model import Domain, Filesystem, Interface, OsSpec
+from supervisor.net import rtnl
+from supervisor.store import ConfigStore
 from supervisor.xml import format_domain, format_network
 from tests.fake_supervisor import short_tmpdir
 from tests.test_net_daemon import DHCP_INIT, lan, nic_guest
@@ -670,3 +673,157 @@ async def test_destroy_after_a_failed_kill_kills(
     with trio.fail_after(2):
         await sup.destroy_domain("f1")
     assert ("SHUTOFF", clean(rt)) == (sup.domain_status("f1").state, rt.leftovers())
+
+
+@pytest.mark.root
+async def test_netlink_failure_on_the_second_nic_undoes_the_start(
+    tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Netlink fails plumbing the second NIC: start fails, first NIC, netns, address all undone."""
+    sandbox = f"{prefix}-sbx"
+    nsutil.create_netns(sandbox)
+    try:
+        sup = Supervisor(
+            state_dir=tmp_path / "state",
+            run_dir=tmp_path / "run",
+            prefix=prefix,
+            host_netns=str(nsutil.netns_path(sandbox)),
+            shutdown_timeout=3,
+        )
+        lines: list[str] = []
+        sup.bus.add_sink(lambda event: lines.append(event.line().split(" ", 1)[1]))
+        root = Path(prepare_busybox_root(str(tmp_path / "rootfs")))
+        two = Domain(
+            name="g2",
+            type="lxc",
+            os=OsSpec(init="/bin/sh", initargs=("-c", LOOP)),
+            filesystems=(Filesystem(source=str(root), target="/"),),
+            interfaces=(Interface(type="network", source="lan"),) * 2,
+        )
+        real = rtnl.Rtnl.create_veth
+        made: list[str] = []
+
+        def second_fails(self: rtnl.Rtnl, host_if: str, *args: Any, **kwargs: Any) -> None:
+            # the kernel made the second NIC's veth; the next netlink step "fails"
+            real(self, host_if, *args, **kwargs)
+            made.append(host_if)
+            if len(made) == 2:
+                raise RuntimeFailure(f"injected netlink failure after creating {host_if}")
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            assert sup.net is not None
+            try:
+                await sup.define_network(lan(prefix, 75))
+                await sup.start_network("lan")
+                await sup.define_domain(two)
+                before = {(x.kind, x.name) for x in await gc.find_async(prefix, netns=sandbox)}
+                monkeypatch.setattr(rtnl.Rtnl, "create_veth", second_fails)
+                with pytest.raises(RuntimeFailure, match="injected netlink failure"):
+                    await sup.start_domain("g2")
+                status = sup.domain_status("g2")
+                assert ("SHUTOFF", "FAILED") == (status.state, status.reason)
+                assert "g2 STOPPED FAILED" == lines[-1]
+                after = {(x.kind, x.name) for x in await gc.find_async(prefix, netns=sandbox)}
+                assert (2, before) == (len(made), after)  # both veths are gone again
+                assert () == sup.net.service.allocations().on("lan")
+                hosts = tmp_path / "run" / "net" / f"{prefix}-lan.hostsfile"
+                assert "" == hosts.read_text().strip()
+                monkeypatch.undo()
+                assert "RUNNING" == (await sup.start_domain("g2")).state  # nothing in the way
+                assert 2 == len(sup.domain_interfaces("g2"))
+                await sup.destroy_domain("g2")
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    if sup.slots["g2"].task_running:
+                        await sup.destroy_domain("g2")
+                    await sup.net.stop_all()
+                nursery.cancel_scope.cancel()
+    finally:
+        nsutil.delete_netns(sandbox)
+
+
+# ---------------------------------------------------------------------------- drill 5: full disk
+
+
+def write_until_error(fd: int, chunk: bytes) -> int | None:
+    """Append ``chunk`` to ``fd`` until a write fails; that failure's errno."""
+    while True:
+        try:
+            os.write(fd, chunk)
+        except OSError as exc:
+            return exc.errno
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the filesystem has no byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for chunk in (b"x" * 4096, b"x"):
+            assert errno.ENOSPC == write_until_error(fd, chunk)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root only), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)], check=True
+    )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def a_domain(script: str = LOOP) -> Domain:
+    return Domain(
+        name="w",
+        type="lxc",
+        uuid="6a0c4b0e-5f3e-4d7e-9d59-0d4c9e6f1a21",
+        os=OsSpec(init="/bin/sh", initargs=("-c", script)),
+        filesystems=(Filesystem(source="/", target="/"),),
+    )
+
+
+@pytest.mark.root
+def test_full_disk_keeps_the_previous_definition(small_fs: Path) -> None:
+    """Saving a definition on a full disk fails naming the file; the old one stays whole."""
+    store = ConfigStore(small_fs)
+    store.save_domain(a_domain())
+    path = small_fs / "domains" / "w.xml"
+    original = path.read_bytes()
+    fill(small_fs / "filler")
+    bigger = a_domain(LOOP + " # " + "x" * 8000)  # needs pages the disk no longer has
+    with pytest.raises(RuntimeFailure, match=f"{path}: cannot write: No space left on device"):
+        store.save_domain(bigger)
+    assert original == path.read_bytes()
+    assert ([a_domain()], []) == store.load_domains()
+    assert ["w.xml"] == sorted(p.name for p in (small_fs / "domains").iterdir())
+
+
+@pytest.mark.root
+async def test_full_disk_redefine_through_the_supervisor(small_fs: Path, tmp_path: Path) -> None:
+    """Redefining on a full disk: an error, the running definition and the file unchanged."""
+    ConfigStore(small_fs).save_domain(a_domain())
+    path = small_fs / "domains" / "w.xml"
+    original = path.read_bytes()
+    sup = Supervisor(
+        state_dir=small_fs, run_dir=tmp_path / "run", runtime=FakeRuntime(), networking=False
+    )
+    lines: list[str] = []
+    sup.bus.add_sink(lambda event: lines.append(event.line().split(" ", 1)[1]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        fill(small_fs / "filler")
+        with pytest.raises(RuntimeFailure, match=f"{path}: cannot write"):
+            await sup.define_domain(a_domain("exit 0 # " + "y" * 8000))
+        assert (a_domain(), original, []) == (sup.get_domain("w"), path.read_bytes(), lines)
+        (small_fs / "filler").unlink()  # space again: the same request now succeeds
+        await sup.define_domain(a_domain("exit 0 # " + "y" * 8000))
+        assert ["w DEFINED UPDATED"] == lines
+        assert [] == [p.name for p in (small_fs / "domains").iterdir() if p.name.startswith(".")]
+        nursery.cancel_scope.cancel()
