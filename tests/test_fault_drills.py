@@ -700,15 +700,15 @@ async def test_netlink_failure_on_the_second_nic_undoes_the_start(
             filesystems=(Filesystem(source=str(root), target="/"),),
             interfaces=(Interface(type="network", source="lan"),) * 2,
         )
-        real = rtnl.Rtnl.create_veth
-        made: list[str] = []
+        real = rtnl.Rtnl.set_up
+        raised: list[str] = []
 
-        def second_fails(self: rtnl.Rtnl, host_if: str, *args: Any, **kwargs: Any) -> None:
-            # the kernel made the second NIC's veth; the next netlink step "fails"
-            real(self, host_if, *args, **kwargs)
-            made.append(host_if)
-            if len(made) == 2:
-                raise RuntimeFailure(f"injected netlink failure after creating {host_if}")
+        def eth1_fails(self: rtnl.Rtnl, index: int, **kwargs: Any) -> None:
+            # the second NIC's veth exists (its guest end is being configured) when this fails
+            if kwargs.get("what") == "eth1":
+                raised.append("eth1")
+                raise RuntimeFailure("injected netlink failure bringing up eth1")
+            real(self, index, **kwargs)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(sup.run)
@@ -718,14 +718,14 @@ async def test_netlink_failure_on_the_second_nic_undoes_the_start(
                 await sup.start_network("lan")
                 await sup.define_domain(two)
                 before = {(x.kind, x.name) for x in await gc.find_async(prefix, netns=sandbox)}
-                monkeypatch.setattr(rtnl.Rtnl, "create_veth", second_fails)
+                monkeypatch.setattr(rtnl.Rtnl, "set_up", eth1_fails)
                 with pytest.raises(RuntimeFailure, match="injected netlink failure"):
                     await sup.start_domain("g2")
                 status = sup.domain_status("g2")
                 assert ("SHUTOFF", "FAILED") == (status.state, status.reason)
                 assert "g2 STOPPED FAILED" == lines[-1]
                 after = {(x.kind, x.name) for x in await gc.find_async(prefix, netns=sandbox)}
-                assert (2, before) == (len(made), after)  # both veths are gone again
+                assert (["eth1"], before) == (raised, after)  # both veths are gone again
                 assert () == sup.net.service.allocations().on("lan")
                 hosts = tmp_path / "run" / "net" / f"{prefix}-lan.hostsfile"
                 assert "" == hosts.read_text().strip()
