@@ -60,6 +60,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -80,6 +81,7 @@ T = TypeVar("T")
 #: at most this many steps per hypothesis example (hypothesis's buffer caps long examples, and
 #: short examples shrink well)
 EPISODE_STEPS = 100
+MIN_EPISODE_STEPS = 20
 #: times are dyadic fractions so the model's sums equal the mock clock's exactly
 SHUTDOWN_TIMEOUT_FAKE = 0.5
 SHUTDOWN_TIMEOUT_REAL = 0.4
@@ -99,6 +101,25 @@ KNOWN_ISSUES = frozenset({"redefine-resets-reason"})
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
 WITH_PROCESS = frozenset({"running", "paused", "stopping"})
+
+#: how often each operation is drawn (relative)
+OPERATION_WEIGHTS = {
+    "define": 2,
+    "undefine": 2,
+    "start": 6,
+    "start_fails": 1,
+    "shutdown": 3,
+    "destroy": 3,
+    "reboot": 2,
+    "suspend": 2,
+    "resume": 2,
+    "guest_acts": 5,
+    "advance_clock": 3,
+    "consumer_connects": 1,
+    "consumer_reads": 1,
+}
+#: operations only the fake runtime can do (failure injection, a clock the harness moves)
+FAKE_ONLY = frozenset({"start_fails", "advance_clock"})
 
 #: a busybox init that polls a command file (the real runtime's in-guest actions)
 GUEST_LOOP = (
@@ -539,6 +560,10 @@ class RunContext:
     quirks: frozenset[str] = KNOWN_ISSUES
     steps: int = 0
     examples: int = 0
+    #: examples run in the current round (its first is hypothesis's all-simplest example)
+    round_examples: int = 0
+    #: operations carried out (counted examples only): "start", "start:refused", ...
+    ops: Counter[str] = attrs.Factory(Counter)
     roots: dict[str, Path] = attrs.Factory(dict)
 
 
@@ -563,7 +588,7 @@ def guest_domain(ctx: RunContext, name: str, d: Definition) -> Domain:
 def _make_machine(ctx: RunContext) -> type[Any]:
     """The state machine class for one run (hypothesis needs a class; it closes over ``ctx``)."""
     from hypothesis import strategies as st
-    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+    from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
     from supervisor.daemon import Supervisor
     from supervisor.fakeruntime import FakeRuntime
@@ -580,6 +605,12 @@ def _make_machine(ctx: RunContext) -> type[Any]:
         traps=st.booleans(),
     )
     ends = ("reboot", "poweroff", "crash", "exit0") if fake else ("reboot", "poweroff", "crash")
+    operations = tuple(
+        op
+        for op, weight in OPERATION_WEIGHTS.items()
+        if fake or op not in FAKE_ONLY
+        for _ in range(weight)
+    )
 
     class SupervisorMachine(RuleBasedStateMachine):
         """Random operations on a Supervisor, checked against :class:`Model` after each step."""
@@ -587,7 +618,12 @@ def _make_machine(ctx: RunContext) -> type[Any]:
         def __init__(self) -> None:
             super().__init__()
             ctx.examples += 1
+            ctx.round_examples += 1
             self.n = ctx.examples
+            # hypothesis starts every run with its "simplest" example (the first rule with the
+            # simplest arguments, over and over): it runs, but its steps are not counted
+            self.counting = ctx.round_examples > 1
+            self.first_check = True
             self.clock = trio.testing.MockClock() if fake else None
             self.fake_rt = FakeRuntime() if fake else None
             policy = POLICY_FAKE if fake else POLICY_REAL
@@ -634,6 +670,9 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 model_op()
             except Illegal as exc:
                 illegal = exc
+            if self.counting:
+                verb = what.split()[0].rstrip(":")
+                ctx.ops[verb + (":refused" if illegal is not None else "")] += 1
             error = self.trio.call(lambda: self._run_op(op))
             if illegal is not None:
                 want = NotFound if illegal.kind == "missing" else InvalidOperation
@@ -752,7 +791,25 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                     out.append(f"{name}: init pid {init} is not a live guest init in {pids}")
             return out
 
-        # -- rules ---------------------------------------------------------------------------
+        # -- operations ----------------------------------------------------------------------
+        # One hypothesis rule (``step``) draws the operation itself: hypothesis's swarm testing
+        # would otherwise switch most rules off in each example (a run without ``define``
+        # tests nothing), and a weighted draw keeps the mix useful for thousands of steps.
+
+        @initialize(definitions=st.lists(definitions, min_size=len(names), max_size=len(names)))
+        def define_all(self, definitions: list[Definition]) -> None:
+            for name, definition in zip(names, definitions, strict=True):
+                domain = guest_domain(ctx, name, definition)
+                self._do(
+                    _call(self.sup.define_domain, domain),
+                    _call(self.model.define, name, definition),
+                    f"define {name} {definition}",
+                )
+
+        @rule(data=st.data())
+        def step(self, data: st.DataObject) -> None:
+            op = data.draw(st.sampled_from(operations), label="operation")
+            getattr(self, "op_" + op)(data)
 
         def _pick(self, data: st.DataObject, phases: frozenset[str] | None) -> str:
             """A guest name: usually one for which the operation is legal, sometimes any."""
@@ -760,16 +817,19 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 n
                 for n in names
                 if (phases is None and n not in self.model.guests)
-                or (phases is not None and n in self.model.guests)
-                and self.model.guests[n].phase in phases
+                or (
+                    phases is not None
+                    and n in self.model.guests
+                    and self.model.guests[n].phase in phases
+                )
             ]
             if fitting and data.draw(st.integers(0, 9), label="legal") < 8:
                 return data.draw(st.sampled_from(fitting), label="name")
             return data.draw(st.sampled_from(names), label="name")
 
-        @rule(data=st.data(), definition=definitions)
-        def define(self, data: st.DataObject, definition: Definition) -> None:
+        def op_define(self, data: st.DataObject) -> None:
             name = self._pick(data, None)
+            definition = data.draw(definitions, label="definition")
             domain = guest_domain(ctx, name, definition)
             g = self.model.guests.get(name)
             if g is not None and g.phase != "shutoff":
@@ -780,8 +840,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"define {name} {definition}",
             )
 
-        @rule(data=st.data())
-        def undefine(self, data: st.DataObject) -> None:
+        def op_undefine(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"shutoff"}))
             self._do(
                 lambda: self.sup.undefine_domain(name),
@@ -789,8 +848,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"undefine {name}",
             )
 
-        @rule(data=st.data())
-        def start(self, data: st.DataObject) -> None:
+        def op_start(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"shutoff", "restarting"}))
             self._do(
                 lambda: self.sup.start_domain(name),
@@ -798,35 +856,34 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"start {name}",
             )
 
-        @precondition(lambda self: fake)
-        @rule(data=st.data(), op=st.sampled_from(("spawn", "cgroup.create")))
-        def start_fails(self, data: st.DataObject, op: Literal["spawn", "cgroup.create"]) -> None:
+        def op_start_fails(self, data: st.DataObject) -> None:
+            """A start whose spawn or cgroup creation fails in the (fake) runtime."""
+            rt = self.fake_rt
+            assert rt is not None
             name = self._pick(data, frozenset({"shutoff", "restarting"}))
+            what = data.draw(st.sampled_from(("spawn", "cgroup.create")), label="failing")
             g = self.model.guests.get(name)
             if g is None or g.phase not in ("shutoff", "restarting"):
                 return
-            rt = self.fake_rt
-            assert rt is not None
 
             async def op_() -> None:
-                rt.fail_next(op)
+                rt.fail_next(what)  # type: ignore[arg-type]
                 try:
                     await self.sup.start_domain(name)
                 finally:
                     left = rt.pending_failures()
                     rt.clear_failures()
                 if left:
-                    raise AssertionError(f"the injected {op} failure was not reached")
+                    raise AssertionError(f"the injected {what} failure was not reached")
                 raise AssertionError("start succeeded despite the injected failure")
 
             self._do(
                 _expect(op_, RuntimeFailure),
                 lambda: self.model.start(name, fails=True),
-                f"start {name} with {op} failing",
+                f"start {name} with {what} failing",
             )
 
-        @rule(data=st.data())
-        def shutdown(self, data: st.DataObject) -> None:
+        def op_shutdown(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"running", "stopping", "restarting"}))
             self._do(
                 lambda: self.sup.shutdown_domain(name),
@@ -834,8 +891,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"shutdown {name}",
             )
 
-        @rule(data=st.data())
-        def destroy(self, data: st.DataObject) -> None:
+        def op_destroy(self, data: st.DataObject) -> None:
             name = self._pick(data, WITH_PROCESS | {"preserved", "restarting"})
             g = self.model.guests.get(name)
             if g is not None and g.phase == "rebooting":
@@ -846,8 +902,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"destroy {name}",
             )
 
-        @rule(data=st.data())
-        def reboot(self, data: st.DataObject) -> None:
+        def op_reboot(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"running"}))
             self._do(
                 lambda: self.sup.reboot_domain(name),
@@ -855,8 +910,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"reboot {name}",
             )
 
-        @rule(data=st.data())
-        def suspend(self, data: st.DataObject) -> None:
+        def op_suspend(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"running"}))
             self._do(
                 lambda: self.sup.suspend_domain(name),
@@ -864,8 +918,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"suspend {name}",
             )
 
-        @rule(data=st.data())
-        def resume(self, data: st.DataObject) -> None:
+        def op_resume(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"paused"}))
             self._do(
                 lambda: self.sup.resume_domain(name),
@@ -873,11 +926,11 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 f"resume {name}",
             )
 
-        @rule(data=st.data(), how=st.sampled_from(ends))
-        def guest_acts(self, data: st.DataObject, how: str) -> None:
+        def op_guest_acts(self, data: st.DataObject) -> None:
             """The guest itself reboots, powers off, crashes (or exits 0)."""
             phases = frozenset({"running"}) if not fake else frozenset({"running", "stopping"})
             name = self._pick(data, phases)
+            how = data.draw(st.sampled_from(ends), label="how")
             g = self.model.guests.get(name)
             if g is None or g.phase not in phases:
                 return
@@ -897,11 +950,10 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             tmp.write_text(how + "\n")
             tmp.rename(root / "tmp" / "cmd")
 
-        @precondition(lambda self: fake)
-        @rule(dt=st.sampled_from(CLOCK_STEPS))
-        def advance_clock(self, dt: float) -> None:
+        def op_advance_clock(self, data: st.DataObject) -> None:
             clock = self.clock
             assert clock is not None
+            dt = data.draw(st.sampled_from(CLOCK_STEPS), label="seconds")
 
             async def jump() -> None:
                 clock.jump(dt)
@@ -909,8 +961,10 @@ def _make_machine(ctx: RunContext) -> type[Any]:
 
             self._do(jump, lambda: self.model.advance(dt), f"advance the clock {dt}s")
 
-        @rule(buffer=st.integers(1, 4), overflow=st.sampled_from(("gap", "drop")))
-        def consumer_connects(self, buffer: int, overflow: Literal["gap", "drop"]) -> None:
+        def op_consumer_connects(self, data: st.DataObject) -> None:
+            """A consumer subscribes with a tiny buffer: it will fall behind."""
+            buffer = data.draw(st.integers(1, 4), label="buffer")
+            overflow = data.draw(st.sampled_from(("gap", "drop")), label="overflow")
             if len(self.consumers) >= 3:
                 return
 
@@ -922,10 +976,12 @@ def _make_machine(ctx: RunContext) -> type[Any]:
 
             self.trio.call(connect)
 
-        @precondition(lambda self: bool(self.consumers))
-        @rule(data=st.data(), disconnect=st.booleans())
-        def consumer_reads(self, data: st.DataObject, disconnect: bool) -> None:
+        def op_consumer_reads(self, data: st.DataObject) -> None:
+            """A consumer catches up (gaps, or its drop, checked) and perhaps disconnects."""
+            if not self.consumers:
+                return
             i = data.draw(st.integers(0, len(self.consumers) - 1), label="consumer")
+            disconnect = data.draw(st.booleans(), label="disconnect")
             consumer = self.consumers[i]
 
             async def read() -> None:
@@ -939,7 +995,10 @@ def _make_machine(ctx: RunContext) -> type[Any]:
 
         @invariant()
         def sequence_has_no_gaps(self) -> None:
-            ctx.steps += 1  # runs after every step (and once at the start)
+            # runs once at the start, then after every step: counts the steps
+            if self.counting and not self.first_check:
+                ctx.steps += 1
+            self.first_check = False
             if self.log.events:
                 seqs = [e.seq for e in self.log.events[-50:]]
                 assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
@@ -1055,16 +1114,24 @@ class StressResult:
     steps: int
     examples: int
     seconds: float
+    ops: dict[str, int] = attrs.Factory(dict)
 
 
-def _rounds(seed: int, steps: int) -> Iterator[tuple[int, int, int]]:
-    """``(round seed, examples, steps per example)`` of a run: derived from the seed only."""
-    left, i = steps, 0
-    while left > 0:
-        per = min(EPISODE_STEPS, left)
-        examples = max(1, left // per)
-        yield seed * 1000 + i, examples, per
-        left -= examples * per
+def _rounds(seed: int, steps: int, done: Callable[[], int]) -> Iterator[tuple[int, int, int]]:
+    """``(round seed, examples, steps per example)`` until ``done()`` reaches ``steps``.
+
+    One example more than needed (hypothesis's first is its all-simplest example); hypothesis
+    sometimes ends an example early, so rounds go on until enough steps ran. What runs depends
+    only on the seed, so a run replays exactly.
+    """
+    i = 0
+    before = -1
+    while (left := steps - done()) > 0:
+        if done() == before:
+            raise RuntimeFailure(f"stress round {i} ran no counted step (hypothesis stopped early)")
+        before = done()
+        per = max(MIN_EPISODE_STEPS, min(EPISODE_STEPS, left))
+        yield seed * 1000 + i, 1 + math.ceil(left / per), per
         i += 1
 
 
@@ -1110,7 +1177,8 @@ def run_stress_detailed(
             for i in range(guests):
                 ctx.roots[f"g{i}"] = Path(prepare_busybox_root(str(workdir / f"root-g{i}")))
         phases = [Phase.generate, Phase.shrink] if runtime == "fake" else [Phase.generate]
-        for round_seed, examples, per in _rounds(seed, steps):
+        for round_seed, examples, per in _rounds(seed, steps, lambda: ctx.steps):
+            ctx.round_examples = 0
             machine = _make_machine(ctx)
             machine._hypothesis_internal_use_seed = round_seed
             config = settings(
@@ -1138,9 +1206,7 @@ def run_stress_detailed(
 
 
 def _result(ok: bool, ctx: RunContext, started: float) -> StressResult:
-    # the step-counting invariant also runs once when each example starts
-    steps = ctx.steps - ctx.examples
-    return StressResult(ok, steps, ctx.examples, time.perf_counter() - started)
+    return StressResult(ok, ctx.steps, ctx.examples, time.perf_counter() - started, dict(ctx.ops))
 
 
 def run_stress(
@@ -1154,6 +1220,7 @@ def run_stress(
         f"stress {status}: seed {seed}, {result.steps} steps in {result.examples} examples, "
         f"{result.seconds:.1f}s ({rate:.0f} steps/s), runtime {runtime}, {guests} guests"
     )
+    print("operations: " + ", ".join(f"{k} {v}" for k, v in sorted(result.ops.items())))
     return 0 if result.ok else 1
 
 
