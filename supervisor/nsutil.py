@@ -16,10 +16,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from supervisor.errors import RuntimeFailure
 
@@ -190,3 +191,124 @@ def list_netns(prefix: str) -> list[str]:
     if not NETNS_DIR.is_dir():
         return []
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+
+
+class SpareNetns(Generic[T]):
+    """One network namespace made ahead of need, named when a guest takes it.
+
+    Creating a namespace costs the kernel about a millisecond (loopback, per-namespace
+    tables), which a guest start would otherwise wait for. The spare is made by a long-lived
+    daemon thread that unshares, runs ``prepare()`` inside (which opens a netlink socket there
+    and brings ``lo`` up), keeps a descriptor of the namespace and returns to its own namespace
+    (so it pins none). :meth:`take` then only bind-mounts that descriptor at
+    ``/run/netns/NAME`` (tens of microseconds) and asks the thread for the next spare without
+    waiting. An unnamed spare is held only by this process's descriptors, so it dies with the
+    process and can never be left behind.
+    """
+
+    def __init__(self, prepare: Callable[[], T], discard: Callable[[T], None]) -> None:
+        self._prepare = prepare
+        self._discard = discard
+        self._lock = threading.Lock()
+        self._ready: tuple[int, T] | None = None
+        self._making = False
+        self._closed = False
+        self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def refill(self) -> None:
+        """Have a spare made unless one is ready or being made (does not wait)."""
+        with self._lock:
+            if self._closed or self._ready is not None or self._making:
+                return
+            self._making = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="netns-spare", daemon=True)
+                self._thread.start()
+        self._requests.put(True)
+
+    def _serve(self) -> None:
+        home = _open_own()
+        try:
+            while self._requests.get():
+                if not self._make(home):
+                    return
+        finally:
+            os.close(home)
+            with self._lock:
+                self._making = False
+
+    def _make(self, home: int) -> bool:
+        """Make one spare; False when the thread could not return home (it must end)."""
+        made: tuple[int, T] | None = None
+        fd = -1
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET) for a spare namespace")
+            fd = _open_own()
+            made, fd = (fd, self._prepare()), -1
+        except Exception:
+            made = None  # take() falls back to making a namespace on demand
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        try:
+            _return(home)
+        except ThreadLost:
+            return False
+        finally:
+            with self._lock:
+                self._making = False
+                if made is not None and not self._closed:
+                    self._ready, made = made, None
+            if made is not None:
+                os.close(made[0])
+                self._discard(made[1])
+        return True
+
+    def take(self, name: str) -> tuple[Path, T] | None:
+        """Name the spare ``name`` (as :func:`create_netns` would) and start the next one.
+
+        None when no spare is ready (the caller creates the namespace itself); RuntimeFailure
+        when the name is taken (the spare is kept for the next guest).
+        """
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is None:
+            self.refill()
+            return None
+        fd, value = ready
+        try:
+            path = _reserve(name)
+        except BaseException:
+            with self._lock:
+                if self._ready is None and not self._closed:
+                    self._ready, ready = ready, None
+            if ready is not None:
+                os.close(fd)
+                self._discard(value)
+            raise
+        try:
+            _check(
+                _libc.mount(
+                    f"/proc/self/fd/{fd}".encode(), str(path).encode(), None, MS_BIND, None
+                ),
+                f"bind mount of network namespace {name} on {path}",
+            )
+        except BaseException:
+            _discard(path)
+            self._discard(value)
+            raise
+        finally:
+            os.close(fd)
+        self.refill()
+        return path, value
+
+    def close(self) -> None:
+        """Drop the spare (if any) and end the thread; one being made is dropped when done."""
+        with self._lock:
+            self._closed = True
+            ready, self._ready = self._ready, None
+        self._requests.put(False)
+        if ready is not None:
+            os.close(ready[0])
+            self._discard(ready[1])

@@ -98,6 +98,8 @@ class NetworkService:
     running: dict[str, RunningNetwork] = attrs.field(factory=dict)
     book: AddressBook = attrs.field(factory=AddressBook)
     use_host_resolvers: bool = False
+    #: guest namespaces made ahead of need (see :class:`supervisor.nsutil.SpareNetns`)
+    spares: nsutil.SpareNetns[Rtnl] | None = None
 
     def define(self, network: Network) -> Network:
         """Define (or redefine) a network and emit DEFINED."""
@@ -146,16 +148,28 @@ class NetworkService:
         return await plumb(self.host, domain, guest_netns, self.running, self.book, guest=guest)
 
     async def create_guest_netns(self, name: str) -> tuple[Path, Rtnl]:
-        """Create a guest's named namespace from the host's netlink worker, ``lo`` up.
+        """Create a guest's named namespace with a netlink socket in it (``lo`` up).
 
-        One hop to the worker thread, which enters the new namespace, opens a netlink socket
-        there (returned: the caller closes it) and comes back; no thread is started. A
-        cancellation meanwhile comes at the caller's next checkpoint, once it holds what was
-        made (and so can remove it).
+        The spare made ahead of need is taken when there is one (a bind mount; the next spare
+        is made on a thread meanwhile). Otherwise one hop to the host's netlink worker, which
+        enters a new namespace, opens the socket there and comes back; a cancellation
+        meanwhile comes at the caller's next checkpoint, once it holds what was made (and so
+        can remove it). The caller closes the socket.
         """
+        if self.spares is None:
+            self.spares = nsutil.SpareNetns(guest_rtnl, Rtnl.close)
+        taken = self.spares.take(name)
+        if taken is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return taken
         return await self.host.worker.call(
             lambda _: nsutil.create_netns_here(name, guest_rtnl), deliver=True
         )
+
+    def close(self) -> None:
+        """Drop the spare namespace (the supervisor is closing)."""
+        if self.spares is not None:
+            self.spares.close()
 
     async def unplumb(self, nics: tuple[PlumbedNic, ...]) -> None:
         """The ``release`` hook's network part."""

@@ -83,6 +83,7 @@ class NetworkSubsystem:
         return cls(bus=bus, prefix=prefix, config=config, runs=runs, service=service)
 
     async def aclose(self) -> None:
+        self.service.close()
         await self.service.host.aclose()
 
     # ------------------------------------------------------------------------ the task
