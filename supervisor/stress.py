@@ -96,7 +96,10 @@ REAL_SETTLE_TIMEOUT = 15.0
 #: the supervisor is fixed.
 #: - ``redefine-resets-reason``: define_domain() on a stopped domain reports SHUTOFF/UNKNOWN
 #:   afterwards instead of keeping the reason (it reads the reason from the new Lifecycle).
-KNOWN_ISSUES = frozenset({"redefine-resets-reason"})
+#: - ``kill-frozen-hybrid`` (real runtime): destroy of a suspended guest fails after 5 s with
+#:   "still has processes" on a host with the v1 freezer and the v2 ``cgroup.kill``: the
+#:   kill lands on frozen tasks, which die only when thawed. The harness resumes first.
+KNOWN_ISSUES = frozenset({"redefine-resets-reason", "kill-frozen-hybrid"})
 
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
@@ -896,6 +899,8 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             g = self.model.guests.get(name)
             if g is not None and g.phase == "rebooting":
                 return  # destroy waits for the respawn backoff: see the report
+            if g is not None and g.phase == "paused" and self._frozen_kill_fails():
+                return
             self._do(
                 lambda: self.sup.destroy_domain(name),
                 lambda: self.model.destroy(name),
@@ -1011,6 +1016,12 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 if fake:
                     self._do(self._jump_far, lambda: self.model.advance(64.0), "time passes")
                 for name in sorted(self.model.guests):
+                    if self.model.guests[name].phase == "paused" and self._frozen_kill_fails():
+                        self._do(
+                            _call(self.sup.resume_domain, name),
+                            _call(self.model.resume, name),
+                            f"teardown: resume {name}",
+                        )
                     if self.model.guests[name].phase != "shutoff":
                         self._do(
                             _call(self.sup.destroy_domain, name),
@@ -1031,6 +1042,9 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 self.torn_down = True
             finally:
                 self._stop()
+
+        def _frozen_kill_fails(self) -> bool:
+            return not fake and "kill-frozen-hybrid" in ctx.quirks
 
         async def _jump_far(self) -> None:
             # one jump fires every timer: no restart or respawn arms another one
@@ -1142,12 +1156,14 @@ def run_stress_detailed(
     runtime: RuntimeKind,
     *,
     strict: bool = False,
+    shrink: bool = True,
     out: Any = None,
 ) -> StressResult:
     """Run the harness; print a replay line and hypothesis's failing program on failure.
 
     ``strict``: check the documented behaviour also where :data:`KNOWN_ISSUES` says the
-    supervisor is known to differ.
+    supervisor is known to differ. ``shrink``: let hypothesis shrink a failure to a minimal
+    program (fake runtime only; real guests are too slow for it).
     """
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis.stateful import run_state_machine_as_test
@@ -1176,7 +1192,9 @@ def run_stress_detailed(
 
             for i in range(guests):
                 ctx.roots[f"g{i}"] = Path(prepare_busybox_root(str(workdir / f"root-g{i}")))
-        phases = [Phase.generate, Phase.shrink] if runtime == "fake" else [Phase.generate]
+        phases = (
+            [Phase.generate, Phase.shrink] if shrink and runtime == "fake" else [Phase.generate]
+        )
         for round_seed, examples, per in _rounds(seed, steps, lambda: ctx.steps):
             ctx.round_examples = 0
             machine = _make_machine(ctx)
