@@ -43,6 +43,7 @@ import attrs
 import trio
 
 from supervisor import lifecycle as lc
+from supervisor import nsutil
 from supervisor.bus import Bus, Gap
 from supervisor.errors import (
     ConflictError,
@@ -409,6 +410,10 @@ class Supervisor:
         slot = self._slot(name)
         step = self._apply(slot, Input.DESTROY)
         await self._do_actions(slot, step)
+        if step.previous is Phase.DESTROYING and Action.KILL not in step.actions:
+            # a destroy whose kill failed (or is still running): kill again rather than wait
+            # for an end that may never come
+            await self._kill(slot)
         if slot.task_running:
             await slot.task_done.wait()
 
@@ -496,6 +501,13 @@ class Supervisor:
                 if not keep_resources:
                     assert self.runtime is not None
                     cgroup = self.runtime.cgroup(self.prefix, domain.name)
+                    # recorded before anything is made: a supervisor killed from here on
+                    # leaves a record its successor cleans up after (no init pid: not alive)
+                    self.runs.write(
+                        "domains",
+                        domain.name,
+                        {"name": domain.name, "prefix": self.prefix, "cgroup": cgroup.dirname},
+                    )
                     slot.cgroup = cgroup
                     cgroup.create()
                     cgroup.apply_limits(domain)
@@ -710,20 +722,33 @@ class Supervisor:
                 continue
             # dead (or no longer defined): clean up what it held and report it
             with trio.CancelScope(shield=True):
-                if alive:
-                    with contextlib.suppress(RuntimeFailure):
-                        await cgroup.kill_all()
+                # whatever is still in the cgroup (a half-started guest, a daemon the dead
+                # init left) goes
+                with contextlib.suppress(RuntimeFailure):
+                    await cgroup.kill_all()
                 with contextlib.suppress(VsvError):
                     await self._bus.run_release(ctx)
                 with contextlib.suppress(RuntimeFailure):
                     await cgroup.remove()
+                # a start interrupted inside the network hook may have made the guest's
+                # namespace before recording it
+                netns = f"{self.prefix}-{name}"
+                if nsutil.netns_exists(netns):
+                    with contextlib.suppress(RuntimeFailure):
+                        nsutil.delete_netns(netns)
             self.runs.remove("domains", name)
             self._bus.publish_nowait(
                 "domain",
                 name,
                 "STOPPED",
                 "FAILED",
-                {"reason": "ended-while-supervisor-down" if not alive else "no-definition"},
+                {
+                    "reason": "no-definition"
+                    if alive
+                    else "start-interrupted"
+                    if init_pid is None
+                    else "ended-while-supervisor-down"
+                },
             )
             if slot is not None:
                 slot.life.status = lc.DomainStatus(lc.DomainState.SHUTOFF, lc.ShutoffReason.FAILED)
@@ -941,8 +966,6 @@ def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]
 
 async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     """The foreground supervisor; returns the exit status (0 after a signal-initiated stop)."""
-    from supervisor import nsutil
-
     documents = _read_documents(opts.start)
     if documents is None:
         return 1

@@ -294,7 +294,7 @@ def check_consistent(
 #: Leaks the drills found and tolerate (removing them as `vsv gc` would) until they are fixed;
 #: each has a strict-xfail reproduction below that starts passing when the bug is fixed:
 #: remove the name here then, and the drill checks that case strictly again.
-KNOWN_BUGS = {"interrupted-guest-start", "interrupted-network-start"}
+KNOWN_BUGS = {"interrupted-network-start"}
 
 
 @pytest.mark.root
@@ -393,12 +393,6 @@ def successor_leftovers(world: dict[str, Any], prefix: str) -> list[gc.Leftover]
 
 
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="interrupted-guest-start: the run record is written only after spawn, so a "
-    "supervisor killed between cgroup creation and the record leaves the cgroup (and the "
-    "guest's processes) to nobody",
-)
 def test_sigkill_once_the_guest_cgroup_exists(world: dict[str, Any], prefix: str) -> None:
     """Killed the moment a starting guest's cgroup exists: the successor removes or adopts it."""
     doc = guest_doc(world["base"], "gs", world["root"])
@@ -656,11 +650,6 @@ async def test_injected_kill_failure_on_destroy_is_reported(
     assert rt.guest_of("f2") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="failed-kill-wedges: after a destroy whose kill failed the guest stays in DESTROYING; "
-    "a second destroy never kills again (it waits forever) and start is refused",
-)
 async def test_destroy_after_a_failed_kill_kills(
     fake: tuple[Supervisor, FakeRuntime, list[str]],
 ) -> None:
