@@ -43,6 +43,8 @@ async def test_spawn_puts_three_processes_in_the_cgroup() -> None:
     cg, proc = await _spawn(rt, TRAPS)
     assert proc.pids == cg.members
     assert 3 == len(cg.pids())
+    assert proc.namespaces is not None
+    assert proc.init_pid is not None
     ns = proc.namespaces.pid
     assert rt.pid_is_guest_init(proc.init_pid, ns)
     assert not rt.pid_is_guest_init(proc.init_pid, ns + 1)
@@ -150,9 +152,11 @@ async def test_wait_pid_exit_follows_the_init() -> None:
     rt = FakeRuntime()
     _, proc = await _spawn(rt, PLAIN)
     done: list[bool] = []
+    pid = proc.init_pid
+    assert pid is not None
 
     async def watcher() -> None:
-        await rt.wait_pid_exit(proc.init_pid)
+        await rt.wait_pid_exit(pid)
         done.append(True)
 
     async with trio.open_nursery() as nursery:
