@@ -1116,8 +1116,6 @@ async def _remove_cgroups(layout: Any, prefix: str, names: tuple[str, ...]) -> N
 
     for name in names:
         cg = GuestCgroup(layout, prefix, name)
-        if not any(os.path.isdir(p) for p in cg.paths()):
-            continue
         with contextlib.suppress(RuntimeFailure):
             await cg.thaw()  # frozen tasks on a v1 freezer die only once thawed
         with contextlib.suppress(RuntimeFailure):
