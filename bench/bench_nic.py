@@ -59,14 +59,16 @@ def lan() -> Network:
 def install_probe() -> Probe:
     """Time the steps of the network prepare and release hooks."""
     from supervisor.bus import Bus
-    from supervisor.net import dnsmasq, netlink, service, subsystem
+    from supervisor.net import dnsmasq, netlink, service
 
     probe = Probe()
     probe.wrap(Bus, "run_prepare", "prepare hooks (whole)")
     probe.wrap(service.NetworkService, "create_guest_netns", "  guest netns + netlink socket")
     probe.wrap(service.NetworkService, "plumb", "  plumb (whole)")
-    probe.wrap(netlink.NetnsWorker, "call", "    netlink worker calls (each)")
-    probe.wrap(netlink.NetnsWorker, "wait", "    netlink worker jobs waited for (each)")
+    probe.wrap(
+        netlink.NetnsWorker, "call", "    netlink worker calls (each; the release's veth delete)"
+    )
+    probe.wrap(netlink.NetnsWorker, "wait", "    veth job waited for after the reservation")
     probe.wrap(dnsmasq.Dnsmasq, "set_host", "    dnsmasq reservation (set_host)")
     probe.wrap(dnsmasq.Dnsmasq, "write_files", "      dnsmasq hosts files written")
     probe.wrap(Bus, "run_release", "release hooks (whole)")

@@ -8,6 +8,11 @@ millisecond (a thread and a socket), far less than pyroute2's own ``netns=`` mod
 helper process (13-14 ms). sysctl writes run in the same thread, because ``/proc/sys/net`` shows
 the namespace of the thread that opens it.
 
+Guests do not get a worker of their own: the host's worker makes a guest's namespace (and a raw
+netlink socket in it, :mod:`supervisor.net.rtnl`) and configures both ends of its veth in one
+job. A job that enters another namespace must bring the thread back (``supervisor.nsutil``); if
+that ever fails (:class:`~supervisor.nsutil.ThreadLost`), the worker stops serving.
+
 Foreign errors (``NetlinkError``, ``OSError``) are translated into the project's errors here.
 """
 

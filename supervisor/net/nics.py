@@ -19,6 +19,12 @@ For each interface, in libvirt's LXC order, with every change pushed on an undo 
 A failure at any step unwinds every step before it; a guest whose namespace dies takes its veth
 ends with it, but :func:`unplumb` deletes the host ends explicitly anyway (and tolerates their
 absence).
+
+A guest start waits for this, so a veth NIC costs one hop to the host's netlink worker: there,
+on raw netlink sockets (:mod:`supervisor.net.rtnl`), the host end is created already enslaved,
+sized and up with its peer in the guest, and the guest end is configured through a socket that
+was opened inside the guest's namespace. Meanwhile the trio thread writes dnsmasq's
+reservation. The rarer kinds (tap, ethernet host addresses, vserver) keep pyroute2 calls.
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ RTPROT_STATIC = 4  # what pyroute2 gives routes, so both paths make the same one
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
 LO_INDEX = 1  # loopback is always ifindex 1 in a namespace
+TIMEOUT = 5.0  # seconds
+RECV_SIZE = 1 << 16
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -204,6 +206,9 @@ class Rtnl:
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
         )
         self._sock.bind((0, 0))
+        # an answer never takes long; a bound turns a lost one into an error instead of a
+        # worker thread that waits forever
+        self._sock.settimeout(TIMEOUT)
         self._seq = 0
 
     def close(self) -> None:
@@ -214,18 +219,21 @@ class Rtnl:
         """Send one request and wait for its answer; raises on a negative acknowledgement."""
         self._seq += 1
         seq = self._seq
-        self._sock.send(message(kind, flags, seq, body))
         found: bytes | None = None
-        while True:
-            code, part = parse_reply(self._sock.recv(65536), seq)
-            found = part if part is not None else found
-            if code is None:
-                continue
-            if code == 0:
-                return found
-            if code == errno.EEXIST:
-                raise ConflictError(f"{what}: already exists ({os.strerror(code)})")
-            raise RtnlError(f"{what}: {os.strerror(code)}", code)
+        try:
+            self._sock.send(message(kind, flags, seq, body))
+            while True:
+                code, part = parse_reply(self._sock.recv(RECV_SIZE), seq)
+                found = part if part is not None else found
+                if code is not None:
+                    break
+        except OSError as exc:
+            raise RtnlError(f"{what}: {exc}", exc.errno or errno.EIO) from exc
+        if code == 0:
+            return found
+        if code == errno.EEXIST:
+            raise ConflictError(f"{what}: already exists ({os.strerror(code)})")
+        raise RtnlError(f"{what}: {os.strerror(code)}", code)
 
     def link(self, name: str) -> tuple[int, int] | None:
         """(index, MTU) of a link by name, or None when there is none."""
