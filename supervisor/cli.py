@@ -155,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_daemon)
 
     from supervisor.gc import add_gc_parser
+    from supervisor.stress_cli import add_stress_parser
 
     add_gc_parser(sub)
+    add_stress_parser(sub)
 
     p = sub.add_parser("rootfs", help="prepare a small busybox root directory for guests")
     p.add_argument("path", nargs="?", default="/var/lib/vsv/rootfs/busybox")

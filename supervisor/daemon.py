@@ -109,6 +109,8 @@ class GuestSlot:
     settled: trio.Event = attrs.Factory(trio.Event)
     start_error: BaseException | None = None
     task_done: trio.Event = attrs.Factory(trio.Event)
+    #: a definition stored while the guest ran; it replaces ``domain`` once the guest stops
+    pending: Domain | None = None
 
     def failure(self) -> BaseException | None:
         """Why the last start failed (None: it did not)."""
@@ -236,6 +238,14 @@ class Supervisor:
             raise InvalidOperation("the supervisor is not running")
         self._spawn.send_nowait((fn, args))
 
+    def _replace_definition(self, slot: GuestSlot, domain: Domain) -> None:
+        """Swap in a new definition for a stopped guest, keeping its state and reason."""
+        status = slot.life.status
+        slot.domain = domain
+        slot.pending = None
+        slot.life = Lifecycle.for_domain(domain, self.restart_policy)
+        slot.life.status = status
+
     def _new_slot(self, domain: Domain) -> GuestSlot:
         return GuestSlot(domain=domain, life=Lifecycle.for_domain(domain, self.restart_policy))
 
@@ -327,13 +337,12 @@ class Supervisor:
             self.slots[domain.name] = self._new_slot(domain)
             detail = "ADDED"
         else:
-            if previous.life.phase is Phase.SHUTOFF:
-                previous.domain = domain
-                previous.life = Lifecycle.for_domain(domain, self.restart_policy)
-                previous.life.status = lc.DomainStatus(
-                    lc.DomainState.SHUTOFF, previous.life.status.reason
-                )
+            if previous.life.phase is Phase.SHUTOFF and not previous.task_running:
+                self._replace_definition(previous, domain)
             else:
+                # a running guest keeps the definition it started with; the new one is used
+                # from its next start (as libvirt's "persistent config" vs "live config")
+                previous.pending = domain
                 previous.domain = attrs.evolve(previous.domain, autostart=domain.autostart)
             detail = "UPDATED"
         self._bus.publish_nowait("domain", domain.name, "DEFINED", detail)
@@ -489,6 +498,8 @@ class Supervisor:
                 await self._fail_hard(slot, exc)
         finally:
             slot.task_running = False
+            if slot.pending is not None and slot.life.phase is Phase.SHUTOFF:
+                self._replace_definition(slot, slot.pending)
             slot.settled.set()
             slot.task_done.set()
 

@@ -99,7 +99,7 @@ REAL_SETTLE_TIMEOUT = 15.0
 #: - ``kill-frozen-hybrid`` (real runtime): destroy of a suspended guest fails after 5 s with
 #:   "still has processes" on a host with the v1 freezer and the v2 ``cgroup.kill``: the
 #:   kill lands on frozen tasks, which die only when thawed. The harness resumes first.
-KNOWN_ISSUES = frozenset({"redefine-resets-reason", "kill-frozen-hybrid"})
+KNOWN_ISSUES: frozenset[str] = frozenset()
 
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
@@ -1249,24 +1249,6 @@ def run_stress(
 
 
 # =============================================================================== CLI
-
-
-def add_stress_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``vsv stress`` to the ``vsv`` sub-command parsers."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "stress", help="stateful stress test of the supervisor against a model"
-    )
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    p.add_argument("--steps", type=int, default=None, help="steps (default: fake 2000, real 200)")
-    p.add_argument("--guests", type=int, default=4, help="guest names in play (default 4)")
-    p.add_argument("--runtime", choices=("fake", "real"), default="fake")
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="also check behaviour where the supervisor has known bugs (KNOWN_ISSUES)",
-    )
-    p.set_defaults(func=cmd_stress)
-    return p
 
 
 def cmd_stress(args: argparse.Namespace) -> int:

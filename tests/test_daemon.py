@@ -383,3 +383,39 @@ def test_os_has_pidfd() -> None:
     """Re-adoption relies on pidfd_open (Linux 5.3+, Python 3.9+)."""
     fd = os.pidfd_open(os.getpid())
     os.close(fd)
+
+
+async def test_destroy_while_suspended(sup: Supervisor, rec: Recorder, root: Path) -> None:
+    """A frozen guest is destroyed too (on a hybrid machine the freezer must let it die)."""
+    await sup.define_domain(guest("s1", root))
+    await sup.start_domain("s1")
+    await sup.suspend_domain("s1")
+    with trio.fail_after(10):
+        await sup.destroy_domain("s1")
+    assert rec.seq("s1") == [
+        "DEFINED ADDED",
+        "STARTED BOOTED",
+        "SUSPENDED PAUSED",
+        "STOPPED DESTROYED",
+    ]
+    assert sup.slots["s1"].cgroup is None
+
+
+async def test_redefine_running_applies_at_next_start(
+    sup: Supervisor, rec: Recorder, root: Path
+) -> None:
+    """A definition changed while the guest runs is stored and used from its next start."""
+    script = f"hostname > /tmp/h; {LOOP}"
+    await sup.define_domain(guest("r1", root, script, hostname="old-name"))
+    await sup.start_domain("r1")
+    await sup.define_domain(guest("r1", root, script, hostname="new-name"))
+    assert sup.get_domain("r1").hostname == "old-name"  # the running guest keeps its own
+    await sup.destroy_domain("r1")
+    assert sup.get_domain("r1").hostname == "new-name"
+    assert sup.domain_status("r1").reason == "DESTROYED"  # the stop's reason is kept
+    (root / "tmp" / "h").unlink()
+    await sup.start_domain("r1")
+    with trio.fail_after(5):
+        while not (root / "tmp" / "h").exists():
+            await trio.sleep(0.01)
+    assert (root / "tmp" / "h").read_text().strip() == "new-name"

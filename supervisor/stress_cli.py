@@ -1,0 +1,31 @@
+"""``vsv stress``'s command line, kept apart from the harness so that building ``vsv``'s
+parser does not import hypothesis, trio or the supervisor (every verb pays for that import)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_stress_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``vsv stress`` to the ``vsv`` sub-command parsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "stress", help="stateful stress test of the supervisor against a model"
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    p.add_argument("--steps", type=int, default=None, help="steps (default: fake 2000, real 200)")
+    p.add_argument("--guests", type=int, default=4, help="guest names in play (default 4)")
+    p.add_argument("--runtime", choices=("fake", "real"), default="fake")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also check behaviour where the supervisor has known bugs (KNOWN_ISSUES)",
+    )
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from supervisor.stress import cmd_stress
+
+    return cmd_stress(args)
