@@ -4,7 +4,8 @@ Runs the real :class:`supervisor.daemon.Supervisor` in-process with the host sid
 namespace it creates (``vsvbnic-sbx``), a NAT network with dnsmasq (as in :mod:`bench_start`),
 a guest with one ``<interface type='network'>`` and the same guest without. The two starts are
 alternated sample by sample, in both regimes (idle gap, back to back), so load on the machine
-hits both alike; the difference is what the NIC costs. With ``--profile`` each step of the
+hits both alike; the difference is what the NIC costs. Before that, ``--burst`` one-NIC guests
+are started at once (batch wall time, five batches). With ``--profile`` each step of the
 network ``prepare`` hook is timed by wrapping the supervisor's functions in place (diagnosis
 only: the wrappers add microseconds). Everything is named ``vsvbnic...`` and removed also on
 failure or Ctrl-C.
@@ -77,7 +78,23 @@ def install_probe() -> Probe:
     return probe
 
 
-async def measure(workdir: str, runs: int, do_profile: bool) -> dict[str, Any]:
+async def burst(sup: Supervisor, root: str, n: int) -> dict[str, Any]:
+    """``n`` one-NIC guests started at once (one nursery), five times: batch wall times."""
+    nic = (Interface(type="network", source="lan"),)
+    names = [f"b{i}" for i in range(n)]
+    for name in names:
+        await sup.define_domain(attrs.evolve(guest(name, root), interfaces=nic))
+    walls = []
+    for _ in range(5):
+        await trio.sleep(0.2)
+        walls.append(await run_all(names, sup.start_domain))
+        await run_all(names, sup.destroy_domain)
+    for name in names:
+        await sup.undefine_domain(name)
+    return {"n": n, "batch_wall": summary(walls)}
+
+
+async def measure(workdir: str, runs: int, do_profile: bool, burst_n: int) -> dict[str, Any]:
     root = prepare_busybox_root(os.path.join(workdir, "rootfs"))
     sup = Supervisor(
         state_dir=Path(workdir) / "state",
@@ -101,6 +118,7 @@ async def measure(workdir: str, runs: int, do_profile: bool) -> dict[str, Any]:
                     for name in ("nic", "plain"):
                         await timer.start(name)
                         await timer.destroy(name)
+                out["burst"] = await burst(sup, root, burst_n)
                 for regime, idle in (("idle", True), ("back_to_back", False)):
                     probe = install_probe() if do_profile else None
                     samples: dict[str, list[float]] = {"nic": [], "plain": []}
@@ -157,6 +175,8 @@ def table(r: dict[str, Any]) -> str:
         lines.append(
             f"| {regime} | {cell(c['start_one_nic'])} | {cell(c['start_no_nic'])} | {diff:.2f} |"
         )
+    b = r["burst"]
+    lines += ["", f"{b['n']} one-NIC guests started at once: batch wall {cell(b['batch_wall'])} ms"]
     for regime in ("idle", "back_to_back"):
         steps = r[regime]["steps"]
         if not steps:
@@ -170,6 +190,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="samples per figure and regime")
     parser.add_argument("--profile", action="store_true", help="time the NIC path step by step")
+    parser.add_argument("--burst", type=int, default=10, help="one-NIC guests started at once")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_nic needs root", file=sys.stderr)
@@ -180,7 +201,7 @@ def main() -> int:
     results: dict[str, Any] | None = None
     try:
         nsutil.create_netns(SANDBOX)
-        results = trio.run(measure, workdir, args.runs, args.profile)
+        results = trio.run(measure, workdir, args.runs, args.profile, args.burst)
     finally:
         for p in cleanup(workdir):
             print(f"cleanup: {p}", file=sys.stderr)
