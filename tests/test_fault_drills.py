@@ -207,14 +207,16 @@ def unexpected_objects(
 ) -> list[gc.Leftover]:
     """What exists with the prefix beyond what the supervisor's current state accounts for.
 
-    Accounted for: the sandbox namespace; each running guest's cgroup (every hierarchy) and the
-    processes in it; while the network runs, its bridge and nftables table in the sandbox and
-    its dnsmasq. Anything else is a leak or a half-done operation.
+    Accounted for: the sandbox namespace; each running guest's cgroup (every hierarchy), the
+    processes in it and its named network namespace (guests with NICs); while the network runs,
+    its bridge and nftables table in the sandbox and its dnsmasq. Anything else is a leak or a
+    half-done operation.
     """
     guest_dirs = {cgroup_dir_name(prefix, n) for n in running}
+    guest_netns = {f"{prefix}-{n}" for n in running}
     extra = []
     for item in gc.find(prefix, netns=sandbox):
-        if item.kind == "netns" and item.name == sandbox:
+        if item.kind == "netns" and (item.name == sandbox or item.name in guest_netns):
             continue
         if item.kind == "cgroup" and os.path.basename(item.name) in guest_dirs:
             continue
@@ -294,7 +296,7 @@ def check_consistent(
 #: Leaks the drills found and tolerate (removing them as `vsv gc` would) until they are fixed;
 #: each has a strict-xfail reproduction below that starts passing when the bug is fixed:
 #: remove the name here then, and the drill checks that case strictly again.
-KNOWN_BUGS = {"interrupted-network-start"}
+KNOWN_BUGS: set[str] = set()
 
 
 @pytest.mark.root
@@ -403,11 +405,6 @@ def test_sigkill_once_the_guest_cgroup_exists(world: dict[str, Any], prefix: str
 
 
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="interrupted-network-start: the network's run record is written only once it runs, "
-    "so a supervisor killed while starting it leaves its bridge, table and dnsmasq to nobody",
-)
 def test_sigkill_once_the_network_bridge_exists(world: dict[str, Any], prefix: str) -> None:
     """Killed while a network starts (bridge and table made): the successor removes them."""
     base = world["base"]
@@ -510,12 +507,6 @@ def test_dnsmasq_killed_is_restarted_and_guests_keep_addresses(
 
 
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="restarted-dnsmasq: the network's run record keeps the first dnsmasq's pid, so a "
-    "successor cannot stop a restarted one; its own dnsmasq then cannot bind, and that "
-    "failure (an ExceptionGroup, not a VsvError) ends the successor daemon with status 1",
-)
 def test_successor_after_a_dnsmasq_restart(world: dict[str, Any], prefix: str) -> None:
     """Supervisor SIGKILLed after dnsmasq was restarted: the successor runs the network again."""
     sandbox = world["sandbox"]

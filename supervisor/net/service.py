@@ -11,6 +11,7 @@ integration wires to ``bus.publish_nowait("network", name, type)``.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ from supervisor.net.nics import AddressBook, PlumbedNic, guest_rtnl, plumb, unpl
 from supervisor.net.rtnl import Rtnl
 
 Emit = Callable[[str, str], None]
+_log = logging.getLogger("vsv.net")
 
 
 @attrs.define(eq=False)
@@ -188,6 +190,7 @@ async def _run_and_forget(
 ) -> None:
     """run_network, with the handle registered in the service exactly while it runs."""
 
+    started = False
     try:
         async with trio.open_nursery() as inner:
             handle: RunningNetwork = await inner.start(
@@ -199,6 +202,15 @@ async def _run_and_forget(
                 )
             )
             service.running[network.name] = handle
+            started = True
             task_status.started(handle)
+    except Exception as exc:
+        # a start failure goes to the caller; a network that fails while running (its dnsmasq
+        # cannot be restarted, ...) is reported and stops alone: it must not take the
+        # supervisor and every other network with it
+        if not started:
+            raise
+        _log.error("network %s failed and stopped: %s", network.name, exc)
+        service.emit(network.name, "STOPPED")
     finally:
         service.running.pop(network.name, None)

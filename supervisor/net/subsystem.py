@@ -132,6 +132,18 @@ class NetworkSubsystem:
         # Network tasks live in run()'s nursery; requests reach it through this channel.
         async for name, done, errors in receive:
             try:
+                # recorded before anything is made, so a successor can clean up after a start
+                # that a SIGKILL interrupted
+                net = self.service.table.get(name)
+                self.runs.write(
+                    "networks",
+                    name,
+                    {
+                        "bridge": bridge_for(self.prefix, net),
+                        "table": names.nft_table(self.prefix, name),
+                        "prefix": self.prefix,
+                    },
+                )
                 await self.service.start(name, nursery)
                 self._record(name)
             except Exception as exc:
@@ -158,14 +170,13 @@ class NetworkSubsystem:
 
         host = self.service.host
         for name, record in self.runs.read_all("networks").items():
-            pid = record.get("dnsmasq_pid")
-            if isinstance(pid, int):
-                with contextlib.suppress(OSError):
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # noqa: ASYNC240
-                    if b"dnsmasq" in cmdline and self.prefix.encode() in cmdline:
-                        signal_pid(pid, signal.SIGTERM)
-                        with trio.move_on_after(2):
-                            await wait_pid_gone(pid)
+            # every dnsmasq serving this network's files: the recorded one, and one the
+            # predecessor restarted (its pid was never recorded)
+            conf = str(DnsmasqFiles.in_dir(host.run_dir, self.prefix, name).conf)
+            for pid in dnsmasq_pids(conf):
+                signal_pid(pid, signal.SIGTERM)
+                with trio.move_on_after(2):
+                    await wait_pid_gone(pid)
             table = record.get("table")
             if isinstance(table, str):
                 with contextlib.suppress(VsvError):
@@ -375,6 +386,24 @@ class NetworkSubsystem:
             if a.address not in leased
         ]
         return leases
+
+
+def dnsmasq_pids(conf_file: str) -> list[int]:
+    """Pids of the dnsmasq processes started with ``--conf-file=conf_file``."""
+    import os
+
+    wanted = f"--conf-file={conf_file}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"dnsmasq") and wanted in argv:
+            found.append(int(entry))
+    return found
 
 
 async def wait_pid_gone(pid: int) -> None:
