@@ -13,7 +13,7 @@ from typing import Protocol
 
 import attrs
 
-from supervisor.guest import procs
+from supervisor.guest import procs, spawn
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
 from supervisor.guest.spawn import GuestExit, Namespaces, spawn_init
 from supervisor.model import Domain
@@ -71,6 +71,10 @@ class LinuxRuntime:
     """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, util-linux unshare."""
 
     layout: CgroupLayout = attrs.Factory(detect_layout)
+
+    def __attrs_post_init__(self) -> None:
+        # the fork server's interpreter start (~50 ms) must not land on the first guest's start
+        spawn.start_fork_server()
 
     def cgroup(self, prefix: str, name: str) -> GuestCgroup:
         return GuestCgroup(self.layout, prefix, name)
