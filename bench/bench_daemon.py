@@ -498,7 +498,7 @@ class Probe:
 
 def install_probe() -> Probe:
     """Time each step of the supervisor's start and destroy paths."""
-    from supervisor import daemon
+    from supervisor import daemon, runtime
     from supervisor.bus import Bus
     from supervisor.guest import procs, spawn
     from supervisor.store import RunStore
@@ -507,12 +507,14 @@ def install_probe() -> Probe:
     probe.wrap(GuestCgroup, "create", "boot: cgroup create (mkdir x hierarchies)")
     probe.wrap(GuestCgroup, "apply_limits", "boot: cgroup limits")
     probe.wrap(Bus, "run_prepare", "boot: bus prepare hooks")
-    probe.wrap(daemon, "spawn_init", "boot: spawn_init (whole)")
+    probe.wrap(runtime, "spawn_init", "boot: spawn_init (whole)")
     probe.wrap(spawn, "_prepare", "spawn: plan (passwd/group read)")
-    probe.wrap(trio.lowlevel, "open_process", "spawn: fork+preexec+exec unshare (blocks loop)")
+    probe.wrap(trio.lowlevel, "open_process", "spawn: fork+preexec+exec unshare (fork path)")
+    if hasattr(spawn, "_start_via_forkserver"):
+        probe.wrap(spawn, "_start_via_forkserver", "spawn: fork server until unshare exec'd")
     probe.wrap(spawn, "_wait_init_exec", "spawn: poll until init exec'd")
     probe.wrap(procs, "ns_inodes", "spawn: namespace inodes")
-    probe.wrap(daemon.Supervisor, "_record", "boot: run-dir record (fsync x2), after STARTED")
+    probe.wrap(daemon.Supervisor, "_record", "boot: run-dir record, after STARTED")
     probe.wrap(GuestCgroup, "kill_all", "destroy: cgroup kill_all (each call)")
     probe.wrap(Bus, "run_release", "destroy: bus release hooks")
     probe.wrap(GuestCgroup, "remove", "destroy: cgroup rmdir")
