@@ -11,6 +11,14 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# CI (CI=true) runs every property test on the same examples each time, so a landing cannot be
+# blocked by an example no one has seen before; developers' runs keep exploring new ones. No
+# deadline in CI either: a loaded machine makes example timings meaningless.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def _can_run_root_tests() -> str | None:

@@ -417,7 +417,8 @@ async def test_redefine_running_applies_at_next_start(
     assert sup.domain_status("r1").reason == "DESTROYED"  # the stop's reason is kept
     (root / "tmp" / "h").unlink()
     await sup.start_domain("r1")
+    h = root / "tmp" / "h"
     with trio.fail_after(5):
-        while not (root / "tmp" / "h").exists():
+        while not (h.exists() and h.read_text().strip()):
             await trio.sleep(0.01)
-    assert (root / "tmp" / "h").read_text().strip() == "new-name"
+    assert h.read_text().strip() == "new-name"

@@ -425,9 +425,10 @@ class GuestCgroup:
             kill_file = self._kill_file()
             if kill_file is not None:
                 _write(kill_file, "1")
-                # a task frozen by the other hierarchy's freezer (v1 on a hybrid machine, or
-                # v2's cgroup.freeze) dies only once it is thawed
-                if self.is_frozen():
+                # a task frozen by the v1 freezer (a hybrid machine) dies only once thawed; the
+                # v2 freezer lets SIGKILL through by itself
+                mode = self._freeze_mode()
+                if mode is not None and mode[0] == "v1" and self.is_frozen():
                     await self.thaw()
                 await self._wait_empty()
                 return

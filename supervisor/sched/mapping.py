@@ -404,6 +404,17 @@ def _apply_cputune(
                 )
             quota = q
             burst = min(burst, quota)
+    if quota is not None and burst > QUOTA_MAX_US - quota:
+        # the kernel refuses quota + burst above 2^44-1 (an explicit quota near the top)
+        losses.append(
+            Loss(
+                "scheduler.tokens_max",
+                f"{burst}us burst",
+                f"{QUOTA_MAX_US - quota}us",
+                "quota + burst may not exceed 2^44-1 us",
+            )
+        )
+        burst = QUOTA_MAX_US - quota
     return CpuLimits(period_us=period, quota_us=quota, burst_us=burst, shares=shares)
 
 

@@ -21,8 +21,9 @@ guest actually ran on:
 2. contention: ``idle < low_water`` means someone wants the CPU the loans hold: every loan is
    halved (and dropped below ``min_loan``), so a loan of one CPU is gone within ~5 periods even
    when the borrower keeps running on it.
-3. lending: ``idle > reserve + min_step`` lends ``idle - reserve`` to throttled guests with room,
-   in proportion to their idle rates (water-filling up to each one's ``idle_rate``).
+3. lending: ``idle > reserve + min_step`` lends ``idle - reserve`` to throttled guests with room
+   that used at least ``busy_ratio`` of their quota, in proportion to their idle rates
+   (water-filling up to each one's ``idle_rate``).
 4. otherwise hold. The gap between ``low_water`` and ``reserve`` is the hysteresis band: after
    lending, ``reserve`` stays idle, so measurement noise does not flip the tuner between lending
    and reclaiming; and changes smaller than ``min_step`` are not made.
@@ -61,6 +62,10 @@ class TunerConfig:
     min_loan: float = 0.02
     #: fraction of CFS periods throttled in a window that counts as "wants more"
     throttle_ratio: float = 0.05
+    #: a throttled guest must also have used this fraction of its current quota to be lent more
+    #: (throttling while using far less is a burst at a period edge, not a lasting demand; lending
+    #: on it would make the tuner lend and trim by turns)
+    busy_ratio: float = 0.8
     #: fraction of each loan kept per contended period
     reclaim_factor: float = 0.5
 
@@ -234,7 +239,10 @@ def decide(
         wanting = {
             g
             for g in guests
-            if g in windows and windows[g].throttled and guests[g].idle_rate > new[g]
+            if g in windows
+            and windows[g].throttled
+            and guests[g].idle_rate > new[g]
+            and windows[g].usage >= config.busy_ratio * (guests[g].guaranteed + new[g])
         }
         room = {g: guests[g].idle_rate - new[g] for g in wanting}
         given = _fill(room, {g: guests[g].idle_rate for g in wanting}, idle - config.reserve)
