@@ -35,9 +35,25 @@ phases (STOPPING before its deadline, RESTARTING and REBOOTING during backoff) a
 ``real`` uses :class:`~supervisor.runtime.LinuxRuntime` with busybox guests whose init polls
 ``/tmp/cmd`` in its own root every 50 ms and does ``reboot -f``, ``poweroff -f`` or ``exit 3``
 when told; there time is real, so after each operation the harness waits (``trio.fail_after``)
-until the supervisor reaches the model's settled state. Real guests use a private network
-namespace each (``privnet``); the supervisor runs with ``networking=False``, so no host network
-object is touched.
+until the supervisor reaches the model's settled state.
+
+The real runtime also drives networking and the scheduler. Each example creates a sandbox
+network namespace (``<prefix>-sbx``) and runs the supervisor with ``host_netns`` set to it, so
+every host-side object (bridge ``<prefix>b0``, nft table, dnsmasq) lives there and the host's
+own interfaces are never touched. One NAT network (:data:`NETWORK`) is defined and started at
+the beginning; ``net_start``/``net_destroy`` toggle it. Some guests carry a NIC on it (the
+others a private, empty namespace): a NIC guest's start, or its automatic restart, fails with
+STOPPED FAILED (reason start-failed) while the network is down. Destroying the network leaves
+its running guests running with a dangling NIC (no bridge port), and a later ``net_start`` does
+not plug them back: only their next fresh boot does (libvirt's ``net-destroy`` behaves alike).
+``schedinfo`` sets ``cpu_shares`` live: one TUNABLE ``cputune.shares`` when the value changes,
+none when it does not, InvalidOperation when the guest does not run. After every step the
+harness checks, besides the above: each NIC guest's named namespace exists exactly while it is
+active; the bridge's ports (``ip -n SANDBOX link show master BRIDGE``) are exactly the host ends
+of the plugged guests, whose addresses differ; the network's nft table and its one dnsmasq
+exist exactly while it runs; its events are the model's (DEFINED, STARTED/STOPPED alternating,
+UNDEFINED); running guests' ``cpu.shares`` is the model's. At the end of each example nothing
+with the example's prefix is left (:func:`supervisor.gc.find`).
 
 Hypothesis runs in the calling thread; the supervisor runs in ``trio.run`` on a helper thread
 (one per example), and every rule calls into it with :func:`trio.from_thread.run`. A run of
@@ -55,6 +71,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -69,11 +86,23 @@ import attrs
 import trio
 import trio.testing
 
-from supervisor.bus import Gap, Subscription, SubscriptionDropped
+from supervisor.bus import Gap, PrepareFailed, Subscription, SubscriptionDropped
 from supervisor.errors import InvalidOperation, NotFound, RuntimeFailure
 from supervisor.events import Event
 from supervisor.lifecycle import RestartPolicy
-from supervisor.model import Domain, Filesystem, LifecycleAction, OsSpec
+from supervisor.model import (
+    AddressRange,
+    Bridge,
+    CpuTune,
+    Domain,
+    Filesystem,
+    Forward,
+    Interface,
+    LifecycleAction,
+    Network,
+    NetworkIp,
+    OsSpec,
+)
 
 RuntimeKind = Literal["fake", "real"]
 T = TypeVar("T")
@@ -99,7 +128,11 @@ REAL_SETTLE_TIMEOUT = 15.0
 #: - ``kill-frozen-hybrid`` (real runtime): destroy of a suspended guest fails after 5 s with
 #:   "still has processes" on a host with the v1 freezer and the v2 ``cgroup.kill``: the
 #:   kill lands on frozen tasks, which die only when thawed. The harness resumes first.
-KNOWN_ISSUES: frozenset[str] = frozenset()
+#: - ``live-schedinfo-persists`` (real runtime): ``set_schedinfo(live=True, config=False)``
+#:   also changes the definition the supervisor boots from (``slot.domain = new``), so the
+#:   guest's next start (or automatic restart) gets the live value, not the stored one; libvirt
+#:   drops a live-only change when the guest stops. A redefinition drops it here too.
+KNOWN_ISSUES: frozenset[str] = frozenset({"live-schedinfo-persists"})
 
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
@@ -120,9 +153,18 @@ OPERATION_WEIGHTS = {
     "advance_clock": 3,
     "consumer_connects": 1,
     "consumer_reads": 1,
+    # real runtime only (appended last, so the fake runtime's draws stay as they were)
+    "net_start": 2,
+    "net_destroy": 1,
+    "schedinfo": 3,
 }
 #: operations only the fake runtime can do (failure injection, a clock the harness moves)
 FAKE_ONLY = frozenset({"start_fails", "advance_clock"})
+#: operations only the real runtime does (the fake one has no network or scheduler subsystem)
+REAL_ONLY = frozenset({"net_start", "net_destroy", "schedinfo"})
+#: the one network the real runtime defines, and the ``cpu_shares`` values schedinfo sets
+NETWORK = "n0"
+SHARES = (512, 1024, 2048)
 
 #: a busybox init that polls a command file (the real runtime's in-guest actions)
 GUEST_LOOP = (
@@ -146,12 +188,18 @@ class Illegal(Exception):
 
 @attrs.define
 class Definition:
-    """What the harness defines: the domain's lifecycle policy and whether init traps TERM."""
+    """What the harness defines: lifecycle policy, whether init traps TERM, NIC and CPU shares.
+
+    ``nic`` and ``shares`` are drawn for the real runtime only (the fake one has no network or
+    scheduler subsystem): a NIC on :data:`NETWORK`, and ``<cputune><shares>`` (None: none).
+    """
 
     on_poweroff: LifecycleAction = "destroy"
     on_reboot: LifecycleAction = "restart"
     on_crash: LifecycleAction = "destroy"
     traps: bool = True
+    nic: bool = False
+    shares: int | None = None
 
 
 @attrs.define
@@ -167,6 +215,13 @@ class GuestModel:
     restarts: int = 0
     #: when the pending timer fires: restart (restarting), respawn (rebooting), kill (stopping)
     due: float | None = None
+    #: its NIC's host end is a port of the network's bridge (False: no NIC, or the network
+    #: was destroyed under the running guest and its NIC dangles)
+    attached: bool = False
+    #: the ``cpu_shares`` in force while it runs (the definition's at each fresh boot)
+    shares: int | None = None
+    #: the last live ``cpu_shares`` since the last definition (quirk live-schedinfo-persists)
+    live_shares: int | None = None
 
     def set(self, phase: str, state: str, reason: str, due: float | None = None) -> None:
         self.phase, self.state, self.reason, self.due = phase, state, reason, due
@@ -179,9 +234,14 @@ def event_text(
     reason: str | None = None,
     end: str | None = None,
     delay: float | None = None,
+    params: dict[str, str] | None = None,
 ) -> str:
-    """How the harness compares events: ``TYPE DETAIL [reason=..] [end=..] [delay=..]``."""
+    """How the harness compares events: ``TYPE DETAIL [reason=..] [end=..] [delay=..]``.
+
+    ``params``: a TUNABLE's changed parameters, all of them (``cputune.shares=512``).
+    """
     parts = [type_] + ([detail] if detail else [])
+    parts += [f"{k}={v}" for k, v in sorted((params or {}).items())]
     if reason:
         parts.append(f"reason={reason}")
     if end:
@@ -193,12 +253,16 @@ def event_text(
 
 def text_of(event: Event) -> str:
     delay = event.get("restart_delay")
+    params = None
+    if event.type == "TUNABLE":
+        params = {k: str(v) for k, v in event.data if k != "reason"}
     return event_text(
         event.type,
         event.detail,
         reason=event.get("reason"),
         end=event.get("end"),
         delay=float(delay) if delay is not None else None,
+        params=params,
     )
 
 
@@ -217,6 +281,10 @@ class Model:
     #: every event each domain must have had, in order (``event_text`` form)
     events: dict[str, list[str]] = attrs.Factory(dict)
     now: float = 0.0
+    #: the one network (real runtime): defined, running, and its events (types) in order
+    net_defined: bool = False
+    net_running: bool = False
+    net_events: list[str] = attrs.Factory(list)
 
     def _emit(self, name: str, *texts: str) -> None:
         self.events.setdefault(name, []).extend(texts)
@@ -239,6 +307,7 @@ class Model:
             raise Illegal("invalid")  # the harness redefines only stopped guests (see report)
         g.definition = definition
         g.restarts = 0
+        g.live_shares = None
         if "redefine-resets-reason" in self.quirks:
             g.reason = "UNKNOWN"
         self._emit(name, event_text("DEFINED", "UPDATED"))
@@ -250,19 +319,84 @@ class Model:
         del self.guests[name]
         self._emit(name, event_text("UNDEFINED", "REMOVED"))
 
+    # -- the network
+
+    def define_network(self) -> None:
+        if self.net_defined:
+            raise Illegal("invalid")  # the harness defines it once (redefinition not modelled)
+        self.net_defined = True
+        self.net_events.append("DEFINED")
+
+    def undefine_network(self) -> None:
+        if not self.net_defined:
+            raise Illegal("missing")
+        if self.net_running:
+            raise Illegal("invalid")
+        self.net_defined = False
+        self.net_events.append("UNDEFINED")
+
+    def start_network(self) -> None:
+        if not self.net_defined:
+            raise Illegal("missing")
+        if self.net_running:
+            raise Illegal("invalid")
+        self.net_running = True
+        self.net_events.append("STARTED")
+
+    def destroy_network(self) -> None:
+        """Stop the network. Running guests keep running; their NICs dangle off no bridge.
+
+        That is what the supervisor does (as libvirt's ``net-destroy``): nothing tells the
+        guests, and a later ``net-start`` does not re-attach them; only a fresh boot does.
+        """
+        if not self.net_defined:
+            raise Illegal("missing")
+        if not self.net_running:
+            raise Illegal("invalid")
+        self.net_running = False
+        self.net_events.append("STOPPED")
+        for g in self.guests.values():
+            g.attached = False
+
+    def start_fails(self, name: str) -> bool:
+        """Whether a start of ``name`` now must fail: its NIC's network is not running."""
+        g = self.guests.get(name)
+        return g is not None and g.definition.nic and not self.net_running
+
     # -- operations
+
+    def _boot(self, g: GuestModel) -> None:
+        """A fresh boot: resources made anew from the definition (NIC plugged, shares)."""
+        g.set("running", "RUNNING", "BOOTED")
+        g.attached = g.definition.nic and self.net_running
+        g.shares = g.definition.shares
+        if "live-schedinfo-persists" in self.quirks and g.live_shares is not None:
+            g.shares = g.live_shares
+        self._emit(g.name, event_text("STARTED", "BOOTED"))
+
+    def _boot_fails(self, g: GuestModel) -> None:
+        g.set("shutoff", "SHUTOFF", "FAILED")
+        self._emit(g.name, event_text("STOPPED", "FAILED", reason="start-failed"))
 
     def start(self, name: str, *, fails: bool = False) -> None:
         g = self._get(name)
         if g.phase not in ("shutoff", "restarting"):
             raise Illegal("invalid")
         g.restarts = 0
-        if fails:
-            g.set("shutoff", "SHUTOFF", "FAILED")
-            self._emit(name, event_text("STOPPED", "FAILED", reason="start-failed"))
+        if fails or self.start_fails(name):
+            self._boot_fails(g)
         else:
-            g.set("running", "RUNNING", "BOOTED")
-            self._emit(name, event_text("STARTED", "BOOTED"))
+            self._boot(g)
+
+    def set_shares(self, name: str, shares: int) -> None:
+        """``schedinfo --set cpu_shares=N --live``: one TUNABLE when the value changes."""
+        g = self._get(name)
+        if g.phase not in WITH_PROCESS:
+            raise Illegal("invalid")
+        g.live_shares = shares
+        if g.shares != shares:
+            g.shares = shares
+            self._emit(name, event_text("TUNABLE", params={"cputune.shares": str(shares)}))
 
     def shutdown(self, name: str) -> None:
         g = self._get(name)
@@ -383,8 +517,10 @@ class Model:
             if g.due is None or g.due > self.now:
                 continue
             if g.phase == "restarting":
-                g.set("running", "RUNNING", "BOOTED")
-                self._emit(g.name, event_text("STARTED", "BOOTED"))
+                if self.start_fails(g.name):
+                    self._boot_fails(g)
+                else:
+                    self._boot(g)
             elif g.phase == "rebooting":
                 g.set("running", "RUNNING", "BOOTED")
             elif g.phase == "stopping":
@@ -410,6 +546,8 @@ class EventLog:
     active: set[str] = attrs.Factory(set)
     defined: set[str] = attrs.Factory(set)
     last_seq: int | None = None
+    #: the network events' types, in order, per network
+    networks: dict[str, list[str]] = attrs.Factory(dict)
 
     def add(self, item: Event | Gap) -> None:
         if isinstance(item, Gap):
@@ -420,10 +558,28 @@ class EventLog:
             raise AssertionError(f"sequence jumps from {self.last_seq} to {e.seq}: {e.line()}")
         self.last_seq = e.seq
         self.events.append(e)
+        if e.kind == "network" and e.name is not None:
+            self._network_grammar(e)
+            self.networks.setdefault(e.name, []).append(e.type)
+            return
         if e.kind != "domain" or e.name is None:
             return
         self._grammar(e)
         self.by_name.setdefault(e.name, []).append(text_of(e))
+
+    def _network_grammar(self, e: Event) -> None:
+        """DEFINED first; STARTED and STOPPED alternate; UNDEFINED only while stopped."""
+        seen = self.networks.get(e.name or "", [])
+        last_run = next((t for t in reversed(seen) if t in ("STARTED", "STOPPED")), "STOPPED")
+        defined = bool(seen) and seen[-1] != "UNDEFINED"
+        ok = {
+            "DEFINED": True,
+            "UNDEFINED": defined and last_run == "STOPPED",
+            "STARTED": defined and last_run == "STOPPED",
+            "STOPPED": defined and last_run == "STARTED",
+        }.get(e.type, False)
+        if not ok:
+            raise AssertionError(f"network event {e.line()} after {seen}")
 
     def _grammar(self, e: Event) -> None:
         name = e.name
@@ -572,7 +728,11 @@ class RunContext:
 
 
 def guest_domain(ctx: RunContext, name: str, d: Definition) -> Domain:
-    """The domain the harness defines: a busybox init that polls /tmp/cmd (and may trap TERM)."""
+    """The domain the harness defines: a busybox init that polls /tmp/cmd (and may trap TERM).
+
+    A NIC-bearing guest gets one ``<interface type='network'>`` on :data:`NETWORK` (and so its
+    own named namespace); every other guest a private, empty one (``privnet``).
+    """
     script = ("trap 'exit 0' TERM; " if d.traps else "") + GUEST_LOOP
     fs: tuple[Filesystem, ...] = ()
     if name in ctx.roots:
@@ -582,10 +742,33 @@ def guest_domain(ctx: RunContext, name: str, d: Definition) -> Domain:
         type="vserver",
         os=OsSpec(init="/bin/sh", initargs=("-c", script)),
         filesystems=fs,
-        privnet=True,
+        privnet=not d.nic,
+        interfaces=(Interface(type="network", source=NETWORK),) if d.nic else (),
+        cputune=CpuTune(shares=d.shares) if d.shares is not None else None,
         on_poweroff=d.on_poweroff,
         on_reboot=d.on_reboot,
         on_crash=d.on_crash,
+    )
+
+
+def stress_network(prefix: str, n: int) -> Network:
+    """The real runtime's NAT network: bridge ``<prefix>b0``, 10.213.(200 + n % 50).0/24.
+
+    Its DHCP range covers far more than any run's guests (the guests get their address with
+    the NIC; the range is what the allocator hands out from).
+    """
+    net = f"10.213.{200 + n % 50}"
+    return Network(
+        name=NETWORK,
+        bridge=Bridge(name=f"{prefix}b0", stp=False),
+        forward=Forward(mode="nat"),
+        ips=(
+            NetworkIp(
+                address=f"{net}.1",
+                prefix=24,
+                dhcp_ranges=(AddressRange(f"{net}.2", f"{net}.254"),),
+            ),
+        ),
     )
 
 
@@ -594,25 +777,35 @@ def _make_machine(ctx: RunContext) -> type[Any]:
     from hypothesis import strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+    from supervisor import gc, nsutil
     from supervisor.daemon import Supervisor
     from supervisor.fakeruntime import FakeRuntime
     from supervisor.guest.cgroups import GuestCgroup, detect_layout, find_leftovers
     from supervisor.guest.procs import nspid
+    from supervisor.net import nftables
+    from supervisor.net.dnsmasq import DnsmasqFiles
+    from supervisor.net.names import nft_table
+    from supervisor.net.subsystem import dnsmasq_pids
 
     names = tuple(f"g{i}" for i in range(ctx.guests))
     fake = ctx.runtime == "fake"
+    # the real runtime also draws a NIC and CPU shares (the fake's draws stay as they were)
+    extra: dict[str, st.SearchStrategy[Any]] = (
+        {} if fake else {"nic": st.booleans(), "shares": st.sampled_from((None, *SHARES))}
+    )
     definitions = st.builds(
         Definition,
         on_poweroff=st.sampled_from(ACTIONS),
         on_reboot=st.sampled_from(ACTIONS),
         on_crash=st.sampled_from(ACTIONS),
         traps=st.booleans(),
+        **extra,
     )
     ends = ("reboot", "poweroff", "crash", "exit0") if fake else ("reboot", "poweroff", "crash")
     operations = tuple(
         op
         for op, weight in OPERATION_WEIGHTS.items()
-        if fake or op not in FAKE_ONLY
+        if op not in (REAL_ONLY if fake else FAKE_ONLY)
         for _ in range(weight)
     )
 
@@ -639,21 +832,31 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             self.prefix = "vsvs" + secrets.token_hex(3)
             self.dir = Path(tempfile.mkdtemp(prefix=f"ex{self.n}-", dir=ctx.workdir))
             self.layout = None if fake else detect_layout()
+            # real: host-side networking (bridge, nft table, dnsmasq) in a sandbox namespace
+            self.sandbox: str | None = None if fake else f"{self.prefix}-sbx"
+            host_netns = None
+            if self.sandbox is not None:
+                host_netns = str(nsutil.create_netns(self.sandbox))
             self.sup = Supervisor(
                 state_dir=self.dir / "state",
                 run_dir=self.dir / "run",
                 prefix=self.prefix,
                 runtime=self.fake_rt,
-                networking=False,
+                host_netns=host_netns,
+                networking=not fake,
                 restart_policy=policy,
                 shutdown_timeout=timeout,
             )
-            self.trio = TrioThread(self.clock)
             self.main_sub: Subscription | None = None
             try:
-                self.trio.call(self._start)
+                self.trio = TrioThread(self.clock)
+                try:
+                    self.trio.call(self._start)
+                except BaseException:
+                    self.trio.close()
+                    raise
             except BaseException:
-                self.trio.close()
+                self._remove_sandbox()
                 raise
 
         async def _start(self) -> None:
@@ -757,7 +960,63 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                             f"expected {g.state}/{g.reason}"
                         )
                 problems.extend(self._runtime_problems(name, g))
+            if not fake:
+                problems.extend(await self._network_problems())
             return problems
+
+        async def _network_problems(self) -> list[str]:
+            """The network's kernel side agrees with the model (in the sandbox namespace).
+
+            Its nft table and its dnsmasq exist exactly while it runs; the bridge's ports are
+            exactly the host ends of the NIC guests plugged in while it ran (not those whose
+            NIC dangles since a net-destroy); plugged guests' addresses differ.
+            """
+            assert self.sandbox is not None
+            model = self.model
+            out: list[str] = []
+            got_events = self.log.networks.get(NETWORK, [])
+            if got_events != model.net_events:
+                out.append(f"network events: {got_events} != expected {model.net_events}")
+            sandbox = str(nsutil.netns_path(self.sandbox))
+            tables = await nftables.list_tables(sandbox)
+            table = nft_table(self.prefix, NETWORK)
+            if (table in tables) != model.net_running:
+                out.append(f"nft table {table} in {tables}, network running={model.net_running}")
+            conf = DnsmasqFiles.in_dir(self.dir / "run" / "net", self.prefix, NETWORK).conf
+            pids = dnsmasq_pids(str(conf))
+            if len(pids) != int(model.net_running):
+                out.append(f"dnsmasq {pids}, network running={model.net_running}")
+            plugged = sorted(n for n, g in model.guests.items() if g.attached and g.phase in ACTIVE)
+            want_ports: set[str] = set()
+            addresses: dict[str, str] = {}
+            for n in plugged:
+                nic = self.sup.domain_interfaces(n)[0]
+                want_ports.add(str(nic["host_if"]))
+                for a in nic["addresses"]:
+                    if a["address"] in addresses:
+                        out.append(f"{n} and {addresses[a['address']]} both have {a['address']}")
+                    addresses[a["address"]] = n
+            ports = await self._bridge_ports()
+            if ports != want_ports:
+                out.append(f"bridge ports {sorted(ports)} != {sorted(want_ports)} of {plugged}")
+            return out
+
+        async def _bridge_ports(self) -> set[str]:
+            """``ip -n SANDBOX -o link show master BRIDGE``: its ports (none: no bridge)."""
+            assert self.sandbox is not None
+            result = await trio.run_process(
+                ["ip", "-n", self.sandbox, "-o", "link", "show", "master", f"{self.prefix}b0"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                return set()
+            return {
+                line.split(":")[1].strip().split("@")[0]
+                for line in result.stdout.decode().splitlines()
+                if line.strip()
+            }
 
         def _runtime_problems(self, name: str, g: GuestModel | None) -> list[str]:
             active = g is not None and g.phase in ACTIVE
@@ -786,6 +1045,17 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 out.append(f"{name} ({g and g.phase}): processes {sorted(pids)}")
             if active and all(exists) and real.is_frozen() != paused:
                 out.append(f"{name} ({g and g.phase}): frozen={real.is_frozen()}")
+            nic = g is not None and g.definition.nic
+            netns = nsutil.netns_exists(f"{self.prefix}-{name}")
+            if netns != (nic and active):
+                out.append(f"{name} ({g and g.phase}, nic={nic}): netns exists={netns}")
+            if running and g is not None and g.shares is not None:
+                cpu = real._ctrl_dir("cpu")
+                shares = Path(cpu, "cpu.shares") if cpu is not None else None
+                if shares is not None and shares.exists():
+                    got = int(shares.read_text())
+                    if got != g.shares:
+                        out.append(f"{name}: cpu.shares {got}, expected {g.shares}")
             if running and name in self.sup.slots:
                 init = self.sup.domain_status(name).init_pid
                 try:
@@ -803,6 +1073,18 @@ def _make_machine(ctx: RunContext) -> type[Any]:
 
         @initialize(definitions=st.lists(definitions, min_size=len(names), max_size=len(names)))
         def define_all(self, definitions: list[Definition]) -> None:
+            if not fake:
+                network = stress_network(self.prefix, self.n)
+                self._do(
+                    _call(self.sup.define_network, network),
+                    self.model.define_network,
+                    f"net-define {NETWORK}",
+                )
+                self._do(
+                    _call(self.sup.start_network, NETWORK),
+                    self.model.start_network,
+                    f"net-start {NETWORK}",
+                )
             for name, definition in zip(names, definitions, strict=True):
                 domain = guest_domain(ctx, name, definition)
                 self._do(
@@ -855,10 +1137,50 @@ def _make_machine(ctx: RunContext) -> type[Any]:
 
         def op_start(self, data: st.DataObject) -> None:
             name = self._pick(data, frozenset({"shutoff", "restarting"}))
+            g = self.model.guests.get(name)
+            legal = g is not None and g.phase in ("shutoff", "restarting")
+            if legal and self.model.start_fails(name):
+                # a NIC guest whose network is down: refused by the network hook (STOPPED FAILED)
+                self._do(
+                    _expect(
+                        _call(self.sup.start_domain, name), PrepareFailed, cause=InvalidOperation
+                    ),
+                    lambda: self.model.start(name),
+                    f"start-without-network {name}",
+                )
+                return
             self._do(
                 lambda: self.sup.start_domain(name),
                 lambda: self.model.start(name),
                 f"start {name}",
+            )
+
+        def op_net_start(self, data: st.DataObject) -> None:
+            self._do(
+                _call(self.sup.start_network, NETWORK),
+                self.model.start_network,
+                f"net-start {NETWORK}",
+            )
+
+        def op_net_destroy(self, data: st.DataObject) -> None:
+            if self.counting and any(g.attached for g in self.model.guests.values()):
+                ctx.ops["net-destroy:under-running-guests"] += 1
+            self._do(
+                _call(self.sup.destroy_network, NETWORK),
+                self.model.destroy_network,
+                f"net-destroy {NETWORK}",
+            )
+
+        def op_schedinfo(self, data: st.DataObject) -> None:
+            """``schedinfo --set cpu_shares=N --live``: refused unless the guest runs."""
+            name = self._pick(data, frozenset({"running", "paused"}))
+            shares = data.draw(st.sampled_from(SHARES), label="cpu_shares")
+            self._do(
+                lambda: self.sup.set_schedinfo(
+                    name, {"cpu_shares": str(shares)}, live=True, config=False
+                ),
+                lambda: self.model.set_shares(name, shares),
+                f"schedinfo {name} cpu_shares={shares}",
             )
 
         def op_start_fails(self, data: st.DataObject) -> None:
@@ -1032,6 +1354,18 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                             _call(self.model.destroy, name),
                             f"teardown: destroy {name}",
                         )
+                if self.model.net_running:
+                    self._do(
+                        _call(self.sup.destroy_network, NETWORK),
+                        self.model.destroy_network,
+                        f"teardown: net-destroy {NETWORK}",
+                    )
+                if self.model.net_defined:
+                    self._do(
+                        _call(self.sup.undefine_network, NETWORK),
+                        self.model.undefine_network,
+                        f"teardown: net-undefine {NETWORK}",
+                    )
                 for name in sorted(self.model.guests):
                     self._do(
                         _call(self.sup.undefine_domain, name),
@@ -1073,12 +1407,29 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                         leaks = find_leftovers(self.layout, self.prefix)
                         if leaks:
                             trio.run(_remove_cgroups, self.layout, self.prefix, names)
+                        self._remove_sandbox()
+                        found = gc.find(self.prefix)
+                        if found:
+                            leaks = [leaks, found]
+                            gc.remove(found)
                     # after a failed step the supervisor was stopped with guests running: the
                     # fake's leftovers then say nothing (real ones were cleaned up above)
                     if leaks and self.torn_down:
                         raise AssertionError(f"leftovers after teardown: {leaks}")
                 finally:
                     shutil.rmtree(self.dir, ignore_errors=True)
+
+        def _remove_sandbox(self) -> None:
+            """Drop the sandbox namespace (bridge and veths go with it), guests' namespaces
+            and a dnsmasq a failed run left."""
+            if self.sandbox is None:
+                return
+            conf = DnsmasqFiles.in_dir(self.dir / "run" / "net", self.prefix, NETWORK).conf
+            for pid in dnsmasq_pids(str(conf)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for ns in nsutil.list_netns(self.prefix + "-"):
+                nsutil.delete_netns(ns)
 
         async def _destroy_all(self) -> None:
             with trio.move_on_after(20):
@@ -1095,13 +1446,21 @@ class _Expected(Exception):
 
 
 def _expect(
-    op: Callable[[], Awaitable[object]], error: type[BaseException]
+    op: Callable[[], Awaitable[object]],
+    error: type[BaseException],
+    *,
+    cause: type[BaseException] | None = None,
 ) -> Callable[[], Awaitable[None]]:
+    """``op`` must raise ``error`` (caused by ``cause``, when given)."""
+
     async def run() -> None:
         try:
             await op()
         except error as exc:
+            if cause is not None and not isinstance(exc.__cause__, cause):
+                raise AssertionError(f"{exc!r} was caused by {exc.__cause__!r}") from exc
             raise _Expected(str(exc)) from exc
+        raise AssertionError(f"expected {error.__name__}, the operation succeeded")
 
     return run
 
