@@ -60,6 +60,7 @@ from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Ph
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
 from supervisor.net.subsystem import NetworkSubsystem, require_network
 from supervisor.runtime import CgroupHandle, LinuxRuntime, ProcessHandle, Runtime
+from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.store import ConfigStore, RunStore
 
@@ -237,6 +238,17 @@ class Supervisor:
         if self._spawn is None:
             raise InvalidOperation("the supervisor is not running")
         self._spawn.send_nowait((fn, args))
+
+    @staticmethod
+    def _take_pending(slot: GuestSlot) -> None:
+        """Make the stored definition the one the guest boots from (it stopped, or restarts)."""
+        if slot.pending is None:
+            return
+        domain, slot.pending = slot.pending, None
+        slot.domain = domain
+        slot.life.on_poweroff = domain.on_poweroff
+        slot.life.on_reboot = domain.on_reboot
+        slot.life.on_crash = domain.on_crash
 
     def _replace_definition(self, slot: GuestSlot, domain: Domain) -> None:
         """Swap in a new definition for a stopped guest, keeping its state and reason."""
@@ -498,8 +510,8 @@ class Supervisor:
                 await self._fail_hard(slot, exc)
         finally:
             slot.task_running = False
-            if slot.pending is not None and slot.life.phase is Phase.SHUTOFF:
-                self._replace_definition(slot, slot.pending)
+            if slot.life.phase is Phase.SHUTOFF:
+                self._take_pending(slot)
             slot.settled.set()
             slot.task_done.set()
 
@@ -626,6 +638,9 @@ class Supervisor:
                 if slot.life.phase is not Phase.STARTING:
                     return None
                 slot.restarts += 1
+                # a restart is a new boot: it uses the stored definition (libvirt drops live-only
+                # changes when a guest stops, and this guest did stop)
+                self._take_pending(slot)
                 return False
         return None
 
@@ -867,18 +882,32 @@ class Supervisor:
         slot = self._slot(name)
         cgroup = self._live_cgroup(slot)
         live, config = resolve_flags(live, config, running=cgroup is not None)
+        running = slot.domain
+        # the stored definition: a pending one (redefined, or changed live-only) or the running
+        persistent = slot.pending if slot.pending is not None else running
         new, info = await self._sched().set_schedinfo(
-            slot.domain, cgroup, params, live=live, config=config
+            running, cgroup, params, live=live, config=config
         )
+        stored = persistent
         if config:
-            self.config.save_domain(new)
+            if persistent is running:
+                stored = new
+            else:
+                values = {k: parse_value(k, v) for k, v in params.items()}
+                stored, _ = apply_to_domain(persistent, values)
+            self.config.save_domain(stored)
         if live:
             slot.domain = new
             if slot.ctx is not None:
                 slot.ctx.domain = new
             self._record(slot)
-        elif config and slot.life.phase is Phase.SHUTOFF:
-            slot.domain = new
+            # a live-only change lasts until the guest stops; then the stored one applies
+            slot.pending = None if stored == new else stored
+        elif config:
+            if slot.life.phase is Phase.SHUTOFF and not slot.task_running:
+                slot.domain = stored
+            else:
+                slot.pending = stored
         return info
 
     def list_networks(self) -> list[NetworkStatus]:

@@ -128,11 +128,9 @@ REAL_SETTLE_TIMEOUT = 15.0
 #: - ``kill-frozen-hybrid`` (real runtime): destroy of a suspended guest fails after 5 s with
 #:   "still has processes" on a host with the v1 freezer and the v2 ``cgroup.kill``: the
 #:   kill lands on frozen tasks, which die only when thawed. The harness resumes first.
-#: - ``live-schedinfo-persists`` (real runtime): ``set_schedinfo(live=True, config=False)``
-#:   also changes the definition the supervisor boots from (``slot.domain = new``), so the
-#:   guest's next start (or automatic restart) gets the live value, not the stored one; libvirt
-#:   drops a live-only change when the guest stops. A redefinition drops it here too.
-KNOWN_ISSUES: frozenset[str] = frozenset({"live-schedinfo-persists"})
+#: - ``live-schedinfo-persists`` (real runtime, fixed): a live-only ``set_schedinfo`` used to
+#:   survive the guest's stop; libvirt drops it then, and so does the supervisor now.
+KNOWN_ISSUES: frozenset[str] = frozenset()
 
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
@@ -225,6 +223,11 @@ class GuestModel:
 
     def set(self, phase: str, state: str, reason: str, due: float | None = None) -> None:
         self.phase, self.state, self.reason, self.due = phase, state, reason, due
+
+    @property
+    def holds_nic(self) -> bool:
+        """Whether the guest still holds a plumbed NIC (its resources are not released)."""
+        return self.definition.nic and self.phase in ACTIVE
 
 
 def event_text(
@@ -342,12 +345,16 @@ class Model:
             raise Illegal("invalid")
         self.net_running = True
         self.net_events.append("STARTED")
+        # the supervisor plugs the NICs of guests that kept running back into the new bridge
+        for g in self.guests.values():
+            if g.holds_nic:
+                g.attached = True
 
     def destroy_network(self) -> None:
         """Stop the network. Running guests keep running; their NICs dangle off no bridge.
 
         That is what the supervisor does (as libvirt's ``net-destroy``): nothing tells the
-        guests, and a later ``net-start`` does not re-attach them; only a fresh boot does.
+        guests; they keep their addresses, and a later ``net-start`` plugs them back in.
         """
         if not self.net_defined:
             raise Illegal("missing")

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from supervisor import nsutil
-from supervisor.errors import InvalidDocument, NotFound, RuntimeFailure, VsvError
+from supervisor.errors import InvalidDocument, InvalidOperation, NotFound, RuntimeFailure, VsvError
 from supervisor.facade import Lease, NetworkStatus
 from supervisor.model import Network
 from supervisor.net import names, nftables
@@ -58,6 +58,8 @@ class NetworkSubsystem:
     _start: trio.MemorySendChannel[tuple[str, trio.Event, list[BaseException]]] | None = None
     #: allocation owner key -> domain name, for leases and domifaddr
     _owners: dict[str, str] = attrs.Factory(dict)
+    #: the NICs of every guest that holds them (prepared or adopted, not yet released)
+    _plumbed: dict[str, tuple[PlumbedNic, ...]] = attrs.Factory(dict)
 
     @classmethod
     async def open(
@@ -212,6 +214,7 @@ class NetworkSubsystem:
         finally:
             guest.close()
         record["nics"] = [attrs.asdict(n) for n in nics]
+        self._plumbed[domain.name] = nics
         for nic in nics:
             self._owners[nic.owner] = domain.name
         record["modes"] = sorted({n.mode for n in nics})
@@ -225,40 +228,57 @@ class NetworkSubsystem:
         allocation book and dnsmasq's reservations: the guest keeps its address, and no other
         guest can be given it.
         """
-        from supervisor.model import DhcpHost
-        from supervisor.net import netlink
-
         record = ctx.records.get("net")
         if not isinstance(record, dict):
             return
         ctx.netns_path = str(nsutil.netns_path(str(record.get("netns"))))
-        running = self.service.running
-        for raw in record.get("nics", []):
-            nic = PlumbedNic(**raw)
-            if nic.network is None or nic.network not in running:
-                continue
-            handle = running[nic.network]
-            try:
-                await self.service.host.worker.call(
-                    functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
-                )
-            except Exception as exc:
-                log.warning("guest %s: re-attaching %s: %s", ctx.domain.name, nic.host_if, exc)
-                continue
-            address = nic.addresses[0].split("/")[0] if nic.addresses else None
-            if address is None:
-                continue
-            book = self.service.book
-            book.state, _ = book.state.allocate(handle.network, nic.owner, nic.mac, address)
-            await handle.add_host(
-                nic.owner, DhcpHost(ip=address, mac=nic.mac, name=ctx.domain.name)
+        nics = tuple(PlumbedNic(**raw) for raw in record.get("nics", []))
+        self._plumbed[ctx.domain.name] = nics
+        for nic in nics:
+            self._owners[nic.owner] = ctx.domain.name
+            if nic.network is not None and nic.network in self.service.running:
+                await self._attach(ctx.domain.name, nic)
+
+    async def _attach(self, domain_name: str, nic: PlumbedNic) -> None:
+        """Enslave a live guest's host end to its (re)started network's bridge; its address goes
+        back into the allocation book and dnsmasq's reservations, so no one else gets it."""
+        from supervisor.model import DhcpHost
+        from supervisor.net import netlink
+
+        assert nic.network is not None
+        handle = self.service.running[nic.network]
+        try:
+            await self.service.host.worker.call(
+                functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
             )
+        except Exception as exc:
+            log.warning("guest %s: re-attaching %s: %s", domain_name, nic.host_if, exc)
+            return
+        address = nic.addresses[0].split("/")[0] if nic.addresses else None
+        if address is None:
+            return
+        book = self.service.book
+        try:
+            book.state, _ = book.state.allocate(handle.network, nic.owner, nic.mac, address)
+        except VsvError as exc:  # e.g. the network was redefined with another subnet
+            log.warning("guest %s: keeping %s on %s: %s", domain_name, address, nic.network, exc)
+            return
+        await handle.add_host(nic.owner, DhcpHost(ip=address, mac=nic.mac, name=domain_name))
+
+    def _guest_nics_on(self, network: str) -> list[tuple[str, PlumbedNic]]:
+        return [
+            (guest, nic)
+            for guest, nics in self._plumbed.items()
+            for nic in nics
+            if nic.network == network
+        ]
 
     async def _release(self, ctx: GuestContext) -> None:
         record = ctx.records.get("net")
         if not isinstance(record, dict):
             return
         nics = tuple(PlumbedNic(**n) for n in record.get("nics", []))
+        self._plumbed.pop(ctx.domain.name, None)
         try:
             await self.service.unplumb(nics)
         finally:
@@ -313,6 +333,8 @@ class NetworkSubsystem:
 
     async def start_network(self, name: str) -> None:
         self.service.table.get(name)
+        if name in self.service.running:  # before the starter rewrites the run record
+            raise InvalidOperation(f"network {name} is already running")
         if self._start is None:
             raise RuntimeFailure("the network subsystem is not running")
         done = trio.Event()
@@ -321,11 +343,24 @@ class NetworkSubsystem:
         await done.wait()
         if errors:
             raise errors[0]
+        for guest, nic in self._guest_nics_on(name):
+            await self._attach(guest, nic)
 
     async def destroy_network(self, name: str) -> None:
-        self.service.table.get(name)
+        """Stop a network. Guests on it keep running, unplugged (as libvirt's net-destroy), but
+        keep their addresses: nobody else is given them, and a later net-start plugs them back
+        (which libvirt does not do)."""
+        net = self.service.table.get(name)
         await self.service.stop(name)
         self.runs.remove("networks", name)
+        book = self.service.book
+        for guest, nic in self._guest_nics_on(name):
+            if nic.addresses:
+                address = nic.addresses[0].split("/")[0]
+                try:
+                    book.state, _ = book.state.allocate(net, nic.owner, nic.mac, address)
+                except VsvError as exc:
+                    log.warning("guest %s: keeping %s: %s", guest, address, exc)
 
     async def set_autostart(self, name: str, autostart: bool) -> None:
         net = self.service.table.set_autostart(name, autostart)
