@@ -61,7 +61,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
 
 import attrs
@@ -582,12 +582,14 @@ async def _start_via_fork(
 async def _start_via_forkserver(
     name: str, plan: SpawnPlan, procs_files: tuple[str, ...], out_fd: int | None
 ) -> ChildProcess:
-    """The fork-server path: one message to the server, then the report pipe until EOF.
+    """The fork-server path: one message to a server of the pool, then the report pipe until EOF.
 
     The report pipe's write end is close-on-exec in the child, so EOF means the wrapper has
     exec'd (or the child ended after writing why). Reading it is shielded (bounded by
     ``START_TIMEOUT``) so that a cancelled start still learns the pid of the child it must
-    kill; the caller's cancellation then takes effect in :func:`_wait_init_exec`.
+    kill; the caller's cancellation then takes effect in :func:`_wait_init_exec`. The server
+    counts as busy with this start until the child's first report (its pid, written right
+    after the clone), which is all the work the server itself does for it.
     """
     payload = marshal.dumps(
         (plan.argv, plan.env, plan.hostname, plan.clone_flags, plan.netns_path, procs_files,
@@ -595,38 +597,62 @@ async def _start_via_forkserver(
     )  # fmt: skip
     rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     chunks: list[bytes] = []
+    server: _ForkServer | None = None
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if server is not None and not released:
+            released = True
+            server.busy -= 1
+
     try:
         try:
             server = _fork_server()
+            server.busy += 1
             await server.send(payload, [wfd] if out_fd is None else [wfd, out_fd])
         finally:
             os.close(wfd)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(START_TIMEOUT) as waited:
-                await _read_to_eof(rfd, chunks)
+                await _read_to_eof(rfd, chunks, release)
     finally:
+        release()
         os.close(rfd)
-    return await _child_from_report(name, b"".join(chunks), complete=not waited.cancelled_caught)
+    return await _child_from_report(
+        name, b"".join(chunks), complete=not waited.cancelled_caught, server=server
+    )
 
 
-async def _read_to_eof(fd: int, chunks: list[bytes]) -> None:
-    """Append what ``fd`` delivers to ``chunks`` until EOF (kept if the caller gives up)."""
+async def _read_to_eof(
+    fd: int, chunks: list[bytes], first: Callable[[], None] | None = None
+) -> None:
+    """Append what ``fd`` delivers to ``chunks`` until EOF (kept if the caller gives up).
+
+    ``first`` is called once something (a chunk or EOF) arrived.
+    """
     while True:
         try:
             chunk = os.read(fd, 4096)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(fd)
             continue
+        if first is not None:
+            first()
+            first = None
         if not chunk:
             return
         chunks.append(chunk)
 
 
-async def _child_from_report(name: str, report: bytes, *, complete: bool = True) -> ChildProcess:
+async def _child_from_report(
+    name: str, report: bytes, *, complete: bool = True, server: _ForkServer | None = None
+) -> ChildProcess:
     """Turn the child's report (``P<pid>\\n`` then maybe ``E``/``X<why>``) into a child or error.
 
     ``complete`` is False when the report did not reach EOF within the start timeout: the
-    child (if it said its pid) is killed and reaped, and the start fails.
+    child (if it said its pid) is killed and reaped, and the start fails. A report without a
+    pid means ``server`` (the one asked) did not answer: it is replaced at its next use.
     """
     text = report.decode(errors="replace")
     child: ChildProcess | None = None
@@ -645,22 +671,26 @@ async def _child_from_report(name: str, report: bytes, *, complete: bool = True)
             raise RuntimeFailure(f"cannot start guest {name}: child setup failed: {text[1:]}")
         raise RuntimeFailure(f"cannot start guest {name}: {text[1:]}")
     if child is None:
-        _reset_fork_server()
+        if server is not None:
+            server.close()
         raise RuntimeFailure(f"cannot start guest {name}: the fork server did not answer")
     return child
 
 
 @attrs.define(eq=False)
 class _ForkServer:
-    """Our end of the fork server (:mod:`supervisor.guest.forkserver`) and its process."""
+    """Our end of one fork server (:mod:`supervisor.guest.forkserver`) and its process."""
 
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     owner: int
+    #: starts sent to this server whose child has not reported its pid yet
+    busy: int = 0
+    closed: bool = False
 
     @classmethod
     def start(cls) -> _ForkServer:
-        """Start the server (once per supervisor process; ~20 ms, the interpreter's start)."""
+        """Start one server (~20 ms until it answers, the interpreter's start)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             script = forkserver.__file__
@@ -681,16 +711,17 @@ class _ForkServer:
         return cls(proc=proc, sock=ours, owner=os.getpid())
 
     def usable(self) -> bool:
-        """Ours (not inherited through a fork) and still running."""
-        return self.owner == os.getpid() and self.proc.poll() is None
+        """Ours (not inherited through a fork), not closed and still running."""
+        return not self.closed and self.owner == os.getpid() and self.proc.poll() is None
 
     async def send(self, payload: bytes, fds: list[int]) -> None:
         """Send one request; waits (under a per-run lock) while the socket buffer is full."""
         try:
-            lock = _SEND_LOCK.get()
+            locks = _SEND_LOCKS.get()
         except LookupError:
-            lock = trio.Lock()
-            _SEND_LOCK.set(lock)
+            locks = {}
+            _SEND_LOCKS.set(locks)
+        lock = locks.setdefault(self.proc.pid, trio.Lock())
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         async with lock:
             while True:
@@ -700,11 +731,14 @@ class _ForkServer:
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(self.sock)
                 except OSError as e:
-                    _reset_fork_server()
+                    self.close()
                     raise RuntimeFailure(f"the fork server is gone: {e}") from e
 
     def close(self) -> None:
         """Close our end (the server exits on EOF) and reap it."""
+        if self.closed:
+            return
+        self.closed = True
         self.sock.close()
         if self.owner != os.getpid():
             return
@@ -715,31 +749,69 @@ class _ForkServer:
             self.proc.wait()
 
 
-_SEND_LOCK: trio.lowlevel.RunVar[trio.Lock] = trio.lowlevel.RunVar("vsv_forkserver_send")
-_server: _ForkServer | None = None
+#: at most this many fork servers, however many CPUs we may use
+MAX_FORK_SERVERS = 4
+_SEND_LOCKS: trio.lowlevel.RunVar[dict[int, trio.Lock]] = trio.lowlevel.RunVar("vsv_fs_send")
+#: the pool, one slot per server; a slot whose server died is refilled at its next use
+_servers: list[_ForkServer | None] = []
+
+
+def pool_size() -> int:
+    """How many fork servers to run: one per CPU this process may use, at most
+    :data:`MAX_FORK_SERVERS`.
+
+    One server makes the clones of concurrent starts queue behind each other while it competes
+    for CPU with the children it made; one per CPU lets them proceed in parallel. More than the
+    CPUs would only add idle interpreters (a few MB each).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_FORK_SERVERS))
 
 
 def start_fork_server() -> None:
-    """Start the fork server now if the fork-server path is in use (else it starts on the first
-    start, which then waits ~20-30 ms for the interpreter). Call from the main thread: the
-    server's parent-death signal is tied to the thread that started it."""
+    """Start the pool of fork servers now if the fork-server path is in use (else each starts
+    on the first start that picks it, which then waits ~20-30 ms for the interpreter). Call
+    from the main thread: a server's parent-death signal is tied to the thread that started
+    it."""
     if spawn_mode() == "forkserver":
-        _fork_server()
+        _ensure_pool()
+        for i in range(len(_servers)):
+            _server_at(i)
+
+
+def _ensure_pool() -> None:
+    global _servers
+    if not _servers:
+        _servers = [None] * pool_size()
+
+
+def _server_at(i: int) -> _ForkServer:
+    """The server in slot ``i``, (re)started if it is missing, closed or dead."""
+    server = _servers[i]
+    if server is None or not server.usable():
+        if server is not None:
+            server.close()
+        server = _servers[i] = _ForkServer.start()
+    return server
 
 
 def _fork_server() -> _ForkServer:
-    global _server
-    if _server is None or not _server.usable():
-        _reset_fork_server()
-        _server = _ForkServer.start()
-    return _server
+    """The server for the next start: the least busy (lowest slot among equals), usable."""
+    _ensure_pool()
+    best = min(range(len(_servers)), key=lambda i: (s.busy if (s := _servers[i]) else 0, i))
+    return _server_at(best)
 
 
 def _reset_fork_server() -> None:
-    global _server
-    if _server is not None:
-        _server.close()
-        _server = None
+    """Close every server of the pool (at exit; each is restarted at its next use)."""
+    global _servers
+    for server in _servers:
+        if server is not None:
+            server.close()
+    _servers = []
 
 
 atexit.register(_reset_fork_server)
