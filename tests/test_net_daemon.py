@@ -347,3 +347,25 @@ async def test_hundred_nic_guests_concurrently(
         f"{prefix}b0",
     ]
     assert nsutil.list_netns(prefix) == [sandbox]
+
+
+async def test_net_destroy_then_start_replugs_running_guests(
+    sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """net-destroy leaves a running guest unplugged but keeps its address; net-start plugs it
+    back, reachable at the same address (libvirt leaves it unplugged)."""
+    await sup.define_network(lan(prefix, 68))
+    await sup.start_network("lan")
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    await sup.define_domain(nic_guest("p1", root, "trap 'exit 0' TERM; while :; do sleep 1; done"))
+    await sup.start_domain("p1")
+    ip = sup.domain_interfaces("p1")[0]["addresses"][0]["address"]
+    assert in_ns(sandbox, "ping", "-c1", "-W2", ip).returncode == 0
+    await sup.destroy_network("lan")
+    assert sup.domain_status("p1").state == "RUNNING"
+    assert sup.net is not None
+    assert [a.address for a in sup.net.service.allocations().on("lan")] == [ip]
+    await sup.start_network("lan")
+    assert in_ns(sandbox, "ping", "-c1", "-W2", ip).returncode == 0
+    await sup.destroy_domain("p1")
+    assert list(sup.net.service.allocations().on("lan")) == []

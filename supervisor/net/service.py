@@ -130,6 +130,9 @@ class NetworkService:
         if handle is None:
             raise InvalidOperation(f"network {name} is not running")
         await handle.stop()
+        # the task's own clean-up may run after stop() returns: forget the handle now so an
+        # immediate restart is not refused as "already running"
+        self.running.pop(name, None)
         self.book.state = self.book.state.release_network(name)
         self.emit(name, "STOPPED")
 
@@ -191,9 +194,10 @@ async def _run_and_forget(
     """run_network, with the handle registered in the service exactly while it runs."""
 
     started = False
+    handle: RunningNetwork | None = None
     try:
         async with trio.open_nursery() as inner:
-            handle: RunningNetwork = await inner.start(
+            handle = await inner.start(
                 partial(
                     run_network,
                     service.host,
@@ -213,4 +217,6 @@ async def _run_and_forget(
         _log.error("network %s failed and stopped: %s", network.name, exc)
         service.emit(network.name, "STOPPED")
     finally:
-        service.running.pop(network.name, None)
+        # only our own handle: a restart may already have registered a new one
+        if handle is not None and service.running.get(network.name) is handle:
+            del service.running[network.name]
