@@ -21,7 +21,8 @@ from supervisor.xml import format_domain
 
 pytestmark = pytest.mark.root
 
-LOOP = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
+# the guest says when its TERM trap is set (before that its init would ignore SIGTERM)
+LOOP = "trap 'exit 0' TERM; touch /tmp/ready-$(hostname); while :; do sleep 0.05; done"
 
 
 class Daemon:
@@ -142,6 +143,10 @@ def test_foreground_run_and_sigterm(
     daemon = Daemon([*_args(dirs, prefix), "--start", doc])
     daemons.append(daemon)
     daemon.wait_line("p1 STARTED BOOTED")
+    deadline = time.monotonic() + 10
+    while not (dirs["root"] / "tmp" / "ready-p1").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert daemon.stop(signal.SIGTERM) == 0
     assert daemon.wait_line("@supervisor STOPPED")
     events = [line.split(" ", 1)[1] for line in daemon.lines]
