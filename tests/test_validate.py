@@ -6,6 +6,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from supervisor.errors import InvalidDocument
 from supervisor.model import (
@@ -29,8 +31,9 @@ from supervisor.model import (
     Route,
     TokenBucket,
 )
-from supervisor.validate import check_domain, check_network
+from supervisor.validate import _domain_ok, _domain_report, check_domain, check_network
 from supervisor.xml import parse_domain, parse_network
+from tests.strategies import domains
 
 BASE = Domain(name="ok", type="vserver")
 NET = Network(name="net", ips=(NetworkIp(address="10.0.0.1", prefix=24),))
@@ -291,3 +294,116 @@ def test_codec_message_without_path_starts_with_line() -> None:
     with pytest.raises(InvalidDocument) as info:
         parse_network(doc)
     assert ["3: mtu/@size: value '10' is out of range: allowed 68..65535"] == info.value.problems
+
+
+# --- the quick verdict (``_domain_ok``) never hides a problem the report would give ----------
+
+_INTS = st.sampled_from(
+    [-(2**44), -1, 0, 1, 2, 67, 68, 999, 1000, 49151, 49152, 65535, 65536, 262145, 2**32, 2**44]
+)
+_STRS = st.sampled_from(
+    [
+        "", ".", "..", "-x", ".x", "a/b", "a b", "a:b", "a\x01", "a\r", "a\nb", "x" * 16,
+        "x" * 65, "/", "//", "/a", "a", "ok", "eth0", "10.0.0.1", "10.0.0.300", "::1",
+        "fe80::1", "0.0.0.0", "01:00:00:00:00:01", "fe:00:00:00:00:01", "02:00:00:00:00:01",
+        "02:00:00:00:00:0G", "ipv4", "ipv6", "uid", "gid", "bogus", "restart", "mount", "ram",
+        "network", "bridge", "ethernet", "vserver", "lxc", "chown", "allow", "a" * 64 + ".b",
+    ]
+)  # fmt: skip
+_OPT_INTS = st.none() | _INTS
+_OPT_STRS = st.none() | _STRS
+
+#: (path into the model, values): ``*`` picks one item of a tuple.
+_DAMAGE: list[tuple[tuple[str, ...], st.SearchStrategy[Any]]] = [
+    *[((f,), _STRS) for f in ("name", "type", "on_poweroff", "on_reboot", "on_crash")],
+    *[((f,), _OPT_STRS) for f in ("uuid", "title", "description", "hostname", "partition")],
+    *[((f,), _OPT_INTS) for f in ("id", "memory_kib", "current_memory_kib", "vcpu", "pids_limit")],
+    (("os", "init"), _STRS),
+    *[(("os", f), _OPT_STRS) for f in ("initdir", "inituser", "initgroup")],
+    (("os", "initargs"), st.lists(_STRS, max_size=2).map(tuple)),
+    (("os", "initenv"), st.lists(st.tuples(_STRS, _STRS), max_size=2).map(tuple)),
+    (("cputune",), st.builds(CpuTune, _OPT_INTS, _OPT_INTS, _OPT_INTS)),
+    (("memtune",), st.builds(MemTune, _OPT_INTS, _OPT_INTS, _OPT_INTS)),
+    (
+        ("scheduler",),
+        st.builds(
+            TokenBucket,
+            fill_rate=_OPT_INTS,
+            interval=_OPT_INTS,
+            tokens=_OPT_INTS,
+            tokens_min=_OPT_INTS,
+            tokens_max=_OPT_INTS,
+            fill_rate2=_OPT_INTS,
+            interval2=_OPT_INTS,
+            cpus=st.lists(
+                st.builds(CpuBucket, _INTS, _OPT_INTS, _OPT_INTS, st.none(), _OPT_INTS, _OPT_INTS),
+                max_size=2,
+            ).map(tuple),
+        ),
+    ),
+    (
+        ("capabilities",),
+        st.builds(
+            Capabilities,
+            caps=st.lists(st.tuples(_STRS, st.booleans()), max_size=3).map(tuple),
+        ),
+    ),
+    (
+        ("idmap",),
+        st.lists(st.builds(IdMapEntry, _STRS, _INTS, _INTS, _INTS), max_size=2).map(tuple),
+    ),
+    *[(("filesystems", "*", f), _STRS) for f in ("source", "target", "type")],
+    (("filesystems", "*", "usage_kib"), _OPT_INTS),
+    (("filesystems",), st.lists(st.builds(Filesystem, _STRS, _STRS), max_size=3).map(tuple)),
+    (("interfaces", "*", "type"), _STRS),
+    *[(("interfaces", "*", f), _OPT_STRS) for f in ("source", "mac", "target_dev", "guest_dev")],
+    (("interfaces", "*", "mtu"), _OPT_INTS),
+    (("interfaces", "*", "ips", "*", "address"), _STRS),
+    (("interfaces", "*", "ips", "*", "prefix"), _OPT_INTS),
+    (("interfaces", "*", "ips", "*", "family"), _OPT_STRS),
+    (("interfaces", "*", "ips"), st.just(())),
+    *[(("interfaces", "*", "routes", "*", f), _STRS) for f in ("address", "gateway")],
+    (("interfaces", "*", "routes", "*", "prefix"), _INTS),
+    (("interfaces", "*", "routes", "*", "family"), _OPT_STRS),
+    (("interfaces",), st.lists(st.builds(_iface, mac=_OPT_STRS), max_size=3).map(tuple)),
+]
+
+
+def _damage_at(draw: st.DrawFn, value: Any, path: tuple[str, ...], new: Any) -> Any:
+    """``value`` with the part at ``path`` replaced by ``new`` (unchanged if there is none)."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if head == "*":
+        if not value:
+            return value
+        i = draw(st.integers(0, len(value) - 1))
+        return (*value[:i], _damage_at(draw, value[i], rest, new), *value[i + 1 :])
+    inner = getattr(value, head)
+    if inner is None and rest:
+        return value
+    return attrs.evolve(value, **{head: _damage_at(draw, inner, rest, new)})
+
+
+@st.composite
+def _damaged_domains(draw: st.DrawFn) -> Domain:
+    domain = draw(domains())
+    for _ in range(draw(st.integers(1, 3))):
+        path, values = draw(st.sampled_from(_DAMAGE))
+        domain = _damage_at(draw, domain, path, draw(values))
+    return domain
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(domains())
+def test_quick_verdict_passes_generated_valid_domains(domain: Domain) -> None:
+    """A valid domain is passed by the quick verdict, so the report is really skipped."""
+    assert (True, []) == (_domain_ok(domain), _domain_report(domain))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_damaged_domains())
+def test_quick_verdict_never_passes_a_domain_the_report_faults(domain: Domain) -> None:
+    """Whenever the quick verdict says fine, the full report finds no problem either."""
+    if _domain_ok(domain):
+        assert [] == _domain_report(domain)

@@ -166,12 +166,12 @@ def _children(el: _Element) -> list[_Element]:
     comments), and the fast path needs no check of its own.
     """
     text = el.text
-    if text is not None and text.strip():
+    if text and not text.isspace():  # ``s.strip()`` is empty exactly when this is false
         raise _GiveUp
     children = list(el)
     for child in children:
         tail = child.tail
-        if tail is not None and tail.strip():
+        if tail and not tail.isspace():
             raise _GiveUp
     return children
 
@@ -183,6 +183,10 @@ _PLACEMENT: Final = frozenset(("placement",))
 _STATIC: Final[dict[str, object]] = {"static": "static"}
 _VSV: Final = f"{{{VSV_NS}}}"
 _VSV_CPU: Final = f"{_VSV}cpu"
+_VSV_HOSTNAME: Final = f"{_VSV}hostname"
+_VSV_PIDS: Final = f"{_VSV}pids"
+_VSV_AUTOSTART: Final = f"{_VSV}autostart"
+_VSV_SCHEDULER: Final = f"{_VSV}scheduler"
 
 
 def _read_domain(root: _Element) -> Domain:
@@ -195,14 +199,31 @@ def _read_domain(root: _Element) -> Domain:
     else:
         raise _GiveUp
     fields: _Fields = {"type": dtype, "id": _opt_int(root.get("id"))}
-    seen: set[str] = set()
-    for el in _children(root):
-        tag: str = el.tag
-        read = table.get(tag)
-        if read is None or tag in seen:
+    text = root.text
+    if text and not text.isspace():
+        raise _GiveUp
+    pending = table.copy()  # each reader is taken once: a repeated element finds none
+    for el in root:
+        tail = el.tail
+        if tail and not tail.isspace():
             raise _GiveUp
-        seen.add(tag)
-        read(el, fields)
+        tag: str = el.tag
+        read = pending.pop(tag, None)
+        if read is None:
+            raise _GiveUp
+        if read is _lifecycle:  # inlined: three per document
+            if len(el) or el.keys():
+                raise _GiveUp
+            action = (el.text or "").strip()
+            if action not in _LIFECYCLE:
+                raise _GiveUp
+            fields[tag] = action
+        elif read is _name:
+            if len(el) or el.keys():
+                raise _GiveUp
+            fields["name"] = el.text or ""
+        else:
+            read(el, fields)
     if "name" not in fields:
         raise _GiveUp
     return Domain(**fields)  # type: ignore[arg-type]
@@ -250,30 +271,27 @@ def _lifecycle(el: _Element, fields: _Fields) -> None:
 
 def _metadata(el: _Element, fields: _Fields) -> None:
     foreign: list[str] = []
-    seen: set[str] = set()
+    # Each field is set only here (the scheduler checks for itself), so a field already present
+    # means a repeated element.
     for child in _kids(el):
         tag = child.tag
-        if type(tag) is not str:
-            raise _GiveUp  # a comment
-        if not tag.startswith(_VSV):
-            foreign.append(serialize_foreign(child))
-            continue
-        if tag in seen:
-            raise _GiveUp
-        seen.add(tag)
-        local = tag[len(_VSV) :]
-        if local == "hostname":
-            fields["hostname"] = _bare(child).strip()
-        elif local == "pids":
-            _leaf(child)
+        if tag == _VSV_HOSTNAME and "hostname" not in fields:
+            if len(child) or child.keys():
+                raise _GiveUp
+            fields["hostname"] = (child.text or "").strip()
+        elif tag == _VSV_PIDS and "pids_limit" not in fields:
+            if len(child):
+                raise _GiveUp
             fields["pids_limit"] = _int(_only(child, "max")) if child.keys() else None
-        elif local == "autostart":
+        elif tag == _VSV_AUTOSTART and "autostart" not in fields:
             _bare(child)
             fields["autostart"] = True
-        elif local == "scheduler":
+        elif tag == _VSV_SCHEDULER:
             _scheduler_into(child, fields, _VSV_CPU)
+        elif type(tag) is not str or tag.startswith(_VSV):
+            raise _GiveUp  # a comment, or an unknown or repeated vsv element
         else:
-            raise _GiveUp
+            foreign.append(serialize_foreign(child))
     fields["metadata"] = tuple(foreign)
 
 
@@ -362,9 +380,9 @@ def _memtune(el: _Element, fields: _Fields) -> None:
     values: dict[str, int | None] = {}
     for child in _kids(el):
         key = _MEMTUNE.get(child.tag)
-        if key is None or key in values:
+        if key is None or key in values or len(child):
             raise _GiveUp
-        values[key] = _size_kib(_leaf(child), _only(child, "unit") if child.keys() else None)
+        values[key] = _size_kib(child.text or "", _only(child, "unit") if child.keys() else None)
     fields["memtune"] = MemTune(**values)
 
 
@@ -381,14 +399,16 @@ def _os(el: _Element, fields: _Fields) -> None:
     for child in _kids(el):
         tag = child.tag
         if tag == "initarg":
-            args.append(_bare(child))
-        elif tag == "init":
-            if init is not None:
+            if len(child) or child.keys():
                 raise _GiveUp
-            init = _bare(child)
+            args.append(child.text or "")
+        elif tag == "init":
+            if init is not None or len(child) or child.keys():
+                raise _GiveUp
+            init = child.text or ""
         elif tag == "type":
             _attrs(child, _ARCH)
-            if have_type or _leaf(child).strip() != "exe":
+            if have_type or len(child) or (child.text or "").strip() != "exe":
                 raise _GiveUp
             have_type = True
         elif tag == "initenv":
@@ -505,23 +525,22 @@ def _filesystem(el: _Element) -> Filesystem:
     usage: int | None = None
     target: str | None = None
     readonly = False
-    seen: set[object] = set()
+    # A value once read is never None, so "already read" needs no set of its own.
     for child in _children(el):
         tag = child.tag
-        if tag in seen:
-            raise _GiveUp
-        seen.add(tag)
         if tag == "source":
-            _leaf(child)
+            if len(child) or source is not None or usage is not None:
+                raise _GiveUp
             if fstype == "mount":
                 source = _only(child, "dir")
             else:
                 _attrs(child, _USAGE)
                 usage = _size_kib(_need(child.get("usage")), child.get("units"))
         elif tag == "target":
-            _leaf(child)
+            if len(child) or target is not None:
+                raise _GiveUp
             target = _only(child, "dir")
-        elif tag == "readonly":
+        elif tag == "readonly" and not readonly:
             _bare(child)
             readonly = True
         else:
@@ -543,7 +562,6 @@ _SOURCE_ATTR: Final[dict[str, str | None]] = {
     "vserver": "dev",
     "ethernet": None,
 }
-_ROUTE_ATTRS: Final = frozenset(("family", "address", "prefix", "netmask", "gateway"))
 
 
 def _interface(el: _Element) -> Interface:
@@ -551,62 +569,89 @@ def _interface(el: _Element) -> Interface:
     if itype not in _SOURCE_ATTR:
         raise _GiveUp
     source_attr = _SOURCE_ATTR[itype]
-    fields: _Fields = {}
+    # Every value once read is not None, which is how a repeated element is noticed.
+    source: str | None = None
+    mac: str | None = None
+    target_dev: str | None = None
+    guest_dev: str | None = None
+    mtu: int | None = None
+    link_up: object = None
     ips: list[IpAddress] = []
     routes: list[Route] = []
     for child in _children(el):
+        if len(child):
+            raise _GiveUp
         tag = child.tag
-        _leaf(child)
         if tag == "ip":
-            ip: _Fields = {}
+            address: str | None = None
+            prefix: int | None = None
+            family: object = None
             for name, value in _items(child):
                 if name == "address":
-                    ip[name] = canonical_ip(value)
+                    address = canonical_ip(value)
                 elif name == "prefix":
-                    ip[name] = _int(value)
+                    prefix = _int(value)
                 elif name == "family":
-                    ip[name] = _choice(value, _FAMILIES)
+                    family = _choice(value, _FAMILIES)
                 else:
                     raise _GiveUp
-            if "address" not in ip:
+            if address is None:
                 raise _GiveUp
-            ips.append(IpAddress(**ip))  # type: ignore[arg-type]
-            continue
-        if tag == "route":
+            ips.append(IpAddress(address=address, prefix=prefix, family=family))  # type: ignore[arg-type]
+        elif tag == "route":
             routes.append(_route(child))
-            continue
-        if tag == "source":
-            if source_attr is None or "source" in fields:
+        elif tag == "source":
+            if source_attr is None or source is not None:
                 raise _GiveUp
-            fields["source"] = _only(child, source_attr)
-        elif tag == "mac" and "mac" not in fields:
-            fields["mac"] = _only(child, "address").lower()
-        elif tag == "target" and "target_dev" not in fields:
-            fields["target_dev"] = _only(child, "dev")
-        elif tag == "guest" and "guest_dev" not in fields:
-            fields["guest_dev"] = _only(child, "dev")
-        elif tag == "mtu" and "mtu" not in fields:
-            fields["mtu"] = _int(_only(child, "size"))
-        elif tag == "link" and "link_up" not in fields:
-            fields["link_up"] = _choice(_only(child, "state"), _UP_DOWN)
+            source = _only(child, source_attr)
+        elif tag == "mac" and mac is None:
+            mac = _only(child, "address").lower()
+        elif tag == "target" and target_dev is None:
+            target_dev = _only(child, "dev")
+        elif tag == "guest" and guest_dev is None:
+            guest_dev = _only(child, "dev")
+        elif tag == "mtu" and mtu is None:
+            mtu = _int(_only(child, "size"))
+        elif tag == "link" and link_up is None:
+            link_up = _choice(_only(child, "state"), _UP_DOWN)
         else:
             raise _GiveUp
     return Interface(
         type=itype,  # type: ignore[arg-type]
+        source=source,
+        mac=mac,
+        target_dev=target_dev,
+        guest_dev=guest_dev,
         ips=tuple(ips),
         routes=tuple(routes),
-        **fields,  # type: ignore[arg-type]
+        mtu=mtu,
+        link_up=link_up,  # type: ignore[arg-type]
     )
 
 
 def _route(el: _Element) -> Route:
-    values = dict(_items(el))
-    if not _ROUTE_ATTRS.issuperset(values):
+    address: str | None = None
+    gateway: str | None = None
+    prefix_text: str | None = None
+    netmask: str | None = None
+    family_text: str | None = None
+    for name, value in _items(el):
+        if name == "address":
+            address = value
+        elif name == "gateway":
+            gateway = value
+        elif name == "prefix":
+            prefix_text = value
+        elif name == "netmask":
+            netmask = value
+        elif name == "family":
+            family_text = value
+        else:
+            raise _GiveUp
+    if address is None or gateway is None:
         raise _GiveUp
-    address = canonical_ip(_need(values.get("address")))
-    gateway = canonical_ip(_need(values.get("gateway")))
-    prefix = _opt_int(values.get("prefix"))
-    netmask = values.get("netmask")
+    address = canonical_ip(address)
+    prefix = _opt_int(prefix_text)
     if netmask is not None:
         if prefix is not None:
             raise _GiveUp
@@ -622,8 +667,8 @@ def _route(el: _Element) -> Route:
     return Route(
         address=address,
         prefix=prefix,
-        gateway=gateway,
-        family=_choice(values.get("family"), _FAMILIES),  # type: ignore[arg-type]
+        gateway=canonical_ip(gateway),
+        family=_choice(family_text, _FAMILIES),  # type: ignore[arg-type]
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import re
 from typing import Final, Literal, cast
 
 from lxml import etree
@@ -244,8 +245,13 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
     return domain
 
 
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def normal_uuid(text: str) -> str | None:
     """The UUID lower-case and dashed 8-4-4-4-12, or None if ``text`` is not one."""
+    if _CANONICAL_UUID.fullmatch(text):
+        return text  # already in the form the supervisor writes: one match instead of the loop
     digits = text.replace("-", "").lower()
     if (
         len(digits) != 32
