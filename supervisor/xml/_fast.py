@@ -273,7 +273,13 @@ def _metadata(el: _Element, fields: _Fields) -> None:
     foreign: list[str] = []
     # Each field is set only here (the scheduler checks for itself), so a field already present
     # means a repeated element.
-    for child in _kids(el):
+    text = el.text
+    if el.keys() or (text and not text.isspace()):
+        raise _GiveUp
+    for child in el:  # _kids() inlined
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise _GiveUp
         tag = child.tag
         if tag == _VSV_HOSTNAME and "hostname" not in fields:
             if len(child) or child.keys():
@@ -378,7 +384,13 @@ _MEMTUNE: Final = {
 
 def _memtune(el: _Element, fields: _Fields) -> None:
     values: dict[str, int | None] = {}
-    for child in _kids(el):
+    text = el.text
+    if el.keys() or (text and not text.isspace()):
+        raise _GiveUp
+    for child in el:  # _kids() inlined
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise _GiveUp
         key = _MEMTUNE.get(child.tag)
         if key is None or key in values or len(child):
             raise _GiveUp
@@ -396,7 +408,13 @@ def _os(el: _Element, fields: _Fields) -> None:
     env: list[tuple[str, str]] = []
     single: dict[str, str] = {}
     have_type = False
-    for child in _kids(el):
+    text = el.text
+    if el.keys() or (text and not text.isspace()):
+        raise _GiveUp
+    for child in el:  # _kids() inlined
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise _GiveUp
         tag = child.tag
         if tag == "initarg":
             if len(child) or child.keys():
@@ -483,7 +501,13 @@ def _features(el: _Element, fields: _Fields) -> None:
 def _devices(el: _Element, fields: _Fields) -> None:
     filesystems: list[Filesystem] = []
     interfaces: list[Interface] = []
-    for child in _kids(el):
+    text = el.text
+    if el.keys() or (text and not text.isspace()):
+        raise _GiveUp
+    for child in el:  # _kids() inlined (as in the other hot loops): no list, one pass
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise _GiveUp
         tag = child.tag
         if tag == "filesystem":
             filesystems.append(_filesystem(child))
@@ -525,8 +549,14 @@ def _filesystem(el: _Element) -> Filesystem:
     usage: int | None = None
     target: str | None = None
     readonly = False
+    text = el.text
+    if text and not text.isspace():
+        raise _GiveUp
     # A value once read is never None, so "already read" needs no set of its own.
-    for child in _children(el):
+    for child in el:
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise _GiveUp
         tag = child.tag
         if tag == "source":
             if len(child) or source is not None or usage is not None:
@@ -578,8 +608,12 @@ def _interface(el: _Element) -> Interface:
     link_up: object = None
     ips: list[IpAddress] = []
     routes: list[Route] = []
-    for child in _children(el):
-        if len(child):
+    text = el.text
+    if text and not text.isspace():
+        raise _GiveUp
+    for child in el:
+        tail = child.tail
+        if (tail and not tail.isspace()) or len(child):
             raise _GiveUp
         tag = child.tag
         if tag == "ip":
@@ -601,9 +635,12 @@ def _interface(el: _Element) -> Interface:
         elif tag == "route":
             routes.append(_route(child))
         elif tag == "source":
-            if source_attr is None or source is not None:
+            items = _items(child)  # _only() inlined
+            if source_attr is None or source is not None or len(items) != 1:
                 raise _GiveUp
-            source = _only(child, source_attr)
+            name, source = items[0]
+            if name != source_attr:
+                raise _GiveUp
         elif tag == "mac" and mac is None:
             mac = _only(child, "address").lower()
         elif tag == "target" and target_dev is None:

@@ -30,6 +30,7 @@ VSV_NS: Final = "https://vsupervisor.dev/xmlns/domain/1"
 VSV_PREFIX: Final = "vsv"
 
 _INT = re.compile(r"\s*-?[0-9]+\s*")
+_DOCTYPE = re.compile(rb"<!(?:DOCTYPE|doctype)")
 _local = threading.local()
 
 
@@ -73,7 +74,9 @@ def safe_parse(
                 f"allowed at most {max_bytes} bytes"
             ]
         )
-    if b"<!DOCTYPE" in raw or b"<!doctype" in raw:
+    # A "!" is looked for first (one memchr): most documents have none, and the two substring
+    # searches it spares took a tenth of the time of parsing a domain.
+    if b"!" in raw and _DOCTYPE.search(raw):
         raise InvalidDocument([_doctype_message(path, raw.count(b"\n", 0, raw.find(b"<!")) + 1)])
     try:
         root = etree.fromstring(raw, _parser(isinstance(data, str)))
