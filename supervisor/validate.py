@@ -570,7 +570,8 @@ def _domain_ok(d: Domain) -> bool:
         return False
     if cur is not None and (cur < 1 or (mem is not None and cur > mem)):
         return False
-    if not _in_range(d.vcpu, 1, 65535) or not _in_range(d.pids_limit, 1, None):
+    vcpu, pids = d.vcpu, d.pids_limit
+    if (vcpu is not None and not 1 <= vcpu <= 65535) or (pids is not None and pids < 1):
         return False
     if d.hostname is not None and not _hostname_ok(d.hostname):
         return False
@@ -615,12 +616,10 @@ def _domain_ok(d: Domain) -> bool:
     ):
         return False
     mt = d.memtune
-    if mt is not None and not (
-        _in_range(mt.hard_limit_kib, 1, None)
-        and _in_range(mt.soft_limit_kib, 1, None)
-        and _in_range(mt.swap_hard_limit_kib, 1, None)
-    ):
-        return False
+    if mt is not None:
+        for limit in (mt.hard_limit_kib, mt.soft_limit_kib, mt.swap_hard_limit_kib):
+            if limit is not None and limit < 1:
+                return False
     if d.scheduler is not None and not _scheduler_ok(d.scheduler):
         return False
     if (

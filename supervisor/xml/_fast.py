@@ -309,7 +309,8 @@ def _scheduler_into(el: _Element, fields: _Fields, cpu_tag: str) -> None:
     if "scheduler" in fields:
         raise _GiveUp  # given twice: <scheduler> and <vsv:scheduler>
     cpus: list[CpuBucket] = []
-    for child in _children(el):
+    # The usual scheduler has neither children nor text: skip the loop's set-up then.
+    for child in _children(el) if len(el) or el.text is not None else ():
         if child.tag != cpu_tag:
             raise _GiveUp
         _leaf(child)
