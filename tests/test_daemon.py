@@ -246,7 +246,9 @@ def _segfaulting(name: str, marker: Path | None = None, **changes: object) -> Do
     d = Domain(
         name=name,
         type="vserver",
-        os=OsSpec(init=sys.executable, initargs=("-I", "-c", code)),
+        # the interpreter itself, not a venv link: the venv may live under /tmp, which the
+        # guest sees as its own empty tmpfs
+        os=OsSpec(init=os.path.realpath(sys.executable), initargs=("-I", "-c", code)),
         filesystems=fs,
         privnet=True,
         on_crash="restart",
