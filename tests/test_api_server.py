@@ -232,7 +232,7 @@ def _nobody_connect(path: str) -> int:
     return done.returncode
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody")
+@pytest.mark.root  # switching to nobody needs root
 async def test_non_root_is_refused_on_the_rw_socket(api: Running, sockdir: Path) -> None:
     """User nobody cannot use the read-write socket but can read through the read-only one."""
     os.chmod(sockdir, 0o755)
