@@ -27,6 +27,7 @@ from supervisor.model import (
     Filesystem,
     Forward,
     Interface,
+    IpAddress,
     Network,
     NetworkIp,
     OsSpec,
@@ -369,3 +370,71 @@ async def test_net_destroy_then_start_replugs_running_guests(
     assert in_ns(sandbox, "ping", "-c1", "-W2", ip).returncode == 0
     await sup.destroy_domain("p1")
     assert list(sup.net.service.allocations().on("lan")) == []
+
+
+async def test_vserver_ip_isolation_through_the_supervisor(
+    sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """A vserver-dialect guest with <interface type='vserver'>: only its address, reaches a
+    test host beyond the uplink, cannot bind another address; nothing is left after it stops."""
+    peer = f"{prefix}-peer"
+    uplink = f"{prefix}up"
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    nsutil.create_netns(peer)
+    try:
+        sh("ip", "-n", sandbox, "link", "add", uplink, "type", "veth", "peer", "name",
+           f"{prefix}wr", "netns", peer)  # fmt: skip
+        sh("ip", "-n", sandbox, "addr", "add", "10.213.91.1/24", "dev", uplink)
+        sh("ip", "-n", sandbox, "link", "set", uplink, "up")
+        sh("ip", "-n", peer, "addr", "add", "10.213.91.2/24", "dev", f"{prefix}wr")
+        sh("ip", "-n", peer, "link", "set", f"{prefix}wr", "up")
+        root = Path(prepare_busybox_root(str(tmp_path / "root")))
+        script = (
+            "ip -4 -o addr show > /tmp/addr; "
+            "if ping -c1 -W3 10.213.91.2 >/dev/null 2>&1; then echo ok > /tmp/ping; "
+            "else echo fail > /tmp/ping; fi; "
+            "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+        )
+        domain = Domain(
+            name="gv",
+            type="vserver",
+            id=4301,
+            os=OsSpec(init="/bin/sh", initargs=("-c", script)),
+            filesystems=(Filesystem(source=str(root), target="/"),),
+            interfaces=(
+                Interface(
+                    type="vserver", source=uplink, ips=(IpAddress("10.213.91.10", 24),)
+                ),
+            ),
+        )
+        await sup.define_domain(domain)
+        await sup.start_domain("gv")
+        with trio.fail_after(10):
+            while not (root / "tmp" / "ping").exists():
+                await trio.sleep(0.05)
+        assert (root / "tmp" / "ping").read_text().strip() == "ok"
+        addrs = [w for w in (root / "tmp" / "addr").read_text().split() if w.startswith("10.")]
+        assert addrs == ["10.213.91.10/24"]
+        rows = sup.domain_interfaces("gv")
+        assert (rows[0]["mode"], [a["address"] for a in rows[0]["addresses"]]) == (
+            "routed-veth",
+            ["10.213.91.10"],
+        )
+        bind = subprocess.run(
+            ["ip", "netns", "exec", f"{prefix}-gv", sys.executable, "-c",
+             "import socket,errno\ns=socket.socket()\ntry: s.bind(('10.213.91.11',0))\n"
+             "except OSError as e: print(errno.errorcode[e.errno])"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert bind.stdout.strip() == "EADDRNOTAVAIL"
+        await sup.destroy_domain("gv")
+        tables = subprocess.run(
+            ["ip", "netns", "exec", sandbox, "nft", "list", "tables"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert prefix not in tables
+    finally:
+        nsutil.delete_netns(peer)
