@@ -959,8 +959,19 @@ async def print_events(
                 line = f"# missed events {item.first_seq}..{item.last_seq}"
             else:
                 line = item.line()
-            out.write(line + "\n")
-            out.flush()
+            try:
+                out.write(line + "\n")
+                out.flush()
+            except (BrokenPipeError, ValueError):
+                # whoever read our stdout is gone (`vsv daemon | grep ...` and a Ctrl-C): the
+                # events are still in the journal; the supervisor must go on stopping its guests
+                log.warning("stdout is closed; events are no longer printed")
+                with contextlib.suppress(OSError, ValueError):
+                    # and the interpreter's own flush at exit must not fail on it either
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, out.fileno())
+                    os.close(devnull)
+                return
 
 
 @attrs.frozen

@@ -197,3 +197,22 @@ def test_sigkill_then_readopt(
     assert not Path(f"/proc/{keep_init}").exists()
     assert find_leftovers(detect_layout(), prefix) == []
     assert list((dirs["run"] / "domains").glob("*.json")) == []
+
+
+def test_closed_stdout_does_not_stop_the_shutdown(
+    tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon]
+) -> None:
+    """`vsv daemon | grep ...` and a Ctrl-C: the reader dies first; the supervisor still stops
+    its guests cleanly and exits 0."""
+    doc = _doc(tmp_path, "p2", dirs["root"])
+    daemon = Daemon([*_args(dirs, prefix), "--start", doc])
+    daemons.append(daemon)
+    daemon.wait_line("p2 STARTED BOOTED")
+    deadline = time.monotonic() + 10
+    while not (dirs["root"] / "tmp" / "ready-p2").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert daemon.proc.stdout is not None
+    daemon.proc.stdout.close()  # the reader is gone: the next event line hits a broken pipe
+    assert daemon.stop(signal.SIGINT) == 0
+    assert find_leftovers(detect_layout(), prefix) == []

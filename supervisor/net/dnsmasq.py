@@ -222,8 +222,13 @@ class Dnsmasq:
         self.files.pid.unlink(missing_ok=True)
         log = os.open(self.files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # its own session: a Ctrl-C in the supervisor's terminal must not reach it
             proc = await trio.lowlevel.open_process(
-                self.argv(), stdin=subprocess.DEVNULL, stderr=log, stdout=log
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                stdout=log,
+                start_new_session=True,
             )
         finally:
             os.close(log)

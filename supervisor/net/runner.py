@@ -31,6 +31,8 @@ async def run_checked(netns: str | None, argv: list[str], stdin: str | None = No
             capture_stdout=True,
             capture_stderr=True,
             check=False,
+            # not in the terminal's process group: a Ctrl-C must not cut an nft change in half
+            start_new_session=True,
         )
     except OSError as exc:
         raise RuntimeFailure(f"cannot run {argv[0]}: {exc}") from exc
