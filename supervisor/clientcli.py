@@ -399,10 +399,23 @@ def _info(args: argparse.Namespace, c: Client) -> int:
             ("Socket", f"{c.socket_path}{' (read-only)' if reply['read_only'] else ''}"),
             ("Last event", reply["seq"]),
             ("Journal kept", f"{journal.get('first_seq')}..{journal.get('last_seq')}"),
-            *((f"stat {k}", v) for k, v in sorted(reply.get("statistics", {}).items())),
+            *_flat_stats(reply.get("statistics", {})),
         ]
     )
     return EXIT_OK
+
+
+def _flat_stats(stats: dict[str, Any], prefix: str = "stat ") -> list[tuple[str, object]]:
+    """Statistics as readable pairs: nested objects dotted, lists counted."""
+    out: list[tuple[str, object]] = []
+    for key, value in sorted(stats.items()):
+        if isinstance(value, dict):
+            out += _flat_stats(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            out.append((f"{prefix}{key}", f"{len(value)} entries"))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def format_event(record: dict[str, Any]) -> str:
