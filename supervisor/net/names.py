@@ -100,6 +100,20 @@ def check_mac(mac: str) -> str:
     return norm
 
 
+def names_tap(prefix: str, target_dev: str | None) -> bool:
+    """Whether ``<target dev>`` asks for a tap device (a VM-style guest) rather than a veth.
+
+    The rule: the name, once the supervisor's prefix is taken off its front (if it is there),
+    begins with ``tap``. So ``tap0`` (libvirt's habit) and ``<prefix>tap0`` both name taps; the
+    prefixed form is preferred, since only names carrying the prefix are found by ``vsv gc``
+    should a tap outlive its supervisor.
+    """
+    if not target_dev:
+        return False
+    rest = target_dev[len(prefix) :] if prefix and target_dev.startswith(prefix) else target_dev
+    return rest.startswith("tap")
+
+
 def tap_mac(guest_mac_address: str) -> str:
     """The host tap's MAC for a guest MAC: the same with first byte 0xFE (libvirt's rule)."""
     return "fe" + check_mac(guest_mac_address)[2:]

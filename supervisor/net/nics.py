@@ -8,8 +8,12 @@ For each interface, in libvirt's LXC order, with every change pushed on an undo 
   addresses or a reservation from the network's range (also handed to dnsmasq, so DHCP gives the
   guest the same address), a default route via the bridge address, and ``lo`` comes up;
 - ``ethernet``: the same veth without a bridge; the ``<ip>``/``<route>`` go on the host end;
-- a ``<target dev>`` starting with ``tap``: a tap device in the host (VM-style guest), MAC with
-  first byte 0xFE, enslaved to the bridge;
+- a ``<target dev>`` naming a tap (:func:`supervisor.net.names.names_tap`: ``tap...`` or
+  ``<prefix>tap...``; the prefixed form is the one ``vsv gc`` can find): a tap device in the host
+  for a VM-style guest, MAC of the guest's with first byte 0xFE, no guest end. On a network or
+  bridge it is enslaved with the bridge's MTU (and a network still reserves its address for the
+  guest's DHCP); for ``ethernet`` it stays unenslaved and gets the ``<ip>``/``<route>``, as the
+  veth's host end would;
 - ``vserver`` (IP isolation): a routed veth. The guest end holds only the listed addresses, which
   must lie in the uplink's subnet; the host routes each of them to the host end, answers ARP for
   them on the uplink (proxy ARP) and for everything on the host end, and an nftables table drops
@@ -243,15 +247,19 @@ async def _plumb_one(
     elif iface.type == "bridge":
         addresses += [f"{ip.address}/{ip.prefix or 24}" for ip in iface.ips]
 
-    if iface.target_dev and iface.target_dev.startswith("tap") and bridge is not None:
+    if names.names_tap(host.prefix, iface.target_dev):
         if reservation is not None:
             await _reserve(running, owner, reservation, undo)
         host_if = await _host_name(host, domain, index, iface)
         tmac = names.tap_mac(mac)
         await w.call(partial(netlink.create_tap, name=host_if, mac=tmac))
         undo.push(f"tap {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
-        mtu = await w.call(partial(netlink.link_mtu, name=bridge))
-        await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu))
+        if bridge is not None:
+            mtu = await w.call(partial(netlink.link_mtu, name=bridge))
+            await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu))
+        else:
+            await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
+            await _host_side_addresses(host, host_if, iface)
         return PlumbedNic(
             index, iface.type, "tap", host_if, None, mac, owner, tuple(addresses), net_name
         )
@@ -299,23 +307,31 @@ async def _plumb_one(
         host_if = await w.wait(pending, deliver=True)
         undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
     if bridge is None:
-        # ethernet: the XML's addresses and routes are the host end's
-        for ip in iface.ips:
-            await w.call(
-                partial(
-                    netlink.add_address, name=host_if, address=ip.address, prefix=ip.prefix or 32
-                )
-            )
-        for r in iface.routes:
-            await w.call(
-                partial(
-                    netlink.add_route, dst=f"{r.address}/{r.prefix}", gateway=r.gateway, dev=host_if
-                )
-            )
+        await _host_side_addresses(host, host_if, iface)
     mode: NicMode = "veth-bridge" if bridge is not None else "veth-ethernet"
     return PlumbedNic(
         index, iface.type, mode, host_if, guest_if, mac, owner, tuple(addresses), net_name
     )
+
+
+async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) -> None:
+    """``ethernet``: the XML's ``<ip>`` (``/32`` unless given) and ``<route>`` on the host end.
+
+    libvirt's meaning: an ethernet interface has no network to take addresses from, so its
+    addresses and routes describe the host side of the point-to-point link; the guest configures
+    its own end. Removing the link removes them, so they need no undo of their own.
+    """
+    w = host.worker
+    for ip in iface.ips:
+        await w.call(
+            partial(netlink.add_address, name=host_if, address=ip.address, prefix=ip.prefix or 32)
+        )
+    for r in iface.routes:
+        await w.call(
+            partial(
+                netlink.add_route, dst=f"{r.address}/{r.prefix}", gateway=r.gateway, dev=host_if
+            )
+        )
 
 
 async def _plumb_vserver(
