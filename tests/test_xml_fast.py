@@ -254,13 +254,14 @@ def test_fast_reader_never_accepts_what_the_full_reader_would_not(root: etree._E
     _check(root)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.xml")))
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in EXAMPLES.glob("*.xml") if b"<domain" in p.read_bytes()[:400]),
+)
 def test_fast_reader_takes_the_examples(name: str) -> None:
     """Every example domain, as written by the supervisor, goes through the fast path."""
     data = (EXAMPLES / name).read_bytes()
-    root = safe_parse(data, path=None)
-    if root.tag != "domain":
-        pytest.skip("not a domain")
+    assert safe_parse(data, path=None).tag == "domain"
     stored = safe_parse(format_domain(parse_domain(data)), path=None)
     assert read_domain(stored, None) == try_read_domain(stored)
 
