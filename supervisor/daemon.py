@@ -756,12 +756,6 @@ class Supervisor:
                     await self._bus.run_release(ctx)
                 with contextlib.suppress(RuntimeFailure):
                     await cgroup.remove()
-                # a start interrupted inside the network hook may have made the guest's
-                # namespace before recording it
-                netns = f"{self.prefix}-{name}"
-                if nsutil.netns_exists(netns):
-                    with contextlib.suppress(RuntimeFailure):
-                        nsutil.delete_netns(netns)
             self.runs.remove("domains", name)
             self._bus.publish_nowait(
                 "domain",

@@ -136,13 +136,18 @@ def run_in_netns(fd: int, fn: Callable[[], T]) -> T:
     """
     home = _open_own()
     try:
-        _check(_libc.setns(fd, CLONE_NEWNET), "setns into a guest's network namespace")
+        enter_netns(fd, "setns into a guest's network namespace")
         try:
             return fn()
         finally:
             _return(home)
     finally:
         os.close(home)
+
+
+def enter_netns(fd: int, what: str = "setns into a network namespace") -> None:
+    """Move the calling thread (only it) into the network namespace ``fd``."""
+    _check(_libc.setns(fd, CLONE_NEWNET), what)
 
 
 def _open_own() -> int:

@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from supervisor.errors import InvalidDocument, RuntimeFailure
 from supervisor.model import Domain, Network
+
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
@@ -119,26 +121,20 @@ class ConfigStore:
         """Every stored domain, and one message per file that could not be read."""
         from supervisor.xml import parse_domain
 
-        found: list[Domain] = []
-        problems: list[str] = []
-        for path in self._documents(self.domains_dir):
-            try:
-                found.append(parse_domain(path.read_bytes(), path=str(path)))
-            except InvalidDocument as exc:
-                problems.extend(exc.problems)
-            except OSError as exc:
-                problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return found, problems
+        return self._load(self.domains_dir, parse_domain)
 
     def load_networks(self) -> tuple[list[Network], list[str]]:
         """Every stored network, and one message per file that could not be read."""
         from supervisor.xml import parse_network
 
-        found: list[Network] = []
+        return self._load(self.networks_dir, parse_network)
+
+    def _load(self, directory: Path, parse: Callable[..., T]) -> tuple[list[T], list[str]]:
+        found: list[T] = []
         problems: list[str] = []
-        for path in self._documents(self.networks_dir):
+        for path in self._documents(directory):
             try:
-                found.append(parse_network(path.read_bytes(), path=str(path)))
+                found.append(parse(path.read_bytes(), path=str(path)))
             except InvalidDocument as exc:
                 problems.extend(exc.problems)
             except OSError as exc:

@@ -22,6 +22,8 @@ from supervisor.guest.cgroups import (
     memory_writes,
 )
 from supervisor.model import Domain, MemTune
+from supervisor.sched.cgroupcpu import read_stat
+from supervisor.sched.subsystem import cpu_paths
 
 # -- fake trees (unit tests of the logic only; the real kernel is tested below) ----------------
 
@@ -321,7 +323,9 @@ async def test_readers_and_attach(real_cg: GuestCgroup) -> None:
         await _wait_count(real_cg, 1)
         assert {p.pid} == real_cg.pids()
         await trio.sleep(0.05)
-        assert 0 < real_cg.cpu_stat().usage_ns
+        paths = cpu_paths(real_cg)
+        assert paths is not None
+        assert 0 < read_stat(paths).usage_ns
         assert 0 < real_cg.memory_current()
     finally:
         p.kill()

@@ -405,9 +405,7 @@ async def test_vserver_ip_isolation_through_the_supervisor(
             os=OsSpec(init="/bin/sh", initargs=("-c", script)),
             filesystems=(Filesystem(source=str(root), target="/"),),
             interfaces=(
-                Interface(
-                    type="vserver", source=uplink, ips=(IpAddress("10.213.91.10", 24),)
-                ),
+                Interface(type="vserver", source=uplink, ips=(IpAddress("10.213.91.10", 24),)),
             ),
         )
         await sup.define_domain(domain)

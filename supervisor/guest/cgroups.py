@@ -173,16 +173,6 @@ def cgroup_dir_name(prefix: str, name: str) -> str:
     return f"{prefix}-{name}"
 
 
-@attrs.frozen
-class CpuStat:
-    """CPU time a guest's cgroup used, in nanoseconds, and CFS throttling counters."""
-
-    usage_ns: int
-    nr_periods: int = 0
-    nr_throttled: int = 0
-    throttled_ns: int = 0
-
-
 def _parse_flat_keyed(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():
@@ -494,33 +484,6 @@ class GuestCgroup:
         raise RuntimeFailure(f"cannot remove cgroups {pending}: still busy after {timeout}s")
 
     # -- readers -------------------------------------------------------------------------------
-
-    def cpu_stat(self) -> CpuStat:
-        """CPU usage and throttling of the guest."""
-        if self.layout.unified is not None and "cpu" in self.layout.v2_controllers:
-            stat = _parse_flat_keyed(
-                _read(os.path.join(self.path_in(self.layout.unified), "cpu.stat"))
-            )
-            return CpuStat(
-                usage_ns=stat.get("usage_usec", 0) * 1000,
-                nr_periods=stat.get("nr_periods", 0),
-                nr_throttled=stat.get("nr_throttled", 0),
-                throttled_ns=stat.get("throttled_usec", 0) * 1000,
-            )
-        acct = self.layout.v1_path("cpuacct")
-        usage = 0
-        if acct is not None:
-            usage = int(_read(os.path.join(self.path_in(acct), "cpuacct.usage")).strip() or 0)
-        cpu = self.layout.v1_path("cpu")
-        stat = {}
-        if cpu is not None:
-            stat = _parse_flat_keyed(_read(os.path.join(self.path_in(cpu), "cpu.stat")))
-        return CpuStat(
-            usage_ns=usage,
-            nr_periods=stat.get("nr_periods", 0),
-            nr_throttled=stat.get("nr_throttled", 0),
-            throttled_ns=stat.get("throttled_time", 0),
-        )
 
     def memory_current(self) -> int:
         """Bytes of memory the guest uses now."""

@@ -19,7 +19,6 @@ Foreign errors (``NetlinkError``, ``OSError``) are translated into the project's
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import errno
 import ipaddress
 import os
@@ -33,19 +32,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from supervisor.errors import ConflictError, RuntimeFailure
-from supervisor.nsutil import ThreadLost
+from supervisor.nsutil import ThreadLost, enter_netns
 
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 Job = tuple["concurrent.futures.Future[Any]", Callable[[Any], Any]]
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def netns_path(*, name: str | None = None, pid: int | None = None) -> str:
@@ -103,7 +94,7 @@ class NetnsWorker:
     def _serve(self, fd: int, ready: concurrent.futures.Future[None]) -> None:
         try:
             if fd >= 0:
-                _setns(fd)  # this thread only; it stays in the namespace until it ends
+                enter_netns(fd)  # this thread only; it stays in the namespace until it ends
             ipr = IPRoute()
             ipr.link_lookup(ifname="lo")  # open the socket now, in this namespace
         except BaseException as exc:

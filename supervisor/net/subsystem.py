@@ -27,6 +27,7 @@ import trio
 from supervisor import nsutil
 from supervisor.errors import InvalidDocument, InvalidOperation, NotFound, RuntimeFailure, VsvError
 from supervisor.facade import Lease, NetworkStatus
+from supervisor.guest.procs import wait_pid_exit
 from supervisor.model import Network
 from supervisor.net import names, nftables
 from supervisor.net.dnsmasq import DnsmasqFiles, lease_lines
@@ -178,7 +179,7 @@ class NetworkSubsystem:
             for pid in dnsmasq_pids(conf):
                 signal_pid(pid, signal.SIGTERM)
                 with trio.move_on_after(2):
-                    await wait_pid_gone(pid)
+                    await wait_pid_exit(pid)
             table = record.get("table")
             if isinstance(table, str):
                 with contextlib.suppress(VsvError):
@@ -276,6 +277,11 @@ class NetworkSubsystem:
     async def _release(self, ctx: GuestContext) -> None:
         record = ctx.records.get("net")
         if not isinstance(record, dict):
+            # a start interrupted inside this hook may have made the guest's namespace before
+            # recording it; its name is derived, so it goes all the same
+            name = self._netns_name(ctx.domain.name)
+            if nsutil.netns_exists(name):
+                nsutil.delete_netns(name)
             return
         nics = tuple(PlumbedNic(**n) for n in record.get("nics", []))
         self._plumbed.pop(ctx.domain.name, None)
@@ -439,20 +445,6 @@ def dnsmasq_pids(conf_file: str) -> list[int]:
         if argv and argv[0].endswith(b"dnsmasq") and wanted in argv:
             found.append(int(entry))
     return found
-
-
-async def wait_pid_gone(pid: int) -> None:
-    """Wait until ``pid`` no longer exists (a process we did not start)."""
-    import os
-
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
 
 
 def signal_pid(pid: int, sig: int) -> None:
