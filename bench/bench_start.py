@@ -42,7 +42,17 @@ from typing import Any
 import attrs
 import lxc_peer
 import trio
-from bench_daemon import IDLE_GAP, LEAKCHECK, Timer, gap, guest, run_all, summary
+from bench_daemon import (
+    IDLE_GAP,
+    LEAKCHECK,
+    Timer,
+    gap,
+    guest,
+    remove_run_dirs,
+    run_all,
+    summary,
+    tmpfs_run_dir,
+)
 
 from supervisor import nsutil
 from supervisor.daemon import Supervisor
@@ -179,9 +189,10 @@ async def measure(workdir: str, quick: bool, runs: int) -> dict[str, Any]:
         "lxc": peer is not None,
         "targets": {"nic_start_vs_lxc_veth": TARGET_NIC},
     }
+    run_dir, results["run_dir"] = tmpfs_run_dir()
     sup = Supervisor(
         state_dir=Path(workdir) / "state",
-        run_dir=Path(workdir) / "run",
+        run_dir=run_dir,
         prefix=PREFIX,
         host_netns=sandbox,
         shutdown_timeout=5.0,
@@ -223,6 +234,7 @@ def cleanup(workdir: str) -> list[str]:
     for name in nsutil.list_netns(PREFIX):
         nsutil.delete_netns(name)
     shutil.rmtree(workdir, ignore_errors=True)
+    remove_run_dirs()
     return problems
 
 

@@ -59,7 +59,13 @@ from supervisor.guest.spawn import GuestExit
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
 from supervisor.net.subsystem import NetworkSubsystem, require_network
-from supervisor.runtime import CgroupHandle, LinuxRuntime, ProcessHandle, Runtime
+from supervisor.runtime import (
+    CgroupHandle,
+    LinuxRuntime,
+    PendingSpawn,
+    ProcessHandle,
+    Runtime,
+)
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.store import ConfigStore, RunStore
@@ -444,7 +450,7 @@ class Supervisor:
         step = self._apply(slot, Input.REBOOT)
         if Action.ASK_REBOOT in step.actions:
             slot.reboot_requested = True
-            await self._kill(slot)
+            await self._kill(slot, wait=False)
 
     async def suspend_domain(self, name: str) -> None:
         slot = self._slot(name)
@@ -479,10 +485,10 @@ class Supervisor:
             elif slot.adopted_pid is not None:
                 os.kill(slot.adopted_pid, sig)
 
-    async def _kill(self, slot: GuestSlot) -> None:
+    async def _kill(self, slot: GuestSlot, *, wait: bool = True) -> None:
         slot.killed_by_us = True
         if slot.cgroup is not None:
-            await slot.cgroup.kill_all()
+            await slot.cgroup.kill_all(wait=wait)
 
     # ------------------------------------------------------------------------ the guest task
 
@@ -518,11 +524,17 @@ class Supervisor:
     async def _boot(self, slot: GuestSlot, *, keep_resources: bool = False) -> bool:
         """Prepare and spawn; True when init runs. A failure is reported and released here."""
         domain = slot.domain
+        pending: PendingSpawn | None = None
         try:
             with trio.CancelScope() as scope:
                 slot.start_scope = scope
+                assert self.runtime is not None
+                # the guest's process gets going (its mounts) while the cgroup is made and the
+                # prepare hooks run; finish() then puts it in the cgroup and lets init run
+                pending = await self.runtime.begin_spawn(
+                    domain, log_path=str(self._log_path(domain.name))
+                )
                 if not keep_resources:
-                    assert self.runtime is not None
                     cgroup = self.runtime.cgroup(self.prefix, domain.name)
                     # recorded before anything is made: a supervisor killed from here on
                     # leaves a record its successor cleans up after (no init pid: not alive)
@@ -538,12 +550,9 @@ class Supervisor:
                     await self._bus.run_prepare(slot.ctx)
                     slot.ctx.prepared = True
                 assert slot.cgroup is not None
-                assert self.runtime is not None
-                slot.process = await self.runtime.spawn(
-                    domain,
-                    slot.cgroup,
-                    log_path=str(self._log_path(domain.name)),
-                    netns_path=slot.ctx.netns_path if slot.ctx else None,
+                finishing, pending = pending, None
+                slot.process = await finishing.finish(
+                    slot.cgroup, netns_path=slot.ctx.netns_path if slot.ctx else None
                 )
             slot.start_scope = None
             if scope.cancelled_caught:
@@ -558,6 +567,10 @@ class Supervisor:
                     await self._release(slot)
             slot.settled.set()
             return False
+        finally:
+            if pending is not None:  # failed or cancelled before finish(): drop the embryo
+                with trio.CancelScope(shield=True):
+                    await pending.abort()
         slot.killed_by_us = False
         slot.reboot_requested = False
         slot.started_at = time.time()

@@ -48,7 +48,7 @@ from supervisor.errors import RuntimeFailure
 from supervisor.guest.cgroups import cgroup_dir_name
 from supervisor.guest.spawn import GuestExit, Namespaces
 from supervisor.model import Domain
-from supervisor.runtime import CgroupHandle
+from supervisor.runtime import CgroupHandle, DeferredSpawn
 
 FailOp = Literal["cgroup.create", "spawn", "kill_all", "remove", "freeze", "thaw"]
 FAIL_OPS: tuple[FailOp, ...] = ("cgroup.create", "spawn", "kill_all", "remove", "freeze", "thaw")
@@ -231,7 +231,7 @@ class FakeCgroup:
             while proc.held and proc.alive:
                 proc._end(proc.held.pop(0))
 
-    async def kill_all(self) -> None:
+    async def kill_all(self, *, wait: bool = True) -> None:
         await trio.lowlevel.checkpoint()
         self.runtime._check("kill_all")
         for proc in list(self.runtime.processes_in(self.dirname)):
@@ -270,6 +270,11 @@ class FakeRuntime:
 
     def cgroup(self, prefix: str, name: str) -> FakeCgroup:
         return FakeCgroup(self, prefix, name)
+
+    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> DeferredSpawn:
+        """Nothing to start early in memory: the whole spawn happens in ``finish``."""
+        await trio.lowlevel.checkpoint()
+        return DeferredSpawn(self, domain, log_path)
 
     async def spawn(
         self,

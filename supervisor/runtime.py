@@ -1,7 +1,7 @@
 """The seam between the supervisor and the kernel: cgroups and guest processes.
 
 :class:`~supervisor.daemon.Supervisor` talks to guests only through a :class:`Runtime`.
-:class:`LinuxRuntime` is the real one (cgroups, namespaces, util-linux ``unshare``);
+:class:`LinuxRuntime` is the real one (cgroups, namespaces, embryos made by a fork server);
 :mod:`supervisor.fakeruntime` keeps everything in memory so the property-based stress harness
 can run thousands of operations a second against the same supervisor code. The fake never stands
 in for the real one where real behaviour is what a test checks.
@@ -30,7 +30,7 @@ class CgroupHandle(Protocol):
     def is_frozen(self) -> bool: ...
     async def freeze(self) -> None: ...
     async def thaw(self) -> None: ...
-    async def kill_all(self) -> None: ...
+    async def kill_all(self, *, wait: bool = True) -> None: ...
     async def remove(self) -> None: ...
 
 
@@ -47,10 +47,22 @@ class ProcessHandle(Protocol):
     def send_signal(self, sig: int) -> None: ...
 
 
+class PendingSpawn(Protocol):
+    """A start begun before its cgroup and prepare hooks are done (see ``begin_spawn``)."""
+
+    async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle: ...
+    async def abort(self) -> None: ...
+
+
 class Runtime(Protocol):
     """Makes cgroups and guest processes, and watches processes it did not start."""
 
     def cgroup(self, prefix: str, name: str) -> CgroupHandle: ...
+
+    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
+        """Start work on the guest's process that needs neither its cgroup nor its network,
+        so that it overlaps the supervisor's own preparation."""
+        ...
 
     async def spawn(
         self,
@@ -67,8 +79,42 @@ class Runtime(Protocol):
 
 
 @attrs.define(eq=False)
+class DeferredSpawn:
+    """A :class:`PendingSpawn` that does everything in ``finish``: for runtimes with nothing to
+    start early."""
+
+    runtime: Runtime
+    domain: Domain
+    log_path: str | None
+
+    async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle:
+        return await self.runtime.spawn(
+            self.domain, cgroup, log_path=self.log_path, netns_path=netns_path
+        )
+
+    async def abort(self) -> None:
+        pass
+
+
+@attrs.define(eq=False)
+class _LinuxPending:
+    """:class:`spawn.PendingStart` behind the protocol's cgroup type."""
+
+    pending: spawn.PendingStart
+
+    async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle:
+        if not isinstance(cgroup, GuestCgroup):
+            await self.pending.abort()
+            raise TypeError(f"LinuxRuntime needs a GuestCgroup, got {type(cgroup).__name__}")
+        return await self.pending.finish(cgroup, netns_path=netns_path)
+
+    async def abort(self) -> None:
+        await self.pending.abort()
+
+
+@attrs.define(eq=False)
 class LinuxRuntime:
-    """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, util-linux unshare."""
+    """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, embryos (or unshare)."""
 
     layout: CgroupLayout = attrs.Factory(detect_layout)
 
@@ -78,6 +124,9 @@ class LinuxRuntime:
 
     def cgroup(self, prefix: str, name: str) -> GuestCgroup:
         return GuestCgroup(self.layout, prefix, name)
+
+    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
+        return _LinuxPending(await spawn.begin_spawn(domain, log_path=log_path))
 
     async def spawn(
         self,

@@ -402,13 +402,17 @@ class GuestCgroup:
 
     # -- killing and removal -------------------------------------------------------------------
 
-    async def kill_all(self) -> None:
+    async def kill_all(self, *, wait: bool = True) -> None:
         """SIGKILL every process of the guest, including ones that double-forked or setsid'ed.
 
         v2 (also the unified hierarchy of a hybrid machine): one write to ``cgroup.kill``, which
         the kernel applies atomically, forks included. v1: freeze (so nothing can fork while we
         look), SIGKILL each pid, thaw (a frozen task dies only once thawed), repeat until the
         cgroup is empty. Gives up with RuntimeFailure after ``SETTLE_TIMEOUT`` seconds.
+
+        ``wait=False`` makes one pass and returns: for a reboot, whose guest task waits for the
+        end and empties the cgroup itself before it respawns init there. Waiting here as well
+        would race with that respawn (and on v1 could kill the new init).
         """
         timeout = SETTLE_TIMEOUT
         with trio.move_on_after(timeout):
@@ -420,7 +424,8 @@ class GuestCgroup:
                 mode = self._freeze_mode()
                 if mode is not None and mode[0] == "v1" and self.is_frozen():
                     await self.thaw()
-                await self._wait_empty()
+                if wait:
+                    await self._wait_empty()
                 return
             has_freezer = self.layout.v1_path("freezer") is not None
             delay = 0.0005
@@ -434,6 +439,8 @@ class GuestCgroup:
                     await self.thaw()
                 else:
                     _kill_each(pids)
+                if not wait:
+                    return
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.02)
         raise RuntimeFailure(

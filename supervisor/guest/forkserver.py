@@ -22,6 +22,23 @@ close-on-exec, so the supervisor reads EOF once exec succeeded. A failure append
 (setup) or ``X<text>`` (exec) before the child exits; a failure of the clone itself is
 ``E<text>`` without a pid, written by the server.
 
+Embryos (the default start path): a request ``marshal`` of ``("embryo", clone_flags)`` with
+SCM_RIGHTS ``[sock]`` (one end of a SOCK_SEQPACKET pair the supervisor keeps the other end of)
+makes the server clone a child with ``CLONE_PARENT | clone_flags``, so the child is born as PID 1
+of a new pid namespace (and in new uts/ipc/net namespaces), and send ``P<pid>`` on ``sock`` (the
+child cannot: it sees itself as pid 1). The child, an *embryo*, waits on ``sock`` for one
+activation message: ``marshal`` of :data:`Activation` with SCM_RIGHTS ``[]`` or ``[out_fd]``, and
+does what ``unshare --fork --mount-proc --root`` would do in a second process, in two phases
+(:func:`become_guest`): first the mount namespace (made now, so the guest sees the host's mount
+table of *now*, not of when the embryo was made), hostname and mounts, while the supervisor makes
+the guest's cgroup and runs the prepare hooks; then, on ``G<flags>`` (SCM_RIGHTS: the guest's
+netns when a hook made one), the network namespace, chroot, a fresh /proc, user, exec. The
+supervisor moves the embryo into the guest's cgroup before it sends ``G``, so init and everything
+it starts are in the cgroup from their first instruction. ``sock`` is close-on-exec:
+EOF says init runs; ``E<text>``/``X<text>`` before it say what failed. EOF before any activation
+(the supervisor closed its end or died) makes the embryo exit. No process stays between the
+supervisor and the guest's init: the supervisor is init's parent and reaps its real status.
+
 Lifetime: the server gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG) and exits on EOF
 of its socket. PDEATHSIG is cleared in cloned children, so guests survive a supervisor SIGKILL
 (re-adoption relies on that). The server runs in a session of its own, so a terminal's Ctrl-C
@@ -43,6 +60,7 @@ import marshal
 import os
 import signal
 import socket
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -71,6 +89,19 @@ _PR_SET_PDEATHSIG = 1
 
 #: (kind, target, source, options, optional): one step of building the guest's mount tree
 MountTuple = tuple[str, str, str, str, bool]
+#: (argv, env, hostname, unshare_flags, mounts, root, wd, uid, gid): what an embryo is asked to
+#: become (``unshare_flags``: the namespaces to make at once, the mount namespace at least)
+Activation = tuple[
+    tuple[str, ...],
+    tuple[tuple[str, str], ...],
+    str,
+    int,
+    tuple[MountTuple, ...],
+    str,
+    str,
+    "int | None",
+    "int | None",
+]
 #: (argv, env, hostname, clone_flags, netns_path, procs_files, mounts): one start request
 Request = tuple[
     tuple[str, ...],
@@ -149,10 +180,17 @@ def run_mount(op: MountTuple) -> None:
         _check(rc, f"mount_setattr read-only {target}")
     elif kind == "tmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    elif kind == "devtmpfs":
+        _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, options)
     elif kind == "sysfs":
         _mount("sysfs", target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
     elif kind == "devpts":
         _mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, options)
+    elif kind == "node":
+        # source is "c MAJOR MINOR", options the octal mode
+        _c, major, minor = source.split()
+        os.mknod(target, stat.S_IFCHR | int(options, 8), os.makedev(int(major), int(minor)))
+        os.chmod(target, int(options, 8))  # mknod applies the umask
     elif kind == "file":
         os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
     elif kind == "dir":
@@ -198,12 +236,13 @@ def child_setup(
 _pylibc = ctypes.PyDLL(None, use_errno=True)
 
 
-def _clone_parent() -> int:
-    """clone(CLONE_PARENT | SIGCHLD): 0 in the child, its pid in the caller, -errno on failure."""
+def _clone_parent(flags: int = 0) -> int:
+    """clone(CLONE_PARENT | flags | SIGCHLD): 0 in the child, its pid in the caller, -errno."""
     nr = SYS_CLONE.get(os.uname().machine)
     if nr is None:
         return -38  # ENOSYS; spawn_mode() does not pick this path there
-    pid = int(_pylibc.syscall(ctypes.c_long(nr), ctypes.c_ulong(CLONE_PARENT | signal.SIGCHLD),
+    how = CLONE_PARENT | flags | signal.SIGCHLD
+    pid = int(_pylibc.syscall(ctypes.c_long(nr), ctypes.c_ulong(how),
                               ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
                               ctypes.c_ulong(0)))  # fmt: skip
     return -ctypes.get_errno() if pid < 0 else pid
@@ -216,9 +255,7 @@ def _child(request: Request, report_fd: int, out_fd: int) -> None:
     try:
         argv, env, hostname, flags, netns_path, procs_files, mounts = request
         os.write(report_fd, b"P%d\n" % os.getpid())
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _reset_signals()
         os.setsid()
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         os.dup2(null, 0)
@@ -235,16 +272,131 @@ def _child(request: Request, report_fd: int, out_fd: int) -> None:
     os._exit(code)
 
 
-def _handle(data: bytes, fds: list[int]) -> None:
+def _reset_signals() -> None:
+    """Undo what Python did to signals: an ignored signal stays ignored across exec."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
+    """In an activated embryo: build the guest in two phases around the supervisor's ``G``.
+
+    Phase 1 (while the supervisor makes the cgroup and runs the prepare hooks): stdio, the mount
+    namespace, hostname, every mount but sysfs. ``G<flags>`` (with the guest's netns fd when a
+    hook made one) says the embryo is in the guest's cgroup and the hooks are done. Phase 2: join
+    that netns or unshare what ``flags`` says, mount sysfs (it shows the netns of whoever mounts
+    it), chroot, a fresh /proc, user and group, exec. Raises OSError when the setup fails,
+    :class:`_ExecFailed` when the exec does; never returns otherwise.
+    """
+    argv, env, hostname, flags, mounts, root, wd, uid, gid = request
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(null, 0)
+    os.dup2(out_fd if out_fd >= 0 else null, 1)
+    os.dup2(out_fd if out_fd >= 0 else null, 2)
+    _check(_libc.unshare(flags), "unshare")
+    socket.sethostname(hostname)
+    for op in mounts:
+        if op[0] != "sysfs":
+            run_mount(op)
+    go, netns_fd = _recv_with_fd(sock)
+    if not go.startswith(b"G"):
+        raise OSError(0, "the supervisor gave up on this start" if not go else f"got {go!r}")
+    if netns_fd >= 0:
+        _check(_libc.setns(netns_fd, CLONE_NEWNET), "setns into the guest's network namespace")
+        os.close(netns_fd)
+    late = int(go[1:] or b"0")
+    if late:
+        _check(_libc.unshare(late), "unshare")
+    for op in mounts:
+        if op[0] == "sysfs":
+            run_mount(op)
+    if root != "/":
+        os.chroot(root)
+    os.chdir(wd)
+    # a proc of the new pid namespace (we are its PID 1), mounted inside the new root
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
+    if gid is not None or uid is not None:
+        os.setgroups([])
+    if gid is not None:
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+    try:
+        os.execvpe(argv[0], list(argv), dict(env))
+    except OSError as e:
+        raise _ExecFailed(f"init {argv[0]} could not be executed: {e.strerror}") from None
+
+
+def _recv_with_fd(sock: socket.socket) -> tuple[bytes, int]:
+    """One message and the first fd passed with it (-1 if none); blocking."""
+    fd_size = array.array("i").itemsize
+    data, ancdata, _flags, _addr = sock.recvmsg(
+        1 << 20, socket.CMSG_SPACE(2 * fd_size), socket.MSG_CMSG_CLOEXEC
+    )
+    fd = -1
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(payload[: len(payload) - len(payload) % fd_size])
+            for extra in got[1:]:
+                os.close(extra)
+            if len(got):
+                fd = got[0]
+    return data, fd
+
+
+class _ExecFailed(Exception):
+    """The guest's init could not be executed (reported as ``X``, exit 127)."""
+
+
+def _embryo(sock_fd: int, server_fd: int) -> None:
+    """In a cloned embryo: wait for the activation, become the guest's init. Never returns."""
+    code = 1
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        os.close(server_fd)
+        _reset_signals()
+        os.setsid()
+        data, out_fd = _recv_with_fd(sock)
+        if not data:
+            os._exit(0)  # the supervisor closed the pool, or died
+        become_guest(marshal.loads(data), out_fd, sock)
+    except BaseException as e:
+        if isinstance(e, _ExecFailed):
+            stage, code, text = b"X", 127, str(e)
+        else:
+            stage, code, text = b"E", 1, f"{type(e).__name__}: {e}"
+        try:
+            sock.send(stage + text.encode()[:3800])
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _handle_embryo(request: tuple[str, int], fds: list[int], server_fd: int) -> None:
+    """Clone one embryo in new namespaces and tell the supervisor its pid on its socket."""
+    _kind, flags = request
+    pid = _clone_parent(flags)
+    if pid == 0:
+        _embryo(fds[0], server_fd)
+    os.write(fds[0], b"P%d" % pid if pid > 0 else f"Eclone: {os.strerror(-pid)}".encode())
+
+
+def _handle(data: bytes, fds: list[int], server_fd: int = -1) -> None:
     report_fd = fds[0] if fds else -1
     out_fd = fds[1] if len(fds) > 1 else -1
     if report_fd < 0:
         return
     try:
-        request: Request = marshal.loads(data)
+        loaded: Request | tuple[str, int] = marshal.loads(data)
     except (ValueError, EOFError, TypeError) as e:
         os.write(report_fd, f"Ebad request: {e}".encode())
         return
+    if len(loaded) == 2:
+        _handle_embryo(loaded, fds, server_fd)
+        return
+    request: Request = loaded
     pid = _clone_parent()
     if pid == 0:
         _child(request, report_fd, out_fd)
@@ -275,7 +427,7 @@ def serve(sock_fd: int, parent_pid: int) -> None:
         if not data and not fds:
             return
         try:
-            _handle(data, fds)
+            _handle(data, fds, sock_fd)
         except OSError:
             pass  # the requester went away; its report pipe tells it nothing more
         finally:

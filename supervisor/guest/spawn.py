@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import logging
 import marshal
 import os
 import signal
@@ -81,6 +82,8 @@ from supervisor.guest.forkserver import (
 )
 from supervisor.model import Domain
 
+log = logging.getLogger(__name__)
+
 UNSHARE = "/usr/bin/unshare"
 #: how long spawn_init waits for the guest's init to be running
 START_TIMEOUT = 5.0
@@ -91,8 +94,16 @@ FIRST_POLL = 0.0001
 POLL_GROWTH = 1.3
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: device nodes bind-mounted from the host into the guest's /dev
-DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+#: character devices made in the guest's /dev: name, major, minor (the kernel's fixed numbers,
+#: Documentation/admin-guide/devices.txt); mode 0666 like the host's
+DEV_NODES: tuple[tuple[str, int, int], ...] = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
 DEV_LINKS: tuple[tuple[str, str], ...] = (
     ("fd", "/proc/self/fd"),
     ("stdin", "/proc/self/fd/0"),
@@ -110,13 +121,25 @@ class MountOp:
 
     kinds: ``private`` (make everything below ``target`` private), ``bind`` (``source`` on
     ``target``, recursive), ``ro`` (make the bind mount at ``target`` read-only), ``ro_tree``
-    (make every mount below ``target`` read-only), ``tmpfs``, ``sysfs``, ``devpts``, ``file``
-    (create an empty file as a bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the
-    link text).
+    (make every mount below ``target`` read-only), ``tmpfs``, ``devtmpfs`` (a tmpfs where
+    device nodes work, for /dev), ``sysfs``, ``devpts``, ``node`` (mknod a character device:
+    ``source`` "c MAJOR MINOR", ``options`` the octal mode), ``file`` (create an empty file as a
+    bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the link text).
     """
 
     kind: Literal[
-        "private", "bind", "ro", "ro_tree", "tmpfs", "sysfs", "devpts", "file", "dir", "symlink"
+        "private",
+        "bind",
+        "ro",
+        "ro_tree",
+        "tmpfs",
+        "devtmpfs",
+        "sysfs",
+        "devpts",
+        "node",
+        "file",
+        "dir",
+        "symlink",
     ]
     target: str
     source: str = ""
@@ -138,6 +161,12 @@ class SpawnPlan:
     #: join this existing network namespace (NICs plumbed by a prepare hook) instead of
     #: creating one
     netns_path: str | None = None
+    #: init's own argv (``argv`` is the wrapper's, which ends with it) and what the wrapper does
+    #: before exec: working directory and user/group; an embryo does these itself
+    init_argv: tuple[str, ...] = ()
+    workdir: str = "/"
+    uid: int | None = None
+    gid: int | None = None
 
 
 def parse_passwd(text: str) -> dict[str, tuple[int, int, str]]:
@@ -225,10 +254,11 @@ def plan_spawn(
         mounts.append(MountOp("bind", root, source=root))
         root_readonly = any(fs.target == "/" and fs.readonly for fs in domain.filesystems)
     dev = _inside(root, "/dev")
-    mounts.append(MountOp("tmpfs", dev, source="vsv-dev", options="mode=755,size=64k"))
-    for node in DEV_NODES:
-        mounts.append(MountOp("file", f"{dev}/{node}"))
-        mounts.append(MountOp("bind", f"{dev}/{node}", source=f"/dev/{node}"))
+    # a tmpfs that allows device nodes, and the nodes made in it: a mknod is cheaper than a
+    # bind mount of the host's node, and leaves the guest's mount table shorter
+    mounts.append(MountOp("devtmpfs", dev, source="vsv-dev", options="mode=755,size=64k"))
+    for node, major, minor in DEV_NODES:
+        mounts.append(MountOp("node", f"{dev}/{node}", source=f"c {major} {minor}", options="666"))
     mounts.append(MountOp("dir", f"{dev}/pts"))
     mounts.append(MountOp("devpts", f"{dev}/pts", options="newinstance,ptmxmode=0666,mode=0620"))
     mounts.append(MountOp("dir", f"{dev}/shm"))
@@ -271,7 +301,8 @@ def plan_spawn(
         argv += ["--setuid", str(uid)]
     if gid is not None:
         argv += ["--setgid", str(gid)]
-    argv += ["--", os_spec.init, *os_spec.initargs]
+    init_argv = (os_spec.init, *os_spec.initargs)
+    argv += ["--", *init_argv]
     return SpawnPlan(
         argv=tuple(argv),
         env=tuple(env.items()),
@@ -280,6 +311,10 @@ def plan_spawn(
         root=root,
         mounts=tuple(mounts),
         netns_path=netns_path,
+        init_argv=init_argv,
+        workdir=os_spec.initdir or "/",
+        uid=uid,
+        gid=gid,
     )
 
 
@@ -366,6 +401,17 @@ class ChildProcess:
         """SIGKILL the child unless it is reaped already (its pid cannot be reused before)."""
         if self._returncode is None:
             os.kill(self.pid, signal.SIGKILL)
+
+    def reap_now(self) -> None:
+        """SIGKILL and reap at once, blocking (for spare processes at shutdown, outside trio)."""
+        if self._returncode is None:
+            self.kill()
+            try:
+                _pid, status = os.waitpid(self.pid, 0)
+                self._returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self._returncode = -signal.SIGKILL
+        self._close()
 
     def _close(self) -> None:
         if self._pidfd >= 0:
@@ -467,22 +513,26 @@ def _read_guest_file(root: str, rel: str) -> str:
         return ""
 
 
-#: the start path: "forkserver" (default) or "fork" (preexec_fn in a fork of the supervisor)
+#: the start path: "embryo" (default), "forkserver" (a fork server's child execs unshare) or
+#: "fork" (preexec_fn in a fork of the supervisor, then unshare)
 SPAWN_MODE_ENV = "VSV_SPAWN"
-DEFAULT_SPAWN_MODE = "forkserver"
+DEFAULT_SPAWN_MODE = "embryo"
+SPAWN_MODES = ("embryo", "forkserver", "fork")
 
 
 def spawn_mode() -> str:
     """The start path chosen by ``$VSV_SPAWN`` (read at every start, so tests can switch).
 
-    Without the variable: the fork server where its raw clone(2) is known, else the fork path.
+    Without the variable: embryos where the fork server's raw clone(2) is known, else the fork
+    path.
     """
     mode = os.environ.get(SPAWN_MODE_ENV)
     if mode is None:
         known = os.uname().machine in forkserver.SYS_CLONE
         return DEFAULT_SPAWN_MODE if known else "fork"
-    if mode not in ("fork", "forkserver"):
-        raise RuntimeFailure(f"{SPAWN_MODE_ENV}={mode!r}: expected 'fork' or 'forkserver'")
+    if mode not in SPAWN_MODES:
+        allowed = ", ".join(repr(m) for m in SPAWN_MODES)
+        raise RuntimeFailure(f"{SPAWN_MODE_ENV}={mode!r}: expected one of {allowed}")
     return mode
 
 
@@ -501,6 +551,11 @@ async def spawn_init(
     RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
     """
     mode = spawn_mode()
+    if mode == "embryo":
+        pending = await begin_spawn(
+            domain, log_path=log_path, extra_env=extra_env, joins_netns=netns_path is not None
+        )
+        return await pending.finish(cgroup, netns_path=netns_path)
     plan = _prepare(domain, extra_env, netns_path)
     procs_files = cgroup.procs_files()
 
@@ -776,10 +831,13 @@ def start_fork_server() -> None:
     on the first start that picks it, which then waits ~20-30 ms for the interpreter). Call
     from the main thread: a server's parent-death signal is tied to the thread that started
     it."""
-    if spawn_mode() == "forkserver":
+    mode = spawn_mode()
+    if mode in ("forkserver", "embryo"):
         _ensure_pool()
         for i in range(len(_servers)):
             _server_at(i)
+    if mode == "embryo":
+        top_up_embryos(DEFAULT_EMBRYO_FLAGS)
 
 
 def _ensure_pool() -> None:
@@ -806,8 +864,10 @@ def _fork_server() -> _ForkServer:
 
 
 def _reset_fork_server() -> None:
-    """Close every server of the pool (at exit; each is restarted at its next use)."""
+    """Close every server of the pool and every spare embryo (at exit; each is restarted at its
+    next use)."""
     global _servers
+    _discard_embryos()
     for server in _servers:
         if server is not None:
             server.close()
@@ -815,6 +875,357 @@ def _reset_fork_server() -> None:
 
 
 atexit.register(_reset_fork_server)
+
+
+# -- embryos: processes born in the guest's namespaces, waiting for their guest ------------------
+
+#: namespaces an embryo is born in; the mount namespace is made at activation instead, so the
+#: guest gets the host's mount table as it is at its start (an embryo may wait for minutes)
+EMBRYO_BIRTH_FLAGS = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+#: the kind of embryo most starts use (a guest with a network namespace of its own)
+DEFAULT_EMBRYO_FLAGS = EMBRYO_BIRTH_FLAGS
+#: spare embryos kept ready per kind (``$VSV_SPARE_EMBRYOS`` overrides; 0 makes each on demand)
+SPARE_EMBRYOS = 2
+SPARE_EMBRYOS_ENV = "VSV_SPARE_EMBRYOS"
+
+
+def spare_embryos() -> int:
+    """How many spare embryos to keep per kind (read at each top-up, so tests can switch)."""
+    raw = os.environ.get(SPARE_EMBRYOS_ENV)
+    if raw is None:
+        return SPARE_EMBRYOS
+    if not raw.isdigit() or int(raw) > 64:
+        raise RuntimeFailure(f"{SPARE_EMBRYOS_ENV}={raw!r}: expected a whole number 0-64")
+    return int(raw)
+
+
+@attrs.define(eq=False)
+class _Embryo:
+    """Our end of one embryo (see :mod:`supervisor.guest.forkserver`): its socket and, once the
+    server said it, the process (our child)."""
+
+    sock: socket.socket
+    flags: int
+    child: ChildProcess | None = None
+
+    async def born(self) -> ChildProcess:
+        """The embryo's process, once the server reported its pid (it usually has already)."""
+        if self.child is None:
+            with trio.move_on_after(START_TIMEOUT):
+                msg = await _recv_message(self.sock)
+                if msg.startswith(b"P"):
+                    self.child = ChildProcess(int(msg[1:]))
+                    return self.child
+                detail = msg[1:].decode(errors="replace") or "no answer"
+                raise RuntimeFailure(f"the fork server could not make a guest process: {detail}")
+            raise RuntimeFailure(f"the fork server made no guest process within {START_TIMEOUT}s")
+        return self.child
+
+    def discard(self) -> None:
+        """Kill and reap the embryo (blocking: used at shutdown and for broken spares)."""
+        if self.child is None and self.sock.fileno() >= 0:
+            # learn its pid first, or it would stay a zombie of ours
+            self.sock.setblocking(True)
+            self.sock.settimeout(1.0)
+            try:
+                msg = self.sock.recv(64)
+                if msg.startswith(b"P"):
+                    self.child = ChildProcess(int(msg[1:]))
+            except OSError:
+                pass
+        self.sock.close()
+        if self.child is not None:
+            self.child.reap_now()
+
+
+#: spare embryos per kind (birth flags), oldest first, and the pid that made them
+_embryos: dict[int, list[_Embryo]] = {}
+_embryos_owner = 0
+_next_server = 0
+
+
+def _own_embryos() -> dict[int, list[_Embryo]]:
+    """The pool, forgotten (not closed) in a forked child: those embryos are its parent's."""
+    global _embryos, _embryos_owner
+    if _embryos_owner != os.getpid():
+        _embryos, _embryos_owner = {}, os.getpid()
+    return _embryos
+
+
+def _request_embryo(flags: int) -> _Embryo | None:
+    """Ask a fork server (round robin) for an embryo; None when its socket is full right now."""
+    global _next_server
+    _ensure_pool()
+    server = _server_at(_next_server % len(_servers))
+    _next_server += 1
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))]
+        try:
+            server.sock.sendmsg([marshal.dumps(("embryo", flags))], ancillary)
+        except BlockingIOError:
+            ours.close()
+            return None
+        except OSError as e:
+            ours.close()
+            server.close()
+            raise RuntimeFailure(f"the fork server is gone: {e}") from e
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return _Embryo(ours, flags)
+
+
+def top_up_embryos(flags: int = DEFAULT_EMBRYO_FLAGS) -> None:
+    """Ask for spares of one kind until :func:`spare_embryos` are ready or on their way.
+
+    Never waits: a request is a message to a fork server, whose clone then overlaps whatever the
+    supervisor does next.
+    """
+    spares = _own_embryos().setdefault(flags, [])
+    while len(spares) < spare_embryos():
+        embryo = _request_embryo(flags)
+        if embryo is None:
+            return
+        spares.append(embryo)
+
+
+def _top_up_soon(flags: int) -> None:
+    """Top up once the current task yields, i.e. after this start's own steps have run.
+
+    Waking a fork server hands it the CPU at once (the scheduler favours the woken task on an
+    idle machine), so a request sent in the middle of a start would add the server's whole clone
+    (~1 ms) to that start.
+    """
+
+    def top_up() -> None:
+        try:
+            top_up_embryos(flags)
+        except RuntimeFailure as e:
+            log.warning("spare embryos: %s", e)
+
+    try:
+        trio.lowlevel.current_trio_token().run_sync_soon(top_up)
+    except RuntimeError:
+        top_up()  # not in trio: now
+
+
+async def _take_embryo(flags: int) -> tuple[_Embryo, ChildProcess]:
+    """A live embryo of this kind: a spare if one is ready, else one made now; then top up."""
+    spares = _own_embryos().setdefault(flags, [])
+    while spares:
+        embryo = spares.pop(0)
+        try:
+            child = await embryo.born()
+        except BaseException:
+            embryo.discard()
+            raise
+        if child.poll() is None:
+            _top_up_soon(flags)
+            return embryo, child
+        embryo.discard()  # died while waiting (killed by hand): make another
+    fresh = _request_embryo(flags)
+    while fresh is None:  # the server's socket is full: wait until it drains
+        await trio.sleep(0.001)
+        fresh = _request_embryo(flags)
+    _top_up_soon(flags)
+    try:
+        return fresh, await fresh.born()
+    except BaseException:
+        fresh.discard()
+        raise
+
+
+@attrs.define(eq=False)
+class PendingStart:
+    """A start begun before the guest's cgroup and network exist (:func:`begin_spawn`).
+
+    On the embryo path the embryo builds the guest's mount tree while the supervisor makes the
+    cgroup and runs the prepare hooks; :meth:`finish` then moves it into the cgroup, hands it
+    the network namespace and waits for init's exec. On the other paths nothing happens before
+    :meth:`finish`, which is a plain :func:`spawn_init`. Exactly one of :meth:`finish` and
+    :meth:`abort` must be awaited.
+    """
+
+    domain: Domain
+    log_path: str | None
+    extra_env: Mapping[str, str] | None
+    plan: SpawnPlan | None = None
+    embryo: _Embryo | None = None
+    child: ChildProcess | None = None
+    #: the namespaces the embryo was born in, plus the mount namespace it made at activation
+    made: int = 0
+
+    async def finish(self, cgroup: GuestCgroup, *, netns_path: str | None = None) -> GuestProcess:
+        """Complete the start in ``cgroup`` (which must exist), joining ``netns_path`` if given.
+
+        Returns once init runs; RuntimeFailure (the child killed and reaped) when it cannot.
+        """
+        if self.embryo is None or self.child is None or self.plan is None:
+            return await spawn_init(
+                self.domain,
+                cgroup,
+                log_path=self.log_path,
+                extra_env=self.extra_env,
+                netns_path=netns_path,
+            )
+        embryo, child, name = self.embryo, self.child, self.domain.name
+        self.embryo = None
+        wanted = CLONE_NEWNET if self.domain.private_network and netns_path is None else 0
+        late = wanted & ~self.made
+        report: list[bytes] = []
+        try:
+            try:
+                # into the guest's cgroup before init can run, then "go" with its netns
+                _move_to_cgroup(child.pid, cgroup.procs_files())
+                netns_fd = -1
+                if netns_path is not None:
+                    netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fds = [netns_fd] if netns_fd >= 0 else []
+                    embryo.sock.sendmsg(
+                        [b"G%d" % late],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                    )
+                finally:
+                    if netns_fd >= 0:
+                        os.close(netns_fd)
+            except (OSError, RuntimeFailure) as e:
+                # an embryo that failed in its first phase has said why: that comes first
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    while msg := await _recv_message(embryo.sock):
+                        report.append(msg)
+                if not report:
+                    child.kill()
+                    with trio.CancelScope(shield=True):
+                        await child.wait()
+                    detail = e if isinstance(e, RuntimeFailure) else f"{netns_path}: {e.strerror}"
+                    raise RuntimeFailure(f"cannot start guest {name}: {detail}") from e
+            else:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(START_TIMEOUT) as waited:
+                        while msg := await _recv_message(embryo.sock):
+                            report.append(msg)
+                if waited.cancelled_caught:
+                    report = [f"Xinit did not start within {START_TIMEOUT}s".encode()]
+                    child.kill()
+        finally:
+            embryo.sock.close()
+        text = b"".join(report).decode(errors="replace")
+        if text:
+            with trio.CancelScope(shield=True):
+                await child.wait()
+            if text[0] == "E":
+                raise RuntimeFailure(f"cannot start guest {name}: child setup failed: {text[1:]}")
+            raise RuntimeFailure(f"cannot start guest {name}: {text[1:]}")
+        # init is our own child: it runs already, and there is no wrapper to look below
+        try:
+            ns = Namespaces(**procs.ns_inodes(child.pid))
+        except RuntimeFailure:
+            return GuestProcess(wrapper=child, init_pid=None, namespaces=None)
+        if child.poll() is not None:
+            return GuestProcess(wrapper=child, init_pid=None, namespaces=None)
+        return GuestProcess(wrapper=child, init_pid=child.pid, namespaces=ns)
+
+    async def abort(self) -> None:
+        """Give up on the start: the embryo (if any) is killed and reaped."""
+        embryo, child = self.embryo, self.child
+        self.embryo = None
+        if embryo is not None:
+            embryo.sock.close()
+        if child is not None and embryo is not None:
+            with trio.CancelScope(shield=True):
+                child.kill()
+                await child.wait()
+
+
+async def begin_spawn(
+    domain: Domain,
+    *,
+    log_path: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    joins_netns: bool | None = None,
+) -> PendingStart:
+    """Begin starting ``domain`` before its cgroup and prepare hooks exist; see PendingStart.
+
+    ``joins_netns`` says whether :meth:`PendingStart.finish` will get a network namespace to
+    join (None: guess from the domain, which has one from the network subsystem when it has
+    interfaces). A wrong guess costs time, not correctness: an embryo born without a network
+    namespace of its own makes one at ``G`` when none is given.
+    """
+    if spawn_mode() != "embryo":
+        return PendingStart(domain, log_path, extra_env)
+    plan = _prepare(domain, extra_env)
+    if joins_netns is None:
+        joins_netns = bool(domain.interfaces)
+    birth = EMBRYO_BIRTH_FLAGS
+    if joins_netns or not domain.private_network:
+        birth &= ~CLONE_NEWNET
+    out_fd: int | None = None
+    try:
+        if log_path is not None:
+            try:
+                out_fd = os.open(
+                    log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
+                )
+            except OSError as e:
+                raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
+        embryo, child = await _take_embryo(birth)
+        pending = PendingStart(
+            domain, log_path, extra_env, plan=plan, embryo=embryo, child=child,
+            made=birth | CLONE_NEWNS,
+        )  # fmt: skip
+        activation = marshal.dumps(
+            (plan.init_argv, plan.env, plan.hostname, CLONE_NEWNS, _mount_tuples(plan),
+             plan.root, plan.workdir, plan.uid, plan.gid)
+        )  # fmt: skip
+        fds = [] if out_fd is None else [out_fd]
+        try:
+            embryo.sock.sendmsg(
+                [activation], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            )
+        except OSError as e:
+            await pending.abort()
+            raise RuntimeFailure(
+                f"cannot start guest {domain.name}: the embryo is gone: {e.strerror}"
+            ) from e
+        return pending
+    finally:
+        if out_fd is not None:
+            os.close(out_fd)
+
+
+def _move_to_cgroup(pid: int, procs_files: tuple[str, ...]) -> None:
+    """Write ``pid`` to each ``cgroup.procs`` file; RuntimeFailure names the one that failed."""
+    for procs_file in procs_files:
+        try:
+            fd = os.open(procs_file, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"%d" % pid)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot move pid {pid} to {procs_file}: {e.strerror}") from e
+
+
+async def _recv_message(sock: socket.socket) -> bytes:
+    """One message from a non-blocking SEQPACKET socket; b"" at EOF."""
+    while True:
+        try:
+            return sock.recv(4096)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+        except ConnectionResetError:
+            return b""
+
+
+def _discard_embryos() -> None:
+    """Kill and reap every spare embryo (at exit, before the servers go)."""
+    pool = _own_embryos()
+    for spares in pool.values():
+        for embryo in spares:
+            embryo.discard()
+    pool.clear()
 
 
 async def _wait_init_exec(wrapper: Wrapper) -> int | None:
@@ -858,7 +1269,9 @@ __all__ = [
     "GuestProcess",
     "MountOp",
     "Namespaces",
+    "PendingStart",
     "SpawnPlan",
+    "begin_spawn",
     "plan_spawn",
     "resolve_ids",
     "spawn_init",
