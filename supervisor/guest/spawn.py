@@ -2,53 +2,45 @@
 
 Theory of operation
 -------------------
-A start makes one child that sets itself up and execs util-linux ``unshare``; no interpreter is
-started per guest, which keeps the start at a few milliseconds (docs: architecture, "what
-starting a guest costs"). There are two ways to make that child, chosen by ``$VSV_SPAWN``:
+No interpreter is started per guest: a small ``python -I -S`` fork server
+(:mod:`supervisor.guest.forkserver`), started once, clones the processes that become guests.
+There are three ways to start, chosen by ``$VSV_SPAWN``:
 
-- ``forkserver`` (default): a small ``python -I -S`` process started once
-  (:mod:`supervisor.guest.forkserver`) clones the child with CLONE_PARENT, so it is our child
-  all the same. Cloning a ~10 MB process instead of the supervisor is cheaper and does not grow
-  with the supervisor's RSS, and the event loop only sends a message and waits on a pipe, so
-  concurrent starts overlap (with ``preexec_fn``, ``Popen`` blocks the loop until exec).
-- ``fork``: ``trio.lowlevel.open_process`` with a ``preexec_fn`` forks the supervisor itself.
-  Kept as the fallback (no helper process; also used on architectures the server's raw clone
-  does not know).
+- ``embryo`` (default): the server clones *embryos* ahead of time, with CLONE_PARENT (so they
+  are the supervisor's children) and born as PID 1 of new pid, uts, ipc (and net) namespaces;
+  :func:`top_up_embryos` keeps ``$VSV_SPARE_EMBRYOS`` of each kind ready. A start is two steps:
 
-Work is split like this:
+  1. :func:`begin_spawn` takes an embryo and sends it the plan. The embryo unshares its mount
+     namespace (now, so the guest sees the host's mount table as it is at its start), sets the
+     hostname and builds the mount tree, *while* the supervisor makes the cgroup, writes the
+     limits and runs the prepare hooks (the network subsystem plumbs NICs there).
+  2. :meth:`PendingStart.finish` writes the embryo's pid into every ``cgroup.procs`` and sends
+     ``G`` with the guest's network namespace (an fd) when a hook made one. The embryo joins
+     it, mounts sysfs (which shows the netns of whoever mounts it), chroots, mounts a /proc of
+     its pid namespace, changes user and execs init. Its end of the socket is close-on-exec, so
+     EOF means init runs.
 
-1. In the supervisor, :func:`plan_spawn` (pure) turns a :class:`~supervisor.model.Domain` into a
-   :class:`SpawnPlan`: argv, environment, uid/gid (names resolved in the guest's own
-   ``/etc/passwd`` and ``/etc/group``), hostname, namespace flags and the list of mounts.
-2. In the child, before exec, :func:`~supervisor.guest.forkserver.child_setup` joins the guest's
-   cgroup in every hierarchy, calls unshare(2) for mount, uts, ipc, pid (and net when the domain
-   has a private network), sets the hostname, makes every mount private, bind-mounts the root
-   dir onto itself (or makes the host's root read-only in this namespace) and builds ``/dev``,
-   ``/sys`` and the domain's other filesystems inside it. A failure there is written to a pipe
-   so the caller gets a :class:`~supervisor.errors.RuntimeFailure` that says what failed
-   (subprocess itself only reports "Exception occurred in preexec_fn"). On the fork-server
-   path that pipe is close-on-exec, so its EOF also says the wrapper has exec'd.
-3. ``unshare --fork --mount-proc --root ROOT --wd DIR [--setuid U --setgid G] -- init ...`` then
-   forks: since the pid namespace was unshared by its parent, the forked child is PID 1 of it.
-   util-linux 2.38 does, in that child, chroot(ROOT), chdir(DIR), mounts a fresh proc on /proc
-   (after the chroot, so on ROOT/proc, showing the new pid namespace), setgid/setuid, exec.
-   ``unshare`` (the *wrapper*, our direct child) waits for it and, when it is killed by a
-   signal, kills itself with the same signal, so the wrapper's exit status is the guest init's:
-   SIGHUP means reboot(2) RESTART inside the guest, SIGINT power-off/halt (verified by the
-   tests). :func:`spawn_init` returns once that child runs init, seen by polling ``/proc``
-   (its executable is no longer ``unshare``) with sub-millisecond pauses: the exec follows the
-   wrapper's by about a millisecond, and no event tells it (the wrapper keeps every fd it
-   inherits, so a close-on-exec pipe cannot reach init alone).
+  Init is then the supervisor's own child: its exit status (SIGHUP after reboot(2) RESTART in
+  the guest, SIGINT after a halt or power-off, as the kernel reports a pid namespace's init)
+  comes straight from waitpid, and no process stands between the supervisor and the guest.
+- ``forkserver``: the server clones a child that joins the cgroup, unshares, builds the mounts
+  and execs util-linux ``unshare --fork --mount-proc --root`` (the *wrapper*), whose child
+  becomes PID 1. The wrapper waits for it and dies of the same signal, so its status is init's;
+  :func:`_wait_init_exec` polls ``/proc`` until that child has exec'd. Kept for comparison.
+- ``fork``: as ``forkserver``, but ``trio.lowlevel.open_process`` with a ``preexec_fn`` forks the
+  supervisor itself (no helper process; also the path on architectures whose clone(2) number the
+  server does not know).
 
-Why chroot and not pivot_root: util-linux 2.38 ``unshare`` has no pivot_root option, and a
-pivot_root done in the pre-exec child would leave the host's dynamically linked ``unshare``
-unreachable. Without a user namespace or a capability bounding set the guest's root is the
-host's root anyway (it may mount, load modules, ...), so pivot_root would not make a security
-boundary here; the mounts of the host stay visible in the guest's mountinfo. A later change that
-drops CAP_SYS_CHROOT/CAP_SYS_ADMIN should switch to pivot_root (e.g. through a static helper).
+In every mode :func:`plan_spawn` (pure) first turns a :class:`~supervisor.model.Domain` into a
+:class:`SpawnPlan`: argv, environment, uid/gid (names resolved in the guest's own ``/etc/passwd``
+and ``/etc/group``), hostname, namespace flags and the list of mounts; a failure in the child is
+written back on a pipe or socket, so the caller gets a :class:`~supervisor.errors.RuntimeFailure`
+that says which step failed.
 
-The wrapper itself is inside the guest's cgroup (it joined before exec), so it is counted by
-``pids.max`` and killed by ``kill_all``: one process more than the guest sees.
+Why chroot and not pivot_root: without a user namespace or a reduced capability bounding set the
+guest's root is the host's root anyway (it may mount, load modules, ...), so pivot_root would not
+make a security boundary here; the host's mounts stay visible in the guest's mountinfo. A later
+change that drops CAP_SYS_CHROOT/CAP_SYS_ADMIN should switch to pivot_root.
 """
 
 from __future__ import annotations
