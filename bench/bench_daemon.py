@@ -552,11 +552,12 @@ def install_probe() -> Probe:
     if hasattr(spawn, "_start_via_forkserver"):
         probe.wrap(spawn, "_start_via_forkserver", "spawn: fork server until unshare exec'd")
     probe.wrap(spawn, "_wait_init_exec", "spawn: poll until init exec'd")
-    if hasattr(spawn, "_start_via_embryo"):
+    if hasattr(spawn, "begin_spawn"):
+        probe.wrap(runtime.LinuxRuntime, "begin_spawn", "boot: begin_spawn (embryo taken, told)")
+        probe.wrap(spawn.PendingStart, "finish", "boot: finish (cgroup move, go, until exec)")
         probe.wrap(spawn, "_take_embryo", "spawn: take an embryo (a spare, or made now)")
-        probe.wrap(spawn, "_start_via_embryo", "spawn: embryo, taken until init exec'd")
+        probe.wrap(spawn, "_move_to_cgroup", "spawn: embryo into the cgroup")
         probe.wrap(spawn._Embryo, "born", "spawn: embryo's pid known")
-        probe.wrap(spawn._Embryo, "discard", "spawn: embryo discarded")
         probe.wrap(spawn, "top_up_embryos", "spawn: spare embryos asked for")
     probe.wrap(procs, "ns_inodes", "spawn: namespace inodes")
     probe.wrap(daemon.Supervisor, "_record", "boot: run-dir record, after STARTED")

@@ -54,6 +54,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
 
@@ -876,6 +877,12 @@ atexit.register(_reset_fork_server)
 EMBRYO_BIRTH_FLAGS = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 #: the kind of embryo most starts use (a guest with a network namespace of its own)
 DEFAULT_EMBRYO_FLAGS = EMBRYO_BIRTH_FLAGS
+#: how long a start that is the only one in flight polls for init's exec instead of sleeping
+#: in epoll. The exec follows ``G`` by under a millisecond; a CPU that goes idle meanwhile can
+#: take longer than that to wake (hundreds of microseconds in a VM), and no other start needs
+#: the CPU then. Concurrent starts never poll: they would take CPU from each other's embryos.
+EXEC_SPIN = 0.004
+_finishing = 0
 #: spare embryos kept ready per kind (``$VSV_SPARE_EMBRYOS`` overrides; 0 makes each on demand)
 SPARE_EMBRYOS = 2
 SPARE_EMBRYOS_ENV = "VSV_SPARE_EMBRYOS"
@@ -1094,10 +1101,17 @@ class PendingStart:
                     detail = e if isinstance(e, RuntimeFailure) else f"{netns_path}: {e.strerror}"
                     raise RuntimeFailure(f"cannot start guest {name}: {detail}") from e
             else:
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(START_TIMEOUT) as waited:
-                        while msg := await _recv_message(embryo.sock):
-                            report.append(msg)
+                global _finishing
+                _finishing += 1
+                try:
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(START_TIMEOUT) as waited:
+                            # a lone start polls for init's exec rather than sleep (EXEC_SPIN)
+                            spin = EXEC_SPIN if _finishing == 1 else 0.0
+                            while msg := await _recv_message(embryo.sock, spin=spin):
+                                report.append(msg)
+                finally:
+                    _finishing -= 1
                 if waited.cancelled_caught:
                     report = [f"Xinit did not start within {START_TIMEOUT}s".encode()]
                     child.kill()
@@ -1200,13 +1214,23 @@ def _move_to_cgroup(pid: int, procs_files: tuple[str, ...]) -> None:
             raise RuntimeFailure(f"cannot move pid {pid} to {procs_file}: {e.strerror}") from e
 
 
-async def _recv_message(sock: socket.socket) -> bytes:
-    """One message from a non-blocking SEQPACKET socket; b"" at EOF."""
+async def _recv_message(sock: socket.socket, *, spin: float = 0.0) -> bytes:
+    """One message from a non-blocking SEQPACKET socket; b"" at EOF.
+
+    With ``spin`` > 0 it polls for up to that many seconds before it sleeps in epoll, passing a
+    checkpoint each time round (other tasks run, and trio's epoll_wait does not block while we
+    are runnable): see :data:`EXEC_SPIN`.
+    """
+    until = time.perf_counter() + spin if spin > 0 else 0.0
     while True:
         try:
             return sock.recv(4096)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
+            if until and time.perf_counter() < until:
+                os.sched_yield()  # the embryo may share this CPU: let it exec
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(sock)
         except ConnectionResetError:
             return b""
 
