@@ -67,15 +67,10 @@ def test_spare_embryos_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spawn.SPARE_EMBRYOS == spawn.spare_embryos()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="spare_embryos() checks str.isdigit(), which accepts '²', then int('²') raises "
-    "ValueError instead of the RuntimeFailure naming the variable",
-)
-def test_spare_embryos_rejects_non_decimal_digit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A digit that is not a decimal digit ('²') is an error naming the variable, not a crash."""
-    monkeypatch.setenv("VSV_SPARE_EMBRYOS", "²")
+@pytest.mark.parametrize("raw", ["²", "١٢"])
+def test_spare_embryos_rejects_non_ascii_digits(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """Digits other than ASCII 0-9 ('²', Arabic-Indic) are an error naming the variable."""
+    monkeypatch.setenv("VSV_SPARE_EMBRYOS", raw)
     with pytest.raises(RuntimeFailure, match="VSV_SPARE_EMBRYOS"):
         spawn.spare_embryos()
 

@@ -893,7 +893,7 @@ def spare_embryos() -> int:
     raw = os.environ.get(SPARE_EMBRYOS_ENV)
     if raw is None:
         return SPARE_EMBRYOS
-    if not raw.isdigit() or int(raw) > 64:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 64:
         raise RuntimeFailure(f"{SPARE_EMBRYOS_ENV}={raw!r}: expected a whole number 0-64")
     return int(raw)
 
