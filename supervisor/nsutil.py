@@ -233,6 +233,9 @@ class SpareNetns(Generic[T]):
         self._requests.put(True)
 
     def _serve(self) -> None:
+        # a background chore: never preempt the event loop's thread for it (nice is per thread)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         home = _open_own()
         try:
             while self._requests.get():

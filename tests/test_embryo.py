@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from supervisor import nsutil
 from supervisor.errors import RuntimeFailure
-from supervisor.guest import procs, spawn
+from supervisor.guest import forkserver, procs, spawn
 from supervisor.guest.cgroups import GuestCgroup, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.guest.spawn import GuestExit, GuestProcess, PendingStart
@@ -175,6 +175,30 @@ async def test_begin_then_cgroup_then_finish(busybox_root: str, prefix: str, emb
                 assert procs.exe_of(g.init_pid) == os.path.realpath(f"{busybox_root}/bin/sleep")
             finally:
                 assert GuestExit(signal=signal.SIGKILL) == await _stop(cg, g)
+
+
+@pytest.mark.root
+async def test_embryo_yields_until_go_and_init_gets_our_priority(
+    busybox_root: str, cgroup: GuestCgroup, embryo: None
+) -> None:
+    """Until G an embryo runs at the lowest priority (it must not preempt the supervisor);
+    the guest's init then has the supervisor's nice value, not the embryo's."""
+    pending = await spawn.begin_spawn(_dom(busybox_root, "exec sleep 1000"))
+    assert pending.child is not None
+    pid = pending.child.pid
+    try:
+        with trio.fail_after(5):
+            while os.getpriority(os.PRIO_PROCESS, pid) != forkserver.EMBRYO_NICE:
+                await trio.sleep(0.001)
+        g = await pending.finish(cgroup)
+    except BaseException:
+        await pending.abort()
+        raise
+    try:
+        assert g.init_pid == pid
+        assert os.getpriority(os.PRIO_PROCESS, 0) == os.getpriority(os.PRIO_PROCESS, pid)
+    finally:
+        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
 @pytest.mark.root

@@ -86,6 +86,8 @@ _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 1
 _PR_SET_PDEATHSIG = 1
+#: an embryo's nice value from birth until ``G`` (see _embryo)
+EMBRYO_NICE = 19
 
 #: (kind, target, source, options, optional): one step of building the guest's mount tree
 MountTuple = tuple[str, str, str, str, bool]
@@ -279,7 +281,9 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
+def become_guest(
+    request: Activation, out_fd: int, sock: socket.socket, priority: int = 0
+) -> None:
     """In an activated embryo: build the guest in two phases around the supervisor's ``G``.
 
     Phase 1 (while the supervisor makes the cgroup and runs the prepare hooks): stdio, the mount
@@ -302,6 +306,7 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
     go, netns_fd = _recv_with_fd(sock)
     if not go.startswith(b"G"):
         raise OSError(0, "the supervisor gave up on this start" if not go else f"got {go!r}")
+    os.setpriority(os.PRIO_PROCESS, 0, priority)  # the supervisor did so too; init inherits it
     if netns_fd >= 0:
         _check(_libc.setns(netns_fd, CLONE_NEWNET), "setns into the guest's network namespace")
         os.close(netns_fd)
@@ -358,10 +363,14 @@ def _embryo(sock_fd: int, server_fd: int) -> None:
         os.close(server_fd)
         _reset_signals()
         os.setsid()
+        # until G, yield to everything else: phase 1 runs beside the supervisor's own work and
+        # must not preempt it on its CPU; the supervisor gives us our priority back with G
+        priority = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, EMBRYO_NICE)
         data, out_fd = _recv_with_fd(sock)
         if not data:
             os._exit(0)  # the supervisor closed the pool, or died
-        become_guest(marshal.loads(data), out_fd, sock)
+        become_guest(marshal.loads(data), out_fd, sock, priority)
     except BaseException as e:
         if isinstance(e, _ExecFailed):
             stage, code, text = b"X", 127, str(e)

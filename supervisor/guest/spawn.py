@@ -1082,6 +1082,9 @@ class PendingStart:
                     netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     fds = [netns_fd] if netns_fd >= 0 else []
+                    # the embryo ran its first phase at a low priority (so as not to preempt
+                    # us); from here on it is the guest, with the supervisor's priority
+                    os.setpriority(os.PRIO_PROCESS, child.pid, os.getpriority(os.PRIO_PROCESS, 0))
                     embryo.sock.sendmsg(
                         [b"G%d" % late],
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
