@@ -40,7 +40,8 @@ from supervisor.model import Domain, Filesystem, OsSpec
 
 PREFIX = "vsvbench"
 IDLE_GAP = 0.1
-MODES = ("fork", "forkserver")
+#: every start path of supervisor.guest.spawn ($VSV_SPAWN), the default (embryo) included
+MODES = ("fork", "forkserver", "embryo")
 #: pause before each concurrent burst, for the previous burst's namespaces to be torn down
 SETTLE = 2.0
 Samples = list[float]

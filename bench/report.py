@@ -385,8 +385,13 @@ def area_runtime(d: Json | None, sp: Json | None) -> Area:
                 Row(
                     f"supervisor RSS per running guest, {m['running']}/{m['n']} running"
                     + ("" if m["n"] == 1000 else " (quick mode: target stated at 1000)"),
-                    f"{m['kib_per_guest']:.0f} KiB (+ wrapper process Pss "
-                    f"{m['wrapper_pss_kib_per_guest']:.0f} KiB, outside the supervisor)",
+                    f"{m['kib_per_guest']:.0f} KiB ("
+                    + (
+                        f"+ wrapper process Pss {m['wrapper_pss_kib_per_guest']:.0f} KiB, "
+                        "outside the supervisor)"
+                        if m.get("wrappers", 1)
+                        else "no wrapper process per guest: init is the supervisor's child)"
+                    ),
                     "-",
                     f"[lxc monitor] Pss {mon:.0f} KiB per container" if mon else LXC_NOTE,
                     rt,

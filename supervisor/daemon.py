@@ -99,7 +99,7 @@ class GuestSlot:
     life: Lifecycle
     cgroup: CgroupHandle | None = None
     process: ProcessHandle | None = None
-    #: pid of an adopted guest's init (its wrapper is not our child)
+    #: pid of an adopted guest's init (not our child: a previous supervisor started it)
     adopted_pid: int | None = None
     ctx: GuestContext | None = None
     started_at: float | None = None
@@ -611,7 +611,7 @@ class Supervisor:
         if slot.reboot_requested:
             return GuestEnd(EndKind.REBOOT, signal=signal.SIGHUP)
         if exit_ is None:
-            # an adopted guest: its exit status went to its wrapper, not to us
+            # an adopted guest is not our child: how it ended went to whoever reaped it
             if slot.killed_by_us:
                 return GuestEnd(EndKind.KILLED, signal=signal.SIGKILL)
             return GuestEnd(EndKind.POWEROFF, exit_code=0)

@@ -281,9 +281,7 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def become_guest(
-    request: Activation, out_fd: int, sock: socket.socket, priority: int = 0
-) -> None:
+def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority: int = 0) -> None:
     """In an activated embryo: build the guest in two phases around the supervisor's ``G``.
 
     Phase 1 (while the supervisor makes the cgroup and runs the prepare hooks): stdio, the mount
