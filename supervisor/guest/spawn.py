@@ -990,11 +990,12 @@ def top_up_embryos(flags: int = DEFAULT_EMBRYO_FLAGS) -> None:
 
 
 def _top_up_soon(flags: int) -> None:
-    """Top up once the current task yields, i.e. after this start's own steps have run.
+    """Replace the spent spare once the current task yields: called when a start is over.
 
-    Waking a fork server hands it the CPU at once (the scheduler favours the woken task on an
-    idle machine), so a request sent in the middle of a start would add the server's whole clone
-    (~1 ms) to that start.
+    Not during the start: waking a fork server hands it the CPU at once (the scheduler favours
+    the woken task on an idle machine), and its clone holds the kernel's cgroup threadgroup
+    lock for the whole copy of its page tables, which the start's own ``cgroup.procs`` writes
+    then wait for (~1 ms).
     """
 
     def top_up() -> None:
@@ -1020,14 +1021,12 @@ async def _take_embryo(flags: int) -> tuple[_Embryo, ChildProcess]:
             embryo.discard()
             raise
         if child.poll() is None:
-            _top_up_soon(flags)
             return embryo, child
         embryo.discard()  # died while waiting (killed by hand): make another
     fresh = _request_embryo(flags)
     while fresh is None:  # the server's socket is full: wait until it drains
         await trio.sleep(0.001)
         fresh = _request_embryo(flags)
-    _top_up_soon(flags)
     try:
         return fresh, await fresh.born()
     except BaseException:
@@ -1070,6 +1069,19 @@ class PendingStart:
             )
         embryo, child, name = self.embryo, self.child, self.domain.name
         self.embryo = None
+        try:
+            return await self._finish(embryo, child, name, cgroup, netns_path)
+        finally:
+            _top_up_soon(self.made & EMBRYO_BIRTH_FLAGS)
+
+    async def _finish(
+        self,
+        embryo: _Embryo,
+        child: ChildProcess,
+        name: str,
+        cgroup: GuestCgroup,
+        netns_path: str | None,
+    ) -> GuestProcess:
         wanted = CLONE_NEWNET if self.domain.private_network and netns_path is None else 0
         late = wanted & ~self.made
         report: list[bytes] = []
@@ -1142,6 +1154,7 @@ class PendingStart:
         self.embryo = None
         if embryo is not None:
             embryo.sock.close()
+            _top_up_soon(self.made & EMBRYO_BIRTH_FLAGS)
         if child is not None and embryo is not None:
             with trio.CancelScope(shield=True):
                 child.kill()
