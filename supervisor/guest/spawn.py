@@ -498,6 +498,16 @@ def _prepare(
     )
 
 
+def _open_log(log_path: str | None) -> int | None:
+    """The guest's stdout/stderr: ``log_path`` opened for appending, or None for /dev/null."""
+    if log_path is None:
+        return None
+    try:
+        return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
+
+
 def _read_guest_file(root: str, rel: str) -> str:
     try:
         with open(_inside(root, rel)) as f:
@@ -554,13 +564,7 @@ async def spawn_init(
 
     out_fd: int | None = None
     try:
-        if log_path is not None:
-            try:
-                out_fd = os.open(
-                    log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
-                )
-            except OSError as e:
-                raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
+        out_fd = _open_log(log_path)
         if mode == "forkserver":
             wrapper: Wrapper = await _start_via_forkserver(domain.name, plan, procs_files, out_fd)
         else:
@@ -1185,13 +1189,7 @@ async def begin_spawn(
         birth &= ~CLONE_NEWNET
     out_fd: int | None = None
     try:
-        if log_path is not None:
-            try:
-                out_fd = os.open(
-                    log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
-                )
-            except OSError as e:
-                raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
+        out_fd = _open_log(log_path)
         embryo, child = await _take_embryo(birth)
         pending = PendingStart(
             domain, log_path, extra_env, plan=plan, embryo=embryo, child=child,
