@@ -126,6 +126,11 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def _state(pid: int) -> str:
+    """The process state letter of ``pid`` (R, S, T, Z, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 async def _spares(flags: int) -> list[int]:
     """Top the pool of this kind up and wait until every spare is born; their pids."""
     spawn.top_up_embryos(flags)
@@ -264,6 +269,39 @@ async def test_killed_spare_is_skipped(
         assert second == g.init_pid
         assert _gone(first)
         assert {second} == cgroup.pids()
+    finally:
+        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
+
+
+@pytest.mark.root
+async def test_spares_lost_with_their_fork_server(
+    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spares asked of fork servers that die before cloning them are skipped: the start makes
+    a fresh embryo (on restarted servers) and succeeds."""
+    monkeypatch.setenv("VSV_SPARE_EMBRYOS", "2")
+    spawn._discard_embryos()
+    spawn._ensure_pool()  # the servers, without start_fork_server's own top-up
+    servers = [spawn._server_at(i) for i in range(len(spawn._servers))]
+    for server in servers:
+        os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        with trio.fail_after(5):  # stopped for real, not still finishing an earlier request
+            while not all(_state(s.proc.pid) == "T" for s in servers):
+                await trio.sleep(0.001)
+        spawn.top_up_embryos(PRIVNET_FLAGS)  # queued in the stopped servers' sockets
+        lost = list(spawn._own_embryos()[PRIVNET_FLAGS])
+        assert 2 == len(lost)
+    finally:
+        for server in servers:
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
+    try:
+        assert g.init_pid is not None
+        assert {g.init_pid} == cgroup.pids()
+        assert [None, None] == [e.child for e in lost]  # never born, and dropped
+        assert not set(map(id, lost)) & set(map(id, spawn._own_embryos()[PRIVNET_FLAGS]))
     finally:
         assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 

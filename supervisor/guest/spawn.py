@@ -1021,6 +1021,9 @@ async def _take_embryo(flags: int) -> tuple[_Embryo, ChildProcess]:
         embryo = spares.pop(0)
         try:
             child = await embryo.born()
+        except RuntimeFailure:
+            embryo.discard()  # its fork server died before cloning it: try the next one
+            continue
         except BaseException:
             embryo.discard()
             raise
