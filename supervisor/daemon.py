@@ -89,6 +89,8 @@ class GuestContext:
     prepared: bool = False
     #: set by the network subsystem's prepare: the namespace the guest's init must join
     netns_path: str | None = None
+    #: the cgroup was made by this boot (every file holds the kernel's default), not reused
+    fresh_cgroup: bool = False
 
 
 @attrs.define(eq=False)
@@ -544,9 +546,11 @@ class Supervisor:
                         {"name": domain.name, "prefix": self.prefix, "cgroup": cgroup.dirname},
                     )
                     slot.cgroup = cgroup
-                    cgroup.create()
+                    fresh = cgroup.create()
                     cgroup.apply_limits(domain)
-                    slot.ctx = GuestContext(domain, cgroup, self.prefix, self.run_dir)
+                    slot.ctx = GuestContext(
+                        domain, cgroup, self.prefix, self.run_dir, fresh_cgroup=fresh
+                    )
                     await self._bus.run_prepare(slot.ctx)
                     slot.ctx.prepared = True
                 assert slot.cgroup is not None

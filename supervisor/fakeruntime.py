@@ -204,9 +204,11 @@ class FakeCgroup:
         except KeyError:
             raise RuntimeFailure(f"cgroup {self.dirname} does not exist") from None
 
-    def create(self) -> None:
+    def create(self) -> bool:
         self.runtime._check("cgroup.create")
+        made = self.dirname not in self.runtime.cgroups
         self.runtime.cgroups.setdefault(self.dirname, _CgroupState())
+        return made
 
     def apply_limits(self, domain: Domain) -> None:
         self._state().limits_of = domain.name

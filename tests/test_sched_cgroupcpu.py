@@ -139,3 +139,52 @@ def test_v1_kernel_refusal_names_file(v1_group: cc.CpuPaths) -> None:
     """A value the kernel refuses surfaces as RuntimeFailure naming the file and value."""
     with pytest.raises(RuntimeFailure, match=r"cpu\.cfs_period_us"):
         cc._write(v1_group.cpu / "cpu.cfs_period_us", "10")
+
+
+FRESH_CASES = [
+    CpuLimits(),
+    CpuLimits(shares=256),
+    CpuLimits(quota_us=25000),
+    CpuLimits(period_us=20000, quota_us=5000, burst_us=5000, shares=2048),
+    CpuLimits(period_us=1000, quota_us=2000),
+]
+
+
+@pytest.mark.parametrize("limits", FRESH_CASES)
+def test_v2_fresh_write_skips_defaults_and_reads_back(fake_v2: Path, limits: CpuLimits) -> None:
+    """Into a fresh cgroup only non-default files are written, and it reads back as asked."""
+    defaults = {f: (fake_v2 / f).read_text() for f in ("cpu.max", "cpu.weight", "cpu.max.burst")}
+    for f in defaults:  # fresh mode never reads: a marker shows which files it wrote
+        (fake_v2 / f).write_text("untouched\n")
+    cc.write_limits(fake_v2, limits, 2, fresh=True)
+    touched = {f for f in defaults if (fake_v2 / f).read_text() != "untouched\n"}
+    for f in defaults.keys() - touched:
+        (fake_v2 / f).write_text(defaults[f])
+    expected = {
+        f
+        for f, differs in (
+            ("cpu.max", limits.quota_us is not None or limits.period_us != 100000),
+            ("cpu.weight", limits.shares != 1024),
+            ("cpu.max.burst", limits.burst_us != 0),
+        )
+        if differs
+    }
+    assert (expected, limits) == (touched, cc.read_limits(fake_v2, 2))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("limits", FRESH_CASES)
+def test_v1_fresh_write_equals_full_write(prefix: str, limits: CpuLimits) -> None:
+    """On the real kernel, a fresh cgroup written with fresh=True ends up as a full write does."""
+    made: list[Path] = []
+    try:
+        for name, fresh in (("full", False), ("fresh", True)):
+            d = V1_CPU / f"{prefix}-{name}"
+            d.mkdir()
+            made.append(d)
+            cc.write_limits(d, limits, 1, fresh=fresh)
+        assert cc.read_limits(made[0], 1) == cc.read_limits(made[1], 1)
+        assert limits == cc.read_limits(made[1], 1)
+    finally:
+        for d in made:
+            os.rmdir(d)

@@ -254,8 +254,12 @@ class GuestCgroup:
 
     # -- creation and limits -------------------------------------------------------------------
 
-    def create(self) -> None:
-        """Make the directories (idempotent); on v2 enable the controllers in the parent first."""
+    def create(self) -> bool:
+        """Make the directories (idempotent); on v2 enable the controllers in the parent first.
+
+        True when this call made every one of them (none existed before), so every file in
+        them holds the kernel's default.
+        """
         if self.layout.unified is not None and self.layout.v2_controllers:
             parent = os.path.join(self.layout.unified, self.base)
             available = set(_read(os.path.join(parent, "cgroup.controllers")).split())
@@ -266,13 +270,15 @@ class GuestCgroup:
                     os.path.join(parent, "cgroup.subtree_control"),
                     " ".join("+" + c for c in missing),
                 )
+        made_all = True
         for path in self.paths():
             try:
                 os.mkdir(path)
             except FileExistsError:
-                pass
+                made_all = False
             except OSError as e:
                 raise RuntimeFailure(f"cannot create cgroup {path}: {e.strerror}") from e
+        return made_all
 
     def limit_writes(self, domain: Domain) -> list[tuple[str, str]]:
         """Absolute (path, value) writes for a domain's memory and pids limits."""

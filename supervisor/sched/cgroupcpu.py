@@ -71,6 +71,13 @@ def detect_version(cpu_dir: Path) -> CgroupVersion:
     raise RuntimeFailure(f"{cpu_dir}: no cpu controller files (cpu.max or cpu.cfs_quota_us)")
 
 
+#: the files write_limits writes into a fresh cgroup, in order (burst last, see write_limits)
+_WRITE_ORDER: dict[CgroupVersion, tuple[str, ...]] = {
+    1: ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares", "cpu.cfs_burst_us"),
+    2: ("cpu.max", "cpu.weight", "cpu.max.burst"),
+}
+
+
 def _write(path: Path, value: str) -> None:
     try:
         with open(path, "w") as f:
@@ -87,15 +94,25 @@ def _read(path: Path) -> str:
 
 
 def write_limits(
-    cpu_dir: Path, limits: CpuLimits, version: CgroupVersion | None = None
+    cpu_dir: Path, limits: CpuLimits, version: CgroupVersion | None = None, *, fresh: bool = False
 ) -> tuple[Loss, ...]:
     """Apply ``limits`` to a cgroup; returns the per-version range losses of what was written.
 
     Order matters to the kernel: burst must stay within the quota at every step, so it is zeroed
     first and written last. A burst file that the kernel lacks (before 5.14) is skipped.
+    ``fresh``: the cgroup was just made, so its files hold the kernel's defaults and only the
+    values that differ are written (in the same order); most guests set no CPU limit at all,
+    and each write is a file open on every start's path.
     """
     version = version or detect_version(cpu_dir)
     files, losses = cgroup_files(limits, version)
+    if fresh:
+        defaults, _ = cgroup_files(CpuLimits(), version)
+        for name in _WRITE_ORDER[version]:
+            # a burst file is last in the order, and missing before Linux 5.14
+            if files[name] != defaults[name] and (cpu_dir / name).exists():
+                _write(cpu_dir / name, files[name])
+        return losses
     if version == 1:
         burst = cpu_dir / "cpu.cfs_burst_us"
         has_burst = burst.exists()
@@ -239,6 +256,7 @@ def apply_domain(
     hz: int = DEFAULT_HZ,
     host_cpus: int = 1,
     version: CgroupVersion | None = None,
+    fresh: bool = False,
 ) -> tuple[CpuMapping, tuple[Loss, ...]]:
     """The ``prepare`` step: map a domain's CPU settings and write them to its cgroup.
 
@@ -246,4 +264,4 @@ def apply_domain(
     the caller can report everything that could not be applied as asked.
     """
     mapping = map_domain(domain, hz=hz, host_cpus=host_cpus)
-    return mapping, write_limits(cpu_dir, mapping.limits, version)
+    return mapping, write_limits(cpu_dir, mapping.limits, version, fresh=fresh)

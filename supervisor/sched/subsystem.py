@@ -332,11 +332,11 @@ class SchedSubsystem:
         }
 
     def _apply(
-        self, domain: Domain, paths: cgroupcpu.CpuPaths
+        self, domain: Domain, paths: cgroupcpu.CpuPaths, *, fresh: bool = False
     ) -> tuple[CpuMapping, tuple[Loss, ...], CgroupVersion]:
         version = cgroupcpu.detect_version(paths.cpu)
         mapping, file_losses = cgroupcpu.apply_domain(
-            paths.cpu, domain, hz=self.hz, host_cpus=self.host_cpus, version=version
+            paths.cpu, domain, hz=self.hz, host_cpus=self.host_cpus, version=version, fresh=fresh
         )
         return mapping, mapping.losses + file_losses, version
 
@@ -353,7 +353,7 @@ class SchedSubsystem:
                     "which this machine does not offer"
                 )
             return
-        mapping, losses, version = self._apply(domain, paths)
+        mapping, losses, version = self._apply(domain, paths, fresh=ctx.fresh_cgroup)
         for loss in losses:
             log.info("guest %s: lossy CPU setting: %s", domain.name, loss)
         ctx.records[RECORD_KEY] = self._record(mapping, losses, version)
