@@ -131,6 +131,16 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@contextlib.asynccontextmanager
+async def _privnet_guest(busybox_root: str, cgroup: GuestCgroup) -> AsyncIterator[GuestProcess]:
+    """A started guest with a network namespace of its own, killed (SIGKILL) on the way out."""
+    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
+    try:
+        yield g
+    finally:
+        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
+
+
 async def _spares(flags: int) -> list[int]:
     """Top the pool of this kind up and wait until every spare is born; their pids."""
     spawn.top_up_embryos(flags)
@@ -236,8 +246,7 @@ async def test_pool_is_topped_up_after_a_start(
     once the loop runs; the spares are our children, each PID 1 of a pid namespace of its own."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "3")
     spawn._discard_embryos()
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
-    try:
+    async with _privnet_guest(busybox_root, cgroup) as g:
         spares = spawn._own_embryos()[PRIVNET_FLAGS]
         with trio.fail_after(2):
             while len(spares) < 3:
@@ -249,8 +258,6 @@ async def test_pool_is_topped_up_after_a_start(
         assert [1] * 3 == [procs.nspid(p)[-1] for p in pids]
         assert 3 == len({procs.ns_inode(p, "pid") for p in pids})
         assert set() == {p for p in pids if p in cgroup.pids()}
-    finally:
-        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
 @pytest.mark.root
@@ -264,13 +271,10 @@ async def test_killed_spare_is_skipped(
     os.kill(first, signal.SIGKILL)
     with trio.fail_after(5):
         await procs.wait_pid_exit(first)
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
-    try:
+    async with _privnet_guest(busybox_root, cgroup) as g:
         assert second == g.init_pid
         assert _gone(first)
         assert {second} == cgroup.pids()
-    finally:
-        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
 @pytest.mark.root
@@ -296,14 +300,11 @@ async def test_spares_lost_with_their_fork_server(
         for server in servers:
             os.kill(server.proc.pid, signal.SIGKILL)
             server.proc.wait()
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
-    try:
+    async with _privnet_guest(busybox_root, cgroup) as g:
         assert g.init_pid is not None
         assert {g.init_pid} == cgroup.pids()
         assert [None, None] == [e.child for e in lost]  # never born, and dropped
         assert not set(map(id, lost)) & set(map(id, spawn._own_embryos()[PRIVNET_FLAGS]))
-    finally:
-        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
 @pytest.mark.root
@@ -319,14 +320,11 @@ async def test_all_spares_killed_starts_on_demand(
     with trio.fail_after(5):
         for pid in dead:
             await procs.wait_pid_exit(pid)
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
-    try:
+    async with _privnet_guest(busybox_root, cgroup) as g:
         assert g.init_pid is not None
         assert g.init_pid not in dead
         assert 1 == procs.nspid(g.init_pid)[-1]
         assert [True, True] == [_gone(p) for p in dead]
-    finally:
-        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
 @pytest.mark.root
@@ -336,15 +334,12 @@ async def test_no_spares_starts_on_demand(
     """VSV_SPARE_EMBRYOS=0 keeps no spare, yet each start gets an embryo made for it."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "0")
     spawn._discard_embryos()
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
-    try:
+    async with _privnet_guest(busybox_root, cgroup) as g:
         for _ in range(20):
             await trio.lowlevel.checkpoint()
         assert [] == spawn._own_embryos()[PRIVNET_FLAGS]
         assert g.init_pid is not None
         assert {g.init_pid} == cgroup.pids()
-    finally:
-        assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
 @pytest.mark.root
