@@ -14,11 +14,11 @@ benchmark's guest, timer and helpers, so the figures are comparable):
   gateway, ``flags = up``) against LXC with ``type = empty``; both regimes (idle gap, back to back).
 
 Host-side networking happens in a sandbox namespace the benchmark creates (``vsvbst-sbx``):
-the supervisor gets it as ``host_netns``, and LXC runs in it through ``nsenter`` with a sysfs view
-of it (see :mod:`lxc_peer`); the cost of that wrapping is measured and subtracted from LXC's
-figures. Everything created is named ``vsvbst...`` (LXC's cgroups ``lxc.*.vsvbst-...``) and
-removed also on failure or Ctrl-C; ``leakcheck --prefix vsvbst`` runs at the end. Writes
-bench/results/start.json.
+the supervisor gets it as ``host_netns``, and LXC runs in it with a sysfs view of it: a launcher
+started once through ``nsenter`` runs and times each LXC command from inside (see
+:mod:`lxc_peer`), so LXC's figures hold none of that wrapping. Everything created is named
+``vsvbst...`` (LXC's cgroups ``lxc.*.vsvbst-...``) and removed also on failure or Ctrl-C;
+``leakcheck --prefix vsvbst`` runs at the end. Writes bench/results/start.json.
 
     .venv/bin/python bench/bench_start.py [--quick] [--runs N]
 """

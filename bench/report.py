@@ -427,6 +427,14 @@ def area_runtime(d: Json | None, sp: Json | None) -> Area:
     return area
 
 
+def _wrap_note(cell: Json) -> str:
+    """How LXC's sandbox wrapping was kept out of its figures."""
+    wrap = _get(cell.get("lxc_wrap_overhead"), "median_ms")
+    if isinstance(wrap, (int, float)) and wrap > 0:
+        return f"nsenter wrapper {ms(cell.get('lxc_wrap_overhead'), False)} subtracted"
+    return "timed from inside the sandbox"
+
+
 def area_net(st: Json | None, nt: Json | None) -> Area:
     area = Area(
         "Networking",
@@ -447,8 +455,7 @@ def area_net(st: Json | None, nt: Json | None) -> Area:
                     f"same guest without NIC {ms(c.get('start_no_nic'), False)}",
                     (
                         f"LXC veth on the same bridge {ms(lv)} (empty net "
-                        f"{ms(c.get('lxc_start_empty'), False)}; nsenter wrapper "
-                        f"{ms(c.get('lxc_wrap_overhead'), False)} subtracted)"
+                        f"{ms(c.get('lxc_start_empty'), False)}; {_wrap_note(c)})"
                     )
                     if lxc_on
                     else LXC_NOTE,
