@@ -331,22 +331,27 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority
         raise _ExecFailed(f"init {argv[0]} could not be executed: {e.strerror}") from None
 
 
-def _recv_with_fd(sock: socket.socket) -> tuple[bytes, int]:
-    """One message and the first fd passed with it (-1 if none); blocking."""
+def _recv_fds(sock: socket.socket, most: int) -> tuple[bytes, list[int]]:
+    """One message and the fds passed with it (close-on-exec, at most ``most``); blocking."""
     fd_size = array.array("i").itemsize
     data, ancdata, _flags, _addr = sock.recvmsg(
-        1 << 20, socket.CMSG_SPACE(2 * fd_size), socket.MSG_CMSG_CLOEXEC
+        1 << 20, socket.CMSG_SPACE(most * fd_size), socket.MSG_CMSG_CLOEXEC
     )
-    fd = -1
+    fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             got = array.array("i")
             got.frombytes(payload[: len(payload) - len(payload) % fd_size])
-            for extra in got[1:]:
-                os.close(extra)
-            if len(got):
-                fd = got[0]
-    return data, fd
+            fds.extend(got)
+    return data, fds
+
+
+def _recv_with_fd(sock: socket.socket) -> tuple[bytes, int]:
+    """One message and the first fd passed with it (-1 if none; any others are closed)."""
+    data, fds = _recv_fds(sock, 2)
+    for extra in fds[1:]:
+        os.close(extra)
+    return data, fds[0] if fds else -1
 
 
 class _ExecFailed(Exception):
@@ -420,17 +425,8 @@ def serve(sock_fd: int, parent_pid: int) -> None:
         return  # the supervisor died before PDEATHSIG was armed
     sock = socket.socket(fileno=sock_fd)
     sock.set_inheritable(False)
-    fd_size = array.array("i").itemsize
     while True:
-        data, ancdata, _flags, _addr = sock.recvmsg(
-            1 << 20, socket.CMSG_SPACE(4 * fd_size), socket.MSG_CMSG_CLOEXEC
-        )
-        fds: list[int] = []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(payload[: len(payload) - len(payload) % fd_size])
-                fds.extend(got)
+        data, fds = _recv_fds(sock, 4)
         if not data and not fds:
             return
         try:

@@ -1055,7 +1055,6 @@ class PendingStart:
     domain: Domain
     log_path: str | None
     extra_env: Mapping[str, str] | None
-    plan: SpawnPlan | None = None
     embryo: _Embryo | None = None
     child: ChildProcess | None = None
     #: the namespaces the embryo was born in, plus the mount namespace it made at activation
@@ -1066,7 +1065,7 @@ class PendingStart:
 
         Returns once init runs; RuntimeFailure (the child killed and reaped) when it cannot.
         """
-        if self.embryo is None or self.child is None or self.plan is None:
+        if self.embryo is None or self.child is None:
             return await spawn_init(
                 self.domain,
                 cgroup,
@@ -1195,7 +1194,7 @@ async def begin_spawn(
         out_fd = _open_log(log_path)
         embryo, child = await _take_embryo(birth)
         pending = PendingStart(
-            domain, log_path, extra_env, plan=plan, embryo=embryo, child=child,
+            domain, log_path, extra_env, embryo=embryo, child=child,
             made=birth | CLONE_NEWNS,
         )  # fmt: skip
         activation = marshal.dumps(
