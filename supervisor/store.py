@@ -171,9 +171,20 @@ class RunStore:
             _ensure_dir(self._dir(kind), 0o700)
 
     def write(self, kind: str, name: str, record: dict[str, Any]) -> None:
-        self.ensure()
+        """Write one record; the directories are made only when the write finds them missing.
+
+        Two records are written per guest start, so checking the three directories before
+        each (six mkdir and stat calls) would be most of the cost of a write.
+        """
         data = json.dumps(record, sort_keys=True, indent=1).encode()
-        atomic_write(self._dir(kind) / f"{name}.json", data, mode=0o600, durable=False)
+        path = self._dir(kind) / f"{name}.json"
+        try:
+            atomic_write(path, data, mode=0o600, durable=False)
+        except RuntimeFailure as exc:
+            if not isinstance(exc.__cause__, FileNotFoundError):
+                raise
+            self.ensure()  # the first record, or the run dir was removed under us
+            atomic_write(path, data, mode=0o600, durable=False)
 
     def remove(self, kind: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
