@@ -495,6 +495,81 @@ _READ_VERBS = frozenset(
 )
 
 
+_EXEC_OPTIONS = ("--user", "--group", "--cwd", "--env")
+
+
+def _exec_options(args: argparse.Namespace) -> list[str]:
+    """Take exec's options given after DOMAIN off the front of the command; the command's argv.
+
+    argparse hands everything after DOMAIN to the command, so ``vsv exec web1 --user www -- id``
+    would run ``--user``; the options are read here up to ``--`` or the first other word.
+    """
+    rest = list(args.command)
+    while rest and rest[0] != "--" and rest[0].startswith("-"):
+        name, eq, value = rest.pop(0).partition("=")
+        if name not in _EXEC_OPTIONS:
+            raise ValueError(f"exec: unknown option {name!r} (put the command after '--')")
+        if not eq:
+            if not rest:
+                raise ValueError(f"exec: {name} needs a value")
+            value = rest.pop(0)
+        if name == "--env":
+            args.env = [*(args.env or ()), value]
+        else:
+            setattr(args, name[2:], value)
+    return rest[1:] if rest[:1] == ["--"] else rest
+
+
+def _exec(args: argparse.Namespace, c: Client) -> int:
+    """Run a command in a running guest (see :mod:`supervisor.guest.attach`): its status."""
+    from supervisor.guest import attach  # only this verb needs ctypes and forks
+
+    def refuse(text: str) -> int:
+        sys.stderr.write(f"vsv: error: {text}\n")
+        return attach.EXIT_CANNOT_ENTER
+
+    try:
+        argv = _exec_options(args)
+    except ValueError as exc:
+        sys.stderr.write(f"vsv: error: {exc}\n")
+        return EXIT_USAGE
+    overrides: dict[str, str] = {}
+    for item in args.env or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.stderr.write(f"vsv: error: --env {item!r}: expected NAME=VALUE\n")
+            return EXIT_USAGE
+        overrides[key] = value
+    try:
+        info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    except ApiError as exc:
+        return refuse(str(exc))
+    pid = info.get("init_pid")
+    if info.get("state") == "PAUSED":
+        return refuse(f"domain {args.domain!r} is paused; resume it first")
+    if info.get("state") != "RUNNING" or not isinstance(pid, int):
+        return refuse(f"domain {args.domain!r} is not running")
+    try:
+        target = attach.open_target(pid)
+        env = attach.guest_environ(pid)
+    except attach.CannotEnter as exc:
+        return refuse(f"domain {args.domain!r}: {exc}")
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    command = attach.Command(
+        argv=tuple(argv or ["/bin/sh"]),
+        env=env,
+        overrides=overrides,
+        cwd=args.cwd,
+        user=args.user,
+        group=args.group,
+    )
+    try:
+        return attach.run_in_guest(target, command)
+    finally:
+        target.close()
+
+
 def _runner(verb: str, fn: Verb) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return run_verb(verb, fn, args)
@@ -616,6 +691,20 @@ def register_client_verbs(subparsers: Any) -> None:
     for name, fn, text in net_verbs:
         verb(name, fn, text).add_argument("network", metavar="NETWORK")
 
+    p = verb(
+        "exec",
+        _exec,
+        "run a command in a running domain (default: a shell); exits with its status",
+        json_flag=False,
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--user", default=None, help="user name or uid in the guest (default: root)")
+    p.add_argument("--group", default=None, help="group name or gid (default: the user's)")
+    p.add_argument("--cwd", default="/", metavar="DIR", help="working directory (default: /)")
+    p.add_argument(
+        "--env", action="append", metavar="NAME=VALUE", help="set a variable (init's env is kept)"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     verb("info", _info, "show the supervisor's version, uptime and statistics")
     p = verb(
         "event", _event, "print events: the next one; the journal from --since N; all with --loop"

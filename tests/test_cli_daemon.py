@@ -225,3 +225,101 @@ def test_readonly_socket_and_restart_keeps_numbering(env: Env, prefix: str) -> N
         assert len(seqs) > len(first)  # the old STOPPED and the new STARTED
     finally:
         again.stop()
+
+
+def _run(e: Env, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "--socket", e.sock, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
+    """`vsv exec`: the guest's namespaces, root, cgroups and environment; statuses passed on."""
+    e = env
+    (e.root / "etc" / "marker").write_text("guest root\n")
+    (e.base / "x.xml").write_text(
+        f"""<domain type='vserver'><name>x1</name>
+        <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+        <initarg>trap 'exit 0' TERM; while :; do sleep 0.1; done</initarg>
+        <initenv name='GREETING'>hello</initenv></os>
+        <devices><filesystem type='mount'><source dir='{e.root}'/><target dir='/'/></filesystem>
+        </devices></domain>"""
+    )
+    js(e, "define", str(e.base / "x.xml"))
+    init_pid = js(e, "start", "x1")["domain"]["init_pid"]
+    namespaces = ("mnt", "uts", "ipc", "net", "pid")
+    script = (
+        "echo pid=$$; hostname; echo $GREETING; cat /etc/marker; "
+        + "; ".join(f"readlink /proc/self/ns/{ns}" for ns in namespaces)
+        + "; cat /proc/self/cgroup"
+    )
+    done = _run(e, "exec", "x1", "--", "sh", "-c", script)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    lines = done.stdout.splitlines()
+    # a process of the guest's pid namespace (init is 1 there), its hostname, env and root
+    assert int(lines[0].removeprefix("pid=")) > 1
+    assert lines[1:4] == ["x1", "hello", "guest root"]
+    assert lines[4:9] == [os.readlink(f"/proc/{init_pid}/ns/{ns}") for ns in namespaces]
+    init_cgroups = Path(f"/proc/{init_pid}/cgroup").read_text().splitlines()
+    assert sorted(lines[9:]) == sorted(init_cgroups)
+    assert any(line.endswith(f"/{prefix}-x1") for line in init_cgroups)
+
+    # statuses: the command's, 128+signal, 127 not found, 126 cannot run
+    assert _run(e, "exec", "x1", "--", "sh", "-c", "exit 7").returncode == 7
+    assert _run(e, "exec", "x1", "--", "sh", "-c", "kill -TERM $$").returncode == 128 + 15
+    missing = _run(e, "exec", "x1", "no-such-command")
+    assert (missing.returncode, missing.stderr) == (
+        127,
+        "vsv exec: no-such-command: No such file or directory\n",
+    )
+    assert _run(e, "exec", "x1", "--cwd", "/nowhere", "--", "true").returncode == 126
+    # options after DOMAIN, user and group from the guest's own files, --env, stdin
+    who = _run(e, "exec", "x1", "--user", "nobody", "--env", "A=b", "--", "sh", "-c", "id; echo $A")
+    assert who.stdout.splitlines() == ["uid=65534(nobody) gid=65534(nogroup)", "b"]
+    assert _run(e, "exec", "x1", "--cwd=/etc", "sh", "-c", "pwd").stdout == "/etc\n"
+    unknown = _run(e, "exec", "x1", "--user", "nosuchuser", "true")
+    assert (unknown.returncode, unknown.stderr) == (
+        126,
+        "vsv exec: user 'nosuchuser' is not in the guest's /etc/passwd\n",
+    )
+    assert _run(e, "exec", "x1", stdin="echo from $(hostname)\n").stdout == "from x1\n"
+    assert _run(e, "exec", "x1", "--bogus").returncode == 2
+
+    # refused: paused, unknown, not running; a running command dies with its guest's destroy
+    js(e, "suspend", "x1")
+    paused = _run(e, "exec", "x1", "true")
+    assert (paused.returncode, paused.stderr) == (
+        125,
+        "vsv: error: domain 'x1' is paused; resume it first\n",
+    )
+    js(e, "resume", "x1")
+    assert _run(e, "exec", "nobody-here", "true").returncode == 125
+    long = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--socket", e.sock, "exec", "x1", "sleep", "60"],
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        procs = Path(f"/sys/fs/cgroup/pids/{prefix}-x1/cgroup.procs")
+        if not procs.parent.is_dir():
+            procs = Path(f"/sys/fs/cgroup/{prefix}-x1/cgroup.procs")  # pure cgroup v2
+        while len(procs.read_text().split()) < 4:  # init, its sleep, exec's helper, sleep 60
+            assert time.monotonic() < deadline, procs.read_text()
+            time.sleep(0.02)
+        js(e, "destroy", "x1")
+        assert long.wait(10) == 128 + 9
+    finally:
+        if long.poll() is None:
+            long.kill()
+            long.wait()
+    stopped = _run(e, "exec", "x1", "true")
+    assert (stopped.returncode, stopped.stderr) == (125, "vsv: error: domain 'x1' is not running\n")
+    js(e, "undefine", "x1")
+    assert e.stop() == 0
+    assert find_leftovers(detect_layout(), prefix) == []

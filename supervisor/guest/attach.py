@@ -1,0 +1,315 @@
+"""Run a command inside a running guest (``vsv exec``): its namespaces, root, cgroups.
+
+This is what an admin reaches for as ``lxc-attach``, ``machinectl shell`` or ``virsh
+lxc-enter-namespace``. The work happens in the *calling* process (the ``vsv`` command, as
+root), never in the supervisor: the supervisor only says which pid is the guest's init, so no
+API call can make it run a program, and a command that hangs holds no supervisor resource.
+
+How a command enters a guest whose init is ``pid``:
+
+1. ``pidfd_open(pid)`` pins the process; it is checked to be the init of a pid namespace of its
+   own and, after the reads in step 2, still alive, so a pid reused in between is refused.
+2. Read what to join: the cgroup of init in every hierarchy (``/proc/PID/cgroup``, mapped to the
+   mounts in ``/proc/self/mountinfo``) and its root directory (``/proc/PID/root``, opened).
+3. Fork. The child writes itself into every one of those cgroups (so the command is counted,
+   limited, frozen and killed with the guest, and ``destroy`` takes it down too), joins the
+   mount, uts, ipc, net and pid namespaces with one ``setns(pidfd, ...)``, and chroots into the
+   guest's root. Joining a pid namespace only applies to children, so it forks once more; the
+   grandchild sets user and group, changes directory and execs the command, and the child
+   passes its exit status on.
+
+The caller's terminal stays the command's stdin/stdout/stderr, so ``vsv exec web1`` gives an
+interactive shell. While the command runs, the two outer processes ignore SIGINT and SIGQUIT
+(as ``system(3)`` does): a Ctrl-C reaches the command, whose status is then reported.
+
+Exit status: the command's (128+N when a signal N ended it), else 125 when the guest could not
+be entered, 126 when the command could not be run, 127 when it was not found (the convention of
+``env``, ``nsenter`` and ``podman exec``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import signal
+import sys
+from collections.abc import Mapping
+
+import attrs
+
+from supervisor.errors import RuntimeFailure
+from supervisor.guest.forkserver import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+)
+from supervisor.guest.ids import resolve_ids
+
+#: the namespaces a guest gets (spawn.py); joining one the guest shares with the host is a no-op
+JOIN_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
+
+EXIT_CANNOT_ENTER = 125
+EXIT_CANNOT_RUN = 126
+EXIT_NOT_FOUND = 127
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+class CannotEnter(Exception):
+    """The guest cannot be entered (gone, not a guest init, kernel refused); the text says why."""
+
+
+@attrs.frozen
+class Target:
+    """What a command joins: init's pidfd, its cgroup.procs files, its root directory fd."""
+
+    pid: int
+    pidfd: int
+    procs_files: tuple[str, ...]
+    root_fd: int
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.root_fd):
+            os.close(fd)
+
+
+#: one cgroup mount: (mount options, mount root, mount point); cgroup2 mounts have no options
+CgroupMount = tuple[frozenset[str], str, str]
+
+
+def cgroup_mounts(mountinfo: str) -> tuple[list[CgroupMount], list[CgroupMount]]:
+    """The v1 and the cgroup2 mounts listed in ``/proc/self/mountinfo`` text, in its order."""
+    v1: list[CgroupMount] = []
+    v2: list[CgroupMount] = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        if tail[0] == "cgroup2":
+            v2.append((frozenset(), _unescape(fields[3]), _unescape(fields[4])))
+        elif tail[0] == "cgroup":
+            v1.append((frozenset(tail[2].split(",")), _unescape(fields[3]), _unescape(fields[4])))
+    return v1, v2
+
+
+def procs_files(
+    cgroup_text: str, mounts: tuple[list[CgroupMount], list[CgroupMount]]
+) -> tuple[str, ...]:
+    """The ``cgroup.procs`` file of each of a process's cgroups (``/proc/PID/cgroup`` text).
+
+    A v1 line (``4:cpu,cpuacct:/path``) belongs to the first mount whose options include all of
+    its controllers (or its ``name=``); the ``0::/path`` line to the first cgroup2 mount.
+    Hierarchies not mounted here are skipped: nothing could be joined in them anyway.
+    """
+    v1, v2 = mounts
+    out: list[str] = []
+    for line in cgroup_text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _hid, controllers, path = parts
+        if controllers:
+            need = set(controllers.split(","))
+            found = next((m for m in v1 if need <= m[0]), None)
+        else:
+            found = v2[0] if v2 else None
+        if found is None:
+            continue
+        _options, root, point = found
+        if root != "/" and (path == root or path.startswith(root + "/")):
+            path = path[len(root) :]
+        out.append(os.path.join(point, path.lstrip("/"), "cgroup.procs"))
+    return tuple(out)
+
+
+def open_target(pid: int) -> Target:
+    """Pin the guest init ``pid`` and read what a command must join (see the module docstring)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        raise CannotEnter(f"process {pid}: {e.strerror}") from None
+    try:
+        return _read_target(pid, pidfd)
+    except BaseException:
+        os.close(pidfd)
+        raise
+
+
+def _read_target(pid: int, pidfd: int) -> Target:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        with open(f"/proc/{pid}/cgroup") as f:
+            cgroup_text = f.read()
+        with open("/proc/self/mountinfo") as f:
+            mounts = cgroup_mounts(f.read())
+        root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CannotEnter(f"process {pid}: {e.strerror}") from None
+    try:
+        # what was read belongs to the pinned process only if that one is still alive now
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError as e:
+        os.close(root_fd)
+        raise CannotEnter(f"process {pid}: {e.strerror}") from None
+    if len(nspid) < 2 or nspid[-1] != "1":
+        os.close(root_fd)
+        raise CannotEnter(f"process {pid} is not the init of a guest's pid namespace")
+    return Target(pid, pidfd, procs_files(cgroup_text, mounts), root_fd)
+
+
+@attrs.frozen
+class Command:
+    """What to run in the guest and as whom.
+
+    ``user`` and ``group`` are names or numbers, looked up in the guest's own /etc/passwd and
+    /etc/group once inside (so the guest's files, symlinks included, are read as the guest sees
+    them); no user means root. A user with a home directory sets ``HOME``. ``env`` is the base
+    environment (``vsv exec`` passes init's), ``overrides`` win over everything.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    overrides: Mapping[str, str] = attrs.field(factory=dict)
+    cwd: str = "/"
+    user: str | None = None
+    group: str | None = None
+
+
+def run_in_guest(target: Target, command: Command) -> int:
+    """Run ``command`` inside ``target`` and wait for it: its exit status (see the docstring)."""
+    if not command.argv:
+        raise ValueError("no command to run")
+    with _ignoring_terminal_signals():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(target, command)  # never returns
+        return _status(os.waitpid(pid, 0)[1])
+
+
+class _ignoring_terminal_signals:
+    """SIGINT and SIGQUIT ignored in a block, for the command to get the terminal's Ctrl-C."""
+
+    def __enter__(self) -> None:
+        self.saved = [(s, signal.signal(s, signal.SIG_IGN)) for s in _TERMINAL_SIGNALS]
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved:
+            signal.signal(sig, handler)
+
+
+_TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def _status(wait_status: int) -> int:
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def _child(target: Target, command: Command) -> None:
+    """Join the guest, fork the command, pass its status on. Never returns."""
+    try:
+        try:
+            _join(target)
+        except OSError as e:
+            _fail(EXIT_CANNOT_ENTER, f"cannot enter the guest: {e.strerror or e}")
+        pid = os.fork()
+        if pid == 0:
+            _grandchild(command)
+        os._exit(_status(os.waitpid(pid, 0)[1]))
+    except BaseException:
+        os._exit(EXIT_CANNOT_ENTER)  # nothing may return into the caller's code from a fork
+
+
+def _join(target: Target) -> None:
+    for path in target.procs_files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    if _libc.setns(target.pidfd, JOIN_FLAGS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns into the guest's namespaces: {os.strerror(err)}")
+    os.fchdir(target.root_fd)
+    os.chroot(".")
+
+
+def _grandchild(command: Command) -> None:
+    for sig in (*_TERMINAL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        uid, gid, home = resolve_ids(
+            command.user,
+            command.group,
+            _read_text("/etc/passwd") if command.user or command.group else "",
+            _read_text("/etc/group") if command.group else "",
+            fields=("user", "group"),
+        )
+    except RuntimeFailure as e:
+        _fail(EXIT_CANNOT_RUN, str(e))
+    env = dict(command.env)
+    if home:
+        env["HOME"] = home
+    env.update(command.overrides)
+    try:
+        os.setgroups([])
+        os.setgid(gid or 0)
+        os.setuid(uid or 0)
+    except OSError as e:
+        _fail(EXIT_CANNOT_RUN, f"cannot become uid {uid or 0} gid {gid or 0}: {e.strerror}")
+    try:
+        os.chdir(command.cwd)
+    except OSError as e:
+        _fail(EXIT_CANNOT_RUN, f"{command.cwd}: {e.strerror}")
+    try:
+        os.execvpe(command.argv[0], list(command.argv), env)
+    except OSError as e:
+        code = EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_CANNOT_RUN
+        _fail(code, f"{command.argv[0]}: {e.strerror}")
+
+
+def _read_text(path: str) -> str:
+    """A file of the guest, or "" when it has none (a root without /etc/group, say)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def guest_environ(pid: int) -> dict[str, str]:
+    """The environment the guest's init was started with (``/proc/PID/environ``)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CannotEnter(f"process {pid}: {e.strerror}") from None
+    out: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.decode(errors="surrogateescape").partition("=")
+        if sep and key:
+            out[key] = value
+    return out
+
+
+def _fail(code: int, text: str) -> None:
+    try:
+        os.write(2, f"vsv exec: {text}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as backslash and octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
