@@ -101,8 +101,10 @@ class GuestSlot:
     life: Lifecycle
     cgroup: CgroupHandle | None = None
     process: ProcessHandle | None = None
-    #: pid of an adopted guest's init (not our child: a previous supervisor started it)
+    #: pid of an adopted guest's init (not our child: a previous supervisor started it), and
+    #: the inode of its pid namespace, which tells it from a process that reused the pid
     adopted_pid: int | None = None
+    adopted_pidns: int | None = None
     ctx: GuestContext | None = None
     started_at: float | None = None
     restarts: int = 0
@@ -484,8 +486,9 @@ class Supervisor:
         with contextlib.suppress(RuntimeFailure, ProcessLookupError):
             if slot.process is not None:
                 slot.process.send_signal(sig)
-            elif slot.adopted_pid is not None:
-                os.kill(slot.adopted_pid, sig)
+            elif slot.adopted_pid is not None and slot.adopted_pidns is not None:
+                assert self.runtime is not None
+                self.runtime.signal_guest_init(slot.adopted_pid, slot.adopted_pidns, sig)
 
     async def _kill(self, slot: GuestSlot, *, wait: bool = True) -> None:
         slot.killed_by_us = True
@@ -506,7 +509,7 @@ class Supervisor:
                 exit_ = await self._wait_end(slot)
                 end = self._classify(slot, exit_)
                 slot.process = None
-                slot.adopted_pid = None
+                slot.adopted_pid = slot.adopted_pidns = None
                 step = self._apply(slot, end.input, end)
                 again = await self._after_end(slot, step)
                 if again is None:
@@ -681,7 +684,7 @@ class Supervisor:
         slot.cgroup = None
         slot.ctx = None
         slot.process = None
-        slot.adopted_pid = None
+        slot.adopted_pid = slot.adopted_pidns = None
         slot.started_at = None
         self.runs.remove("domains", slot.domain.name)
 
@@ -746,6 +749,7 @@ class Supervisor:
                 slot.cgroup = cgroup
                 slot.ctx = ctx
                 slot.adopted_pid = init_pid
+                slot.adopted_pidns = namespaces["pid"]
                 slot.started_at = record.get("started_at")
                 frozen = False
                 with contextlib.suppress(RuntimeFailure):

@@ -323,6 +323,12 @@ class FakeRuntime:
             and (proc.namespaces.pid == pidns_inode)
         )
 
+    def signal_guest_init(self, pid: int, pidns_inode: int, sig: int) -> bool:
+        if not self.pid_is_guest_init(pid, pidns_inode):
+            return False
+        self.guests[pid].send_signal(sig)
+        return True
+
     # -- driving guests ------------------------------------------------------------------------
 
     def guest_of(self, name: str) -> FakeProcess | None:

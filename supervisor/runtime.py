@@ -77,6 +77,11 @@ class Runtime(Protocol):
 
     def pid_is_guest_init(self, pid: int, pidns_inode: int) -> bool: ...
 
+    def signal_guest_init(self, pid: int, pidns_inode: int, sig: int) -> bool:
+        """Send ``sig`` to an adopted guest's init if ``pid`` still is PID 1 of that pid
+        namespace: False (nothing sent) when it is gone or the pid now names another process."""
+        ...
+
 
 @attrs.define(eq=False)
 class DeferredSpawn:
@@ -145,3 +150,6 @@ class LinuxRuntime:
 
     def pid_is_guest_init(self, pid: int, pidns_inode: int) -> bool:
         return procs.pid_is_guest_init(pid, pidns_inode)
+
+    def signal_guest_init(self, pid: int, pidns_inode: int, sig: int) -> bool:
+        return procs.signal_guest_init(pid, pidns_inode, sig)

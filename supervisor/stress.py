@@ -5,8 +5,10 @@ Theory of operation
 A hypothesis :class:`~hypothesis.stateful.RuleBasedStateMachine` (:class:`SupervisorMachine`)
 picks random operations: define / undefine / start / shutdown / destroy / reboot / suspend /
 resume, guest-initiated reboot / poweroff / crash / exit, starts that fail in the runtime, time
-passing (shutdown deadlines, restart backoff), and event consumers that connect, fall behind and
-disconnect. Each operation goes to a real :class:`~supervisor.daemon.Supervisor` *and* to
+passing (shutdown deadlines, restart backoff), event consumers that connect, fall behind and
+disconnect, and (fake runtime) the supervisor replaced by a new one on the same state and run
+dirs, as an upgrade does: it must re-adopt every running and paused guest, report a preserved
+one whose init is gone, and keep numbering events where the old one stopped. Each operation goes to a real :class:`~supervisor.daemon.Supervisor` *and* to
 :class:`Model`, a small independent re-statement of the lifecycle contract (docs/lifecycle.md:
 the libvirt state each guest must be in and the exact events each operation must produce). It
 does not use :mod:`supervisor.lifecycle`, so a wrong row in the table is caught, not copied.
@@ -86,7 +88,7 @@ import attrs
 import trio
 import trio.testing
 
-from supervisor.bus import Gap, PrepareFailed, Subscription, SubscriptionDropped
+from supervisor.bus import Bus, Gap, PrepareFailed, Subscription, SubscriptionDropped
 from supervisor.errors import InvalidOperation, NotFound, RuntimeFailure
 from supervisor.events import Event
 from supervisor.lifecycle import RestartPolicy
@@ -134,6 +136,8 @@ KNOWN_ISSUES: frozenset[str] = frozenset()
 
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
+#: phases with no timer pending and no operation half done: a supervisor restart keeps them
+SETTLED = frozenset({"shutoff", "running", "paused", "preserved"})
 WITH_PROCESS = frozenset({"running", "paused", "stopping"})
 
 #: how often each operation is drawn (relative)
@@ -155,9 +159,12 @@ OPERATION_WEIGHTS = {
     "net_start": 2,
     "net_destroy": 1,
     "schedinfo": 3,
+    # the supervisor replaced by a new one that re-adopts the running guests
+    "restart": 1,
 }
-#: operations only the fake runtime can do (failure injection, a clock the harness moves)
-FAKE_ONLY = frozenset({"start_fails", "advance_clock"})
+#: operations only the fake runtime can do (failure injection, a clock the harness moves, a
+#: supervisor restart: the real runtime's re-adoption is tested by tests/test_daemon_process.py)
+FAKE_ONLY = frozenset({"start_fails", "advance_clock", "restart"})
 #: operations only the real runtime does (the fake one has no network or scheduler subsystem)
 REAL_ONLY = frozenset({"net_start", "net_destroy", "schedinfo"})
 #: the one network the real runtime defines, and the ``cpu_shares`` values schedinfo sets
@@ -220,6 +227,9 @@ class GuestModel:
     shares: int | None = None
     #: the last live ``cpu_shares`` since the last definition (quirk live-schedinfo-persists)
     live_shares: int | None = None
+    #: its init was started by an earlier supervisor: when it ends by itself, the supervisor
+    #: (not its parent) cannot tell how, and takes it for a poweroff
+    adopted: bool = False
 
     def set(self, phase: str, state: str, reason: str, due: float | None = None) -> None:
         self.phase, self.state, self.reason, self.due = phase, state, reason, due
@@ -375,6 +385,7 @@ class Model:
     def _boot(self, g: GuestModel) -> None:
         """A fresh boot: resources made anew from the definition (NIC plugged, shares)."""
         g.set("running", "RUNNING", "BOOTED")
+        g.adopted = False
         g.attached = g.definition.nic and self.net_running
         g.shares = g.definition.shares
         if "live-schedinfo-persists" in self.quirks and g.live_shares is not None:
@@ -451,12 +462,16 @@ class Model:
         g = self._get(name)
         if g.phase != "running":
             raise Illegal("invalid")
-        self.guest_ends(name, "reboot")
+        self.guest_ends(name, "reboot", requested=True)
 
-    def guest_ends(self, name: str, how: str) -> None:
-        """init ended by itself (``how``: reboot, poweroff, crash, exit0)."""
+    def guest_ends(self, name: str, how: str, *, requested: bool = False) -> None:
+        """init ended (``how``: reboot, poweroff, crash, exit0), by itself unless ``requested``
+        (an API reboot: the supervisor knows what it asked for, adopted guest or not)."""
         g = self._get(name)
         end = {"exit0": "poweroff"}.get(how, how)
+        if g.adopted and not requested:
+            end = "poweroff"
+        g.adopted = False
         if g.phase == "stopping":
             g.set("shutoff", "SHUTOFF", "SHUTDOWN")
             self._emit(name, event_text("STOPPED", "SHUTDOWN", end=end))
@@ -503,6 +518,30 @@ class Model:
             g.set("restarting", "SHUTOFF", "SHUTDOWN", self.now + delay)
             self._emit(name, ev("SHUTDOWN", "GUEST"), ev("STOPPED", "SHUTDOWN"))
         self.settle()
+
+    def restart_supervisor(self) -> None:
+        """A new supervisor replaces the old one (every guest settled, see :data:`SETTLED`).
+
+        Running and paused guests are re-adopted as RUNNING/PAUSED with reason UNKNOWN and no
+        event; their restart budgets start again. A preserved guest (init gone, resources kept)
+        is cleaned up and reported ``STOPPED FAILED reason=ended-while-supervisor-down``. A
+        stopped guest's reason is not kept across the restart.
+        """
+        if any(g.phase not in SETTLED for g in self.guests.values()):
+            raise Illegal("invalid")
+        for g in self.guests.values():
+            g.restarts = 0
+            if g.phase in ("running", "paused"):
+                g.set(g.phase, g.state, "UNKNOWN")
+                g.adopted = True
+            elif g.phase == "preserved":
+                g.set("shutoff", "SHUTOFF", "FAILED")
+                self._emit(
+                    g.name,
+                    event_text("STOPPED", "FAILED", reason="ended-while-supervisor-down"),
+                )
+            else:
+                g.reason = "UNKNOWN"
 
     # -- time
 
@@ -844,17 +883,11 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             host_netns = None
             if self.sandbox is not None:
                 host_netns = str(nsutil.create_netns(self.sandbox))
-            self.sup = Supervisor(
-                state_dir=self.dir / "state",
-                run_dir=self.dir / "run",
-                prefix=self.prefix,
-                runtime=self.fake_rt,
-                host_netns=host_netns,
-                networking=not fake,
-                restart_policy=policy,
-                shutdown_timeout=timeout,
-            )
+            self.host_netns = host_netns
+            self.sup = self._new_supervisor(first_seq=1)
             self.main_sub: Subscription | None = None
+            self.run_scope: trio.CancelScope | None = None
+            self.run_done: trio.Event | None = None
             try:
                 self.trio = TrioThread(self.clock)
                 try:
@@ -866,9 +899,50 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 self._remove_sandbox()
                 raise
 
+        def _new_supervisor(self, first_seq: int) -> Supervisor:
+            return Supervisor(
+                state_dir=self.dir / "state",
+                run_dir=self.dir / "run",
+                prefix=self.prefix,
+                runtime=self.fake_rt,
+                host_netns=self.host_netns,
+                networking=not fake,
+                restart_policy=self.model.policy,
+                shutdown_timeout=self.model.shutdown_timeout,
+                bus=Bus(first_seq=first_seq),
+            )
+
         async def _start(self) -> None:
-            await self.trio.nursery.start(self.sup.run)
+            # subscribed before run(): a restarted supervisor publishes while it adopts
             self.main_sub = self.sup.bus.subscribe("stress", buffer=10_000_000)
+            await self.trio.nursery.start(self._run_supervisor)
+
+        async def _run_supervisor(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            done = self.run_done = trio.Event()
+            try:
+                with trio.CancelScope() as self.run_scope:
+                    await self.sup.run(task_status=task_status)
+            finally:
+                done.set()
+
+        async def _restart(self) -> None:
+            """Replace the supervisor as an upgrade does: guests keep running, then the new
+            one (same dirs, same runtime, numbering continued) re-adopts them."""
+            await self._problems()  # the old supervisor's last events into the log
+            for consumer in self.consumers:
+                consumer.drain(self.log)
+                consumer.sub.unsubscribe()
+            self.consumers.clear()
+            assert self.run_scope is not None
+            assert self.run_done is not None
+            assert self.main_sub is not None
+            self.run_scope.cancel()
+            await self.run_done.wait()
+            self.main_sub.unsubscribe()
+            self.sup = self._new_supervisor(first_seq=self.sup.bus.last_seq + 1)
+            await self._start()
 
         # -- running one operation ---------------------------------------------------------
 
@@ -1285,6 +1359,12 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             tmp = root / "tmp" / "cmd.new"
             tmp.write_text(how + "\n")
             tmp.rename(root / "tmp" / "cmd")
+
+        def op_restart(self, data: st.DataObject) -> None:
+            """The supervisor is replaced while the guests run (once every guest is settled)."""
+            if any(g.phase not in SETTLED for g in self.model.guests.values()):
+                return
+            self._do(self._restart, self.model.restart_supervisor, "restart the supervisor")
 
         def op_advance_clock(self, data: st.DataObject) -> None:
             clock = self.clock

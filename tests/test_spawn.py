@@ -387,6 +387,27 @@ async def test_wait_pid_exit_for_foreign_pid(busybox_root: str, cgroup: GuestCgr
 
 
 @pytest.mark.root
+async def test_signal_guest_init_only_while_it_is_that_init(
+    busybox_root: str, cgroup: GuestCgroup
+) -> None:
+    """An adopted guest is signalled only while its pid is PID 1 of the recorded namespace."""
+    g = await spawn_init(
+        _dom(busybox_root, "trap 'exit 3' TERM; while :; do sleep 0.05; done"), cgroup
+    )
+    assert g.init_pid is not None
+    assert g.namespaces is not None
+    # a wrong namespace inode (a reused pid, as far as it can tell) gets nothing
+    assert not procs.signal_guest_init(g.init_pid, g.namespaces.pid + 1, signal.SIGTERM)
+    with trio.move_on_after(0.3):
+        await g.wait()
+        raise AssertionError("the guest ended from a signal that must not have been sent")
+    assert procs.signal_guest_init(g.init_pid, g.namespaces.pid, signal.SIGTERM)
+    end = await _finish(g)
+    assert end.status == 3
+    assert not procs.signal_guest_init(g.init_pid, g.namespaces.pid, signal.SIGTERM)
+
+
+@pytest.mark.root
 async def test_wrapper_is_our_child(busybox_root: str, cgroup: GuestCgroup, mode: str) -> None:
     """On every path the wrapper is the supervisor's own child, so we get its exit status; an
     embryo's init is that child itself (no process between us and the guest)."""

@@ -51,6 +51,12 @@ async def test_spawn_puts_three_processes_in_the_cgroup() -> None:
     ns = proc.namespaces.pid
     assert rt.pid_is_guest_init(proc.init_pid, ns)
     assert not rt.pid_is_guest_init(proc.init_pid, ns + 1)
+    # an adopted guest is signalled through the runtime, never with a real kill of a fake pid
+    assert not rt.signal_guest_init(proc.init_pid, ns + 1, signal.SIGKILL)
+    assert proc.alive
+    assert rt.signal_guest_init(proc.init_pid, ns, signal.SIGKILL)
+    assert not proc.alive
+    assert not rt.signal_guest_init(proc.init_pid, ns, signal.SIGKILL)
 
 
 async def test_unhandled_signals_are_ignored_except_sigkill() -> None:
@@ -221,6 +227,44 @@ def test_model_shutdown_timeout_and_illegal_ops() -> None:
     with pytest.raises(Illegal) as err:
         m.start("nope")
     assert "missing" == err.value.kind
+
+
+def test_model_supervisor_restart_adopts_and_loses_how_guests_end() -> None:
+    """Model: a restart re-adopts running/paused guests (reason UNKNOWN, no event), reports a
+    preserved one as failed, and is refused while a timer is pending; an adopted guest's own
+    end counts as a poweroff, an API reboot as a reboot."""
+    m = _model()
+    m.define("run", Definition(on_poweroff="destroy", on_reboot="restart"))
+    m.define("pau", Definition())
+    m.define("pre", Definition(on_crash="preserve"))
+    m.define("off", Definition())
+    for name in ("run", "pau", "pre"):
+        m.start(name)
+    m.suspend("pau")
+    m.guest_ends("pre", "crash")
+    m.restart_supervisor()
+    view = {n: (g.phase, g.state, g.reason) for n, g in m.guests.items()}
+    assert view == {
+        "run": ("running", "RUNNING", "UNKNOWN"),
+        "pau": ("paused", "PAUSED", "UNKNOWN"),
+        "pre": ("shutoff", "SHUTOFF", "FAILED"),
+        "off": ("shutoff", "SHUTOFF", "UNKNOWN"),
+    }
+    assert m.events["pre"][-1] == event_text(
+        "STOPPED", "FAILED", reason="ended-while-supervisor-down"
+    )
+    assert m.events["run"] == ["DEFINED ADDED", "STARTED BOOTED"]
+    m.reboot("run")  # asked for: a reboot even though adopted
+    assert m.events["run"][-1] == "REBOOT end=reboot delay=0"
+    assert not m.guests["run"].adopted
+    m.resume("pau")
+    m.guest_ends("pau", "reboot")  # by itself: the supervisor cannot tell, a poweroff
+    assert m.events["pau"][-2:] == ["SHUTDOWN GUEST end=poweroff", "STOPPED SHUTDOWN end=poweroff"]
+    m.define("slow", Definition(traps=False))
+    m.start("slow")
+    m.shutdown("slow")
+    with pytest.raises(Illegal):
+        m.restart_supervisor()
 
 
 def test_model_nic_guest_needs_its_network_and_is_replugged() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import time
 
 import trio
@@ -127,6 +128,29 @@ def pid_is_guest_init(pid: int, pidns_inode: int) -> bool:
         return ns_inode(pid, "pid") == pidns_inode and nspid(pid)[-1:] == (1,)
     except RuntimeFailure:
         return False
+
+
+def signal_guest_init(pid: int, pidns_inode: int, sig: int) -> bool:
+    """Signal ``pid`` only if it is still PID 1 of the pid namespace ``pidns_inode``.
+
+    A pidfd pins the process while /proc is checked: if the pid was reused after the pidfd was
+    opened, the pinned process is the one that ended and the signal fails (False).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError as e:
+        raise RuntimeFailure(f"pidfd_open({pid}): {e.strerror}") from e
+    try:
+        if not pid_is_guest_init(pid, pidns_inode):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def exe_of(pid: int) -> str | None:
