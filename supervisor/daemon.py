@@ -69,6 +69,7 @@ from supervisor.runtime import (
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.store import ConfigStore, RunStore
+from supervisor.xml import format_domain, parse_domain
 
 log = logging.getLogger("vsv.daemon")
 
@@ -105,6 +106,8 @@ class GuestSlot:
     #: the inode of its pid namespace, which tells it from a process that reused the pid
     adopted_pid: int | None = None
     adopted_pidns: int | None = None
+    #: every namespace inode the predecessor recorded (written again into the run record)
+    adopted_namespaces: dict[str, int] | None = None
     ctx: GuestContext | None = None
     started_at: float | None = None
     restarts: int = 0
@@ -366,6 +369,7 @@ class Supervisor:
                 # from its next start (as libvirt's "persistent config" vs "live config")
                 previous.pending = domain
                 previous.domain = attrs.evolve(previous.domain, autostart=domain.autostart)
+                self._rerecord(previous)
             detail = "UPDATED"
         self._bus.publish_nowait("domain", domain.name, "DEFINED", detail)
         return domain
@@ -509,7 +513,7 @@ class Supervisor:
                 exit_ = await self._wait_end(slot)
                 end = self._classify(slot, exit_)
                 slot.process = None
-                slot.adopted_pid = slot.adopted_pidns = None
+                slot.adopted_pid = slot.adopted_pidns = slot.adopted_namespaces = None
                 step = self._apply(slot, end.input, end)
                 again = await self._after_end(slot, step)
                 if again is None:
@@ -684,7 +688,7 @@ class Supervisor:
         slot.cgroup = None
         slot.ctx = None
         slot.process = None
-        slot.adopted_pid = slot.adopted_pidns = None
+        slot.adopted_pid = slot.adopted_pidns = slot.adopted_namespaces = None
         slot.started_at = None
         self.runs.remove("domains", slot.domain.name)
 
@@ -719,7 +723,40 @@ class Supervisor:
             record["wrapper_pid"] = proc.wrapper_pid
             record["init_pid"] = proc.init_pid
             record["namespaces"] = attrs.asdict(proc.namespaces) if proc.namespaces else None
+        elif slot.adopted_pid is not None:
+            record["wrapper_pid"] = record["init_pid"] = slot.adopted_pid
+            record["namespaces"] = slot.adopted_namespaces
+        if slot.pending is not None:
+            # the running guest's definition is not the stored one (redefined, or changed
+            # live): a successor that adopts the guest must keep it, as libvirt keeps the live
+            # XML of a running domain across a daemon restart
+            record["live_domain"] = format_domain(slot.domain)
         self.runs.write("domains", slot.domain.name, record)
+
+    def _rerecord(self, slot: GuestSlot) -> None:
+        """Write the run record again after a change, if the guest has one (it runs)."""
+        if slot.process is not None or slot.adopted_pid is not None:
+            self._record(slot)
+
+    @staticmethod
+    def _restore_live(slot: GuestSlot, record: Mapping[str, Any]) -> None:
+        """An adopted guest gets back the definition it was running with (see ``_record``)."""
+        text = record.get("live_domain")
+        if not isinstance(text, str):
+            return
+        try:
+            live = parse_domain(text)
+        except InvalidDocument as exc:
+            log.warning(
+                "guest %s: unreadable live definition in its run record: %s", slot.domain.name, exc
+            )
+            return
+        if live.name != slot.domain.name:
+            return
+        slot.pending, slot.domain = slot.domain, live
+        slot.life.on_poweroff = live.on_poweroff
+        slot.life.on_reboot = live.on_reboot
+        slot.life.on_crash = live.on_crash
 
     async def _adopt_leftovers(self) -> None:
         """Re-adopt guests a previous supervisor left running; clean up after dead ones."""
@@ -735,6 +772,8 @@ class Supervisor:
                 and runtime.pid_is_guest_init(init_pid, namespaces["pid"])
             )
             cgroup = runtime.cgroup(self.prefix, name)
+            if alive and slot is not None:
+                self._restore_live(slot, record)
             domain = slot.domain if slot else Domain(name=name)
             # whatever it recorded was prepared: release must undo it, adopted or not
             ctx = GuestContext(
@@ -750,6 +789,7 @@ class Supervisor:
                 slot.ctx = ctx
                 slot.adopted_pid = init_pid
                 slot.adopted_pidns = namespaces["pid"]
+                slot.adopted_namespaces = dict(namespaces)
                 slot.started_at = record.get("started_at")
                 frozen = False
                 with contextlib.suppress(RuntimeFailure):
@@ -915,14 +955,15 @@ class Supervisor:
             slot.domain = new
             if slot.ctx is not None:
                 slot.ctx.domain = new
-            self._record(slot)
             # a live-only change lasts until the guest stops; then the stored one applies
             slot.pending = None if stored == new else stored
+            self._rerecord(slot)
         elif config:
             if slot.life.phase is Phase.SHUTOFF and not slot.task_running:
                 slot.domain = stored
             else:
                 slot.pending = stored
+                self._rerecord(slot)
         return info
 
     def list_networks(self) -> list[NetworkStatus]:

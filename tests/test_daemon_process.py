@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,4 +227,41 @@ def test_closed_stdout_does_not_stop_the_shutdown(
     assert daemon.proc.stdout is not None
     daemon.proc.stdout.close()  # the reader is gone: the next event line hits a broken pipe
     assert daemon.stop(signal.SIGINT) == 0
+    assert find_leftovers(detect_layout(), prefix) == []
+
+
+def _vsv_json(dirs: dict[str, Path], *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--socket", str(dirs["run"] / "vsv.sock"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_live_changes_survive_a_supervisor_sigkill(
+    tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon]
+) -> None:
+    """A live schedinfo change outlives a SIGKILL of the supervisor: the successor re-adopts
+    the guest with the CPU shares it had, not the stored definition's."""
+    doc = _doc(tmp_path, "tuned", dirs["root"])
+    first = Daemon([*_args(dirs, prefix), "--start", doc])
+    daemons.append(first)
+    first.wait_line("tuned STARTED BOOTED")
+    changed = _vsv_json(dirs, "schedinfo", "tuned", "--set", "cpu_shares=512", "--json")
+    assert changed["params"]["cpu_shares"] == 512
+    first.wait_line("tuned TUNABLE")
+    first.stop(signal.SIGKILL)
+
+    second = Daemon(_args(dirs, prefix))
+    daemons.append(second)
+    second.wait_line("@supervisor STARTED")
+    assert _vsv_json(dirs, "schedinfo", "tuned", "--json")["params"]["cpu_shares"] == 512
+    shares = Path(f"/sys/fs/cgroup/cpu/{prefix}-tuned/cpu.shares")
+    if shares.parent.is_dir():  # v1 cpu controller (this machine); on pure v2 it is cpu.weight
+        assert shares.read_text().strip() == "512"
+    assert second.stop(signal.SIGTERM) == 0
+    second.wait_line("tuned STOPPED SHUTDOWN")
     assert find_leftovers(detect_layout(), prefix) == []
