@@ -485,6 +485,9 @@ class Supervisor:
                 slot.restart_scope.cancel()
             elif action is Action.RELEASE and not slot.task_running:
                 await self._release(slot)
+                # a preserved guest's task is long gone: its stop ends the live definition here
+                if slot.life.phase is Phase.SHUTOFF:
+                    self._take_pending(slot)
 
     def _signal_init(self, slot: GuestSlot, sig: int) -> None:
         with contextlib.suppress(RuntimeFailure, ProcessLookupError):

@@ -109,3 +109,22 @@ async def test_an_unchanged_guest_records_no_live_definition(tmp_path: Path) -> 
         sup = await restart()
         assert sup.get_domain("g").hostname == "same"
         await sup.destroy_domain("g")
+
+
+async def test_destroying_a_preserved_guest_brings_in_the_stored_definition(
+    tmp_path: Path,
+) -> None:
+    """A guest redefined while running, then crashed and preserved (on_crash=preserve), then
+    destroyed: its next start uses the stored definition (found by the real-runtime stress run,
+    where a live cpu_shares outlived the guest this way)."""
+    async with _supervisors(tmp_path) as (sup, _restart):
+        await sup.define_domain(_domain(on_crash="preserve", hostname="old"))
+        await sup.start_domain("g")
+        await sup.define_domain(_domain(on_crash="preserve", hostname="new"))
+        runtime = sup.runtime
+        assert isinstance(runtime, FakeRuntime)
+        runtime.guest_ends("g", "crash")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (sup.domain_status("g").state, sup.get_domain("g").hostname) == ("CRASHED", "old")
+        await sup.destroy_domain("g")
+        assert (sup.domain_status("g").state, sup.get_domain("g").hostname) == ("SHUTOFF", "new")
