@@ -147,6 +147,7 @@ class LinuxRuntime:
 
     async def wait_pid_exit(self, pid: int) -> None:
         await procs.wait_pid_exit(pid)
+        procs.reap_if_child(pid)
 
     def pid_is_guest_init(self, pid: int, pidns_inode: int) -> bool:
         return procs.pid_is_guest_init(pid, pidns_inode)

@@ -408,6 +408,27 @@ async def test_signal_guest_init_only_while_it_is_that_init(
 
 
 @pytest.mark.root
+async def test_a_zombie_init_is_no_guest_init(
+    busybox_root: str, plain_cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An init that ended but is not reaped yet is no live guest (re-adoption must not take it),
+    and reap_if_child reaps it when it is ours (the embryo path makes init our child)."""
+    monkeypatch.setenv("VSV_SPAWN", "embryo")
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), plain_cgroup)
+    assert g.init_pid is not None
+    assert g.namespaces is not None
+    pid, pidns = g.init_pid, g.namespaces.pid
+    os.kill(pid, signal.SIGKILL)
+    with trio.fail_after(5):
+        while "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]:
+            await trio.sleep(0.005)
+    assert not procs.pid_is_guest_init(pid, pidns)
+    procs.reap_if_child(pid)
+    assert not Path(f"/proc/{pid}").exists()
+    procs.reap_if_child(pid)  # no longer a child: nothing happens
+
+
+@pytest.mark.root
 async def test_wrapper_is_our_child(busybox_root: str, cgroup: GuestCgroup, mode: str) -> None:
     """On every path the wrapper is the supervisor's own child, so we get its exit status; an
     embryo's init is that child itself (no process between us and the guest)."""
