@@ -6,9 +6,11 @@ A hypothesis :class:`~hypothesis.stateful.RuleBasedStateMachine` (:class:`Superv
 picks random operations: define / undefine / start / shutdown / destroy / reboot / suspend /
 resume, guest-initiated reboot / poweroff / crash / exit, starts that fail in the runtime, time
 passing (shutdown deadlines, restart backoff), event consumers that connect, fall behind and
-disconnect, and (fake runtime) the supervisor replaced by a new one on the same state and run
-dirs, as an upgrade does: it must re-adopt every running and paused guest, report a preserved
-one whose init is gone, and keep numbering events where the old one stopped. Each operation goes to a real :class:`~supervisor.daemon.Supervisor` *and* to
+disconnect, and the supervisor replaced by a new one on the same state and run dirs, as an
+upgrade does: it must re-adopt every running and paused guest with the definition and CPU
+shares it runs with, report a preserved one whose init is gone, start again the network that
+ran (plugging the adopted guests' NICs into it) and keep numbering events where the old one
+stopped. Each operation goes to a real :class:`~supervisor.daemon.Supervisor` *and* to
 :class:`Model`, a small independent re-statement of the lifecycle contract (docs/lifecycle.md:
 the libvirt state each guest must be in and the exact events each operation must produce). It
 does not use :mod:`supervisor.lifecycle`, so a wrong row in the table is caught, not copied.
@@ -136,6 +138,8 @@ KNOWN_ISSUES: frozenset[str] = frozenset()
 
 ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve")
 ACTIVE = frozenset({"running", "paused", "stopping", "rebooting", "preserved"})
+#: the entries of a network's event history that say whether it runs (see EventLog)
+RUN_MARKS = ("STARTED", "STOPPED", "RESTART")
 #: phases with no timer pending and no operation half done: a supervisor restart keeps them
 SETTLED = frozenset({"shutoff", "running", "paused", "preserved"})
 WITH_PROCESS = frozenset({"running", "paused", "stopping"})
@@ -162,9 +166,8 @@ OPERATION_WEIGHTS = {
     # the supervisor replaced by a new one that re-adopts the running guests
     "restart": 1,
 }
-#: operations only the fake runtime can do (failure injection, a clock the harness moves, a
-#: supervisor restart: the real runtime's re-adoption is tested by tests/test_daemon_process.py)
-FAKE_ONLY = frozenset({"start_fails", "advance_clock", "restart"})
+#: operations only the fake runtime can do (failure injection, a clock the harness moves)
+FAKE_ONLY = frozenset({"start_fails", "advance_clock"})
 #: operations only the real runtime does (the fake one has no network or scheduler subsystem)
 REAL_ONLY = frozenset({"net_start", "net_destroy", "schedinfo"})
 #: the one network the real runtime defines, and the ``cpu_shares`` values schedinfo sets
@@ -525,10 +528,17 @@ class Model:
         Running and paused guests are re-adopted as RUNNING/PAUSED with reason UNKNOWN and no
         event; their restart budgets start again. A preserved guest (init gone, resources kept)
         is cleaned up and reported ``STOPPED FAILED reason=ended-while-supervisor-down``. A
-        stopped guest's reason is not kept across the restart.
+        stopped guest's reason is not kept across the restart. A running guest keeps its live
+        ``cpu_shares``, and a NIC that dangled since a net-destroy stays unplugged.
         """
         if any(g.phase not in SETTLED for g in self.guests.values()):
             raise Illegal("invalid")
+        if self.net_defined:
+            # a network that ran is torn down and started again (new bridge, same addresses),
+            # and the adopted guests' NICs are plugged into it
+            self.net_events.append("RESTART")
+            if self.net_running:
+                self.net_events.append("STARTED")
         for g in self.guests.values():
             g.restarts = 0
             if g.phase in ("running", "paused"):
@@ -613,10 +623,21 @@ class EventLog:
         self._grammar(e)
         self.by_name.setdefault(e.name, []).append(text_of(e))
 
+    def supervisor_restarted(self) -> None:
+        """A new supervisor took over: it tears down and starts again the networks that ran
+        (without a STOPPED), so each defined network's history gets a RESTART mark."""
+        for seen in self.networks.values():
+            if seen and seen[-1] != "UNDEFINED":
+                seen.append("RESTART")
+
     def _network_grammar(self, e: Event) -> None:
-        """DEFINED first; STARTED and STOPPED alternate; UNDEFINED only while stopped."""
+        """DEFINED first; STARTED and STOPPED alternate (a RESTART mark counts as a STOPPED);
+        UNDEFINED only while stopped."""
         seen = self.networks.get(e.name or "", [])
-        last_run = next((t for t in reversed(seen) if t in ("STARTED", "STOPPED")), "STOPPED")
+        last_run = next(
+            ("STOPPED" if t == "RESTART" else t for t in reversed(seen) if t in RUN_MARKS),
+            "STOPPED",
+        )
         defined = bool(seen) and seen[-1] != "UNDEFINED"
         ok = {
             "DEFINED": True,
@@ -900,11 +921,14 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 raise
 
         def _new_supervisor(self, first_seq: int) -> Supervisor:
+            # a successor gets the same runtime: the fake kernel, or the real runtime's pools
+            # of fork servers and embryos (which hold nothing of any guest)
+            runtime = self.fake_rt if fake else getattr(self, "sup", None) and self.sup.runtime
             return Supervisor(
                 state_dir=self.dir / "state",
                 run_dir=self.dir / "run",
                 prefix=self.prefix,
-                runtime=self.fake_rt,
+                runtime=runtime,
                 host_netns=self.host_netns,
                 networking=not fake,
                 restart_policy=self.model.policy,
@@ -935,6 +959,9 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 consumer.drain(self.log)
                 consumer.sub.unsubscribe()
             self.consumers.clear()
+            if self.sup.net is not None:
+                self.sup.net.detach()  # networks stay up, as for `vsv daemon --keep-guests`
+            self.log.supervisor_restarted()
             assert self.run_scope is not None
             assert self.run_done is not None
             assert self.main_sub is not None

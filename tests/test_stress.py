@@ -53,9 +53,9 @@ async def test_spawn_puts_three_processes_in_the_cgroup() -> None:
     assert not rt.pid_is_guest_init(proc.init_pid, ns + 1)
     # an adopted guest is signalled through the runtime, never with a real kill of a fake pid
     assert not rt.signal_guest_init(proc.init_pid, ns + 1, signal.SIGKILL)
-    assert proc.alive
+    assert [p.alive for p in rt.guests.values()] == [True]
     assert rt.signal_guest_init(proc.init_pid, ns, signal.SIGKILL)
-    assert not proc.alive
+    assert [p.alive for p in rt.guests.values()] == []
     assert not rt.signal_guest_init(proc.init_pid, ns, signal.SIGKILL)
 
 
@@ -355,6 +355,28 @@ def test_tunable_events_compare_with_their_parameters() -> None:
         data=(("cputune.vcpu_quota", "-1"), ("cputune.shares", "512")),
     )
     assert "TUNABLE cputune.shares=512 cputune.vcpu_quota=-1" == stress.text_of(event)
+
+
+def test_network_events_across_a_supervisor_restart() -> None:
+    """The harness's log accepts a network started again by a successor (after a RESTART mark),
+    and still refuses a second STARTED without one."""
+
+    def net(seq: int, type_: str) -> Event:
+        return Event(seq=seq, time=0.0, kind="network", name="n0", type=type_)
+
+    log = stress.EventLog()
+    log.add(net(1, "DEFINED"))
+    log.add(net(2, "STARTED"))
+    log.supervisor_restarted()
+    log.add(net(3, "STARTED"))
+    assert log.networks["n0"] == ["DEFINED", "STARTED", "RESTART", "STARTED"]
+    with pytest.raises(AssertionError, match="network event"):
+        log.add(net(4, "STARTED"))
+    m = _model()
+    m.define_network()
+    m.start_network()
+    m.restart_supervisor()
+    assert m.net_events == ["DEFINED", "STARTED", "RESTART", "STARTED"]
 
 
 # ------------------------------------------------------------------------ the harness
