@@ -357,6 +357,27 @@ def test_tunable_events_compare_with_their_parameters() -> None:
     assert "TUNABLE cputune.shares=512 cputune.vcpu_quota=-1" == stress.text_of(event)
 
 
+def test_model_redefinition_of_an_active_guest_waits_for_its_next_fresh_boot() -> None:
+    """Model: a definition stored while the guest runs changes nothing until it stops (its own
+    policies still decide); a reboot keeps the running one; a stop or a scheduled restart brings
+    the stored one in."""
+    m = _model()
+    m.define("g", Definition(on_reboot="restart", on_poweroff="restart"))
+    m.start("g")
+    m.define("g", Definition(on_reboot="destroy", on_poweroff="destroy"))
+    m.guest_ends("g", "reboot")  # the running definition's on_reboot=restart
+    m.advance(math.inf)
+    assert (m.guests["g"].phase, m.guests["g"].definition.on_reboot) == ("running", "restart")
+    m.guest_ends("g", "poweroff")  # on_poweroff=restart: a fresh boot, with the stored one
+    m.advance(math.inf)
+    assert (m.guests["g"].phase, m.guests["g"].definition.on_reboot) == ("running", "destroy")
+    assert m.guests["g"].pending is None
+    m.define("g", Definition(traps=False))
+    m.destroy("g")
+    assert (m.guests["g"].definition.traps, m.guests["g"].pending) == (False, None)
+    assert m.events["g"].count("DEFINED UPDATED") == 2
+
+
 def test_network_events_across_a_supervisor_restart() -> None:
     """The harness's log accepts a network started again by a successor (after a RESTART mark),
     and still refuses a second STARTED without one."""
