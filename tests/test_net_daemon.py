@@ -436,3 +436,37 @@ async def test_vserver_ip_isolation_through_the_supervisor(
         assert prefix not in tables
     finally:
         nsutil.delete_netns(peer)
+
+
+async def test_the_gateway_keeps_its_mac_while_guests_come_and_go(
+    sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """A network gets a bridge MAC of its own at definition (kept by a redefinition), so the
+    guests' gateway address does not follow the lowest MAC of the bridge's ports."""
+    defined = await sup.define_network(lan(prefix, 69))
+    assert defined.mac is not None
+    assert (await sup.define_network(lan(prefix, 69))).mac == defined.mac
+    assert f'<mac address="{defined.mac}"/>' in format_network(sup.get_network("lan"))
+    await sup.start_network("lan")
+
+    def bridge_mac() -> str:
+        out = subprocess.run(
+            ["ip", "-n", sandbox, "-j", "link", "show", f"{prefix}b0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return str(json.loads(out)[0]["address"])
+
+    assert bridge_mac() == defined.mac
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    names = [f"m{i}" for i in range(4)]
+    for name in names:
+        await sup.define_domain(
+            nic_guest(name, root, "trap 'exit 0' TERM; while :; do sleep 1; done")
+        )
+        await sup.start_domain(name)
+        assert bridge_mac() == defined.mac
+    for name in names:
+        await sup.destroy_domain(name)
+        assert bridge_mac() == defined.mac

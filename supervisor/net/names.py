@@ -87,6 +87,20 @@ def guest_mac(guest_key: str, index: int, attempt: int = 0) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
+def bridge_mac(network_key: str) -> str:
+    """A locally administered unicast MAC for a network's bridge, stable for its key (uuid).
+
+    Without an address of its own a Linux bridge takes the lowest MAC of its ports, so the
+    guests' gateway address would change whenever a guest with a lower one joins or leaves, and
+    their ARP caches would point at an address no one answers for until they expire.
+    """
+    raw = bytearray(_digest("bridge-mac", network_key)[:6])
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    if raw[0] == 0xFE:
+        raw[0] = 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 def check_mac(mac: str) -> str:
     """Normalise a MAC (lower case) and refuse multicast ones and the 0xFE first byte."""
     norm = mac.lower()

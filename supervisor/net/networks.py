@@ -181,7 +181,8 @@ async def run_network(
             lambda ipr: netlink.create_bridge(
                 ipr,
                 bridge,
-                mac=network.mac,
+                # a definition stored before addresses were filled in gets its stable one here
+                mac=network.mac or names.bridge_mac(network.uuid or network.name),
                 mtu=network.mtu,
                 # STP only when asked for: with STP the kernel holds new ports in listening and
                 # learning for at least 2 x 2 s, so a guest would start without a network

@@ -326,6 +326,15 @@ class NetworkSubsystem:
             network = attrs.evolve(
                 network, bridge=attrs.evolve(network.bridge, name=bridge_for(self.prefix, network))
             )
+        if network.mac is None:
+            # as libvirt does: the bridge gets an address of its own, kept across redefinitions
+            previous = self.service.table.definitions.get(network.name)
+            network = attrs.evolve(
+                network,
+                mac=previous.mac
+                if previous and previous.mac
+                else names.bridge_mac(network.uuid or network.name),
+            )
         names.check_ifname(network.bridge.name or "")
         # check first (pure), store, then publish
         scratch = NetworkTable(self.prefix, dict(self.service.table.definitions))
