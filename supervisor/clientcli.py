@@ -507,6 +507,9 @@ def _exec_options(args: argparse.Namespace) -> list[str]:
     rest = list(args.command)
     while rest and rest[0] != "--" and rest[0].startswith("-"):
         name, eq, value = rest.pop(0).partition("=")
+        if name == "--no-tty" and not eq:
+            args.no_tty = True
+            continue
         if name not in _EXEC_OPTIONS:
             raise ValueError(f"exec: unknown option {name!r} (put the command after '--')")
         if not eq:
@@ -564,8 +567,9 @@ def _exec(args: argparse.Namespace, c: Client) -> int:
         user=args.user,
         group=args.group,
     )
+    tty = not args.no_tty and os.isatty(0) and os.isatty(1)
     try:
-        return attach.run_in_guest(target, command)
+        return attach.run_in_guest(target, command, tty=tty)
     finally:
         target.close()
 
@@ -701,6 +705,11 @@ def register_client_verbs(subparsers: Any) -> None:
     p.add_argument("--user", default=None, help="user name or uid in the guest (default: root)")
     p.add_argument("--group", default=None, help="group name or gid (default: the user's)")
     p.add_argument("--cwd", default="/", metavar="DIR", help="working directory (default: /)")
+    p.add_argument(
+        "--no-tty",
+        action="store_true",
+        help="no pseudo-terminal even when stdin and stdout are one (default: one then)",
+    )
     p.add_argument(
         "--env", action="append", metavar="NAME=VALUE", help="set a variable (init's env is kept)"
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +327,49 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     js(e, "undefine", "x1")
     assert e.stop() == 0
     assert find_leftovers(detect_layout(), prefix) == []
+
+
+def test_exec_on_a_terminal_gives_the_command_a_terminal_of_its_own(env: Env, prefix: str) -> None:
+    """From a terminal, `vsv exec` gives the command a new pty (window size copied, the caller's
+    terminal mode restored afterwards): a guest process never holds the admin's terminal."""
+    e = env
+    (e.base / "t.xml").write_text(
+        f"""<domain type='vserver'><name>t1</name>
+        <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+        <initarg>trap 'exit 0' TERM; while :; do sleep 0.1; done</initarg></os>
+        <devices><filesystem type='mount'><source dir='{e.root}'/><target dir='/'/></filesystem>
+        </devices></domain>"""
+    )
+    js(e, "define", str(e.base / "t.xml"))
+    js(e, "start", "t1")
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        mode = termios.tcgetattr(slave)
+        script = "stty size; cut -d' ' -f7 /proc/self/stat; exit 4"
+        argv = [sys.executable, "-m", "supervisor", "--socket", e.sock, "exec", "t1"]
+        proc = subprocess.Popen(
+            [*argv, "--", "sh", "-c", script],
+            cwd=REPO,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+        out = b""
+        deadline = time.monotonic() + 20
+        while proc.poll() is None or select.select([master], [], [], 0)[0]:
+            assert time.monotonic() < deadline, out
+            if select.select([master], [], [], 0.1)[0]:
+                out += os.read(master, 4096)
+        assert proc.returncode == 4, out
+        lines = out.decode().split()
+        assert lines[:2] == ["33", "101"], out
+        tty_nr = int(lines[2])
+        assert tty_nr not in (0, os.fstat(slave).st_rdev)  # a terminal, not the caller's
+        assert termios.tcgetattr(slave) == mode
+    finally:
+        os.close(master)
+        os.close(slave)
+    js(e, "destroy", "t1")
+    js(e, "undefine", "t1")

@@ -18,9 +18,12 @@ How a command enters a guest whose init is ``pid``:
    grandchild sets user and group, changes directory and execs the command, and the child
    passes its exit status on.
 
-The caller's terminal stays the command's stdin/stdout/stderr, so ``vsv exec web1`` gives an
-interactive shell. While the command runs, the two outer processes ignore SIGINT and SIGQUIT
-(as ``system(3)`` does): a Ctrl-C reaches the command, whose status is then reported.
+Standard input, output and error are the caller's. When the caller's stdin and stdout are a
+terminal, the command gets a new pseudo-terminal instead, as its controlling terminal, and the
+calling process relays between the two: a guest process never holds the admin's own terminal,
+through which it could otherwise push keystrokes into the admin's shell (TIOCSTI) once the
+command is over. While the command runs, the two outer processes ignore SIGINT and SIGQUIT (as
+``system(3)`` does): a Ctrl-C reaches the command, whose status is then reported.
 
 Exit status: the command's (128+N when a signal N ended it), else 125 when the guest could not
 be entered, 126 when the command could not be run, 127 when it was not found (the convention of
@@ -29,13 +32,18 @@ be entered, 126 when the command could not be run, 127 when it was not found (th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import re
+import select
 import signal
 import sys
+import termios
+import tty
 from collections.abc import Mapping
 
 import attrs
@@ -183,17 +191,87 @@ class Command:
     group: str | None = None
 
 
-def run_in_guest(target: Target, command: Command) -> int:
-    """Run ``command`` inside ``target`` and wait for it: its exit status (see the docstring)."""
+def run_in_guest(target: Target, command: Command, *, tty: bool = False) -> int:
+    """Run ``command`` inside ``target`` and wait for it: its exit status (see the docstring).
+
+    ``tty``: the command gets a new pseudo-terminal (its controlling terminal), relayed to this
+    process's stdin and stdout, which must be a terminal (put in raw mode meanwhile).
+    """
     if not command.argv:
         raise ValueError("no command to run")
     with _ignoring_terminal_signals():
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(target, command)  # never returns
-        return _status(os.waitpid(pid, 0)[1])
+        master, slave = os.openpty() if tty else (-1, -1)
+        try:
+            if tty:
+                _copy_window_size(0, slave)
+            pid = os.fork()
+            if pid == 0:
+                if tty:
+                    os.close(master)
+                _child(target, command, slave)  # never returns
+            if tty:
+                os.close(slave)
+                slave = -1
+                _relay(master, pid)
+            return _status(os.waitpid(pid, 0)[1])
+        finally:
+            for fd in (master, slave):
+                if fd >= 0:
+                    os.close(fd)
+
+
+def _copy_window_size(src: int, dst: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8))
+
+
+def _relay(master: int, child: int) -> None:
+    """Copy the caller's terminal to the command's and back until the command has ended.
+
+    The caller's terminal is raw meanwhile (the command's own terminal does the line editing
+    and turns Ctrl-C into SIGINT), and its window size follows SIGWINCH. The relay ends when
+    the command's terminal is closed by every process, or when the command has ended (then what
+    it wrote is drained first): a daemon it left holding the terminal does not keep it going.
+    """
+    saved = termios.tcgetattr(0)
+    previous = signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(0, master))
+    done = os.pidfd_open(child)
+    try:
+        tty.setraw(0)
+        sources = [0, master, done]
+        while True:
+            ready, _, _ = select.select(sources, [], [])
+            if master in ready and not _pump(master, 1):
+                return
+            if 0 in ready and not _pump(0, master):
+                sources.remove(0)  # end of the caller's input: the command keeps running
+            if done in ready:
+                os.set_blocking(master, False)
+                with contextlib.suppress(BlockingIOError):
+                    while _pump(master, 1):
+                        pass
+                return
+    finally:
+        os.close(done)
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+
+
+def _pump(src: int, dst: int) -> bool:
+    """Copy what one read of ``src`` gives to ``dst``; False at its end (EOF, or EIO: a pty
+    whose other side every process has closed)."""
+    try:
+        data = os.read(src, 65536)
+    except OSError as e:
+        if e.errno == errno.EIO:
+            return False
+        raise
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view) :]
+    return bool(data)
 
 
 class _ignoring_terminal_signals:
@@ -216,7 +294,7 @@ def _status(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
-def _child(target: Target, command: Command) -> None:
+def _child(target: Target, command: Command, terminal: int) -> None:
     """Join the guest, fork the command, pass its status on. Never returns."""
     try:
         try:
@@ -225,7 +303,11 @@ def _child(target: Target, command: Command) -> None:
             _fail(EXIT_CANNOT_ENTER, f"cannot enter the guest: {e.strerror or e}")
         pid = os.fork()
         if pid == 0:
+            if terminal >= 0:
+                _take_terminal(terminal)
             _grandchild(command)
+        if terminal >= 0:
+            os.close(terminal)  # the command's end of it must be the last one open
         os._exit(_status(os.waitpid(pid, 0)[1]))
     except BaseException:
         os._exit(EXIT_CANNOT_ENTER)  # nothing may return into the caller's code from a fork
@@ -243,6 +325,16 @@ def _join(target: Target) -> None:
         raise OSError(err, f"setns into the guest's namespaces: {os.strerror(err)}")
     os.fchdir(target.root_fd)
     os.chroot(".")
+
+
+def _take_terminal(terminal: int) -> None:
+    """Make ``terminal`` the command's stdio and controlling terminal, in a session of its own."""
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.dup2(terminal, fd)
+    if terminal > 2:
+        os.close(terminal)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _grandchild(command: Command) -> None:
