@@ -28,7 +28,17 @@ from typing import Any
 
 import attrs
 import trio
-from bench_daemon import LEAKCHECK, Probe, Timer, gap, guest, run_all, summary
+from bench_daemon import (
+    LEAKCHECK,
+    Probe,
+    Timer,
+    gap,
+    guest,
+    remove_run_dirs,
+    run_all,
+    summary,
+    tmpfs_run_dir,
+)
 
 from supervisor import nsutil
 from supervisor.daemon import Supervisor
@@ -96,14 +106,16 @@ async def burst(sup: Supervisor, root: str, n: int) -> dict[str, Any]:
 
 async def measure(workdir: str, runs: int, do_profile: bool, burst_n: int) -> dict[str, Any]:
     root = prepare_busybox_root(os.path.join(workdir, "rootfs"))
+    # on a tmpfs like the daemon's default /run/vsv on systemd hosts (see bench_daemon)
+    run_dir, where = tmpfs_run_dir()
     sup = Supervisor(
         state_dir=Path(workdir) / "state",
-        run_dir=Path(workdir) / "run",
+        run_dir=run_dir,
         prefix=PREFIX,
         host_netns=str(nsutil.netns_path(SANDBOX)),
         shutdown_timeout=5.0,
     )
-    out: dict[str, Any] = {"runs": runs, "loadavg_before": os.getloadavg()}
+    out: dict[str, Any] = {"runs": runs, "loadavg_before": os.getloadavg(), "run_dir": where}
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         try:
@@ -156,6 +168,7 @@ def cleanup(workdir: str) -> list[str]:
     for name in nsutil.list_netns(PREFIX):
         nsutil.delete_netns(name)
     shutil.rmtree(workdir, ignore_errors=True)
+    remove_run_dirs()
     return problems
 
 
@@ -164,7 +177,8 @@ def table(r: dict[str, Any]) -> str:
         return f"{s['median_ms']:.2f} ({s['min_ms']:.2f}-{s['max_ms']:.2f})"
 
     lines = [
-        f"load average before {r['loadavg_before']}, after {r['loadavg_after']}",
+        f"load average before {r['loadavg_before']}, after {r['loadavg_after']}; "
+        f"supervisor run dir on {r['run_dir']}",
         "",
         "| regime | one NIC | no NIC | NIC cost (median difference) |",
         "|---|---|---|---|",
