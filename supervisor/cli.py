@@ -62,8 +62,15 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         socket=socket_path,
         ro_socket=ro_socket,
         socket_group=args.socket_group,
+        log_max_bytes=args.log_max_mib << 20,
     )
     return trio.run(run_daemon, opts)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return int(text)
 
 
 def _cmd_rootfs(args: argparse.Namespace) -> int:
@@ -150,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--socket-group", metavar="GROUP", help="group allowed on the read-write socket")
     p.add_argument("--no-api", action="store_true", help="serve no API sockets")
+    p.add_argument(
+        "--log-max-mib",
+        type=_non_negative_int,
+        default=8,
+        metavar="N",
+        help="cut a guest's log back when it grows beyond N MiB (0: never; default %(default)s)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_daemon)

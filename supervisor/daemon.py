@@ -68,12 +68,16 @@ from supervisor.runtime import (
 )
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
-from supervisor.store import ConfigStore, RunStore
+from supervisor.store import ConfigStore, RunStore, atomic_write
 from supervisor.xml import format_domain, parse_domain
 
 log = logging.getLogger("vsv.daemon")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+#: a guest's log (its stdout and stderr, in the run dir) is cut back beyond this size
+DEFAULT_LOG_MAX_BYTES = 8 << 20
+#: how often the running guests' log sizes are checked
+LOG_CHECK_INTERVAL = 2.0
 
 
 @attrs.define(eq=False)
@@ -170,6 +174,9 @@ class Supervisor:
     net: NetworkSubsystem | None = None
     #: CPU limits and the idle-time tuner (real runtime only)
     sched: SchedSubsystem | None = None
+    #: the size at which a guest's log is cut back (0: never); see :meth:`_cap_logs`
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_check_interval: float = LOG_CHECK_INTERVAL
     _bus: Bus[GuestContext] = attrs.Factory(Bus)
     slots: dict[str, GuestSlot] = attrs.Factory(dict)
     #: names of the guests re-adopted from a previous supervisor at start-up
@@ -225,6 +232,8 @@ class Supervisor:
                     await top.start(self.sched.run)
                 if self.net is not None:
                     await top.start(self.net.run)
+                if self.log_max_bytes > 0:
+                    top.start_soon(self._cap_logs)
                 async with trio.open_nursery() as guests:
                     guests.start_soon(self._spawner, receive)
                     self._spawn = send
@@ -594,6 +603,29 @@ class Supervisor:
         if Action.KILL in step.actions:
             await self._kill(slot)
         return True
+
+    async def _cap_logs(self) -> None:
+        """Keep every running guest's log under ``log_max_bytes``.
+
+        The guests write their logs themselves (the file is their stdout and stderr), so a
+        chatty guest could fill the run dir, which is memory on a tmpfs. Like logrotate's
+        copytruncate: the newest half goes to ``NAME.log.1`` and the log is emptied; the guest's
+        descriptor appends, so its next line lands at the new start. Lines written between the
+        copy and the truncation are lost, which is the price of not relaying every byte.
+        """
+        while True:
+            await trio.sleep(self.log_check_interval)
+            for slot in list(self.slots.values()):
+                if not slot.task_running:
+                    continue
+                path = self.run_dir / "logs" / f"{slot.domain.name}.log"
+                try:
+                    if path.stat().st_size <= self.log_max_bytes:
+                        continue
+                    await trio.to_thread.run_sync(cut_back_log, path, self.log_max_bytes // 2)
+                except OSError as exc:
+                    if not isinstance(exc, FileNotFoundError):
+                        log.warning("guest %s: log %s: %s", slot.domain.name, path, exc)
 
     def _log_path(self, name: str) -> Path:
         logs = self.run_dir / "logs"
@@ -1049,6 +1081,7 @@ class DaemonOptions:
     socket: str | None = None
     ro_socket: str | None = None
     socket_group: str | None = None
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
@@ -1103,6 +1136,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         shutdown_signal=opts.shutdown_signal,
         host_netns=host_netns,
         bus=bus,
+        log_max_bytes=opts.log_max_bytes,
     )
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -1180,3 +1214,18 @@ async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Netwo
                     await sup.start_network(network.name)
                 except VsvError as exc:
                     print(f"start network {network.name}: {exc}", file=sys.stderr)
+
+
+def cut_back_log(path: Path, keep: int) -> None:
+    """Move the newest ``keep`` bytes of ``path`` (from a line start) to ``path.1``; empty it."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(size - keep - 1, 0)  # one byte more: is the cut at a line start?
+        f.seek(start)
+        tail = f.read(size - start)
+    if start > 0:
+        cut = tail.find(b"\n")
+        tail = tail[cut + 1 :] if cut >= 0 else tail[1:]
+    rotated = path.with_name(path.name + ".1")
+    atomic_write(rotated, tail, mode=0o640, durable=False)
+    os.truncate(path, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -430,3 +431,38 @@ async def test_redefine_running_applies_at_next_start(
         while not (h.exists() and h.read_text().strip()):
             await trio.sleep(0.01)
     assert h.read_text().strip() == "new-name"
+
+
+async def test_a_chatty_guests_log_is_cut_back(
+    tmp_path: Path, prefix: str, nursery: trio.Nursery, root: Path
+) -> None:
+    """A guest writing without end does not fill the run dir: past the cap, its log's newest
+    half (whole lines) moves to NAME.log.1, the log starts again empty and keeps being written."""
+    s = Supervisor(
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        prefix=prefix,
+        log_max_bytes=16 << 10,
+        log_check_interval=0.05,
+    )
+    await nursery.start(s.run)
+    script = (
+        "while :; do for i in 1 2 3 4 5 6 7 8 9 10; do "
+        'echo "<$i:................................................>"; done; sleep 0.01; done'
+    )
+    await s.define_domain(guest("chatty", root, script))
+    try:
+        await s.start_domain("chatty")
+        log = tmp_path / "run" / "logs" / "chatty.log"
+        rotated = log.with_name("chatty.log.1")
+        with trio.fail_after(20):
+            while not rotated.exists():
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)
+        assert 0 < log.stat().st_size <= (16 + 8) << 10
+        kept = rotated.read_text().splitlines()
+        assert 0 < len(rotated.read_bytes()) <= 8 << 10
+        assert all(re.fullmatch(r"<\d+:\.{48}>", line) for line in kept), kept[:3]
+        assert all(re.fullmatch(r"<\d+:\.{48}>", line) for line in log.read_text().splitlines())
+    finally:
+        await s.destroy_domain("chatty")
