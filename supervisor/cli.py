@@ -67,12 +67,6 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     return trio.run(run_daemon, opts)
 
 
-def _non_negative_int(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
-    return int(text)
-
-
 def _cmd_rootfs(args: argparse.Namespace) -> int:
     from supervisor.errors import VsvError
     from supervisor.guest.rootfs import prepare_busybox_root
@@ -90,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsv", description="Supervise Linux guest contexts defined in libvirt-style XML."
     )
-    from supervisor.clientcli import add_global_options, register_client_verbs
+    from supervisor.clientcli import add_global_options, register_client_verbs, whole_number
 
     add_global_options(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -159,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-api", action="store_true", help="serve no API sockets")
     p.add_argument(
         "--log-max-mib",
-        type=_non_negative_int,
+        type=whole_number,
         default=8,
         metavar="N",
         help="cut a guest's log back when it grows beyond N MiB (0: never; default %(default)s)",

@@ -482,6 +482,7 @@ def _event(args: argparse.Namespace, c: Client) -> int:
 _READ_VERBS = frozenset(
     {
         "list",
+        "log",
         "dumpxml",
         "dominfo",
         "domstate",
@@ -493,6 +494,62 @@ _READ_VERBS = frozenset(
         "info",
     }
 )
+
+
+def _log(args: argparse.Namespace, c: Client) -> int:
+    """Print a guest's log (its stdout and stderr), the last ``--lines``; ``--follow`` waits
+    for more, also across a restart of the guest and the daemon's cutting back of the log."""
+    info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    path = info.get("log")
+    if not isinstance(path, str):
+        sys.stderr.write(f"vsv: error: domain {args.domain!r} has no log\n")
+        return EXIT_REFUSED
+    out = getattr(_out(), "buffer", None) or sys.stdout.buffer
+    try:
+        data = _read_log(path)
+    except PermissionError as exc:
+        sys.stderr.write(f"vsv: {path}: {exc.strerror} (the log is the daemon's, root's)\n")
+        return EXIT_NOT_PERMITTED
+    position = len(data)
+    if args.lines is not None:
+        data = b"".join(data.splitlines(keepends=True)[-args.lines :]) if args.lines else b""
+    out.write(data)
+    out.flush()
+    if not args.follow:
+        return EXIT_OK
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            continue
+        if size < position:
+            position = 0  # cut back (or made anew): everything in it is new
+        if size == position:
+            continue
+        with open(path, "rb") as f:
+            f.seek(position)
+            chunk = f.read(size - position)
+        position += len(chunk)
+        out.write(chunk)
+        out.flush()
+    return EXIT_OK
+
+
+def whole_number(text: str) -> int:
+    """argparse type: a whole number of 0 or more, in ASCII digits."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return int(text)
+
+
+def _read_log(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""  # nothing written yet
 
 
 _EXEC_OPTIONS = ("--user", "--group", "--cwd", "--env")
@@ -695,6 +752,13 @@ def register_client_verbs(subparsers: Any) -> None:
     for name, fn, text in net_verbs:
         verb(name, fn, text).add_argument("network", metavar="NETWORK")
 
+    p = verb("log", _log, "print a domain's log (its stdout and stderr)", json_flag=False)
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument(
+        "-n", "--lines", type=whole_number, default=None, metavar="N", help="only the last N"
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is added")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="follow for S seconds")
     p = verb(
         "exec",
         _exec,

@@ -618,11 +618,12 @@ class Supervisor:
             for slot in list(self.slots.values()):
                 if not slot.task_running:
                     continue
-                path = self.run_dir / "logs" / f"{slot.domain.name}.log"
+                path = self.domain_log_path(slot.domain.name)
                 try:
-                    if path.stat().st_size <= self.log_max_bytes:
+                    if path is None or os.stat(path).st_size <= self.log_max_bytes:
                         continue
-                    await trio.to_thread.run_sync(cut_back_log, path, self.log_max_bytes // 2)
+                    keep = self.log_max_bytes // 2
+                    await trio.to_thread.run_sync(cut_back_log, Path(path), keep)
                 except OSError as exc:
                     if not isinstance(exc, FileNotFoundError):
                         log.warning("guest %s: log %s: %s", slot.domain.name, path, exc)
@@ -904,6 +905,10 @@ class Supervisor:
                     await self.destroy_domain(slot.domain.name)
 
     # ------------------------------------------------------------------------ not yet served
+
+    def domain_log_path(self, name: str) -> str | None:
+        self._slot(name)
+        return str(self.run_dir / "logs" / f"{name}.log")
 
     def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
         """What each NIC really got (MAC, guest name, address) while the guest runs; the

@@ -88,6 +88,10 @@ class SupervisorFacade(Protocol):
         ``addresses`` (``address``, ``prefix``, ``family``, ``origin``)."""
         ...
 
+    def domain_log_path(self, name: str) -> str | None:
+        """Where the guest's stdout and stderr go (a host path), None if nowhere."""
+        ...
+
     # scheduler
     def schedinfo(self, name: str) -> Mapping[str, object]: ...
     async def set_schedinfo(

@@ -373,3 +373,41 @@ def test_exec_on_a_terminal_gives_the_command_a_terminal_of_its_own(env: Env, pr
         os.close(slave)
     js(e, "destroy", "t1")
     js(e, "undefine", "t1")
+
+
+def test_log_prints_and_follows_a_guests_output(env: Env) -> None:
+    """`vsv log`: the guest's stdout and stderr, the last N lines, and --follow for what comes."""
+    e = env
+    (e.base / "l.xml").write_text(
+        f"""<domain type='vserver'><name>l1</name>
+        <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+        <initarg>echo first; echo to-stderr >&amp;2; echo third; trap 'exit 0' TERM;
+        while [ ! -e /tmp/go ]; do sleep 0.05; done; echo after-go; while :; do sleep 1; done
+        </initarg></os>
+        <devices><filesystem type='mount'><source dir='{e.root}'/><target dir='/'/></filesystem>
+        </devices></domain>"""
+    )
+    js(e, "define", str(e.base / "l.xml"))
+    assert js(e, "dominfo", "l1")["log"].endswith("/logs/l1.log")
+    js(e, "start", "l1")
+    deadline = time.monotonic() + 10
+    while vsv(e, "log", "l1")[1] != "first\nto-stderr\nthird\n":
+        assert time.monotonic() < deadline, vsv(e, "log", "l1")
+        time.sleep(0.05)
+    assert vsv(e, "log", "l1", "-n", "2")[1] == "to-stderr\nthird\n"
+    assert vsv(e, "log", "l1", "--lines=0")[1] == ""
+    cmd = [sys.executable, "-m", "supervisor", "--socket", e.sock, "log", "l1"]
+    follow = subprocess.Popen(
+        [*cmd, "-n", "1", "-f", "--timeout", "3"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    (e.root / "tmp" / "go").touch()
+    out, _ = follow.communicate(timeout=20)
+    assert (follow.returncode, out) == (0, "third\nafter-go\n")
+    code, _, err = vsv(e, "log", "nobody-here", check=False)
+    assert (code, "not defined" in err) == (1, True)
+    js(e, "destroy", "l1")
+    js(e, "undefine", "l1")

@@ -509,6 +509,7 @@ class ApiApp:
             "on_crash": domain.on_crash,
             "interfaces": len(domain.interfaces),
             "persistent": True,
+            "log": self.facade.domain_log_path(name),
         }
         return _ok(info)
 

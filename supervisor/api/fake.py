@@ -306,6 +306,10 @@ class FakeSupervisor:
         self._net(name)
         return list(self.leases.get(name, ()))
 
+    def domain_log_path(self, name: str) -> str | None:
+        self.get_domain(name)
+        return None  # the fake runs no guest processes, so nothing is logged
+
     def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
         """Static ``<ip>`` addresses plus the fake's leases matched by MAC or domain name."""
         domain = self.get_domain(name)

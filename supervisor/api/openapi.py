@@ -104,6 +104,11 @@ SCHEMAS: dict[str, Any] = {
                     "on_crash": {"type": "string"},
                     "interfaces": {"type": "integer"},
                     "persistent": {"type": "boolean"},
+                    "log": {
+                        "type": ["string", "null"],
+                        "description": "host path of the guest's stdout and stderr "
+                        "(cut back beyond the daemon's --log-max-mib into the same path + .1)",
+                    },
                 },
             },
         ]
