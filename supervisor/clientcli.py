@@ -213,6 +213,7 @@ def _dominfo(args: argparse.Namespace, c: Client) -> int:
             ("Persistent", "yes" if info.get("persistent") else "no"),
             ("Autostart", "enable" if info["autostart"] else "disable"),
             ("Restarts", info.get("restarts", 0)),
+            ("Log", info.get("log")),
         ]
     )
     return EXIT_OK
@@ -511,6 +512,8 @@ def _log(args: argparse.Namespace, c: Client) -> int:
         sys.stderr.write(f"vsv: {path}: {exc.strerror} (the log is the daemon's, root's)\n")
         return EXIT_NOT_PERMITTED
     position = len(data)
+    if args.lines is None and args.follow:
+        args.lines = 10  # as tail -f and journalctl -f: some context, then what comes
     if args.lines is not None:
         data = b"".join(data.splitlines(keepends=True)[-args.lines :]) if args.lines else b""
     out.write(data)
@@ -757,7 +760,9 @@ def register_client_verbs(subparsers: Any) -> None:
     p.add_argument(
         "-n", "--lines", type=whole_number, default=None, metavar="N", help="only the last N"
     )
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is added")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing what is added (from the last 10)"
+    )
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="follow for S seconds")
     p = verb(
         "exec",
