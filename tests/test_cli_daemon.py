@@ -274,6 +274,9 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     assert sorted(lines[9:]) == sorted(init_cgroups)
     assert any(line.endswith(f"/{prefix}-x1") for line in init_cgroups)
 
+    # nothing of the caller's but stdio reaches the guest (its API connection, say)
+    fds = _run(e, "exec", "x1", "--", "sh", "-c", "ls /proc/$$/fd").stdout.split()
+    assert sorted(fds) == ["0", "1", "2"]
     # statuses: the command's, 128+signal, 127 not found, 126 cannot run
     assert _run(e, "exec", "x1", "--", "sh", "-c", "exit 7").returncode == 7
     assert _run(e, "exec", "x1", "--", "sh", "-c", "kill -TERM $$").returncode == 128 + 15

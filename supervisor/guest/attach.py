@@ -297,12 +297,15 @@ def _status(wait_status: int) -> int:
 def _child(target: Target, command: Command, terminal: int) -> None:
     """Join the guest, fork the command, pass its status on. Never returns."""
     try:
+        _close_all_but(target.pidfd, target.root_fd, terminal)
         try:
             _join(target)
         except OSError as e:
             _fail(EXIT_CANNOT_ENTER, f"cannot enter the guest: {e.strerror or e}")
         pid = os.fork()
         if pid == 0:
+            os.close(target.pidfd)
+            os.close(target.root_fd)
             if terminal >= 0:
                 _take_terminal(terminal)
             _grandchild(command)
@@ -311,6 +314,17 @@ def _child(target: Target, command: Command, terminal: int) -> None:
         os._exit(_status(os.waitpid(pid, 0)[1]))
     except BaseException:
         os._exit(EXIT_CANNOT_ENTER)  # nothing may return into the caller's code from a fork
+
+
+def _close_all_but(*keep: int) -> None:
+    """Close every descriptor above stdio but ``keep``: nothing of the caller's (its API
+    connection to the supervisor, say) must reach a process inside the guest, where the
+    guest's root could take it from the process before it execs."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _join(target: Target) -> None:
