@@ -274,8 +274,24 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     assert sorted(lines[9:]) == sorted(init_cgroups)
     assert any(line.endswith(f"/{prefix}-x1") for line in init_cgroups)
 
-    # nothing of the caller's but stdio reaches the guest (its API connection, say)
-    fds = _run(e, "exec", "x1", "--", "sh", "-c", "ls /proc/$$/fd").stdout.split()
+    # nothing of the caller's but stdio reaches the guest (a descriptor its shell left open, say;
+    # `; true` keeps sh from exec'ing ls in its place, so ls lists the shell's descriptors)
+    r, w = os.pipe()
+    try:
+        vsv_exec = [sys.executable, "-m", "supervisor", "--socket", e.sock, "exec", "x1"]
+        listed = subprocess.run(
+            [*vsv_exec, "--", "sh", "-c", "ls /proc/$$/fd; true"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            pass_fds=(w,),
+        )
+    finally:
+        os.close(r)
+        os.close(w)
+    fds = listed.stdout.split()
     assert sorted(fds) == ["0", "1", "2"]
     # statuses: the command's, 128+signal, 127 not found, 126 cannot run
     assert _run(e, "exec", "x1", "--", "sh", "-c", "exit 7").returncode == 7
