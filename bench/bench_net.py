@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import secrets
@@ -105,7 +106,9 @@ async def main(n: int) -> None:
         for gap in (0.0, 0.1):
             regime = "idle gap" if gap else "back to back"
             # ---- network start: supervisor (without dnsmasq: ips-less DHCP is separate) ------
-            starts, starts_dns, floors = [], [], []
+            starts: list[float] = []
+            starts_dns: list[float] = []
+            floors: list[float] = []
             for i in range(n):
                 await trio.sleep(gap)
                 for with_dns, bucket in ((False, starts), (True, starts_dns)):
@@ -192,7 +195,7 @@ async def main(n: int) -> None:
                     await host.worker.call(floor_host)  # the host socket is kept open, as in plumb
                     await trio.to_thread.run_sync(in_thread, gpath, floor_guest)
                     floors.append(time.perf_counter() - t0)
-                    await host.worker.call(lambda ipr, hif=hif: ipr.link("del", ifname=hif))
+                    await host.worker.call(functools.partial(_del_link, name=hif))
                     sh("ip", "netns", "del", f"{prefix}g{i}")
                 await net_handle.stop()
             results += [
@@ -213,3 +216,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30)
     trio.run(main, parser.parse_args().n)
+
+
+def _del_link(ipr: Any, *, name: str) -> None:
+    ipr.link("del", ifname=name)

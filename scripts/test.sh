@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check supervisor tests bench
-.venv/bin/mypy supervisor
+.venv/bin/mypy supervisor tests bench
 .venv/bin/python -m pytest "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import string
+from typing import Literal
 
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from supervisor.model import (
     IdMapEntry,
     Interface,
     IpAddress,
+    LifecycleAction,
     MemTune,
     Network,
     NetworkIp,
@@ -124,7 +126,7 @@ def _ip_address_values() -> st.SearchStrategy[IpAddress]:
 def routes() -> st.SearchStrategy[Route]:
     @st.composite
     def build(draw: st.DrawFn) -> Route:
-        version = draw(st.sampled_from((4, 6)))
+        version: Literal[4, 6] = draw(st.sampled_from((4, 6)))
         addr = draw(st.ip_addresses(v=version))
         gateway = draw(st.ip_addresses(v=version))
         return Route(
@@ -246,10 +248,14 @@ def foreign_metadata() -> st.SearchStrategy[str]:
     )
 
 
+_DOMAIN_TYPES: tuple[DomainType, ...] = ("vserver", "lxc")
+_ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve", "rename-restart")
+
+
 @st.composite
 def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
     """Valid domains of ``dialect`` (either when None)."""
-    dtype: DomainType = dialect or draw(st.sampled_from(("vserver", "lxc")))
+    dtype: DomainType = dialect if dialect is not None else draw(st.sampled_from(_DOMAIN_TYPES))
     memory = draw(st.none() | st.integers(1, 2**40))
     current = None
     if memory is not None:
@@ -308,7 +314,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
             )
         )
     )
-    actions = st.sampled_from(("destroy", "restart", "preserve", "rename-restart"))
+    actions = st.sampled_from(_ACTIONS)
     return Domain(
         name=draw(names()),
         type=dtype,

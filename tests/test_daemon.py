@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -58,7 +59,7 @@ async def sup(tmp_path: Path, prefix: str, nursery: trio.Nursery) -> AsyncIterat
         assert leftovers == []
 
 
-def guest(name: str, root: Path, script: str = LOOP, **changes: object) -> Domain:
+def guest(name: str, root: Path, script: str = LOOP, **changes: Any) -> Domain:
     """A vserver-dialect guest on the busybox root whose init is ``sh -c script``."""
     d = Domain(
         name=name,
@@ -76,6 +77,11 @@ class Recorder:
     def __init__(self, sub: Subscription) -> None:
         self.sub = sub
         self.events: list[Event] = []
+
+    def drained(self) -> list[Event]:
+        """Every event so far (what arrived since the last look included)."""
+        self._drain()
+        return self.events
 
     def _drain(self) -> None:
         while True:
@@ -228,7 +234,7 @@ async def test_in_guest_poweroff_stops(sup: Supervisor, rec: Recorder, root: Pat
     assert sup.domain_status("g5").state == "SHUTOFF"
 
 
-def _segfaulting(name: str, marker: Path | None = None, **changes: object) -> Domain:
+def _segfaulting(name: str, marker: Path | None = None, **changes: Any) -> Domain:
     """A guest on the host root (read-only) whose init is a Python that segfaults.
 
     The kernel drops signals sent to a namespace's init that has no handler, so a crash by
@@ -275,8 +281,7 @@ async def test_crash_loop_hits_restart_budget(sup: Supervisor, rec: Recorder) ->
     await sup.start_domain("g7")
     with trio.fail_after(20):
         while not any(
-            e.name == "g7" and e.get("reason") == "restart-budget-exhausted"
-            for e in (rec._drain(), rec.events)[1]
+            e.name == "g7" and e.get("reason") == "restart-budget-exhausted" for e in rec.drained()
         ):
             await trio.sleep(0.02)
     expected = ["DEFINED ADDED", "STARTED BOOTED"]

@@ -6,6 +6,7 @@ plain named namespaces (``<prefix>g<N>``); everything is removed in the fixtures
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -107,21 +108,10 @@ async def test_nat_network_two_guests_dhcp_ping_dns(host: HostNet, prefix: str) 
                 nics[n] = await plumb(host, dom, path, nets, book)
             addr = {n: nics[n][0].addresses[0].split("/")[0] for n in (1, 2)}
             for n in (1, 2):
+                udhcpc = ("/bin/busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-s")
                 out = await trio.to_thread.run_sync(
-                    lambda n=n: in_guest(
-                        prefix,
-                        n,
-                        "/bin/busybox",
-                        "udhcpc",
-                        "-i",
-                        "eth0",
-                        "-n",
-                        "-q",
-                        "-f",
-                        "-s",
-                        "/bin/true",
-                        "-x",
-                        f"hostname:{prefix}d{n}",
+                    functools.partial(
+                        in_guest, prefix, n, *udhcpc, "/bin/true", "-x", f"hostname:{prefix}d{n}"
                     )
                 )
                 assert 0 == out.returncode, out.stderr
@@ -309,7 +299,7 @@ async def test_failed_plumbing_leaves_nothing(host: HostNet, prefix: str) -> Non
             with pytest.raises(ConflictError, match=f"{taken}.*already exists"):
                 await plumb(host, dom, guest_ns(prefix, 1), {"fl": net}, book)
             assert () == book.state.entries
-            assert {} == net.dnsmasq.live_hosts  # type: ignore[union-attr]
+            assert {} == net.dnsmasq.live_hosts
             links = sh("ip", "-n", f"{prefix}h", "-o", "link").stdout
             assert [taken] == [
                 w.rstrip(":").split("@")[0]

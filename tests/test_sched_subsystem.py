@@ -126,9 +126,15 @@ async def running(sub: SchedSubsystem) -> AsyncIterator[SchedSubsystem]:
             nursery.cancel_scope.cancel()
 
 
+def real_cgroup(ctx: GuestContext) -> GuestCgroup:
+    """The guest's cgroup: a real one in these tests (the context's type admits fakes)."""
+    assert isinstance(ctx.cgroup, GuestCgroup)
+    return ctx.cgroup
+
+
 def cpu_files(ctx: GuestContext) -> tuple[str, str, str]:
     """(cfs_period_us, cfs_quota_us, shares) as the kernel reports them."""
-    paths = cpu_paths(ctx.cgroup)
+    paths = cpu_paths(real_cgroup(ctx))
     assert paths is not None
     return tuple(  # type: ignore[return-value]
         (paths.cpu / f).read_text().strip()
@@ -206,7 +212,7 @@ async def test_set_schedinfo_live_writes_and_publishes_one_tunable(
             async with bus.subscribe("t", kinds=["domain"]) as events:
                 new, info = await sub.set_schedinfo(
                     domain,
-                    ctx.cgroup,
+                    real_cgroup(ctx),
                     {"vcpu_period": "20000", "fill_rate": "2"},
                     live=True,
                     config=False,
@@ -254,7 +260,7 @@ async def test_bad_parameter_changes_nothing(
                 with pytest.raises(InvalidParameter) as bad:
                     await sub.set_schedinfo(
                         domain,
-                        ctx.cgroup,
+                        real_cgroup(ctx),
                         {"cpu_shares": "4096", "interval": "0"},
                         live=True,
                         config=True,
@@ -288,7 +294,7 @@ async def test_config_only_set_leaves_the_running_guest_alone(
             await bus.run_prepare(ctx)
             async with bus.subscribe("t", kinds=["domain"]) as events:
                 new, info = await sub.set_schedinfo(
-                    domain, ctx.cgroup, {"cpu_shares": "300"}, live=False, config=True
+                    domain, real_cgroup(ctx), {"cpu_shares": "300"}, live=False, config=True
                 )
                 published = drain(events)
             files = cpu_files(ctx)
@@ -315,7 +321,7 @@ async def test_schedinfo_live_view_has_losses_and_accounting(
     with trio.fail_after(10):
         async with running(sub):
             await bus.run_prepare(ctx)
-            info = sub.schedinfo(domain, ctx.cgroup)
+            info = sub.schedinfo(domain, real_cgroup(ctx))
             recorded = [x["parameter"] for x in ctx.records["sched"]["losses"]]
             await bus.run_release(ctx)
     losses = info["losses"]
@@ -465,10 +471,10 @@ async def test_tuner_lends_to_a_really_throttled_guest(
         async with running(sub):
             async with bus.subscribe("t", kinds=["domain"]) as events:
                 await bus.run_prepare(ctx)
-                paths["real"] = cpu_paths(ctx.cgroup)  # type: ignore[assignment]
+                paths["real"] = cpu_paths(real_cgroup(ctx))  # type: ignore[assignment]
                 proc = subprocess.Popen(BUSY)  # noqa: ASYNC220 (a child we kill in the fixture)
                 busy_procs.append(proc)
-                ctx.cgroup.attach(proc.pid)
+                real_cgroup(ctx).attach(proc.pid)
                 with trio.move_on_after(5):
                     async for item in events:
                         if isinstance(item, Event) and item.type == "TUNABLE":
@@ -507,7 +513,7 @@ async def test_live_set_resets_the_loan(
                 await events.receive()
             lent = cpu_files(ctx)[1]
             _, info = await sub.set_schedinfo(
-                domain, ctx.cgroup, {"cpu_shares": "300"}, live=True, config=False
+                domain, real_cgroup(ctx), {"cpu_shares": "300"}, live=True, config=False
             )
             files = cpu_files(ctx)
             await bus.run_release(ctx)

@@ -22,7 +22,7 @@ import json
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Generator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -152,7 +152,7 @@ class Client:
         follow: bool = True,
         reconnect_delay: float = 0.2,
         give_up_after: float | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Every event after ``since`` (default: from now), resuming across disconnects.
 
         Heartbeats are consumed here (they only advance the position). A connection silent for
@@ -248,7 +248,7 @@ class TrioClient:
         follow: bool = True,
         reconnect_delay: float = 0.2,
         give_up_after: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Like :meth:`Client.events`; use ``async with aclosing(...)`` when stopping early."""
         position = since
         failing_since: float | None = None
