@@ -267,6 +267,11 @@ class Supervisor:
         if slot.pending is None:
             return
         domain, slot.pending = slot.pending, None
+        Supervisor._run_with(slot, domain)
+
+    @staticmethod
+    def _run_with(slot: GuestSlot, domain: Domain) -> None:
+        """Make ``domain`` the guest's definition, its end-of-life policies included."""
         slot.domain = domain
         slot.life.on_poweroff = domain.on_poweroff
         slot.life.on_reboot = domain.on_reboot
@@ -618,20 +623,28 @@ class Supervisor:
             for slot in list(self.slots.values()):
                 if not slot.task_running:
                     continue
-                path = self.domain_log_path(slot.domain.name)
+                path = self._log_file(slot.domain.name)
                 try:
-                    if path is None or os.stat(path).st_size <= self.log_max_bytes:
+                    if os.stat(path).st_size <= self.log_max_bytes:
                         continue
                     keep = self.log_max_bytes // 2
-                    await trio.to_thread.run_sync(cut_back_log, Path(path), keep)
+                    await trio.to_thread.run_sync(cut_back_log, path, keep)
                 except OSError as exc:
                     if not isinstance(exc, FileNotFoundError):
                         log.warning("guest %s: log %s: %s", slot.domain.name, path, exc)
 
     def _log_path(self, name: str) -> Path:
-        logs = self.run_dir / "logs"
-        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return logs / f"{name}.log"
+        """The guest's log file, its directory made if missing."""
+        path = self._log_file(name)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    def _log_file(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+    def domain_log_path(self, name: str) -> str | None:
+        self._slot(name)
+        return str(self._log_file(name))
 
     async def _wait_end(self, slot: GuestSlot) -> GuestExit | None:
         """Wait for init to end; a shutdown deadline that passes escalates to a kill."""
@@ -789,10 +802,8 @@ class Supervisor:
             return
         if live.name != slot.domain.name:
             return
-        slot.pending, slot.domain = slot.domain, live
-        slot.life.on_poweroff = live.on_poweroff
-        slot.life.on_reboot = live.on_reboot
-        slot.life.on_crash = live.on_crash
+        slot.pending = slot.domain
+        Supervisor._run_with(slot, live)
 
     async def _adopt_leftovers(self) -> None:
         """Re-adopt guests a previous supervisor left running; clean up after dead ones."""
@@ -905,10 +916,6 @@ class Supervisor:
                     await self.destroy_domain(slot.domain.name)
 
     # ------------------------------------------------------------------------ not yet served
-
-    def domain_log_path(self, name: str) -> str | None:
-        self._slot(name)
-        return str(self.run_dir / "logs" / f"{name}.log")
 
     def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
         """What each NIC really got (MAC, guest name, address) while the guest runs; the
