@@ -870,6 +870,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
     from supervisor import gc, nsutil
     from supervisor.daemon import Supervisor
     from supervisor.fakeruntime import FakeRuntime
+    from supervisor.runtime import Runtime
     from supervisor.guest.cgroups import GuestCgroup, detect_layout, find_leftovers
     from supervisor.guest.procs import nspid
     from supervisor.net import nftables
@@ -932,7 +933,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             if self.sandbox is not None:
                 host_netns = str(nsutil.create_netns(self.sandbox))
             self.host_netns = host_netns
-            self.sup = self._new_supervisor(first_seq=1)
+            self.sup = self._new_supervisor(1, self.fake_rt)
             self.main_sub: Subscription | None = None
             self.run_scope: trio.CancelScope | None = None
             self.run_done: trio.Event | None = None
@@ -947,10 +948,7 @@ def _make_machine(ctx: RunContext) -> type[Any]:
                 self._remove_sandbox()
                 raise
 
-        def _new_supervisor(self, first_seq: int) -> Supervisor:
-            # a successor gets the same runtime: the fake kernel, or the real runtime's pools
-            # of fork servers and embryos (which hold nothing of any guest)
-            runtime = self.fake_rt if fake else getattr(self, "sup", None) and self.sup.runtime
+        def _new_supervisor(self, first_seq: int, runtime: Runtime | None) -> Supervisor:
             return Supervisor(
                 state_dir=self.dir / "state",
                 run_dir=self.dir / "run",
@@ -995,7 +993,9 @@ def _make_machine(ctx: RunContext) -> type[Any]:
             self.run_scope.cancel()
             await self.run_done.wait()
             self.main_sub.unsubscribe()
-            self.sup = self._new_supervisor(first_seq=self.sup.bus.last_seq + 1)
+            # the successor gets the same runtime: the fake kernel, or the real runtime's pools
+            # of fork servers and embryos (which hold nothing of any guest)
+            self.sup = self._new_supervisor(self.sup.bus.last_seq + 1, self.sup.runtime)
             await self._start()
 
         # -- running one operation ---------------------------------------------------------
