@@ -870,13 +870,13 @@ def _make_machine(ctx: RunContext) -> type[Any]:
     from supervisor import gc, nsutil
     from supervisor.daemon import Supervisor
     from supervisor.fakeruntime import FakeRuntime
-    from supervisor.runtime import Runtime
     from supervisor.guest.cgroups import GuestCgroup, detect_layout, find_leftovers
     from supervisor.guest.procs import nspid
     from supervisor.net import nftables
     from supervisor.net.dnsmasq import DnsmasqFiles
     from supervisor.net.names import nft_table
     from supervisor.net.subsystem import dnsmasq_pids
+    from supervisor.runtime import Runtime
 
     names = tuple(f"g{i}" for i in range(ctx.guests))
     fake = ctx.runtime == "fake"
