@@ -9,9 +9,9 @@ reboot / poweroff / crash / exit, starts that fail in the runtime, time passing 
 deadlines, restart backoff), event consumers that connect, fall behind and disconnect, and the
 supervisor replaced by a new one on the same state and run dirs, as an
 upgrade does: it must re-adopt every running and paused guest with the definition and CPU
-shares it runs with, report a preserved one whose init is gone, start again the network that
-ran (plugging the adopted guests' NICs into it) and keep numbering events where the old one
-stopped. Each operation goes to a real :class:`~supervisor.daemon.Supervisor` *and* to
+shares it runs with, report a preserved one whose init is gone, take over the network that
+ran (same bridge, the adopted guests' NICs still on it) and keep numbering events where the old
+one stopped. Each operation goes to a real :class:`~supervisor.daemon.Supervisor` *and* to
 :class:`Model`, a small independent re-statement of the lifecycle contract (docs/lifecycle.md:
 the libvirt state each guest must be in and the exact events each operation must produce). It
 does not use :mod:`supervisor.lifecycle`, so a wrong row in the table is caught, not copied.
@@ -556,7 +556,7 @@ class Model:
         if any(g.phase not in SETTLED for g in self.guests.values()):
             raise Illegal("invalid")
         if self.net_defined:
-            # a network that ran is torn down and started again (new bridge, same addresses),
+            # a network that ran is taken over in place (same bridge, new dnsmasq) and STARTED,
             # and the adopted guests' NICs are plugged into it
             self.net_events.append("RESTART")
             if self.net_running:

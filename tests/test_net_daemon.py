@@ -106,6 +106,13 @@ async def sup(
         assert nsutil.list_netns(prefix) == [sandbox]
 
 
+def _link_index(ns: str, name: str) -> int:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-j", "link", "show", name], capture_output=True, text=True, check=True
+    ).stdout
+    return int(json.loads(out)[0]["ifindex"])
+
+
 def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ip", "netns", "exec", ns, "/bin/busybox", *cmd],
@@ -285,6 +292,7 @@ def test_keep_guests_upgrade_restart(prefix: str) -> None:
         rows = first.vsv("domifaddr", "g1", "--json")
         assert isinstance(rows, list)
         g1_ip = rows[0]["addresses"][0]["address"]
+        bridge_before = _link_index(f"{prefix}-sbx", f"{prefix}b0")
         assert first.close(signal.SIGTERM) == 0
         # between supervisors: the guest still runs and still answers through the bridge
         assert in_ns(f"{prefix}-sbx", "ping", "-c1", "-W2", g1_ip).returncode == 0
@@ -295,6 +303,8 @@ def test_keep_guests_upgrade_restart(prefix: str) -> None:
         assert isinstance(again, list)
         assert again[0]["addresses"][0]["address"] == g1_ip
         assert in_ns(f"{prefix}-sbx", "ping", "-c1", "-W2", g1_ip).returncode == 0
+        # taken over in place: the same bridge (the guests' ports never left it)
+        assert _link_index(f"{prefix}-sbx", f"{prefix}b0") == bridge_before
         assert second.close() == 0
     finally:
         for d in daemons:

@@ -15,6 +15,7 @@ does: other networks or the administrator may rely on them.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -154,14 +155,37 @@ def bridge_for(prefix: str, network: Network) -> str:
     return network.bridge.name or names.bridge_name(prefix, network.name)
 
 
+async def _create_bridge(w: NetnsWorker, network: Network, bridge: str) -> None:
+    await w.call(
+        lambda ipr: netlink.create_bridge(
+            ipr,
+            bridge,
+            # a definition stored before addresses were filled in gets its stable one here
+            mac=network.mac or names.bridge_mac(network.uuid or network.name),
+            mtu=network.mtu,
+            # STP only when asked for: with STP the kernel holds new ports in listening and
+            # learning for at least 2 x 2 s, so a guest would start without a network
+            stp=bool(network.bridge.stp),
+            delay=network.bridge.delay if network.bridge.delay is not None else 0,
+        )
+    )
+
+
 async def run_network(
     host: HostNet,
     network: Network,
     *,
     use_host_resolvers: bool = False,
+    adopt: bool = False,
     task_status: trio.TaskStatus[RunningNetwork] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Start ``network`` in the host namespace, run it until cancelled, then stop it."""
+    """Start ``network`` in the host namespace, run it until cancelled, then stop it.
+
+    ``adopt``: the network ran under a previous supervisor that left it up for an upgrade
+    (``--keep-guests``). Its bridge, with the guests' ports, is taken over as it is: the rules
+    are loaded again (an atomic replacement of the table) and only what is missing is added, so
+    forwarding goes on without a gap. Only dnsmasq is new (its leases are in its lease file).
+    """
     if network.forward is not None and network.forward.mode == "bridge":
         raise InvalidOperation(
             f"network {network.name}: forward mode 'bridge' (an existing host bridge) is not "
@@ -172,24 +196,16 @@ async def run_network(
     undo = UndoStack()
     running: RunningNetwork | None = None
     try:
-        used = await w.call(netlink.used_subnets)
-        check_collisions(network, used)
-        if await w.call(lambda ipr: netlink.link_index(ipr, bridge)) is not None:
+        exists = await w.call(lambda ipr: netlink.link_index(ipr, bridge)) is not None
+        adopting = adopt and exists
+        if not adopting:
+            used = await w.call(netlink.used_subnets)
+            check_collisions(network, used)
+        if exists and not adopting:
             raise ConflictError(f"network {network.name}: an interface {bridge} already exists")
 
-        await w.call(
-            lambda ipr: netlink.create_bridge(
-                ipr,
-                bridge,
-                # a definition stored before addresses were filled in gets its stable one here
-                mac=network.mac or names.bridge_mac(network.uuid or network.name),
-                mtu=network.mtu,
-                # STP only when asked for: with STP the kernel holds new ports in listening and
-                # learning for at least 2 x 2 s, so a guest would start without a network
-                stp=bool(network.bridge.stp),
-                delay=network.bridge.delay if network.bridge.delay is not None else 0,
-            )
-        )
+        if not adopting:
+            await _create_bridge(w, network, bridge)
         undo.push(f"bridge {bridge}", lambda: w.call(lambda ipr: netlink.delete_link(ipr, bridge)))
 
         table = names.nft_table(host.prefix, network.name)
@@ -198,14 +214,18 @@ async def run_network(
             await nftables.apply(host.netns, table, ruleset)
             undo.push(f"nft table {table}", lambda: nftables.delete(host.netns, table))
 
+        # adopted: the addresses and routes are there already (ConflictError), unless lost
+        keep = contextlib.suppress(ConflictError) if adopting else contextlib.nullcontext()
         for ip in network.ips:
-            await w.call(
-                partial(netlink.add_address, name=bridge, address=ip.address, prefix=ip.prefix)
-            )
+            with keep:
+                await w.call(
+                    partial(netlink.add_address, name=bridge, address=ip.address, prefix=ip.prefix)
+                )
         await w.call(lambda ipr: netlink.set_up(ipr, bridge))
         for route in network.routes:
             dst = f"{route.address}/{route.prefix}"
-            await w.call(partial(netlink.add_route, dst=dst, gateway=route.gateway))
+            with keep:
+                await w.call(partial(netlink.add_route, dst=dst, gateway=route.gateway))
         if forwards(network):
             families = {ip.family for ip in network.ips}
             if "ipv4" in families:

@@ -115,12 +115,19 @@ class NetworkService:
             raise InvalidOperation(f"network {name} is running; stop it first")
         self.emit(name, self.table.undefine(name))
 
-    async def start(self, name: str, nursery: trio.Nursery) -> RunningNetwork:
-        """Start a defined network as a task in ``nursery``; emits STARTED once it is up."""
+    async def start(
+        self, name: str, nursery: trio.Nursery, *, adopt: bool = False
+    ) -> RunningNetwork:
+        """Start a defined network as a task in ``nursery``; emits STARTED once it is up.
+
+        ``adopt``: take over what a previous supervisor left up (see :func:`run_network`).
+        """
         if name in self.running:
             raise InvalidOperation(f"network {name} is already running")
         net = self.table.get(name)
-        handle: RunningNetwork = await nursery.start(_run_and_forget, self, net)
+        handle: RunningNetwork = await nursery.start(
+            partial(_run_and_forget, self, net, adopt=adopt)
+        )
         self.emit(name, "STARTED")
         return handle
 
@@ -189,6 +196,7 @@ async def _run_and_forget(
     service: NetworkService,
     network: Network,
     *,
+    adopt: bool = False,
     task_status: trio.TaskStatus[RunningNetwork] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """run_network, with the handle registered in the service exactly while it runs."""
@@ -203,6 +211,7 @@ async def _run_and_forget(
                     service.host,
                     network,
                     use_host_resolvers=service.use_host_resolvers,
+                    adopt=adopt,
                 )
             )
             service.running[network.name] = handle

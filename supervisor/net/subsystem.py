@@ -56,7 +56,7 @@ class NetworkSubsystem:
     config: ConfigStore
     runs: RunStore
     service: NetworkService
-    _start: trio.MemorySendChannel[tuple[str, trio.Event, list[BaseException]]] | None = None
+    _start: trio.MemorySendChannel[tuple[str, bool, trio.Event, list[BaseException]]] | None = None
     #: allocation owner key -> domain name, for leases and domifaddr
     _owners: dict[str, str] = attrs.Factory(dict)
     #: the NICs of every guest that holds them (prepared or adopted, not yet released)
@@ -101,11 +101,11 @@ class NetworkSubsystem:
             log.warning("ignoring stored network: %s", problem)
         for net in nets:
             self.service.table.define(net)
-        # networks a killed predecessor ran: torn down, then started again below, so guests it
-        # left running can be re-attached (adopt) with their addresses
+        # networks a predecessor ran: a defined one is taken over in place below (its bridge
+        # and the guests' ports stay; dnsmasq is started anew), the others are torn down
         previously = sorted(self.runs.read_all("networks"))
-        await self._clean_leftovers()
-        send, receive = trio.open_memory_channel[tuple[str, trio.Event, list[BaseException]]](
+        await self._clean_leftovers(keep=set(self.service.table.definitions))
+        send, receive = trio.open_memory_channel[tuple[str, bool, trio.Event, list[BaseException]]](
             math.inf
         )
         self.bus.add_hooks(
@@ -118,7 +118,7 @@ class NetworkSubsystem:
                 for name in previously:
                     if name in self.service.table.definitions:
                         try:
-                            await self.start_network(name)
+                            await self.start_network(name, adopt=True)
                         except VsvError as exc:
                             log.warning("restarting network %s: %s", name, exc)
                 task_status.started()
@@ -129,11 +129,11 @@ class NetworkSubsystem:
 
     async def _starter(
         self,
-        receive: trio.MemoryReceiveChannel[tuple[str, trio.Event, list[BaseException]]],
+        receive: trio.MemoryReceiveChannel[tuple[str, bool, trio.Event, list[BaseException]]],
         nursery: trio.Nursery,
     ) -> None:
         # Network tasks live in run()'s nursery; requests reach it through this channel.
-        async for name, done, errors in receive:
+        async for name, adopt, done, errors in receive:
             try:
                 # recorded before anything is made, so a successor can clean up after a start
                 # that a SIGKILL interrupted
@@ -147,7 +147,7 @@ class NetworkSubsystem:
                         "prefix": self.prefix,
                     },
                 )
-                await self.service.start(name, nursery)
+                await self.service.start(name, nursery, adopt=adopt)
                 self._record(name)
             except Exception as exc:
                 errors.append(exc)
@@ -167,8 +167,9 @@ class NetworkSubsystem:
             record["dnsmasq_pid"] = handle.dnsmasq.statistics().pid
         self.runs.write("networks", name, record)
 
-    async def _clean_leftovers(self) -> None:
-        """Remove the bridges, tables and dnsmasq of networks a killed supervisor left."""
+    async def _clean_leftovers(self, keep: set[str]) -> None:
+        """Stop the dnsmasq of every network a previous supervisor left; remove the bridges
+        and tables too, except those of the networks in ``keep`` (taken over in place)."""
         from supervisor.net import netlink
 
         host = self.service.host
@@ -180,6 +181,8 @@ class NetworkSubsystem:
                 signal_pid(pid, signal.SIGTERM)
                 with trio.move_on_after(2):
                     await wait_pid_exit(pid)
+            if name in keep:
+                continue  # its record stays until the network runs again (or is cleaned up)
             table = record.get("table")
             if isinstance(table, str):
                 with contextlib.suppress(VsvError):
@@ -224,10 +227,10 @@ class NetworkSubsystem:
     async def adopt(self, ctx: GuestContext) -> None:
         """Re-attach a guest a previous supervisor plumbed: its netns, bridge port, address.
 
-        The networks were restarted (new bridge, new dnsmasq) before guests are adopted, so the
-        guest's host-side veth is enslaved to the new bridge and its address goes back into the
-        allocation book and dnsmasq's reservations: the guest keeps its address, and no other
-        guest can be given it.
+        The networks were taken over (same bridge, new dnsmasq) or started anew before guests
+        are adopted, so the guest's host-side veth is enslaved to the bridge (again) and its
+        address goes back into the allocation book and dnsmasq's reservations: the guest keeps
+        its address, and no other guest can be given it.
         """
         record = ctx.records.get("net")
         if not isinstance(record, dict):
@@ -346,7 +349,8 @@ class NetworkSubsystem:
         self.service.undefine(name)
         self.config.remove_network(name)
 
-    async def start_network(self, name: str) -> None:
+    async def start_network(self, name: str, *, adopt: bool = False) -> None:
+        """Start a network (``adopt``: take over what a predecessor left up, in place)."""
         self.service.table.get(name)
         if name in self.service.running:  # before the starter rewrites the run record
             raise InvalidOperation(f"network {name} is already running")
@@ -354,7 +358,7 @@ class NetworkSubsystem:
             raise RuntimeFailure("the network subsystem is not running")
         done = trio.Event()
         errors: list[BaseException] = []
-        self._start.send_nowait((name, done, errors))
+        self._start.send_nowait((name, adopt, done, errors))
         await done.wait()
         if errors:
             raise errors[0]
