@@ -480,3 +480,59 @@ async def test_the_gateway_keeps_its_mac_while_guests_come_and_go(
     for name in names:
         await sup.destroy_domain(name)
         assert bridge_mac() == defined.mac
+
+
+async def test_a_successor_takes_a_network_over_in_place_unless_it_was_redefined(
+    tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """A supervisor started after one that left its network up keeps that very bridge; a
+    network redefined meanwhile is built again from the new definition instead."""
+    host_netns = str(nsutil.netns_path(sandbox))
+
+    def make() -> Supervisor:
+        return Supervisor(
+            state_dir=tmp_path / "state",
+            run_dir=tmp_path / "run",
+            prefix=prefix,
+            host_netns=host_netns,
+        )
+
+    scopes: list[tuple[trio.CancelScope, trio.Event]] = []
+
+    async def successor_of(sup: Supervisor) -> Supervisor:
+        assert sup.net is not None
+        sup.net.detach()  # as `vsv daemon --keep-guests` leaves it
+        scope, ended = scopes[-1]
+        scope.cancel()
+        await ended.wait()
+        return make()
+
+    async with trio.open_nursery() as nursery:
+
+        async def serve(s: Supervisor, *, task_status: trio.TaskStatus[None]) -> None:
+            ended = trio.Event()
+            try:
+                with trio.CancelScope() as scope:
+                    scopes.append((scope, ended))
+                    await s.run(task_status=task_status)
+            finally:
+                ended.set()
+
+        first = make()
+        await nursery.start(serve, first)
+        await first.define_network(lan(prefix, 70))
+        await first.start_network("lan")
+        bridge = _link_index(sandbox, f"{prefix}b0")
+
+        second = await successor_of(first)
+        await nursery.start(serve, second)
+        assert [n.name for n in second.list_networks() if n.active] == ["lan"]
+        assert _link_index(sandbox, f"{prefix}b0") == bridge  # the same bridge
+
+        await second.define_network(lan(prefix, 70, last=140))  # a smaller DHCP range
+        third = await successor_of(second)
+        await nursery.start(serve, third)
+        assert [n.name for n in third.list_networks() if n.active] == ["lan"]
+        assert _link_index(sandbox, f"{prefix}b0") != bridge  # built again
+        await third.destroy_network("lan")
+        nursery.cancel_scope.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import signal
@@ -103,8 +104,16 @@ class NetworkSubsystem:
             self.service.table.define(net)
         # networks a predecessor ran: a defined one is taken over in place below (its bridge
         # and the guests' ports stay; dnsmasq is started anew), the others are torn down
-        previously = sorted(self.runs.read_all("networks"))
-        await self._clean_leftovers(keep=set(self.service.table.definitions))
+        records = self.runs.read_all("networks")
+        previously = sorted(records)
+        # in place only when it ran from the definition stored now (not redefined meanwhile)
+        same = {
+            name
+            for name, record in records.items()
+            if name in self.service.table.definitions
+            and record.get("definition") == definition_digest(self.service.table.get(name))
+        }
+        await self._clean_leftovers(keep=same)
         send, receive = trio.open_memory_channel[tuple[str, bool, trio.Event, list[BaseException]]](
             math.inf
         )
@@ -118,7 +127,7 @@ class NetworkSubsystem:
                 for name in previously:
                     if name in self.service.table.definitions:
                         try:
-                            await self.start_network(name, adopt=True)
+                            await self.start_network(name, adopt=name in same)
                         except VsvError as exc:
                             log.warning("restarting network %s: %s", name, exc)
                 task_status.started()
@@ -145,6 +154,7 @@ class NetworkSubsystem:
                         "bridge": bridge_for(self.prefix, net),
                         "table": names.nft_table(self.prefix, name),
                         "prefix": self.prefix,
+                        "definition": definition_digest(net),
                     },
                 )
                 await self.service.start(name, nursery, adopt=adopt)
@@ -162,6 +172,7 @@ class NetworkSubsystem:
             "bridge": handle.bridge,
             "table": handle.table,
             "prefix": self.prefix,
+            "definition": definition_digest(handle.network),
         }
         if handle.dnsmasq is not None:
             record["dnsmasq_pid"] = handle.dnsmasq.statistics().pid
@@ -473,3 +484,11 @@ def require_network(sub: NetworkSubsystem | None, name: str) -> NetworkSubsystem
     if sub is None:
         raise NotFound(f"network {name!r} is not defined (networking is not enabled)")
     return sub
+
+
+def definition_digest(network: Network) -> str:
+    """A fingerprint of a network's definition, kept in its run record: a successor takes the
+    network over in place only if it still has the definition the network runs from."""
+    from supervisor.xml import format_network
+
+    return hashlib.sha256(format_network(network).encode()).hexdigest()[:32]
