@@ -57,6 +57,7 @@ from supervisor.guest.forkserver import (
     CLONE_NEWUTS,
 )
 from supervisor.guest.ids import resolve_ids
+from supervisor.guest.procstat import is_live_pid1
 
 #: the namespaces a guest gets (spawn.py); joining one the guest shares with the host is a no-op
 JOIN_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
@@ -152,8 +153,10 @@ def open_target(pid: int) -> Target:
 
 def _read_target(pid: int, pidfd: int) -> Target:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        guest_init = is_live_pid1(pid)
+    except RuntimeFailure:
+        raise CannotEnter(f"process {pid}: {os.strerror(errno.ESRCH)}") from None
+    try:
         with open(f"/proc/{pid}/cgroup") as f:
             cgroup_text = f.read()
         with open("/proc/self/mountinfo") as f:
@@ -167,7 +170,7 @@ def _read_target(pid: int, pidfd: int) -> Target:
     except OSError as e:
         os.close(root_fd)
         raise CannotEnter(f"process {pid}: {e.strerror}") from None
-    if len(nspid) < 2 or nspid[-1] != "1":
+    if not guest_init:
         os.close(root_fd)
         raise CannotEnter(f"process {pid} is not the init of a guest's pid namespace")
     return Target(pid, pidfd, procs_files(cgroup_text, mounts), root_fd)

@@ -17,7 +17,13 @@ import trio
 
 from supervisor.errors import RuntimeFailure
 
-NAMESPACES: tuple[str, ...] = ("pid", "mnt", "uts", "ipc", "net", "cgroup")
+# reading a process's namespaces and status needs no trio: they live apart so that the `vsv`
+# command can use them without importing it (re-exported here for the runtime's callers)
+from supervisor.guest.procstat import NAMESPACES as NAMESPACES
+from supervisor.guest.procstat import ns_inode as ns_inode
+from supervisor.guest.procstat import ns_inodes as ns_inodes
+from supervisor.guest.procstat import nspid as nspid
+from supervisor.guest.procstat import pid_is_guest_init as pid_is_guest_init
 
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -93,56 +99,6 @@ def children_of(pid: int) -> list[int]:
             return [int(x) for x in f.read().split()]
     except (FileNotFoundError, ProcessLookupError):
         return []
-
-
-def ns_inode(pid: int, ns: str) -> int:
-    """The inode number identifying the namespace ``ns`` of process ``pid``."""
-    try:
-        return os.stat(f"/proc/{pid}/ns/{ns}").st_ino
-    except OSError as e:
-        raise RuntimeFailure(f"cannot read /proc/{pid}/ns/{ns}: {e.strerror}") from e
-
-
-def ns_inodes(pid: int) -> dict[str, int]:
-    """Inode numbers of all the namespaces of ``pid`` listed in :data:`NAMESPACES`."""
-    return {ns: ns_inode(pid, ns) for ns in NAMESPACES}
-
-
-def _status_fields(pid: int, *names: str) -> dict[str, str]:
-    """Some fields of ``/proc/PID/status`` (name -> the rest of its line)."""
-    out: dict[str, str] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep and key in names:
-                    out[key] = value.strip()
-    except OSError as e:
-        raise RuntimeFailure(f"cannot read /proc/{pid}/status: {e.strerror}") from e
-    return out
-
-
-def nspid(pid: int) -> tuple[int, ...]:
-    """The ``NSpid`` line of ``/proc/PID/status``: the pid in each nested pid namespace."""
-    return tuple(int(x) for x in _status_fields(pid, "NSpid").get("NSpid", "").split())
-
-
-def pid_is_guest_init(pid: int, pidns_inode: int) -> bool:
-    """Whether ``pid`` is still PID 1 of the pid namespace recorded at start, and alive.
-
-    Guards against pid reuse: a recycled pid is not PID 1 of that very namespace. A zombie
-    (an init that ended and that its parent has not reaped yet) still shows the namespace and
-    the NSpid, but is no guest any more.
-    """
-    try:
-        if ns_inode(pid, "pid") != pidns_inode:
-            return False
-        fields = _status_fields(pid, "NSpid", "State")
-    except RuntimeFailure:
-        return False
-    return fields.get("NSpid", "").split()[-1:] == ["1"] and not fields.get("State", "").startswith(
-        ("Z", "X")
-    )
 
 
 def reap_if_child(pid: int) -> None:
