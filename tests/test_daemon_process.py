@@ -136,18 +136,25 @@ def _args(dirs: dict[str, Path], prefix: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _start_ready(
+    tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon], name: str
+) -> Daemon:
+    """A daemon started with one guest, returned once the guest's TERM trap is set."""
+    daemon = Daemon([*_args(dirs, prefix), "--start", _doc(tmp_path, name, dirs["root"])])
+    daemons.append(daemon)
+    daemon.wait_line(f"{name} STARTED BOOTED")
+    deadline = time.monotonic() + 10
+    while not (dirs["root"] / "tmp" / f"ready-{name}").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return daemon
+
+
 def test_foreground_run_and_sigterm(
     tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon]
 ) -> None:
     """--start defines and starts; SIGTERM shuts guests down gracefully and exits 0."""
-    doc = _doc(tmp_path, "p1", dirs["root"])
-    daemon = Daemon([*_args(dirs, prefix), "--start", doc])
-    daemons.append(daemon)
-    daemon.wait_line("p1 STARTED BOOTED")
-    deadline = time.monotonic() + 10
-    while not (dirs["root"] / "tmp" / "ready-p1").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    daemon = _start_ready(tmp_path, dirs, prefix, daemons, "p1")
     assert daemon.stop(signal.SIGTERM) == 0
     assert daemon.wait_line("@supervisor STOPPED")
     events = [line.split(" ", 1)[1] for line in daemon.lines]
@@ -216,14 +223,7 @@ def test_closed_stdout_does_not_stop_the_shutdown(
 ) -> None:
     """`vsv daemon | grep ...` and a Ctrl-C: the reader dies first; the supervisor still stops
     its guests cleanly and exits 0."""
-    doc = _doc(tmp_path, "p2", dirs["root"])
-    daemon = Daemon([*_args(dirs, prefix), "--start", doc])
-    daemons.append(daemon)
-    daemon.wait_line("p2 STARTED BOOTED")
-    deadline = time.monotonic() + 10
-    while not (dirs["root"] / "tmp" / "ready-p2").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    daemon = _start_ready(tmp_path, dirs, prefix, daemons, "p2")
     assert daemon.proc.stdout is not None
     daemon.proc.stdout.close()  # the reader is gone: the next event line hits a broken pipe
     assert daemon.stop(signal.SIGINT) == 0

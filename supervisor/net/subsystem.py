@@ -147,6 +147,7 @@ class NetworkSubsystem:
                 # recorded before anything is made, so a successor can clean up after a start
                 # that a SIGKILL interrupted
                 net = self.service.table.get(name)
+                digest = definition_digest(net)
                 self.runs.write(
                     "networks",
                     name,
@@ -154,17 +155,17 @@ class NetworkSubsystem:
                         "bridge": bridge_for(self.prefix, net),
                         "table": names.nft_table(self.prefix, name),
                         "prefix": self.prefix,
-                        "definition": definition_digest(net),
+                        "definition": digest,
                     },
                 )
                 await self.service.start(name, nursery, adopt=adopt)
-                self._record(name)
+                self._record(name, digest)
             except Exception as exc:
                 errors.append(exc)
             finally:
                 done.set()
 
-    def _record(self, name: str) -> None:
+    def _record(self, name: str, digest: str) -> None:
         handle = self.service.running.get(name)
         if handle is None:
             return
@@ -172,7 +173,7 @@ class NetworkSubsystem:
             "bridge": handle.bridge,
             "table": handle.table,
             "prefix": self.prefix,
-            "definition": definition_digest(handle.network),
+            "definition": digest,
         }
         if handle.dnsmasq is not None:
             record["dnsmasq_pid"] = handle.dnsmasq.statistics().pid
