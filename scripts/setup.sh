@@ -16,6 +16,9 @@ command -v nft >/dev/null || need+=(nftables)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
+# a library, not a binary: supervisor/guest/seccomp.py compiles the guests' filter with it (no
+# `grep -q`: it would stop reading early, and ldconfig's SIGPIPE would fail the pipeline)
+ldconfig -p | grep 'libseccomp\.so\.2 ' >/dev/null || need+=(libseccomp2)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

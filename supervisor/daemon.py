@@ -94,6 +94,10 @@ class GuestContext:
     prepared: bool = False
     #: set by the network subsystem's prepare: the namespace the guest's init must join
     netns_path: str | None = None
+    #: set by the runtime before the hooks: a network namespace the guest's process was born
+    #: in, which the network subsystem names and plumbs instead of making one (a guest in a
+    #: user namespace of its own: its network namespace must belong to that user namespace)
+    netns_source: str | None = None
     #: the cgroup was made by this boot (every file holds the kernel's default), not reused
     fresh_cgroup: bool = False
 
@@ -167,6 +171,8 @@ class Supervisor:
     restart_policy: lc.RestartPolicy = attrs.Factory(lc.RestartPolicy)
     #: the kernel side (None: the real one, made when the supervisor runs)
     runtime: Runtime | None = None
+    #: host paths guests must not see besides the state and run dirs (the API sockets)
+    hidden_paths: tuple[str, ...] = ()
     #: where host-side networking happens: None = our own namespace, else a netns path
     host_netns: str | None = None
     #: False: no network subsystem (guests with <interface> then fail to start)
@@ -204,7 +210,8 @@ class Supervisor:
         and can call the operations once it is started.
         """
         if self.runtime is None:
-            self.runtime = LinuxRuntime()
+            hidden = (str(self.state_dir), str(self.run_dir), *self.hidden_paths)
+            self.runtime = LinuxRuntime(hidden=hidden)
         if isinstance(self.runtime, LinuxRuntime):
             self.sched = SchedSubsystem.open(self._bus, self.runtime.layout)
         self.config.ensure()
@@ -573,7 +580,12 @@ class Supervisor:
                     fresh = cgroup.create()
                     cgroup.apply_limits(domain)
                     slot.ctx = GuestContext(
-                        domain, cgroup, self.prefix, self.run_dir, fresh_cgroup=fresh
+                        domain,
+                        cgroup,
+                        self.prefix,
+                        self.run_dir,
+                        fresh_cgroup=fresh,
+                        netns_source=pending.netns_source,
                     )
                     await self._bus.run_prepare(slot.ctx)
                     slot.ctx.prepared = True

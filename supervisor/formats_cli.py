@@ -27,7 +27,12 @@ def _load(path: str) -> Domain | Network:
 
 
 def validate_paths(paths: list[str], *, out: TextIO, err: TextIO) -> int:
-    """Check every file; 0 if all are valid, else 1 with one ``PATH:LINE: message`` per problem."""
+    """Check every file; 0 if all are valid, else 1 with one ``PATH:LINE: message`` per problem.
+
+    A valid domain that widens the guest's default confinement (more capabilities than its
+    dialect's default) gets one ``PATH: widens WHERE: what`` line per widening: not an error,
+    since the admin asked for it, but nothing that loosens the boundary goes unsaid.
+    """
     status = 0
     for path in paths:
         try:
@@ -39,6 +44,11 @@ def validate_paths(paths: list[str], *, out: TextIO, err: TextIO) -> int:
             continue
         kind = "domain" if isinstance(doc, Domain) else "network"
         print(f"{path}: ok ({kind} {doc.name})", file=out)
+        if isinstance(doc, Domain):
+            from supervisor.guest.confine import widenings
+
+            for where, message in widenings(doc):
+                print(f"{path}: widens {where}: {message}", file=out)
     return status
 
 

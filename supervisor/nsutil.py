@@ -128,6 +128,29 @@ def create_netns_here(name: str, inside: Callable[[], T]) -> tuple[Path, T]:
         os.close(home)
 
 
+def name_netns(name: str, source: str, inside: Callable[[], T]) -> tuple[Path, T]:
+    """Name an existing network namespace (``source``: a ``/proc/PID/ns/net``) ``name``, as
+    :func:`create_netns` would name a new one, and run ``inside()`` in it from this thread.
+
+    For a guest in a user namespace of its own, whose network namespace must belong to that
+    user namespace and so is made by the guest's first process, not by us.
+    """
+    path = _reserve(name)
+    try:
+        _check(
+            _libc.mount(source.encode(), str(path).encode(), None, MS_BIND, None),
+            f"bind mount of network namespace {source} on {path}",
+        )
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return path, run_in_netns(fd, inside)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _discard(path)
+        raise
+
+
 def run_in_netns(fd: int, fn: Callable[[], T]) -> T:
     """Run ``fn()`` with the calling thread in the namespace ``fd``, then bring it back.
 

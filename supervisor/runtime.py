@@ -15,6 +15,7 @@ import attrs
 
 from supervisor.guest import procs, spawn
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
+from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram
 from supervisor.guest.spawn import GuestExit, Namespaces, spawn_init
 from supervisor.model import Domain
 
@@ -49,6 +50,12 @@ class ProcessHandle(Protocol):
 
 class PendingSpawn(Protocol):
     """A start begun before its cgroup and prepare hooks are done (see ``begin_spawn``)."""
+
+    @property
+    def netns_source(self) -> str | None:
+        """A network namespace the guest's process was born in, which a network hook must name
+        and plumb instead of making one (a guest in a user namespace of its own), or None."""
+        ...
 
     async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle: ...
     async def abort(self) -> None: ...
@@ -92,6 +99,10 @@ class DeferredSpawn:
     domain: Domain
     log_path: str | None
 
+    @property
+    def netns_source(self) -> str | None:
+        return None
+
     async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle:
         return await self.runtime.spawn(
             self.domain, cgroup, log_path=self.log_path, netns_path=netns_path
@@ -107,6 +118,10 @@ class _LinuxPending:
 
     pending: spawn.PendingStart
 
+    @property
+    def netns_source(self) -> str | None:
+        return self.pending.netns_source
+
     async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle:
         if not isinstance(cgroup, GuestCgroup):
             await self.pending.abort()
@@ -119,19 +134,32 @@ class _LinuxPending:
 
 @attrs.define(eq=False)
 class LinuxRuntime:
-    """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, embryos (or unshare)."""
+    """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, embryos.
+
+    ``hidden``: host paths no guest without a root filesystem may see (the supervisor's state
+    and run dirs, its API sockets; see ``spawn.HostView``).
+    """
 
     layout: CgroupLayout = attrs.Factory(detect_layout)
+    hidden: tuple[str, ...] = ()
+    host: spawn.HostView = attrs.field(init=False)
+    #: the device allowlist program every guest cgroup gets on the unified hierarchy (None
+    #: without one): loaded here once, because the verifier's run must not land on each start
+    device_program: DeviceProgram | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
+        # first, so that a kernel refusing the program stops the runtime before anything runs
+        if self.layout.unified is not None:
+            self.device_program = DeviceProgram.load(DEFAULT_DEVICE_RULES)
+        self.host = spawn.HostView.probe(hidden=self.hidden, layout=self.layout)
         # the fork server's interpreter start (~50 ms) must not land on the first guest's start
         spawn.start_fork_server()
 
     def cgroup(self, prefix: str, name: str) -> GuestCgroup:
-        return GuestCgroup(self.layout, prefix, name)
+        return GuestCgroup(self.layout, prefix, name, device_program=self.device_program)
 
     async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
-        return _LinuxPending(await spawn.begin_spawn(domain, log_path=log_path))
+        return _LinuxPending(await spawn.begin_spawn(domain, log_path=log_path, host=self.host))
 
     async def spawn(
         self,
@@ -143,7 +171,9 @@ class LinuxRuntime:
     ) -> ProcessHandle:
         if not isinstance(cgroup, GuestCgroup):
             raise TypeError(f"LinuxRuntime needs a GuestCgroup, got {type(cgroup).__name__}")
-        return await spawn_init(domain, cgroup, log_path=log_path, netns_path=netns_path)
+        return await spawn_init(
+            domain, cgroup, log_path=log_path, netns_path=netns_path, host=self.host
+        )
 
     async def wait_pid_exit(self, pid: int) -> None:
         await procs.wait_pid_exit(pid)

@@ -544,6 +544,11 @@ def _in_range(value: int | None, lo: int, hi: int | None) -> bool:
     return value is None or (value >= lo and (hi is None or value <= hi))
 
 
+def _idmap_maps_root(d: Domain) -> bool:
+    """An ``<idmap>`` must map the guest's root: its init starts as uid 0 and gid 0 there."""
+    return all(any(e.kind == k and e.start == 0 for e in d.idmap) for k in ("uid", "gid"))
+
+
 def _domain_ok(d: Domain) -> bool:
     """True when :func:`_domain_report` would report nothing: every rule, no location built.
 
@@ -592,6 +597,8 @@ def _domain_ok(d: Domain) -> bool:
     if user is not None and not _GENERIC_NAME.fullmatch(user):
         return False
     if group is not None and not _GENERIC_NAME.fullmatch(group):
+        return False
+    if d.idmap and not _idmap_maps_root(d):
         return False
     for entry in d.idmap:
         if not (
@@ -716,6 +723,14 @@ def _domain_report(domain: Domain) -> list[Problem]:
         if value is not None and not _GENERIC_NAME.fullmatch(value):
             add(("os", attr), f"os/{attr}", value, "is not a user/group name", "[a-zA-Z0-9_+-]+")
 
+    if domain.idmap and not _idmap_maps_root(domain):
+        add(
+            ("idmap",),
+            "idmap",
+            "no entry maps uid 0 and gid 0",
+            "does not map the guest's root",
+            "a <uid start='0' .../> and a <gid start='0' .../> entry",
+        )
     for i, entry in enumerate(domain.idmap):
         where = f"idmap/{entry.kind}[{i + 1}]"
         if entry.kind not in ("uid", "gid"):

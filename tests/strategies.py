@@ -314,6 +314,13 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
             )
         )
     )
+    if idmap:  # a valid <idmap> maps the guest's root, uid 0 and gid 0
+        root_target = draw(st.integers(0, 2**32 - 1))
+        idmap = (
+            IdMapEntry("uid", 0, root_target, 1),
+            IdMapEntry("gid", 0, root_target, 1),
+            *idmap,
+        )
     actions = st.sampled_from(_ACTIONS)
     return Domain(
         name=draw(names()),

@@ -261,7 +261,7 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     script = (
         "echo pid=$$; hostname; echo $GREETING; cat /etc/marker; "
         + "; ".join(f"readlink /proc/self/ns/{ns}" for ns in namespaces)
-        + "; cat /proc/self/cgroup"
+        + "; cat /proc/self/cgroup; echo --; cat /proc/1/cgroup"
     )
     done = _run(e, "exec", "x1", "--", "sh", "-c", script)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
@@ -270,8 +270,11 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     assert int(lines[0].removeprefix("pid=")) > 1
     assert lines[1:4] == ["x1", "hello", "guest root"]
     assert lines[4:9] == [os.readlink(f"/proc/{init_pid}/ns/{ns}") for ns in namespaces]
+    # init's cgroups, in the guest's cgroup namespace (each its root there) as on the host
+    own, _, inits = "\n".join(lines[9:]).partition("\n--\n")
+    assert sorted(own.splitlines()) == sorted(inits.splitlines())
+    assert all(line.endswith(":/") for line in own.splitlines())
     init_cgroups = Path(f"/proc/{init_pid}/cgroup").read_text().splitlines()
-    assert sorted(lines[9:]) == sorted(init_cgroups)
     assert any(line.endswith(f"/{prefix}-x1") for line in init_cgroups)
 
     # nothing of the caller's but stdio reaches the guest (a descriptor its shell left open, say;

@@ -247,14 +247,16 @@ def _segfaulting(name: str, marker: Path | None = None, **changes: Any) -> Domai
             f"open({str(marker)!r}, 'w').close()\n"
         )
     code += "time.sleep(0.1)\nctypes.string_at(0)\n"
-    fs: tuple[Filesystem, ...] = ()
+    # the interpreter itself, not a venv link: the venv may live under /tmp, which the guest
+    # sees as its own empty tmpfs; and shown to the guest by a bind, since it may live where a
+    # guest sees nothing of the host's (pyenv's under /root)
+    prefix = os.path.realpath(sys.base_prefix)
+    fs: tuple[Filesystem, ...] = (Filesystem(source=prefix, target=prefix, readonly=True),)
     if marker is not None:
-        fs = (Filesystem(source=str(marker.parent), target=str(marker.parent)),)
+        fs += (Filesystem(source=str(marker.parent), target=str(marker.parent)),)
     d = Domain(
         name=name,
         type="vserver",
-        # the interpreter itself, not a venv link: the venv may live under /tmp, which the
-        # guest sees as its own empty tmpfs
         os=OsSpec(init=os.path.realpath(sys.executable), initargs=("-I", "-c", code)),
         filesystems=fs,
         privnet=True,

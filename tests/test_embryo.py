@@ -1,7 +1,7 @@
-"""Starting guests from embryos ($VSV_SPAWN=embryo): what differs from the other start paths.
+"""Starting guests from embryos: spares, the two phases around G, failures in each.
 
-tests/test_spawn.py already runs its kernel tests on every start path; this file covers what
-only embryos have: the two-step start (begin_spawn, then finish once the cgroup exists), abort,
+tests/test_spawn.py covers what a start gives the guest; this file covers how embryos get
+there: the two-step start (begin_spawn, then finish once the cgroup exists), abort,
 the pool of spare embryos, the mount table taken at activation rather than at birth, first-phase
 failures, joining a named netns at ``G``, the /dev made by mknod, and kill_all(wait=False) on a
 guest whose init is the supervisor's own child.
@@ -91,7 +91,6 @@ def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 def embryo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test here starts from embryos, with the default number of spares; spares a test
     left in the pool (maybe killed by it) are discarded afterwards."""
-    monkeypatch.setenv("VSV_SPAWN", "embryo")
     monkeypatch.delenv("VSV_SPARE_EMBRYOS", raising=False)
     try:
         yield
@@ -187,7 +186,10 @@ async def test_begin_then_cgroup_then_finish(busybox_root: str, prefix: str, emb
                 assert procs.ns_inode(os.getpid(), "pid") != procs.ns_inode(g.init_pid, "pid")
                 assert {g.init_pid} == cg.pids()
                 assert os.getpid() == _ppid(g.init_pid)
-                assert procs.exe_of(g.init_pid) == os.path.realpath(f"{busybox_root}/bin/sleep")
+                # the same file; its path is the guest's, as pivot_root left no host tree above
+                exe = os.stat(f"/proc/{g.init_pid}/exe")
+                host_file = os.stat(f"{busybox_root}/bin/sleep")
+                assert (host_file.st_dev, host_file.st_ino) == (exe.st_dev, exe.st_ino)
             finally:
                 assert GuestExit(signal=signal.SIGKILL) == await _stop(cg, g)
 

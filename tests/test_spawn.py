@@ -19,12 +19,12 @@ from supervisor.guest.cgroups import GuestCgroup, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.guest.spawn import (
     CLONE_NEWNET,
+    STAGE,
     GuestExit,
     GuestProcess,
     plan_spawn,
     resolve_ids,
     spawn_init,
-    spawn_mode,
     start_fork_server,
 )
 from supervisor.model import Domain, Filesystem, MemTune, OsSpec
@@ -52,7 +52,7 @@ def test_resolve_unknown_name_fails() -> None:
 
 
 def test_plan_argv_env_and_flags() -> None:
-    """The plan chroots into the root dir, sets ids, env defaults, and adds netns only if asked."""
+    """The plan pivots into the root dir, sets ids, env defaults, and adds netns only if asked."""
     dom = Domain(
         name="web",
         os=OsSpec(
@@ -65,11 +65,8 @@ def test_plan_argv_env_and_flags() -> None:
         filesystems=(Filesystem(source="/guests/web", target="/"),),
     )
     plan = plan_spawn(dom, passwd_text=PASSWD, group_text=GROUP)
-    expected_argv = (
-        "/usr/bin/unshare", "--fork", "--mount-proc", "--root", "/guests/web", "--wd", "/srv",
-        "--setuid", "33", "--setgid", "34", "--", "/sbin/init", "-v",
-    )  # fmt: skip
-    assert expected_argv == plan.argv
+    assert ("/sbin/init", "-v") == plan.argv
+    assert ("/guests/web", "/srv", 33, 34) == (plan.root, plan.workdir, plan.uid, plan.gid)
     env = dict(plan.env)
     assert ("1", "vsv", "/var/www") == (env["A"], env["container"], env["HOME"])
     assert "web" == plan.hostname
@@ -77,31 +74,11 @@ def test_plan_argv_env_and_flags() -> None:
     privnet = plan_spawn(Domain(name="n", privnet=True, hostname="h"))
     assert CLONE_NEWNET == privnet.clone_flags & CLONE_NEWNET
     assert "h" == privnet.hostname
-    assert "ro_tree" == privnet.mounts[1].kind
-
-
-def test_spawn_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """$VSV_SPAWN picks the start path; an unknown value is a clear error."""
-    monkeypatch.setenv("VSV_SPAWN", "forkserver")
-    assert "forkserver" == spawn_mode()
-    monkeypatch.setenv("VSV_SPAWN", "fork")
-    assert "fork" == spawn_mode()
-    monkeypatch.setenv("VSV_SPAWN", "vfork")
-    with pytest.raises(RuntimeFailure, match="VSV_SPAWN='vfork'"):
-        spawn_mode()
-    monkeypatch.delenv("VSV_SPAWN")
-    expected = "embryo" if os.uname().machine in ("x86_64", "aarch64") else "fork"
-    assert expected == spawn_mode()
-
-
-async def test_report_without_child_is_clear_error() -> None:
-    """A fork server's refusal, or its silence, becomes a RuntimeFailure saying which."""
-    with pytest.raises(RuntimeFailure, match="g: child setup failed: clone: Resource temp"):
-        await spawn._child_from_report("g", b"Eclone: Resource temporarily unavailable")
-    with pytest.raises(RuntimeFailure, match="g: the fork server did not answer"):
-        await spawn._child_from_report("g", b"")
-    with pytest.raises(RuntimeFailure, match="g: the child did not exec within"):
-        await spawn._child_from_report("g", b"", complete=False)
+    # no root filesystem: a read-only copy of the host's tree, staged over the host's /proc
+    assert ("bind", STAGE, "/") == (privnet.mounts[1].kind, privnet.mounts[1].target,
+                                    privnet.mounts[1].source)  # fmt: skip
+    assert ("ro_tree", STAGE) == (privnet.mounts[2].kind, privnet.mounts[2].target)
+    assert STAGE == privnet.root
 
 
 # -- the real kernel ---------------------------------------------------------------------------
@@ -111,14 +88,6 @@ async def test_report_without_child_is_clear_error() -> None:
 def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A busybox root dir shared by this module's tests."""
     return prepare_busybox_root(str(tmp_path_factory.mktemp("rootfs") / "bb"))
-
-
-@pytest.fixture(params=["fork", "forkserver", "embryo"])
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each kernel test runs on both start paths ($VSV_SPAWN)."""
-    value: str = request.param
-    monkeypatch.setenv("VSV_SPAWN", value)
-    return value
 
 
 @contextlib.asynccontextmanager
@@ -135,15 +104,8 @@ async def _guest_cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
 
 
 @pytest.fixture
-async def cgroup(prefix: str, mode: str) -> AsyncIterator[GuestCgroup]:
+async def cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
     """The guest's cgroup, emptied and removed afterwards whatever happened."""
-    async with _guest_cgroup(prefix) as cg:
-        yield cg
-
-
-@pytest.fixture
-async def plain_cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
-    """The same cgroup for a test that picks its start path itself."""
     async with _guest_cgroup(prefix) as cg:
         yield cg
 
@@ -197,9 +159,7 @@ async def test_guest_sees_own_world(busybox_root: str, cgroup: GuestCgroup, tmp_
 
 
 @pytest.mark.root
-async def test_running_init_is_pid1_in_its_cgroup(
-    busybox_root: str, cgroup: GuestCgroup, mode: str
-) -> None:
+async def test_running_init_is_pid1_in_its_cgroup(busybox_root: str, cgroup: GuestCgroup) -> None:
     """A running init is PID 1 of a new pid ns, all guest processes are in its cgroup, limits."""
     dom = _dom(
         busybox_root,
@@ -217,11 +177,10 @@ async def test_running_init_is_pid1_in_its_cgroup(
         assert procs.ns_inode(os.getpid(), "pid") != g.namespaces.pid
         assert procs.ns_inode(os.getpid(), "net") == g.namespaces.net
         assert procs.pid_is_guest_init(g.init_pid, g.namespaces.pid)
-        # settles at 4: wrapper, init and the two sleeps (the `( ... &)` subshell that forks
-        # the second sleep counts too while it lives); an embryo leaves no wrapper: 3
-        settled = 3 if mode == "embryo" else 4
+        # settles at 3: init and the two sleeps (the `( ... &)` subshell that forks the second
+        # sleep counts too while it lives)
         with trio.fail_after(5):
-            while len(cgroup.pids()) != settled:
+            while len(cgroup.pids()) != 3:
                 await trio.sleep(0.005)
         assert {g.wrapper_pid, g.init_pid} <= cgroup.pids()
         limits = _read_limits(cgroup, dom)
@@ -408,13 +367,10 @@ async def test_signal_guest_init_only_while_it_is_that_init(
 
 
 @pytest.mark.root
-async def test_a_zombie_init_is_no_guest_init(
-    busybox_root: str, plain_cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_zombie_init_is_no_guest_init(busybox_root: str, cgroup: GuestCgroup) -> None:
     """An init that ended but is not reaped yet is no live guest (re-adoption must not take it),
     and reap_if_child reaps it when it is ours (the embryo path makes init our child)."""
-    monkeypatch.setenv("VSV_SPAWN", "embryo")
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), plain_cgroup)
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
     assert g.init_pid is not None
     assert g.namespaces is not None
     pid, pidns = g.init_pid, g.namespaces.pid
@@ -429,17 +385,13 @@ async def test_a_zombie_init_is_no_guest_init(
 
 
 @pytest.mark.root
-async def test_wrapper_is_our_child(busybox_root: str, cgroup: GuestCgroup, mode: str) -> None:
-    """On every path the wrapper is the supervisor's own child, so we get its exit status; an
-    embryo's init is that child itself (no process between us and the guest)."""
+async def test_init_is_our_child(busybox_root: str, cgroup: GuestCgroup) -> None:
+    """The guest's init is the supervisor's own child, so we get its exit status (no process
+    between us and the guest)."""
     g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
     try:
         assert os.getpid() == _ppid(g.wrapper_pid)
-        assert g.init_pid is not None
-        if mode == "embryo":
-            assert g.wrapper_pid == g.init_pid
-        else:
-            assert g.wrapper_pid == _ppid(g.init_pid)
+        assert g.wrapper_pid == g.init_pid
     finally:
         await cgroup.kill_all()
     assert GuestExit(signal=signal.SIGKILL) == await _finish(g)
@@ -451,7 +403,7 @@ def _ppid(pid: int) -> int:
 
 
 @pytest.mark.root
-async def test_concurrent_starts(busybox_root: str, prefix: str, mode: str) -> None:
+async def test_concurrent_starts(busybox_root: str, prefix: str) -> None:
     """Twenty starts at once each get a running init in their own cgroup."""
     cgs = [GuestCgroup(detect_layout(), prefix, f"c{i}") for i in range(20)]
     guests: list[GuestProcess] = []
@@ -469,11 +421,10 @@ async def test_concurrent_starts(busybox_root: str, prefix: str, mode: str) -> N
         assert 20 == len(guests)
         for cg in cgs:
             pids = cg.pids()
-            assert (1 if mode == "embryo" else 2) == len(pids)
+            assert 1 == len(pids)
             (init,) = [g.init_pid for g in guests if g.init_pid in pids]
             assert init is not None
             assert 1 == procs.nspid(init)[-1]
-            assert "/usr/bin/unshare" != procs.exe_of(init)
     finally:
         with trio.CancelScope(shield=True), trio.fail_after(20):
             for cg in cgs:
@@ -494,7 +445,8 @@ async def main():
     dom = Domain(name="g", os=OsSpec(init="/bin/sleep", initargs=("1000",)),
                  filesystems=(Filesystem(source=sys.argv[2], target="/"),))
     g = await spawn.spawn_init(dom, GuestCgroup(detect_layout(), sys.argv[1], "g"))
-    print(g.wrapper_pid, g.init_pid, spawn._fork_server().proc.pid, flush=True)
+    servers = [s.proc.pid for s in spawn._servers if s is not None]
+    print(g.init_pid, *servers, flush=True)
     await trio.sleep(1000)
 
 trio.run(main)
@@ -503,10 +455,9 @@ trio.run(main)
 
 @pytest.mark.root
 async def test_guest_survives_supervisor_sigkill(
-    busybox_root: str, plain_cgroup: GuestCgroup, prefix: str, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, prefix: str
 ) -> None:
-    """A SIGKILLed supervisor takes its fork server along, while its guest keeps running."""
-    monkeypatch.setenv("VSV_SPAWN", "forkserver")
+    """A SIGKILLed supervisor takes its fork servers along, while its guest keeps running."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sup = await trio.lowlevel.open_process(
         [sys.executable, "-c", _SUPERVISOR_SCRIPT, prefix, busybox_root],
@@ -519,14 +470,16 @@ async def test_guest_survives_supervisor_sigkill(
         with trio.fail_after(10):
             while not line.endswith(b"\n"):
                 line += await sup.stdout.receive_some()
-        wrapper, init, server = (int(x) for x in line.split())
-        assert {wrapper, init} <= plain_cgroup.pids()
+        init, *servers = (int(x) for x in line.split())
+        assert servers
+        assert {init} == cgroup.pids()
         sup.kill()
         await sup.wait()
         with trio.fail_after(5):
-            await procs.wait_pid_exit(server)
+            for server in servers:
+                await procs.wait_pid_exit(server)
         await trio.sleep(0.05)
-        assert {wrapper, init} == plain_cgroup.pids()
+        assert {init} == cgroup.pids()
     finally:
         with trio.CancelScope(shield=True):
             sup.kill()
@@ -537,19 +490,23 @@ async def test_guest_survives_supervisor_sigkill(
 
 @pytest.mark.root
 async def test_fork_server_restarts_after_dying(
-    busybox_root: str, plain_cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fork server that died is replaced at the next start, which succeeds."""
-    monkeypatch.setenv("VSV_SPAWN", "forkserver")
+    """Fork servers that died are replaced when a start needs an embryo, which succeeds."""
+    monkeypatch.setenv("VSV_SPARE_EMBRYOS", "0")  # the start must ask a server for its embryo
+    spawn._discard_embryos()  # spares earlier tests left would spare it that
     start_fork_server()
-    first = spawn._fork_server().proc
-    first.kill()
-    first.wait()
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), plain_cgroup)
+    dead = [s.proc for s in spawn._servers if s is not None]
+    for proc in dead:
+        proc.kill()
+        proc.wait()
+    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
     try:
-        assert first.pid != spawn._fork_server().proc.pid
+        alive = {s.proc.pid for s in spawn._servers if s is not None and s.usable()}
+        assert alive
+        assert not alive & {p.pid for p in dead}
         assert g.init_pid is not None
         assert 1 == procs.nspid(g.init_pid)[-1]
     finally:
-        await plain_cgroup.kill_all()
+        await cgroup.kill_all()
     assert GuestExit(signal=signal.SIGKILL) == await _finish(g)

@@ -109,7 +109,12 @@ DOMAIN_CASES: list[tuple[str, dict[str, Any], str]] = [
         {"capabilities": Capabilities(caps=(("fly", True),))},
         "features/capabilities/fly",
     ),
-    ("idmap count zero", {"idmap": (IdMapEntry("uid", 0, 1000, 0),)}, "idmap/uid[1]/@count"),
+    (
+        "idmap count zero",
+        {"idmap": (IdMapEntry("uid", 0, 1000, 0), IdMapEntry("gid", 0, 1000, 1))},
+        "idmap/uid[1]/@count",
+    ),
+    ("idmap without root's gid", {"idmap": (IdMapEntry("uid", 0, 1000, 10),)}, "idmap"),
     (
         "relative fs source",
         {"filesystems": (Filesystem(source="x", target="/"),)},

@@ -13,10 +13,17 @@ How a command enters a guest whose init is ``pid``:
    mounts in ``/proc/self/mountinfo``) and its root directory (``/proc/PID/root``, opened).
 3. Fork. The child writes itself into every one of those cgroups (so the command is counted,
    limited, frozen and killed with the guest, and ``destroy`` takes it down too), joins the
-   mount, uts, ipc, net and pid namespaces with one ``setns(pidfd, ...)``, and chroots into the
-   guest's root. Joining a pid namespace only applies to children, so it forks once more; the
-   grandchild sets user and group, changes directory and execs the command, and the child
-   passes its exit status on.
+   mount, uts, ipc, net, cgroup and pid namespaces (and the user namespace, for a guest with an
+   ``<idmap>``) with one ``setns(pidfd, ...)``, and chroots into the guest's root. Joining a pid
+   namespace only applies to children, so it forks once more; the grandchild takes the guest's
+   confinement exactly as init did (``forkserver.confine_self``: the bounding set, the seccomp
+   filter, user and group, the permitted and effective sets), changes directory and execs the
+   command, and the child passes its exit status on.
+
+The confinement is read from init itself, not from the definition: the capability set is init's
+bounding set (``CapBnd``), and the seccomp filter is compiled from it the way the start compiled
+init's, so a command never gets more than the guest's init has, even if the definition was
+changed since the guest started.
 
 Standard input, output and error are the caller's. When the caller's stdin and stdout are a
 terminal, the command gets a new pseudo-terminal instead, as its controlling terminal, and the
@@ -38,7 +45,6 @@ import ctypes.util
 import errno
 import fcntl
 import os
-import re
 import select
 import signal
 import sys
@@ -49,18 +55,24 @@ from collections.abc import Mapping
 import attrs
 
 from supervisor.errors import RuntimeFailure
+from supervisor.guest import confine
 from supervisor.guest.forkserver import (
+    CLONE_NEWCGROUP,
     CLONE_NEWIPC,
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWPID,
+    CLONE_NEWUSER,
     CLONE_NEWUTS,
+    confine_self,
 )
 from supervisor.guest.ids import resolve_ids
-from supervisor.guest.procstat import is_live_pid1
+from supervisor.guest.procstat import is_live_pid1, status_fields
 
 #: the namespaces a guest gets (spawn.py); joining one the guest shares with the host is a no-op
-JOIN_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
+JOIN_FLAGS = (
+    CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWCGROUP
+)
 
 EXIT_CANNOT_ENTER = 125
 EXIT_CANNOT_RUN = 126
@@ -76,12 +88,19 @@ class CannotEnter(Exception):
 
 @attrs.frozen
 class Target:
-    """What a command joins: init's pidfd, its cgroup.procs files, its root directory fd."""
+    """What a command joins: init's pidfd, its cgroup.procs files, its root directory fd, and
+    what confines it: init's capability set, the seccomp filter for it, the capabilities to
+    drop (every other one the kernel has), and whether init is in a user namespace of its own.
+    """
 
     pid: int
     pidfd: int
     procs_files: tuple[str, ...]
     root_fd: int
+    caps: frozenset[str] = frozenset()
+    cap_drop: tuple[int, ...] = ()
+    seccomp: bytes = b""
+    own_userns: bool = False
 
     def close(self) -> None:
         for fd in (self.pidfd, self.root_fd):
@@ -101,10 +120,11 @@ def cgroup_mounts(mountinfo: str) -> tuple[list[CgroupMount], list[CgroupMount]]
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 3:
             continue
+        root, point = (confine.unescape_mountinfo(f) for f in fields[3:5])
         if tail[0] == "cgroup2":
-            v2.append((frozenset(), _unescape(fields[3]), _unescape(fields[4])))
+            v2.append((frozenset(), root, point))
         elif tail[0] == "cgroup":
-            v1.append((frozenset(tail[2].split(",")), _unescape(fields[3]), _unescape(fields[4])))
+            v1.append((frozenset(tail[2].split(",")), root, point))
     return v1, v2
 
 
@@ -173,7 +193,31 @@ def _read_target(pid: int, pidfd: int) -> Target:
     if not guest_init:
         os.close(root_fd)
         raise CannotEnter(f"process {pid} is not the init of a guest's pid namespace")
-    return Target(pid, pidfd, procs_files(cgroup_text, mounts), root_fd)
+    try:
+        caps, drop, program, own_userns = _confinement_of(pid)
+    except (OSError, RuntimeFailure, ValueError) as e:
+        os.close(root_fd)
+        raise CannotEnter(f"process {pid}: cannot read its confinement: {e}") from None
+    return Target(
+        pid, pidfd, procs_files(cgroup_text, mounts), root_fd, caps, drop, program, own_userns
+    )
+
+
+def _confinement_of(pid: int) -> tuple[frozenset[str], tuple[int, ...], bytes, bool]:
+    """Init's capability set (its bounding set), what to drop to get there, the seccomp filter
+    its start compiled for that set, and whether it has a user namespace of its own."""
+    from supervisor.guest import seccomp  # libseccomp: only this verb needs it
+
+    caps = confine.parse_cap_mask(status_fields(pid, "CapBnd")["CapBnd"])
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    kept = set(confine.cap_numbers(caps))
+    drop = tuple(n for n in range(last + 1) if n not in kept)
+    own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+    program = seccomp.compile_profile(
+        seccomp.profile_for(confine.seccomp_caps(caps, userns=own_userns))
+    )
+    return caps, drop, program, own_userns
 
 
 @attrs.frozen
@@ -311,7 +355,7 @@ def _child(target: Target, command: Command, terminal: int) -> None:
             os.close(target.root_fd)
             if terminal >= 0:
                 _take_terminal(terminal)
-            _grandchild(command)
+            _grandchild(target, command)
         if terminal >= 0:
             os.close(terminal)  # the command's end of it must be the last one open
         os._exit(_status(os.waitpid(pid, 0)[1]))
@@ -337,7 +381,8 @@ def _join(target: Target) -> None:
             os.write(fd, b"0")
         finally:
             os.close(fd)
-    if _libc.setns(target.pidfd, JOIN_FLAGS) != 0:
+    flags = JOIN_FLAGS | (CLONE_NEWUSER if target.own_userns else 0)
+    if _libc.setns(target.pidfd, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns into the guest's namespaces: {os.strerror(err)}")
     os.fchdir(target.root_fd)
@@ -354,7 +399,7 @@ def _take_terminal(terminal: int) -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def _grandchild(command: Command) -> None:
+def _grandchild(target: Target, command: Command) -> None:
     for sig in (*_TERMINAL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -372,11 +417,11 @@ def _grandchild(command: Command) -> None:
         env["HOME"] = home
     env.update(command.overrides)
     try:
-        os.setgroups([])
-        os.setgid(gid or 0)
-        os.setuid(uid or 0)
+        keep = confine.cap_numbers(target.caps)
+        confine_self(keep, target.cap_drop, target.seccomp, uid or 0, gid or 0)
     except OSError as e:
-        _fail(EXIT_CANNOT_RUN, f"cannot become uid {uid or 0} gid {gid or 0}: {e.strerror}")
+        _fail(EXIT_CANNOT_RUN, f"cannot take the guest's confinement as uid {uid or 0} "
+              f"gid {gid or 0}: {e.strerror or e}")  # fmt: skip
     try:
         os.chdir(command.cwd)
     except OSError as e:
@@ -417,8 +462,3 @@ def _fail(code: int, text: str) -> None:
         os.write(2, f"vsv exec: {text}\n".encode())
     finally:
         os._exit(code)
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash in paths as backslash and octal."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

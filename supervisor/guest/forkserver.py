@@ -1,50 +1,37 @@
-"""The child side of starting a guest, and a small fork server ("zygote") that runs it.
+"""The embryo side of starting a guest, and a small fork server ("zygote") that clones embryos.
 
 Why a fork server
 -----------------
-Setting up a guest between fork and exec (cgroups, unshare(2), hostname, mounts) needs code to
-run in the child, so the supervisor cannot use vfork/posix_spawn: ``subprocess`` with a
-``preexec_fn`` does a real fork() of the whole supervisor (about 2.5 ms, growing with its RSS),
-and ``Popen`` blocks the event loop until the child has exec'd, which serializes concurrent
-starts. The fork server is a separate ``python -I -S`` process started once, importing only the
+Setting up a guest before its init runs (namespaces, hostname, mounts, root switch,
+capabilities, seccomp) needs code to run in the process that becomes init, so the supervisor
+cannot use vfork/posix_spawn; a fork of the supervisor itself costs about 2.5 ms and grows with
+its RSS. The fork server is a separate ``python -I -S`` process started once, importing only the
 standard library (this file must stay that way: it runs as a script, without the venv's
-site-packages). Its RSS is a few MB, so its fork is cheap, and the supervisor only sends it a
-message and waits on a pipe.
+site-packages). Its RSS is a few MB, so its clones are cheap.
 
-Protocol (one SOCK_SEQPACKET message per start, the supervisor's end non-blocking):
-the payload is ``marshal`` of ``(argv, env, hostname, clone_flags, netns_path, procs_files,
-mounts)`` (``mounts`` as ``(kind, target, source, options, optional)`` tuples), with SCM_RIGHTS
-``[report_fd]`` or ``[report_fd, out_fd]``. The server clones a child with CLONE_PARENT, so the
-child (the future wrapper) is the *supervisor's* child: the supervisor reaps it and gets the
-wrapper's exit status, exactly as if it had forked it itself; the server keeps no state about
-it. The child writes ``P<pid>\\n`` on ``report_fd``, sets itself up, and execs; ``report_fd`` is
-close-on-exec, so the supervisor reads EOF once exec succeeded. A failure appends ``E<text>``
-(setup) or ``X<text>`` (exec) before the child exits; a failure of the clone itself is
-``E<text>`` without a pid, written by the server.
-
-Embryos (the default start path): a request ``marshal`` of ``("embryo", clone_flags)`` with
-SCM_RIGHTS ``[sock]`` (one end of a SOCK_SEQPACKET pair the supervisor keeps the other end of)
-makes the server clone a child with ``CLONE_PARENT | clone_flags``, so the child is born as PID 1
+Protocol: a request ``marshal`` of ``("embryo", clone_flags)`` with SCM_RIGHTS ``[sock]`` (one
+end of a SOCK_SEQPACKET pair the supervisor keeps the other end of) makes the server clone a
+child with ``CLONE_PARENT | clone_flags``, so the child is the *supervisor's* child, born as PID 1
 of a new pid namespace (and in new uts/ipc/net namespaces), and send ``P<pid>`` on ``sock`` (the
 child cannot: it sees itself as pid 1). The child, an *embryo*, waits on ``sock`` for one
 activation message: ``marshal`` of :data:`Activation` with SCM_RIGHTS ``[]`` or ``[out_fd]``, and
-does what ``unshare --fork --mount-proc --root`` would do in a second process, in two phases
-(:func:`become_guest`): first the mount namespace (made now, so the guest sees the host's mount
-table of *now*, not of when the embryo was made), hostname and mounts, while the supervisor makes
-the guest's cgroup and runs the prepare hooks; then, on ``G<flags>`` (SCM_RIGHTS: the guest's
-netns when a hook made one), the network namespace, chroot, a fresh /proc, user, exec. The
-supervisor moves the embryo into the guest's cgroup before it sends ``G``, so init and everything
-it starts are in the cgroup from their first instruction. ``sock`` is close-on-exec:
-EOF says init runs; ``E<text>``/``X<text>`` before it say what failed. EOF before any activation
-(the supervisor closed its end or died) makes the embryo exit. No process stays between the
-supervisor and the guest's init: the supervisor is init's parent and reaps its real status.
+becomes the guest in two phases (:func:`become_guest`): first the mount namespace (made now, so
+the guest sees the host's mount table of *now*, not of when the embryo was made), hostname and
+the guest's tree, while the supervisor makes the guest's cgroup and runs the prepare hooks;
+then, on ``G<flags>`` (SCM_RIGHTS: the guest's netns when a hook made one), the network and
+cgroup namespaces, sysfs, cgroupfs and /proc, the root switch, the confinement
+(:func:`confine_self`) and the exec. The supervisor moves the embryo into the guest's cgroup
+before it sends ``G``, so init and everything it starts are in the cgroup from their first
+instruction. ``sock`` is close-on-exec: EOF says init runs; ``E<text>``/``X<text>`` before it say
+what failed. EOF before any activation (the supervisor closed its end or died) makes the embryo
+exit. No process stays between the supervisor and the guest's init: the supervisor is init's
+parent and reaps its real status.
 
 Lifetime: the server gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG) and exits on EOF
 of its socket. PDEATHSIG is cleared in cloned children, so guests survive a supervisor SIGKILL
 (re-adoption relies on that). The server runs in a session of its own, so a terminal's Ctrl-C
-does not reach it; children reset the signals Python ignores (SIGPIPE, SIGXFSZ) before exec,
-since an ignored signal stays ignored across exec and the wrapper must be killable by the
-signal that killed the guest's init.
+does not reach it; embryos reset the signals Python ignores (SIGPIPE, SIGXFSZ) before exec,
+since an ignored signal stays ignored across exec.
 
 Raw clone: ``os.fork`` cannot pass CLONE_PARENT, so the server calls clone(2) through ctypes
 (``PyDLL``, keeping the GIL held). The server is single-threaded, so skipping Python's at-fork
@@ -55,6 +42,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import gc
 import marshal
 import os
@@ -69,6 +57,8 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_PARENT = 0x00008000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUSER = 0x10000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -78,41 +68,45 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
 
-#: clone(2)'s number where the raw clone is known to work; elsewhere spawn uses the fork path
+#: clone(2)'s and pivot_root(2)'s numbers where the embryo path is known to work (glibc wraps
+#: neither the way we need: clone without a function to call, pivot_root not at all)
 SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 _SYS_MOUNT_SETATTR = 442  # x86_64 and every other architecture using the generic table
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 1
 _PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 #: an embryo's nice value from birth until ``G`` (see _embryo)
 EMBRYO_NICE = 19
 
 #: (kind, target, source, options, optional): one step of building the guest's mount tree
 MountTuple = tuple[str, str, str, str, bool]
-#: (argv, env, hostname, unshare_flags, mounts, root, wd, uid, gid): what an embryo is asked to
-#: become (``unshare_flags``: the namespaces to make at once, the mount namespace at least)
+#: what an embryo is asked to become: (argv, env, hostname, unshare_flags, mounts, late_mounts,
+#: root, wd, uid, gid, caps, cap_drop, seccomp). ``unshare_flags``: the namespaces to make at
+#: once, the mount namespace at least; ``mounts`` are built before ``G``, ``late_mounts`` after
+#: it; ``root`` becomes ``/``; ``caps`` are the capability numbers kept, ``cap_drop`` the ones
+#: dropped from the bounding set; ``seccomp`` the filter program (:func:`install_seccomp`).
 Activation = tuple[
     tuple[str, ...],
     tuple[tuple[str, str], ...],
     str,
     int,
     tuple[MountTuple, ...],
-    str,
-    str,
-    "int | None",
-    "int | None",
-]
-#: (argv, env, hostname, clone_flags, netns_path, procs_files, mounts): one start request
-Request = tuple[
-    tuple[str, ...],
-    tuple[tuple[str, str], ...],
-    str,
-    int,
-    "str | None",
-    tuple[str, ...],
     tuple[MountTuple, ...],
+    str,
+    str,
+    "int | None",
+    "int | None",
+    tuple[int, ...],
+    tuple[int, ...],
+    bytes,
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -125,6 +119,7 @@ _libc.mount.argtypes = [
 ]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 class _MountAttr(ctypes.Structure):
@@ -136,7 +131,7 @@ class _MountAttr(ctypes.Structure):
     )
 
 
-# -- the child side (runs between fork and exec, in either spawn path) ------------------------
+# -- the embryo side (runs before the exec of the guest's init, and in vsv exec) ----------------
 
 
 def _check(rc: int, what: str) -> None:
@@ -161,14 +156,18 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 def run_mount(op: MountTuple) -> None:
     """Do one mount step (see ``spawn.MountOp`` for the kinds)."""
     kind, target, source, options, optional = op
-    if optional and not os.path.isdir(target):
-        return
+    if optional:
+        must_exist = os.path.dirname(target) if kind in ("dir", "symlink") else target
+        if not os.path.lexists(must_exist):
+            return
     if kind == "private":
         _mount(None, target, None, MS_REC | MS_PRIVATE, "")
     elif kind == "bind":
         _mount(source, target, None, MS_BIND | MS_REC, "")
     elif kind == "ro":
-        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, "")
+        # a bind remount sets the mount's flags to exactly these: keep nosuid/nodev/noexec
+        kept = os.statvfs(target).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept, "")
     elif kind == "ro_tree":
         attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
         rc = _libc.syscall(
@@ -180,12 +179,29 @@ def run_mount(op: MountTuple) -> None:
             ctypes.c_size_t(ctypes.sizeof(attr)),
         )
         _check(rc, f"mount_setattr read-only {target}")
+    elif kind == "detach":
+        if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):  # not a mount point: nothing to detach
+                raise OSError(err, f"umount {target}: {os.strerror(err)}")
     elif kind == "tmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
     elif kind == "devtmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, options)
     elif kind == "sysfs":
         _mount("sysfs", target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
+    elif kind == "proc":
+        _mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
+    elif kind == "cgroup":
+        flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        _mount(source, target, source, flags, options)
+    elif kind in ("mask", "mask_open"):
+        if os.path.isdir(target):
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if kind == "mask" else 0)
+            _mount("vsv-mask", target, "tmpfs", flags, "size=4k,mode=755")
+        else:
+            _mount(source, target, None, MS_BIND, "")
+            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "")
     elif kind == "devpts":
         _mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, options)
     elif kind == "node":
@@ -199,38 +215,142 @@ def run_mount(op: MountTuple) -> None:
         os.makedirs(target, exist_ok=True)
     elif kind == "symlink":
         os.symlink(source, target)
+    elif kind == "become_root":
+        # an embryo born in a user namespace of its own, whose maps the supervisor wrote: from
+        # here on it is the namespace's root (files it makes are the guest root's), and no
+        # longer the host's (so host paths only root may enter are out of its reach)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    else:
+        raise OSError(0, f"unknown mount step {kind!r}")
 
 
-def child_setup(
-    procs_files: tuple[str, ...],
-    netns_path: str | None,
-    clone_flags: int,
-    hostname: str,
-    mounts: tuple[MountTuple, ...],
-) -> None:
-    """Join the cgroup, the network namespace, unshare, set the hostname, build the mounts.
+def pivot_into(root: str) -> None:
+    """Make ``root`` (a mount point) the calling process's ``/`` and detach the old root.
 
-    Runs in the child before it execs the wrapper, so the wrapper and everything below it are
-    in the guest's cgroup and namespaces from their first instruction. Raises OSError.
+    pivot_root(".", ".") stacks the old root on top of the new one; unmounting the top of "."
+    then drops the host's whole tree from this mount namespace, so nothing of it is left to
+    climb back to (a chroot alone leaves it reachable: the double-chroot escape).
     """
-    for f in procs_files:
-        fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")
-        except OSError as e:
-            raise OSError(e.errno, f"cannot write '0' to {f}: {e.strerror}") from None
-        finally:
-            os.close(fd)
-    if netns_path is not None:
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns_path}")
-        finally:
-            os.close(fd)
-    _check(_libc.unshare(clone_flags), "unshare")
-    socket.sethostname(hostname)
-    for op in mounts:
-        run_mount(op)
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown on {os.uname().machine}")
+    os.chdir(root)
+    dot = ctypes.c_char_p(b".")
+    _check(_libc.syscall(ctypes.c_long(nr), dot, dot), f"pivot_root into {root}")
+    _check(_libc.umount2(b".", _MNT_DETACH), "detach the host's root")
+    os.chdir("/")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _permitted() -> int:
+    """The calling thread's permitted set as a mask (capget(2))."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    return int(data[0].permitted) | int(data[1].permitted) << 32
+
+
+def _set_caps(keep: tuple[int, ...]) -> None:
+    """capset(2): effective and permitted = ``keep``, inheritable empty.
+
+    A capability the supervisor itself lacks (a host that runs it without CAP_SYS_RESOURCE,
+    say) cannot be given to a guest: the set is ``keep`` as far as we have it.
+    """
+    mask = 0
+    for cap in keep:
+        mask |= 1 << cap
+    mask &= _permitted()
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = data[i].permitted = word
+        data[i].inheritable = 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def _prctl(option: int, arg: int, what: str) -> None:
+    rc = _libc.prctl(
+        ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )  # fmt: skip
+    _check(rc, what)
+
+
+def confine_self(
+    keep: tuple[int, ...],
+    drop: tuple[int, ...],
+    program: bytes,
+    uid: int | None,
+    gid: int | None,
+) -> None:
+    """Become a guest process: the last steps before exec, for init and for ``vsv exec``.
+
+    In this order, because each step needs what the next one takes away: drop ``drop`` from the
+    bounding set (needs CAP_SETPCAP); load the seccomp filter (needs CAP_SYS_ADMIN, as
+    no_new_privs is not set: see docs/security.md); take the uid and gid (needs CAP_SETUID and
+    CAP_SETGID; supplementary groups are dropped); then set the permitted and effective sets to
+    ``keep`` while still root (a uid other than 0 has lost them all already) with an empty
+    inheritable set, and clear the ambient set. After exec a root process has exactly the
+    bounding set, and a setuid program in the guest can reach no more than that.
+    """
+    for cap in drop:
+        _prctl(_PR_CAPBSET_DROP, cap, f"drop capability {cap} from the bounding set")
+    install_seccomp(program)
+    if uid is not None or gid is not None:
+        os.setgroups([])
+    if gid is not None:
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+    _set_caps(keep if os.geteuid() == 0 else ())
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "clear the ambient capabilities")
+
+
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+#: one classic-BPF instruction (struct sock_filter): u16 code, u8 jt, u8 jf, u32 k
+_SOCK_FILTER_SIZE = 8
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def install_seccomp(program: bytes) -> None:
+    """Load a seccomp filter into the calling thread; it is inherited by every child and exec.
+
+    ``program`` is the classic-BPF array libseccomp exports (``seccomp_export_bpf``): the
+    supervisor compiles it once per profile (``supervisor.guest.seccomp``), so this script, which
+    may import only the standard library, just hands the bytes to the kernel. Without
+    no_new_privs the kernel wants CAP_SYS_ADMIN here: call it before capabilities are dropped.
+    """
+    if not program:
+        return
+    if len(program) % _SOCK_FILTER_SIZE:
+        raise OSError(0, f"seccomp: a filter of {len(program)} bytes is not whole instructions")
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // _SOCK_FILTER_SIZE, ctypes.cast(buf, ctypes.c_void_p))
+    rc = _libc.prctl(
+        ctypes.c_int(_PR_SET_SECCOMP),
+        ctypes.c_ulong(_SECCOMP_MODE_FILTER),
+        ctypes.byref(fprog),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
+    _check(rc, "seccomp filter")
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -242,36 +362,12 @@ def _clone_parent(flags: int = 0) -> int:
     """clone(CLONE_PARENT | flags | SIGCHLD): 0 in the child, its pid in the caller, -errno."""
     nr = SYS_CLONE.get(os.uname().machine)
     if nr is None:
-        return -38  # ENOSYS; spawn_mode() does not pick this path there
+        return -errno.ENOSYS
     how = CLONE_PARENT | flags | signal.SIGCHLD
     pid = int(_pylibc.syscall(ctypes.c_long(nr), ctypes.c_ulong(how),
                               ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
                               ctypes.c_ulong(0)))  # fmt: skip
     return -ctypes.get_errno() if pid < 0 else pid
-
-
-def _child(request: Request, report_fd: int, out_fd: int) -> None:
-    """In the cloned child: report the pid, set up, exec. Never returns."""
-    stage = b"E"
-    code = 1
-    try:
-        argv, env, hostname, flags, netns_path, procs_files, mounts = request
-        os.write(report_fd, b"P%d\n" % os.getpid())
-        _reset_signals()
-        os.setsid()
-        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        os.dup2(null, 0)
-        os.dup2(out_fd if out_fd >= 0 else null, 1)
-        os.dup2(out_fd if out_fd >= 0 else null, 2)
-        child_setup(procs_files, netns_path, flags, hostname, mounts)
-        stage, code = b"X", 127
-        os.execve(argv[0], argv, dict(env))
-    except BaseException as e:
-        try:
-            os.write(report_fd, stage + f"{type(e).__name__}: {e}".encode()[:3800])
-        except OSError:
-            pass
-    os._exit(code)
 
 
 def _reset_signals() -> None:
@@ -285,13 +381,17 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority
     """In an activated embryo: build the guest in two phases around the supervisor's ``G``.
 
     Phase 1 (while the supervisor makes the cgroup and runs the prepare hooks): stdio, the mount
-    namespace, hostname, every mount but sysfs. ``G<flags>`` (with the guest's netns fd when a
-    hook made one) says the embryo is in the guest's cgroup and the hooks are done. Phase 2: join
-    that netns or unshare what ``flags`` says, mount sysfs (it shows the netns of whoever mounts
-    it), chroot, a fresh /proc, user and group, exec. Raises OSError when the setup fails,
-    :class:`_ExecFailed` when the exec does; never returns otherwise.
+    namespace, hostname, the guest's tree under its root (``mounts``). ``G<flags>`` (with the
+    guest's netns fd when a hook made one) says the embryo is in the guest's cgroup and the
+    hooks are done. Phase 2: join that netns or unshare what ``flags`` says; a cgroup namespace
+    rooted at the guest's cgroup (only now are we in it); ``late_mounts`` (sysfs, which shows
+    the netns of whoever mounts it; the cgroupfs view, which shows the cgroup namespace; /proc
+    of our pid namespace, of which we are PID 1; what is masked in them); the root switch; the
+    confinement; exec. Raises OSError when the setup fails, :class:`_ExecFailed` when the exec
+    does; never returns otherwise.
     """
-    argv, env, hostname, flags, mounts, root, wd, uid, gid = request
+    (argv, env, hostname, flags, mounts, late_mounts, root, wd, uid, gid,
+     keep, drop, program) = request  # fmt: skip
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
     os.dup2(out_fd if out_fd >= 0 else null, 1)
@@ -299,8 +399,7 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority
     _check(_libc.unshare(flags), "unshare")
     socket.sethostname(hostname)
     for op in mounts:
-        if op[0] != "sysfs":
-            run_mount(op)
+        run_mount(op)
     go, netns_fd = _recv_with_fd(sock)
     if not go.startswith(b"G"):
         raise OSError(0, "the supervisor gave up on this start" if not go else f"got {go!r}")
@@ -309,22 +408,12 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority
         _check(_libc.setns(netns_fd, CLONE_NEWNET), "setns into the guest's network namespace")
         os.close(netns_fd)
     late = int(go[1:] or b"0")
-    if late:
-        _check(_libc.unshare(late), "unshare")
-    for op in mounts:
-        if op[0] == "sysfs":
-            run_mount(op)
-    if root != "/":
-        os.chroot(root)
+    _check(_libc.unshare(late | CLONE_NEWCGROUP), "unshare")
+    for op in late_mounts:
+        run_mount(op)
+    pivot_into(root)
     os.chdir(wd)
-    # a proc of the new pid namespace (we are its PID 1), mounted inside the new root
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "")
-    if gid is not None or uid is not None:
-        os.setgroups([])
-    if gid is not None:
-        os.setgid(gid)
-    if uid is not None:
-        os.setuid(uid)
+    confine_self(keep, drop, program, uid, gid)
     try:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as e:
@@ -396,24 +485,15 @@ def _handle_embryo(request: tuple[str, int], fds: list[int], server_fd: int) -> 
 
 
 def _handle(data: bytes, fds: list[int], server_fd: int = -1) -> None:
-    report_fd = fds[0] if fds else -1
-    out_fd = fds[1] if len(fds) > 1 else -1
-    if report_fd < 0:
+    if not fds:
         return
     try:
-        loaded: Request | tuple[str, int] = marshal.loads(data)
+        loaded: tuple[str, int] = marshal.loads(data)
+        _kind, _flags = loaded
     except (ValueError, EOFError, TypeError) as e:
-        os.write(report_fd, f"Ebad request: {e}".encode())
+        os.write(fds[0], f"Ebad request: {e}".encode())
         return
-    if len(loaded) == 2:
-        _handle_embryo(loaded, fds, server_fd)
-        return
-    request: Request = loaded
-    pid = _clone_parent()
-    if pid == 0:
-        _child(request, report_fd, out_fd)
-    elif pid < 0:
-        os.write(report_fd, f"Eclone: {os.strerror(-pid)}".encode())
+    _handle_embryo(loaded, fds, server_fd)
 
 
 def serve(sock_fd: int, parent_pid: int) -> None:

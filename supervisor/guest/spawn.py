@@ -1,52 +1,50 @@
-"""Start a guest's init as PID 1 of new namespaces, inside its cgroup, without a Python per guest.
+"""Start a guest's init as PID 1 of new namespaces, confined, inside its cgroup, without a Python
+per guest.
 
 Theory of operation
 -------------------
 No interpreter is started per guest: a small ``python -I -S`` fork server
-(:mod:`supervisor.guest.forkserver`), started once, clones the processes that become guests.
-There are three ways to start, chosen by ``$VSV_SPAWN``:
+(:mod:`supervisor.guest.forkserver`), started once, clones *embryos* ahead of time, with
+CLONE_PARENT (so they are the supervisor's children) and born as PID 1 of new pid, uts, ipc (and
+net) namespaces; :func:`top_up_embryos` keeps ``$VSV_SPARE_EMBRYOS`` of each kind ready. A start
+is two steps:
 
-- ``embryo`` (default): the server clones *embryos* ahead of time, with CLONE_PARENT (so they
-  are the supervisor's children) and born as PID 1 of new pid, uts, ipc (and net) namespaces;
-  :func:`top_up_embryos` keeps ``$VSV_SPARE_EMBRYOS`` of each kind ready. A start is two steps:
+1. :func:`begin_spawn` takes an embryo and sends it the plan. The embryo unshares its mount
+   namespace (now, so the guest sees the host's mount table as it is at its start), sets the
+   hostname and builds the guest's tree under its new root, *while* the supervisor makes the
+   cgroup, writes the limits and runs the prepare hooks (the network subsystem plumbs NICs there).
+2. :meth:`PendingStart.finish` writes the embryo's pid into every ``cgroup.procs`` and sends
+   ``G`` with the guest's network namespace (an fd) when a hook made one. The embryo joins it,
+   makes its cgroup namespace, mounts sysfs (which shows the netns of whoever mounts it), the
+   guest's read-only view of its cgroups and a /proc of its pid namespace with the host's kernel
+   state masked, switches root with ``pivot_root`` and detaches the host's tree, drops its
+   capabilities to the guest's set, loads the seccomp filter, changes user and execs init. Its
+   end of the socket is close-on-exec, so EOF means init runs.
 
-  1. :func:`begin_spawn` takes an embryo and sends it the plan. The embryo unshares its mount
-     namespace (now, so the guest sees the host's mount table as it is at its start), sets the
-     hostname and builds the mount tree, *while* the supervisor makes the cgroup, writes the
-     limits and runs the prepare hooks (the network subsystem plumbs NICs there).
-  2. :meth:`PendingStart.finish` writes the embryo's pid into every ``cgroup.procs`` and sends
-     ``G`` with the guest's network namespace (an fd) when a hook made one. The embryo joins
-     it, mounts sysfs (which shows the netns of whoever mounts it), chroots, mounts a /proc of
-     its pid namespace, changes user and execs init. Its end of the socket is close-on-exec, so
-     EOF means init runs.
+Init is then the supervisor's own child: its exit status (SIGHUP after reboot(2) RESTART in the
+guest, SIGINT after a halt or power-off, as the kernel reports a pid namespace's init) comes
+straight from waitpid, and no process stands between the supervisor and the guest.
 
-  Init is then the supervisor's own child: its exit status (SIGHUP after reboot(2) RESTART in
-  the guest, SIGINT after a halt or power-off, as the kernel reports a pid namespace's init)
-  comes straight from waitpid, and no process stands between the supervisor and the guest.
-- ``forkserver``: the server clones a child that joins the cgroup, unshares, builds the mounts
-  and execs util-linux ``unshare --fork --mount-proc --root`` (the *wrapper*), whose child
-  becomes PID 1. The wrapper waits for it and dies of the same signal, so its status is init's;
-  :func:`_wait_init_exec` polls ``/proc`` until that child has exec'd. Kept for comparison.
-- ``fork``: as ``forkserver``, but ``trio.lowlevel.open_process`` with a ``preexec_fn`` forks the
-  supervisor itself (no helper process; also the path on architectures whose clone(2) number the
-  server does not know).
+:func:`plan_spawn` (pure) first turns a :class:`~supervisor.model.Domain` and a
+:class:`HostView` into a :class:`SpawnPlan`: argv, environment, uid/gid (names resolved in the
+guest's own ``/etc/passwd`` and ``/etc/group``), hostname, namespace flags, the mounts of each
+phase, the capability set (:mod:`supervisor.guest.confine`) and the compiled seccomp filter; a
+failure in the embryo is written back on its socket, so the caller gets a
+:class:`~supervisor.errors.RuntimeFailure` that says which step failed.
 
-In every mode :func:`plan_spawn` (pure) first turns a :class:`~supervisor.model.Domain` into a
-:class:`SpawnPlan`: argv, environment, uid/gid (names resolved in the guest's own ``/etc/passwd``
-and ``/etc/group``), hostname, namespace flags and the list of mounts; a failure in the child is
-written back on a pipe or socket, so the caller gets a :class:`~supervisor.errors.RuntimeFailure`
-that says which step failed.
-
-Why chroot and not pivot_root: without a user namespace or a reduced capability bounding set the
-guest's root is the host's root anyway (it may mount, load modules, ...), so pivot_root would not
-make a security boundary here; the host's mounts stay visible in the guest's mountinfo. A later
-change that drops CAP_SYS_CHROOT/CAP_SYS_ADMIN should switch to pivot_root.
+Why pivot_root and not chroot: a chroot leaves the host's tree reachable to a root that may
+chroot again (the double-chroot escape); after ``pivot_root`` the host's tree is detached from
+the guest's mount namespace altogether, so there is nothing above the guest's ``/`` to climb to.
+A guest without a root filesystem gets a fresh copy of the host's tree, read-only, with its own
+``/proc``, ``/sys``, ``/dev``, ``/run`` and ``/tmp`` and the host's secrets and the supervisor's
+own files masked (:data:`STAGE`).
 """
 
 from __future__ import annotations
 
 import array
 import atexit
+import functools
 import logging
 import marshal
 import os
@@ -55,41 +53,36 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Literal, Protocol
+from collections.abc import Mapping
 
 import attrs
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.guest import forkserver, procs
-from supervisor.guest.cgroups import GuestCgroup
+from supervisor.guest import confine, forkserver, procs, seccomp
+from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
 from supervisor.guest.forkserver import (
     CLONE_NEWIPC,
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWPID,
+    CLONE_NEWUSER,
     CLONE_NEWUTS,
+    Activation,
     MountTuple,
-    child_setup,
 )
 from supervisor.guest.ids import resolve_ids
 from supervisor.model import Domain
 
 log = logging.getLogger(__name__)
 
-UNSHARE = "/usr/bin/unshare"
-#: how long spawn_init waits for the guest's init to be running
+#: how long a start waits for the guest's init to be running
 START_TIMEOUT = 5.0
-#: first pause while polling for init's exec, and its growth per poll: the exec follows the
-#: wrapper's own by about a millisecond, so sub-millisecond polls (a timerfd) save most of a
-#: millisecond over trio.sleep's whole milliseconds
-FIRST_POLL = 0.0001
-POLL_GROWTH = 1.3
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: character devices made in the guest's /dev: name, major, minor (the kernel's fixed numbers,
-#: Documentation/admin-guide/devices.txt); mode 0666 like the host's
+#: Documentation/admin-guide/devices.txt); mode 0666 like the host's. The device allowlist
+#: (supervisor.guest.devices) lets the guest open these and nothing else.
 DEV_NODES: tuple[tuple[str, int, int], ...] = (
     ("null", 1, 3),
     ("zero", 1, 5),
@@ -105,125 +98,339 @@ DEV_LINKS: tuple[tuple[str, str], ...] = (
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"),
 )
+#: where a guest without a root filesystem gets its copy of the host's tree, in the embryo's own
+#: mount namespace: on top of the host's /proc, which the guest's tree replaces anyway and the
+#: embryo no longer needs. No directory has to exist for it on the host, and the host's /tmp and
+#: /run stay visible as bind sources while the guest's tree is built.
+STAGE = "/proc"
+#: what masks a file: the host's /dev/null, bound read-only on it (runc's way)
+NULL = "/dev/null"
+#: host mounts a guest without a root filesystem gets fresh ones of instead (detached from its
+#: copy of the host's tree first, so that nothing of the host's lies beneath them)
+OWN_MOUNTS: tuple[str, ...] = ("/proc", "/sys", "/dev", "/run", "/tmp")
 
 # -- the plan (pure) ---------------------------------------------------------------------------
 
 
 @attrs.frozen
 class MountOp:
-    """One step of building the guest's mount tree, done in the child in list order.
+    """One step of building the guest's mount tree, done in the embryo in list order.
 
     kinds: ``private`` (make everything below ``target`` private), ``bind`` (``source`` on
-    ``target``, recursive), ``ro`` (make the bind mount at ``target`` read-only), ``ro_tree``
-    (make every mount below ``target`` read-only), ``tmpfs``, ``devtmpfs`` (a tmpfs where
-    device nodes work, for /dev), ``sysfs``, ``devpts``, ``node`` (mknod a character device:
-    ``source`` "c MAJOR MINOR", ``options`` the octal mode), ``file`` (create an empty file as a
-    bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the link text).
+    ``target``, recursive), ``ro`` (make the mount at ``target`` read-only), ``ro_tree`` (make
+    every mount below ``target`` read-only), ``detach`` (lazily unmount ``target`` and all below
+    it, if it is a mount point), ``tmpfs``, ``devtmpfs`` (a tmpfs where device nodes work, for
+    /dev), ``sysfs``, ``proc``, ``cgroup`` (``source`` the filesystem type, cgroup or cgroup2,
+    ``options`` the controllers), ``devpts``, ``mask`` (hide ``target``: an empty read-only tmpfs
+    on a directory, ``source`` (a /dev/null) bound read-only on anything else), ``mask_open``
+    (the same, but a directory's tmpfs stays writable until an ``ro`` step), ``become_root``
+    (take uid and gid 0 of the user namespace the embryo was born in), ``node`` (mknod a
+    character device: ``source`` "c MAJOR MINOR", ``options`` the octal mode), ``file`` (create
+    an empty file as a bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the link
+    text).
     """
 
-    kind: Literal[
-        "private",
-        "bind",
-        "ro",
-        "ro_tree",
-        "tmpfs",
-        "devtmpfs",
-        "sysfs",
-        "devpts",
-        "node",
-        "file",
-        "dir",
-        "symlink",
-    ]
+    kind: str
     target: str
     source: str = ""
     options: str = ""
-    #: skip silently when the target's parent directory does not exist (optional guest dirs)
+    #: skip silently when the target (for ``dir`` and ``symlink``: its parent) does not exist
     optional: bool = False
+
+    def as_tuple(self) -> MountTuple:
+        """The form the embryo receives (it imports nothing of ours)."""
+        return (self.kind, self.target, self.source, self.options, self.optional)
+
+
+@attrs.frozen
+class HostView:
+    """What a plan needs to know of the host, read once by the runtime (:meth:`probe`).
+
+    ``hidden``: host paths a guest without a root filesystem must not see (the supervisor's
+    state and run dirs, the API sockets); ``secret_files``: host files it sees empty;
+    ``cgroup_mounts``: the guest's read-only view of its cgroups, as (directory under
+    /sys/fs/cgroup, filesystem type, mount options); ``cap_last``: the kernel's highest
+    capability number (/proc/sys/kernel/cap_last_cap).
+    """
+
+    hidden: tuple[str, ...] = ()
+    secret_files: tuple[str, ...] = confine.HOST_SECRET_FILES
+    cgroup_mounts: tuple[tuple[str, str, str], ...] = ()
+    cap_last: int = max(confine.CAPABILITIES.values())
+
+    @classmethod
+    def probe(cls, *, hidden: tuple[str, ...] = (), layout: CgroupLayout | None = None) -> HostView:
+        """Read what the plan needs from this host."""
+        try:
+            ssh = os.listdir(confine.SSH_DIR)
+        except OSError:
+            ssh = []
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                cap_last = int(f.read())
+        except (OSError, ValueError):
+            cap_last = max(confine.CAPABILITIES.values())
+        return cls(
+            hidden=tuple(os.path.abspath(p) for p in hidden),
+            secret_files=confine.host_secret_files(ssh),
+            cgroup_mounts=guest_cgroup_mounts(layout if layout is not None else detect_layout()),
+            cap_last=cap_last,
+        )
+
+
+@functools.cache
+def default_host() -> HostView:
+    """The host as seen by callers that give none (tests, tools): probed once per process."""
+    return HostView.probe()
+
+
+def guest_cgroup_mounts(layout: CgroupLayout) -> tuple[tuple[str, str, str], ...]:
+    """The cgroup filesystems a guest sees under /sys/fs/cgroup: the hierarchies it has a
+    cgroup in, each mounted where the host has it (a v1 hierarchy's directory is named after its
+    controllers, which are also its mount options)."""
+    out: list[tuple[str, str, str]] = []
+    for hierarchy in layout.hierarchies():
+        rel = os.path.relpath(hierarchy, layout.root)
+        if hierarchy == layout.unified:
+            out.append(("" if rel == "." else rel, "cgroup2", ""))
+        else:
+            out.append((rel, "cgroup", os.path.basename(hierarchy)))
+    return tuple(out)
 
 
 @attrs.frozen
 class SpawnPlan:
-    """Everything the start needs, computed before the fork so the child only executes it."""
+    """Everything the start needs, computed before the embryo is activated so it only executes
+    it."""
 
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     hostname: str
     clone_flags: int
+    #: the directory that becomes the guest's ``/`` (pivot_root)
     root: str
+    #: built before ``G`` (while the supervisor makes the cgroup and runs the hooks)
     mounts: tuple[MountOp, ...]
-    #: join this existing network namespace (NICs plumbed by a prepare hook) instead of
-    #: creating one
-    netns_path: str | None = None
-    #: init's own argv (``argv`` is the wrapper's, which ends with it) and what the wrapper does
-    #: before exec: working directory and user/group; an embryo does these itself
-    init_argv: tuple[str, ...] = ()
+    #: built after ``G``, in the guest's network and cgroup namespaces, before the root switch
+    late_mounts: tuple[MountOp, ...]
     workdir: str = "/"
     uid: int | None = None
     gid: int | None = None
+    #: the guest's capability set (confine.capability_set), by name
+    caps: frozenset[str] = frozenset()
+    #: capabilities to drop from the bounding set: every number up to the kernel's last one
+    #: that is not in ``caps``
+    cap_drop: tuple[int, ...] = ()
+    #: the seccomp filter (classic BPF, as libseccomp exports it)
+    seccomp: bytes = b""
+    #: for a guest with an ``<idmap>``: /proc/PID/uid_map and gid_map, written by the
+    #: supervisor once the embryo (born in a user namespace of its own) is taken
+    uid_map: str = ""
+    gid_map: str = ""
+
+    @property
+    def userns(self) -> bool:
+        """Whether the guest runs in a user namespace of its own."""
+        return bool(self.clone_flags & CLONE_NEWUSER)
+
+    def activation(self) -> Activation:
+        """The message the embryo is activated with (see forkserver.Activation)."""
+        return (
+            self.argv,
+            self.env,
+            self.hostname,
+            CLONE_NEWNS,
+            tuple(m.as_tuple() for m in self.mounts),
+            tuple(m.as_tuple() for m in self.late_mounts),
+            self.root,
+            self.workdir,
+            self.uid,
+            self.gid,
+            confine.cap_numbers(self.caps),
+            self.cap_drop,
+            self.seccomp,
+        )
 
 
 def _inside(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/")) if root != "/" else "/" + path.lstrip("/")
 
 
+def _dev_mounts(root: str, *, userns: bool) -> list[MountOp]:
+    """The guest's own /dev: a tmpfs, the device nodes, a devpts, /dev/shm.
+
+    Without a user namespace the nodes are made with mknod: cheaper than a bind mount of the
+    host's node, and the guest's mount table stays shorter. In a user namespace the kernel
+    allows no mknod (and no device on a filesystem mounted there), so each node is the host's,
+    bound onto an empty file.
+    """
+    dev = _inside(root, "/dev")
+    out = [MountOp("devtmpfs", dev, source="vsv-dev", options="mode=755,size=64k")]
+    for node, major, minor in DEV_NODES:
+        target = f"{dev}/{node}"
+        if userns:
+            out.append(MountOp("file", target))
+            out.append(MountOp("bind", target, source=f"/dev/{node}"))
+        else:
+            out.append(MountOp("node", target, source=f"c {major} {minor}", options="666"))
+    out.append(MountOp("dir", f"{dev}/pts"))
+    out.append(MountOp("devpts", f"{dev}/pts", options="newinstance,ptmxmode=0666,mode=0620"))
+    out.append(MountOp("dir", f"{dev}/shm"))
+    out.append(MountOp("tmpfs", f"{dev}/shm", source="vsv-shm", options="mode=1777"))
+    for name, text in DEV_LINKS:
+        out.append(MountOp("symlink", f"{dev}/{name}", source=text))
+    return out
+
+
+def _masked_paths(host: HostView) -> list[str]:
+    """What a guest without a root filesystem sees empty: where in :data:`STAGE`."""
+    paths = (*confine.HOST_SECRET_DIRS, *host.secret_files, *host.hidden)
+    return [_inside(STAGE, path) for path in paths]
+
+
+def _host_tree_mounts(
+    host: HostView, host_mounts: tuple[str, ...], *, userns: bool
+) -> list[MountOp]:
+    """A guest without a root filesystem: a read-only copy of the host's tree at :data:`STAGE`
+    with the host's secrets and the supervisor's own files masked.
+
+    ``host_mounts``: the host's mount points at or below :data:`OWN_MOUNTS`, deepest first,
+    detached from the copy before the guest's own mounts go on top (in a user namespace the
+    kernel keeps them, locked: they stay hidden under the guest's own).
+
+    A masked directory is an empty tmpfs, writable until the domain's filesystems are mounted
+    (a ``<filesystem>`` may show something of it: its mount point is made there), then
+    read-only (plan_spawn). In a user namespace it is read-only at once: a directory made there
+    by the host's root would belong to no one the namespace knows, which the kernel refuses.
+    """
+    out = [MountOp("bind", STAGE, source="/"), MountOp("ro_tree", STAGE)]
+    for path in host_mounts:
+        out.append(MountOp("detach", _inside(STAGE, path), optional=True))
+    kind = "mask" if userns else "mask_open"
+    for path in _masked_paths(host):
+        out.append(MountOp(kind, path, source=NULL, optional=True))
+    return out
+
+
+def _own_tmpfs_mounts() -> list[MountOp]:
+    """A guest without a root filesystem: its own /run and /tmp."""
+    return [
+        MountOp("tmpfs", _inside(STAGE, "/run"), source="vsv-run", options="mode=755"),
+        MountOp("tmpfs", _inside(STAGE, "/tmp"), source="vsv-tmp", options="mode=1777"),
+    ]
+
+
+def _late_mounts(root: str, host: HostView, *, netns_own: bool) -> list[MountOp]:
+    """After ``G``: sysfs, the guest's cgroups, /proc; each with the host's state masked or
+    read-only."""
+    out: list[MountOp] = []
+    null = NULL
+    sys_dir = _inside(root, "/sys")
+    # a root filesystem without /sys gets none (nor a cgroupfs view, which lives in it)
+    out.append(MountOp("sysfs", sys_dir, optional=root != STAGE))
+    for rel in confine.SYS_MASKED_DIRS:
+        out.append(MountOp("mask", f"{sys_dir}/{rel}", source=null, optional=True))
+    out.extend(_cgroup_mounts(f"{sys_dir}/fs/cgroup", host))
+    proc = _inside(root, "/proc")
+    out.append(MountOp("proc", proc))
+    for name in confine.PROC_MASKED_FILES:
+        out.append(MountOp("mask", f"{proc}/{name}", source=null, optional=True))
+    for name in confine.PROC_MASKED_DIRS:
+        out.append(MountOp("mask", f"{proc}/{name}", source=null, optional=True))
+    if netns_own:
+        # LXC's proc:mixed: a guest's own network sysctls stay writable (what it may write
+        # there is then up to its net_admin in that namespace)
+        out.append(MountOp("bind", f"{proc}/sys/net", source=f"{proc}/sys/net", optional=True))
+    for name in confine.PROC_READONLY:
+        target = f"{proc}/{name}"
+        out.append(MountOp("bind", target, source=target, optional=True))
+        out.append(MountOp("ro", target, optional=True))
+    return out
+
+
+def _cgroup_mounts(top: str, host: HostView) -> list[MountOp]:
+    """The guest's cgroups, read-only, each hierarchy rooted at the guest's own cgroup (the
+    cgroup namespace made at ``G`` does that); v1 ones on a small tmpfs as on the host."""
+    out: list[MountOp] = []
+    if not host.cgroup_mounts:
+        return out
+    unified_on_top = any(rel == "" for rel, _t, _o in host.cgroup_mounts)
+    if not unified_on_top:
+        out.append(MountOp("tmpfs", top, source="vsv-cgroup", options="mode=755,size=16k",
+                           optional=True))  # fmt: skip
+    for rel, fstype, options in host.cgroup_mounts:
+        target = f"{top}/{rel}" if rel else top
+        if rel:
+            out.append(MountOp("dir", target, optional=True))
+        out.append(MountOp("cgroup", target, source=fstype, options=options, optional=True))
+    if not unified_on_top:
+        out.append(MountOp("ro", top, optional=True))
+    return out
+
+
 def plan_spawn(
     domain: Domain,
     *,
+    host: HostView | None = None,
     passwd_text: str = "",
     group_text: str = "",
     extra_env: Mapping[str, str] | None = None,
     netns_path: str | None = None,
+    seccomp_program: bytes = b"",
+    host_mounts: tuple[str, ...] = OWN_MOUNTS,
 ) -> SpawnPlan:
-    """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files).
+    """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files and
+    the host's mount table, and compiles the seccomp filter).
 
     With ``netns_path`` the guest joins that network namespace rather than getting a new one.
+    ``host_mounts`` matter only to a guest without a root filesystem (see _host_tree_mounts).
     """
+    host = host if host is not None else HostView()
     root_dir = domain.root_dir
-    root = os.path.abspath(root_dir) if root_dir is not None else "/"
     flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
     if domain.private_network and netns_path is None:
         flags |= CLONE_NEWNET
     os_spec = domain.os
     uid, gid, home = resolve_ids(os_spec.inituser, os_spec.initgroup, passwd_text, group_text)
 
-    mounts: list[MountOp] = [MountOp("private", "/")]
-    root_readonly = False
+    userns = bool(domain.idmap)
+    if userns:
+        flags |= CLONE_NEWUSER
+    # In a user namespace the ops that reach host paths (bind sources) run with the host's
+    # root credentials, which can still traverse root's directories; then the embryo becomes
+    # the namespace's root, whose files a filesystem made in the namespace needs as owner.
+    host_ops: list[MountOp] = [MountOp("private", "/")]
+    own_ops: list[MountOp] = []
     if root_dir is None:
-        mounts.append(MountOp("ro_tree", "/"))
+        root = STAGE
+        host_ops.extend(_host_tree_mounts(host, host_mounts, userns=userns))
+        own_ops.extend(_own_tmpfs_mounts())
+        root_readonly = False
     else:
-        mounts.append(MountOp("bind", root, source=root))
+        root = os.path.abspath(root_dir)
+        host_ops.append(MountOp("bind", root, source=root))
         root_readonly = any(fs.target == "/" and fs.readonly for fs in domain.filesystems)
-    dev = _inside(root, "/dev")
-    # a tmpfs that allows device nodes, and the nodes made in it: a mknod is cheaper than a
-    # bind mount of the host's node, and leaves the guest's mount table shorter
-    mounts.append(MountOp("devtmpfs", dev, source="vsv-dev", options="mode=755,size=64k"))
-    for node, major, minor in DEV_NODES:
-        mounts.append(MountOp("node", f"{dev}/{node}", source=f"c {major} {minor}", options="666"))
-    mounts.append(MountOp("dir", f"{dev}/pts"))
-    mounts.append(MountOp("devpts", f"{dev}/pts", options="newinstance,ptmxmode=0666,mode=0620"))
-    mounts.append(MountOp("dir", f"{dev}/shm"))
-    mounts.append(MountOp("tmpfs", f"{dev}/shm", source="vsv-shm", options="mode=1777"))
-    for name, text in DEV_LINKS:
-        mounts.append(MountOp("symlink", f"{dev}/{name}", source=text))
-    if root_dir is None:
-        mounts.append(MountOp("tmpfs", "/tmp", source="vsv-tmp", options="mode=1777"))
-    else:
-        mounts.append(MountOp("sysfs", _inside(root, "/sys"), optional=True))
+    own_ops.extend(_dev_mounts(root, userns=userns))
     for fs in domain.filesystems:
         if fs.target == "/":
             continue
         target = _inside(root, fs.target)
-        mounts.append(MountOp("dir", target))
+        ops = own_ops
         if fs.type == "ram":
             size = f",size={fs.usage_kib}k" if fs.usage_kib is not None else ""
-            mounts.append(MountOp("tmpfs", target, source="vsv-ram", options="mode=755" + size))
+            step = MountOp("tmpfs", target, source="vsv-ram", options="mode=755" + size)
         else:
-            mounts.append(MountOp("bind", target, source=fs.source))
+            step = MountOp("bind", target, source=fs.source)
+            ops = host_ops if userns else own_ops
+        ops.extend([MountOp("dir", target), step])
         if fs.readonly:
-            mounts.append(MountOp("ro", target))
+            ops.append(MountOp("ro", target))
+    if root_dir is None and not userns:
+        own_ops.extend(MountOp("ro", path, optional=True) for path in _masked_paths(host))
     if root_readonly:
-        mounts.append(MountOp("ro", root))
+        own_ops.append(MountOp("ro", root))
+    become = [MountOp("become_root", "/")] if userns else []
+    mounts = [*host_ops, *become, *own_ops]
 
     env: dict[str, str] = {
         "PATH": DEFAULT_PATH,
@@ -233,66 +440,30 @@ def plan_spawn(
     env.update(dict(os_spec.initenv))
     if extra_env:
         env.update(extra_env)
-
-    argv: list[str] = [UNSHARE, "--fork", "--mount-proc"]
-    if root_dir is not None:
-        argv += ["--root", root]
-    argv += ["--wd", os_spec.initdir or "/"]
-    if uid is not None:
-        argv += ["--setuid", str(uid)]
-    if gid is not None:
-        argv += ["--setgid", str(gid)]
-    init_argv = (os_spec.init, *os_spec.initargs)
-    argv += ["--", *init_argv]
+    caps = confine.capability_set(domain)
+    kept = set(confine.cap_numbers(caps))
+    maps = {kind: "".join(f"{e.start} {e.target} {e.count}\n" for e in domain.idmap
+                          if e.kind == kind) for kind in ("uid", "gid")}  # fmt: skip
     return SpawnPlan(
-        argv=tuple(argv),
+        argv=(os_spec.init, *os_spec.initargs),
         env=tuple(env.items()),
         hostname=domain.hostname or domain.name,
         clone_flags=flags,
         root=root,
         mounts=tuple(mounts),
-        netns_path=netns_path,
-        init_argv=init_argv,
+        late_mounts=tuple(_late_mounts(root, host, netns_own=domain.private_network)),
         workdir=os_spec.initdir or "/",
         uid=uid,
         gid=gid,
+        caps=caps,
+        cap_drop=tuple(n for n in range(host.cap_last + 1) if n not in kept),
+        seccomp=seccomp_program,
+        uid_map=maps["uid"],
+        gid_map=maps["gid"],
     )
 
 
-# -- the child side (runs between fork and exec) -----------------------------------------------
-
-
-def _mount_tuples(plan: SpawnPlan) -> tuple[MountTuple, ...]:
-    return tuple((m.kind, m.target, m.source, m.options, m.optional) for m in plan.mounts)
-
-
-def _child_setup(plan: SpawnPlan, procs_files: tuple[str, ...], err_fd: int) -> None:
-    """preexec_fn of the fork path: cgroup, namespaces, hostname, mounts; failures on ``err_fd``."""
-    try:
-        child_setup(
-            procs_files, plan.netns_path, plan.clone_flags, plan.hostname, _mount_tuples(plan)
-        )
-    except BaseException as e:
-        try:
-            os.write(err_fd, f"{type(e).__name__}: {e}".encode()[:4000])
-        except OSError:
-            pass
-        raise
-
-
 # -- the parent side ---------------------------------------------------------------------------
-
-
-class Wrapper(Protocol):
-    """What :class:`GuestProcess` needs of the wrapper process: ``trio.Process`` or ours."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def returncode(self) -> int | None: ...
-    def poll(self) -> int | None: ...
-    async def wait(self) -> int: ...
-    def kill(self) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -394,19 +565,20 @@ class Namespaces:
 
 @attrs.define(eq=False)
 class GuestProcess:
-    """A running guest: the ``unshare`` wrapper (our child) and the guest's PID 1 below it.
+    """A running guest: its init, our own child (``wrapper``, named for the run record's
+    ``wrapper_pid``: the process the supervisor waits on, which is init itself).
 
     ``init_pid`` is None only when init ended before it could be observed (an init that exits at
     once); ``wait()`` still reports how it ended.
     """
 
-    wrapper: Wrapper
+    wrapper: ChildProcess
     init_pid: int | None
     namespaces: Namespaces | None
 
     @property
     def wrapper_pid(self) -> int:
-        """The host pid of the wrapper, to record in the run dir."""
+        """The host pid of the process we wait on (init), to record in the run dir."""
         return self.wrapper.pid
 
     async def wait(self) -> GuestExit:
@@ -414,7 +586,7 @@ class GuestProcess:
         return GuestExit.from_returncode(await self.wrapper.wait())
 
     def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the guest's init (not the wrapper).
+        """Send ``sig`` to the guest's init.
 
         The kernel drops a signal for which a namespace's init has no handler, except SIGKILL
         and SIGSTOP: a guest that ignores SIGTERM must be stopped with SIGKILL or kill_all.
@@ -430,9 +602,13 @@ class GuestProcess:
 
 
 def _prepare(
-    domain: Domain, extra_env: Mapping[str, str] | None, netns_path: str | None = None
+    domain: Domain,
+    extra_env: Mapping[str, str] | None,
+    host: HostView,
+    netns_path: str | None = None,
 ) -> SpawnPlan:
-    """Check the root dir, read the guest's passwd/group if names need resolving, plan."""
+    """Check the root dir, read the guest's passwd/group if names need resolving, compile the
+    seccomp filter for the guest's capabilities (once per set: it is cached), plan."""
     root_dir = domain.root_dir
     if root_dir is not None and not os.path.isdir(root_dir):
         raise RuntimeFailure(f"root directory {root_dir} of domain {domain.name} does not exist")
@@ -441,8 +617,25 @@ def _prepare(
     if domain.os.inituser is not None or domain.os.initgroup is not None:
         passwd = _read_guest_file(root, "/etc/passwd")
         group = _read_guest_file(root, "/etc/group")
+    caps = confine.seccomp_caps(confine.capability_set(domain), userns=bool(domain.idmap))
+    program = seccomp.compile_profile(seccomp.profile_for(caps))
+    host_mounts: tuple[str, ...] = OWN_MOUNTS
+    if root_dir is None:
+        # read at every start: the host's mounts change (a network namespace added, say)
+        try:
+            with open("/proc/self/mountinfo") as f:
+                host_mounts = confine.mount_points_below(f.read(), OWN_MOUNTS)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot read /proc/self/mountinfo: {e.strerror}") from e
     return plan_spawn(
-        domain, passwd_text=passwd, group_text=group, extra_env=extra_env, netns_path=netns_path
+        domain,
+        host=host,
+        passwd_text=passwd,
+        group_text=group,
+        extra_env=extra_env,
+        netns_path=netns_path,
+        seccomp_program=program,
+        host_mounts=host_mounts,
     )
 
 
@@ -464,29 +657,6 @@ def _read_guest_file(root: str, rel: str) -> str:
         return ""
 
 
-#: the start path: "embryo" (default), "forkserver" (a fork server's child execs unshare) or
-#: "fork" (preexec_fn in a fork of the supervisor, then unshare)
-SPAWN_MODE_ENV = "VSV_SPAWN"
-DEFAULT_SPAWN_MODE = "embryo"
-SPAWN_MODES = ("embryo", "forkserver", "fork")
-
-
-def spawn_mode() -> str:
-    """The start path chosen by ``$VSV_SPAWN`` (read at every start, so tests can switch).
-
-    Without the variable: embryos where the fork server's raw clone(2) is known, else the fork
-    path.
-    """
-    mode = os.environ.get(SPAWN_MODE_ENV)
-    if mode is None:
-        known = os.uname().machine in forkserver.SYS_CLONE
-        return DEFAULT_SPAWN_MODE if known else "fork"
-    if mode not in SPAWN_MODES:
-        allowed = ", ".join(repr(m) for m in SPAWN_MODES)
-        raise RuntimeFailure(f"{SPAWN_MODE_ENV}={mode!r}: expected one of {allowed}")
-    return mode
-
-
 async def spawn_init(
     domain: Domain,
     cgroup: GuestCgroup,
@@ -494,187 +664,23 @@ async def spawn_init(
     log_path: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     netns_path: str | None = None,
+    host: HostView | None = None,
 ) -> GuestProcess:
     """Start the domain's init in new namespaces inside ``cgroup`` (which must exist).
 
-    Returns once the guest's init is running (its PID 1 has exec'd the init program). stdin is
-    /dev/null; stdout and stderr go to ``log_path`` (appended) or /dev/null. Gives up with
-    RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
+    :func:`begin_spawn` and :meth:`PendingStart.finish` in one go, for callers with nothing to
+    do in between. Returns once the guest's init is running. stdin is /dev/null; stdout and
+    stderr go to ``log_path`` (appended) or /dev/null. Gives up with RuntimeFailure when init
+    is not running after ``START_TIMEOUT`` seconds.
     """
-    mode = spawn_mode()
-    if mode == "embryo":
-        pending = await begin_spawn(
-            domain, log_path=log_path, extra_env=extra_env, joins_netns=netns_path is not None
-        )
-        return await pending.finish(cgroup, netns_path=netns_path)
-    plan = _prepare(domain, extra_env, netns_path)
-    procs_files = cgroup.procs_files()
-
-    out_fd: int | None = None
-    try:
-        out_fd = _open_log(log_path)
-        if mode == "forkserver":
-            wrapper: Wrapper = await _start_via_forkserver(domain.name, plan, procs_files, out_fd)
-        else:
-            wrapper = await _start_via_fork(domain.name, plan, procs_files, out_fd)
-    finally:
-        if out_fd is not None:
-            os.close(out_fd)
-
-    try:
-        init_pid = await _wait_init_exec(wrapper)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            wrapper.kill()
-            await wrapper.wait()
-        raise
-    if init_pid is None:
-        rc = wrapper.returncode
-        if rc in (126, 127):
-            raise RuntimeFailure(
-                f"cannot start guest {domain.name}: init {domain.os.init} could not be "
-                f"executed (wrapper exit {rc}; see the guest log)"
-            )
-        return GuestProcess(wrapper=wrapper, init_pid=None, namespaces=None)
-    try:
-        ns = Namespaces(**procs.ns_inodes(init_pid))
-    except RuntimeFailure:
-        # init ended between exec and now; wait() will tell how
-        return GuestProcess(wrapper=wrapper, init_pid=None, namespaces=None)
-    return GuestProcess(wrapper=wrapper, init_pid=init_pid, namespaces=ns)
-
-
-async def _start_via_fork(
-    name: str, plan: SpawnPlan, procs_files: tuple[str, ...], out_fd: int | None
-) -> trio.Process:
-    """The fork path: ``preexec_fn`` in a fork of the supervisor; blocks until exec."""
-    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        stdout: int = out_fd if out_fd is not None else subprocess.DEVNULL
-        try:
-            return await trio.lowlevel.open_process(
-                list(plan.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stdout,
-                env=dict(plan.env),
-                start_new_session=True,
-                preexec_fn=lambda: _child_setup(plan, procs_files, wfd),
-            )
-        except subprocess.SubprocessError as e:
-            os.close(wfd)
-            wfd = -1
-            try:
-                detail = os.read(rfd, 4096).decode(errors="replace")
-            except BlockingIOError:
-                detail = str(e)
-            raise RuntimeFailure(
-                f"cannot start guest {name}: child setup failed: {detail}"
-            ) from None
-        except OSError as e:
-            raise RuntimeFailure(f"cannot start guest {name}: {e}") from e
-    finally:
-        if wfd >= 0:
-            os.close(wfd)
-        os.close(rfd)
-
-
-async def _start_via_forkserver(
-    name: str, plan: SpawnPlan, procs_files: tuple[str, ...], out_fd: int | None
-) -> ChildProcess:
-    """The fork-server path: one message to a server of the pool, then the report pipe until EOF.
-
-    The report pipe's write end is close-on-exec in the child, so EOF means the wrapper has
-    exec'd (or the child ended after writing why). Reading it is shielded (bounded by
-    ``START_TIMEOUT``) so that a cancelled start still learns the pid of the child it must
-    kill; the caller's cancellation then takes effect in :func:`_wait_init_exec`. The server
-    counts as busy with this start until the child's first report (its pid, written right
-    after the clone), which is all the work the server itself does for it.
-    """
-    payload = marshal.dumps(
-        (plan.argv, plan.env, plan.hostname, plan.clone_flags, plan.netns_path, procs_files,
-         _mount_tuples(plan))
-    )  # fmt: skip
-    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    chunks: list[bytes] = []
-    server: _ForkServer | None = None
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if server is not None and not released:
-            released = True
-            server.busy -= 1
-
-    try:
-        try:
-            server = _fork_server()
-            server.busy += 1
-            await server.send(payload, [wfd] if out_fd is None else [wfd, out_fd])
-        finally:
-            os.close(wfd)
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(START_TIMEOUT) as waited:
-                await _read_to_eof(rfd, chunks, release)
-    finally:
-        release()
-        os.close(rfd)
-    return await _child_from_report(
-        name, b"".join(chunks), complete=not waited.cancelled_caught, server=server
+    pending = await begin_spawn(
+        domain,
+        log_path=log_path,
+        extra_env=extra_env,
+        joins_netns=netns_path is not None,
+        host=host,
     )
-
-
-async def _read_to_eof(
-    fd: int, chunks: list[bytes], first: Callable[[], None] | None = None
-) -> None:
-    """Append what ``fd`` delivers to ``chunks`` until EOF (kept if the caller gives up).
-
-    ``first`` is called once something (a chunk or EOF) arrived.
-    """
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            continue
-        if first is not None:
-            first()
-            first = None
-        if not chunk:
-            return
-        chunks.append(chunk)
-
-
-async def _child_from_report(
-    name: str, report: bytes, *, complete: bool = True, server: _ForkServer | None = None
-) -> ChildProcess:
-    """Turn the child's report (``P<pid>\\n`` then maybe ``E``/``X<why>``) into a child or error.
-
-    ``complete`` is False when the report did not reach EOF within the start timeout: the
-    child (if it said its pid) is killed and reaped, and the start fails. A report without a
-    pid means ``server`` (the one asked) did not answer: it is replaced at its next use.
-    """
-    text = report.decode(errors="replace")
-    child: ChildProcess | None = None
-    if text.startswith("P") and "\n" in text:
-        line, _, text = text.partition("\n")
-        child = ChildProcess(int(line[1:]))
-    if not complete:
-        text = f"Xthe child did not exec within {START_TIMEOUT}s"
-        if child is not None:
-            child.kill()
-    if text:
-        if child is not None:
-            with trio.CancelScope(shield=True):
-                await child.wait()
-        if text[0] == "E":
-            raise RuntimeFailure(f"cannot start guest {name}: child setup failed: {text[1:]}")
-        raise RuntimeFailure(f"cannot start guest {name}: {text[1:]}")
-    if child is None:
-        if server is not None:
-            server.close()
-        raise RuntimeFailure(f"cannot start guest {name}: the fork server did not answer")
-    return child
+    return await pending.finish(cgroup, netns_path=netns_path)
 
 
 @attrs.define(eq=False)
@@ -684,8 +690,6 @@ class _ForkServer:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     owner: int
-    #: starts sent to this server whose child has not reported its pid yet
-    busy: int = 0
     closed: bool = False
 
     @classmethod
@@ -714,26 +718,6 @@ class _ForkServer:
         """Ours (not inherited through a fork), not closed and still running."""
         return not self.closed and self.owner == os.getpid() and self.proc.poll() is None
 
-    async def send(self, payload: bytes, fds: list[int]) -> None:
-        """Send one request; waits (under a per-run lock) while the socket buffer is full."""
-        try:
-            locks = _SEND_LOCKS.get()
-        except LookupError:
-            locks = {}
-            _SEND_LOCKS.set(locks)
-        lock = locks.setdefault(self.proc.pid, trio.Lock())
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        async with lock:
-            while True:
-                try:
-                    self.sock.sendmsg([payload], ancillary)
-                    return
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
-                except OSError as e:
-                    self.close()
-                    raise RuntimeFailure(f"the fork server is gone: {e}") from e
-
     def close(self) -> None:
         """Close our end (the server exits on EOF) and reap it."""
         if self.closed:
@@ -751,7 +735,6 @@ class _ForkServer:
 
 #: at most this many fork servers, however many CPUs we may use
 MAX_FORK_SERVERS = 4
-_SEND_LOCKS: trio.lowlevel.RunVar[dict[int, trio.Lock]] = trio.lowlevel.RunVar("vsv_fs_send")
 #: the pool, one slot per server; a slot whose server died is refilled at its next use
 _servers: list[_ForkServer | None] = []
 
@@ -772,17 +755,14 @@ def pool_size() -> int:
 
 
 def start_fork_server() -> None:
-    """Start the pool of fork servers now if the fork-server path is in use (else each starts
-    on the first start that picks it, which then waits ~20-30 ms for the interpreter). Call
+    """Start the pool of fork servers and the first spare embryos now (else each server starts
+    on the first start that needs it, which then waits ~20-30 ms for the interpreter). Call
     from the main thread: a server's parent-death signal is tied to the thread that started
     it."""
-    mode = spawn_mode()
-    if mode in ("forkserver", "embryo"):
-        _ensure_pool()
-        for i in range(len(_servers)):
-            _server_at(i)
-    if mode == "embryo":
-        top_up_embryos(DEFAULT_EMBRYO_FLAGS)
+    _ensure_pool()
+    for i in range(len(_servers)):
+        _server_at(i)
+    top_up_embryos(DEFAULT_EMBRYO_FLAGS)
 
 
 def _ensure_pool() -> None:
@@ -799,13 +779,6 @@ def _server_at(i: int) -> _ForkServer:
             server.close()
         server = _servers[i] = _ForkServer.start()
     return server
-
-
-def _fork_server() -> _ForkServer:
-    """The server for the next start: the least busy (lowest slot among equals), usable."""
-    _ensure_pool()
-    best = min(range(len(_servers)), key=lambda i: (s.busy if (s := _servers[i]) else 0, i))
-    return _server_at(best)
 
 
 def _reset_fork_server() -> None:
@@ -827,6 +800,11 @@ atexit.register(_reset_fork_server)
 #: namespaces an embryo is born in; the mount namespace is made at activation instead, so the
 #: guest gets the host's mount table as it is at its start (an embryo may wait for minutes)
 EMBRYO_BIRTH_FLAGS = CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+#: what tells kinds of embryo apart: their birth namespaces, and for a guest with an ``<idmap>``
+#: a user namespace, which must own the others (made at the same clone) so that the guest's root
+#: has its capabilities over its own pid (reboot), network (ports, raw sockets) and uts
+#: namespaces
+EMBRYO_KIND_MASK = EMBRYO_BIRTH_FLAGS | CLONE_NEWUSER
 #: the kind of embryo most starts use (a guest with a network namespace of its own)
 DEFAULT_EMBRYO_FLAGS = EMBRYO_BIRTH_FLAGS
 #: how long a start that is the only one in flight polls for init's exec instead of sleeping
@@ -993,40 +971,40 @@ async def _take_embryo(flags: int) -> tuple[_Embryo, ChildProcess]:
 class PendingStart:
     """A start begun before the guest's cgroup and network exist (:func:`begin_spawn`).
 
-    On the embryo path the embryo builds the guest's mount tree while the supervisor makes the
-    cgroup and runs the prepare hooks; :meth:`finish` then moves it into the cgroup, hands it
-    the network namespace and waits for init's exec. On the other paths nothing happens before
-    :meth:`finish`, which is a plain :func:`spawn_init`. Exactly one of :meth:`finish` and
-    :meth:`abort` must be awaited.
+    The embryo builds the guest's mount tree while the supervisor makes the cgroup and runs the
+    prepare hooks; :meth:`finish` then moves it into the cgroup, hands it the network namespace
+    and waits for init's exec. Exactly one of :meth:`finish` and :meth:`abort` must be awaited.
     """
 
     domain: Domain
-    log_path: str | None
-    extra_env: Mapping[str, str] | None
-    embryo: _Embryo | None = None
-    child: ChildProcess | None = None
+    #: None once finish or abort took it
+    embryo: _Embryo | None
+    child: ChildProcess
     #: the namespaces the embryo was born in, plus the mount namespace it made at activation
-    made: int = 0
+    made: int
+
+    @property
+    def netns_source(self) -> str | None:
+        """For a guest in a user namespace of its own: the network namespace the embryo was
+        born in, which a network hook must name and plumb (one it made itself would belong to
+        the host's user namespace, out of the guest root's reach)."""
+        if self.made & CLONE_NEWUSER and self.made & CLONE_NEWNET:
+            return f"/proc/{self.child.pid}/ns/net"
+        return None
 
     async def finish(self, cgroup: GuestCgroup, *, netns_path: str | None = None) -> GuestProcess:
         """Complete the start in ``cgroup`` (which must exist), joining ``netns_path`` if given.
 
         Returns once init runs; RuntimeFailure (the child killed and reaped) when it cannot.
         """
-        if self.embryo is None or self.child is None:
-            return await spawn_init(
-                self.domain,
-                cgroup,
-                log_path=self.log_path,
-                extra_env=self.extra_env,
-                netns_path=netns_path,
-            )
+        if self.embryo is None:
+            raise RuntimeFailure(f"the start of {self.domain.name} was finished or aborted")
         embryo, child, name = self.embryo, self.child, self.domain.name
         self.embryo = None
         try:
             return await self._finish(embryo, child, name, cgroup, netns_path)
         finally:
-            _top_up_soon(self.made & EMBRYO_BIRTH_FLAGS)
+            _top_up_soon(self.made & EMBRYO_KIND_MASK)
 
     async def _finish(
         self,
@@ -1108,8 +1086,8 @@ class PendingStart:
         self.embryo = None
         if embryo is not None:
             embryo.sock.close()
-            _top_up_soon(self.made & EMBRYO_BIRTH_FLAGS)
-        if child is not None and embryo is not None:
+            _top_up_soon(self.made & EMBRYO_KIND_MASK)
+        if embryo is not None:
             with trio.CancelScope(shield=True):
                 child.kill()
                 await child.wait()
@@ -1121,34 +1099,40 @@ async def begin_spawn(
     log_path: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     joins_netns: bool | None = None,
+    host: HostView | None = None,
 ) -> PendingStart:
     """Begin starting ``domain`` before its cgroup and prepare hooks exist; see PendingStart.
 
     ``joins_netns`` says whether :meth:`PendingStart.finish` will get a network namespace to
     join (None: guess from the domain, which has one from the network subsystem when it has
     interfaces). A wrong guess costs time, not correctness: an embryo born without a network
-    namespace of its own makes one at ``G`` when none is given.
+    namespace of its own makes one at ``G`` when none is given. ``host``: what the plan needs
+    of the host (the runtime probes it once; None: :func:`default_host`).
     """
-    if spawn_mode() != "embryo":
-        return PendingStart(domain, log_path, extra_env)
-    plan = _prepare(domain, extra_env)
+    plan = _prepare(domain, extra_env, host if host is not None else default_host())
     if joins_netns is None:
         joins_netns = bool(domain.interfaces)
     birth = EMBRYO_BIRTH_FLAGS
-    if joins_netns or not domain.private_network:
+    if plan.userns:
+        # its network namespace too must be the user namespace's: a network hook then names
+        # and plumbs the embryo's own (PendingStart.netns_source) instead of making one
+        birth |= CLONE_NEWUSER
+        if not domain.private_network:
+            birth &= ~CLONE_NEWNET
+    elif joins_netns or not domain.private_network:
         birth &= ~CLONE_NEWNET
     out_fd: int | None = None
     try:
         out_fd = _open_log(log_path)
         embryo, child = await _take_embryo(birth)
-        pending = PendingStart(
-            domain, log_path, extra_env, embryo=embryo, child=child,
-            made=birth | CLONE_NEWNS,
-        )  # fmt: skip
-        activation = marshal.dumps(
-            (plan.init_argv, plan.env, plan.hostname, CLONE_NEWNS, _mount_tuples(plan),
-             plan.root, plan.workdir, plan.uid, plan.gid)
-        )  # fmt: skip
+        pending = PendingStart(domain, embryo=embryo, child=child, made=birth | CLONE_NEWNS)
+        if plan.userns:
+            try:
+                _write_id_maps(child.pid, plan)
+            except RuntimeFailure:
+                await pending.abort()
+                raise
+        activation = marshal.dumps(plan.activation())
         fds = [] if out_fd is None else [out_fd]
         try:
             embryo.sock.sendmsg(
@@ -1163,6 +1147,25 @@ async def begin_spawn(
     finally:
         if out_fd is not None:
             os.close(out_fd)
+
+
+def _write_id_maps(pid: int, plan: SpawnPlan) -> None:
+    """Give an embryo's user namespace the domain's ``<idmap>`` (once; the kernel allows no
+    second write). The supervisor writes it, as the host's root, so no setgroups restriction
+    applies and every range of the map is allowed."""
+    for kind, text in (("uid", plan.uid_map), ("gid", plan.gid_map)):
+        path = f"/proc/{pid}/{kind}_map"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            lines = text.strip().replace("\n", "; ")
+            raise RuntimeFailure(
+                f"idmap/{kind}: the kernel refused the map {lines!r}: {e.strerror}"
+            ) from e
 
 
 def _move_to_cgroup(pid: int, procs_files: tuple[str, ...]) -> None:
@@ -1208,28 +1211,6 @@ def _discard_embryos() -> None:
     pool.clear()
 
 
-async def _wait_init_exec(wrapper: Wrapper) -> int | None:
-    """The host pid of the wrapper's child once it runs the init program, None if it ended.
-
-    The wrapper forks, and the child execs init after chroot/proc/setuid: it runs init once its
-    executable is no longer the wrapper's.
-    """
-    wrapper_exe = procs.exe_of(wrapper.pid)
-    timeout = START_TIMEOUT
-    delay = FIRST_POLL
-    with trio.move_on_after(timeout), procs.FineSleeper() as sleeper:
-        while True:
-            if wrapper.poll() is not None:
-                return None
-            for child in procs.children_of(wrapper.pid):
-                exe = procs.exe_of(child)
-                if exe is not None and exe != wrapper_exe:
-                    return child
-            await sleeper.sleep(delay)
-            delay = min(delay * POLL_GROWTH, 0.01)
-    raise RuntimeFailure(f"guest init did not start within {timeout}s")
-
-
 def signal_name(sig: int) -> str:
     """``SIGHUP`` for 1, etc.; the number as text for unknown signals."""
     try:
@@ -1255,6 +1236,5 @@ __all__ = [
     "plan_spawn",
     "resolve_ids",
     "spawn_init",
-    "spawn_mode",
     "start_fork_server",
 ]

@@ -159,8 +159,14 @@ class NetworkService:
         """The ``prepare`` hook's network part: plumb a guest's NICs (see :func:`plumb`)."""
         return await plumb(self.host, domain, guest_netns, self.running, self.book, guest=guest)
 
-    async def create_guest_netns(self, name: str) -> tuple[Path, Rtnl]:
+    async def create_guest_netns(
+        self, name: str, *, source: str | None = None
+    ) -> tuple[Path, Rtnl]:
         """Create a guest's named namespace with a netlink socket in it (``lo`` up).
+
+        With ``source`` (a guest in a user namespace of its own) the namespace is not made but
+        named: the one its process was born in, owned by its user namespace, is bind-mounted at
+        the name (on the host's netlink worker, which then opens the socket in it).
 
         The spare made ahead of need is taken when there is one (a bind mount; the next spare
         is made on a thread meanwhile). Otherwise one hop to the host's netlink worker, which
@@ -168,6 +174,10 @@ class NetworkService:
         meanwhile comes at the caller's next checkpoint, once it holds what was made (and so
         can remove it). The caller closes the socket.
         """
+        if source is not None:
+            return await self.host.worker.call(
+                lambda _: nsutil.name_netns(name, source, guest_rtnl), deliver=True
+            )
         if self.spares is None:
             self.spares = nsutil.SpareNetns(guest_rtnl, Rtnl.close)
         taken = self.spares.take(name)

@@ -218,7 +218,7 @@ class NetworkSubsystem:
         name = self._netns_name(domain.name)
         if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now
             nsutil.delete_netns(name)
-        path, guest = await self.service.create_guest_netns(name)
+        path, guest = await self.service.create_guest_netns(name, source=ctx.netns_source)
         record: dict[str, Any] = {"netns": name, "nics": []}
         ctx.records["net"] = record
         try:
