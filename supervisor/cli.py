@@ -63,6 +63,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         ro_socket=ro_socket,
         socket_group=args.socket_group,
         log_max_bytes=args.log_max_mib << 20,
+        api_max_connections=args.api_max_connections,
+        api_ro_max_connections=args.api_ro_max_connections,
     )
     return trio.run(run_daemon, opts)
 
@@ -71,12 +73,26 @@ def _cmd_rootfs(args: argparse.Namespace) -> int:
     from supervisor.errors import VsvError
     from supervisor.guest.rootfs import prepare_busybox_root
 
+    owner: tuple[int, int] | None = None
+    if args.owner is not None:
+        uid, _, gid = args.owner.partition(":")
+        if not uid.isdigit() or not (gid or uid).isdigit():
+            print(f"vsv rootfs: --owner {args.owner!r}: expected UID or UID:GID", file=sys.stderr)
+            return 2
+        owner = (int(uid), int(gid or uid))
     try:
-        print(prepare_busybox_root(args.path))
+        print(prepare_busybox_root(args.path, owner=owner))
     except (VsvError, OSError) as exc:
         print(f"vsv rootfs: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _positive_number(text: str) -> int:
+    """argparse type: a whole number of 1 or more (a cap of 0 connections would lock all out)."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket-group", metavar="GROUP", help="group allowed on the read-write socket")
     p.add_argument("--no-api", action="store_true", help="serve no API sockets")
     p.add_argument(
+        "--api-max-connections",
+        type=_positive_number,
+        metavar="N",
+        help="open connections the read-write socket serves at once; more are answered 503 "
+        "(default 64, less when the descriptor limit is low)",
+    )
+    p.add_argument(
+        "--api-ro-max-connections",
+        type=_positive_number,
+        metavar="N",
+        help="open connections the read-only socket serves at once; more are answered 503 "
+        "(default 256, less when the descriptor limit is low)",
+    )
+    p.add_argument(
         "--log-max-mib",
         type=whole_number,
         default=8,
@@ -170,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rootfs", help="prepare a small busybox root directory for guests")
     p.add_argument("path", nargs="?", default="/var/lib/vsv/rootfs/busybox")
+    p.add_argument(
+        "--owner",
+        metavar="UID[:GID]",
+        help="give the root to the host ids a guest's <idmap> maps its root to "
+        "(the <uid start='0' target='UID'/> of the domain); every file keeps its offset",
+    )
     p.set_defaults(func=_cmd_rootfs)
     return parser
 

@@ -1106,6 +1106,10 @@ class DaemonOptions:
     ro_socket: str | None = None
     socket_group: str | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    #: caps of open API connections per socket (None: derived from the descriptor limit; see
+    #: supervisor/api/limits.py)
+    api_max_connections: int | None = None
+    api_ro_max_connections: int | None = None
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
@@ -1137,6 +1141,16 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     if documents is None:
         return 1
     domains, networks = documents
+    from supervisor.api.limits import raise_nofile_limit
+
+    # before anything opens files: the API's connection caps are planned from this limit
+    nofile_before, nofile = raise_nofile_limit()
+    log.info(
+        "descriptor limit (RLIMIT_NOFILE): %d%s",
+        nofile,
+        f" (raised from {nofile_before})" if nofile != nofile_before else "",
+        extra={"nofile": nofile, "nofile_before": nofile_before},
+    )
     created_netns = False
     host_netns: str | None = None
     if opts.netns is not None:
@@ -1161,6 +1175,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         host_netns=host_netns,
         bus=bus,
         log_max_bytes=opts.log_max_bytes,
+        # no guest may see them (a guest without a root filesystem sees the host's tree)
+        hidden_paths=tuple(p for p in (opts.socket, opts.ro_socket) if p is not None),
     )
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -1178,6 +1194,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                             socket_path=opts.socket,
                             ro_socket_path=opts.ro_socket,
                             group=opts.socket_group,
+                            max_connections=opts.api_max_connections,
+                            ro_max_connections=opts.api_ro_max_connections,
                         )
                     )
                 sup.bus.publish_nowait(

@@ -5,7 +5,9 @@ answers. Theory of operation:
 
 - Every request is matched against :data:`ROUTES` (method, path pattern). A read-only instance
   answers every method but GET with 403 ``read-only`` before routing, so no mutation can slip
-  through a route added later.
+  through a route added later. A connection the server refused (its peer is in another pid or
+  mount namespace, :mod:`supervisor.api.peer`) is answered 403 ``forbidden`` before anything
+  else, also before routing, and then closed.
 - Errors are RFC 9457 problem details (``application/problem+json``) with a stable ``code`` and
   the ``field`` that was wrong; the project's error tree maps onto status codes in
   :func:`problem_for`.
@@ -27,7 +29,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -44,6 +46,9 @@ from supervisor.errors import (
 from supervisor.facade import DomainStatus, Lease, SupervisorFacade
 from supervisor.journal import Entry, Journal
 from supervisor.model import Domain, Network
+
+if TYPE_CHECKING:
+    from supervisor.api.limits import ApiStatistics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -140,6 +145,7 @@ _TITLES = {
     409: "Conflict",
     413: "Content Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -165,6 +171,8 @@ class Reply:
     status: int
     body: bytes
     content_type: str = "application/json"
+    #: end the connection after this answer (``Connection: close``)
+    close: bool = False
 
 
 def json_bytes(value: Any) -> bytes:
@@ -303,7 +311,9 @@ class ApiApp:
     """The ASGI application for one socket (read-write or read-only).
 
     Call :meth:`close` when done to unregister from the journal. ``peer`` (passed per
-    connection by :mod:`supervisor.api.server`) is logged with every mutation.
+    connection by :mod:`supervisor.api.server`) is logged with every mutation; ``refusal``
+    (also per connection) turns every answer on that connection into 403 ``forbidden``.
+    ``connections`` reports the server's connection counts for ``GET /v1/supervisor``.
     """
 
     facade: SupervisorFacade
@@ -312,6 +322,7 @@ class ApiApp:
     heartbeat: float = 15.0
     codec: Codec = attrs.field(factory=XmlCodec)
     started_at: float = attrs.field(factory=time.time)
+    connections: Callable[[], ApiStatistics] | None = None
     _grown: trio.Event = attrs.field(factory=trio.Event, init=False)
     _unlisten: Callable[[], None] | None = attrs.field(default=None, init=False)
 
@@ -333,7 +344,13 @@ class ApiApp:
             await self._grown.wait()
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, *, peer: PeerCred | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        peer: PeerCred | None = None,
+        refusal: str | None = None,
     ) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
@@ -343,6 +360,8 @@ class ApiApp:
         method: str = scope["method"]
         path: str = scope["path"]
         try:
+            if refusal is not None:
+                _refuse_foreign(refusal)
             if method != "GET" and self.read_only:
                 _refuse_read_only()
             if method != "GET":
@@ -373,7 +392,10 @@ class ApiApp:
             reply = await handler(self, request)
         except HttpProblem as problem:
             reply = Reply(
-                problem.status, json_bytes(problem.document()), "application/problem+json"
+                problem.status,
+                json_bytes(problem.document()),
+                "application/problem+json",
+                close=refusal is not None,
             )
         except Exception:
             log.exception("api: unexpected failure in %s %s", method, path)
@@ -668,6 +690,7 @@ class ApiApp:
                 "pid": os.getpid(),
                 "uptime": time.time() - self.started_at,
                 "read_only": self.read_only,
+                "api": attrs.asdict(self.connections()) if self.connections is not None else None,
                 "journal": attrs.asdict(self.journal.statistics()),
                 "statistics": dict(self.facade.statistics()),
             }
@@ -688,6 +711,28 @@ def _refuse_read_only() -> None:
         "read-only",
         "this is the read-only socket: use the read-write socket to change anything",
     )
+
+
+def _refuse_foreign(detail: str) -> None:
+    raise HttpProblem(403, "forbidden", detail)
+
+
+def busy_response(detail: str, *, seq: int) -> bytes:
+    """A whole HTTP/1.1 ``503 too-many-connections`` answer, for a socket at its cap.
+
+    Written by the accept loop in one non-blocking send before it closes the connection, so it
+    is built here as bytes: the connection never reaches hypercorn.
+    """
+    body = json_bytes(HttpProblem(503, "too-many-connections", detail).document())
+    head = (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"content-type: application/problem+json\r\n"
+        b"content-length: %d\r\n"
+        b"x-vsv-seq: %d\r\n"
+        b"retry-after: 1\r\n"
+        b"connection: close\r\n\r\n" % (len(body), seq)
+    )
+    return head + body
 
 
 def _parse(parse: Callable[..., Any], body: bytes) -> Any:
@@ -807,17 +852,14 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _send_reply(send: Send, reply: Reply, *, seq: int) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": reply.status,
-            "headers": [
-                (b"content-type", reply.content_type.encode()),
-                (b"content-length", str(len(reply.body)).encode()),
-                (b"x-vsv-seq", str(seq).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", reply.content_type.encode()),
+        (b"content-length", str(len(reply.body)).encode()),
+        (b"x-vsv-seq", str(seq).encode()),
+    ]
+    if reply.close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
 

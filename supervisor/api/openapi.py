@@ -26,6 +26,41 @@ _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 
+_COUNT = {"type": "integer", "minimum": 0}
+_CONNECTIONS = {
+    "type": ["object", "null"],
+    "description": "one socket's connections (null: that socket is not served)",
+    "required": [
+        "max_connections",
+        "open",
+        "peak",
+        "accepted",
+        "turned_away",
+        "refused",
+        "accept_errors",
+    ],
+    "properties": {
+        "max_connections": {"type": "integer", "minimum": 1},
+        "open": _COUNT,
+        "peak": _COUNT,
+        "accepted": _COUNT,
+        "turned_away": _COUNT,
+        "refused": _COUNT,
+        "accept_errors": _COUNT,
+    },
+}
+_API_STATISTICS = {
+    "type": ["object", "null"],
+    "description": "the API's connections per socket and the descriptor limit they are planned "
+    "for (see docs/api.md)",
+    "required": ["nofile_limit", "read_write", "read_only"],
+    "properties": {
+        "nofile_limit": {"type": "integer", "minimum": 1},
+        "read_write": _CONNECTIONS,
+        "read_only": _CONNECTIONS,
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -48,7 +83,9 @@ SCHEMAS: dict[str, Any] = {
                     "conflict",
                     "invalid-operation",
                     "read-only",
+                    "forbidden",
                     "too-large",
+                    "too-many-connections",
                     "runtime-failure",
                     "internal",
                     "error",
@@ -171,8 +208,9 @@ def _obj(**props: Any) -> dict[str, Any]:
 
 
 _PROBLEM = {
-    "description": "a problem (400 bad input, 403 read-only socket, 404 unknown name, 409 wrong "
-    "state or conflict, 413 body too large, 500 the kernel refused)",
+    "description": "a problem (400 bad input, 403 read-only socket or a client in another pid or "
+    "mount namespace, 404 unknown name, 409 wrong state or conflict, 413 body too large, 500 the "
+    "kernel refused, 503 the socket has as many connections open as it may)",
     "content": {"application/problem+json": {"schema": _ref("Problem")}},
 }
 _XML_BODY = {
@@ -234,6 +272,7 @@ def openapi_document() -> dict[str, Any]:
                         pid={"type": "integer"},
                         uptime={"type": "number"},
                         read_only={"type": "boolean"},
+                        api=_API_STATISTICS,
                         journal={"type": "object"},
                         statistics={"type": "object"},
                     )
@@ -429,8 +468,11 @@ def openapi_document() -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "REST over Unix sockets. The read-write socket accepts everything; the read-only "
-                "socket answers every method but GET with 403 (code read-only). Every JSON answer "
-                "carries `seq`, the journal position it reflects, also as header X-Vsv-Seq."
+                "socket answers every method but GET with 403 (code read-only). The read-write "
+                "socket answers 403 (code forbidden) to a client in another pid or mount "
+                "namespace. A socket with as many connections open as it may answers 503 (code "
+                "too-many-connections) and closes. Every JSON answer carries `seq`, the journal "
+                "position it reflects, also as header X-Vsv-Seq."
             ),
         },
         "servers": [{"url": "http://localhost"}],
