@@ -42,3 +42,20 @@ def test_missing_busybox_is_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailure, match="busybox-static"):
         prepare_busybox_root(root, busybox=str(tmp_path / "nope"))
     assert [] == os.listdir(tmp_path)
+
+
+def test_owner_gives_the_root_to_a_mapped_range(tmp_path: Path) -> None:
+    """--owner: every file moves to the range, keeping its offset; setuid bits survive."""
+    root = str(tmp_path / "bb")
+    prepare_busybox_root(root, owner=(100000, 200000))
+    for rel in ("", "bin/busybox", "etc/passwd", "root", "bin/sh"):
+        st = os.lstat(os.path.join(root, rel))
+        assert (100000, 200000) == (st.st_uid, st.st_gid)
+    os.chown(os.path.join(root, "etc", "passwd"), 100033, 200033)
+    os.chmod(os.path.join(root, "bin", "busybox"), 0o4755)
+    prepare_busybox_root(root, owner=(300000, 300000))  # an existing root moves over
+    st = os.lstat(os.path.join(root, "etc", "passwd"))
+    assert (300033, 300033) == (st.st_uid, st.st_gid)
+    assert 0o4755 == os.stat(os.path.join(root, "bin", "busybox")).st_mode & 0o7777
+    prepare_busybox_root(root, owner=(300000, 300000))  # already there: nothing changes
+    assert (300000, 300000) == (os.lstat(root).st_uid, os.lstat(root).st_gid)

@@ -257,6 +257,9 @@ class GuestCgroup:
     #: attached to the unified directory by :meth:`create`; its rules are also the v1 allowlist,
     #: so both mechanisms enforce one list (without a program the v1 one is the default list)
     device_program: DeviceProgram | None = attrs.field(default=None, kw_only=True)
+    #: False leaves the device allowlist out: for a measurement of what it costs
+    #: (bench/bench_confine.py) only; the runtime never makes such a cgroup
+    restrict_devices: bool = attrs.field(default=True, kw_only=True)
 
     @property
     def dirname(self) -> str:
@@ -326,6 +329,8 @@ class GuestCgroup:
         ``existing``: the directory was there before; the kernel refuses to attach the very
         program that is attached already (EINVAL), which then is no failure.
         """
+        if not self.restrict_devices:
+            return
         if hierarchy == self.layout.v1_path("devices"):
             program = self.device_program
             rules = DEFAULT_DEVICE_RULES if program is None else program.rules

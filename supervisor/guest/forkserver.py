@@ -43,12 +43,15 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import fcntl
 import gc
 import marshal
 import os
+import resource
 import signal
 import socket
 import stat
+import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -74,7 +77,13 @@ _MNT_DETACH = 2
 #: neither the way we need: clone without a function to call, pivot_root not at all)
 SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
-_SYS_MOUNT_SETATTR = 442  # x86_64 and every other architecture using the generic table
+# x86_64 and every other architecture using the generic table share these
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_MOVE_MOUNT_F_EMPTY_PATH = 4
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 1
@@ -89,10 +98,13 @@ EMBRYO_NICE = 19
 #: (kind, target, source, options, optional): one step of building the guest's mount tree
 MountTuple = tuple[str, str, str, str, bool]
 #: what an embryo is asked to become: (argv, env, hostname, unshare_flags, mounts, late_mounts,
-#: root, wd, uid, gid, caps, cap_drop, seccomp). ``unshare_flags``: the namespaces to make at
-#: once, the mount namespace at least; ``mounts`` are built before ``G``, ``late_mounts`` after
-#: it; ``root`` becomes ``/``; ``caps`` are the capability numbers kept, ``cap_drop`` the ones
-#: dropped from the bounding set; ``seccomp`` the filter program (:func:`install_seccomp`).
+#: root, wd, uid, gid, caps, cap_drop, seccomp, own_net, pivot). ``unshare_flags``: the
+#: namespaces to make at once, the mount namespace at least; ``mounts`` are built before ``G``,
+#: ``late_mounts`` after it; ``root`` becomes ``/``; ``caps`` are the capability numbers kept,
+#: ``cap_drop`` the ones dropped from the bounding set; ``seccomp`` the filter program
+#: (:func:`install_seccomp`); ``own_net``: the guest has a network namespace of its own, whose
+#: ``lo`` the embryo brings up (as libvirt's LXC driver does; a guest without net_admin could
+#: not); ``pivot``: switch root with pivot_root (False only for a measurement: chroot).
 Activation = tuple[
     tuple[str, ...],
     tuple[tuple[str, str], ...],
@@ -107,6 +119,8 @@ Activation = tuple[
     tuple[int, ...],
     tuple[int, ...],
     bytes,
+    bool,
+    bool,
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -132,6 +146,15 @@ class _MountAttr(ctypes.Structure):
 
 
 # -- the embryo side (runs before the exec of the guest's init, and in vsv exec) ----------------
+
+
+#: detached mount trees made by ``clone_tree`` steps, by the target they are attached to
+_trees: dict[str, int] = {}
+
+
+def _errno_error(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def _check(rc: int, what: str) -> None:
@@ -215,6 +238,33 @@ def run_mount(op: MountTuple) -> None:
         os.makedirs(target, exist_ok=True)
     elif kind == "symlink":
         os.symlink(source, target)
+    elif kind == "clone_tree":
+        rc = _libc.syscall(
+            ctypes.c_long(_SYS_OPEN_TREE),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(source.encode()),
+            ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE),
+        )
+        if rc < 0:
+            raise _errno_error(f"open_tree {source}")
+        _trees[target] = rc
+    elif kind == "attach_tree":
+        fd = _trees.pop(target)
+        try:
+            rc = _libc.syscall(
+                ctypes.c_long(_SYS_MOVE_MOUNT),
+                ctypes.c_int(fd),
+                ctypes.c_char_p(b""),
+                ctypes.c_int(_AT_FDCWD),
+                ctypes.c_char_p(target.encode()),
+                ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH),
+            )
+            if rc != 0:
+                raise _errno_error(f"move_mount onto {target}")
+        finally:
+            os.close(fd)
+    elif kind == "chdir":
+        os.chdir(target)
     elif kind == "become_root":
         # an embryo born in a user namespace of its own, whose maps the supervisor wrote: from
         # here on it is the namespace's root (files it makes are the guest root's), and no
@@ -225,8 +275,35 @@ def run_mount(op: MountTuple) -> None:
         raise OSError(0, f"unknown mount step {kind!r}")
 
 
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 1
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` of the current network namespace up (SIOCSIFFLAGS; no netlink needed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | _IFF_UP))
+
+
+#: the soft descriptor limit a guest's init starts with (the usual default); the supervisor
+#: raises its own to serve many API connections, which its guests must not inherit: programs
+#: that use select(2) break above 1024
+GUEST_NOFILE = 1024
+
+
+def _guest_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft > GUEST_NOFILE:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (GUEST_NOFILE, hard))
+
+
 def pivot_into(root: str) -> None:
-    """Make ``root`` (a mount point) the calling process's ``/`` and detach the old root.
+    """Make ``root`` (a mount point, maybe ".") the calling process's ``/`` and detach the old
+    root.
 
     pivot_root(".", ".") stacks the old root on top of the new one; unmounting the top of "."
     then drops the host's whole tree from this mount namespace, so nothing of it is left to
@@ -390,8 +467,8 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority
     confinement; exec. Raises OSError when the setup fails, :class:`_ExecFailed` when the exec
     does; never returns otherwise.
     """
-    (argv, env, hostname, flags, mounts, late_mounts, root, wd, uid, gid,
-     keep, drop, program) = request  # fmt: skip
+    (argv, env, hostname, flags, mounts, late_mounts, _root, wd, uid, gid,
+     keep, drop, program, own_net, pivot) = request  # fmt: skip
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
     os.dup2(out_fd if out_fd >= 0 else null, 1)
@@ -409,10 +486,16 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket, priority
         os.close(netns_fd)
     late = int(go[1:] or b"0")
     _check(_libc.unshare(late | CLONE_NEWCGROUP), "unshare")
+    if own_net:
+        _loopback_up()
     for op in late_mounts:
         run_mount(op)
-    pivot_into(root)
+    if pivot:
+        pivot_into(".")  # the guest's root: a "chdir" step of ``mounts`` went there
+    else:
+        os.chroot(".")
     os.chdir(wd)
+    _guest_nofile()
     confine_self(keep, drop, program, uid, gid)
     try:
         os.execvpe(argv[0], list(argv), dict(env))

@@ -4,6 +4,10 @@ The demo and the integration tests need a root that is not the host's: one stati
 applet symlinks is enough for a shell, ``ps``, ``ip``, ``udhcpc``, ``httpd`` and
 ``reboot``/``poweroff``. The directory is built next to its final place and renamed into it, so a
 crash halfway never leaves a half-made root that a later start would use.
+
+A guest with an ``<idmap>`` runs as a range of host ids; its root directory must then belong to
+that range (``owner``: the host uid and gid that the guest's root maps to), or the guest's root
+could not write its own files. :func:`shift_owner` moves a root from one range to another.
 """
 
 from __future__ import annotations
@@ -178,14 +182,51 @@ def _build(dest: str, busybox: str) -> None:
         os.chmod(path, mode)
 
 
-def prepare_busybox_root(path: str = DEFAULT_ROOT, *, busybox: str = BUSYBOX) -> str:
+def shift_owner(path: str, owner: tuple[int, int]) -> None:
+    """Give every file of the root at ``path`` to the id range that starts at ``owner``.
+
+    A file's ids keep their offset from the root directory's own (root's files become
+    ``owner``, a file of uid 33 becomes ``owner[0] + 33``), so the same call moves a root
+    between ranges, and a root already in its range is left alone. Symlinks are changed
+    themselves, never what they point to.
+    """
+    top = os.lstat(path)
+    du, dg = owner[0] - top.st_uid, owner[1] - top.st_gid
+    if (du, dg) == (0, 0):
+        return
+    try:
+        for base, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                _shift(os.path.join(base, name), du, dg)
+        _shift(path, du, dg)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot give {path} to uid {owner[0]} gid {owner[1]}: {e}") from e
+
+
+def _shift(entry: str, du: int, dg: int) -> None:
+    st = os.lstat(entry)
+    uid, gid = st.st_uid + du, st.st_gid + dg
+    if uid < 0 or gid < 0:
+        raise OSError(0, f"{entry}: owner {st.st_uid}:{st.st_gid} is below the range's start")
+    mode = st.st_mode
+    os.lchown(entry, uid, gid)
+    if not os.path.islink(entry) and mode & 0o6000:
+        os.chmod(entry, mode & 0o7777)  # chown clears setuid and setgid: put them back
+
+
+def prepare_busybox_root(
+    path: str = DEFAULT_ROOT, *, busybox: str = BUSYBOX, owner: tuple[int, int] | None = None
+) -> str:
     """Make sure ``path`` holds a busybox root; build it if missing. Returns ``path``.
 
-    Idempotent: an existing root (one with ``bin/busybox``) is kept as it is. The build happens
+    Idempotent: an existing root (one with ``bin/busybox``) is kept as it is, but for its
+    owner: with ``owner`` it is given to that id range (:func:`shift_owner`). The build happens
     in a temporary directory beside ``path`` and is renamed into place, so a reader sees either
     no root or a complete one.
     """
     if os.path.exists(os.path.join(path, "bin", "busybox")):
+        if owner is not None:
+            shift_owner(path, owner)
         return path
     if not os.path.exists(busybox):
         raise RuntimeFailure(f"{busybox} is missing: install Debian's busybox-static")
@@ -198,6 +239,8 @@ def prepare_busybox_root(path: str = DEFAULT_ROOT, *, busybox: str = BUSYBOX) ->
     try:
         os.chmod(tmp, 0o755)
         _build(tmp, busybox)
+        if owner is not None:
+            shift_owner(tmp, owner)
         try:
             os.rename(tmp, path)
         except OSError:

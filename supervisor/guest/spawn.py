@@ -124,7 +124,10 @@ class MountOp:
     ``options`` the controllers), ``devpts``, ``mask`` (hide ``target``: an empty read-only tmpfs
     on a directory, ``source`` (a /dev/null) bound read-only on anything else), ``mask_open``
     (the same, but a directory's tmpfs stays writable until an ``ro`` step), ``become_root``
-    (take uid and gid 0 of the user namespace the embryo was born in), ``node`` (mknod a
+    (take uid and gid 0 of the user namespace the embryo was born in), ``chdir`` (into
+    ``target``, the guest's root, which later steps name relative paths in), ``clone_tree``
+    (a detached copy of the mounts at ``source``, kept for ``attach_tree`` on ``target``: a
+    bind in two steps, for a source only the host's root may reach), ``node`` (mknod a
     character device: ``source`` "c MAJOR MINOR", ``options`` the octal mode), ``file`` (create
     an empty file as a bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the link
     text).
@@ -199,6 +202,27 @@ def guest_cgroup_mounts(layout: CgroupLayout) -> tuple[tuple[str, str, str], ...
 
 
 @attrs.frozen
+class Layers:
+    """Which confinement layers a start applies. The supervisor always applies every one.
+
+    For measurement only: bench/bench_confine.py prices each layer by leaving it out. Nothing a
+    domain document, a daemon option or the environment says reaches this; a guest is widened
+    only by what its document asks for (``<features><capabilities>``, ``<filesystem>``).
+    ``root_switch`` off: chroot instead of pivot_root; ``capabilities`` off: every capability
+    kept; ``seccomp`` off: no filter; ``masks`` off: no masked or read-only /proc and /sys, no
+    cgroupfs view, no host secrets masked.
+    """
+
+    root_switch: bool = True
+    capabilities: bool = True
+    seccomp: bool = True
+    masks: bool = True
+
+
+ALL_LAYERS = Layers()
+
+
+@attrs.frozen
 class SpawnPlan:
     """Everything the start needs, computed before the embryo is activated so it only executes
     it."""
@@ -227,6 +251,10 @@ class SpawnPlan:
     #: supervisor once the embryo (born in a user namespace of its own) is taken
     uid_map: str = ""
     gid_map: str = ""
+    #: the guest has a network namespace of its own (made, or joined at ``G``)
+    own_net: bool = False
+    #: switch root with pivot_root (always, but for a measurement: see Layers)
+    pivot: bool = True
 
     @property
     def userns(self) -> bool:
@@ -249,7 +277,23 @@ class SpawnPlan:
             confine.cap_numbers(self.caps),
             self.cap_drop,
             self.seccomp,
+            self.own_net,
+            self.pivot,
         )
+
+
+def _relative(op: MountOp, root: str) -> MountOp:
+    """``op`` with its paths inside ``root`` relative to it (the embryo's working directory);
+    paths outside it (the host's /dev/null, a bind's source) stay as they are."""
+
+    def rel(path: str) -> str:
+        if path == root:
+            return "."
+        if path.startswith(root.rstrip("/") + "/"):
+            return "./" + path[len(root.rstrip("/")) + 1 :]
+        return path
+
+    return attrs.evolve(op, target=rel(op.target), source=rel(op.source) if op.source else "")
 
 
 def _inside(root: str, path: str) -> str:
@@ -288,27 +332,19 @@ def _masked_paths(host: HostView) -> list[str]:
     return [_inside(STAGE, path) for path in paths]
 
 
-def _host_tree_mounts(
-    host: HostView, host_mounts: tuple[str, ...], *, userns: bool
-) -> list[MountOp]:
-    """A guest without a root filesystem: a read-only copy of the host's tree at :data:`STAGE`
-    with the host's secrets and the supervisor's own files masked.
+def _host_tree_mounts(host_mounts: tuple[str, ...]) -> list[MountOp]:
+    """A guest without a root filesystem: a read-only copy of the host's tree at :data:`STAGE`.
 
     ``host_mounts``: the host's mount points at or below :data:`OWN_MOUNTS`, deepest first,
     detached from the copy before the guest's own mounts go on top (in a user namespace the
-    kernel keeps them, locked: they stay hidden under the guest's own).
-
-    A masked directory is an empty tmpfs, writable until the domain's filesystems are mounted
-    (a ``<filesystem>`` may show something of it: its mount point is made there), then
-    read-only (plan_spawn). In a user namespace it is read-only at once: a directory made there
-    by the host's root would belong to no one the namespace knows, which the kernel refuses.
+    kernel keeps them, locked: they stay hidden under the guest's own). The host's secrets and
+    the supervisor's files are masked afterwards (plan_spawn): a masked directory is an empty
+    tmpfs, writable until the domain's filesystems are mounted (a ``<filesystem>`` may show
+    something of it: its mount point is made there), then read-only.
     """
     out = [MountOp("bind", STAGE, source="/"), MountOp("ro_tree", STAGE)]
     for path in host_mounts:
         out.append(MountOp("detach", _inside(STAGE, path), optional=True))
-    kind = "mask" if userns else "mask_open"
-    for path in _masked_paths(host):
-        out.append(MountOp(kind, path, source=NULL, optional=True))
     return out
 
 
@@ -378,12 +414,14 @@ def plan_spawn(
     netns_path: str | None = None,
     seccomp_program: bytes = b"",
     host_mounts: tuple[str, ...] = OWN_MOUNTS,
+    layers: Layers = ALL_LAYERS,
 ) -> SpawnPlan:
     """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files and
     the host's mount table, and compiles the seccomp filter).
 
     With ``netns_path`` the guest joins that network namespace rather than getting a new one.
     ``host_mounts`` matter only to a guest without a root filesystem (see _host_tree_mounts).
+    ``layers``: see :class:`Layers` (measurement only).
     """
     host = host if host is not None else HostView()
     root_dir = domain.root_dir
@@ -396,14 +434,18 @@ def plan_spawn(
     userns = bool(domain.idmap)
     if userns:
         flags |= CLONE_NEWUSER
-    # In a user namespace the ops that reach host paths (bind sources) run with the host's
-    # root credentials, which can still traverse root's directories; then the embryo becomes
-    # the namespace's root, whose files a filesystem made in the namespace needs as owner.
+    # In a user namespace the steps that reach host paths (bind sources) run with the host's
+    # root credentials, which can still traverse root's directories: the guest's root and, as
+    # detached copies (clone_tree), the sources of its filesystems. Then the embryo becomes
+    # the namespace's root, whose files a filesystem made in the namespace needs as owner,
+    # and attaches those copies where they belong.
     host_ops: list[MountOp] = [MountOp("private", "/")]
     own_ops: list[MountOp] = []
+    masked = _masked_paths(host) if layers.masks else []
     if root_dir is None:
         root = STAGE
-        host_ops.extend(_host_tree_mounts(host, host_mounts, userns=userns))
+        host_ops.extend(_host_tree_mounts(host_mounts))
+        own_ops.extend(MountOp("mask_open", p, source=NULL, optional=True) for p in masked)
         own_ops.extend(_own_tmpfs_mounts())
         root_readonly = False
     else:
@@ -415,22 +457,33 @@ def plan_spawn(
         if fs.target == "/":
             continue
         target = _inside(root, fs.target)
-        ops = own_ops
         if fs.type == "ram":
             size = f",size={fs.usage_kib}k" if fs.usage_kib is not None else ""
             step = MountOp("tmpfs", target, source="vsv-ram", options="mode=755" + size)
+        elif userns:
+            host_ops.append(MountOp("clone_tree", target, source=fs.source))
+            step = MountOp("attach_tree", target)
         else:
             step = MountOp("bind", target, source=fs.source)
-            ops = host_ops if userns else own_ops
-        ops.extend([MountOp("dir", target), step])
+        own_ops.extend([MountOp("dir", target), step])
         if fs.readonly:
-            ops.append(MountOp("ro", target))
-    if root_dir is None and not userns:
-        own_ops.extend(MountOp("ro", path, optional=True) for path in _masked_paths(host))
+            own_ops.append(MountOp("ro", target))
+    own_ops.extend(MountOp("ro", path, optional=True) for path in masked)
     if root_readonly:
         own_ops.append(MountOp("ro", root))
     become = [MountOp("become_root", "/")] if userns else []
-    mounts = [*host_ops, *become, *own_ops]
+    # from here on the embryo works in the guest's root by relative paths: in a user namespace
+    # it may no longer be allowed to walk the host's path to it (a directory only root may enter)
+    mounts = [
+        *(_relative(op, root) if op.kind == "clone_tree" else op for op in host_ops),
+        MountOp("chdir", root),
+        *become,
+        *(_relative(op, root) for op in own_ops),
+    ]
+    late = _late_mounts(root, host, netns_own=domain.private_network)
+    if not layers.masks:
+        late = [op for op in late if op.kind in ("sysfs", "proc")]
+    late = [_relative(op, root) for op in late]
 
     env: dict[str, str] = {
         "PATH": DEFAULT_PATH,
@@ -440,7 +493,7 @@ def plan_spawn(
     env.update(dict(os_spec.initenv))
     if extra_env:
         env.update(extra_env)
-    caps = confine.capability_set(domain)
+    caps = confine.capability_set(domain) if layers.capabilities else confine.ALL_CAPS
     kept = set(confine.cap_numbers(caps))
     maps = {kind: "".join(f"{e.start} {e.target} {e.count}\n" for e in domain.idmap
                           if e.kind == kind) for kind in ("uid", "gid")}  # fmt: skip
@@ -451,7 +504,7 @@ def plan_spawn(
         clone_flags=flags,
         root=root,
         mounts=tuple(mounts),
-        late_mounts=tuple(_late_mounts(root, host, netns_own=domain.private_network)),
+        late_mounts=tuple(late),
         workdir=os_spec.initdir or "/",
         uid=uid,
         gid=gid,
@@ -460,6 +513,8 @@ def plan_spawn(
         seccomp=seccomp_program,
         uid_map=maps["uid"],
         gid_map=maps["gid"],
+        own_net=domain.private_network,
+        pivot=layers.root_switch,
     )
 
 
@@ -606,6 +661,7 @@ def _prepare(
     extra_env: Mapping[str, str] | None,
     host: HostView,
     netns_path: str | None = None,
+    layers: Layers = ALL_LAYERS,
 ) -> SpawnPlan:
     """Check the root dir, read the guest's passwd/group if names need resolving, compile the
     seccomp filter for the guest's capabilities (once per set: it is cached), plan."""
@@ -618,7 +674,7 @@ def _prepare(
         passwd = _read_guest_file(root, "/etc/passwd")
         group = _read_guest_file(root, "/etc/group")
     caps = confine.seccomp_caps(confine.capability_set(domain), userns=bool(domain.idmap))
-    program = seccomp.compile_profile(seccomp.profile_for(caps))
+    program = seccomp.compile_profile(seccomp.profile_for(caps)) if layers.seccomp else b""
     host_mounts: tuple[str, ...] = OWN_MOUNTS
     if root_dir is None:
         # read at every start: the host's mounts change (a network namespace added, say)
@@ -636,6 +692,7 @@ def _prepare(
         netns_path=netns_path,
         seccomp_program=program,
         host_mounts=host_mounts,
+        layers=layers,
     )
 
 
@@ -665,6 +722,7 @@ async def spawn_init(
     extra_env: Mapping[str, str] | None = None,
     netns_path: str | None = None,
     host: HostView | None = None,
+    layers: Layers = ALL_LAYERS,
 ) -> GuestProcess:
     """Start the domain's init in new namespaces inside ``cgroup`` (which must exist).
 
@@ -679,6 +737,7 @@ async def spawn_init(
         extra_env=extra_env,
         joins_netns=netns_path is not None,
         host=host,
+        layers=layers,
     )
     return await pending.finish(cgroup, netns_path=netns_path)
 
@@ -1100,6 +1159,7 @@ async def begin_spawn(
     extra_env: Mapping[str, str] | None = None,
     joins_netns: bool | None = None,
     host: HostView | None = None,
+    layers: Layers = ALL_LAYERS,
 ) -> PendingStart:
     """Begin starting ``domain`` before its cgroup and prepare hooks exist; see PendingStart.
 
@@ -1109,7 +1169,7 @@ async def begin_spawn(
     namespace of its own makes one at ``G`` when none is given. ``host``: what the plan needs
     of the host (the runtime probes it once; None: :func:`default_host`).
     """
-    plan = _prepare(domain, extra_env, host if host is not None else default_host())
+    plan = _prepare(domain, extra_env, host if host is not None else default_host(), layers=layers)
     if joins_netns is None:
         joins_netns = bool(domain.interfaces)
     birth = EMBRYO_BIRTH_FLAGS
