@@ -6,6 +6,7 @@ Everything host-side happens in a sandbox network namespace the test creates.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,7 @@ def test_sigkill_keeps_guest_network_and_allocations(prefix: str) -> None:
                 d.log.close()
         if nsutil.netns_exists(f"{prefix}-sbx"):
             nsutil.delete_netns(f"{prefix}-sbx")
+        shutil.rmtree(base, ignore_errors=True)
     assert find_leftovers(detect_layout(), prefix) == []
     assert nsutil.list_netns(prefix) == []
 
@@ -315,6 +317,7 @@ def test_keep_guests_upgrade_restart(prefix: str) -> None:
                 d.log.close()
         if nsutil.netns_exists(f"{prefix}-sbx"):
             nsutil.delete_netns(f"{prefix}-sbx")
+        shutil.rmtree(base, ignore_errors=True)
     assert find_leftovers(detect_layout(), prefix) == []
     assert nsutil.list_netns(prefix) == []
 

@@ -92,6 +92,17 @@ def test_invariants_of_one_step(
     )
 
 
+def test_a_loan_below_the_quotas_resolution_is_still_taken_back() -> None:
+    """A loan too small to change the quota (0.5 us here) is forgotten once the host has no
+    idle CPU, rather than kept for ever (found by test_invariants_of_one_step)."""
+    g = TunedGuest(name="g0", period_us=PERIOD, guaranteed=1.0, idle_rate=0.5, shares=None)
+    guests = {"g0": g}
+    state = TunerState(last=None, loans={"g0": 5e-06})
+    samples = [_samples(guests, {"g0": 0.0}, {"g0": False}, 0.0, 1, step) for step in (1, 2)]
+    d = decide(decide(state, guests, samples[0]).state, guests, samples[1])
+    assert ({"g0": 0.0}, ()) == (dict(d.state.loans), d.changes)
+
+
 @given(scenarios(), st.data())
 def test_converges_on_steady_input(
     scenario: tuple[dict[str, TunedGuest], TunerState, dict[str, float], int],

@@ -265,7 +265,10 @@ def decide(
     for g, guest in guests.items():
         old_q, new_q = quota_for(guest, loans[g]), quota_for(guest, new[g])
         if old_q == new_q:
-            new_state_loans[g] = loans[g]
+            # no quota change to apply: a loan taken back is still forgotten (one below the
+            # quota's microsecond was kept for ever, lent out of idle time the host no longer
+            # had), one grown is not lent until it moves the quota
+            new_state_loans[g] = min(loans[g], new[g])
             continue
         new_state_loans[g] = new[g]
         changes.append(
