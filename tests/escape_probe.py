@@ -187,6 +187,17 @@ def mknod_block(args: dict[str, object]) -> None:
         os.unlink(path)
 
 
+def open_block_node(args: dict[str, object]) -> None:
+    """A block device node the host left in the guest's root (0666): the device allowlist on
+    the guest's cgroup must refuse it though the file's mode allows it."""
+    path = str(args["block_node"])
+    if not os.path.exists(path):
+        raise OSError(errno.ENOENT, f"{path}: no node in this guest's root")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    os.close(fd)
+    raise Escaped(f"opened {path}")
+
+
 def kmsg(args: dict[str, object]) -> None:
     """The host's kernel log: /dev/kmsg, a node made for it, syslog(2)."""
     reasons = []
@@ -315,6 +326,7 @@ ATTEMPTS: dict[str, Callable[[dict[str, object]], None]] = {
     "mount_cgroup": mount_cgroup,
     "cgroup_files": cgroup_files,
     "mknod_block": mknod_block,
+    "open_block_node": open_block_node,
     "kmsg": kmsg,
     "proc_sys": proc_sys,
     "sysfs": sysfs,
