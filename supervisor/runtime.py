@@ -143,6 +143,10 @@ class LinuxRuntime:
     layout: CgroupLayout = attrs.Factory(detect_layout)
     hidden: tuple[str, ...] = ()
     host: spawn.HostView = attrs.field(init=False)
+    #: for measurement only (bench/bench_confine.py prices each confinement layer by leaving it
+    #: out); the supervisor never sets these, and nothing a user writes reaches them
+    layers: spawn.Layers = spawn.ALL_LAYERS
+    restrict_devices: bool = True
     #: the device allowlist program every guest cgroup gets on the unified hierarchy (None
     #: without one): loaded here once, because the verifier's run must not land on each start
     device_program: DeviceProgram | None = attrs.field(default=None, init=False)
@@ -156,10 +160,19 @@ class LinuxRuntime:
         spawn.start_fork_server()
 
     def cgroup(self, prefix: str, name: str) -> GuestCgroup:
-        return GuestCgroup(self.layout, prefix, name, device_program=self.device_program)
+        program = self.device_program if self.restrict_devices else None
+        return GuestCgroup(
+            self.layout,
+            prefix,
+            name,
+            device_program=program,
+            restrict_devices=self.restrict_devices,
+        )
 
     async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
-        return _LinuxPending(await spawn.begin_spawn(domain, log_path=log_path, host=self.host))
+        return _LinuxPending(
+            await spawn.begin_spawn(domain, log_path=log_path, host=self.host, layers=self.layers)
+        )
 
     async def spawn(
         self,
@@ -172,7 +185,12 @@ class LinuxRuntime:
         if not isinstance(cgroup, GuestCgroup):
             raise TypeError(f"LinuxRuntime needs a GuestCgroup, got {type(cgroup).__name__}")
         return await spawn_init(
-            domain, cgroup, log_path=log_path, netns_path=netns_path, host=self.host
+            domain,
+            cgroup,
+            log_path=log_path,
+            netns_path=netns_path,
+            host=self.host,
+            layers=self.layers,
         )
 
     async def wait_pid_exit(self, pid: int) -> None:

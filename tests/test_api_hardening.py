@@ -447,7 +447,8 @@ async def test_accept_without_descriptors_is_waited_out(
                     while True:
                         fillers.append(os.open("/dev/null", os.O_RDONLY))
                 await client.connect(run.rw)  # needs no new descriptor here; accept does
-                while not any("failed" in r.getMessage() for r in caplog.records):
+                rw_failed = "accept on the read-write socket failed"
+                while not any(rw_failed in r.getMessage() for r in caplog.records):
                     await trio.sleep(0.01)
             finally:
                 for fd in fillers:

@@ -14,11 +14,12 @@ How a command enters a guest whose init is ``pid``:
 3. Fork. The child writes itself into every one of those cgroups (so the command is counted,
    limited, frozen and killed with the guest, and ``destroy`` takes it down too), joins the
    mount, uts, ipc, net, cgroup and pid namespaces (and the user namespace, for a guest with an
-   ``<idmap>``) with one ``setns(pidfd, ...)``, and chroots into the guest's root. Joining a pid
-   namespace only applies to children, so it forks once more; the grandchild takes the guest's
-   confinement exactly as init did (``forkserver.confine_self``: the bounding set, the seccomp
-   filter, user and group, the permitted and effective sets), changes directory and execs the
-   command, and the child passes its exit status on.
+   ``<idmap>``) with one ``setns(pidfd, ...)``, chroots into the guest's root, and takes the
+   guest's confinement exactly as init did (``forkserver.confine_self``: the bounding set, the
+   seccomp filter, user and group, the permitted and effective sets). Joining a pid namespace
+   only applies to children, so it forks once more: the grandchild, the first process of this
+   command the guest can see, is confined from its first instruction; it changes directory and
+   execs the command, and the child passes its exit status on.
 
 The confinement is read from init itself, not from the definition: the capability set is init's
 bounding set (``CapBnd``), and the seccomp filter is compiled from it the way the start compiled
@@ -80,6 +81,7 @@ EXIT_NOT_FOUND = 127
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_PR_SET_DUMPABLE = 4
 
 
 class CannotEnter(Exception):
@@ -342,20 +344,29 @@ def _status(wait_status: int) -> int:
 
 
 def _child(target: Target, command: Command, terminal: int) -> None:
-    """Join the guest, fork the command, pass its status on. Never returns."""
+    """Join the guest, take its confinement, fork the command, pass its status on. Never
+    returns.
+
+    The confinement is taken here, before the fork that puts the command into the guest's pid
+    namespace: this process is not in that namespace, so no process of the guest can see it,
+    let alone ptrace it, while it still has the host's capabilities; the command appears in the
+    guest already confined (and not dumpable until its exec, which keeps a guest without
+    capabilities over the host's user namespace out of its memory meanwhile).
+    """
     try:
         _close_all_but(target.pidfd, target.root_fd, terminal)
         try:
             _join(target)
         except OSError as e:
             _fail(EXIT_CANNOT_ENTER, f"cannot enter the guest: {e.strerror or e}")
+        os.close(target.pidfd)
+        os.close(target.root_fd)
+        env = _confine(target, command)
         pid = os.fork()
         if pid == 0:
-            os.close(target.pidfd)
-            os.close(target.root_fd)
             if terminal >= 0:
                 _take_terminal(terminal)
-            _grandchild(target, command)
+            _grandchild(command, env)
         if terminal >= 0:
             os.close(terminal)  # the command's end of it must be the last one open
         os._exit(_status(os.waitpid(pid, 0)[1]))
@@ -399,9 +410,8 @@ def _take_terminal(terminal: int) -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def _grandchild(target: Target, command: Command) -> None:
-    for sig in (*_TERMINAL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+def _confine(target: Target, command: Command) -> dict[str, str]:
+    """Resolve the user in the guest, take init's confinement as that user; the environment."""
     try:
         uid, gid, home = resolve_ids(
             command.user,
@@ -417,11 +427,25 @@ def _grandchild(target: Target, command: Command) -> None:
         env["HOME"] = home
     env.update(command.overrides)
     try:
+        _not_dumpable()
         keep = confine.cap_numbers(target.caps)
         confine_self(keep, target.cap_drop, target.seccomp, uid or 0, gid or 0)
     except OSError as e:
         _fail(EXIT_CANNOT_RUN, f"cannot take the guest's confinement as uid {uid or 0} "
               f"gid {gid or 0}: {e.strerror or e}")  # fmt: skip
+    return env
+
+
+def _not_dumpable() -> None:
+    if _libc.prctl(ctypes.c_int(_PR_SET_DUMPABLE), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:  # fmt: skip
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE): {os.strerror(err)}")
+
+
+def _grandchild(command: Command, env: dict[str, str]) -> None:
+    for sig in (*_TERMINAL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.chdir(command.cwd)
     except OSError as e:

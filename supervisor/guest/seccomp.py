@@ -335,6 +335,13 @@ def compile_profile(profile: SeccompProfile) -> bytes:
             _ARCH_AARCH64: (pyseccomp.Arch.ARM,),
         }.get(native, ())
         flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+        try:
+            # a binary tree of system call numbers rather than a list: the kernel runs the
+            # filter once per system call number and ABI when it is loaded (to cache what it
+            # always allows), which with a list cost ~0.2 ms of every guest's start, ~0.06 ms so
+            flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+        except OSError:
+            pass  # a libseccomp before 2.5: the list it makes is as correct, only slower to load
         for arch in compat:
             flt.add_arch(arch)
         for d in profile.denials:

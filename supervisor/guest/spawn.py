@@ -255,6 +255,9 @@ class SpawnPlan:
     own_net: bool = False
     #: switch root with pivot_root (always, but for a measurement: see Layers)
     pivot: bool = True
+    #: /sys, mounted before ``G`` in the network namespace the embryo was born in: done again if
+    #: ``G`` hands it another one (a wrong guess of the kind of embryo; see begin_spawn)
+    resys: tuple[MountOp, ...] = ()
 
     @property
     def userns(self) -> bool:
@@ -279,6 +282,7 @@ class SpawnPlan:
             self.seccomp,
             self.own_net,
             self.pivot,
+            tuple(m.as_tuple() for m in self.resys),
         )
 
 
@@ -356,26 +360,17 @@ def _own_tmpfs_mounts() -> list[MountOp]:
     ]
 
 
-def _late_mounts(root: str, host: HostView, *, netns_own: bool) -> list[MountOp]:
-    """After ``G``: sysfs, the guest's cgroups, /proc; each with the host's state masked or
-    read-only."""
-    out: list[MountOp] = []
-    null = NULL
-    sys_dir = _inside(root, "/sys")
-    # a root filesystem without /sys gets none (nor a cgroupfs view, which lives in it)
-    out.append(MountOp("sysfs", sys_dir, optional=root != STAGE))
-    for rel in confine.SYS_MASKED_DIRS:
-        out.append(MountOp("mask", f"{sys_dir}/{rel}", source=null, optional=True))
-    out.extend(_cgroup_mounts(f"{sys_dir}/fs/cgroup", host))
+def _proc_mounts(root: str, *, netns_own: bool) -> list[MountOp]:
+    """The guest's /proc, of its pid namespace (the embryo is its PID 1 from birth, so this is
+    done before ``G``), with the host's kernel state masked or read-only."""
     proc = _inside(root, "/proc")
-    out.append(MountOp("proc", proc))
-    for name in confine.PROC_MASKED_FILES:
-        out.append(MountOp("mask", f"{proc}/{name}", source=null, optional=True))
-    for name in confine.PROC_MASKED_DIRS:
-        out.append(MountOp("mask", f"{proc}/{name}", source=null, optional=True))
+    out = [MountOp("proc", proc)]
+    for name in (*confine.PROC_MASKED_FILES, *confine.PROC_MASKED_DIRS):
+        out.append(MountOp("mask", f"{proc}/{name}", source=NULL, optional=True))
     if netns_own:
         # LXC's proc:mixed: a guest's own network sysctls stay writable (what it may write
-        # there is then up to its net_admin in that namespace)
+        # there is then up to its net_admin in that namespace); /proc/sys/net shows the network
+        # namespace of whoever opens it, so this too can be mounted before the guest's is joined
         out.append(MountOp("bind", f"{proc}/sys/net", source=f"{proc}/sys/net", optional=True))
     for name in confine.PROC_READONLY:
         target = f"{proc}/{name}"
@@ -384,24 +379,40 @@ def _late_mounts(root: str, host: HostView, *, netns_own: bool) -> list[MountOp]
     return out
 
 
-def _cgroup_mounts(top: str, host: HostView) -> list[MountOp]:
+def _sys_mounts(root: str) -> list[MountOp]:
+    """The guest's /sys, read-only: a sysfs shows the network namespace of whoever mounts it,
+    so it is mounted once the embryo is in the guest's (at birth, or joined at ``G``)."""
+    sys_dir = _inside(root, "/sys")
+    # a root filesystem without /sys gets none (nor a cgroupfs view, which lives in it)
+    out = [MountOp("sysfs", sys_dir, optional=root != STAGE)]
+    for rel in confine.SYS_MASKED_DIRS:
+        out.append(MountOp("mask", f"{sys_dir}/{rel}", source=NULL, optional=True))
+    return out
+
+
+def _cgroup_mounts(top: str, host: HostView) -> tuple[list[MountOp], list[MountOp]]:
     """The guest's cgroups, read-only, each hierarchy rooted at the guest's own cgroup (the
-    cgroup namespace made at ``G`` does that); v1 ones on a small tmpfs as on the host."""
-    out: list[MountOp] = []
+    cgroup namespace made at ``G`` does that); v1 ones on a small tmpfs as on the host.
+
+    Two lists: what can be made before ``G`` (the tmpfs and its directories) and the cgroup
+    mounts, which must wait for the cgroup namespace.
+    """
+    prep: list[MountOp] = []
+    mounts: list[MountOp] = []
     if not host.cgroup_mounts:
-        return out
+        return prep, mounts
     unified_on_top = any(rel == "" for rel, _t, _o in host.cgroup_mounts)
     if not unified_on_top:
-        out.append(MountOp("tmpfs", top, source="vsv-cgroup", options="mode=755,size=16k",
-                           optional=True))  # fmt: skip
+        prep.append(MountOp("tmpfs", top, source="vsv-cgroup", options="mode=755,size=16k",
+                            optional=True))  # fmt: skip
     for rel, fstype, options in host.cgroup_mounts:
         target = f"{top}/{rel}" if rel else top
         if rel:
-            out.append(MountOp("dir", target, optional=True))
-        out.append(MountOp("cgroup", target, source=fstype, options=options, optional=True))
+            prep.append(MountOp("dir", target, optional=True))
+        mounts.append(MountOp("cgroup", target, source=fstype, options=options, optional=True))
     if not unified_on_top:
-        out.append(MountOp("ro", top, optional=True))
-    return out
+        mounts.append(MountOp("ro", top, optional=True))
+    return prep, mounts
 
 
 def plan_spawn(
@@ -415,13 +426,16 @@ def plan_spawn(
     seccomp_program: bytes = b"",
     host_mounts: tuple[str, ...] = OWN_MOUNTS,
     layers: Layers = ALL_LAYERS,
+    sysfs_early: bool = False,
 ) -> SpawnPlan:
     """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files and
     the host's mount table, and compiles the seccomp filter).
 
     With ``netns_path`` the guest joins that network namespace rather than getting a new one.
     ``host_mounts`` matter only to a guest without a root filesystem (see _host_tree_mounts).
-    ``layers``: see :class:`Layers` (measurement only).
+    ``layers``: see :class:`Layers` (measurement only). ``sysfs_early``: the embryo is born in
+    the network namespace the guest keeps, so /sys can be mounted before ``G`` as /proc is (work
+    done then overlaps the supervisor's own); else after it.
     """
     host = host if host is not None else HostView()
     root_dir = domain.root_dir
@@ -468,9 +482,23 @@ def plan_spawn(
         own_ops.extend([MountOp("dir", target), step])
         if fs.readonly:
             own_ops.append(MountOp("ro", target))
-    own_ops.extend(MountOp("ro", path, optional=True) for path in masked)
+    if root_dir is None:
+        own_ops.extend(MountOp("ro", path, optional=True) for path in masked)
     if root_readonly:
         own_ops.append(MountOp("ro", root))
+    sys_ops = _sys_mounts(root)
+    early = _proc_mounts(root, netns_own=domain.private_network)
+    cg_prep, late = _cgroup_mounts(_inside(root, "/sys/fs/cgroup"), host)
+    if sysfs_early:
+        early = [*sys_ops, *cg_prep, *early]
+    else:
+        late = [*sys_ops, *cg_prep, *late]
+    if not layers.masks:
+        early = [op for op in early if op.kind in ("sysfs", "proc")]
+        late = [op for op in late if op.kind in ("sysfs", "proc")]
+        sys_ops = [op for op in sys_ops if op.kind == "sysfs"]
+        cg_prep = []
+    own_ops.extend(early)
     become = [MountOp("become_root", "/")] if userns else []
     # from here on the embryo works in the guest's root by relative paths: in a user namespace
     # it may no longer be allowed to walk the host's path to it (a directory only root may enter)
@@ -480,9 +508,6 @@ def plan_spawn(
         *become,
         *(_relative(op, root) for op in own_ops),
     ]
-    late = _late_mounts(root, host, netns_own=domain.private_network)
-    if not layers.masks:
-        late = [op for op in late if op.kind in ("sysfs", "proc")]
     late = [_relative(op, root) for op in late]
 
     env: dict[str, str] = {
@@ -515,6 +540,7 @@ def plan_spawn(
         gid_map=maps["gid"],
         own_net=domain.private_network,
         pivot=layers.root_switch,
+        resys=tuple(_relative(op, root) for op in (*sys_ops, *cg_prep)) if sysfs_early else (),
     )
 
 
@@ -662,9 +688,12 @@ def _prepare(
     host: HostView,
     netns_path: str | None = None,
     layers: Layers = ALL_LAYERS,
+    sysfs_early: bool = False,
 ) -> SpawnPlan:
     """Check the root dir, read the guest's passwd/group if names need resolving, compile the
-    seccomp filter for the guest's capabilities (once per set: it is cached), plan."""
+    seccomp filter for the guest's capabilities (once per set: it is cached), plan (the same
+    inputs give the same plan, which is cached too: a guest that starts again, or many alike,
+    pays for its planning once)."""
     root_dir = domain.root_dir
     if root_dir is not None and not os.path.isdir(root_dir):
         raise RuntimeFailure(f"root directory {root_dir} of domain {domain.name} does not exist")
@@ -683,16 +712,35 @@ def _prepare(
                 host_mounts = confine.mount_points_below(f.read(), OWN_MOUNTS)
         except OSError as e:
             raise RuntimeFailure(f"cannot read /proc/self/mountinfo: {e.strerror}") from e
+    env = tuple(extra_env.items()) if extra_env else ()
+    args = (domain, host, passwd, group, env, netns_path, program, host_mounts, layers)
+    return _plan_cached(*args, sysfs_early)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_cached(
+    domain: Domain,
+    host: HostView,
+    passwd: str,
+    group: str,
+    env: tuple[tuple[str, str], ...],
+    netns_path: str | None,
+    program: bytes,
+    host_mounts: tuple[str, ...],
+    layers: Layers,
+    sysfs_early: bool,
+) -> SpawnPlan:
     return plan_spawn(
         domain,
         host=host,
         passwd_text=passwd,
         group_text=group,
-        extra_env=extra_env,
+        extra_env=dict(env),
         netns_path=netns_path,
         seccomp_program=program,
         host_mounts=host_mounts,
         layers=layers,
+        sysfs_early=sysfs_early,
     )
 
 
@@ -1169,11 +1217,10 @@ async def begin_spawn(
     namespace of its own makes one at ``G`` when none is given. ``host``: what the plan needs
     of the host (the runtime probes it once; None: :func:`default_host`).
     """
-    plan = _prepare(domain, extra_env, host if host is not None else default_host(), layers=layers)
     if joins_netns is None:
         joins_netns = bool(domain.interfaces)
     birth = EMBRYO_BIRTH_FLAGS
-    if plan.userns:
+    if domain.idmap:
         # its network namespace too must be the user namespace's: a network hook then names
         # and plumbs the embryo's own (PendingStart.netns_source) instead of making one
         birth |= CLONE_NEWUSER
@@ -1181,6 +1228,9 @@ async def begin_spawn(
             birth &= ~CLONE_NEWNET
     elif joins_netns or not domain.private_network:
         birth &= ~CLONE_NEWNET
+    host = host if host is not None else default_host()
+    # born in the network namespace it keeps: its /sys can be mounted before G
+    plan = _prepare(domain, extra_env, host, layers=layers, sysfs_early=bool(birth & CLONE_NEWNET))
     out_fd: int | None = None
     try:
         out_fd = _open_log(log_path)
