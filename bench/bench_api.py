@@ -36,7 +36,11 @@ from supervisor.api.client import Client
 from supervisor.api.pyclient import TrioClient
 from tests.fake_supervisor import Running, running_api
 
-RESULTS = Path(__file__).resolve().parent / "results" / "api.json"
+#: bench/results, or the directory in $VSV_BENCH_RESULTS (report.py --smoke)
+RESULTS = (
+    Path(os.environ.get("VSV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+    / "api.json"
+)
 #: every printed figure by a stable key, for bench/results/api.json (read by bench/report.py)
 FIGURES: dict[str, dict[str, float]] = {}
 

@@ -24,7 +24,11 @@ import trio.testing
 
 from supervisor.bus import Bus, Gap, Subscription
 
-RESULTS = pathlib.Path(__file__).parent / "results" / "bus.json"
+#: bench/results, or the directory in $VSV_BENCH_RESULTS (report.py --smoke)
+RESULTS = (
+    pathlib.Path(os.environ.get("VSV_BENCH_RESULTS") or pathlib.Path(__file__).parent / "results")
+    / "bus.json"
+)
 
 
 async def _consume(sub: Subscription, total: int, first: int, done: list[int]) -> None:

@@ -14,9 +14,9 @@ waits for an RCU grace period on these machines) and back to back:
   another; beside it N floors (unshare joining cgroups of its own) one after another and all N
   at once, the latter being what the kernel alone needs for N concurrent starts on this machine;
 - supervisor RSS per running guest: VmRSS of this process (the supervisor runs in it) before
-  defining M guests and with all M running, divided by M; beside it the Pss of each guest's
-  wrapper process where one exists (only on the unshare start paths) and of each LXC
-  container's monitor process.
+  defining M guests and with all M running, divided by M; beside it the Pss of each LXC
+  container's monitor process (the supervisor has no process per guest besides the guest's
+  init, its own child; a process between them would be counted as a wrapper).
 
 Prints a Markdown table (median with min-max in ms, ratio to LXC, target, met) and writes JSON to
 bench/results/daemon.json. Everything it creates is named ``vsvbench...`` and is removed also on
@@ -61,7 +61,8 @@ IDLE_GAP = 0.12
 INIT_LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
 UNSHARE = ["/usr/bin/unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
            "--mount-proc"]  # fmt: skip
-LEAKCHECK = "/work/shared/tools/leakcheck"
+#: the project's leak checker, in the shared/ folder beside the repository (CI gets a copy there)
+LEAKCHECK = str(Path(__file__).resolve().parents[2] / "shared" / "tools" / "leakcheck")
 #: how many guests boot at once while filling the supervisor for the RSS figure (a bound keeps
 #: every start well inside spawn's own start timeout on a 2-CPU machine)
 FILL_CONCURRENCY = 50
@@ -89,6 +90,22 @@ def vm_rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def results_path(name: str) -> Path:
+    """Where a benchmark writes its JSON: bench/results, or the directory in
+    ``$VSV_BENCH_RESULTS`` (report.py's smoke mode, which must not touch bench/results)."""
+    base = os.environ.get("VSV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+    return Path(base) / name
+
+
+def leakcheck(prefix: str) -> tuple[bool, str]:
+    """Run the leak checker for ``prefix``: (nothing left, its answer). Where shared/ is not
+    beside the repository the check is skipped (as ``.ci/run`` does) and says so."""
+    if not os.access(LEAKCHECK, os.X_OK):
+        return True, f"leakcheck: {LEAKCHECK} not found; not run"
+    r = subprocess.run([LEAKCHECK, "--prefix", prefix], capture_output=True, text=True)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
 
 
 def cgroup2_options() -> str:
@@ -508,7 +525,7 @@ async def rss(sup: Supervisor, root: str, n: int) -> dict[str, Any]:
     await trio.sleep(1.0)
     gc.collect()
     after = vm_rss_kib()
-    # a process between the supervisor and init exists only on the unshare paths ($VSV_SPAWN)
+    # no process stands between the supervisor and init on the embryo path: this finds none
     wrappers = [
         lxc_peer.memory_kib(s.process.wrapper_pid)
         for s in sup.slots.values()
@@ -596,18 +613,13 @@ def install_probe() -> Probe:
     probe.wrap(GuestCgroup, "apply_limits", "boot: cgroup limits")
     probe.wrap(Bus, "run_prepare", "boot: bus prepare hooks")
     probe.wrap(runtime, "spawn_init", "boot: spawn_init (whole)")
-    probe.wrap(spawn, "_prepare", "spawn: plan (passwd/group read)")
-    probe.wrap(trio.lowlevel, "open_process", "spawn: fork+preexec+exec unshare (fork path)")
-    if hasattr(spawn, "_start_via_forkserver"):
-        probe.wrap(spawn, "_start_via_forkserver", "spawn: fork server until unshare exec'd")
-    probe.wrap(spawn, "_wait_init_exec", "spawn: poll until init exec'd")
-    if hasattr(spawn, "begin_spawn"):
-        probe.wrap(runtime.LinuxRuntime, "begin_spawn", "boot: begin_spawn (embryo taken, told)")
-        probe.wrap(spawn.PendingStart, "finish", "boot: finish (cgroup move, go, until exec)")
-        probe.wrap(spawn, "_take_embryo", "spawn: take an embryo (a spare, or made now)")
-        probe.wrap(spawn, "_move_to_cgroup", "spawn: embryo into the cgroup")
-        probe.wrap(spawn._Embryo, "born", "spawn: embryo's pid known")
-        probe.wrap(spawn, "top_up_embryos", "spawn: spare embryos asked for")
+    probe.wrap(spawn, "_prepare", "spawn: plan (passwd/group read, seccomp filter)")
+    probe.wrap(runtime.LinuxRuntime, "begin_spawn", "boot: begin_spawn (embryo taken, told)")
+    probe.wrap(spawn.PendingStart, "finish", "boot: finish (cgroup move, go, until exec)")
+    probe.wrap(spawn, "_take_embryo", "spawn: take an embryo (a spare, or made now)")
+    probe.wrap(spawn, "_move_to_cgroup", "spawn: embryo into the cgroup")
+    probe.wrap(spawn._Embryo, "born", "spawn: embryo's pid known")
+    probe.wrap(spawn, "top_up_embryos", "spawn: spare embryos asked for")
     probe.wrap(procs, "ns_inodes", "spawn: namespace inodes")
     probe.wrap(daemon.Supervisor, "_record", "boot: run-dir record, after STARTED")
     probe.wrap(GuestCgroup, "kill_all", "destroy: cgroup kill_all (each call)")
@@ -817,8 +829,7 @@ def main() -> int:
         problems = cleanup(run, workdir)
         for p in problems:
             print(f"cleanup: {p}", file=sys.stderr)
-        leak = subprocess.run([LEAKCHECK, "--prefix", PREFIX], capture_output=True, text=True)
-        leak_text = (leak.stdout + leak.stderr).strip()
+        clean, leak_text = leakcheck(PREFIX)
         if results is None:
             print(leak_text, file=sys.stderr)
     assert results is not None
@@ -828,11 +839,10 @@ def main() -> int:
     if "profile" in results:
         print(profile_table(results["profile"]))
     print(leak_text)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "daemon.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
-    return 0 if leak.returncode == 0 else 1
+    path = results_path("daemon.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

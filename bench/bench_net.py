@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -36,7 +37,11 @@ from supervisor.net.networks import HostNet, run_network
 from supervisor.net.nics import AddressBook, plumb, unplumb
 
 libc = ctypes.CDLL(None, use_errno=True)
-RESULTS = Path(__file__).resolve().parent / "results" / "net.json"
+#: bench/results, or the directory in $VSV_BENCH_RESULTS (report.py --smoke)
+RESULTS = (
+    Path(os.environ.get("VSV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+    / "net.json"
+)
 #: every printed figure by its label, for bench/results/net.json (read by bench/report.py)
 FIGURES: dict[str, dict[str, float]] = {}
 
@@ -63,6 +68,10 @@ def in_thread(path: str, fn: Callable[[IPRoute], Any]) -> Any:
     t.start()
     t.join()
     return out[0] if out else None
+
+
+def _del_link(ipr: Any, *, name: str) -> None:
+    ipr.link("del", ifname=name)
 
 
 def summary(name: str, samples: list[float]) -> str:
@@ -205,6 +214,7 @@ async def main(n: int) -> None:
     finally:
         await host.aclose()
         await trio.to_thread.run_sync(cleanup, prefix)
+        shutil.rmtree(run_dir, ignore_errors=True)
     print(f"n={n} per cell; kernel {os.uname().release}")
     print("\n".join(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,3 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30)
     trio.run(main, parser.parse_args().n)
-
-
-def _del_link(ipr: Any, *, name: str) -> None:
-    ipr.link("del", ifname=name)

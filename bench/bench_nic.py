@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,12 +28,13 @@ from typing import Any
 import attrs
 import trio
 from bench_daemon import (
-    LEAKCHECK,
     Probe,
     Timer,
     gap,
     guest,
+    leakcheck,
     remove_run_dirs,
+    results_path,
     run_all,
     summary,
     tmpfs_run_dir,
@@ -48,7 +48,7 @@ from supervisor.model import AddressRange, Bridge, Forward, Interface, Network, 
 
 PREFIX = "vsvbnic"
 SANDBOX = f"{PREFIX}-sbx"
-RESULTS = Path(__file__).resolve().parent / "results" / "nic.json"
+RESULTS = results_path("nic.json")
 
 
 def lan() -> Network:
@@ -219,15 +219,14 @@ def main() -> int:
     finally:
         for p in cleanup(workdir):
             print(f"cleanup: {p}", file=sys.stderr)
-        leak = subprocess.run([LEAKCHECK, "--prefix", PREFIX], capture_output=True, text=True)
-        leak_text = (leak.stdout + leak.stderr).strip()
+        clean, leak_text = leakcheck(PREFIX)
     assert results is not None
     results["leakcheck"] = leak_text
     print(table(results))
     print(leak_text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    return 0 if leak.returncode == 0 else 1
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

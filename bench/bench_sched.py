@@ -40,7 +40,11 @@ from supervisor.sched.tuner import (
 )
 from tests.test_sched_integration import Lab, _measure
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sched.json"
+#: bench/results, or the directory in $VSV_BENCH_RESULTS (report.py --smoke)
+RESULTS = (
+    Path(os.environ.get("VSV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+    / "sched.json"
+)
 #: every figure in the printed tables, for bench/results/sched.json (read by bench/report.py)
 FIGURES: dict[str, list[dict[str, Any]]] = {"caps": [], "weights": [], "decide": [], "live": []}
 

@@ -1,19 +1,29 @@
-"""Start latency of a guest's init, against the floor of util-linux unshare itself.
+"""Start latency of a guest's init on the embryo path, against the floor of util-linux unshare.
 
-Measured, each in two regimes (an idle gap of ~100 ms before every start, and back to back):
-- ``spawn_init[fork]`` and ``spawn_init[forkserver]`` (the two start paths, ``$VSV_SPAWN``):
-  call -> the guest's PID 1 runs its init (busybox root, private network, 6 cgroup hierarchies
-  joined in the child, /dev built, chroot, fresh /proc);
+Measured, each in two regimes (an idle gap of ~100 ms before every sample, and back to back),
+alternated sample by sample so that drifting load on the machine hits all alike:
+
+- ``spawn_init``: call -> the guest's PID 1 runs its init, on the embryo path (the only one):
+  a spare embryo taken (born in new pid, uts, ipc and net namespaces), told the guest, its
+  mount namespace and /dev built, moved into the guest's cgroup (made beforehand, with the
+  device policy as the runtime makes it, in every hierarchy), then its cgroup namespace, sysfs,
+  cgroupfs view and /proc with the host's state masked, pivot_root, capabilities, seccomp and
+  the exec of init (busybox root, private network, vserver dialect). ``begin_spawn`` and
+  ``finish`` back to back: nothing of the supervisor's own steps overlaps the embryo's work
+  here, as it does in a real start (bench_daemon and bench_start measure that one);
 - ``floor_unshare``: ``unshare --fork --pid --mount --uts --ipc --net --mount-proc /bin/true``,
   the whole process, run from this process;
 - ``floor_unshare_cgroup``: the same, joining a cgroup in every hierarchy before exec;
 - ``cgroup_attach``: moving an existing process into the guest's cgroup in every hierarchy;
-- ``concurrent[MODE]``: N (``--concurrent``, default 100) ``spawn_init`` calls at once in one
-  nursery, until all returned (each guest in a cgroup of its own), against ``floor_unshare_cgroup``
-  run N times one after another.
-``--ballast MB`` grows this process's RSS first (a supervisor with many guests is larger, and a
-fork's cost grows with it). Medians with min/max in milliseconds, JSON in
-bench/results/spawn.json. Needs root.
+- ``concurrent``: N (``--concurrent``, default 100) ``spawn_init`` calls at once in one
+  nursery, until all returned (each guest in a cgroup of its own, made beforehand), against
+  ``floor_unshare_cgroup`` run N times one after another.
+
+``--ballast MB`` grows this process's RSS first (a supervisor with many guests is larger; the
+embryo path never forks the supervisor, so this should change nothing: a check). Medians with
+min/max in milliseconds, JSON in bench/results/spawn.json (``$VSV_BENCH_RESULTS`` overrides the
+directory). Needs root; everything is named ``vsvbspawn...`` and removed also on failure or
+Ctrl-C.
 
     .venv/bin/python bench/bench_spawn.py [--runs N] [--concurrent N] [--ballast MB]
 """
@@ -24,7 +34,7 @@ import argparse
 import json
 import os
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,40 +42,26 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
+from bench_daemon import _kill_and_remove, leakcheck, results_path, summary
 
-from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, attach_to, detect_layout
+from supervisor.guest.cgroups import (
+    CgroupLayout,
+    GuestCgroup,
+    attach_to,
+    detect_layout,
+    find_leftovers,
+)
+from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram
 from supervisor.guest.rootfs import prepare_busybox_root
-from supervisor.guest.spawn import GuestProcess, spawn_init
+from supervisor.guest.spawn import GuestProcess, HostView, spawn_init
 from supervisor.model import Domain, Filesystem, OsSpec
 
-PREFIX = "vsvbench"
+PREFIX = "vsvbspawn"
 IDLE_GAP = 0.1
-#: every start path of supervisor.guest.spawn ($VSV_SPAWN), the default (embryo) included
-MODES = ("fork", "forkserver", "embryo")
-#: pause before each concurrent burst, for the previous burst's namespaces to be torn down
+#: pause before the concurrent burst, for the namespaces of the samples to be torn down
 SETTLE = 2.0
-Samples = list[float]
 FLOOR = ["/usr/bin/unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
          "--mount-proc", "/bin/true"]  # fmt: skip
-
-
-def _summary(samples: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in samples]
-    return {
-        "median_ms": round(statistics.median(ms), 3),
-        "min_ms": round(min(ms), 3),
-        "max_ms": round(max(ms), 3),
-        "n": len(ms),
-    }
-
-
-async def _measure(runs: int, idle: bool, once: Callable[[], Awaitable[float]]) -> dict[str, float]:
-    samples = []
-    for _ in range(runs):
-        if idle:
-            await trio.sleep(IDLE_GAP)
-        samples.append(await once())
-    return _summary(samples)
 
 
 def _run_floor(preexec: Callable[[], None] | None) -> float:
@@ -88,20 +84,18 @@ def _attach_sample(cg: GuestCgroup) -> float:
         p.wait()
 
 
-def _set_mode(mode: str) -> None:
-    os.environ["VSV_SPAWN"] = mode
-
-
-async def _concurrent(n: int, dom: Domain, layout: CgroupLayout) -> float:
+async def _concurrent(
+    n: int, dom: Domain, layout: CgroupLayout, program: DeviceProgram, host: HostView
+) -> float:
     """Wall time of n spawn_init calls started at once, each guest in its own cgroup."""
-    cgs = [GuestCgroup(layout, PREFIX, f"c{i}") for i in range(n)]
-    for cg in cgs:
-        cg.create()
+    cgs = [GuestCgroup(layout, PREFIX, f"c{i}", device_program=program) for i in range(n)]
     guests: list[GuestProcess] = []
     try:
+        for cg in cgs:
+            cg.create()
 
         async def one(cg: GuestCgroup) -> None:
-            guests.append(await spawn_init(dom, cg))
+            guests.append(await spawn_init(dom, cg, host=host))
 
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -118,68 +112,67 @@ async def _concurrent(n: int, dom: Domain, layout: CgroupLayout) -> float:
                 await cg.remove()
 
 
-async def main(runs: int, concurrent: int) -> dict[str, object]:
+async def main(workdir: str, runs: int, concurrent: int) -> dict[str, object]:
     layout = detect_layout()
-    root = prepare_busybox_root(os.path.join(tempfile.mkdtemp(prefix="vsvbench-"), "bb"))
+    host = HostView.probe(layout=layout)
+    root = prepare_busybox_root(os.path.join(workdir, "bb"))
     dom = Domain(
         name="b",
         privnet=True,
         os=OsSpec(init="/bin/sleep", initargs=("1000",)),
         filesystems=(Filesystem(source=root, target="/"),),
     )
-    cg = GuestCgroup(layout, PREFIX, "b")
-    cg.create()
-    files = cg.procs_files()
-
-    async def spawn_once() -> float:
-        t0 = time.perf_counter()
-        g = await spawn_init(dom, cg)
-        dt = time.perf_counter() - t0
-        await cg.kill_all()
-        await g.wait()
-        return dt
-
-    async def floor_once() -> float:
-        return _run_floor(None)
-
-    async def floor_cg_once() -> float:
-        return _run_floor(lambda: attach_to(files))
-
-    async def attach_once() -> float:
-        return _attach_sample(cg)
-
-    results: dict[str, object] = {
-        "layout": layout.kind,
-        "hierarchies": len(layout.hierarchies()),
-        "idle_gap_s": IDLE_GAP,
-    }
+    program = DeviceProgram.load(DEFAULT_DEVICE_RULES)
+    cg = GuestCgroup(layout, PREFIX, "b", device_program=program)
     try:
-        # the two paths alternate sample by sample, so drifting machine load hits both alike
+        cg.create()
+        files = cg.procs_files()
+
+        async def spawn_once() -> float:
+            t0 = time.perf_counter()
+            g = await spawn_init(dom, cg, host=host)
+            dt = time.perf_counter() - t0
+            await cg.kill_all()
+            await g.wait()
+            return dt
+
+        async def floor_once() -> float:
+            return _run_floor(None)
+
+        async def floor_cg_once() -> float:
+            return _run_floor(lambda: attach_to(files))
+
+        async def attach_once() -> float:
+            return _attach_sample(cg)
+
+        figures: dict[str, Callable[[], Awaitable[float]]] = {
+            "spawn_init": spawn_once,
+            "floor_unshare": floor_once,
+            "floor_unshare_cgroup": floor_cg_once,
+            "cgroup_attach": attach_once,
+        }
+        results: dict[str, object] = {
+            "path": "embryo",
+            "runs": runs,
+            "layout": layout.kind,
+            "hierarchies": len(layout.hierarchies()),
+            "idle_gap_s": IDLE_GAP,
+        }
+        for fn in figures.values():
+            await fn()  # warm-up (the first spawn starts the fork servers)
+        names = list(figures)
         for regime, idle in (("idle", True), ("back_to_back", False)):
-            samples: dict[str, Samples] = {mode: [] for mode in MODES}
-            for mode in MODES:
-                _set_mode(mode)
-                await spawn_once()  # warm-up (starts the fork server)
-            for _ in range(runs):
-                for mode in MODES:
-                    _set_mode(mode)
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            for i in range(runs):
+                for k in range(len(names)):  # round robin, each round starting one further
+                    name = names[(i + k) % len(names)]
                     if idle:
                         await trio.sleep(IDLE_GAP)
-                    samples[mode].append(await spawn_once())
-            for mode in MODES:
-                entry = results.setdefault(f"spawn_init[{mode}]", {})
+                    samples[name].append(await figures[name]())
+            for name in names:
+                entry = results.setdefault(name, {})
                 assert isinstance(entry, dict)
-                entry[regime] = _summary(samples[mode])
-        for name, fn in [
-            ("floor_unshare", floor_once),
-            ("floor_unshare_cgroup", floor_cg_once),
-            ("cgroup_attach", attach_once),
-        ]:
-            await fn()  # warm-up
-            results[name] = {
-                "idle": await _measure(runs, True, fn),
-                "back_to_back": await _measure(runs, False, fn),
-            }
+                entry[regime] = summary(samples[name])
         # last: tearing down many network namespaces slows whatever runs next for a while
         t0 = time.perf_counter()
         for _ in range(concurrent):
@@ -188,34 +181,57 @@ async def main(runs: int, concurrent: int) -> dict[str, object]:
             "n": concurrent,
             "wall_ms": round(1000 * (time.perf_counter() - t0), 1),
         }
-        for mode in MODES:
-            _set_mode(mode)
-            await trio.sleep(SETTLE)
-            results[f"concurrent[{mode}]"] = {
-                "n": concurrent,
-                "wall_ms": round(1000 * await _concurrent(concurrent, dom, layout), 1),
-            }
+        await trio.sleep(SETTLE)
+        results["concurrent"] = {
+            "n": concurrent,
+            "wall_ms": round(1000 * await _concurrent(concurrent, dom, layout, program, host), 1),
+        }
     finally:
         with trio.CancelScope(shield=True):
             await cg.kill_all()
             await cg.remove()
-        shutil.rmtree(os.path.dirname(root), ignore_errors=True)
+        program.close()
     return results
 
 
+def cleanup(workdir: str) -> list[str]:
+    """Kill what is left in our cgroups, remove them and the root."""
+    problems: list[str] = []
+    for path in find_leftovers(detect_layout(), PREFIX):
+        _kill_and_remove(path, problems)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return problems
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--concurrent", type=int, default=100)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="samples per figure and regime")
+    parser.add_argument("--concurrent", type=int, default=100, help="spawn_init calls at once")
     parser.add_argument("--ballast", type=int, default=0, help="MB of extra RSS")
     args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_spawn needs root", file=sys.stderr)
+        sys.exit(2)
+    # Ctrl-C and SIGTERM (report.py's timeout) take the cleanup path through trio's SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     ballast = bytearray(os.urandom(1 << 20) * args.ballast)  # touched pages, kept alive
-    out = trio.run(main, args.runs, args.concurrent)
+    workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    out: dict[str, object] | None = None
+    try:
+        out = trio.run(main, workdir, args.runs, args.concurrent)
+    finally:
+        problems = cleanup(workdir)
+        for p in problems:
+            print(f"cleanup: {p}", file=sys.stderr)
+        clean, leak_text = leakcheck(PREFIX)
+        print(leak_text, file=sys.stderr)
+    assert out is not None
     out["ballast_mb"] = len(ballast) >> 20
+    out["leakcheck"] = leak_text
     text = json.dumps(out, indent=2)
     print(text)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "spawn.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    sys.exit(0)
+    path = results_path("spawn.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    sys.exit(0 if clean and not problems else 1)

@@ -32,7 +32,6 @@ import resource
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,11 +43,12 @@ import lxc_peer
 import trio
 from bench_daemon import (
     IDLE_GAP,
-    LEAKCHECK,
     Timer,
     gap,
     guest,
+    leakcheck,
     remove_run_dirs,
+    results_path,
     run_all,
     summary,
     tmpfs_run_dir,
@@ -286,19 +286,17 @@ def main() -> int:
     finally:
         for p in cleanup(workdir):
             print(f"cleanup: {p}", file=sys.stderr)
-        leak = subprocess.run([LEAKCHECK, "--prefix", PREFIX], capture_output=True, text=True)
-        leak_text = (leak.stdout + leak.stderr).strip()
+        clean, leak_text = leakcheck(PREFIX)
         if results is None:
             print(leak_text, file=sys.stderr)
     assert results is not None
     results["leakcheck"] = leak_text
     print(table(results))
     print(leak_text)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "start.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
-    return 0 if leak.returncode == 0 else 1
+    path = results_path("start.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

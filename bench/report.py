@@ -1,6 +1,7 @@
 """Run every benchmark and write one report: each figure beside its floor, its peer and its target.
 
     .venv/bin/python bench/report.py [--quick] [--out docs/benchmarks] [--only NAME ...]
+    .venv/bin/python bench/report.py --smoke [--only NAME ...]
 
 Each benchmark runs as a subprocess of its own, one after another, with a timeout (a crash or a
 hang of one does not stop the others; on timeout it gets SIGTERM, which the kernel-touching
@@ -16,6 +17,13 @@ report says so and everything else is written).
 
 Why everything in one run: figures from different runs on shared VMs differ by more than the
 effects measured, so a ratio is only meaningful between figures measured together.
+
+``--smoke`` (CI, from ``.ci/run``) runs every benchmark, the report-less diagnostic ones too,
+with its smallest sizes, so that none can rot unnoticed: logs, JSON and a report go to a
+temporary directory (``$VSV_BENCH_RESULTS`` tells the benchmarks where), never to bench/results
+or docs/. It fails (exit 1, with the end of the failing benchmark's log) when a benchmark exits
+non-zero (other than its "target missed" status), writes no JSON, or its JSON breaks a section
+of the report. Its figures mean nothing: sizes are tiny and CI machines are busy.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,13 +49,16 @@ RESULTS = REPO / "bench" / "results"
 LIBVIRT_NET_START_MS = 290.0
 LIBVIRT_NOTE = "libvirt not installed"
 LXC_NOTE = "LXC not installed"
+#: the longest one benchmark may take in smoke mode (each takes seconds there)
+SMOKE_TIMEOUT = 180.0
+REGIMES = (("idle", "idle gap before each"), ("back_to_back", "back to back"))
 
 Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Bench:
-    """One benchmark: how to run it (full and quick) and where its JSON lands."""
+    """One benchmark: how to run it (full, quick, smoke) and where its JSON lands."""
 
     name: str
     argv: tuple[str, ...]
@@ -54,17 +66,97 @@ class Bench:
     timeout_s: float
     #: a short line for the report: what the benchmark measures
     what: str
+    #: the arguments of its smoke run (--smoke): the smallest sizes it takes
+    smoke: tuple[str, ...] = ()
+    #: False: a diagnostic whose figures the report does not show; only --smoke runs it
+    in_report: bool = True
+    #: the exit status with which it says "a target was missed" (results written, no crash)
+    missed_exit: int | None = None
 
 
 BENCHES = (
-    Bench("xml", ("bench/bench_xml.py",), ("--rounds", "5"), 300, "XML parse+validate and format"),
-    Bench("bus", ("bench/bench_bus.py",), ("--runs", "3"), 300, "bus fan-out, in-process"),
-    Bench("spawn", ("bench/bench_spawn.py",), ("--runs", "10"), 600, "spawn_init alone"),
-    Bench("daemon", ("bench/bench_daemon.py",), ("--quick",), 1200, "core runtime vs LXC"),
-    Bench("start", ("bench/bench_start.py",), ("--quick",), 900, "concurrency sweep, one NIC"),
-    Bench("net", ("bench/bench_net.py", "--n", "30"), ("--n", "10"), 900, "NICs and networks"),
-    Bench("sched", ("-m", "bench.bench_sched"), ("--seconds", "1"), 600, "CPU share, tuner"),
-    Bench("api", ("bench/bench_api.py",), ("--quick",), 600, "control API, events, vsv list"),
+    Bench(
+        "xml",
+        ("bench/bench_xml.py",),
+        ("--rounds", "5"),
+        300,
+        "XML parse+validate and format",
+        smoke=("--n", "50", "--rounds", "2"),
+        missed_exit=1,
+    ),
+    Bench(
+        "bus",
+        ("bench/bench_bus.py",),
+        ("--runs", "3"),
+        300,
+        "bus fan-out, in-process",
+        smoke=("--events", "5000", "--runs", "1"),
+    ),
+    Bench(
+        "spawn",
+        ("bench/bench_spawn.py",),
+        ("--runs", "10"),
+        600,
+        "spawn_init alone",
+        smoke=("--runs", "2", "--concurrent", "5"),
+    ),
+    Bench(
+        "confine",
+        ("bench/bench_confine.py",),
+        ("--quick",),
+        600,
+        "confinement's cost by layer",
+        smoke=("--runs", "2"),
+    ),
+    Bench(
+        "daemon",
+        ("bench/bench_daemon.py",),
+        ("--quick",),
+        1200,
+        "core runtime vs LXC",
+        smoke=("--quick", "--runs", "2", "--profile"),
+    ),
+    Bench(
+        "start",
+        ("bench/bench_start.py",),
+        ("--quick",),
+        900,
+        "concurrency sweep, one NIC",
+        smoke=("--quick", "--runs", "2"),
+    ),
+    Bench(
+        "nic",
+        ("bench/bench_nic.py",),
+        ("--runs", "10"),
+        600,
+        "one NIC vs none, by step",
+        smoke=("--runs", "2", "--burst", "2", "--profile"),
+        in_report=False,
+    ),
+    Bench(
+        "net",
+        ("bench/bench_net.py", "--n", "30"),
+        ("--n", "10"),
+        900,
+        "NICs and networks",
+        smoke=("--n", "3"),
+    ),
+    Bench(
+        "sched",
+        ("-m", "bench.bench_sched"),
+        ("--seconds", "1"),
+        600,
+        "CPU share, tuner",
+        smoke=("--seconds", "0.5"),
+    ),
+    Bench(
+        "api",
+        ("bench/bench_api.py",),
+        ("--quick",),
+        600,
+        "control API, events, vsv list",
+        smoke=("--quick",),
+    ),
 )
 
 
@@ -77,6 +169,8 @@ class Outcome:
     seconds: float
     status: str  # ok, exit N, timeout, no results
     results: Json | None = None
+    #: the exit status (None: timed out, or not run now)
+    returncode: int | None = None
 
 
 @dataclass
@@ -104,22 +198,27 @@ class Area:
 # -- running -----------------------------------------------------------------------------------
 
 
-def run_bench(bench: Bench, quick: bool) -> Outcome:
-    """Run one benchmark to completion or timeout; read its JSON if it wrote a fresh one."""
-    argv = [sys.executable, *bench.argv, *(bench.quick if quick else ())]
+def run_bench(bench: Bench, mode: str, results_dir: Path = RESULTS) -> Outcome:
+    """Run one benchmark (mode full, quick or smoke) to completion or timeout; read its JSON if
+    it wrote a fresh one. Its log and JSON go to ``results_dir``."""
+    extra = {"full": (), "quick": bench.quick, "smoke": bench.smoke}[mode]
+    argv = [sys.executable, *bench.argv, *extra]
     command = " ".join([".venv/bin/python", *argv[1:]])
-    log = RESULTS / f"{bench.name}.log"
-    out = RESULTS / f"{bench.name}.json"
+    log = results_dir / f"{bench.name}.log"
+    out = results_dir / f"{bench.name}.json"
+    timeout = min(bench.timeout_s, SMOKE_TIMEOUT) if mode == "smoke" else bench.timeout_s
+    env = {**os.environ, "VSV_BENCH_RESULTS": str(results_dir)}
     start_wall = time.time()
     t0 = time.perf_counter()
+    rc: int | None = None
     print(f"== {bench.name}: {command}", flush=True)
     with open(log, "w") as f:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
-            rc = proc.wait(timeout=bench.timeout_s)
+            rc = proc.wait(timeout=timeout)
             status = "ok" if rc == 0 else f"exit {rc}"
         except subprocess.TimeoutExpired:
-            status = f"timeout after {bench.timeout_s:.0f} s"
+            status = f"timeout after {timeout:.0f} s"
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=120)
@@ -137,8 +236,8 @@ def run_bench(bench: Bench, quick: bool) -> Outcome:
             status += " (results written)"
     elif status == "ok":
         status = "no results written"
-    print(f"   {status} in {seconds:.0f} s (log: bench/results/{bench.name}.log)", flush=True)
-    return Outcome(bench.name, command, round(seconds, 1), status, results)
+    print(f"   {status} in {seconds:.0f} s (log: {log})", flush=True)
+    return Outcome(bench.name, command, round(seconds, 1), status, results, rc)
 
 
 def reuse(bench: Bench) -> Outcome:
@@ -305,16 +404,63 @@ def area_xml(x: Json | None) -> Area:
     return area
 
 
-def area_runtime(d: Json | None, sp: Json | None) -> Area:
+def confine_rows(cf: Json) -> list[Row]:
+    """Full confinement against none (the target), then what each layer costs (info)."""
+    rows: list[Row] = []
+    limit = cf.get("target_ratio", 1.15)
+    for regime, label in REGIMES:
+        x = cf.get(regime, {})
+        s = x.get("summary", {})
+        r = x.get("full_over_unconfined")
+        ci = x.get("full_over_unconfined_ci95")
+        rows.append(
+            Row(
+                f"start with full confinement, {label}: "
+                + (
+                    "start_domain called -> STARTED BOOTED"
+                    if cf.get("level", "start") == "start"
+                    else "new cgroup + spawn_init until init runs"
+                ),
+                ms(s.get("full")),
+                f"unconfined start (every layer off) {ms(s.get('unconfined'), False)}",
+                "-",
+                "-"
+                if r is None
+                else f"{r:.2f}x unconfined" + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""),
+                f"<= {limit}x unconfined",
+                met_at_most(r, limit),
+            )
+        )
+    costs = {regime: cf.get(regime, {}).get("costs", []) for regime, _ in REGIMES}
+    for i, c in enumerate(costs["idle"]):
+        cells = []
+        for regime, label in REGIMES:
+            if i < len(costs[regime]):
+                x = costs[regime][i]
+                lo, hi = x["ci95_ms"]
+                cells.append(f"{label} {x['cost_ms']:+.2f} ms ({lo:+.2f} to {hi:+.2f})")
+        how = f"{c['config']} - full" if c["config"] == "full+userns" else f"full - {c['config']}"
+        rows.append(
+            Row(
+                f"confinement layer: {c['layer']} ({how}, medians)",
+                "; ".join(cells),
+                note="info (95% bootstrap intervals)",
+            )
+        )
+    return rows
+
+
+def area_runtime(d: Json | None, sp: Json | None, cf: Json | None = None) -> Area:
     area = Area(
         "Guest start, destroy, concurrency, memory",
         "bench_daemon.py (the real Supervisor in-process, busybox guests, private netns; LXC "
-        "5 with the same root and `lxc.net.0.type = empty`) and bench_spawn.py (info rows)",
+        "5 with the same root and `lxc.net.0.type = empty`), bench_confine.py (confinement by "
+        "layer, lxc dialect) and bench_spawn.py (info rows)",
     )
     if d:
         lxc_on = bool(d.get("lxc"))
         targets = d.get("targets", {})
-        for regime, label in (("idle", "idle gap before each"), ("back_to_back", "back to back")):
+        for regime, label in REGIMES:
             x = d.get(regime, {})
             lxc = x.get("lxc_start")
             r, rt = ratio(_get(x, "start", "median_ms"), _get(lxc, "median_ms"), "LXC")
@@ -333,7 +479,12 @@ def area_runtime(d: Json | None, sp: Json | None) -> Area:
                     met_at_most(r, targets.get("start", 0.6)),
                 )
             )
-        for regime, label in (("idle", "idle gap before each"), ("back_to_back", "back to back")):
+    if cf:
+        area.rows += confine_rows(cf)
+    if d:
+        lxc_on = bool(d.get("lxc"))
+        targets = d.get("targets", {})
+        for regime, label in REGIMES:
             x = d.get(regime, {})
             lxc = x.get("lxc_stop")
             r, rt = ratio(_get(x, "destroy", "median_ms"), _get(lxc, "median_ms"), "LXC")
@@ -418,30 +569,30 @@ def area_runtime(d: Json | None, sp: Json | None) -> Area:
                 )
             )
     if sp:
-        floor = _get(sp, "floor_unshare_cgroup")
-        for key, value in sp.items():
-            if not (isinstance(value, dict) and key.startswith("spawn_init")):
-                continue
-            for regime in ("idle", "back_to_back"):
+        value = sp.get("spawn_init")
+        if isinstance(value, dict):
+            for regime, label in REGIMES:
                 area.rows.append(
                     Row(
-                        f"{key} alone ({regime}): call -> init runs",
+                        f"spawn_init alone, {label}: call -> init runs (embryo path, cgroup "
+                        "made beforehand)",
                         ms(value.get(regime)),
-                        f"unshare+cgroup {ms(_get(floor, regime), False)}",
+                        f"unshare+cgroup {ms(_get(sp, 'floor_unshare_cgroup', regime), False)}; "
+                        f"unshare {ms(_get(sp, 'floor_unshare', regime), False)}",
                         note="info",
                     )
                 )
         seq = _get(sp, "floor_unshare_cgroup_sequential", "wall_ms")
-        for key, value in sp.items():
-            if key.startswith("concurrent") and isinstance(value, dict) and "wall_ms" in value:
-                area.rows.append(
-                    Row(
-                        f"{key}: {value.get('n')} spawn_init at once",
-                        f"{value['wall_ms']:.0f} ms",
-                        f"unshare+cgroup x{value.get('n')} in a row {seq:.0f} ms" if seq else "-",
-                        note="info",
-                    )
+        c = sp.get("concurrent")
+        if isinstance(c, dict) and "wall_ms" in c:
+            area.rows.append(
+                Row(
+                    f"{c.get('n')} spawn_init at once, until all returned",
+                    f"{c['wall_ms']:.0f} ms",
+                    f"unshare+cgroup x{c.get('n')} in a row {seq:.0f} ms" if seq else "-",
+                    note="info",
                 )
+            )
     return area
 
 
@@ -462,7 +613,7 @@ def area_net(st: Json | None, nt: Json | None) -> Area:
     if st and "nic" in st:
         lxc_on = bool(st.get("lxc"))
         limit = _get(st, "targets", "nic_start_vs_lxc_veth") or 0.8
-        for regime, label in (("idle", "idle gap before each"), ("back_to_back", "back to back")):
+        for regime, label in REGIMES:
             c = st["nic"].get(regime, {})
             lv = c.get("lxc_start_veth")
             r, rt = ratio(_get(c, "start_one_nic", "median_ms"), _get(lv, "median_ms"), "LXC")
@@ -793,12 +944,98 @@ def fmt_load(load: tuple[float, float, float] | list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in load)
 
 
+def build_areas(got: dict[str, Json | None], png: Path) -> list[Area]:
+    """Every section of the report from the benchmarks' JSON; a section whose JSON it cannot
+    read says so (titled "(a section failed: NAME)") instead of losing the rest."""
+    builders: list[tuple[str, Callable[[], Area]]] = [
+        ("xml", lambda: area_xml(got.get("xml"))),
+        ("runtime", lambda: area_runtime(got.get("daemon"), got.get("spawn"), got.get("confine"))),
+        ("sweep", lambda: area_sweep(got.get("start"), png.name if png.exists() else None)),
+        ("net", lambda: area_net(got.get("start"), got.get("net"))),
+        ("events", lambda: area_events(got.get("bus"), got.get("api"))),
+        ("sched", lambda: area_sched(got.get("sched"))),
+    ]
+    areas = []
+    for name, build in builders:
+        try:
+            areas.append(build())
+        except Exception as e:  # a changed JSON layout must not lose the rest of the report
+            areas.append(Area(f"(a section failed: {name})", f"{type(e).__name__}: {e}"))
+    return areas
+
+
+def write_report(
+    out: Path, mach: Json, outcomes: list[Outcome], areas: list[Area], meta: Json, note: str
+) -> None:
+    """``<out>.md`` and ``<out>.json``."""
+    out.with_suffix(".md").write_text(render(mach, outcomes, areas, meta, note))
+    report = {
+        **meta,
+        "machine": mach,
+        "benchmarks": [asdict(o) for o in outcomes],
+        "areas": [
+            {"title": a.title, "source": a.source, "rows": [asdict(r) for r in a.rows]}
+            for a in areas
+        ],
+    }
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def smoke(only: list[str] | None) -> int:
+    """Every benchmark (or ``only`` these) with its smallest sizes, and the report from what
+    they wrote, all in a temporary directory; 1 when any of them failed (see the docstring)."""
+    benches = [b for b in BENCHES if not only or b.name in only]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vsvbsmoke-") as tmp:
+        results_dir = Path(tmp)
+        load_start = os.getloadavg()
+        mach = machine()
+        outcomes = [run_bench(b, "smoke", results_dir) for b in benches]
+        failed = []
+        for b, o in zip(benches, outcomes, strict=True):
+            good = {0} if b.missed_exit is None else {0, b.missed_exit}
+            if o.results is None or o.returncode not in good:
+                failed.append(o)
+            elif o.returncode == b.missed_exit:
+                print(f"   {b.name}: exit {o.returncode} says a target was missed: no failure here")
+        got = {o.name: o.results for o in outcomes}
+        png = results_dir / "benchmarks-start.png"
+        note = plot(got.get("start"), png)
+        areas = build_areas(got, png)
+        broken = [a for a in areas if a.title.startswith("(a section failed")]
+        meta = {
+            "command": ".venv/bin/python bench/report.py --smoke",
+            "quick": True,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "load_start": load_start,
+            "load_end": os.getloadavg(),
+        }
+        write_report(results_dir / "benchmarks", mach, outcomes, areas, meta, note)
+        for o in failed:
+            log = (results_dir / f"{o.name}.log").read_text(errors="replace").splitlines()
+            print(f"\n== smoke: {o.name} FAILED ({o.status}); the end of its log:", file=sys.stderr)
+            print("\n".join(log[-40:]), file=sys.stderr)
+        for a in broken:
+            print(f"\n== smoke: report section {a.title}: {a.source}", file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    if failed or broken:
+        names = [o.name for o in failed] + [a.title for a in broken]
+        print(f"smoke: FAILED: {', '.join(names)} ({seconds:.0f} s)", file=sys.stderr)
+        return 1
+    print(f"smoke: {len(benches)} benchmarks and the report ran clean in {seconds:.0f} s")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs and smaller N everywhere")
     parser.add_argument(
-        "--out", default="docs/benchmarks", help="path without suffix (default docs/benchmarks)"
+        "--smoke",
+        action="store_true",
+        help="CI: every benchmark at its smallest sizes, everything in a temporary directory; "
+        "fails when one crashes",
     )
+    parser.add_argument("--out", default=None, help="path without suffix (default docs/benchmarks)")
     parser.add_argument(
         "--only",
         nargs="*",
@@ -812,37 +1049,33 @@ def main() -> int:
             "report.py needs root (most benchmarks touch cgroups and namespaces)", file=sys.stderr
         )
         return 2
+    if args.smoke:
+        if args.quick or args.out is not None:
+            parser.error("--smoke writes nothing but to a temporary directory: no --quick, --out")
+        return smoke(args.only)
+    diagnostics = [b.name for b in BENCHES if not b.in_report and b.name in (args.only or ())]
+    if diagnostics:
+        parser.error(f"the report shows nothing of {', '.join(diagnostics)}: run it by hand")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
+    out = Path(args.out or "docs/benchmarks")
     if not out.is_absolute():
         out = REPO / out
     out.parent.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     mach = machine()
     t0 = time.perf_counter()
+    mode = "quick" if args.quick else "full"
     outcomes = [
-        run_bench(b, args.quick) if not args.only or b.name in args.only else reuse(b)
+        run_bench(b, mode) if not args.only or b.name in args.only else reuse(b)
         for b in BENCHES
+        if b.in_report
     ]
     seconds = time.perf_counter() - t0
     load_end = os.getloadavg()
     got = {o.name: o.results for o in outcomes}
     png = out.with_name(out.name + "-start.png")
     plot_note = plot(got.get("start"), png)
-    builders: list[Callable[[], Area]] = [
-        lambda: area_xml(got.get("xml")),
-        lambda: area_runtime(got.get("daemon"), got.get("spawn")),
-        lambda: area_sweep(got.get("start"), png.name if png.exists() else None),
-        lambda: area_net(got.get("start"), got.get("net")),
-        lambda: area_events(got.get("bus"), got.get("api")),
-        lambda: area_sched(got.get("sched")),
-    ]
-    areas = []
-    for build in builders:
-        try:
-            areas.append(build())
-        except Exception as e:  # a changed JSON layout must not lose the rest of the report
-            areas.append(Area("(a section failed)", f"{type(e).__name__}: {e}"))
+    areas = build_areas(got, png)
     command = ".venv/bin/python bench/report.py" + (" --quick" if args.quick else "")
     if args.only:
         command += " --only " + " ".join(args.only)
@@ -853,17 +1086,7 @@ def main() -> int:
         "load_start": load_start,
         "load_end": load_end,
     }
-    out.with_suffix(".md").write_text(render(mach, outcomes, areas, meta, plot_note))
-    report = {
-        **meta,
-        "machine": mach,
-        "benchmarks": [asdict(o) for o in outcomes],
-        "areas": [
-            {"title": a.title, "source": a.source, "rows": [asdict(r) for r in a.rows]}
-            for a in areas
-        ],
-    }
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out, mach, outcomes, areas, meta, plot_note)
     print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')}; {plot_note}")
     return 0 if all(o.results is not None for o in outcomes) else 1
 
