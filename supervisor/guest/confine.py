@@ -157,6 +157,9 @@ PROC_MASKED_FILES: Final = (
     "iomem",
     "ioports",
 )
+#: of those, the ones whose addresses the kernel shows only to sys_admin in the host's user
+#: namespace (kernel/resource.c): masked only for a guest that keeps it
+PROC_SHOWN_TO_SYS_ADMIN: Final = frozenset({"iomem", "ioports"})
 #: /proc directories hidden behind an empty read-only tmpfs.
 PROC_MASKED_DIRS: Final = ("acpi", "scsi", "asound", "driver")
 #: /proc entries made read-only: the host's sysctls, sysrq, IRQ affinity, buses, filesystems.

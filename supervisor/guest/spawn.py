@@ -187,12 +187,22 @@ def default_host() -> HostView:
     return HostView.probe()
 
 
+#: v1 hierarchies a guest has a cgroup in but is not shown: what they hold (its device
+#: allowlist, its freezer state) is the supervisor's business, and each shown costs a mount at
+#: every start
+UNSHOWN_V1 = ("devices", "freezer")
+
+
 def guest_cgroup_mounts(layout: CgroupLayout) -> tuple[tuple[str, str, str], ...]:
     """The cgroup filesystems a guest sees under /sys/fs/cgroup: the hierarchies it has a
-    cgroup in, each mounted where the host has it (a v1 hierarchy's directory is named after its
-    controllers, which are also its mount options)."""
+    cgroup in (but :data:`UNSHOWN_V1`), each mounted where the host has it (a v1 hierarchy's
+    directory is named after its controllers, which are also its mount options)."""
+    hidden = {layout.v1_path(c) for c in UNSHOWN_V1} - {None}
+    shown = {layout.v1_path(c) for c in ("cpu", "cpuacct", "memory", "pids")} - {None}
     out: list[tuple[str, str, str]] = []
     for hierarchy in layout.hierarchies():
+        if hierarchy in hidden and hierarchy not in shown:
+            continue
         rel = os.path.relpath(hierarchy, layout.root)
         if hierarchy == layout.unified:
             out.append(("" if rel == "." else rel, "cgroup2", ""))
@@ -360,12 +370,18 @@ def _own_tmpfs_mounts() -> list[MountOp]:
     ]
 
 
-def _proc_mounts(root: str, *, netns_own: bool) -> list[MountOp]:
+def _proc_mounts(root: str, *, netns_own: bool, host_sys_admin: bool) -> list[MountOp]:
     """The guest's /proc, of its pid namespace (the embryo is its PID 1 from birth, so this is
-    done before ``G``), with the host's kernel state masked or read-only."""
+    done before ``G``), with the host's kernel state masked or read-only.
+
+    ``host_sys_admin``: the guest keeps sys_admin over the host's user namespace; without it
+    the kernel shows no address in /proc/iomem and /proc/ioports, which then need no mask.
+    """
     proc = _inside(root, "/proc")
     out = [MountOp("proc", proc)]
     for name in (*confine.PROC_MASKED_FILES, *confine.PROC_MASKED_DIRS):
+        if name in confine.PROC_SHOWN_TO_SYS_ADMIN and not host_sys_admin:
+            continue
         out.append(MountOp("mask", f"{proc}/{name}", source=NULL, optional=True))
     if netns_own:
         # LXC's proc:mixed: a guest's own network sysctls stay writable (what it may write
@@ -487,7 +503,12 @@ def plan_spawn(
     if root_readonly:
         own_ops.append(MountOp("ro", root))
     sys_ops = _sys_mounts(root)
-    early = _proc_mounts(root, netns_own=domain.private_network)
+    caps = confine.capability_set(domain) if layers.capabilities else confine.ALL_CAPS
+    early = _proc_mounts(
+        root,
+        netns_own=domain.private_network,
+        host_sys_admin="sys_admin" in caps and not userns,
+    )
     cg_prep, late = _cgroup_mounts(_inside(root, "/sys/fs/cgroup"), host)
     if sysfs_early:
         early = [*sys_ops, *cg_prep, *early]
@@ -518,7 +539,6 @@ def plan_spawn(
     env.update(dict(os_spec.initenv))
     if extra_env:
         env.update(extra_env)
-    caps = confine.capability_set(domain) if layers.capabilities else confine.ALL_CAPS
     kept = set(confine.cap_numbers(caps))
     maps = {kind: "".join(f"{e.start} {e.target} {e.count}\n" for e in domain.idmap
                           if e.kind == kind) for kind in ("uid", "gid")}  # fmt: skip
