@@ -56,8 +56,10 @@ from supervisor.errors import (
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.guest.cgroups import GuestCgroup
 from supervisor.guest.spawn import GuestExit
+from supervisor.hooks import GuestContext, HookRecords
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
+from supervisor.net.nics import PlumbedNic
 from supervisor.net.subsystem import NetworkSubsystem, require_network
 from supervisor.runtime import (
     CgroupHandle,
@@ -78,28 +80,6 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 8 << 20
 #: how often the running guests' log sizes are checked
 LOG_CHECK_INTERVAL = 2.0
-
-
-@attrs.define(eq=False)
-class GuestContext:
-    """What the bus's prepare/release hooks get for one guest boot."""
-
-    domain: Domain
-    cgroup: CgroupHandle
-    prefix: str
-    run_dir: Path
-    #: filled by hooks: what each subsystem plumbed, recorded in the run dir for re-adoption
-    records: dict[str, Any] = attrs.Factory(dict)
-    #: True once every prepare hook succeeded (a failed prepare undoes itself on the bus)
-    prepared: bool = False
-    #: set by the network subsystem's prepare: the namespace the guest's init must join
-    netns_path: str | None = None
-    #: set by the runtime before the hooks: a network namespace the guest's process was born
-    #: in, which the network subsystem names and plumbs instead of making one (a guest in a
-    #: user namespace of its own: its network namespace must belong to that user namespace)
-    netns_source: str | None = None
-    #: the cgroup was made by this boot (every file holds the kernel's default), not reused
-    fresh_cgroup: bool = False
 
 
 @attrs.define(eq=False)
@@ -778,7 +758,7 @@ class Supervisor:
             "prefix": self.prefix,
             "started_at": slot.started_at,
             "cgroup": slot.cgroup.dirname if slot.cgroup else None,
-            "hooks": slot.ctx.records if slot.ctx else {},
+            "hooks": slot.ctx.records.to_json() if slot.ctx else {},
         }
         if proc is not None:
             record["wrapper_pid"] = proc.wrapper_pid
@@ -840,7 +820,7 @@ class Supervisor:
                 cgroup,
                 self.prefix,
                 self.run_dir,
-                dict(record.get("hooks") or {}),
+                HookRecords.from_json(record.get("hooks")),
                 prepared=True,
             )
             if alive and slot is not None and isinstance(init_pid, int):
@@ -933,10 +913,10 @@ class Supervisor:
         """What each NIC really got (MAC, guest name, address) while the guest runs; the
         definition's static values otherwise."""
         slot = self._slot(name)
-        plumbed: dict[int, dict[str, Any]] = {}
-        if slot.ctx is not None and isinstance(slot.ctx.records.get("net"), dict):
-            for nic in slot.ctx.records["net"].get("nics", []):
-                plumbed[int(nic["index"])] = nic
+        plumbed: dict[int, PlumbedNic] = {}
+        if slot.ctx is not None and slot.ctx.records.net is not None:
+            for plumbed_nic in slot.ctx.records.net.nics:
+                plumbed[plumbed_nic.index] = plumbed_nic
         rows: list[dict[str, Any]] = []
         for index, iface in enumerate(slot.domain.interfaces):
             nic = plumbed.get(index)
@@ -948,7 +928,7 @@ class Supervisor:
                         "family": "ipv6" if ":" in cidr else "ipv4",
                         "origin": "allocated" if not iface.ips else "static",
                     }
-                    for cidr in nic.get("addresses", [])
+                    for cidr in nic.addresses
                 ]
             else:
                 addresses = [
@@ -962,12 +942,12 @@ class Supervisor:
                 ]
             rows.append(
                 {
-                    "name": (nic or {}).get("guest_if") or iface.guest_dev or f"eth{index}",
+                    "name": (nic.guest_if if nic else None) or iface.guest_dev or f"eth{index}",
                     "type": iface.type,
                     "source": iface.source,
-                    "mac": (nic or {}).get("mac") or iface.mac,
-                    "host_if": (nic or {}).get("host_if"),
-                    "mode": (nic or {}).get("mode"),
+                    "mac": (nic.mac if nic else None) or iface.mac,
+                    "host_if": nic.host_if if nic else None,
+                    "mode": nic.mode if nic else None,
                     "addresses": addresses,
                 }
             )

@@ -14,12 +14,13 @@ import pytest
 import trio
 
 from supervisor.bus import Gap, PrepareFailed, Subscription
-from supervisor.daemon import GuestContext, Supervisor
+from supervisor.daemon import Supervisor
 from supervisor.errors import ConflictError, RuntimeFailure
 from supervisor.events import Event
 from supervisor.guest import procs
 from supervisor.guest.cgroups import GuestCgroup, detect_layout, find_leftovers
 from supervisor.guest.rootfs import prepare_busybox_root
+from supervisor.hooks import GuestContext
 from supervisor.lifecycle import RestartPolicy
 from supervisor.model import Domain, Filesystem, MemTune, OsSpec
 

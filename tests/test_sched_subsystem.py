@@ -20,10 +20,10 @@ import pytest
 import trio
 
 from supervisor.bus import Bus
-from supervisor.daemon import GuestContext
 from supervisor.errors import InvalidOperation
 from supervisor.events import Event
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
+from supervisor.hooks import GuestContext
 from supervisor.model import CpuTune, Domain, TokenBucket
 from supervisor.sched import cgroupcpu as cc
 from supervisor.sched.params import InvalidParameter
@@ -167,9 +167,10 @@ async def test_prepare_applies_token_bucket(
             hooks = [(h.name, h.order) for h in bus.statistics().hooks]
             await bus.run_prepare(ctx)
             files = cpu_files(ctx)
-            record = json.loads(json.dumps(ctx.records["sched"]))
+            assert ctx.records.sched is not None
+            record = json.loads(json.dumps(ctx.records.sched.to_json()))
             await bus.run_release(ctx)
-            after_release = (sub.statistics()["guests"], "sched" in ctx.records)
+            after_release = (sub.statistics()["guests"], ctx.records.sched is not None)
         hooks_after = [h.name for h in bus.statistics().hooks]
     assert (
         [("sched", HOOK_ORDER)],
@@ -219,7 +220,8 @@ async def test_set_schedinfo_live_writes_and_publishes_one_tunable(
                 )
                 published = drain(events)
             files = cpu_files(ctx)
-            record = ctx.records["sched"]["applied"]
+            assert ctx.records.sched is not None
+            record = ctx.records.sched.applied
             await bus.run_release(ctx)
     assert (
         ("20000", "10000", "512"),
@@ -322,7 +324,8 @@ async def test_schedinfo_live_view_has_losses_and_accounting(
         async with running(sub):
             await bus.run_prepare(ctx)
             info = sub.schedinfo(domain, real_cgroup(ctx))
-            recorded = [x["parameter"] for x in ctx.records["sched"]["losses"]]
+            assert ctx.records.sched is not None
+            recorded = [x["parameter"] for x in ctx.records.sched.losses]
             await bus.run_release(ctx)
     losses = info["losses"]
     accounting = info["accounting"]

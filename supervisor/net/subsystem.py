@@ -29,6 +29,7 @@ from supervisor import nsutil
 from supervisor.errors import InvalidDocument, InvalidOperation, NotFound, RuntimeFailure, VsvError
 from supervisor.facade import Lease, NetworkStatus
 from supervisor.guest.procs import wait_pid_exit
+from supervisor.hooks import GuestContext, NetRecord
 from supervisor.model import Network
 from supervisor.net import names, nftables
 from supervisor.net.dnsmasq import DnsmasqFiles, lease_lines
@@ -39,7 +40,6 @@ from supervisor.store import ConfigStore, RunStore
 
 if TYPE_CHECKING:
     from supervisor.bus import Bus
-    from supervisor.daemon import GuestContext
 
 log = logging.getLogger("vsv.net")
 
@@ -219,21 +219,19 @@ class NetworkSubsystem:
         if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now
             nsutil.delete_netns(name)
         path, guest = await self.service.create_guest_netns(name, source=ctx.netns_source)
-        record: dict[str, Any] = {"netns": name, "nics": []}
-        ctx.records["net"] = record
+        ctx.records.net = NetRecord(name)
         try:
             nics = await self.service.plumb(domain, str(path), guest=guest)
         except BaseException:
             nsutil.delete_netns(name)
-            ctx.records.pop("net", None)
+            ctx.records.net = None
             raise
         finally:
             guest.close()
-        record["nics"] = [attrs.asdict(n) for n in nics]
+        ctx.records.net = NetRecord(name, nics)
         self._plumbed[domain.name] = nics
         for nic in nics:
             self._owners[nic.owner] = domain.name
-        record["modes"] = sorted({n.mode for n in nics})
         ctx.netns_path = str(path)
 
     async def adopt(self, ctx: GuestContext) -> None:
@@ -244,11 +242,11 @@ class NetworkSubsystem:
         address goes back into the allocation book and dnsmasq's reservations: the guest keeps
         its address, and no other guest can be given it.
         """
-        record = ctx.records.get("net")
-        if not isinstance(record, dict):
+        record = ctx.records.net
+        if record is None:
             return
-        ctx.netns_path = str(nsutil.netns_path(str(record.get("netns"))))
-        nics = tuple(PlumbedNic(**raw) for raw in record.get("nics", []))
+        ctx.netns_path = str(nsutil.netns_path(record.netns))
+        nics = record.nics
         self._plumbed[ctx.domain.name] = nics
         for nic in nics:
             self._owners[nic.owner] = ctx.domain.name
@@ -290,21 +288,20 @@ class NetworkSubsystem:
         ]
 
     async def _release(self, ctx: GuestContext) -> None:
-        record = ctx.records.get("net")
-        if not isinstance(record, dict):
+        record = ctx.records.net
+        if record is None:
             # a start interrupted inside this hook may have made the guest's namespace before
             # recording it; its name is derived, so it goes all the same
             name = self._netns_name(ctx.domain.name)
             if nsutil.netns_exists(name):
                 nsutil.delete_netns(name)
             return
-        nics = tuple(PlumbedNic(**n) for n in record.get("nics", []))
         self._plumbed.pop(ctx.domain.name, None)
         try:
-            await self.service.unplumb(nics)
+            await self.service.unplumb(record.nics)
         finally:
-            nsutil.delete_netns(str(record.get("netns")))
-            ctx.records.pop("net", None)
+            nsutil.delete_netns(record.netns)
+            ctx.records.net = None
 
     # ------------------------------------------------------------------------ facade
 

@@ -36,6 +36,7 @@ import trio
 
 from supervisor.errors import InvalidOperation, RuntimeFailure, VsvError
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup
+from supervisor.hooks import GuestContext, SchedRecord
 from supervisor.model import Domain
 from supervisor.sched import cgroupcpu
 from supervisor.sched.mapping import (
@@ -61,14 +62,12 @@ from supervisor.sched.tuner import (
 
 if TYPE_CHECKING:
     from supervisor.bus import Bus
-    from supervisor.daemon import GuestContext
 
 log = logging.getLogger("vsv.sched")
 
 #: before the network (10): CPU limits are the cheapest thing to set and to fail on
 HOOK_ORDER = 5
 HOOK_NAME = "sched"
-RECORD_KEY = "sched"
 
 Sampler = Callable[[list[str]], Awaitable[Sample]]
 
@@ -319,17 +318,15 @@ class SchedSubsystem:
 
     # ------------------------------------------------------------------------ guest hooks
 
-    def _record(
-        self, mapping: CpuMapping, losses: tuple[Loss, ...], version: int
-    ) -> dict[str, Any]:
-        return {
-            "hz": self.hz,
-            "cpus": mapping.ncpus,
-            "cgroup_version": version,
-            "applied": _limits_dict(mapping.limits),
-            "losses": [_loss_dict(x) for x in losses],
-            "tuned": mapping.idle_rate is not None and mapping.limits.quota_us is not None,
-        }
+    def _record(self, mapping: CpuMapping, losses: tuple[Loss, ...], version: int) -> SchedRecord:
+        return SchedRecord(
+            hz=self.hz,
+            cpus=mapping.ncpus,
+            cgroup_version=version,
+            applied=_limits_dict(mapping.limits),
+            losses=tuple(_loss_dict(x) for x in losses),
+            tuned=mapping.idle_rate is not None and mapping.limits.quota_us is not None,
+        )
 
     def _apply(
         self, domain: Domain, paths: cgroupcpu.CpuPaths, *, fresh: bool = False
@@ -356,7 +353,7 @@ class SchedSubsystem:
         mapping, losses, version = self._apply(domain, paths, fresh=ctx.fresh_cgroup)
         for loss in losses:
             log.info("guest %s: lossy CPU setting: %s", domain.name, loss)
-        ctx.records[RECORD_KEY] = self._record(mapping, losses, version)
+        ctx.records.sched = self._record(mapping, losses, version)
         self._register(domain.name, ctx, paths, version, mapping, losses)
         self._prepared += 1
 
@@ -364,7 +361,7 @@ class SchedSubsystem:
         """Forget the guest; its cgroup (and so its limits) is removed by the daemon."""
         self._guests.pop(ctx.domain.name, None)
         self._forget_loan(ctx.domain.name)
-        ctx.records.pop(RECORD_KEY, None)
+        ctx.records.sched = None
 
     async def adopt(self, ctx: GuestContext) -> None:
         """Take over a guest a previous supervisor started: re-apply its limits, tune it again.
@@ -483,7 +480,7 @@ class SchedSubsystem:
         ctx = previous.ctx if previous is not None else None
         self._register(name, ctx, paths, version, mapping, losses)
         if ctx is not None:
-            ctx.records[RECORD_KEY] = self._record(mapping, losses, version)
+            ctx.records.sched = self._record(mapping, losses, version)
         self._live_changes += 1
         data: dict[str, str] = dict(changed)
         data.update(_tunable_of_limits(before, mapping.limits))
