@@ -212,7 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vsv``; returns the process exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if _verb(words) == "daemon":
+        from supervisor import stopsignals
+
+        # first of all: a stop signal during the start-up must end it in order too
+        stopsignals.defer()
     parser = build_parser()
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
+
+
+def _verb(words: list[str]) -> str | None:
+    """The verb of a command line, before argparse (which imports what it needs) runs: the
+    first word that is neither an option nor the value of the global ``--socket``."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--socket":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None

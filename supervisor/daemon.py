@@ -153,6 +153,11 @@ class Supervisor:
     runtime: Runtime | None = None
     #: host paths guests must not see besides the state and run dirs (the API sockets)
     hidden_paths: tuple[str, ...] = ()
+    #: publish the supervisor's own STARTED (the daemon does): first of everything this
+    #: supervisor publishes, before what taking over networks and guests reports
+    announce: bool = False
+    #: set by shutdown_all: no guest starts any more
+    stopping: bool = False
     #: where host-side networking happens: None = our own namespace, else a netns path
     host_netns: str | None = None
     #: False: no network subsystem (guests with <interface> then fail to start)
@@ -204,6 +209,15 @@ class Supervisor:
         send, receive = trio.open_memory_channel[
             tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]
         ](math.inf)
+        self.adopted = self._adoptable()
+        if self.announce:
+            self._bus.publish_nowait(
+                "supervisor",
+                None,
+                "STARTED",
+                None,
+                {"pid": os.getpid(), "adopted": ",".join(self.adopted)},
+            )
         if self.networking:
             self.net = await NetworkSubsystem.open(
                 self._bus,
@@ -396,6 +410,8 @@ class Supervisor:
     async def start_domain(self, name: str) -> DomainStatus:
         """Start the guest and wait until it runs (STARTED BOOTED) or failed to start."""
         slot = self._slot(name)
+        if self.stopping:
+            raise InvalidOperation(f"domain {name}: the supervisor is stopping, no guest starts")
         if self._running_id_conflict(slot):
             raise ConflictError(
                 f"domain {name}: context id {slot.domain.id} is in use by a running guest"
@@ -797,6 +813,25 @@ class Supervisor:
         slot.pending = slot.domain
         Supervisor._run_with(slot, live)
 
+    def _adoptable(self) -> list[str]:
+        """The guests a predecessor left running that this supervisor will adopt (those still
+        defined whose recorded init is alive): known before anything is taken over, so that
+        the supervisor's STARTED, which names them, comes first."""
+        runtime = self.runtime
+        assert runtime is not None
+        out = []
+        for name, record in sorted(self.runs.read_all("domains").items()):
+            init_pid = record.get("init_pid")
+            namespaces = record.get("namespaces") or {}
+            if (
+                name in self.slots
+                and isinstance(init_pid, int)
+                and isinstance(namespaces.get("pid"), int)
+                and runtime.pid_is_guest_init(init_pid, namespaces["pid"])
+            ):
+                out.append(name)
+        return out
+
     async def _adopt_leftovers(self) -> None:
         """Re-adopt guests a previous supervisor left running; clean up after dead ones."""
         runtime = self.runtime
@@ -841,7 +876,6 @@ class Supervisor:
                         log.warning("guest %s: re-applying CPU limits: %s", name, exc)
                 if self.net is not None:
                     await self.net.adopt(ctx)
-                self.adopted.append(name)
                 slot.task_done = trio.Event()
                 slot.task_running = True
                 self._launch(self._guest_task, slot, True)
@@ -886,26 +920,39 @@ class Supervisor:
         try:
             await self.start_domain(name)
         except VsvError as exc:
-            log.warning("autostart of %s failed: %s", name, exc)
+            if not self.stopping:
+                log.warning("autostart of %s failed: %s", name, exc)
 
     async def shutdown_all(self, timeout: float) -> None:
-        """Shut every running guest down gracefully; kill what is left after ``timeout``."""
-        running = [s for s in self.slots.values() if s.task_running]
-        for slot in running:
-            with contextlib.suppress(VsvError):
-                if slot.life.phase in (Phase.RUNNING, Phase.PAUSED):
-                    if slot.life.phase is Phase.PAUSED:
-                        await self.resume_domain(slot.domain.name)
-                    await self.shutdown_domain(slot.domain.name, timeout=timeout)
-                elif slot.life.phase is not Phase.STOPPING:
-                    await self.destroy_domain(slot.domain.name)
-        with trio.move_on_after(timeout + 5):
-            for slot in running:
-                await slot.task_done.wait()
-        for slot in running:
-            if slot.task_running:
-                with contextlib.suppress(VsvError):
-                    await self.destroy_domain(slot.domain.name)
+        """Shut every running guest down gracefully; kill what is left after ``timeout``.
+
+        From here on no guest starts (:attr:`stopping`). A start in flight is waited for:
+        the guest then runs and is shut down like the others, or its start failed and was
+        rolled back. Repeated until no guest task is left, so that a start that was about to
+        begin when the signal came cannot leave a guest running.
+        """
+        self.stopping = True
+        with trio.move_on_after(timeout + 10):
+            while running := [s for s in self.slots.values() if s.task_running]:
+                for slot in running:
+                    if slot.life.phase is Phase.STARTING:
+                        await slot.settled.wait()
+                for slot in running:
+                    with contextlib.suppress(VsvError):
+                        if slot.life.phase in (Phase.RUNNING, Phase.PAUSED):
+                            if slot.life.phase is Phase.PAUSED:
+                                await self.resume_domain(slot.domain.name)
+                            await self.shutdown_domain(slot.domain.name, timeout=timeout)
+                        elif slot.life.phase not in (Phase.STOPPING, Phase.SHUTOFF):
+                            await self.destroy_domain(slot.domain.name)
+                with trio.move_on_after(timeout + 5):
+                    for slot in running:
+                        await slot.task_done.wait()
+                for slot in running:
+                    if slot.task_running:
+                        with contextlib.suppress(VsvError):
+                            await self.destroy_domain(slot.domain.name)
+                        await slot.task_done.wait()
 
     # ------------------------------------------------------------------------ not yet served
 
@@ -1154,15 +1201,20 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         shutdown_signal=opts.shutdown_signal,
         host_netns=host_netns,
         bus=bus,
+        announce=True,
         log_max_bytes=opts.log_max_bytes,
         # no guest may see them (a guest without a root filesystem sees the host's tree)
         hidden_paths=tuple(p for p in (opts.socket, opts.ro_socket) if p is not None),
     )
+    from supervisor import stopsignals
+
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # one that came before we listened (see supervisor.stopsignals) counts as well
+            early = stopsignals.take()
             async with trio.open_nursery() as nursery:
                 await nursery.start(print_events, sup.bus, out)
-                await nursery.start(sup.run)
+                await nursery.start(sup.run)  # publishes the supervisor's STARTED first
                 if opts.socket is not None:
                     from supervisor.api.server import serve_api
 
@@ -1178,21 +1230,20 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                             ro_max_connections=opts.api_ro_max_connections,
                         )
                     )
-                sup.bus.publish_nowait(
-                    "supervisor",
-                    None,
-                    "STARTED",
-                    None,
-                    {"pid": os.getpid(), "adopted": ",".join(sup.adopted)},
-                )
-                await _bring_up(sup, domains, networks)
-                nursery.start_soon(sup.start_autostart)
-                for domain in domains:
-                    nursery.start_soon(sup._start_quietly, domain.name)
-                sdnotify.ready()
-                async for signum in signals:
-                    log.info("received %s", signal.Signals(signum).name)
-                    break
+                early = early or stopsignals.take()
+                if early is None:
+                    await _bring_up(sup, domains, networks)
+                    nursery.start_soon(sup.start_autostart)
+                    for domain in domains:
+                        nursery.start_soon(sup._start_quietly, domain.name)
+                    sdnotify.ready()
+                    early = stopsignals.take()
+                if early is not None:
+                    log.info("received %s during start-up", signal.Signals(early).name)
+                else:
+                    async for signum in signals:
+                        log.info("received %s", signal.Signals(signum).name)
+                        break
                 sdnotify.stopping()
                 if not opts.keep_guests:
                     await sup.shutdown_all(opts.stop_timeout)

@@ -116,11 +116,13 @@ class NetworkService:
         self.emit(name, self.table.undefine(name))
 
     async def start(
-        self, name: str, nursery: trio.Nursery, *, adopt: bool = False
+        self, name: str, nursery: trio.Nursery, *, adopt: bool = False, announce: bool = True
     ) -> RunningNetwork:
         """Start a defined network as a task in ``nursery``; emits STARTED once it is up.
 
         ``adopt``: take over what a previous supervisor left up (see :func:`run_network`).
+        ``announce`` False: the caller emits STARTED itself (after recording the start), or
+        not at all (a network taken over never stopped).
         """
         if name in self.running:
             raise InvalidOperation(f"network {name} is already running")
@@ -128,7 +130,8 @@ class NetworkService:
         handle: RunningNetwork = await nursery.start(
             partial(_run_and_forget, self, net, adopt=adopt)
         )
-        self.emit(name, "STARTED")
+        if announce:
+            self.emit(name, "STARTED")
         return handle
 
     async def stop(self, name: str) -> None:

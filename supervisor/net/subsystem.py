@@ -158,8 +158,14 @@ class NetworkSubsystem:
                         "definition": digest,
                     },
                 )
-                await self.service.start(name, nursery, adopt=adopt)
+                await self.service.start(name, nursery, adopt=adopt, announce=False)
+                # recorded as started before the event: a successor that finds the record
+                # reports the network STOPPED if it cannot take it over, so a STARTED in the
+                # journal is always followed by a STOPPED (never a second STARTED); a network
+                # taken over in place never stopped, and gets no new STARTED
                 self._record(name, digest)
+                if not adopt:
+                    self.service.emit(name, "STARTED")
             except Exception as exc:
                 errors.append(exc)
             finally:
@@ -174,6 +180,7 @@ class NetworkSubsystem:
             "table": handle.table,
             "prefix": self.prefix,
             "definition": digest,
+            "started": True,
         }
         if handle.dnsmasq is not None:
             record["dnsmasq_pid"] = handle.dnsmasq.statistics().pid
@@ -205,6 +212,9 @@ class NetworkSubsystem:
                     await host.worker.call(functools.partial(netlink.delete_link, name=bridge))
             self.runs.remove("networks", name)
             log.info("cleaned up network %s left by a previous supervisor", name)
+            if record.get("started"):
+                # it was running (its STARTED is in the journal) and now is not
+                self.service.emit(name, "STOPPED")
 
     # ------------------------------------------------------------------------ guest hooks
 
