@@ -274,17 +274,12 @@ class Supervisor:
     def _run_with(slot: GuestSlot, domain: Domain) -> None:
         """Make ``domain`` the guest's definition, its end-of-life policies included."""
         slot.domain = domain
-        slot.life.on_poweroff = domain.on_poweroff
-        slot.life.on_reboot = domain.on_reboot
-        slot.life.on_crash = domain.on_crash
+        slot.life.set_policies(domain)
 
     def _replace_definition(self, slot: GuestSlot, domain: Domain) -> None:
         """Swap in a new definition for a stopped guest, keeping its state and reason."""
-        status = slot.life.status
-        slot.domain = domain
         slot.pending = None
-        slot.life = Lifecycle.for_domain(domain, self.restart_policy)
-        slot.life.status = status
+        self._run_with(slot, domain)
 
     def _new_slot(self, domain: Domain) -> GuestSlot:
         return GuestSlot(domain=domain, life=Lifecycle.for_domain(domain, self.restart_policy))
@@ -299,8 +294,14 @@ class Supervisor:
         for emit in step.events:
             self._bus.publish_nowait("domain", name, emit.type, emit.detail, emit.data)
 
-    def _apply(self, slot: GuestSlot, input: Input, end: GuestEnd | None = None) -> lc.Step:
-        step = slot.life.apply(input, now=time.monotonic(), end=end)
+    def _apply(
+        self,
+        slot: GuestSlot,
+        input: Input,
+        end: GuestEnd | None = None,
+        data: tuple[tuple[str, str], ...] = (),
+    ) -> lc.Step:
+        step = slot.life.apply(input, now=time.monotonic(), end=end, data=data)
         self._publish_step(slot.domain.name, step)
         return step
 
@@ -752,17 +753,14 @@ class Supervisor:
     async def _fail_hard(self, slot: GuestSlot, exc: BaseException) -> None:
         """The supervisor's own code failed for this guest: clean up, report, stay up."""
         slot.start_error = exc
-        await self._release(slot)
-        slot.life = Lifecycle.for_domain(slot.domain, self.restart_policy)
-        slot.life.status = lc.DomainStatus(lc.DomainState.SHUTOFF, lc.ShutoffReason.FAILED)
+        step = slot.life.apply(
+            Input.FAILED_HARD, now=time.monotonic(), data=(("error", str(exc)[:200]),)
+        )
+        if Action.CANCEL_RESTART in step.actions and slot.restart_scope is not None:
+            slot.restart_scope.cancel()
+        await self._release(slot)  # the step's RELEASE
         with contextlib.suppress(Exception):
-            self._bus.publish_nowait(
-                "domain",
-                slot.domain.name,
-                "STOPPED",
-                "FAILED",
-                {"reason": "supervisor-error", "error": str(exc)[:200]},
-            )
+            self._publish_step(slot.domain.name, step)
 
     # ------------------------------------------------------------------------ run records
 
@@ -891,21 +889,17 @@ class Supervisor:
                 with contextlib.suppress(RuntimeFailure):
                     await cgroup.remove()
             self.runs.remove("domains", name)
-            self._bus.publish_nowait(
-                "domain",
-                name,
-                "STOPPED",
-                "FAILED",
-                {
-                    "reason": "no-definition"
-                    if alive
-                    else "start-interrupted"
-                    if init_pid is None
-                    else "ended-while-supervisor-down"
-                },
+            why = (
+                "no-definition"
+                if alive
+                else "start-interrupted"
+                if init_pid is None
+                else "ended-while-supervisor-down"
             )
-            if slot is not None:
-                slot.life.status = lc.DomainStatus(lc.DomainState.SHUTOFF, lc.ShutoffReason.FAILED)
+            # a guest no longer defined has no machine of its own: a throwaway one says the same
+            life = slot.life if slot is not None else Lifecycle()
+            step = life.apply(Input.LOST, now=time.monotonic(), data=(("reason", why),))
+            self._publish_step(name, step)
 
     # ------------------------------------------------------------------------ whole-supervisor
 

@@ -210,6 +210,8 @@ class Input(enum.Enum):
     RESTART_DUE = "restart-due"  # the backoff delay of a scheduled restart has passed
     ADOPT = "adopt"  # a restarted supervisor found the guest running
     ADOPT_PAUSED = "adopt-paused"  # ... found it frozen
+    LOST = "lost"  # a restarted supervisor found the guest's remains, its init gone
+    FAILED_HARD = "failed-hard"  # the supervisor's own code failed for this guest
 
 
 class Decision(enum.Enum):
@@ -287,6 +289,7 @@ _STOPPED_SHUTDOWN = Emit("STOPPED", "SHUTDOWN")
 _STOPPED_DESTROYED = Emit("STOPPED", "DESTROYED")
 _STOPPED_CRASHED = Emit("STOPPED", "CRASHED")
 _STOPPED_START_FAILED = Emit("STOPPED", "FAILED", (("reason", "start-failed"),))
+_STOPPED_SUPERVISOR_ERROR = Emit("STOPPED", "FAILED", (("reason", "supervisor-error"),))
 
 P, In, D, A = Phase, Input, Decision, Action
 TableKey = tuple[Phase, Input, Decision | None]
@@ -357,6 +360,9 @@ TABLE: Mapping[TableKey, Transition] = {
     (P.SHUTOFF, In.ADOPT_PAUSED, None): Transition(
         P.PAUSED, DomainStatus(S.PAUSED, PausedReason.UNKNOWN)
     ),
+    # remains of a guest whose init is gone (the caller's data says why: start-interrupted,
+    # ended-while-supervisor-down, no-definition); the runner has already cleaned them up
+    (P.SHUTOFF, In.LOST, None): Transition(P.SHUTOFF, _OFF_FAILED, (Emit("STOPPED", "FAILED"),)),
     # -- STARTING: prepare + spawn in flight
     (P.STARTING, In.STARTED, None): Transition(P.RUNNING, _BOOTED, (_STARTED,)),
     (P.STARTING, In.START_FAILED, None): Transition(
@@ -430,6 +436,18 @@ TABLE: Mapping[TableKey, Transition] = {
     (P.RESTARTING, In.SHUTDOWN, None): Transition(P.SHUTOFF, None, (), (A.CANCEL_RESTART,)),
     # -- PRESERVED: processes gone, resources kept for inspection
     (P.PRESERVED, In.DESTROY, None): _RELEASED_DESTROYED,
+    # -- any phase: the supervisor's own code failed for this guest; whatever it held goes and
+    # the supervisor stays up (the caller's data adds the error). A guest that consumers know
+    # as stopped (SHUTOFF, RESTARTING) is not reported stopped a second time.
+    **{
+        (p, In.FAILED_HARD, None): Transition(
+            P.SHUTOFF,
+            _OFF_FAILED,
+            () if p in (P.SHUTOFF, P.RESTARTING) else (_STOPPED_SUPERVISOR_ERROR,),
+            (A.CANCEL_RESTART, A.RELEASE) if p is P.RESTARTING else (A.RELEASE,),
+        )
+        for p in Phase
+    },
 }
 
 #: the (phase, input) pairs that need a policy decision to look up
@@ -623,35 +641,66 @@ class Lifecycle:
     """One guest's lifecycle: the table plus its policy and restart budget. No I/O.
 
     Mutable with identity (like h11's connection state); every input returns a frozen
-    :class:`Step`. An illegal input raises and changes nothing.
+    :class:`Step`. An illegal input raises and changes nothing. The phase, libvirt's status and
+    the budget are read-only outside this class: :meth:`apply` is their only writer, so no
+    caller can give a guest a state the table has no row for.
     """
 
     on_poweroff: LifecycleAction = "destroy"
     on_reboot: LifecycleAction = "restart"
     on_crash: LifecycleAction = "destroy"
     policy: RestartPolicy = RestartPolicy()
-    phase: Phase = Phase.SHUTOFF
-    status: DomainStatus = _INITIAL_STATUS
-    budget: RestartBudget = RestartBudget()
+    _phase: Phase = Phase.SHUTOFF
+    _status: DomainStatus = _INITIAL_STATUS
+    _budget: RestartBudget = RestartBudget()
 
     @classmethod
     def for_domain(cls, domain: Domain, policy: RestartPolicy | None = None) -> Lifecycle:
         """A machine in SHUTOFF with the domain's on_poweroff/on_reboot/on_crash."""
-        return cls(
-            on_poweroff=domain.on_poweroff,
-            on_reboot=domain.on_reboot,
-            on_crash=domain.on_crash,
-            policy=policy or RestartPolicy(),
-        )
+        life = cls(policy=policy or RestartPolicy())
+        life.set_policies(domain)
+        return life
 
-    def apply(self, input: Input, *, now: float, end: GuestEnd | None = None) -> Step:
-        """Feed one input at time ``now``; ``end`` adds exit details to the events' data."""
-        if (self.phase, input) not in LEGAL_PAIRS:
-            raise IllegalTransition(self.phase, input)
+    @property
+    def phase(self) -> Phase:
+        """Where the guest is in the table."""
+        return self._phase
+
+    @property
+    def status(self) -> DomainStatus:
+        """libvirt's ``(state, reason)`` for ``virsh domstate``."""
+        return self._status
+
+    @property
+    def budget(self) -> RestartBudget:
+        """The recent automatic restarts the next restart decision counts."""
+        return self._budget
+
+    def set_policies(self, domain: Domain) -> None:
+        """Take ``domain``'s end-of-life settings (a new definition takes effect); state stays."""
+        self.on_poweroff = domain.on_poweroff
+        self.on_reboot = domain.on_reboot
+        self.on_crash = domain.on_crash
+
+    def apply(
+        self,
+        input: Input,
+        *,
+        now: float,
+        end: GuestEnd | None = None,
+        data: tuple[tuple[str, str], ...] = (),
+    ) -> Step:
+        """Feed one input at time ``now``.
+
+        ``end`` adds the exit details to the events' data; ``data`` adds what only the caller
+        knows (why remains were lost, the error of a hard failure).
+        """
+        if (self._phase, input) not in LEGAL_PAIRS:
+            raise IllegalTransition(self._phase, input)
         decision: Decision | None = None
         delay = 0.0
-        budget = self.budget
-        if (self.phase, input) in POLICY_PAIRS:
+        budget = self._budget
+        if (self._phase, input) in POLICY_PAIRS:
             decision = _DECISION_OF_ACTION[getattr(self, _POLICY_OF[input])]
             if decision is Decision.RESTART:
                 allowed, delay, budget = budget.decide(self.policy, now)
@@ -659,24 +708,25 @@ class Lifecycle:
                     decision = Decision.EXHAUSTED
         elif input is Input.START:
             budget = RestartBudget()  # a person asked: the crash-loop history no longer applies
-        row = lookup(self.phase, input, decision)
+        row = lookup(self._phase, input, decision)
         extra: tuple[tuple[str, str], ...] = ()
         if end is not None:
             extra += end.data()
         if Action.SCHEDULE_RESTART in row.actions or Action.RESPAWN in row.actions:
             extra += (("restart_delay", f"{delay:g}"),)
+        extra += data
         events = tuple(attrs.evolve(e, data=e.data + extra) for e in row.events)
         step = Step(
             input=input,
             decision=decision,
-            previous=self.phase,
+            previous=self._phase,
             phase=row.next,
-            status=row.status or self.status,
+            status=row.status or self._status,
             events=events,
             actions=row.actions,
             delay=delay,
         )
-        self.phase, self.status, self.budget = step.phase, step.status, budget
+        self._phase, self._status, self._budget = step.phase, step.status, budget
         return step
 
     def guest_ended(self, end: GuestEnd, *, now: float) -> Step:
@@ -694,11 +744,26 @@ def _label(input: Input, decision: Decision | None, t: Transition) -> str:
     return label
 
 
+def _from_every_phase(table: Mapping[TableKey, Transition]) -> list[Input]:
+    """Inputs with a row in every phase (drawn once as a note instead of an arrow from each)."""
+    return [i for i in Input if all((p, i, None) in table for p in Phase)]
+
+
 def render_mermaid(table: Mapping[TableKey, Transition] = TABLE) -> str:
     """The table as a Mermaid ``stateDiagram-v2`` (docs/lifecycle.md embeds this output)."""
     lines = ["stateDiagram-v2", f"    [*] --> {Phase.SHUTOFF.name}"]
+    everywhere = _from_every_phase(table)
     for (phase, input, decision), t in table.items():
-        lines.append(f"    {phase.name} --> {t.next.name}: {_label(input, decision, t)}")
+        if input not in everywhere:
+            lines.append(f"    {phase.name} --> {t.next.name}: {_label(input, decision, t)}")
+    for input in everywhere:
+        rows = [table[p, input, None] for p in Phase]
+        t = max(rows, key=lambda r: len(r.events))  # the fullest row names the events
+        quiet = [p.name for p, r in zip(Phase, rows, strict=True) if not r.events]
+        label = f"from any phase {_label(input, None, t)}"
+        if quiet and t.events:
+            label += f" (no event from {', '.join(quiet)})"
+        lines.append(f"    note right of {t.next.name}: {label}")
     return "\n".join(lines) + "\n"
 
 

@@ -453,6 +453,12 @@ class _Model:
             return go("running", "RUNNING/UNKNOWN")
         if inp is Input.ADOPT_PAUSED and p == "off":
             return go("paused", "PAUSED/UNKNOWN")
+        if inp is Input.LOST and p == "off":
+            return go("off", "SHUTOFF/FAILED", "STOPPED FAILED")
+        if inp is Input.FAILED_HARD:
+            if p in ("off", "restarting"):
+                return go("off", "SHUTOFF/FAILED")
+            return go("off", "SHUTOFF/FAILED", "STOPPED FAILED reason=supervisor-error")
         if inp is Input.STARTED:
             if p == "starting":
                 return go("running", "RUNNING/BOOTED", "STARTED BOOTED")
@@ -570,8 +576,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert expected is None
             return
         assert expected == _lines([step])
-        if inp in (Input.ADOPT, Input.ADOPT_PAUSED):
-            self.active = True  # a consumer learns of adopted guests from the listing
+        if inp in (Input.ADOPT, Input.ADOPT_PAUSED, Input.LOST):
+            # a consumer learns of adopted guests from the listing, and lost ones were running
+            # when the previous supervisor went away
+            self.active = True
         for e in step.events:
             self._consume(str(e), dict(e.data).get("reason"))
 
@@ -580,7 +588,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert not self.active
             self.active = True
         elif event.startswith("STOPPED"):
-            assert self.active or reason in ("start-failed", "start-cancelled")
+            assert self.active or reason in ("start-failed", "start-cancelled", "supervisor-error")
             self.active = False
         elif event in ("SUSPENDED PAUSED", "RESUMED UNPAUSED", "REBOOT", "CRASHED PANICKED"):
             assert self.active
@@ -611,3 +619,38 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 TestLifecycleMachine = LifecycleMachine.TestCase
 TestLifecycleMachine.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+@pytest.mark.parametrize("field", ["phase", "status", "budget"])
+def test_state_is_written_only_by_the_table(field: str) -> None:
+    """Outside apply() nothing can set a guest's phase, status or budget."""
+    machine = Lifecycle()
+    with pytest.raises(AttributeError):
+        setattr(machine, field, getattr(machine, field))
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_hard_failure_from_any_phase(phase: Phase) -> None:
+    """FAILED_HARD ends every phase in SHUTOFF/FAILED, releasing; the event has the error."""
+    machine = Lifecycle(phase=phase)
+    step = machine.apply(Input.FAILED_HARD, now=0.0, data=(("error", "boom"),))
+    assert (machine.phase, str(machine.status)) == (Phase.SHUTOFF, "SHUTOFF/FAILED")
+    stopped_already = phase in (Phase.SHUTOFF, Phase.RESTARTING)
+    assert [(str(e), dict(e.data)) for e in step.events] == (
+        []
+        if stopped_already
+        else [("STOPPED FAILED", {"reason": "supervisor-error", "error": "boom"})]
+    )
+    assert step.actions[-1] is Action.RELEASE
+
+
+def test_lost_guest_is_reported_with_the_callers_reason() -> None:
+    """LOST: remains found after a restart; only SHUTOFF accepts it, no actions (done already)."""
+    machine = Lifecycle()
+    step = machine.apply(Input.LOST, now=0.0, data=(("reason", "start-interrupted"),))
+    assert [(str(e), dict(e.data)) for e in step.events] == [
+        ("STOPPED FAILED", {"reason": "start-interrupted"})
+    ]
+    assert (str(machine.status), step.actions) == ("SHUTOFF/FAILED", ())
+    with pytest.raises(IllegalTransition):
+        Lifecycle(phase=Phase.RUNNING).apply(Input.LOST, now=0.0)
