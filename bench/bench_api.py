@@ -7,8 +7,8 @@
    all of them);
 3. the wall time of ``vsv list`` as a whole process, beside ``python -c pass``.
 
-The facade is the in-memory fake (supervisor/api/fake.py), so these figures are the API's own
-cost; against the real daemon the start/destroy figures add the guest's start cost.
+The facade is the in-memory fake (supervisor/testing/fakefacade.py), so these figures are the
+API's own cost; against the real daemon the start/destroy figures add the guest's start cost.
 
 Writes the figures to bench/results/api.json as well.
 

@@ -18,9 +18,9 @@ from typing import Any
 import attrs
 import trio
 
-from supervisor.api.fake import FakeSupervisor, best_codec
 from supervisor.api.server import serve_api
 from supervisor.journal import Journal, Retention
+from supervisor.testing.fakefacade import FakeSupervisor
 
 
 def short_tmpdir() -> Path:
@@ -61,7 +61,6 @@ async def running_api(
                     ro_socket_path=ro,
                     group=group,
                     heartbeat=heartbeat,
-                    codec=best_codec(),
                     task_status=task_status,
                 )
             )

@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from supervisor.api.app import busy_response
-from supervisor.api.fake import FakeSupervisor, best_codec
 from supervisor.api.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_RO_MAX_CONNECTIONS,
@@ -49,6 +48,7 @@ from supervisor.api.peer import (
 from supervisor.api.server import serve_api
 from supervisor.cli import build_parser
 from supervisor.journal import Journal
+from supervisor.testing.fakefacade import FakeSupervisor
 from tests.fake_supervisor import short_tmpdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,7 +300,6 @@ async def serving(directory: Path, **kwargs: Any) -> AsyncIterator[Served]:
                     journal,
                     socket_path=rw,
                     ro_socket_path=ro,
-                    codec=best_codec(),
                     task_status=task_status,
                     **kwargs,
                 )
@@ -557,7 +556,7 @@ async def test_peer_in_our_namespaces_is_served(sockdir: Path) -> None:
 SERVER = """
 import sys, trio
 from pathlib import Path
-from supervisor.api.fake import FakeSupervisor, best_codec
+from supervisor.testing.fakefacade import FakeSupervisor
 from supervisor.api.peer import NamespaceGuard
 from supervisor.api.server import serve_api
 from supervisor.journal import Journal
@@ -568,7 +567,7 @@ async def main(directory: str, use_pidfd: bool) -> None:
         await nursery.start(
             lambda task_status: serve_api(
                 FakeSupervisor(journal), journal, socket_path=directory + "/rw.sock",
-                ro_socket_path=None, codec=best_codec(),
+                ro_socket_path=None,
                 guard=NamespaceGuard.for_this_process(use_pidfd=use_pidfd),
                 task_status=task_status,
             )

@@ -12,8 +12,8 @@ import trio.testing
 
 from supervisor.bus import Bus
 from supervisor.daemon import Supervisor
-from supervisor.fakeruntime import FakeRuntime
 from supervisor.model import Domain, OsSpec
+from supervisor.testing.fakeruntime import FakeRuntime
 from supervisor.xml import parse_domain
 
 Restart = Callable[[], Awaitable[Supervisor]]

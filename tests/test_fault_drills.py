@@ -29,12 +29,12 @@ from supervisor import gc, nsutil
 from supervisor.api.client import Client, ClientError
 from supervisor.daemon import Supervisor
 from supervisor.errors import RuntimeFailure
-from supervisor.fakeruntime import FailOp, FakeRuntime, Leftovers
 from supervisor.guest.cgroups import cgroup_dir_name, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import Domain, Filesystem, Interface, OsSpec
 from supervisor.net import rtnl
 from supervisor.store import ConfigStore
+from supervisor.testing.fakeruntime import FailOp, FakeRuntime, Leftovers
 from supervisor.xml import format_domain, format_network
 from tests.fake_supervisor import short_tmpdir
 from tests.test_net_daemon import DHCP_INIT, lan, nic_guest
@@ -231,33 +231,9 @@ def unexpected_objects(
     return extra
 
 
-def is_guest_object(item: gc.Leftover, prefix: str, names: set[str]) -> bool:
-    """A cgroup of one of the guests ``names``, or a process inside one."""
-    dirs = {cgroup_dir_name(prefix, n) for n in names}
-    path = item.name if item.kind == "cgroup" else item.where
-    return item.kind in ("cgroup", "process") and os.path.basename(path) in dirs
-
-
-def is_network_object(item: gc.Leftover, sandbox: str) -> bool:
-    """The network's bridge or table in the sandbox, or its dnsmasq."""
-    if item.kind == "process":
-        return "dnsmasq" in item.name
-    return item.kind in ("link", "nft") and item.where == sandbox
-
-
-def check_consistent(
-    d: Daemon,
-    prefix: str,
-    sandbox: str,
-    context: str,
-    *,
-    starting: frozenset[str] | set[str] = frozenset(),
-) -> list[gc.Leftover]:
-    """The drill's invariant after a restart.
-
-    Returns the objects of the known leaks (KNOWN_BUGS) found, which the caller removes; any
-    other unaccounted object fails the check.
-    """
+def check_consistent(d: Daemon, prefix: str, sandbox: str, context: str) -> None:
+    """The drill's invariant after a restart: every guest running and known or stopped with its
+    end reported, and no object with the prefix beyond what that state accounts for."""
     states = settled_states(d.api)
     events = lifecycle_events(d.api)
     run_dir = d.base / "run" / "domains"
@@ -274,29 +250,16 @@ def check_consistent(
             assert (name, False) == (name, record.exists()), context
     running = {n for n, s in states.items() if s == "RUNNING"}
     up = network_active(d.api).get("lan", False)
-    extra = unexpected_objects(prefix, sandbox, running, up)
-    known = []
-    if "interrupted-guest-start" in KNOWN_BUGS:
-        interrupted = {n for n in starting if states.get(n) == "SHUTOFF"}
-        known += [x for x in extra if is_guest_object(x, prefix, interrupted)]
-    if "interrupted-network-start" in KNOWN_BUGS and not up:
-        known += [x for x in extra if is_network_object(x, sandbox)]
-    unexplained = [x for x in extra if x not in known]
+    unexplained = unexpected_objects(prefix, sandbox, running, up)
     assert [] == unexplained, "\n".join(
         [context, f"states {states}, network up {up}", *map(str, unexplained)]
     )
     if up:
         found = {(x.kind, x.name) for x in gc.find(prefix, netns=sandbox)}
         assert ("link", True) == ("link", ("link", f"{prefix}b0") in found), context
-    return known
 
 
 # ---------------------------------------------------------------------------- drill 1
-
-#: Leaks the drills found and tolerate (removing them as `vsv gc` would) until they are fixed;
-#: each has a strict-xfail reproduction below that starts passing when the bug is fixed:
-#: remove the name here then, and the drill checks that case strictly again.
-KNOWN_BUGS: set[str] = set()
 
 
 @pytest.mark.root
@@ -344,11 +307,7 @@ def test_sigkill_during_start_shutdown_and_network_start(
             for s in sockets:
                 s.close()
         d = start_daemon(world, prefix)
-        starting = {n for n, state in states.items() if state == "SHUTOFF"}
-        known = check_consistent(
-            d, prefix, sandbox, f"seed {SEED} iteration {i} delay {delay:.4f}", starting=starting
-        )
-        assert [] == [x for x, error in gc.remove(known) if error is not None]
+        check_consistent(d, prefix, sandbox, f"seed {SEED} iteration {i} delay {delay:.4f}")
     assert {"start": True, "shutdown": True, "net-start": True} == {
         k: v >= 20 for k, v in counts.items()
     }
@@ -597,6 +556,37 @@ async def test_injected_start_failure_aborts_cleanly(
     assert clean(rt) == rt.leftovers()
     assert {} == sup.runs.read_all("domains")
     assert "RUNNING" == (await sup.start_domain("f1")).state  # nothing in the way of a retry
+    await sup.destroy_domain("f1")
+    assert clean(rt) == rt.leftovers()
+
+
+async def test_a_bug_in_the_supervisor_fails_the_guest_through_the_table(
+    fake: tuple[Supervisor, FakeRuntime, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The supervisor's own code failing for one guest: FAILED_HARD releases it, reports
+    STOPPED FAILED reason=supervisor-error, and the supervisor and the guest's next start go on."""
+    sup, rt, lines = fake
+    await sup.start_domain("f1")
+    data: list[dict[str, Any]] = []
+    sup.bus.add_sink(lambda event: data.append(dict(event.data)))
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug after the end")
+
+    monkeypatch.setattr(Supervisor, "_classify", broken)  # the guest is still RUNNING here
+    rt.guest_ends("f1", "crash")
+    with trio.fail_after(5):
+        await sup.slots["f1"].task_done.wait()
+    status = sup.domain_status("f1")
+    assert ("SHUTOFF", "FAILED") == (status.state, status.reason)
+    assert "f1 STOPPED FAILED" == lines[-1]
+    assert {"reason": "supervisor-error", "error": "a bug after the end"} == data[-1]
+    assert "guest f1: supervisor error" in caplog.text
+    assert (clean(rt), {}) == (rt.leftovers(), sup.runs.read_all("domains"))
+    monkeypatch.undo()
+    assert "RUNNING" == (await sup.start_domain("f1")).state
     await sup.destroy_domain("f1")
     assert clean(rt) == rt.leftovers()
 

@@ -12,14 +12,22 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor import stress, stress_cli
+from supervisor import stress_cli
 from supervisor.errors import RuntimeFailure
 from supervisor.events import Event
-from supervisor.fakeruntime import FakeCgroup, FakeProcess, FakeRuntime, Leftovers, handles_term
 from supervisor.guest.spawn import GuestExit
 from supervisor.lifecycle import RestartPolicy
 from supervisor.model import Domain, OsSpec
-from supervisor.stress import Definition, Illegal, Model, event_text
+from supervisor.testing.fakeruntime import (
+    FakeCgroup,
+    FakeProcess,
+    FakeRuntime,
+    Leftovers,
+    handles_term,
+)
+from supervisor.testing.stress.events import EventLog
+from supervisor.testing.stress.model import Definition, Illegal, Model, event_text, text_of
+from supervisor.testing.stress.run import run_stress_detailed
 
 TRAPS = Domain(name="a", os=OsSpec(init="/bin/sh", initargs=("-c", "trap 'exit 0' TERM; x")))
 PLAIN = Domain(name="b", os=OsSpec(init="/bin/sh", initargs=("-c", "while :; do :; done")))
@@ -329,21 +337,6 @@ def test_model_schedinfo_tunable_only_on_change_and_only_while_running() -> None
     )
 
 
-def test_model_quirk_live_schedinfo_persists() -> None:
-    """Model with the live-schedinfo-persists quirk: the live value survives until redefined."""
-    m = attrs.evolve(_model(), quirks=frozenset({"live-schedinfo-persists"}))
-    m.define("g", Definition(shares=1024))
-    m.start("g")
-    m.set_shares("g", 2048)
-    m.destroy("g")
-    m.start("g")
-    first = m.guests["g"].shares
-    m.destroy("g")
-    m.define("g", Definition(shares=1024))
-    m.start("g")
-    assert (2048, 1024) == (first, m.guests["g"].shares)
-
-
 def test_tunable_events_compare_with_their_parameters() -> None:
     """A TUNABLE event's text names every changed parameter (and so catches extra ones)."""
     event = Event(
@@ -354,7 +347,7 @@ def test_tunable_events_compare_with_their_parameters() -> None:
         type="TUNABLE",
         data=(("cputune.vcpu_quota", "-1"), ("cputune.shares", "512")),
     )
-    assert "TUNABLE cputune.shares=512 cputune.vcpu_quota=-1" == stress.text_of(event)
+    assert "TUNABLE cputune.shares=512 cputune.vcpu_quota=-1" == text_of(event)
 
 
 def test_model_redefinition_of_an_active_guest_waits_for_its_next_fresh_boot() -> None:
@@ -379,25 +372,22 @@ def test_model_redefinition_of_an_active_guest_waits_for_its_next_fresh_boot() -
 
 
 def test_network_events_across_a_supervisor_restart() -> None:
-    """The harness's log accepts a network started again by a successor (after a RESTART mark),
-    and still refuses a second STARTED without one."""
+    """A network taken over by a successor has no event of its own: the log refuses a second
+    STARTED without a STOPPED, and the model expects none."""
 
     def net(seq: int, type_: str) -> Event:
         return Event(seq=seq, time=0.0, kind="network", name="n0", type=type_)
 
-    log = stress.EventLog()
+    log = EventLog()
     log.add(net(1, "DEFINED"))
     log.add(net(2, "STARTED"))
-    log.supervisor_restarted()
-    log.add(net(3, "STARTED"))
-    assert log.networks["n0"] == ["DEFINED", "STARTED", "RESTART", "STARTED"]
     with pytest.raises(AssertionError, match="network event"):
-        log.add(net(4, "STARTED"))
+        log.add(net(3, "STARTED"))
     m = _model()
     m.define_network()
     m.start_network()
     m.restart_supervisor()
-    assert m.net_events == ["DEFINED", "STARTED", "RESTART", "STARTED"]
+    assert ["DEFINED", "STARTED"] == m.net_events
 
 
 # ------------------------------------------------------------------------ the harness
@@ -406,19 +396,11 @@ def test_network_events_across_a_supervisor_restart() -> None:
 def test_stress_fake_runtime_passes() -> None:
     """1000 random steps on the fake runtime agree with the model and leave nothing behind."""
     out = io.StringIO()
-    result = stress.run_stress_detailed(7, 1000, 4, "fake", out=out)
+    result = run_stress_detailed(7, 1000, 4, "fake", out=out)
     assert (True, "") == (result.ok, out.getvalue())
     assert result.steps >= 1000
     assert result.ops.get("guest", 0) > 10
     assert result.ops.get("start", 0) > 30
-
-
-def test_stress_strict_fake_passes() -> None:
-    """--strict on the fake runtime passes, and no known issue is left."""
-    assert frozenset() == stress.KNOWN_ISSUES
-    out = io.StringIO()
-    result = stress.run_stress_detailed(3, 400, 4, "fake", strict=True, shrink=False, out=out)
-    assert (True, "") == (result.ok, out.getvalue() if not result.ok else "")
 
 
 def test_cli_parser_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -426,22 +408,24 @@ def test_cli_parser_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     stress_cli.add_stress_parser(parser.add_subparsers())
     args = parser.parse_args(["stress", "--seed", "5", "--steps", "150", "--guests", "3"])
-    assert (5, 150, 3, "fake", False) == (
-        args.seed,
-        args.steps,
-        args.guests,
-        args.runtime,
-        args.strict,
-    )
+    assert (5, 150, 3, "fake") == (args.seed, args.steps, args.guests, args.runtime)
     assert 0 == args.func(args)
     assert "stress passed: seed 5" in capsys.readouterr().out
+
+
+def test_cli_still_accepts_strict_from_old_replay_lines() -> None:
+    """`--strict` (every run is strict now) parses, and is not listed in the help."""
+    parser = argparse.ArgumentParser()
+    stress = stress_cli.add_stress_parser(parser.add_subparsers())
+    args = parser.parse_args(["stress", "--seed", "5", "--strict"])
+    assert (5, True, False) == (args.seed, args.strict, "--strict" in stress.format_help())
 
 
 @pytest.mark.root
 def test_stress_real_runtime_passes() -> None:
     """Real guests, a NAT network in a sandbox netns and schedinfo agree with the model."""
     out = io.StringIO()
-    result = stress.run_stress_detailed(1, 200, 4, "real", out=out)
+    result = run_stress_detailed(1, 200, 4, "real", out=out)
     assert (True, "") == (result.ok, out.getvalue())
     assert result.steps >= 200
     for op in ("net-start", "net-destroy", "schedinfo", "start-without-network", "guest"):
@@ -460,9 +444,8 @@ def test_a_broken_supervisor_fails_with_a_replay_line(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(GuestSlot, "status", lying_status)
     out = io.StringIO()
-    result = stress.run_stress_detailed(3, 400, 4, "fake", strict=True, shrink=False, out=out)
+    result = run_stress_detailed(3, 400, 4, "fake", shrink=False, out=out)
     assert (False, True) == (
         result.ok,
-        "replay with: vsv stress --seed 3 --steps 400 --guests 4 --runtime fake --strict"
-        in out.getvalue(),
+        "replay with: vsv stress --seed 3 --steps 400 --guests 4 --runtime fake" in out.getvalue(),
     )

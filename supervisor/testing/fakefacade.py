@@ -4,13 +4,13 @@ It keeps domains and networks in dicts, follows the libvirt state rules the API 
 (start a running domain is an InvalidOperation, undefine a running one too, names are unique),
 and publishes each change as an event straight into the journal, numbered ``last_seq() + 1``
 as the real bus does. It never stands in for the real supervisor where a test is about the
-supervisor itself; it is for the API, the clients and the CLI.
+supervisor itself; it is for the API, the clients and the CLI. The API serves it with the real
+XML codec (``serve_api``'s default), so documents are parsed as in the daemon.
 """
 
 from __future__ import annotations
 
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,79 +19,7 @@ import attrs
 from supervisor.errors import ConflictError, InvalidDocument, InvalidOperation, NotFound
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.journal import Journal
-from supervisor.model import Bridge, Domain, Network
-
-
-class MiniCodec:
-    """A tiny XML codec (name, type, id, uuid, bridge) used only when ``supervisor.xml`` is absent.
-
-    Prefer :func:`best_codec`, which returns the real codec when the package has it.
-    """
-
-    def parse_domain(self, data: bytes, *, path: str | None = None) -> Domain:
-        root = _parse_root(data, "domain")
-        name = root.findtext("name")
-        if not name:
-            raise InvalidDocument(["1: <domain> needs a <name>"])
-        dom_type = root.get("type", "vserver")
-        if dom_type not in ("vserver", "lxc"):
-            raise InvalidDocument([f"1: domain type {dom_type!r} is not vserver or lxc"])
-        raw_id = root.get("id")
-        return Domain(
-            name=name,
-            type="lxc" if dom_type == "lxc" else "vserver",
-            id=int(raw_id) if raw_id and raw_id.isdigit() else None,
-            uuid=root.findtext("uuid"),
-        )
-
-    def format_domain(self, domain: Domain) -> str:
-        root = ET.Element("domain", {"type": domain.type})
-        if domain.id is not None:
-            root.set("id", str(domain.id))
-        ET.SubElement(root, "name").text = domain.name
-        if domain.uuid:
-            ET.SubElement(root, "uuid").text = domain.uuid
-        return ET.tostring(root, encoding="unicode") + "\n"
-
-    def parse_network(self, data: bytes, *, path: str | None = None) -> Network:
-        root = _parse_root(data, "network")
-        name = root.findtext("name")
-        if not name:
-            raise InvalidDocument(["1: <network> needs a <name>"])
-        bridge = root.find("bridge")
-        return Network(
-            name=name,
-            uuid=root.findtext("uuid"),
-            bridge=Bridge(name=bridge.get("name") if bridge is not None else None),
-        )
-
-    def format_network(self, network: Network) -> str:
-        root = ET.Element("network")
-        ET.SubElement(root, "name").text = network.name
-        if network.bridge.name:
-            ET.SubElement(root, "bridge", {"name": network.bridge.name})
-        return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _parse_root(data: bytes, tag: str) -> ET.Element:
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise InvalidDocument([f"{exc.position[0]}: not well-formed XML: {exc}"]) from None
-    if root.tag != tag:
-        raise InvalidDocument([f"1: the root element must be <{tag}>, not <{root.tag}>"])
-    return root
-
-
-def best_codec() -> Any:
-    """The real XML codec when ``supervisor.xml`` exists, else :class:`MiniCodec`."""
-    try:
-        from supervisor.api.app import XmlCodec
-        from supervisor.xml import format_domain  # noqa: F401  (probe only)
-
-        return XmlCodec()
-    except ImportError:
-        return MiniCodec()
+from supervisor.model import Domain, Network
 
 
 @attrs.define(eq=False)

@@ -1,6 +1,6 @@
 """An in-memory :class:`~supervisor.runtime.Runtime`: cgroups and guest processes as Python objects.
 
-Why it exists: the stateful stress harness (:mod:`supervisor.stress`) drives the real
+Why it exists: the stateful stress harness (:mod:`supervisor.testing.stress`) drives the real
 :class:`~supervisor.daemon.Supervisor` through thousands of operations; with real guests each
 start costs milliseconds and each guest-initiated end needs a real process to act. This fake
 keeps the *kernel's* side in dictionaries, so the supervisor code under test is the same and only
@@ -74,16 +74,6 @@ class _CgroupState:
 
     members: set[int] = attrs.Factory(set)
     frozen: bool = False
-    limits_of: str | None = None
-
-
-@attrs.frozen
-class CgroupView:
-    """A snapshot of one fake cgroup."""
-
-    dirname: str
-    members: frozenset[int]
-    frozen: bool
 
 
 @attrs.frozen
@@ -186,10 +176,6 @@ class FakeCgroup:
         return self.dirname in self.runtime.cgroups
 
     @property
-    def removed(self) -> bool:
-        return not self.exists
-
-    @property
     def members(self) -> frozenset[int]:
         state = self.runtime.cgroups.get(self.dirname)
         return frozenset(state.members) if state else frozenset()
@@ -211,7 +197,8 @@ class FakeCgroup:
         return made
 
     def apply_limits(self, domain: Domain) -> None:
-        self._state().limits_of = domain.name
+        """The fake kernel enforces no limits; writing them needs the cgroup, as for real."""
+        self._state()
 
     def pids(self) -> set[int]:
         state = self.runtime.cgroups.get(self.dirname)
@@ -369,13 +356,6 @@ class FakeRuntime:
 
     def processes_in(self, dirname: str) -> list[FakeProcess]:
         return [p for p in self.guests.values() if p.cgroup_name == dirname]
-
-    def snapshot(self) -> dict[str, CgroupView]:
-        """Every existing cgroup with its members and frozen state."""
-        return {
-            name: CgroupView(name, frozenset(s.members), s.frozen)
-            for name, s in sorted(self.cgroups.items())
-        }
 
     def leftovers(self) -> Leftovers:
         """Live processes and existing cgroups (empty after a clean teardown)."""
