@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vsv``; returns the process exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
-    if _verb(words) == "daemon":
+    if command_verb(words) == "daemon":
         from supervisor import stopsignals
 
         # first of all: a stop signal during the start-up must end it in order too
@@ -224,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _verb(words: list[str]) -> str | None:
-    """The verb of a command line, before argparse (which imports what it needs) runs: the
-    first word that is neither an option nor the value of the global ``--socket``."""
+def command_verb(words: Sequence[str]) -> str | None:
+    """The verb of a ``vsv`` command line's arguments, known without argparse (which imports
+    what it needs): the first word that is neither an option nor the value of the global
+    ``--socket``. ``vsv gc`` uses it too, to recognise a daemon's command line."""
     skip = False
     for word in words:
         if skip:

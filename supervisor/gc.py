@@ -52,6 +52,7 @@ from typing import Any
 
 import attrs
 
+from supervisor.cli import command_verb
 from supervisor.errors import RuntimeFailure, VsvError
 
 #: removal order of the kinds (see the module docstring for why)
@@ -138,19 +139,6 @@ def is_prefix_dnsmasq(argv: Sequence[str], prefix: str) -> bool:
     return conf is not None and os.path.basename(conf).startswith(prefix)
 
 
-def _verb(args: Sequence[str]) -> str | None:
-    """The verb of a ``vsv`` command line's arguments: the first word that is no global option."""
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--socket":
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
-
-
 def daemon_prefix(argv: Sequence[str]) -> str | None:
     """The prefix of a ``vsv daemon`` command line (``--prefix``, default ``vsv``), or None.
 
@@ -160,7 +148,7 @@ def daemon_prefix(argv: Sequence[str]) -> str | None:
         base = os.path.basename(arg)
         launcher = base == "vsv" or (base == "supervisor" and i > 0 and argv[i - 1] == "-m")
         rest = argv[i + 1 :]
-        if launcher and _verb(rest) == "daemon":
+        if launcher and command_verb(rest) == "daemon":
             found = "vsv"
             for j, opt in enumerate(rest):
                 if opt == "--prefix" and j + 1 < len(rest):
