@@ -184,13 +184,18 @@ def _done(args: argparse.Namespace, reply: Any, message: str) -> None:
         _out().write(message + "\n")
 
 
-def _dumpxml(args: argparse.Namespace, c: Client) -> int:
-    text = c.get_text(f"/v1/domains/{quote(args.domain)}/xml")
-    if args.json:
-        _print_json({"name": args.domain, "xml": text})
+def _print_xml(name: str, text: str, *, as_json: bool) -> int:
+    """A document as virsh dumpxml prints it (ending in a newline), or in a JSON object."""
+    if as_json:
+        _print_json({"name": name, "xml": text})
     else:
         _out().write(text if text.endswith("\n") else text + "\n")
     return EXIT_OK
+
+
+def _dumpxml(args: argparse.Namespace, c: Client) -> int:
+    text = c.get_text(f"/v1/domains/{quote(args.domain)}/xml")
+    return _print_xml(args.domain, text, as_json=args.json)
 
 
 def _dominfo(args: argparse.Namespace, c: Client) -> int:
@@ -350,11 +355,7 @@ def _net_action(action: str) -> Verb:
 
 def _net_dumpxml(args: argparse.Namespace, c: Client) -> int:
     text = c.get_text(f"/v1/networks/{quote(args.network)}/xml")
-    if args.json:
-        _print_json({"name": args.network, "xml": text})
-    else:
-        _out().write(text if text.endswith("\n") else text + "\n")
-    return EXIT_OK
+    return _print_xml(args.network, text, as_json=args.json)
 
 
 def _net_leases(args: argparse.Namespace, c: Client) -> int:
