@@ -7,7 +7,8 @@ document and the ratio is taken per round; the figures reported are medians over
 The process is pinned to one CPU (``--cpu``, default the last one it may use) and the garbage
 collector is off while a loop is timed (for both sides alike), as in :mod:`timeit`.
 
-Targets (from the issue): >= 10,000 parse+validate per second, and <= 5x the plain parse.
+Target (issue #13): >= 10,000 parse+validate per second for each example domain. The ratio to
+the plain parse is printed for information only (issue #13 withdrew its "<= 5x" target).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from supervisor.xml import format_domain, parse_domain  # noqa: E402
 
 DOCUMENTS = ("web1.xml", "db1.xml", "web1-nat.xml", "iso1.xml")
 TARGET_RATE = 10_000
-TARGET_RATIO = 5.0
 
 
 def _documents() -> list[tuple[str, bytes]]:
@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     worst_rate = min(int(r["parse_validate_per_s"]) for r in results)  # type: ignore[call-overload]
     worst_ratio = max(float(r["ratio_to_plain_parse"]) for r in results)  # type: ignore[arg-type]
-    ok = worst_rate >= TARGET_RATE and worst_ratio <= TARGET_RATIO
+    ok = worst_rate >= TARGET_RATE
     print(
-        f"worst parse+validate {worst_rate}/s (target >= {TARGET_RATE}), worst ratio "
-        f"{worst_ratio}x (target <= {TARGET_RATIO}x): {'OK' if ok else 'MISSED'}"
+        f"worst parse+validate {worst_rate:,}/s (target >= {TARGET_RATE:,}/s): "
+        f"{'OK' if ok else 'MISSED'}; worst ratio to the plain parse {worst_ratio}x (information)"
     )
     out = Path(os.environ.get("VSV_BENCH_RESULTS") or REPO / "bench" / "results") / "xml.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "iterations": args.n,
                 "statistic": "median of interleaved rounds; ratio = median of per-round ratios",
-                "targets": {"parse_validate_per_s": TARGET_RATE, "ratio": TARGET_RATIO},
+                "targets": {"parse_validate_per_s": TARGET_RATE},
                 "met": ok,
                 "overall": overall,
                 "results": results,

@@ -7,6 +7,9 @@ problem's ``key`` (a path into the model, such as ``("interfaces", 0, "mac")``) 
 
 Every message names the element/attribute, the offending value and what is allowed, in the form
 ``<element>/@attr: value 'x' <what is wrong>: allowed <what is allowed>``.
+
+Each rule is stated once, in the check that reports it. Whether a model is fine is whether its list
+of problems is empty: there is no separate yes/no version of the rules to keep in step with them.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from supervisor.model import (
     CONTEXT_ID_MAX,
     CONTEXT_ID_MIN,
     LIFECYCLE_ACTIONS,
+    AddressRange,
     CpuBucket,
     Domain,
-    Filesystem,
     Interface,
     IpAddress,
     Network,
@@ -235,12 +238,34 @@ def _family_of(addr: _Addr) -> str:
     return "ipv4" if addr.version == 4 else "ipv6"
 
 
-def _check_prefix(sink: _Sink, key: Key, where: str, prefix: int | None, addr: _Addr) -> None:
+def _check_prefix(sink: _Sink, key: Key, where: str, prefix: int | None, addr: _Addr) -> bool:
+    """Whether ``prefix`` (if any) fits ``addr``'s family; a problem is added when it does not."""
     if prefix is None:
-        return
+        return True
     top = addr.max_prefixlen
-    if not 0 <= prefix <= top:
-        sink.add(key, where, prefix, f"is not a prefix length for {addr}", f"0..{top}")
+    if 0 <= prefix <= top:
+        return True
+    sink.add(key, where, prefix, f"is not a prefix length for {addr}", f"0..{top}")
+    return False
+
+
+def _check_range_order(
+    sink: _Sink, key: Key, where: str, rng: AddressRange, start: _Addr | None, end: _Addr | None
+) -> None:
+    """A range's end is not below its start (when both are addresses of one family)."""
+    if (
+        start is not None
+        and end is not None
+        and start.version == end.version
+        and int(start) > int(end)
+    ):
+        sink.add(
+            (*key, "end"),
+            f"{where}/@end",
+            rng.end,
+            f"is below start {rng.start}",
+            f"{rng.start} or above",
+        )
 
 
 def _check_family(
@@ -306,35 +331,6 @@ def _check_bucket_rates(sink: _Sink, key: Key, where: str, b: TokenBucket | CpuB
     sink.int_range((*key, "fill_rate2"), f"{where}/@fill_rate2", b.fill_rate2, 0, None)
 
 
-def _rates_ok(b: TokenBucket | CpuBucket) -> bool:
-    """True when :func:`_check_bucket_rates` would report nothing."""
-    return (
-        (b.interval is None or b.interval > 0)
-        and (b.interval2 is None or b.interval2 > 0)
-        and (b.fill_rate is None or b.fill_rate >= 0)
-        and (b.fill_rate2 is None or b.fill_rate2 >= 0)
-    )
-
-
-def _scheduler_ok(sched: TokenBucket) -> bool:
-    """True when :func:`_check_scheduler` would report nothing (no locations built)."""
-    lo, hi = sched.tokens_min, sched.tokens_max
-    if not (
-        _rates_ok(sched)
-        and (sched.tokens is None or sched.tokens >= 0)
-        and (lo is None or lo >= 0)
-        and (hi is None or hi >= 0)
-        and (lo is None or hi is None or lo <= hi)
-    ):
-        return False
-    seen: set[int] = set()
-    for cpu in sched.cpus:
-        if cpu.cpu < 0 or cpu.cpu in seen or not _rates_ok(cpu):
-            return False
-        seen.add(cpu.cpu)
-    return True
-
-
 def _check_scheduler(sink: _Sink, where: str, sched: TokenBucket) -> None:
     key: Key = ("scheduler",)
     _check_bucket_rates(sink, key, where, sched)
@@ -361,94 +357,6 @@ def _check_scheduler(sink: _Sink, where: str, sched: TokenBucket) -> None:
             sink.add((*ckey, "cpu"), f"{cwhere}/@id", cpu.cpu, what, "distinct CPU numbers >= 0")
         seen.add(cpu.cpu)
         _check_bucket_rates(sink, ckey, cwhere, cpu)
-
-
-def _ifname_ok(name: str | None) -> bool:
-    """True when :func:`_check_ifname` has nothing to say about ``name``."""
-    if name is None:
-        return True
-    return (
-        0 < len(name.encode()) <= IFNAME_MAX_BYTES
-        and not _BAD_IFNAME_CHARS.search(name)
-        and name not in (".", "..")
-    )
-
-
-def _mac_ok(value: str | None) -> bool:
-    """True when :func:`_check_mac` has nothing to say about ``value``."""
-    if value is None:
-        return True
-    if not _MAC.fullmatch(value):
-        return False
-    first = int(value[:2], 16)
-    return not first & 1 and first != 0xFE
-
-
-def _addr_or_none(value: str) -> _Addr | None:
-    try:
-        return parse_ip(value)
-    except ValueError:
-        return None
-
-
-def _family_ok(family: str | None, addr: _Addr) -> bool:
-    """True when :func:`_check_family` has nothing to say (``addr`` is a valid address)."""
-    return family is None or family == ("ipv4" if addr.version == 4 else "ipv6")
-
-
-def _ip_ok(ip: IpAddress) -> bool:
-    """True when :func:`_check_ip` would report nothing."""
-    addr = _addr_or_none(ip.address)
-    return (
-        addr is not None
-        and (ip.prefix is None or 0 <= ip.prefix <= addr.max_prefixlen)
-        and _family_ok(ip.family, addr)
-    )
-
-
-def _route_ok(route: Route) -> bool:
-    """True when :func:`_check_route` would report nothing."""
-    addr = _addr_or_none(route.address)
-    gw = _addr_or_none(route.gateway)
-    return (
-        addr is not None
-        and gw is not None
-        and gw.version == addr.version
-        and (route.prefix is None or 0 <= route.prefix <= addr.max_prefixlen)
-        and _family_ok(route.family, addr)
-    )
-
-
-def _interface_ok(domain_type: str, iface: Interface) -> bool:
-    """True when :func:`_check_interface` would report nothing."""
-    itype = iface.type
-    source = iface.source
-    if itype == "network":
-        if source is None or _name_problem(source) is not None:
-            return False
-    elif itype == "bridge":
-        if source is None or not _ifname_ok(source):
-            return False
-    elif itype == "vserver":
-        if domain_type != "vserver" or not iface.ips or not _ifname_ok(source):
-            return False
-    elif itype != "ethernet" or source is not None:
-        return False
-    mtu = iface.mtu
-    if not (
-        _mac_ok(iface.mac)
-        and _ifname_ok(iface.target_dev)
-        and _ifname_ok(iface.guest_dev)
-        and (mtu is None or MTU_MIN <= mtu <= MTU_MAX)
-    ):
-        return False
-    for ip in iface.ips:  # loops rather than all(): no generator to set up per interface
-        if not _ip_ok(ip):
-            return False
-    for route in iface.routes:  # noqa: SIM110 - a loop: all() would set up a generator
-        if not _route_ok(route):
-            return False
-    return True
 
 
 def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> None:
@@ -496,40 +404,10 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
         _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)
 
 
-def _abs_path_ok(value: str | None, root_ok: bool) -> bool:
-    """True when :func:`_check_abs_path` has nothing to say about ``value`` (None: ask it)."""
-    return (
-        value is not None
-        and value.startswith("/")
-        and (root_ok or len(value) >= 2)
-        and not _NOT_XML_TEXT.search(value)
-    )
-
-
-def _filesystem_ok(fs: Filesystem, targets: set[str]) -> bool:
-    """True when the filesystem rules would report nothing (``targets``: earlier targets)."""
-    fstype: str = fs.type
-    if fstype == "mount":
-        if fs.usage_kib is not None or not _abs_path_ok(fs.source, root_ok=True):
-            return False
-    elif fstype != "ram" or fs.usage_kib is None or fs.usage_kib < 1 or fs.source:
-        return False
-    return fs.target not in targets and _abs_path_ok(fs.target, root_ok=True)
-
-
-def _hostname_ok(hostname: str) -> bool:
-    if len(hostname) > 253:
-        return False
-    for label in hostname.split("."):  # noqa: SIM110 - a loop: cheaper than all() on a generator
-        if not _HOST_LABEL.fullmatch(label):
-            return False
-    return True
-
-
 def _check_hostname(sink: _Sink, hostname: str | None) -> None:
     if hostname is None:
         return
-    if not _hostname_ok(hostname):
+    if len(hostname) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in hostname.split(".")):
         sink.add(
             ("hostname",),
             "metadata/vsv:hostname",
@@ -539,133 +417,13 @@ def _check_hostname(sink: _Sink, hostname: str | None) -> None:
         )
 
 
-def _in_range(value: int | None, lo: int, hi: int | None) -> bool:
-    """True when :meth:`_Sink.int_range` has nothing to say."""
-    return value is None or (value >= lo and (hi is None or value <= hi))
-
-
 def _idmap_maps_root(d: Domain) -> bool:
     """An ``<idmap>`` must map the guest's root: its init starts as uid 0 and gid 0 there."""
     return all(any(e.kind == k and e.start == 0 for e in d.idmap) for k in ("uid", "gid"))
 
 
-def _domain_ok(d: Domain) -> bool:
-    """True when :func:`_domain_report` would report nothing: every rule, no location built.
-
-    Why a predicate beside the report: the report builds a location string and a model key for
-    every value it looks at, and that cost several times the checks themselves (it was a third
-    of reading a domain). Almost every domain is fine, so the report runs only when this says
-    something may be wrong. It must never say True for a domain the report faults (checked by
-    ``tests/test_validate.py`` on each rule and on generated damage); a False for a fine domain
-    only costs time.
-    """
-    if _name_problem(d.name) is not None or d.type not in ("vserver", "lxc"):
-        return False
-    if not _in_range(d.id, CONTEXT_ID_MIN, CONTEXT_ID_MAX):
-        return False
-    if d.uuid is not None and not _UUID.fullmatch(d.uuid):
-        return False
-    title = d.title
-    if title is not None and (_NOT_XML_TEXT.search(title) or "\n" in title):
-        return False
-    if d.description is not None and _NOT_XML_TEXT.search(d.description):
-        return False
-    mem, cur = d.memory_kib, d.current_memory_kib
-    if mem is not None and mem < 1:
-        return False
-    if cur is not None and (cur < 1 or (mem is not None and cur > mem)):
-        return False
-    vcpu, pids = d.vcpu, d.pids_limit
-    if (vcpu is not None and not 1 <= vcpu <= 65535) or (pids is not None and pids < 1):
-        return False
-    if d.hostname is not None and not _hostname_ok(d.hostname):
-        return False
-    os = d.os
-    if not _abs_path_ok(os.init, root_ok=False):
-        return False
-    for arg in os.initargs:
-        if arg is not None and _NOT_XML_TEXT.search(arg):
-            return False
-    for name, value in os.initenv:
-        if not _ENV_NAME.fullmatch(name) or (value is not None and _NOT_XML_TEXT.search(value)):
-            return False
-    if os.initdir is not None and not _abs_path_ok(os.initdir, root_ok=False):
-        return False
-    user, group = os.inituser, os.initgroup
-    if (user is None) != (group is None):
-        return False
-    if user is not None and not _GENERIC_NAME.fullmatch(user):
-        return False
-    if group is not None and not _GENERIC_NAME.fullmatch(group):
-        return False
-    if d.idmap and not _idmap_maps_root(d):
-        return False
-    for entry in d.idmap:
-        if not (
-            entry.kind in ("uid", "gid")
-            and _in_range(entry.start, 0, 2**32 - 1)
-            and _in_range(entry.target, 0, 2**32 - 1)
-            and _in_range(entry.count, 1, 2**32 - 1)
-        ):
-            return False
-    caps = d.capabilities
-    if caps is not None:
-        if caps.policy not in ("default", "allow", "deny"):
-            return False
-        names = [cap for cap, _on in caps.caps]
-        if len(set(names)) != len(names) or not CAPABILITY_NAMES.issuperset(names):
-            return False
-    ct = d.cputune
-    if ct is not None and not (
-        _in_range(ct.shares, CPU_SHARES_MIN, CPU_SHARES_MAX)
-        and _in_range(ct.period, CPU_PERIOD_MIN, CPU_PERIOD_MAX)
-        and (ct.quota is None or not (0 <= ct.quota < CPU_QUOTA_MIN or ct.quota > CPU_QUOTA_MAX))
-    ):
-        return False
-    mt = d.memtune
-    if mt is not None:
-        for limit in (mt.hard_limit_kib, mt.soft_limit_kib, mt.swap_hard_limit_kib):
-            if limit is not None and limit < 1:
-                return False
-    if d.scheduler is not None and not _scheduler_ok(d.scheduler):
-        return False
-    if (
-        d.on_poweroff not in LIFECYCLE_ACTIONS
-        or d.on_reboot not in LIFECYCLE_ACTIONS
-        or d.on_crash not in LIFECYCLE_ACTIONS
-    ):
-        return False
-    part = d.partition
-    if part is not None and (
-        len(part) < 2
-        or not part.startswith("/")
-        or _BAD_PARTITION_CHARS.search(part)
-        or _NOT_XML_TEXT.search(part)
-    ):
-        return False
-    targets: set[str] = set()
-    for fs in d.filesystems:
-        if not _filesystem_ok(fs, targets):
-            return False
-        targets.add(fs.target)
-    macs: set[str] = set()
-    for iface in d.interfaces:
-        if not _interface_ok(d.type, iface):
-            return False
-        if iface.mac is not None:
-            if iface.mac in macs:
-                return False
-            macs.add(iface.mac)
-    return True
-
-
 def domain_problems(domain: Domain) -> list[Problem]:
     """Every rule the domain breaks, with model keys so a codec can add line numbers."""
-    return [] if _domain_ok(domain) else _domain_report(domain)
-
-
-def _domain_report(domain: Domain) -> list[Problem]:
-    """The problems of a domain :func:`_domain_ok` doubts, each with its key and location."""
     sink = _Sink()
     add = sink.add
     _check_name(sink, ("name",), "name", domain.name)
@@ -935,19 +693,8 @@ def network_problems(network: Network) -> list[Problem]:
             for a, attr in ((start, "start"), (end, "end")):
                 if a is not None and a.version != 4:
                     add((*key, attr), f"{where}/@{attr}", a, "is not IPv4", "an IPv4 address")
-            if (
-                start is not None
-                and end is not None
-                and start.version == end.version == 4
-                and int(start) > int(end)
-            ):
-                add(
-                    (*key, "end"),
-                    f"{where}/@end",
-                    rng.end,
-                    f"is below start {rng.start}",
-                    f"{rng.start} or above",
-                )
+            if start is not None and start.version == 4:  # an IPv6 one is refused above
+                _check_range_order(sink, key, where, rng, start, end)
         if fwd.nat_ports is not None:
             ports = fwd.nat_ports
             sink.int_range(
@@ -972,15 +719,7 @@ def network_problems(network: Network) -> list[Problem]:
         if addr is None:
             continue
         _check_family(sink, (*key, "family"), f"{where}/@family", nip.family, addr)
-        top = addr.max_prefixlen
-        if not 0 <= nip.prefix <= top:
-            add(
-                (*key, "prefix"),
-                f"{where}/@prefix",
-                nip.prefix,
-                f"is not a prefix length for {addr}",
-                f"0..{top}",
-            )
+        if not _check_prefix(sink, (*key, "prefix"), f"{where}/@prefix", nip.prefix, addr):
             continue
         net = ipaddress.ip_interface(f"{addr}/{nip.prefix}").network
         for j, rng in enumerate(nip.dhcp_ranges):
@@ -997,19 +736,7 @@ def network_problems(network: Network) -> list[Problem]:
                         f"is outside the network {net}",
                         f"an address in {net}",
                     )
-            if (
-                start is not None
-                and end is not None
-                and start.version == end.version
-                and int(start) > int(end)
-            ):
-                add(
-                    (*rkey, "end"),
-                    f"{rwhere}/@end",
-                    rng.end,
-                    f"is below start {rng.start}",
-                    f"{rng.start} or above",
-                )
+            _check_range_order(sink, rkey, rwhere, rng, start, end)
         for j, host in enumerate(nip.dhcp_hosts):
             hkey: Key = (*key, "dhcp_hosts", j)
             hwhere = f"{where}/dhcp/host[{j + 1}]"

@@ -212,3 +212,35 @@ def test_integers_reject_python_only_syntax() -> None:
     """'1_000' and '+5' are not XML integers even though int() accepts them."""
     problems = _problems("<vcpu>1_000</vcpu><cputune><shares>+5</shares></cputune>")
     assert 2 == len([p for p in problems if "is not an integer" in p])
+
+
+@pytest.mark.parametrize(
+    ("fragment", "expected"),
+    [("<vcpu> 2 </vcpu>", 2), ("<vcpu placement='static'>3</vcpu>", 3)],
+)
+def test_integers_may_have_blanks_around_them(fragment: str, expected: int) -> None:
+    """An integer with blanks around it reads as the number; placement='static' is accepted."""
+    assert expected == _domain(fragment).vcpu
+
+
+def test_hex_integer_is_refused() -> None:
+    """'0x3' is not a decimal integer, and the message says what is allowed."""
+    expected = ["1: vcpu: value '0x3' is not an integer: allowed decimal digits"]
+    assert expected == _problems("<vcpu>0x3</vcpu>")
+
+
+def test_problems_are_listed_in_line_order_with_path() -> None:
+    """Every problem of a document comes once, as PATH:LINE: where: message, in line order."""
+    text = (
+        "<domain type='vserver' id='1'>\n  <name>a b</name>\n  <vcpu>x</vcpu>\n"
+        "  <os><type>exe</type></os>\n</domain>\n"
+    )
+    expected = [
+        "f.xml:1: domain/@id: value '1' is out of range: allowed 2..49151",
+        "f.xml:2: name: value 'a b' contains '/', whitespace or control characters: allowed "
+        "1..64 bytes without '/', whitespace or control characters, not starting with '.' or '-'",
+        "f.xml:3: vcpu: value 'x' is not an integer: allowed decimal digits",
+    ]
+    with pytest.raises(InvalidDocument) as info:
+        parse_domain(text, path="f.xml")
+    assert expected == info.value.problems

@@ -1,10 +1,11 @@
 """The XML codec: libvirt-style domain and network documents <-> :mod:`supervisor.model` values.
 
 This package is the only place that imports lxml. Reading is hardened (see ``_reader``): no DTDs,
-entities, network or file access, a size limit and a depth limit. Every problem a document has is
-reported at once, as ``PATH:LINE: <element>/@attr: message`` lines in
-:class:`supervisor.errors.InvalidDocument`. Writing is deterministic (fixed element order, two-space
-indentation), so a stored definition changes only when the definition does.
+entities, network or file access, a size limit and a depth limit. There is one reader per kind of
+document (``domain``, ``network``); each reports every problem a document has at once, as
+``PATH:LINE: <element>/@attr: message`` lines in :class:`supervisor.errors.InvalidDocument`, the
+rules on the model (:mod:`supervisor.validate`) included. Writing is deterministic (fixed element
+order, two-space indentation), so a stored definition changes only when the definition does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from lxml.etree import _Element
 
 from supervisor.errors import InvalidDocument
 from supervisor.model import Domain, Network
-from supervisor.xml._fast import try_read_domain
 from supervisor.xml._reader import (
     MAX_DEPTH,
     MAX_DOCUMENT_BYTES,
@@ -24,7 +24,7 @@ from supervisor.xml._reader import (
     tag_name,
 )
 from supervisor.xml.domain import UNITS, read_domain, write_domain
-from supervisor.xml.network import parse_network_bytes, read_network, write_network
+from supervisor.xml.network import read_network, write_network
 
 __all__ = [
     "MAX_DEPTH",
@@ -43,19 +43,14 @@ def parse_domain(
     data: bytes | str, *, path: str | None = None, max_bytes: int = MAX_DOCUMENT_BYTES
 ) -> Domain:
     """Read a domain document of either dialect; raise InvalidDocument listing every problem."""
-    root = safe_parse(data, path=path, max_bytes=max_bytes)
-    if root.tag != "domain":
-        r = Reader(path, srcline(root) or 1)
-        r.error(r.root_line, tag_name(root), "the root element is not <domain>")
-        r.raise_if_problems()
-    return _read_domain(root, path)
+    return read_domain(_root(data, path, max_bytes, "domain"), path)
 
 
 def parse_network(
     data: bytes | str, *, path: str | None = None, max_bytes: int = MAX_DOCUMENT_BYTES
 ) -> Network:
     """Read a network document; raise InvalidDocument listing every problem."""
-    return parse_network_bytes(data, path, max_bytes)
+    return read_network(_root(data, path, max_bytes, "network"), path)
 
 
 def parse_document(
@@ -64,7 +59,7 @@ def parse_document(
     """Read a domain or a network, whichever the root element says."""
     root = safe_parse(data, path=path, max_bytes=max_bytes)
     if root.tag == "domain":
-        return _read_domain(root, path)
+        return read_domain(root, path)
     if root.tag == "network":
         return read_network(root, path)
     reader = Reader(path, srcline(root) or 1)
@@ -77,10 +72,14 @@ def parse_document(
     raise InvalidDocument(["unreachable"])  # pragma: no cover - raise_if_problems raised
 
 
-def _read_domain(root: _Element, path: str | None) -> Domain:
-    """The fast reader when it can (no problem to report), else the full, reporting one."""
-    domain = try_read_domain(root)
-    return read_domain(root, path) if domain is None else domain
+def _root(data: bytes | str, path: str | None, max_bytes: int, tag: str) -> _Element:
+    """The parsed root element, which must be ``<tag>`` (else the one problem is raised)."""
+    root = safe_parse(data, path=path, max_bytes=max_bytes)
+    if root.tag != tag:
+        r = Reader(path, srcline(root) or 1)
+        r.error(r.root_line, tag_name(root), f"the root element is not <{tag}>")
+        r.raise_if_problems()
+    return root
 
 
 def format_domain(domain: Domain) -> str:

@@ -5,6 +5,9 @@ or over the API), so there is exactly one way to turn bytes into an lxml tree, a
 DTDs, entities, network and file access, oversized and overly deep documents before any codec
 looks at the tree. The :class:`Reader` collects every problem with its line instead of stopping
 at the first one, so a user fixes a file in one pass.
+
+The same helpers read every document, good or bad (there is no second, quiet reader), so each
+first asks whether it has anything to say and builds a message, and its element path, only then.
 """
 
 from __future__ import annotations
@@ -152,15 +155,38 @@ class Reader:
 
     # -- structure ------------------------------------------------------------------------
 
-    def children(self, el: etree._Element, where: str) -> Iterator[etree._Element]:
-        """Element children; comments and PIs are skipped, stray text is a problem."""
-        if el.text is not None and el.text.strip():
-            self.error(srcline(el), where, f"unexpected text '{el.text.strip()[:40]}'")
+    def children(self, el: etree._Element, where: str) -> Iterable[etree._Element]:
+        """Element children; comments and PIs are skipped, stray text is a problem.
+
+        Nearly always there is no stray text, and the children come back as a plain list; else
+        :meth:`_children_reporting` walks them and reports the text in the document's order.
+        """
+        text = el.text
+        if text and not text.isspace():  # the same test as ``text.strip()``, without a copy
+            return self._children_reporting(el, where)
+        kids = []
         for child in el:
             tail = child.tail
-            if tail is not None and tail.strip():
+            if tail and not tail.isspace():
+                return self._children_reporting(el, where)
+            if type(child.tag) is str:  # comments and PIs have a function as their tag
+                kids.append(child)
+        return kids
+
+    def _children_reporting(self, el: etree._Element, where: str) -> Iterator[etree._Element]:
+        """:meth:`children` for a container with stray text, reported as the reading meets it.
+
+        A generator, so that a tail's problem comes after the problems of the child before it:
+        within a line, problems are listed in the order the reading meets them.
+        """
+        text = el.text
+        if text and not text.isspace():
+            self.error(srcline(el), where, f"unexpected text '{text.strip()[:40]}'")
+        for child in el:
+            tail = child.tail
+            if tail and not tail.isspace():
                 self.error(srcline(child), where, f"unexpected text '{tail.strip()[:40]}'")
-            if isinstance(child.tag, str):
+            if type(child.tag) is str:
                 yield child
 
     def unsupported(self, el: etree._Element, where: str, allowed: Iterable[str]) -> None:
@@ -173,7 +199,10 @@ class Reader:
 
     def attrs(self, el: etree._Element, where: str, allowed: frozenset[str]) -> None:
         """Report attributes the codec would otherwise silently drop."""
-        for key in el.attrib:
+        keys = el.keys()
+        if not keys or allowed.issuperset(keys):
+            return  # the common case, decided without a loop in Python
+        for key in keys:
             name = key if isinstance(key, str) else key.decode()
             if name not in allowed:
                 self.error(
@@ -190,10 +219,22 @@ class Reader:
 
     def text(self, el: etree._Element, where: str) -> str:
         """The text of a leaf element (children are a problem)."""
-        for child in el:
-            if isinstance(child.tag, str):
-                self.error(srcline(child), f"{where}/{tag_name(child)}", "unexpected element")
+        if len(el):  # a leaf has none: no iterator to set up
+            for child in el:
+                if isinstance(child.tag, str):
+                    self.error(srcline(child), f"{where}/{tag_name(child)}", "unexpected element")
         return el.text or ""
+
+    def leaf(self, el: etree._Element, where: str, allowed: frozenset[str]) -> str:
+        """:meth:`attrs` then :meth:`text`, the usual pair for an element that holds a value.
+
+        One call instead of two, each of which first asks whether it has anything to say: most
+        elements of a domain are such leaves, and the calls were a good part of reading one.
+        """
+        keys = el.keys()
+        if keys and not allowed.issuperset(keys):
+            self.attrs(el, where, allowed)
+        return self.text(el, where) if len(el) else el.text or ""
 
     def required(self, el: etree._Element, where: str, name: str) -> str | None:
         value = el.get(name)
@@ -207,7 +248,8 @@ class Reader:
         """An integer (decimal digits only, unlike int()); out-of-range is reported here."""
         if value is None:
             return None
-        if not _INT.fullmatch(value):
+        # Plain ASCII digits, the common case, need not go through the regular expression.
+        if not (value.isdigit() and value.isascii()) and not _INT.fullmatch(value):
             self.bad_value(el, where, value, "is not an integer", "decimal digits")
             return None
         number = int(value)
@@ -219,7 +261,9 @@ class Reader:
     def int_attr(
         self, el: etree._Element, where: str, name: str, lo: int | None = None
     ) -> int | None:
-        return self.integer(el, f"{where}/@{name}", el.get(name), lo)
+        """An optional integer attribute (its path is built only when it is there)."""
+        value = el.get(name)
+        return None if value is None else self.integer(el, f"{where}/@{name}", value, lo)
 
     def choice(
         self, el: etree._Element, where: str, value: str | None, allowed: dict[str, object]
@@ -231,12 +275,22 @@ class Reader:
             return None
         return allowed[value]
 
+    def choice_attr(
+        self, el: etree._Element, where: str, name: str, allowed: dict[str, object]
+    ) -> object:
+        """An optional attribute from ``allowed`` (its path is built only when it is there)."""
+        value = el.get(name)
+        return None if value is None else self.choice(el, f"{where}/@{name}", value, allowed)
+
 
 _YES_NO: Final[dict[str, object]] = {"yes": True, "no": False}
 _ON_OFF: Final[dict[str, object]] = {"on": True, "off": False}
 YES_NO = _YES_NO
 ON_OFF = _ON_OFF
 
+
+#: ``el.items()`` as our parser returns it: str names and values (lxml's stubs allow bytes too).
+items = cast("Callable[[etree._Element], list[tuple[str, str]]]", etree._Element.items)
 
 #: The element's line (lxml's stubs leave ``sourceline`` untyped); attrgetter is the fast way.
 srcline = cast("Callable[[etree._Element], int | None]", operator.attrgetter("sourceline"))

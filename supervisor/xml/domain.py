@@ -11,6 +11,12 @@ The only exceptions are things that carry no information for a container (``<con
 type='pty'>``, ``<os><type arch=...>``, ``<vcpu placement='static'>``,
 ``accessmode='passthrough'``), which ``virsh dumpxml`` writes and which the supervisor accepts
 and does not write back.
+
+:func:`read_domain` is the only domain reader, for good documents and bad ones alike: while it
+builds the model it notes the line each model key came from, so a rule of
+:mod:`supervisor.validate` is reported at its element's line. Its helpers first ask whether they
+have anything to say and build a message only then, which keeps it above the 10,000 documents a
+second that ``bench/bench_xml.py`` checks.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from supervisor.xml._reader import (
     YES_NO,
     Reader,
     finish,
+    items,
     serialize_foreign,
     srcline,
     sub,
@@ -72,57 +79,99 @@ UNITS: Final[dict[str, int]] = {
 }
 _UNIT_LIST: Final = ", ".join(UNITS)
 
-_TOP_LXC: Final = [
-    "name",
-    "uuid",
-    "title",
-    "description",
-    "metadata",
-    "memory",
-    "currentMemory",
-    "vcpu",
-    "resource",
-    "cputune",
-    "memtune",
-    "os",
-    "idmap",
-    "features",
-    "on_poweroff",
-    "on_reboot",
-    "on_crash",
-    "devices",
-]
-_TOP_VSERVER: Final = [*_TOP_LXC, "scheduler"]
-_NONE: Final = frozenset[str]()
-_UNIT_ATTR: Final = frozenset({"unit"})
-_SCHED_ATTRS: Final = frozenset(
+#: The top-level elements of the lxc dialect, in the order error messages list them (a dict: the
+#: order for messages, hashing for the lookup of each element read).
+_TOP_LXC: Final = dict.fromkeys(
     [
-        "fill_rate1",
-        "interval1",
-        "tokens",
-        "tokens_min",
-        "tokens_max",
-        "prio_bias",
-        "idle_time",
-        "fill_rate2",
-        "interval2",
+        "name",
+        "uuid",
+        "title",
+        "description",
+        "metadata",
+        "memory",
+        "currentMemory",
+        "vcpu",
+        "resource",
+        "cputune",
+        "memtune",
+        "os",
+        "idmap",
+        "features",
+        "on_poweroff",
+        "on_reboot",
+        "on_crash",
+        "devices",
     ]
 )
-_CPU_ATTRS: Final = frozenset(
-    ["id", "fill_rate1", "interval1", "idle_time", "fill_rate2", "interval2"]
+_TOP_VSERVER: Final = dict.fromkeys([*_TOP_LXC, "scheduler"])
+_LIFECYCLE_TAGS: Final = frozenset({"on_poweroff", "on_reboot", "on_crash"})
+_MEMORY_KEYS: Final = {"memory": "memory_kib", "currentMemory": "current_memory_kib"}
+_NONE: Final = frozenset[str]()
+_UNIT_ATTR: Final = frozenset({"unit"})
+#: Token-bucket attribute -> model field, in the order their values are checked (and reported).
+_SCHED_FIELDS: Final = (
+    ("fill_rate1", "fill_rate"),
+    ("interval1", "interval"),
+    ("tokens", "tokens"),
+    ("tokens_min", "tokens_min"),
+    ("tokens_max", "tokens_max"),
+    ("prio_bias", "prio_bias"),
+    ("idle_time", "idle_time"),
+    ("fill_rate2", "fill_rate2"),
+    ("interval2", "interval2"),
 )
+_CPU_FIELDS: Final = (
+    ("fill_rate1", "fill_rate"),
+    ("interval1", "interval"),
+    ("idle_time", "idle_time"),
+    ("fill_rate2", "fill_rate2"),
+    ("interval2", "interval2"),
+)
+_SCHED_ATTRS: Final = frozenset(attr for attr, _field in _SCHED_FIELDS)
+_CPU_ATTRS: Final = frozenset(["id", *(attr for attr, _field in _CPU_FIELDS)])
 _LIFECYCLE: Final[dict[str, object]] = {
     a: a for a in ("destroy", "restart", "preserve", "rename-restart")
 }
 _FAMILIES: Final[dict[str, object]] = {"ipv4": "ipv4", "ipv6": "ipv6"}
-_IFACE_CHILDREN: Final = ("source", "mac", "target", "guest", "ip", "route", "mtu", "link")
+_IFACE_CHILDREN: Final = dict.fromkeys(
+    ("source", "mac", "target", "guest", "ip", "route", "mtu", "link")
+)
+# The sets and tables below are built once here rather than at each call: reading a domain
+# consults a dozen of them, and building them took a noticeable part of its time.
+_ROOT_ATTRS: Final = frozenset({"type", "id"})
+_PLACEMENT_ATTR: Final = frozenset({"placement"})
+_STATIC: Final[dict[str, object]] = {"static": "static"}
+_MAX_ATTR: Final = frozenset({"max"})
+_ARCH_ATTR: Final = frozenset({"arch"})
+_NAME_ATTR: Final = frozenset({"name"})
+_IDMAP_ATTRS: Final = frozenset({"start", "target", "count"})
+_POLICY_ATTR: Final = frozenset({"policy"})
+_POLICIES: Final[dict[str, object]] = {p.value: p for p in CapsPolicy}
+_STATE_ATTR: Final = frozenset({"state"})
+_CONSOLE_ATTRS: Final = frozenset({"type", "tty"})
+_FS_ATTRS: Final = frozenset({"type", "accessmode"})
+_DIR_ATTR: Final = frozenset({"dir"})
+_USAGE_ATTRS: Final = frozenset({"usage", "units"})
+_TYPE_ATTR: Final = frozenset({"type"})
+_ADDRESS_ATTR: Final = frozenset({"address"})
+_DEV_ATTR: Final = frozenset({"dev"})
+_SIZE_ATTR: Final = frozenset({"size"})
+_IP_ATTRS: Final = frozenset({"address", "prefix", "family"})
+_ROUTE_ATTRS: Final = frozenset({"family", "address", "prefix", "netmask", "gateway"})
+_UP_DOWN: Final[dict[str, object]] = {"up": True, "down": False}
+#: Interface type -> the attribute of ``<source>`` that names what it connects to.
+_SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "vserver": "dev"}
+_SOURCE_ATTRS: Final = {itype: frozenset({attr}) for itype, attr in _SOURCE_ATTR.items()}
+_VSV_CLARK: Final = f"{{{VSV_NS}}}"
+_VSV_CPU: Final = vsv("cpu")
 
 
 def read_domain(root: etree._Element, path: str | None) -> Domain:
     """Build a :class:`Domain` from a parsed ``<domain>`` element; raise with every problem."""
     r = Reader(path, srcline(root) or 1)
-    r.lines[()] = r.root_line
-    r.attrs(root, "domain", frozenset({"type", "id"}))
+    lines = r.lines
+    lines[()] = r.root_line
+    r.attrs(root, "domain", _ROOT_ATTRS)
     dtype = root.get("type")
     if dtype not in ("lxc", "vserver"):
         r.error(
@@ -133,7 +182,7 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             else "required attribute is missing: allowed lxc, vserver",
         )
         dtype = "vserver"
-    r.lines[("id",)] = r.root_line
+    lines[("id",)] = r.root_line
     fields: dict[str, object] = {
         "type": dtype,
         "id": r.int_attr(root, "domain", "id"),
@@ -146,7 +195,7 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
     sched_top: TokenBucket | None = None
     sched_meta: TokenBucket | None = None
     for el in r.children(root, "domain"):
-        tag = el.tag
+        tag: str = el.tag
         if tag not in allowed:
             if tag == "xid":
                 r.error(
@@ -165,68 +214,63 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             else:
                 r.unsupported(el, "", allowed)
             continue
-        assert isinstance(tag, str)
         if tag in seen and tag != "metadata":
             r.duplicate(el, tag)
             continue
         seen.add(tag)
         line = srcline(el) or r.root_line
+        # The branches go from the elements most documents have to the rarer ones.
         if tag == "name":
-            r.attrs(el, tag, _NONE)
-            name = r.text(el, tag)
-            r.lines[("name",)] = line
-        elif tag == "uuid":
-            r.attrs(el, tag, _NONE)
-            fields["uuid"] = read_uuid(r, el, r.text(el, tag).strip())
-            r.lines[("uuid",)] = line
-        elif tag in ("title", "description"):
-            r.attrs(el, tag, _NONE)
-            fields[tag] = r.text(el, tag)
-            r.lines[(tag,)] = line
+            name = r.leaf(el, tag, _NONE)
+            lines[("name",)] = line
+        elif tag in _LIFECYCLE_TAGS:
+            action = r.choice(el, tag, r.leaf(el, tag, _NONE).strip(), _LIFECYCLE)
+            if action is not None:
+                fields[tag] = action
+            lines[(tag,)] = line
+        elif tag == "os":
+            fields["os"] = _read_os(r, el)
+        elif tag == "devices":
+            _read_devices(r, el, filesystems, interfaces)
         elif tag == "metadata":
             if "metadata" in fields:
                 r.duplicate(el, tag)
                 continue
             sched_meta = _read_metadata(r, el, fields)
-        elif tag in ("memory", "currentMemory"):
-            key = "memory_kib" if tag == "memory" else "current_memory_kib"
-            r.attrs(el, tag, _UNIT_ATTR)
-            fields[key] = _scaled(r, el, tag, r.text(el, tag), el.get("unit"))
-            r.lines[(key,)] = line
-        elif tag == "vcpu":
-            r.attrs(el, tag, frozenset({"placement"}))
-            r.choice(el, f"{tag}/@placement", el.get("placement"), {"static": "static"})
-            fields["vcpu"] = r.integer(el, tag, r.text(el, tag))
-            r.lines[("vcpu",)] = line
-        elif tag == "resource":
-            _read_resource(r, el, fields)
-        elif tag == "cputune":
-            fields["cputune"] = _read_cputune(r, el)
+        elif tag in _MEMORY_KEYS:
+            key = _MEMORY_KEYS[tag]
+            fields[key] = _scaled(r, el, tag, r.leaf(el, tag, _UNIT_ATTR), el.get("unit"))
+            lines[(key,)] = line
+        elif tag == "scheduler":
+            lines[("scheduler",)] = line
+            sched_top = _read_scheduler(r, el, "scheduler", "cpu")
         elif tag == "memtune":
             fields["memtune"] = _read_memtune(r, el)
-        elif tag == "scheduler":
-            r.lines[("scheduler",)] = line
-            sched_top = _read_scheduler(r, el, "scheduler", "cpu")
-        elif tag == "os":
-            fields["os"] = _read_os(r, el)
-        elif tag == "idmap":
-            fields["idmap"] = _read_idmap(r, el)
+        elif tag == "cputune":
+            fields["cputune"] = _read_cputune(r, el)
+        elif tag == "uuid":
+            fields["uuid"] = read_uuid(r, el, r.leaf(el, tag, _NONE).strip())
+            lines[("uuid",)] = line
+        elif tag == "vcpu":
+            r.attrs(el, tag, _PLACEMENT_ATTR)
+            r.choice_attr(el, tag, "placement", _STATIC)
+            fields["vcpu"] = r.integer(el, tag, r.text(el, tag))
+            lines[("vcpu",)] = line
         elif tag == "features":
             _read_features(r, el, fields)
-        elif tag in ("on_poweroff", "on_reboot", "on_crash"):
-            r.attrs(el, tag, _NONE)
-            action = r.choice(el, tag, r.text(el, tag).strip(), _LIFECYCLE)
-            if action is not None:
-                fields[tag] = action
-            r.lines[(tag,)] = line
-        else:  # devices
-            _read_devices(r, el, filesystems, interfaces)
+        elif tag == "idmap":
+            fields["idmap"] = _read_idmap(r, el)
+        elif tag == "resource":
+            _read_resource(r, el, fields)
+        else:  # title, description
+            fields[tag] = r.leaf(el, tag, _NONE)
+            lines[(tag,)] = line
     if name is None:
         r.error(r.root_line, "name", "required element <name> is missing")
         name = ""
     if sched_top is not None and sched_meta is not None:
         r.error(
-            r.lines.get(("scheduler",)),
+            lines.get(("scheduler",)),
             "scheduler",
             f"the token bucket is given twice (<scheduler> and <{VSV_PREFIX}:scheduler>): "
             "allowed once",
@@ -297,9 +341,8 @@ def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
     sched: TokenBucket | None = None
     seen: set[str] = set()
     for child in r.children(el, "metadata"):
-        tag = child.tag
-        assert isinstance(tag, str)
-        if not tag.startswith(f"{{{VSV_NS}}}"):
+        tag: str = child.tag
+        if not tag.startswith(_VSV_CLARK):
             foreign.append(serialize_foreign(child))
             continue
         local = tag[len(VSV_NS) + 2 :]
@@ -310,21 +353,18 @@ def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
         seen.add(local)
         line = srcline(child) or r.root_line
         if local == "hostname":
-            r.attrs(child, where, _NONE)
-            fields["hostname"] = r.text(child, where).strip()
+            fields["hostname"] = r.leaf(child, where, _NONE).strip()
             r.lines[("hostname",)] = line
         elif local == "pids":
-            r.attrs(child, where, frozenset({"max"}))
-            r.text(child, where)
+            r.leaf(child, where, _MAX_ATTR)
             fields["pids_limit"] = r.int_attr(child, where, "max")
             r.lines[("pids_limit",)] = line
         elif local == "autostart":
-            r.attrs(child, where, _NONE)
-            r.text(child, where)
+            r.leaf(child, where, _NONE)
             fields["autostart"] = True
         elif local == "scheduler":
             r.lines[("scheduler",)] = line
-            sched = _read_scheduler(r, child, where, vsv("cpu"))
+            sched = _read_scheduler(r, child, where, _VSV_CPU)
         else:
             r.error(
                 line,
@@ -338,7 +378,6 @@ def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
 
 def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> TokenBucket:
     r.attrs(el, where, _SCHED_ATTRS)
-    ia = r.int_attr
     cpus: list[CpuBucket] = []
     for child in r.children(el, where):
         if child.tag != cpu_tag:
@@ -347,39 +386,31 @@ def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> 
         i = len(cpus)
         cwhere = f"{where}/cpu[{i + 1}]"
         r.lines[("scheduler", "cpus", i)] = srcline(child) or r.root_line
-        r.attrs(child, cwhere, _CPU_ATTRS)
-        r.text(child, cwhere)
+        r.leaf(child, cwhere, _CPU_ATTRS)
         cpu_id = r.int_attr(child, cwhere, "id")
         if cpu_id is None:
             r.required(child, cwhere, "id")
             continue
-        cpus.append(
-            CpuBucket(
-                cpu=cpu_id,
-                fill_rate=ia(child, cwhere, "fill_rate1"),
-                interval=ia(child, cwhere, "interval1"),
-                idle_time=cast(
-                    "bool | None",
-                    r.choice(child, f"{cwhere}/@idle_time", child.get("idle_time"), YES_NO),
-                ),
-                fill_rate2=ia(child, cwhere, "fill_rate2"),
-                interval2=ia(child, cwhere, "interval2"),
-            )
-        )
-    return TokenBucket(
-        fill_rate=ia(el, where, "fill_rate1"),
-        interval=ia(el, where, "interval1"),
-        tokens=ia(el, where, "tokens"),
-        tokens_min=ia(el, where, "tokens_min"),
-        tokens_max=ia(el, where, "tokens_max"),
-        prio_bias=ia(el, where, "prio_bias"),
-        idle_time=cast(
-            "bool | None", r.choice(el, f"{where}/@idle_time", el.get("idle_time"), YES_NO)
-        ),
-        fill_rate2=ia(el, where, "fill_rate2"),
-        interval2=ia(el, where, "interval2"),
-        cpus=tuple(cpus),
-    )
+        cpus.append(CpuBucket(cpu=cpu_id, **_bucket(r, child, cwhere, _CPU_FIELDS)))  # type: ignore[arg-type]
+    return TokenBucket(cpus=tuple(cpus), **_bucket(r, el, where, _SCHED_FIELDS))  # type: ignore[arg-type]
+
+
+def _bucket(
+    r: Reader, el: etree._Element, where: str, names: tuple[tuple[str, str], ...]
+) -> dict[str, object]:
+    """The token-bucket values ``el`` gives, by model field (absent ones are left out)."""
+    given = dict(items(el))
+    values: dict[str, object] = {}
+    if given:
+        for attr, field in names:
+            value = given.get(attr)
+            if value is None:
+                continue
+            if attr == "idle_time":
+                values[field] = r.choice(el, f"{where}/@idle_time", value, YES_NO)
+            else:
+                values[field] = r.integer(el, f"{where}/@{attr}", value)
+    return values
 
 
 def _read_resource(r: Reader, el: etree._Element, fields: dict[str, object]) -> None:
@@ -397,16 +428,14 @@ def _read_cputune(r: Reader, el: etree._Element) -> CpuTune:
     r.attrs(el, "cputune", _NONE)
     values: dict[str, int | None] = {}
     for child in r.children(el, "cputune"):
-        tag = child.tag
+        tag: str = child.tag
         if tag not in ("shares", "period", "quota"):
             r.unsupported(child, "cputune", ["shares", "period", "quota"])
             continue
-        assert isinstance(tag, str)
         where = f"cputune/{tag}"
         if tag in values:
             r.duplicate(child, where)
-        r.attrs(child, where, _NONE)
-        values[tag] = r.integer(child, where, r.text(child, where))
+        values[tag] = r.integer(child, where, r.leaf(child, where, _NONE))
         r.lines[("cputune", tag)] = srcline(child) or r.root_line
     return CpuTune(**values)
 
@@ -416,19 +445,22 @@ def _read_memtune(r: Reader, el: etree._Element) -> MemTune:
     values: dict[str, int | None] = {}
     names = ("hard_limit", "soft_limit", "swap_hard_limit")
     for child in r.children(el, "memtune"):
-        tag = child.tag
+        tag: str = child.tag
         if tag not in names:
             r.unsupported(child, "memtune", names)
             continue
-        assert isinstance(tag, str)
         where = f"memtune/{tag}"
         key = f"{tag}_kib"
         if key in values:
             r.duplicate(child, where)
-        r.attrs(child, where, _UNIT_ATTR)
-        values[key] = _scaled(r, child, where, r.text(child, where), child.get("unit"))
+        values[key] = _scaled(r, child, where, r.leaf(child, where, _UNIT_ATTR), child.get("unit"))
         r.lines[("memtune", key)] = srcline(child) or r.root_line
     return MemTune(**values)
+
+
+_OS_CHILDREN: Final = ("type", "init", "initarg", "initenv", "initdir", "inituser", "initgroup")
+#: The path of each child of ``<os>`` in messages, made once.
+_OS_WHERE: Final = {tag: f"os/{tag}" for tag in _OS_CHILDREN}
 
 
 def _read_os(r: Reader, el: etree._Element) -> OsSpec:
@@ -440,12 +472,14 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
     single: dict[str, str] = {}
     have_type = False
     for child in r.children(el, "os"):
-        tag = child.tag
-        where = f"os/{tag_name(child)}"
+        tag: str = child.tag
+        where = _OS_WHERE.get(tag) or f"os/{tag_name(child)}"
         line = srcline(child) or r.root_line
-        if tag == "type":
-            r.attrs(child, where, frozenset({"arch"}))
-            value = r.text(child, where).strip()
+        if tag == "initarg":
+            r.lines[("os", "initargs", len(args))] = line
+            args.append(r.leaf(child, where, _NONE))
+        elif tag == "type":
+            value = r.leaf(child, where, _ARCH_ATTR).strip()
             if value != "exe":
                 r.bad_value(child, where, value, "is not supported for containers", "exe")
             have_type = True
@@ -455,28 +489,19 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
                 r.duplicate(child, where)
             init = r.text(child, where)
             r.lines[("os", "init")] = line
-        elif tag == "initarg":
-            r.attrs(child, where, _NONE)
-            r.lines[("os", "initargs", len(args))] = line
-            args.append(r.text(child, where))
         elif tag == "initenv":
-            r.attrs(child, where, frozenset({"name"}))
+            r.attrs(child, where, _NAME_ATTR)
             name = r.required(child, where, "name") or ""
             r.lines[("os", "initenv", len(env))] = line
             env.append((name, r.text(child, where)))
         elif tag in ("initdir", "inituser", "initgroup"):
-            assert isinstance(tag, str)
             r.attrs(child, where, _NONE)
             if tag in single:
                 r.duplicate(child, where)
             single[tag] = r.text(child, where)
             r.lines[("os", tag)] = line
         else:
-            r.unsupported(
-                child,
-                "os",
-                ["type", "init", "initarg", "initenv", "initdir", "inituser", "initgroup"],
-            )
+            r.unsupported(child, "os", _OS_CHILDREN)
     if not have_type:
         r.error(srcline(el), "os/type", "required element <type>exe</type> is missing")
     return OsSpec(
@@ -492,14 +517,13 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
 def _read_idmap(r: Reader, el: etree._Element) -> tuple[IdMapEntry, ...]:
     r.attrs(el, "idmap", _NONE)
     entries: list[IdMapEntry] = []
-    attrs = frozenset({"start", "target", "count"})
     for child in r.children(el, "idmap"):
         tag = child.tag
         if tag not in ("uid", "gid"):
             r.unsupported(child, "idmap", ["uid", "gid"])
             continue
         where = f"idmap/{tag}"
-        r.attrs(child, where, attrs)
+        r.attrs(child, where, _IDMAP_ATTRS)
         r.text(child, where)
         values = [r.int_attr(child, where, a) for a in ("start", "target", "count")]
         for a, v in zip(("start", "target", "count"), values, strict=True):
@@ -527,13 +551,13 @@ def _read_features(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
             r.text(child, where)
             fields["privnet"] = True
         elif tag == "capabilities":
-            r.attrs(child, where, frozenset({"policy"}))
+            r.attrs(child, where, _POLICY_ATTR)
             r.lines[("capabilities",)] = srcline(child) or r.root_line
             policy = r.choice(
                 child,
                 f"{where}/@policy",
                 r.required(child, where, "policy"),
-                {p.value: p for p in CapsPolicy},
+                _POLICIES,
             )
             caps: list[tuple[str, bool]] = []
             for cap in r.children(child, where):
@@ -547,7 +571,7 @@ def _read_features(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
                         + ", ".join(sorted(CAPABILITY_NAMES)),
                     )
                     continue
-                r.attrs(cap, cwhere, frozenset({"state"}))
+                r.attrs(cap, cwhere, _STATE_ATTR)
                 r.text(cap, cwhere)
                 state = r.choice(cap, f"{cwhere}/@state", r.required(cap, cwhere, "state"), ON_OFF)
                 if state is not None:
@@ -587,7 +611,7 @@ def _read_devices(
 def _read_console(r: Reader, el: etree._Element) -> None:
     """Accept ``<console type='pty'>`` (what dumpxml writes); it configures nothing here."""
     where = "devices/console"
-    r.attrs(el, where, frozenset({"type", "tty"}))
+    r.attrs(el, where, _CONSOLE_ATTRS)
     if el.get("type") != "pty":
         r.bad_value(el, f"{where}/@type", el.get("type"), "is not supported", "pty")
     for child in r.children(el, where):
@@ -597,7 +621,7 @@ def _read_console(r: Reader, el: etree._Element) -> None:
 
 def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None:
     where = f"devices/filesystem[{i + 1}]"
-    r.attrs(el, where, frozenset({"type", "accessmode"}))
+    r.attrs(el, where, _FS_ATTRS)
     r.lines[("filesystems", i)] = srcline(el) or r.root_line
     fstype = el.get("type", "mount")
     if fstype not in ("mount", "ram"):
@@ -611,29 +635,27 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None
     target: str | None = None
     readonly = False
     for child in r.children(el, where):
-        tag = child.tag
+        tag: str = child.tag
         cwhere = f"{where}/{tag_name(child)}"
         line = srcline(child) or r.root_line
         if tag == "source":
             r.text(child, cwhere)
             if fstype == "mount":
-                r.attrs(child, cwhere, frozenset({"dir"}))
+                r.attrs(child, cwhere, _DIR_ATTR)
                 source = r.required(child, cwhere, "dir")
             else:
-                r.attrs(child, cwhere, frozenset({"usage", "units"}))
+                r.attrs(child, cwhere, _USAGE_ATTRS)
                 text = r.required(child, cwhere, "usage")
                 if text is not None:
                     usage = _scaled(r, child, f"{cwhere}/@usage", text, child.get("units"))
             r.lines[("filesystems", i, "source")] = line
             r.lines[("filesystems", i, "usage_kib")] = line
         elif tag == "target":
-            r.attrs(child, cwhere, frozenset({"dir"}))
-            r.text(child, cwhere)
+            r.leaf(child, cwhere, _DIR_ATTR)
             target = r.required(child, cwhere, "dir")
             r.lines[("filesystems", i, "target")] = line
         elif tag == "readonly":
-            r.attrs(child, cwhere, _NONE)
-            r.text(child, cwhere)
+            r.leaf(child, cwhere, _NONE)
             readonly = True
         else:
             r.unsupported(child, where, ["source", "target", "readonly"])
@@ -657,7 +679,7 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None
 def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
     where = f"devices/interface[{i + 1}]"
     key = ("interfaces", i)
-    r.attrs(el, where, frozenset({"type"}))
+    r.attrs(el, where, _TYPE_ATTR)
     r.lines[key] = srcline(el) or r.root_line
     itype = el.get("type")
     if itype not in ("network", "bridge", "ethernet", "vserver"):
@@ -669,15 +691,14 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
     ips: list[IpAddress] = []
     routes: list[Route] = []
     seen: set[str] = set()
-    source_attr = {"network": "network", "bridge": "bridge", "vserver": "dev"}.get(itype)
+    source_attr = _SOURCE_ATTR.get(itype)
     for child in r.children(el, where):
-        tag = child.tag
+        tag: str = child.tag
         cwhere = f"{where}/{tag_name(child)}"
         line = srcline(child) or r.root_line
         if tag not in _IFACE_CHILDREN:
             r.unsupported(child, where, _IFACE_CHILDREN)
             continue
-        assert isinstance(tag, str)
         if tag in seen and tag not in ("ip", "route"):
             r.duplicate(child, cwhere)
             continue
@@ -687,32 +708,32 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
             if source_attr is None:
                 r.error(line, cwhere, "element <source> is not used by type='ethernet'")
                 continue
-            r.attrs(child, cwhere, frozenset({source_attr}))
+            r.attrs(child, cwhere, _SOURCE_ATTRS[itype])
             fields["source"] = r.required(child, cwhere, source_attr)
             r.lines[(*key, "source")] = line
         elif tag == "mac":
-            r.attrs(child, cwhere, frozenset({"address"}))
+            r.attrs(child, cwhere, _ADDRESS_ATTR)
             mac = r.required(child, cwhere, "address")
             fields["mac"] = mac.lower() if mac is not None else None
             r.lines[(*key, "mac")] = line
         elif tag in ("target", "guest"):
-            r.attrs(child, cwhere, frozenset({"dev"}))
+            r.attrs(child, cwhere, _DEV_ATTR)
             fields[f"{tag}_dev"] = r.required(child, cwhere, "dev")
             r.lines[(*key, f"{tag}_dev")] = line
         elif tag == "mtu":
-            r.attrs(child, cwhere, frozenset({"size"}))
+            r.attrs(child, cwhere, _SIZE_ATTR)
             fields["mtu"] = r.integer(child, f"{cwhere}/@size", r.required(child, cwhere, "size"))
             r.lines[(*key, "mtu")] = line
         elif tag == "link":
-            r.attrs(child, cwhere, frozenset({"state"}))
+            r.attrs(child, cwhere, _STATE_ATTR)
             fields["link_up"] = r.choice(
                 child,
                 f"{cwhere}/@state",
                 r.required(child, cwhere, "state"),
-                {"up": True, "down": False},
+                _UP_DOWN,
             )
         elif tag == "ip":
-            r.attrs(child, cwhere, frozenset({"address", "prefix", "family"}))
+            r.attrs(child, cwhere, _IP_ATTRS)
             address = r.required(child, cwhere, "address")
             if address is None:
                 continue
@@ -723,7 +744,7 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
                     prefix=r.int_attr(child, cwhere, "prefix"),
                     family=cast(
                         "Literal['ipv4', 'ipv6'] | None",
-                        r.choice(child, f"{cwhere}/@family", child.get("family"), _FAMILIES),
+                        r.choice_attr(child, cwhere, "family", _FAMILIES),
                     ),
                 )
             )
@@ -757,21 +778,16 @@ def canonical_ip(text: str) -> str:
 
 def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
     """A ``<route>`` (shared by domains and networks); netmask is accepted and stored as prefix."""
-    r.attrs(el, where, frozenset({"family", "address", "prefix", "netmask", "gateway"}))
+    r.attrs(el, where, _ROUTE_ATTRS)
     address = r.required(el, where, "address")
     gateway = r.required(el, where, "gateway")
-    prefix = r.int_attr(el, where, "prefix")
-    netmask = el.get("netmask")
-    if netmask is not None:
-        if prefix is not None:
-            r.error(srcline(el), f"{where}/@netmask", "netmask and prefix together: allowed one")
-        prefix = netmask_prefix(r, el, f"{where}/@netmask", netmask)
+    prefix = read_prefix(r, el, where)
     if address is None or gateway is None:
         return None
     address = canonical_ip(address)
     if prefix is None:
         try:
-            prefix = ipaddress.ip_address(address).max_prefixlen
+            prefix = parse_ip(address).max_prefixlen
         except ValueError:
             prefix = 0
     return Route(
@@ -780,17 +796,29 @@ def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
         gateway=canonical_ip(gateway),
         family=cast(
             "Literal['ipv4', 'ipv6'] | None",
-            r.choice(el, f"{where}/@family", el.get("family"), _FAMILIES),
+            r.choice_attr(el, where, "family", _FAMILIES),
         ),
     )
 
 
-def netmask_prefix(r: Reader, el: etree._Element, where: str, netmask: str) -> int | None:
-    """The prefix length of a dotted IPv4 netmask, or a problem if it is not one."""
+def read_prefix(r: Reader, el: etree._Element, where: str) -> int | None:
+    """``prefix=``, or ``netmask=`` stored as a prefix length (routes and network addresses).
+
+    Both together is a problem; the netmask then still gives the value, so that a wrong netmask
+    is reported too.
+    """
+    prefix = r.int_attr(el, where, "prefix")
+    netmask = el.get("netmask")
+    if netmask is None:
+        return prefix
+    if prefix is not None:
+        r.error(srcline(el), f"{where}/@netmask", "netmask and prefix together: allowed one")
     try:
         return ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
     except ValueError:
-        r.bad_value(el, where, netmask, "is not an IPv4 netmask", "e.g. 255.255.255.0")
+        r.bad_value(
+            el, f"{where}/@netmask", netmask, "is not an IPv4 netmask", "e.g. 255.255.255.0"
+        )
         return None
 
 
@@ -940,7 +968,7 @@ def write_domain(d: Domain) -> str:
 
 def _write_interface(devices: etree._Element, iface: Interface) -> None:
     el = sub(devices, "interface", type=iface.type)
-    attr = {"network": "network", "bridge": "bridge", "vserver": "dev"}.get(iface.type)
+    attr = _SOURCE_ATTR.get(iface.type)
     if attr is not None and iface.source is not None:
         sub(el, "source", **{attr: iface.source})
     if iface.mac is not None:

@@ -30,13 +30,12 @@ from supervisor.xml._reader import (
     VSV_PREFIX,
     Reader,
     finish,
-    safe_parse,
     srcline,
     sub,
     tag_name,
     vsv,
 )
-from supervisor.xml.domain import canonical_ip, netmask_prefix, read_route, read_uuid, write_route
+from supervisor.xml.domain import canonical_ip, read_prefix, read_route, read_uuid, write_route
 
 _NONE: Final = frozenset[str]()
 _TOP: Final = (
@@ -222,12 +221,7 @@ def _read_ip(r: Reader, el: etree._Element, i: int) -> NetworkIp | None:
     r.attrs(el, where, frozenset({"address", "prefix", "netmask", "family"}))
     r.lines[key] = srcline(el) or r.root_line
     address = r.required(el, where, "address")
-    prefix = r.int_attr(el, where, "prefix")
-    netmask = el.get("netmask")
-    if netmask is not None:
-        if prefix is not None:
-            r.error(srcline(el), f"{where}/@netmask", "netmask and prefix together: allowed one")
-        prefix = netmask_prefix(r, el, f"{where}/@netmask", netmask)
+    prefix = read_prefix(r, el, where)
     family = r.choice(el, f"{where}/@family", el.get("family"), {"ipv4": "ipv4", "ipv6": "ipv6"})
     ranges: list[AddressRange] = []
     hosts: list[DhcpHost] = []
@@ -348,13 +342,3 @@ def write_network(n: Network) -> str:
     for route in n.routes:
         write_route(root, route)
     return finish(root, None, ())
-
-
-def parse_network_bytes(data: bytes | str, path: str | None, max_bytes: int) -> Network:
-    """Parse and read a network document (helper for the public API)."""
-    root = safe_parse(data, path=path, max_bytes=max_bytes)
-    if root.tag != "network":
-        r = Reader(path, srcline(root) or 1)
-        r.error(r.root_line, tag_name(root), "the root element is not <network>")
-        r.raise_if_problems()
-    return read_network(root, path)
