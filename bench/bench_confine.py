@@ -76,10 +76,17 @@ from supervisor.guest import spawn
 from supervisor.guest.cgroups import GuestCgroup, detect_layout, find_leftovers
 from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram
 from supervisor.guest.forkserver import CLONE_NEWUSER
+from supervisor.guest.linux import LinuxRuntime
 from supervisor.guest.rootfs import prepare_busybox_root
-from supervisor.guest.spawn import ALL_LAYERS, GuestProcess, HostView, Layers, spawn_init
+from supervisor.guest.spawn import (
+    ALL_LAYERS,
+    GuestProcess,
+    HostView,
+    Layers,
+    SpawnPool,
+    spawn_init,
+)
 from supervisor.model import Domain, Filesystem, IdMapEntry, OsSpec
-from supervisor.runtime import LinuxRuntime
 
 PREFIX = "vsvbconf"
 IDLE_GAP = 0.1
@@ -175,6 +182,8 @@ class Run:
         self.program: DeviceProgram | None = None
         self.serial = 0
         self.domains: dict[bool, Domain] = {}
+        #: the fork servers and spare embryos of ``--level spawn`` (a runtime's own otherwise)
+        self.pool = SpawnPool()
 
     def prepare(self) -> None:
         self.program = DeviceProgram.load(DEFAULT_DEVICE_RULES)
@@ -199,7 +208,7 @@ class Run:
             t0 = time.perf_counter()
             cg.create()
             guest = await spawn_init(
-                self.domains[cfg.userns], cg, layers=cfg.layers, host=self.host
+                self.pool, self.domains[cfg.userns], cg, layers=cfg.layers, host=self.host
             )
             return time.perf_counter() - t0
         finally:
@@ -237,14 +246,16 @@ async def measure(run: Run, runs: int, level: str) -> dict[str, dict[str, list[f
     """Samples in seconds per regime and configuration: rounds of one sample each."""
     run.prepare()
     if level == "spawn":
-        return await _rounds(run, runs, run.sample)
+        async with run.pool:
+            return await _rounds(run.pool, runs, run.sample)
     run_dir, _where = tmpfs_run_dir()
+    runtime = LinuxRuntime(layout=run.layout)
     sup = Supervisor(
         state_dir=Path(run.workdir) / "state",
         run_dir=run_dir,
         prefix=PREFIX,
         networking=False,
-        runtime=LinuxRuntime(layout=run.layout),
+        runtime=runtime,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
@@ -257,7 +268,7 @@ async def measure(run: Run, runs: int, level: str) -> dict[str, dict[str, list[f
                 async def one(cfg: Config) -> float:
                     return await run.start_sample(cfg, sup, timer)
 
-                return await _rounds(run, runs, one)
+                return await _rounds(runtime.pool, runs, one)
         finally:
             with trio.CancelScope(shield=True):
                 await sup.shutdown_all(5.0)
@@ -265,15 +276,15 @@ async def measure(run: Run, runs: int, level: str) -> dict[str, dict[str, list[f
 
 
 async def _rounds(
-    run: Run, runs: int, sample: Callable[[Config], Awaitable[float]]
+    pool: SpawnPool, runs: int, sample: Callable[[Config], Awaitable[float]]
 ) -> dict[str, dict[str, list[float]]]:
     # Spare embryos of both kinds first, as a running supervisor keeps them. An embryo taken
     # the moment it is made can renice itself to EMBRYO_NICE only after the supervisor has
     # given it its priority back; in a user namespace its own setpriority at G then fails with
     # EACCES (no CAP_SYS_NICE) and so does the start. A spare made ahead reniced itself long
     # before it is taken.
-    spawn.top_up_embryos(spawn.DEFAULT_EMBRYO_FLAGS)
-    spawn.top_up_embryos(spawn.DEFAULT_EMBRYO_FLAGS | CLONE_NEWUSER)
+    pool.top_up(spawn.DEFAULT_EMBRYO_FLAGS)
+    pool.top_up(spawn.DEFAULT_EMBRYO_FLAGS | CLONE_NEWUSER)
     await trio.sleep(0.5)
     for cfg in CONFIGS:  # warm-up: every kind of start once (seccomp filters compiled, caches)
         await sample(cfg)

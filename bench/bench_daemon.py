@@ -402,7 +402,7 @@ async def measure(run: Run, quick: bool, runs: int, do_profile: bool) -> dict[st
                     results["profile"] = await profile(timer, runs)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(120):
-                running = [n for n, s in sup.slots.items() if s.task_running or s.cgroup]
+                running = [n for n, g in sup.guests.items() if g.busy or g.cgroup]
                 await run_all(running, sup.destroy_domain, FILL_CONCURRENCY)
             nursery.cancel_scope.cancel()
     results["loadavg_after"] = os.getloadavg()
@@ -521,14 +521,14 @@ async def rss(sup: Supervisor, root: str, n: int) -> dict[str, Any]:
     gc.collect()
     defined = vm_rss_kib()
     t_fill = await run_all(names, sup.start_domain, FILL_CONCURRENCY)
-    running = sum(1 for name in names if sup.slots[name].life.status.state.name == "RUNNING")
+    running = sum(1 for name in names if sup.guests[name].life.status.state.name == "RUNNING")
     await trio.sleep(1.0)
     gc.collect()
     after = vm_rss_kib()
     # no process stands between the supervisor and init on the embryo path: this finds none
     wrappers = [
         lxc_peer.memory_kib(s.process.wrapper_pid)
-        for s in sup.slots.values()
+        for s in sup.guests.values()
         if s.process and s.process.wrapper_pid != s.process.init_pid
     ]
     t_empty = await run_all(names, sup.destroy_domain, FILL_CONCURRENCY)
@@ -603,25 +603,24 @@ class Probe:
 
 def install_probe() -> Probe:
     """Time each step of the supervisor's start and destroy paths."""
-    from supervisor import daemon, runtime
+    from supervisor import runner
     from supervisor.bus import Bus
-    from supervisor.guest import procs, spawn
+    from supervisor.guest import linux, procs, spawn
     from supervisor.store import RunStore
 
     probe = Probe()
     probe.wrap(GuestCgroup, "create", "boot: cgroup create (mkdir x hierarchies)")
     probe.wrap(GuestCgroup, "apply_limits", "boot: cgroup limits")
     probe.wrap(Bus, "run_prepare", "boot: bus prepare hooks")
-    probe.wrap(runtime, "spawn_init", "boot: spawn_init (whole)")
     probe.wrap(spawn, "_prepare", "spawn: plan (passwd/group read, seccomp filter)")
-    probe.wrap(runtime.LinuxRuntime, "begin_spawn", "boot: begin_spawn (embryo taken, told)")
+    probe.wrap(linux.LinuxRuntime, "begin_spawn", "boot: begin_spawn (embryo taken, told)")
     probe.wrap(spawn.PendingStart, "finish", "boot: finish (cgroup move, go, until exec)")
-    probe.wrap(spawn, "_take_embryo", "spawn: take an embryo (a spare, or made now)")
+    probe.wrap(spawn.SpawnPool, "take", "spawn: take an embryo (a spare, or made now)")
     probe.wrap(spawn, "_move_to_cgroup", "spawn: embryo into the cgroup")
     probe.wrap(spawn._Embryo, "born", "spawn: embryo's pid known")
-    probe.wrap(spawn, "top_up_embryos", "spawn: spare embryos asked for")
+    probe.wrap(spawn.SpawnPool, "top_up", "spawn: spare embryos asked for")
     probe.wrap(procs, "ns_inodes", "spawn: namespace inodes")
-    probe.wrap(daemon.Supervisor, "_record", "boot: run-dir record, after STARTED")
+    probe.wrap(runner.GuestRunner, "record", "boot: run-dir record, after STARTED")
     probe.wrap(GuestCgroup, "kill_all", "destroy: cgroup kill_all (each call)")
     probe.wrap(Bus, "run_release", "destroy: bus release hooks")
     probe.wrap(GuestCgroup, "remove", "destroy: cgroup rmdir")

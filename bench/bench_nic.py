@@ -153,7 +153,7 @@ async def measure(workdir: str, runs: int, do_profile: bool, burst_n: int) -> di
                     }
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(60):
-                running = [n for n, s in sup.slots.items() if s.task_running or s.cgroup]
+                running = [n for n, g in sup.guests.items() if g.busy or g.cgroup]
                 await run_all(running, sup.destroy_domain)
                 if sup.net is not None:
                     await sup.net.stop_all()

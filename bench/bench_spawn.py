@@ -53,7 +53,7 @@ from supervisor.guest.cgroups import (
 )
 from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram
 from supervisor.guest.rootfs import prepare_busybox_root
-from supervisor.guest.spawn import GuestProcess, HostView, spawn_init
+from supervisor.guest.spawn import GuestProcess, HostView, SpawnPool, spawn_init
 from supervisor.model import Domain, Filesystem, OsSpec
 
 PREFIX = "vsvbspawn"
@@ -85,7 +85,12 @@ def _attach_sample(cg: GuestCgroup) -> float:
 
 
 async def _concurrent(
-    n: int, dom: Domain, layout: CgroupLayout, program: DeviceProgram, host: HostView
+    pool: SpawnPool,
+    n: int,
+    dom: Domain,
+    layout: CgroupLayout,
+    program: DeviceProgram,
+    host: HostView,
 ) -> float:
     """Wall time of n spawn_init calls started at once, each guest in its own cgroup."""
     cgs = [GuestCgroup(layout, PREFIX, f"c{i}", device_program=program) for i in range(n)]
@@ -95,7 +100,7 @@ async def _concurrent(
             cg.create()
 
         async def one(cg: GuestCgroup) -> None:
-            guests.append(await spawn_init(dom, cg, host=host))
+            guests.append(await spawn_init(pool, dom, cg, host=host))
 
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -113,6 +118,12 @@ async def _concurrent(
 
 
 async def main(workdir: str, runs: int, concurrent: int) -> dict[str, object]:
+    # fork servers and spare embryos for the whole measurement, as a runtime keeps them
+    async with SpawnPool() as pool:
+        return await _measure(pool, workdir, runs, concurrent)
+
+
+async def _measure(pool: SpawnPool, workdir: str, runs: int, concurrent: int) -> dict[str, object]:
     layout = detect_layout()
     host = HostView.probe(layout=layout)
     root = prepare_busybox_root(os.path.join(workdir, "bb"))
@@ -130,7 +141,7 @@ async def main(workdir: str, runs: int, concurrent: int) -> dict[str, object]:
 
         async def spawn_once() -> float:
             t0 = time.perf_counter()
-            g = await spawn_init(dom, cg, host=host)
+            g = await spawn_init(pool, dom, cg, host=host)
             dt = time.perf_counter() - t0
             await cg.kill_all()
             await g.wait()
@@ -159,7 +170,7 @@ async def main(workdir: str, runs: int, concurrent: int) -> dict[str, object]:
             "idle_gap_s": IDLE_GAP,
         }
         for fn in figures.values():
-            await fn()  # warm-up (the first spawn starts the fork servers)
+            await fn()  # warm-up
         names = list(figures)
         for regime, idle in (("idle", True), ("back_to_back", False)):
             samples: dict[str, list[float]] = {name: [] for name in names}
@@ -184,7 +195,9 @@ async def main(workdir: str, runs: int, concurrent: int) -> dict[str, object]:
         await trio.sleep(SETTLE)
         results["concurrent"] = {
             "n": concurrent,
-            "wall_ms": round(1000 * await _concurrent(concurrent, dom, layout, program, host), 1),
+            "wall_ms": round(
+                1000 * await _concurrent(pool, concurrent, dom, layout, program, host), 1
+            ),
         }
     finally:
         with trio.CancelScope(shield=True):

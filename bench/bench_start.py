@@ -216,7 +216,7 @@ async def measure(workdir: str, quick: bool, runs: int) -> dict[str, Any]:
                     results["nic"] = await nic(sup, timer, root, peer, runs)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(120):
-                    running = [n for n, s in sup.slots.items() if s.task_running or s.cgroup]
+                    running = [n for n, g in sup.guests.items() if g.busy or g.cgroup]
                     await run_all(running, sup.destroy_domain, 50)
                     if sup.net is not None:
                         await sup.net.stop_all()

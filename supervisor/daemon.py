@@ -1,24 +1,17 @@
-"""The supervisor: definitions, one trio task per running guest, events on the bus.
+"""The supervisor: the registry of guests and the wiring around them.
 
 Theory of operation
 -------------------
-:class:`Supervisor` owns a :class:`GuestSlot` per defined domain. A slot holds the domain's
-:class:`~supervisor.lifecycle.Lifecycle` (the pure table that decides what every request and
-every end of init means) and the runtime handles (cgroup, process). The rule is simple: **every
-change of a slot goes through** ``Lifecycle.apply``; this module only carries out the actions the
-table returns and publishes the events it lists, so the event sequences are the table's.
+:class:`Supervisor` keeps one :class:`~supervisor.runner.GuestRunner` per defined domain (its
+registry) and wires them to the rest: the runtime (the kernel side), the bus, the network and
+scheduler subsystems, the config and run stores. What a guest does and when is the runner's
+business: an API call (start, shutdown, destroy, reboot, suspend, resume) is a command posted to
+the guest's runner, whose one task feeds the lifecycle table and carries out what it says. A
+failure in one guest's runner is reported for that guest (``STOPPED FAILED``): it never reaches
+the nursery, so it cannot take down another guest or the supervisor.
 
-- API calls (start, shutdown, destroy, reboot, suspend, resume) apply their input at once and do
-  the quick actions themselves (signal init, freeze, kill the cgroup). START launches the guest's
-  task in the guests' nursery.
-- The guest task (:meth:`Supervisor._guest_task`) boots the guest (cgroup, limits, ``prepare``
-  hooks, spawn), waits for init to end (with the shutdown deadline, if one is armed), classifies
-  the end, and then releases, respawns or schedules a restart as the table says. A failure in
-  one guest's task is caught there and reported as ``STOPPED FAILED``: it never reaches the
-  nursery, so it cannot take down another guest or the supervisor.
-- Runtime state of every running guest is written to the run dir (pids, namespace inodes,
-  cgroup). A supervisor that starts and finds records re-adopts live guests (watching their init
-  through a pidfd) and cleans up after dead ones, reporting each.
+At start-up the supervisor loads the stored definitions, takes over the networks and then the
+guests a predecessor left (:mod:`supervisor.adoption`), and serves until cancelled.
 
 The daemon (:func:`run_daemon`) wraps this: it prints events one per line, starts autostart
 guests, and on SIGINT/SIGTERM shuts every guest down within a deadline (then kills) and exits 0;
@@ -33,7 +26,6 @@ import math
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -42,8 +34,8 @@ from typing import Any, TextIO
 import attrs
 import trio
 
+from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
-from supervisor import nsutil
 from supervisor.bus import Bus, Gap
 from supervisor.errors import (
     ConflictError,
@@ -54,24 +46,17 @@ from supervisor.errors import (
     VsvError,
 )
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
-from supervisor.guest.cgroups import GuestCgroup
-from supervisor.guest.spawn import GuestExit
-from supervisor.hooks import GuestContext, HookRecords
-from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
+from supervisor.guest.linux import LinuxRuntime
+from supervisor.hooks import GuestContext
+from supervisor.lifecycle import Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
 from supervisor.net.nics import PlumbedNic
 from supervisor.net.subsystem import NetworkSubsystem, require_network
-from supervisor.runtime import (
-    CgroupHandle,
-    LinuxRuntime,
-    PendingSpawn,
-    ProcessHandle,
-    Runtime,
-)
+from supervisor.runner import GuestRunner, RunnerEnv, guest_log_file
+from supervisor.runtime import CgroupHandle, Runtime
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.store import ConfigStore, RunStore, atomic_write
-from supervisor.xml import format_domain, parse_domain
 
 log = logging.getLogger("vsv.daemon")
 
@@ -80,63 +65,6 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 8 << 20
 #: how often the running guests' log sizes are checked
 LOG_CHECK_INTERVAL = 2.0
-
-
-@attrs.define(eq=False)
-class GuestSlot:
-    """One defined domain and, while it runs, its runtime handles."""
-
-    domain: Domain
-    life: Lifecycle
-    cgroup: CgroupHandle | None = None
-    process: ProcessHandle | None = None
-    #: pid of an adopted guest's init (not our child: a previous supervisor started it), and
-    #: the inode of its pid namespace, which tells it from a process that reused the pid
-    adopted_pid: int | None = None
-    adopted_pidns: int | None = None
-    #: every namespace inode the predecessor recorded (written again into the run record)
-    adopted_namespaces: dict[str, int] | None = None
-    ctx: GuestContext | None = None
-    started_at: float | None = None
-    restarts: int = 0
-    task_running: bool = False
-    #: set by API calls that kill the guest: the end is then ours, not the guest's
-    killed_by_us: bool = False
-    reboot_requested: bool = False
-    #: cancel scope of the wait for init's end; its deadline is the shutdown timeout
-    wait_scope: trio.CancelScope | None = None
-    start_scope: trio.CancelScope | None = None
-    restart_scope: trio.CancelScope | None = None
-    #: set whenever a boot attempt finishes (STARTED or failed) and when the task ends
-    settled: trio.Event = attrs.Factory(trio.Event)
-    start_error: BaseException | None = None
-    task_done: trio.Event = attrs.Factory(trio.Event)
-    #: a definition stored while the guest ran; it replaces ``domain`` once the guest stops
-    pending: Domain | None = None
-
-    def failure(self) -> BaseException | None:
-        """Why the last start failed (None: it did not)."""
-        return self.start_error
-
-    def status(self) -> DomainStatus:
-        pid = self.adopted_pid
-        if self.process is not None:
-            pid = self.process.init_pid
-        return DomainStatus(
-            name=self.domain.name,
-            id=self.domain.id,
-            uuid=self.domain.uuid,
-            type=self.domain.type,
-            state=self.life.status.state.name,
-            reason=self.life.status.reason.name,
-            autostart=self.domain.autostart,
-            init_pid=pid,
-            started_at=self.started_at,
-            restarts=self.restarts,
-        )
-
-
-Spawner = Callable[[Callable[..., Awaitable[Any]], tuple[Any, ...]], None]
 
 
 @attrs.define(eq=False)
@@ -163,20 +91,20 @@ class Supervisor:
     #: False: no network subsystem (guests with <interface> then fail to start)
     networking: bool = True
     net: NetworkSubsystem | None = None
-    #: CPU limits and the idle-time tuner (real runtime only)
+    #: CPU limits and the idle-time tuner (runtimes with real cgroups only)
     sched: SchedSubsystem | None = None
     #: the size at which a guest's log is cut back (0: never); see :meth:`_cap_logs`
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_check_interval: float = LOG_CHECK_INTERVAL
     _bus: Bus[GuestContext] = attrs.Factory(Bus)
-    slots: dict[str, GuestSlot] = attrs.Factory(dict)
+    #: the registry: one runner per defined domain
+    guests: dict[str, GuestRunner] = attrs.Factory(dict)
     #: names of the guests re-adopted from a previous supervisor at start-up
     adopted: list[str] = attrs.Factory(list)
     config: ConfigStore = attrs.field(init=False)
     runs: RunStore = attrs.field(init=False)
-    _spawn: trio.MemorySendChannel[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = (
-        None
-    )
+    _env: RunnerEnv | None = None
+    _spawn: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
 
     def __attrs_post_init__(self) -> None:
         self.config = ConfigStore(self.state_dir)
@@ -191,25 +119,36 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load definitions, re-adopt what a predecessor left, then serve until cancelled.
 
-        Guest tasks run in a nursery inside this task; callers start it with ``nursery.start``
-        and can call the operations once it is started.
+        Guest runners run in a nursery inside this task; callers start it with
+        ``nursery.start`` and can call the operations once it is started.
         """
         if self.runtime is None:
             hidden = (str(self.state_dir), str(self.run_dir), *self.hidden_paths)
             self.runtime = LinuxRuntime(hidden=hidden)
-        if isinstance(self.runtime, LinuxRuntime):
-            self.sched = SchedSubsystem.open(self._bus, self.runtime.layout)
+        runtime = self.runtime
+        layout = runtime.cgroup_layout()
+        if layout is not None:
+            self.sched = SchedSubsystem.open(self._bus, layout)
         self.config.ensure()
         self.runs.ensure()
+        self._env = RunnerEnv(
+            runtime=runtime,
+            bus=self._bus,
+            runs=self.runs,
+            prefix=self.prefix,
+            run_dir=self.run_dir,
+            shutdown_timeout=self.shutdown_timeout,
+            shutdown_signal=self.shutdown_signal,
+            restart_policy=self.restart_policy,
+            launch=self._launch,
+        )
         domains, problems = self.config.load_domains()
         for problem in problems:
             log.warning("ignoring stored definition: %s", problem)
         for domain in domains:
-            self.slots[domain.name] = self._new_slot(domain)
-        send, receive = trio.open_memory_channel[
-            tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]
-        ](math.inf)
-        self.adopted = self._adoptable()
+            self.guests[domain.name] = self._new_runner(domain)
+        send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](math.inf)
+        self.adopted = adoption.adoptable(self.runs, runtime, self.guests)
         if self.announce:
             self._bus.publish_nowait(
                 "supervisor",
@@ -228,7 +167,8 @@ class Supervisor:
                 runs=self.runs,
             )
         try:
-            async with trio.open_nursery() as top:
+            # the runtime's pools (fork servers, spare embryos) live as long as the guests' nursery
+            async with runtime, trio.open_nursery() as top:
                 if self.sched is not None:
                     await top.start(self.sched.run)
                 if self.net is not None:
@@ -238,7 +178,16 @@ class Supervisor:
                 async with trio.open_nursery() as guests:
                     guests.start_soon(self._spawner, receive)
                     self._spawn = send
-                    await self._adopt_leftovers()
+                    await adoption.take_over(
+                        runs=self.runs,
+                        runtime=runtime,
+                        bus=self._bus,
+                        prefix=self.prefix,
+                        run_dir=self.run_dir,
+                        runners=self.guests,
+                        sched=self.sched,
+                        net=self.net,
+                    )
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -248,76 +197,43 @@ class Supervisor:
                     await self.net.aclose()
 
     async def _spawner(
-        self,
-        receive: trio.MemoryReceiveChannel[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]],
+        self, receive: trio.MemoryReceiveChannel[Callable[[], Awaitable[None]]]
     ) -> None:
-        # The guests' nursery is owned by run(); tasks reach it through this channel so the
+        # The guests' nursery is owned by run(); runners reach it through this channel so the
         # nursery object is never stored on the supervisor.
         async with trio.open_nursery() as nursery:
-            async for fn, args in receive:
-                nursery.start_soon(fn, *args)
+            async for fn in receive:
+                nursery.start_soon(fn)
 
-    def _launch(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def _launch(self, fn: Callable[[], Awaitable[None]]) -> None:
         if self._spawn is None:
             raise InvalidOperation("the supervisor is not running")
-        self._spawn.send_nowait((fn, args))
+        self._spawn.send_nowait(fn)
 
-    @staticmethod
-    def _take_pending(slot: GuestSlot) -> None:
-        """Make the stored definition the one the guest boots from (it stopped, or restarts)."""
-        if slot.pending is None:
-            return
-        domain, slot.pending = slot.pending, None
-        Supervisor._run_with(slot, domain)
+    def _new_runner(self, domain: Domain) -> GuestRunner:
+        if self._env is None:
+            raise InvalidOperation("the supervisor is not running")
+        return GuestRunner(domain, self._env)
 
-    @staticmethod
-    def _run_with(slot: GuestSlot, domain: Domain) -> None:
-        """Make ``domain`` the guest's definition, its end-of-life policies included."""
-        slot.domain = domain
-        slot.life.set_policies(domain)
-
-    def _replace_definition(self, slot: GuestSlot, domain: Domain) -> None:
-        """Swap in a new definition for a stopped guest, keeping its state and reason."""
-        slot.pending = None
-        self._run_with(slot, domain)
-
-    def _new_slot(self, domain: Domain) -> GuestSlot:
-        return GuestSlot(domain=domain, life=Lifecycle.for_domain(domain, self.restart_policy))
-
-    def _slot(self, name: str) -> GuestSlot:
+    def _guest(self, name: str) -> GuestRunner:
         try:
-            return self.slots[name]
+            return self.guests[name]
         except KeyError:
             raise NotFound(f"domain {name!r} is not defined") from None
-
-    def _publish_step(self, name: str, step: lc.Step) -> None:
-        for emit in step.events:
-            self._bus.publish_nowait("domain", name, emit.type, emit.detail, emit.data)
-
-    def _apply(
-        self,
-        slot: GuestSlot,
-        input: Input,
-        end: GuestEnd | None = None,
-        data: tuple[tuple[str, str], ...] = (),
-    ) -> lc.Step:
-        step = slot.life.apply(input, now=time.monotonic(), end=end, data=data)
-        self._publish_step(slot.domain.name, step)
-        return step
 
     # ------------------------------------------------------------------------ definitions
 
     def list_domains(self) -> list[DomainStatus]:
-        return [self.slots[n].status() for n in sorted(self.slots)]
+        return [self.guests[n].status() for n in sorted(self.guests)]
 
     def domain_status(self, name: str) -> DomainStatus:
-        return self._slot(name).status()
+        return self._guest(name).status()
 
     def get_domain(self, name: str) -> Domain:
-        return self._slot(name).domain
+        return self._guest(name).domain
 
     def _check_conflicts(self, domain: Domain) -> None:
-        for other in self.slots.values():
+        for other in self.guests.values():
             d = other.domain
             if d.name == domain.name:
                 continue
@@ -341,7 +257,7 @@ class Supervisor:
             if previous is not None and previous.id is not None:
                 changes["id"] = previous.id
             else:
-                used = {s.domain.id for s in self.slots.values()}
+                used = {g.domain.id for g in self.guests.values()}
                 changes["id"] = next(
                     i for i in range(CONTEXT_ID_MIN, CONTEXT_ID_MAX + 1) if i not in used
                 )
@@ -358,15 +274,11 @@ class Supervisor:
         problems = check_domain(domain)
         if problems:
             raise InvalidDocument(problems)
-        previous = self.slots.get(domain.name)
+        previous = self.guests.get(domain.name)
         if (
             previous is not None
             and domain.uuid is not None
-            and previous.domain.uuid
-            not in (
-                None,
-                domain.uuid,
-            )
+            and previous.domain.uuid not in (None, domain.uuid)
         ):
             raise ConflictError(
                 f"domain {domain.name} exists with uuid {previous.domain.uuid}, not {domain.uuid}"
@@ -375,72 +287,55 @@ class Supervisor:
         self._check_conflicts(domain)
         self.config.save_domain(domain)
         if previous is None:
-            self.slots[domain.name] = self._new_slot(domain)
+            self.guests[domain.name] = self._new_runner(domain)
             detail = "ADDED"
         else:
-            if previous.life.phase is Phase.SHUTOFF and not previous.task_running:
-                self._replace_definition(previous, domain)
-            else:
-                # a running guest keeps the definition it started with; the new one is used
-                # from its next start (as libvirt's "persistent config" vs "live config")
-                previous.pending = domain
-                previous.domain = attrs.evolve(previous.domain, autostart=domain.autostart)
-                self._rerecord(previous)
+            previous.redefine(domain)
             detail = "UPDATED"
         self._bus.publish_nowait("domain", domain.name, "DEFINED", detail)
         return domain
 
     async def undefine_domain(self, name: str) -> None:
-        slot = self._slot(name)
-        if slot.life.phase is not Phase.SHUTOFF or slot.task_running:
+        guest = self._guest(name)
+        if guest.phase is not Phase.SHUTOFF or guest.busy:
             raise InvalidOperation(
-                f"domain {name} is {slot.life.status.state.name.lower()}: stop it first"
+                f"domain {name} is {guest.life.status.state.name.lower()}: stop it first"
             )
         self.config.remove_domain(name)
-        del self.slots[name]
+        del self.guests[name]
         self._bus.publish_nowait("domain", name, "UNDEFINED", "REMOVED")
 
     async def set_autostart(self, name: str, autostart: bool) -> None:
-        slot = self._slot(name)
-        domain = attrs.evolve(slot.domain, autostart=autostart)
+        guest = self._guest(name)
+        domain = attrs.evolve(guest.domain, autostart=autostart)
         self.config.save_domain(domain)
-        slot.domain = domain
+        guest.domain = domain
 
     # ------------------------------------------------------------------------ operations
 
     async def start_domain(self, name: str) -> DomainStatus:
         """Start the guest and wait until it runs (STARTED BOOTED) or failed to start."""
-        slot = self._slot(name)
+        guest = self._guest(name)
         if self.stopping:
             raise InvalidOperation(f"domain {name}: the supervisor is stopping, no guest starts")
-        if self._running_id_conflict(slot):
+        if self._running_id_conflict(guest):
             raise ConflictError(
-                f"domain {name}: context id {slot.domain.id} is in use by a running guest"
+                f"domain {name}: context id {guest.domain.id} is in use by a running guest"
             )
-        step = slot.life.apply(Input.START, now=time.monotonic())
-        self._publish_step(name, step)
-        slot.settled = trio.Event()
-        slot.start_error = None
-        if Action.CANCEL_RESTART in step.actions and slot.restart_scope is not None:
-            slot.restart_scope.cancel()  # the waiting task proceeds to boot
-        else:
-            slot.task_done = trio.Event()
-            slot.task_running = True
-            self._launch(self._guest_task, slot)
-        await slot.settled.wait()
-        error = slot.failure()
-        if error is not None:
-            if isinstance(error, VsvError):
-                raise error
+        try:
+            await guest.start()
+        except VsvError:
+            raise
+        except Exception as error:
             raise RuntimeFailure(f"domain {name}: start failed: {error}") from error
-        return slot.status()
+        return guest.status()
 
-    def _running_id_conflict(self, slot: GuestSlot) -> bool:
-        if slot.domain.id is None:
+    def _running_id_conflict(self, guest: GuestRunner) -> bool:
+        if guest.domain.id is None:
             return False
         return any(
-            s is not slot and s.domain.id == slot.domain.id and s.life.phase is not Phase.SHUTOFF
-            for s in self.slots.values()
+            g is not guest and g.domain.id == guest.domain.id and g.phase is not Phase.SHUTOFF
+            for g in self.guests.values()
         )
 
     async def shutdown_domain(self, name: str, *, timeout: float | None = None) -> None:
@@ -448,175 +343,23 @@ class Supervisor:
 
         Returns once the request is made; the end is reported as events.
         """
-        slot = self._slot(name)
-        step = self._apply(slot, Input.SHUTDOWN)
-        if Action.CANCEL_RESTART in step.actions and slot.restart_scope is not None:
-            slot.restart_scope.cancel()
-        if Action.ASK_SHUTDOWN in step.actions:
-            deadline = trio.current_time() + (self.shutdown_timeout if timeout is None else timeout)
-            if slot.wait_scope is not None:
-                slot.wait_scope.deadline = deadline
-            self._signal_init(slot, self.shutdown_signal)
+        await self._guest(name).shutdown(self.shutdown_timeout if timeout is None else timeout)
 
     async def destroy_domain(self, name: str) -> None:
         """Kill every process of the guest (its whole cgroup) and wait until it is released."""
-        slot = self._slot(name)
-        step = self._apply(slot, Input.DESTROY)
-        await self._do_actions(slot, step)
-        if step.previous is Phase.DESTROYING and Action.KILL not in step.actions:
-            # a destroy whose kill failed (or is still running): kill again rather than wait
-            # for an end that may never come
-            await self._kill(slot)
-        if slot.task_running:
-            await slot.task_done.wait()
+        await self._guest(name).destroy()
 
     async def reboot_domain(self, name: str) -> None:
         """Restart the guest in place: its processes are killed and init respawned (REBOOT)."""
-        slot = self._slot(name)
-        step = self._apply(slot, Input.REBOOT)
-        if Action.ASK_REBOOT in step.actions:
-            slot.reboot_requested = True
-            await self._kill(slot, wait=False)
+        await self._guest(name).reboot()
 
     async def suspend_domain(self, name: str) -> None:
-        slot = self._slot(name)
-        step = self._apply(slot, Input.SUSPEND)
-        await self._do_actions(slot, step)
+        await self._guest(name).suspend()
 
     async def resume_domain(self, name: str) -> None:
-        slot = self._slot(name)
-        step = self._apply(slot, Input.RESUME)
-        await self._do_actions(slot, step)
+        await self._guest(name).resume()
 
-    async def _do_actions(self, slot: GuestSlot, step: lc.Step) -> None:
-        """The quick actions an API call carries out itself."""
-        for action in step.actions:
-            if action is Action.KILL:
-                if slot.start_scope is not None:
-                    slot.start_scope.cancel()
-                await self._kill(slot)
-            elif action is Action.FREEZE and slot.cgroup is not None:
-                await slot.cgroup.freeze()
-            elif action is Action.THAW and slot.cgroup is not None:
-                await slot.cgroup.thaw()
-            elif action is Action.CANCEL_RESTART and slot.restart_scope is not None:
-                slot.restart_scope.cancel()
-            elif action is Action.RELEASE and not slot.task_running:
-                await self._release(slot)
-                # a preserved guest's task is long gone: its stop ends the live definition here
-                if slot.life.phase is Phase.SHUTOFF:
-                    self._take_pending(slot)
-
-    def _signal_init(self, slot: GuestSlot, sig: int) -> None:
-        with contextlib.suppress(RuntimeFailure, ProcessLookupError):
-            if slot.process is not None:
-                slot.process.send_signal(sig)
-            elif slot.adopted_pid is not None and slot.adopted_pidns is not None:
-                assert self.runtime is not None
-                self.runtime.signal_guest_init(slot.adopted_pid, slot.adopted_pidns, sig)
-
-    async def _kill(self, slot: GuestSlot, *, wait: bool = True) -> None:
-        slot.killed_by_us = True
-        if slot.cgroup is not None:
-            await slot.cgroup.kill_all(wait=wait)
-
-    # ------------------------------------------------------------------------ the guest task
-
-    async def _guest_task(self, slot: GuestSlot, adopted: bool = False) -> None:
-        """Run one guest from START (or adoption) until it is released for good."""
-        name = slot.domain.name
-        try:
-            respawn = adopted
-            while True:
-                if not respawn and not await self._boot(slot):
-                    return
-                respawn = False
-                exit_ = await self._wait_end(slot)
-                end = self._classify(slot, exit_)
-                slot.process = None
-                slot.adopted_pid = slot.adopted_pidns = slot.adopted_namespaces = None
-                step = self._apply(slot, end.input, end)
-                again = await self._after_end(slot, step)
-                if again is None:
-                    return
-                respawn = again
-        except Exception as exc:
-            log.exception("guest %s: supervisor error", name)
-            with trio.CancelScope(shield=True):
-                await self._fail_hard(slot, exc)
-        finally:
-            slot.task_running = False
-            if slot.life.phase is Phase.SHUTOFF:
-                self._take_pending(slot)
-            slot.settled.set()
-            slot.task_done.set()
-
-    async def _boot(self, slot: GuestSlot, *, keep_resources: bool = False) -> bool:
-        """Prepare and spawn; True when init runs. A failure is reported and released here."""
-        domain = slot.domain
-        pending: PendingSpawn | None = None
-        try:
-            with trio.CancelScope() as scope:
-                slot.start_scope = scope
-                assert self.runtime is not None
-                # the guest's process gets going (its mounts) while the cgroup is made and the
-                # prepare hooks run; finish() then puts it in the cgroup and lets init run
-                pending = await self.runtime.begin_spawn(
-                    domain, log_path=str(self._log_path(domain.name))
-                )
-                if not keep_resources:
-                    cgroup = self.runtime.cgroup(self.prefix, domain.name)
-                    # recorded before anything is made: a supervisor killed from here on
-                    # leaves a record its successor cleans up after (no init pid: not alive)
-                    self.runs.write(
-                        "domains",
-                        domain.name,
-                        {"name": domain.name, "prefix": self.prefix, "cgroup": cgroup.dirname},
-                    )
-                    slot.cgroup = cgroup
-                    fresh = cgroup.create()
-                    cgroup.apply_limits(domain)
-                    slot.ctx = GuestContext(
-                        domain,
-                        cgroup,
-                        self.prefix,
-                        self.run_dir,
-                        fresh_cgroup=fresh,
-                        netns_source=pending.netns_source,
-                    )
-                    await self._bus.run_prepare(slot.ctx)
-                    slot.ctx.prepared = True
-                assert slot.cgroup is not None
-                finishing, pending = pending, None
-                slot.process = await finishing.finish(
-                    slot.cgroup, netns_path=slot.ctx.netns_path if slot.ctx else None
-                )
-            slot.start_scope = None
-            if scope.cancelled_caught:
-                raise RuntimeFailure(f"start of {domain.name} was cancelled")  # noqa: TRY301
-        except Exception as exc:
-            slot.start_scope = None
-            slot.start_error = exc
-            log.warning("guest %s: start failed: %s", domain.name, exc)
-            step = self._apply(slot, Input.START_FAILED)
-            if Action.RELEASE in step.actions:
-                with trio.CancelScope(shield=True):
-                    await self._release(slot)
-            slot.settled.set()
-            return False
-        finally:
-            if pending is not None:  # failed or cancelled before finish(): drop the embryo
-                with trio.CancelScope(shield=True):
-                    await pending.abort()
-        slot.killed_by_us = False
-        slot.reboot_requested = False
-        slot.started_at = time.time()
-        step = self._apply(slot, Input.STARTED)
-        self._record(slot)
-        slot.settled.set()
-        if Action.KILL in step.actions:
-            await self._kill(slot)
-        return True
+    # ------------------------------------------------------------------------ guests' logs
 
     async def _cap_logs(self) -> None:
         """Keep every running guest's log under ``log_max_bytes``.
@@ -629,10 +372,10 @@ class Supervisor:
         """
         while True:
             await trio.sleep(self.log_check_interval)
-            for slot in list(self.slots.values()):
-                if not slot.task_running:
+            for guest in list(self.guests.values()):
+                if not guest.active:
                     continue
-                path = self._log_file(slot.domain.name)
+                path = guest_log_file(self.run_dir, guest.domain.name)
                 try:
                     if os.stat(path).st_size <= self.log_max_bytes:
                         continue
@@ -640,275 +383,20 @@ class Supervisor:
                     await trio.to_thread.run_sync(cut_back_log, path, keep)
                 except OSError as exc:
                     if not isinstance(exc, FileNotFoundError):
-                        log.warning("guest %s: log %s: %s", slot.domain.name, path, exc)
-
-    def _log_path(self, name: str) -> Path:
-        """The guest's log file, its directory made if missing."""
-        path = self._log_file(name)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return path
-
-    def _log_file(self, name: str) -> Path:
-        return self.run_dir / "logs" / f"{name}.log"
+                        log.warning("guest %s: log %s: %s", guest.domain.name, path, exc)
 
     def domain_log_path(self, name: str) -> str | None:
-        self._slot(name)
-        return str(self._log_file(name))
-
-    async def _wait_end(self, slot: GuestSlot) -> GuestExit | None:
-        """Wait for init to end; a shutdown deadline that passes escalates to a kill."""
-        while True:
-            with trio.CancelScope() as scope:
-                slot.wait_scope = scope
-                if slot.life.phase is Phase.STOPPING:
-                    scope.deadline = trio.current_time() + self.shutdown_timeout
-                if slot.process is not None:
-                    result: GuestExit | None = await slot.process.wait()
-                else:
-                    assert slot.adopted_pid is not None
-                    assert self.runtime is not None
-                    await self.runtime.wait_pid_exit(slot.adopted_pid)
-                    result = None
-            slot.wait_scope = None
-            if not scope.cancelled_caught:
-                return result
-            # the shutdown timeout passed: escalate
-            step = self._apply(slot, Input.SHUTDOWN_TIMEOUT)
-            await self._do_actions(slot, step)
-
-    def _classify(self, slot: GuestSlot, exit_: GuestExit | None) -> GuestEnd:
-        if slot.reboot_requested:
-            return GuestEnd(EndKind.REBOOT, signal=signal.SIGHUP)
-        if exit_ is None:
-            # an adopted guest is not our child: how it ended went to whoever reaped it
-            if slot.killed_by_us:
-                return GuestEnd(EndKind.KILLED, signal=signal.SIGKILL)
-            return GuestEnd(EndKind.POWEROFF, exit_code=0)
-        status: lc.ExitStatus = (
-            (True, exit_.status, 0) if exit_.status is not None else (False, 0, exit_.signal or 0)
-        )
-        return lc.classify_exit(status, killed_by_us=slot.killed_by_us)
-
-    async def _after_end(self, slot: GuestSlot, step: lc.Step) -> bool | None:
-        """Carry out what the table says after init ended.
-
-        Returns None when the task is done, False to boot again from scratch, True to respawn
-        init with the resources kept.
-        """
-        for action in step.actions:
-            if action is Action.THAW and slot.cgroup is not None:
-                await slot.cgroup.thaw()
-            elif action is Action.RELEASE:
-                with trio.CancelScope(shield=True):
-                    await self._release(slot)
-            elif action is Action.RESPAWN:
-                await trio.sleep(step.delay)
-                slot.restarts += 1
-                # leftovers of the previous init (a pid namespace dies with its init)
-                if slot.cgroup is not None:
-                    await slot.cgroup.kill_all()
-                if not await self._boot(slot, keep_resources=True):
-                    return None
-                return True
-            elif action is Action.SCHEDULE_RESTART:
-                with trio.CancelScope() as scope:
-                    slot.restart_scope = scope
-                    await trio.sleep(step.delay)
-                slot.restart_scope = None
-                if slot.life.phase is Phase.RESTARTING:
-                    self._apply(slot, Input.RESTART_DUE)
-                if slot.life.phase is not Phase.STARTING:
-                    return None
-                slot.restarts += 1
-                # a restart is a new boot: it uses the stored definition (libvirt drops live-only
-                # changes when a guest stops, and this guest did stop)
-                self._take_pending(slot)
-                return False
-        return None
-
-    async def _release(self, slot: GuestSlot) -> None:
-        """Undo everything a boot did: processes, hooks' resources, cgroup, run record."""
-        if slot.cgroup is not None:
-            try:
-                await slot.cgroup.kill_all()
-            except RuntimeFailure as exc:
-                log.warning("guest %s: kill on release: %s", slot.domain.name, exc)
-        if slot.ctx is not None and slot.ctx.prepared:
-            try:
-                await self._bus.run_release(slot.ctx)
-            except VsvError as exc:
-                log.warning("guest %s: release hooks: %s", slot.domain.name, exc)
-        if slot.cgroup is not None:
-            try:
-                await slot.cgroup.remove()
-            except RuntimeFailure as exc:
-                log.warning("guest %s: cgroup removal: %s", slot.domain.name, exc)
-        slot.cgroup = None
-        slot.ctx = None
-        slot.process = None
-        slot.adopted_pid = slot.adopted_pidns = slot.adopted_namespaces = None
-        slot.started_at = None
-        self.runs.remove("domains", slot.domain.name)
-
-    async def _fail_hard(self, slot: GuestSlot, exc: BaseException) -> None:
-        """The supervisor's own code failed for this guest: clean up, report, stay up."""
-        slot.start_error = exc
-        step = slot.life.apply(
-            Input.FAILED_HARD, now=time.monotonic(), data=(("error", str(exc)[:200]),)
-        )
-        if Action.CANCEL_RESTART in step.actions and slot.restart_scope is not None:
-            slot.restart_scope.cancel()
-        await self._release(slot)  # the step's RELEASE
-        with contextlib.suppress(Exception):
-            self._publish_step(slot.domain.name, step)
-
-    # ------------------------------------------------------------------------ run records
-
-    def _record(self, slot: GuestSlot) -> None:
-        proc = slot.process
-        record: dict[str, Any] = {
-            "name": slot.domain.name,
-            "uuid": slot.domain.uuid,
-            "prefix": self.prefix,
-            "started_at": slot.started_at,
-            "cgroup": slot.cgroup.dirname if slot.cgroup else None,
-            "hooks": slot.ctx.records.to_json() if slot.ctx else {},
-        }
-        if proc is not None:
-            record["wrapper_pid"] = proc.wrapper_pid
-            record["init_pid"] = proc.init_pid
-            record["namespaces"] = attrs.asdict(proc.namespaces) if proc.namespaces else None
-        elif slot.adopted_pid is not None:
-            record["wrapper_pid"] = record["init_pid"] = slot.adopted_pid
-            record["namespaces"] = slot.adopted_namespaces
-        if slot.pending is not None:
-            # the running guest's definition is not the stored one (redefined, or changed
-            # live): a successor that adopts the guest must keep it, as libvirt keeps the live
-            # XML of a running domain across a daemon restart
-            record["live_domain"] = format_domain(slot.domain)
-        self.runs.write("domains", slot.domain.name, record)
-
-    def _rerecord(self, slot: GuestSlot) -> None:
-        """Write the run record again after a change, if the guest has one (it runs)."""
-        if slot.process is not None or slot.adopted_pid is not None:
-            self._record(slot)
-
-    @staticmethod
-    def _restore_live(slot: GuestSlot, record: Mapping[str, Any]) -> None:
-        """An adopted guest gets back the definition it was running with (see ``_record``)."""
-        text = record.get("live_domain")
-        if not isinstance(text, str):
-            return
-        try:
-            live = parse_domain(text)
-        except InvalidDocument as exc:
-            log.warning(
-                "guest %s: unreadable live definition in its run record: %s", slot.domain.name, exc
-            )
-            return
-        if live.name != slot.domain.name:
-            return
-        slot.pending = slot.domain
-        Supervisor._run_with(slot, live)
-
-    def _adoptable(self) -> list[str]:
-        """The guests a predecessor left running that this supervisor will adopt (those still
-        defined whose recorded init is alive): known before anything is taken over, so that
-        the supervisor's STARTED, which names them, comes first."""
-        runtime = self.runtime
-        assert runtime is not None
-        out = []
-        for name, record in sorted(self.runs.read_all("domains").items()):
-            init_pid = record.get("init_pid")
-            namespaces = record.get("namespaces") or {}
-            if (
-                name in self.slots
-                and isinstance(init_pid, int)
-                and isinstance(namespaces.get("pid"), int)
-                and runtime.pid_is_guest_init(init_pid, namespaces["pid"])
-            ):
-                out.append(name)
-        return out
-
-    async def _adopt_leftovers(self) -> None:
-        """Re-adopt guests a previous supervisor left running; clean up after dead ones."""
-        runtime = self.runtime
-        assert runtime is not None
-        for name, record in self.runs.read_all("domains").items():
-            slot = self.slots.get(name)
-            init_pid = record.get("init_pid")
-            namespaces = record.get("namespaces") or {}
-            alive = (
-                isinstance(init_pid, int)
-                and isinstance(namespaces.get("pid"), int)
-                and runtime.pid_is_guest_init(init_pid, namespaces["pid"])
-            )
-            cgroup = runtime.cgroup(self.prefix, name)
-            if alive and slot is not None:
-                self._restore_live(slot, record)
-            domain = slot.domain if slot else Domain(name=name)
-            # whatever it recorded was prepared: release must undo it, adopted or not
-            ctx = GuestContext(
-                domain,
-                cgroup,
-                self.prefix,
-                self.run_dir,
-                HookRecords.from_json(record.get("hooks")),
-                prepared=True,
-            )
-            if alive and slot is not None and isinstance(init_pid, int):
-                slot.cgroup = cgroup
-                slot.ctx = ctx
-                slot.adopted_pid = init_pid
-                slot.adopted_pidns = namespaces["pid"]
-                slot.adopted_namespaces = dict(namespaces)
-                slot.started_at = record.get("started_at")
-                frozen = False
-                with contextlib.suppress(RuntimeFailure):
-                    frozen = cgroup.is_frozen()
-                self._apply(slot, Input.ADOPT_PAUSED if frozen else Input.ADOPT)
-                if self.sched is not None:
-                    try:
-                        await self.sched.adopt(ctx)
-                    except VsvError as exc:
-                        log.warning("guest %s: re-applying CPU limits: %s", name, exc)
-                if self.net is not None:
-                    await self.net.adopt(ctx)
-                slot.task_done = trio.Event()
-                slot.task_running = True
-                self._launch(self._guest_task, slot, True)
-                continue
-            # dead (or no longer defined): clean up what it held and report it
-            with trio.CancelScope(shield=True):
-                # whatever is still in the cgroup (a half-started guest, a daemon the dead
-                # init left) goes
-                with contextlib.suppress(RuntimeFailure):
-                    await cgroup.kill_all()
-                with contextlib.suppress(VsvError):
-                    await self._bus.run_release(ctx)
-                with contextlib.suppress(RuntimeFailure):
-                    await cgroup.remove()
-            self.runs.remove("domains", name)
-            why = (
-                "no-definition"
-                if alive
-                else "start-interrupted"
-                if init_pid is None
-                else "ended-while-supervisor-down"
-            )
-            # a guest no longer defined has no machine of its own: a throwaway one says the same
-            life = slot.life if slot is not None else Lifecycle()
-            step = life.apply(Input.LOST, now=time.monotonic(), data=(("reason", why),))
-            self._publish_step(name, step)
+        self._guest(name)
+        return str(guest_log_file(self.run_dir, name))
 
     # ------------------------------------------------------------------------ whole-supervisor
 
     async def start_autostart(self) -> None:
         """Start every domain marked autostart that is not running (failures are reported)."""
         async with trio.open_nursery() as nursery:
-            for slot in list(self.slots.values()):
-                if slot.domain.autostart and slot.life.phase is Phase.SHUTOFF:
-                    nursery.start_soon(self._start_quietly, slot.domain.name)
+            for guest in list(self.guests.values()):
+                if guest.domain.autostart and guest.phase is Phase.SHUTOFF:
+                    nursery.start_soon(self._start_quietly, guest.domain.name)
 
     async def _start_quietly(self, name: str) -> None:
         try:
@@ -922,44 +410,51 @@ class Supervisor:
 
         From here on no guest starts (:attr:`stopping`). A start in flight is waited for:
         the guest then runs and is shut down like the others, or its start failed and was
-        rolled back. Repeated until no guest task is left, so that a start that was about to
-        begin when the signal came cannot leave a guest running.
+        rolled back. Repeated until no guest is active, so that a start that was about to
+        begin when the signal came cannot leave a guest running. A preserved guest (ended,
+        resources kept for inspection) is destroyed: nothing outlives the supervisor.
         """
         self.stopping = True
-        with trio.move_on_after(timeout + 10):
-            while running := [s for s in self.slots.values() if s.task_running]:
-                for slot in running:
-                    if slot.life.phase is Phase.STARTING:
-                        await slot.settled.wait()
-                for slot in running:
-                    with contextlib.suppress(VsvError):
-                        if slot.life.phase in (Phase.RUNNING, Phase.PAUSED):
-                            if slot.life.phase is Phase.PAUSED:
-                                await self.resume_domain(slot.domain.name)
-                            await self.shutdown_domain(slot.domain.name, timeout=timeout)
-                        elif slot.life.phase not in (Phase.STOPPING, Phase.SHUTOFF):
-                            await self.destroy_domain(slot.domain.name)
-                with trio.move_on_after(timeout + 5):
-                    for slot in running:
-                        await slot.task_done.wait()
-                for slot in running:
-                    if slot.task_running:
-                        with contextlib.suppress(VsvError):
-                            await self.destroy_domain(slot.domain.name)
-                        await slot.task_done.wait()
 
-    # ------------------------------------------------------------------------ not yet served
+        def settled(g: GuestRunner) -> bool:
+            return g.phase is not Phase.STARTING
+
+        def stopped(g: GuestRunner) -> bool:
+            return g.phase is Phase.SHUTOFF and not g.busy
+
+        with trio.move_on_after(timeout + 10):
+            while busy := [g for g in self.guests.values() if not stopped(g)]:
+                for guest in busy:
+                    await guest.wait_until(settled)
+                for guest in busy:
+                    with contextlib.suppress(VsvError):
+                        if guest.phase is Phase.PAUSED:
+                            await guest.resume()
+                        if guest.phase is Phase.RUNNING:
+                            await guest.shutdown(timeout)
+                        elif guest.phase is not Phase.STOPPING:
+                            await guest.destroy()
+                with trio.move_on_after(timeout + 5):
+                    for guest in busy:
+                        await guest.wait_until(stopped)
+                for guest in busy:
+                    if not stopped(guest):
+                        with contextlib.suppress(VsvError):
+                            await guest.destroy()
+                        await guest.wait_until(stopped)
+
+    # ------------------------------------------------------------------------ views
 
     def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
         """What each NIC really got (MAC, guest name, address) while the guest runs; the
         definition's static values otherwise."""
-        slot = self._slot(name)
+        guest = self._guest(name)
         plumbed: dict[int, PlumbedNic] = {}
-        if slot.ctx is not None and slot.ctx.records.net is not None:
-            for plumbed_nic in slot.ctx.records.net.nics:
+        if guest.ctx is not None and guest.ctx.records.net is not None:
+            for plumbed_nic in guest.ctx.records.net.nics:
                 plumbed[plumbed_nic.index] = plumbed_nic
         rows: list[dict[str, Any]] = []
-        for index, iface in enumerate(slot.domain.interfaces):
+        for index, iface in enumerate(guest.domain.interfaces):
             nic = plumbed.get(index)
             if nic is not None:
                 addresses = [
@@ -999,13 +494,13 @@ class Supervisor:
             raise InvalidOperation("the scheduler subsystem is not available in this runtime")
         return self.sched
 
-    def _live_cgroup(self, slot: GuestSlot) -> GuestCgroup | None:
-        running = slot.life.phase in (Phase.RUNNING, Phase.PAUSED, Phase.STOPPING)
-        return slot.cgroup if running and isinstance(slot.cgroup, GuestCgroup) else None
+    def _live_cgroup(self, guest: GuestRunner) -> CgroupHandle | None:
+        running = guest.phase in (Phase.RUNNING, Phase.PAUSED, Phase.STOPPING)
+        return guest.cgroup if running else None
 
     def schedinfo(self, name: str) -> Mapping[str, object]:
-        slot = self._slot(name)
-        return self._sched().schedinfo(slot.domain, self._live_cgroup(slot))
+        guest = self._guest(name)
+        return self._sched().schedinfo(guest.domain, self._live_cgroup(guest))
 
     async def set_schedinfo(
         self, name: str, params: Mapping[str, str], *, live: bool, config: bool
@@ -1014,12 +509,12 @@ class Supervisor:
 
         With neither flag: live when the guest runs, else config (libvirt's "current").
         """
-        slot = self._slot(name)
-        cgroup = self._live_cgroup(slot)
+        guest = self._guest(name)
+        cgroup = self._live_cgroup(guest)
         live, config = resolve_flags(live, config, running=cgroup is not None)
-        running = slot.domain
+        running = guest.domain
         # the stored definition: a pending one (redefined, or changed live-only) or the running
-        persistent = slot.pending if slot.pending is not None else running
+        persistent = guest.pending if guest.pending is not None else running
         new, info = await self._sched().set_schedinfo(
             running, cgroup, params, live=live, config=config
         )
@@ -1032,18 +527,10 @@ class Supervisor:
                 stored, _ = apply_to_domain(persistent, values)
             self.config.save_domain(stored)
         if live:
-            slot.domain = new
-            if slot.ctx is not None:
-                slot.ctx.domain = new
             # a live-only change lasts until the guest stops; then the stored one applies
-            slot.pending = None if stored == new else stored
-            self._rerecord(slot)
+            guest.set_live(new, stored)
         elif config:
-            if slot.life.phase is Phase.SHUTOFF and not slot.task_running:
-                slot.domain = stored
-            else:
-                slot.pending = stored
-                self._rerecord(slot)
+            guest.set_stored(stored)
         return info
 
     def list_networks(self) -> list[NetworkStatus]:
@@ -1069,12 +556,12 @@ class Supervisor:
 
     def statistics(self) -> Mapping[str, object]:
         states: dict[str, int] = {}
-        for slot in self.slots.values():
-            key = slot.life.status.state.name
+        for guest in self.guests.values():
+            key = guest.life.status.state.name
             states[key] = states.get(key, 0) + 1
         return {
             "prefix": self.prefix,
-            "domains": len(self.slots),
+            "domains": len(self.guests),
             "states": states,
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
             "sched": self.sched.statistics() if self.sched is not None else None,

@@ -1,23 +1,55 @@
 """The seam between the supervisor and the kernel: cgroups and guest processes.
 
-:class:`~supervisor.daemon.Supervisor` talks to guests only through a :class:`Runtime`.
-:class:`LinuxRuntime` is the real one (cgroups, namespaces, embryos made by a fork server);
-:mod:`supervisor.fakeruntime` keeps everything in memory so the property-based stress harness
-can run thousands of operations a second against the same supervisor code. The fake never stands
-in for the real one where real behaviour is what a test checks.
+:class:`~supervisor.daemon.Supervisor` talks to guests only through a :class:`Runtime`, and this
+module holds nothing but that seam: the protocols and the result types they return
+(:class:`GuestExit`, :class:`Namespaces`). It imports nothing of ``supervisor.guest``, so the
+daemon and the subsystems can depend on it without depending on a runtime.
+:class:`~supervisor.guest.linux.LinuxRuntime` is the real one (cgroups, namespaces, embryos made
+by fork servers it owns while open); :mod:`supervisor.testing.fakeruntime` keeps everything in
+memory so the property-based stress harness can run thousands of operations a second against
+the same supervisor code. The fake never stands in for the real one where real behaviour is what
+a test checks.
+
+The supervisor asks a runtime what it can do (:meth:`Runtime.cgroup_layout`,
+:meth:`CgroupHandle.controller_dir`) rather than checking which runtime it has.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, Self
 
 import attrs
 
-from supervisor.guest import procs, spawn
-from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
-from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram
-from supervisor.guest.spawn import GuestExit, Namespaces, spawn_init
 from supervisor.model import Domain
+
+if TYPE_CHECKING:
+    from supervisor.guest.cgroups import CgroupLayout
+
+
+@attrs.frozen
+class GuestExit:
+    """How the guest's init ended, as its wrapper reports it: an exit status or a signal."""
+
+    status: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_returncode(cls, rc: int) -> GuestExit:
+        """From a subprocess-style return code (negative = killed by that signal)."""
+        return cls(signal=-rc) if rc < 0 else cls(status=rc)
+
+
+@attrs.frozen
+class Namespaces:
+    """Inode numbers of the guest init's namespaces, to record in a run dir."""
+
+    pid: int
+    mnt: int
+    uts: int
+    ipc: int
+    net: int
+    cgroup: int
 
 
 class CgroupHandle(Protocol):
@@ -27,6 +59,12 @@ class CgroupHandle(Protocol):
     def dirname(self) -> str: ...
     def create(self) -> bool: ...
     def apply_limits(self, domain: Domain) -> None: ...
+    def controller_dir(self, controller: str) -> str | None:
+        """The directory holding ``controller``'s files for this guest (``cpu``, ``cpuacct``,
+        ...), or None: the machine has no such controller, or the cgroup is not the kernel's
+        (an in-memory runtime's)."""
+        ...
+
     def pids(self) -> set[int]: ...
     def is_frozen(self) -> bool: ...
     async def freeze(self) -> None: ...
@@ -62,7 +100,26 @@ class PendingSpawn(Protocol):
 
 
 class Runtime(Protocol):
-    """Makes cgroups and guest processes, and watches processes it did not start."""
+    """Makes cgroups and guest processes, and watches processes it did not start.
+
+    An async context manager: what it keeps to start guests quickly (the real one's fork
+    servers and spare embryos) lives from ``__aenter__`` to ``__aexit__``, which the supervisor
+    wraps around its own life. Starts need it open.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def cgroup_layout(self) -> CgroupLayout | None:
+        """The host's cgroup layout when guests get real cgroups; None for an in-memory
+        runtime (then no subsystem writes cgroup files)."""
+        ...
 
     def cgroup(self, prefix: str, name: str) -> CgroupHandle: ...
 
@@ -70,15 +127,6 @@ class Runtime(Protocol):
         """Start work on the guest's process that needs neither its cgroup nor its network,
         so that it overlaps the supervisor's own preparation."""
         ...
-
-    async def spawn(
-        self,
-        domain: Domain,
-        cgroup: CgroupHandle,
-        *,
-        log_path: str | None,
-        netns_path: str | None,
-    ) -> ProcessHandle: ...
 
     async def wait_pid_exit(self, pid: int) -> None: ...
 
@@ -88,117 +136,3 @@ class Runtime(Protocol):
         """Send ``sig`` to an adopted guest's init if ``pid`` still is PID 1 of that pid
         namespace: False (nothing sent) when it is gone or the pid now names another process."""
         ...
-
-
-@attrs.define(eq=False)
-class DeferredSpawn:
-    """A :class:`PendingSpawn` that does everything in ``finish``: for runtimes with nothing to
-    start early."""
-
-    runtime: Runtime
-    domain: Domain
-    log_path: str | None
-
-    @property
-    def netns_source(self) -> str | None:
-        return None
-
-    async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle:
-        return await self.runtime.spawn(
-            self.domain, cgroup, log_path=self.log_path, netns_path=netns_path
-        )
-
-    async def abort(self) -> None:
-        pass
-
-
-@attrs.define(eq=False)
-class _LinuxPending:
-    """:class:`spawn.PendingStart` behind the protocol's cgroup type."""
-
-    pending: spawn.PendingStart
-
-    @property
-    def netns_source(self) -> str | None:
-        return self.pending.netns_source
-
-    async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> ProcessHandle:
-        if not isinstance(cgroup, GuestCgroup):
-            await self.pending.abort()
-            raise TypeError(f"LinuxRuntime needs a GuestCgroup, got {type(cgroup).__name__}")
-        return await self.pending.finish(cgroup, netns_path=netns_path)
-
-    async def abort(self) -> None:
-        await self.pending.abort()
-
-
-@attrs.define(eq=False)
-class LinuxRuntime:
-    """The real runtime: cgroup v1/v2/hybrid as detected, namespaces, embryos.
-
-    ``hidden``: host paths no guest without a root filesystem may see (the supervisor's state
-    and run dirs, its API sockets; see ``spawn.HostView``).
-    """
-
-    layout: CgroupLayout = attrs.Factory(detect_layout)
-    hidden: tuple[str, ...] = ()
-    host: spawn.HostView = attrs.field(init=False)
-    #: for measurement only (bench/bench_confine.py prices each confinement layer by leaving it
-    #: out); the supervisor never sets these, and nothing a user writes reaches them
-    layers: spawn.Layers = spawn.ALL_LAYERS
-    restrict_devices: bool = True
-    #: the device allowlist program every guest cgroup gets on the unified hierarchy (None
-    #: without one): loaded here once, because the verifier's run must not land on each start
-    device_program: DeviceProgram | None = attrs.field(default=None, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        # first, so that a kernel refusing the program stops the runtime before anything runs
-        if self.layout.unified is not None:
-            self.device_program = DeviceProgram.load(DEFAULT_DEVICE_RULES)
-        self.host = spawn.HostView.probe(hidden=self.hidden, layout=self.layout)
-        # the fork server's interpreter start (~50 ms) must not land on the first guest's start
-        spawn.start_fork_server()
-
-    def cgroup(self, prefix: str, name: str) -> GuestCgroup:
-        program = self.device_program if self.restrict_devices else None
-        return GuestCgroup(
-            self.layout,
-            prefix,
-            name,
-            device_program=program,
-            restrict_devices=self.restrict_devices,
-        )
-
-    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
-        return _LinuxPending(
-            await spawn.begin_spawn(domain, log_path=log_path, host=self.host, layers=self.layers)
-        )
-
-    async def spawn(
-        self,
-        domain: Domain,
-        cgroup: CgroupHandle,
-        *,
-        log_path: str | None,
-        netns_path: str | None,
-    ) -> ProcessHandle:
-        if not isinstance(cgroup, GuestCgroup):
-            raise TypeError(f"LinuxRuntime needs a GuestCgroup, got {type(cgroup).__name__}")
-        return await spawn_init(
-            domain,
-            cgroup,
-            log_path=log_path,
-            netns_path=netns_path,
-            host=self.host,
-            layers=self.layers,
-        )
-
-    async def wait_pid_exit(self, pid: int) -> None:
-        await procs.wait_pid_exit(pid)
-        procs.reap_if_child(pid)
-
-    def pid_is_guest_init(self, pid: int, pidns_inode: int) -> bool:
-        return procs.pid_is_guest_init(pid, pidns_inode)
-
-    def signal_guest_init(self, pid: int, pidns_inode: int, sig: int) -> bool:
-        return procs.signal_guest_init(pid, pidns_inode, sig)

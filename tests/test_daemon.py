@@ -50,10 +50,10 @@ async def sup(tmp_path: Path, prefix: str, nursery: trio.Nursery) -> AsyncIterat
         yield s
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(20):
-            for slot in list(s.slots.values()):
-                if slot.task_running or slot.cgroup is not None:
+            for g in list(s.guests.values()):
+                if g.busy or g.cgroup is not None:
                     try:
-                        await s.destroy_domain(slot.domain.name)
+                        await s.destroy_domain(g.domain.name)
                     except Exception:
                         pass
         leftovers = find_leftovers(detect_layout(), prefix)
@@ -144,19 +144,19 @@ async def test_guest_is_pid1_isolated_in_its_cgroup_with_limits(
     assert 1 in visible
     assert len(visible) <= 4  # init, ls, perhaps sleep: none of the host's hundreds
     assert (root / "tmp" / "hostname").read_text().strip() == "inner-g1"
-    slot = sup.slots["g1"]
+    slot = sup.guests["g1"]
     assert isinstance(slot.cgroup, GuestCgroup)
     children = procs.children_of(init)  # first: a child forked later is not in the list
     members = slot.cgroup.pids()
     assert init in members
     for child in children:
         assert child in members
-    memory_dir = slot.cgroup._ctrl_dir("memory")
+    memory_dir = slot.cgroup.controller_dir("memory")
     assert memory_dir is not None
     layout = slot.cgroup.layout
     limit_file = "memory.max" if "memory" in layout.v2_controllers else "memory.limit_in_bytes"
     assert Path(memory_dir, limit_file).read_text().strip() == str(64 << 20)
-    pids_dir = slot.cgroup._ctrl_dir("pids")
+    pids_dir = slot.cgroup.controller_dir("pids")
     assert pids_dir is not None
     assert Path(pids_dir, "pids.max").read_text().strip() == "64"
     await sup.shutdown_domain("g1")
@@ -184,7 +184,7 @@ async def test_destroy_kills_double_forked_daemons(
     script = f"(sleep 1000 &) ; setsid sleep 999 & {LOOP}"
     await sup.define_domain(guest("g3", root, script))
     await sup.start_domain("g3")
-    slot = sup.slots["g3"]
+    slot = sup.guests["g3"]
     assert slot.cgroup is not None
     with trio.fail_after(5):
         while len(slot.cgroup.pids()) < 4:
@@ -354,7 +354,7 @@ async def test_failing_prepare_hook_aborts_and_releases(
     assert calls == ["prepare-ok g9", "release-ok g9"]
     assert rec.seq("g9") == ["DEFINED ADDED", "STOPPED FAILED"]
     assert not (root / "tmp" / "ran").exists()
-    assert sup.slots["g9"].cgroup is None
+    assert sup.guests["g9"].cgroup is None
     assert sup.domain_status("g9").state == "SHUTOFF"
 
 
@@ -365,7 +365,7 @@ async def test_define_refuses_duplicate_id_and_uuid(sup: Supervisor, root: Path)
         await sup.define_domain(guest("a2", root, id=300))
     with pytest.raises(ConflictError, match="uuid"):
         await sup.define_domain(guest("a3", root, id=301, uuid=first.uuid))
-    assert sorted(sup.slots) == ["a1"]
+    assert sorted(sup.guests) == ["a1"]
     assert sorted(p.name for p in (sup.state_dir / "domains").iterdir()) == ["a1.xml"]
 
 
@@ -394,7 +394,7 @@ async def test_fifty_guests_concurrently(sup: Supervisor, rec: Recorder, root: P
     seqs = [e.seq for e in rec.events]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
-    assert all(not sup.slots[n].task_running for n in names)
+    assert all(not sup.guests[n].busy for n in names)
     assert find_leftovers(detect_layout(), sup.prefix) == []
 
 
@@ -417,7 +417,7 @@ async def test_destroy_while_suspended(sup: Supervisor, rec: Recorder, root: Pat
         "SUSPENDED PAUSED",
         "STOPPED DESTROYED",
     ]
-    assert sup.slots["s1"].cgroup is None
+    assert sup.guests["s1"].cgroup is None
 
 
 async def test_redefine_running_applies_at_next_start(

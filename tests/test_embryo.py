@@ -1,10 +1,10 @@
 """Starting guests from embryos: spares, the two phases around G, failures in each.
 
 tests/test_spawn.py covers what a start gives the guest; this file covers how embryos get
-there: the two-step start (begin_spawn, then finish once the cgroup exists), abort,
-the pool of spare embryos, the mount table taken at activation rather than at birth, first-phase
-failures, joining a named netns at ``G``, the /dev made by mknod, and kill_all(wait=False) on a
-guest whose init is the supervisor's own child.
+there: the two-step start (begin_spawn, then finish once the cgroup exists), abort, the pool of
+fork servers and spare embryos (a SpawnPool, open for each test), the mount table taken at
+activation rather than at birth, first-phase failures, joining a named netns at ``G``, the /dev
+made by mknod, and kill_all(wait=False) on a guest whose init is the supervisor's own child.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,9 @@ from supervisor.errors import RuntimeFailure
 from supervisor.guest import forkserver, procs, spawn
 from supervisor.guest.cgroups import GuestCgroup, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
-from supervisor.guest.spawn import GuestExit, GuestProcess, PendingStart
+from supervisor.guest.spawn import GuestProcess, PendingStart, SpawnPool
 from supervisor.model import Domain, Filesystem
+from supervisor.runtime import GuestExit
 from tests.test_spawn import _dom, _finish, _guest_cgroup, _ppid
 
 # -- spare_embryos(): parsing $VSV_SPARE_EMBRYOS (pure, no root) ---------------------------------
@@ -88,27 +89,25 @@ def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def embryo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test here starts from embryos, with the default number of spares; spares a test
-    left in the pool (maybe killed by it) are discarded afterwards."""
+async def pool(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SpawnPool]:
+    """Every test here starts from embryos of a pool of its own, opened with the default number
+    of spares; closing it kills the spares the test left (maybe killed by it) and the servers."""
     monkeypatch.delenv("VSV_SPARE_EMBRYOS", raising=False)
-    try:
-        yield
-    finally:
-        spawn._discard_embryos()
+    async with SpawnPool() as p:
+        yield p
 
 
 @pytest.fixture
-async def cgroup(prefix: str, embryo: None) -> AsyncIterator[GuestCgroup]:
+async def cgroup(prefix: str, pool: SpawnPool) -> AsyncIterator[GuestCgroup]:
     """The guest's cgroup, emptied and removed afterwards whatever happened."""
     async with _guest_cgroup(prefix) as cg:
         yield cg
 
 
 @contextlib.asynccontextmanager
-async def _pending(dom: Domain, **kw: object) -> AsyncIterator[PendingStart]:
+async def _pending(pool: SpawnPool, dom: Domain, **kw: object) -> AsyncIterator[PendingStart]:
     """begin_spawn, and abort at the end unless the test finished (or aborted) the start."""
-    pending = await spawn.begin_spawn(dom, **kw)  # type: ignore[arg-type]
+    pending = await spawn.begin_spawn(pool, dom, **kw)  # type: ignore[arg-type]
     try:
         yield pending
     finally:
@@ -131,20 +130,23 @@ def _state(pid: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _privnet_guest(busybox_root: str, cgroup: GuestCgroup) -> AsyncIterator[GuestProcess]:
+async def _privnet_guest(
+    pool: SpawnPool, busybox_root: str, cgroup: GuestCgroup
+) -> AsyncIterator[GuestProcess]:
     """A started guest with a network namespace of its own, killed (SIGKILL) on the way out."""
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
+    dom = _dom(busybox_root, "exec sleep 1000", privnet=True)
+    g = await spawn.spawn_init(pool, dom, cgroup)
     try:
         yield g
     finally:
         assert GuestExit(signal=signal.SIGKILL) == await _stop(cgroup, g)
 
 
-async def _spares(flags: int) -> list[int]:
+async def _spares(pool: SpawnPool, flags: int) -> list[int]:
     """Top the pool of this kind up and wait until every spare is born; their pids."""
-    spawn.top_up_embryos(flags)
+    pool.top_up(flags)
     pids = []
-    for e in spawn._own_embryos()[flags]:
+    for e in pool.spares[flags]:
         pids.append((await e.born()).pid)
     return pids
 
@@ -168,11 +170,13 @@ async def _stop(cg: GuestCgroup, g: GuestProcess) -> GuestExit:
 
 
 @pytest.mark.root
-async def test_begin_then_cgroup_then_finish(busybox_root: str, prefix: str, embryo: None) -> None:
+async def test_begin_then_cgroup_then_finish(
+    busybox_root: str, prefix: str, pool: SpawnPool
+) -> None:
     """A start begun before its cgroup exists finishes in it: init is PID 1, alone in the
     cgroup, the embryo itself, and our own child."""
     cg = GuestCgroup(detect_layout(), prefix, "g")
-    async with _pending(_dom(busybox_root, "exec sleep 1000")) as pending:
+    async with _pending(pool, _dom(busybox_root, "exec sleep 1000")) as pending:
         assert pending.child is not None
         embryo_pid = pending.child.pid
         assert [] == [p for p in cg.paths() if os.path.exists(p)]
@@ -196,11 +200,11 @@ async def test_begin_then_cgroup_then_finish(busybox_root: str, prefix: str, emb
 
 @pytest.mark.root
 async def test_embryo_yields_until_go_and_init_gets_our_priority(
-    busybox_root: str, cgroup: GuestCgroup, embryo: None
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
 ) -> None:
     """Until G an embryo runs at the lowest priority (it must not preempt the supervisor);
     the guest's init then has the supervisor's nice value, not the embryo's."""
-    pending = await spawn.begin_spawn(_dom(busybox_root, "exec sleep 1000"))
+    pending = await spawn.begin_spawn(pool, _dom(busybox_root, "exec sleep 1000"))
     assert pending.child is not None
     pid = pending.child.pid
     try:
@@ -221,10 +225,10 @@ async def test_embryo_yields_until_go_and_init_gets_our_priority(
 @pytest.mark.root
 @pytest.mark.parametrize("settle", [0.0, 0.05], ids=["at-once", "after-phase-1"])
 async def test_abort_kills_and_reaps_the_embryo(
-    busybox_root: str, cgroup: GuestCgroup, settle: float
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, settle: float
 ) -> None:
     """abort() before finish kills and reaps the embryo and puts nothing in any cgroup."""
-    pending = await spawn.begin_spawn(_dom(busybox_root, "exec sleep 1000"))
+    pending = await spawn.begin_spawn(pool, _dom(busybox_root, "exec sleep 1000"))
     assert pending.child is not None
     child = pending.child
     try:
@@ -242,14 +246,14 @@ async def test_abort_kills_and_reaps_the_embryo(
 
 @pytest.mark.root
 async def test_pool_is_topped_up_after_a_start(
-    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a start takes an embryo, the pool of that kind is refilled to spare_embryos()
     once the loop runs; the spares are our children, each PID 1 of a pid namespace of its own."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "3")
-    spawn._discard_embryos()
-    async with _privnet_guest(busybox_root, cgroup) as g:
-        spares = spawn._own_embryos()[PRIVNET_FLAGS]
+    pool.discard_spares()
+    async with _privnet_guest(pool, busybox_root, cgroup) as g:
+        spares = pool.spares[PRIVNET_FLAGS]
         with trio.fail_after(2):
             while len(spares) < 3:
                 await trio.lowlevel.checkpoint()
@@ -264,16 +268,16 @@ async def test_pool_is_topped_up_after_a_start(
 
 @pytest.mark.root
 async def test_killed_spare_is_skipped(
-    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A spare killed by hand is reaped and skipped: the start uses the next spare."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "2")
-    spawn._discard_embryos()
-    first, second = await _spares(PRIVNET_FLAGS)
+    pool.discard_spares()
+    first, second = await _spares(pool, PRIVNET_FLAGS)
     os.kill(first, signal.SIGKILL)
     with trio.fail_after(5):
         await procs.wait_pid_exit(first)
-    async with _privnet_guest(busybox_root, cgroup) as g:
+    async with _privnet_guest(pool, busybox_root, cgroup) as g:
         assert second == g.init_pid
         assert _gone(first)
         assert {second} == cgroup.pids()
@@ -281,48 +285,47 @@ async def test_killed_spare_is_skipped(
 
 @pytest.mark.root
 async def test_spares_lost_with_their_fork_server(
-    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spares asked of fork servers that die before cloning them are skipped: the start makes
     a fresh embryo (on restarted servers) and succeeds."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "2")
-    spawn._discard_embryos()
-    spawn._ensure_pool()  # the servers, without start_fork_server's own top-up
-    servers = [spawn._server_at(i) for i in range(len(spawn._servers))]
+    pool.discard_spares()
+    servers = [pool._server_at(i) for i in range(len(pool.servers))]
     for server in servers:
         os.kill(server.proc.pid, signal.SIGSTOP)
     try:
         with trio.fail_after(5):  # stopped for real, not still finishing an earlier request
             while not all(_state(s.proc.pid) == "T" for s in servers):
                 await trio.sleep(0.001)
-        spawn.top_up_embryos(PRIVNET_FLAGS)  # queued in the stopped servers' sockets
-        lost = list(spawn._own_embryos()[PRIVNET_FLAGS])
+        pool.top_up(PRIVNET_FLAGS)  # queued in the stopped servers' sockets
+        lost = list(pool.spares[PRIVNET_FLAGS])
         assert 2 == len(lost)
     finally:
         for server in servers:
             os.kill(server.proc.pid, signal.SIGKILL)
             server.proc.wait()
-    async with _privnet_guest(busybox_root, cgroup) as g:
+    async with _privnet_guest(pool, busybox_root, cgroup) as g:
         assert g.init_pid is not None
         assert {g.init_pid} == cgroup.pids()
         assert [None, None] == [e.child for e in lost]  # never born, and dropped
-        assert not set(map(id, lost)) & set(map(id, spawn._own_embryos()[PRIVNET_FLAGS]))
+        assert not set(map(id, lost)) & set(map(id, pool.spares[PRIVNET_FLAGS]))
 
 
 @pytest.mark.root
 async def test_all_spares_killed_starts_on_demand(
-    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When every spare died, the start makes an embryo on demand and succeeds."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "2")
-    spawn._discard_embryos()
-    dead = await _spares(PRIVNET_FLAGS)
+    pool.discard_spares()
+    dead = await _spares(pool, PRIVNET_FLAGS)
     for pid in dead:
         os.kill(pid, signal.SIGKILL)
     with trio.fail_after(5):
         for pid in dead:
             await procs.wait_pid_exit(pid)
-    async with _privnet_guest(busybox_root, cgroup) as g:
+    async with _privnet_guest(pool, busybox_root, cgroup) as g:
         assert g.init_pid is not None
         assert g.init_pid not in dead
         assert 1 == procs.nspid(g.init_pid)[-1]
@@ -331,15 +334,15 @@ async def test_all_spares_killed_starts_on_demand(
 
 @pytest.mark.root
 async def test_no_spares_starts_on_demand(
-    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """VSV_SPARE_EMBRYOS=0 keeps no spare, yet each start gets an embryo made for it."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "0")
-    spawn._discard_embryos()
-    async with _privnet_guest(busybox_root, cgroup) as g:
+    pool.discard_spares()
+    async with _privnet_guest(pool, busybox_root, cgroup) as g:
         for _ in range(20):
             await trio.lowlevel.checkpoint()
-        assert [] == spawn._own_embryos()[PRIVNET_FLAGS]
+        assert [] == pool.spares[PRIVNET_FLAGS]
         assert g.init_pid is not None
         assert {g.init_pid} == cgroup.pids()
 
@@ -349,19 +352,25 @@ async def test_no_spares_starts_on_demand(
 async def test_invalid_spare_count(
     busybox_root: str,
     cgroup: GuestCgroup,
+    pool: SpawnPool,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     raw: str,
 ) -> None:
-    """An invalid VSV_SPARE_EMBRYOS fails the pool's start naming the variable; a guest start
-    only logs it (the top-up runs after the start) and still succeeds."""
+    """An invalid VSV_SPARE_EMBRYOS fails the pool's start naming the variable (and the pool
+    it began is closed again: no server or spare is left); a guest start from an open pool only
+    logs it (the top-up runs after the start) and still succeeds."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", raw)
+    other = SpawnPool()
     with pytest.raises(RuntimeFailure, match=f"VSV_SPARE_EMBRYOS={raw!r}"):
-        spawn.start_fork_server()
+        async with other:
+            raise AssertionError("the pool opened")
+    assert (False, [], {}) == (other.is_open, other.servers, other.spares)
     with pytest.raises(RuntimeFailure, match=f"VSV_SPARE_EMBRYOS={raw!r}"):
-        spawn.top_up_embryos(PRIVNET_FLAGS)
+        pool.top_up(PRIVNET_FLAGS)
     with caplog.at_level(logging.WARNING, logger="supervisor.guest.spawn"):
-        g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
+        dom = _dom(busybox_root, "exec sleep 1000", privnet=True)
+        g = await spawn.spawn_init(pool, dom, cgroup)
         try:
             assert g.init_pid is not None
             with trio.fail_after(2):
@@ -374,10 +383,10 @@ async def test_invalid_spare_count(
 
 @pytest.mark.root
 async def test_guest_sees_mounts_made_after_the_embryo_was_born(
-    busybox_root: str, cgroup: GuestCgroup, prefix: str, tmp_path: Path
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, prefix: str, tmp_path: Path
 ) -> None:
     """A mount made on the host after the spares were born is in the guest's mount table."""
-    born = await _spares(PRIVNET_FLAGS)
+    born = await _spares(pool, PRIVNET_FLAGS)
     assert 2 == len(born)
     where = Path(busybox_root) / "srv" / prefix
     where.mkdir(parents=True)
@@ -389,7 +398,7 @@ async def test_guest_sees_mounts_made_after_the_embryo_was_born(
         (where / "marker").write_text(prefix + "\n")
         script = f"cat /srv/{prefix}/marker; grep -c '^{prefix}-fresh ' /proc/mounts; echo end"
         dom = _dom(busybox_root, script, privnet=True)
-        g = await spawn.spawn_init(dom, cgroup, log_path=str(log))
+        g = await spawn.spawn_init(pool, dom, cgroup, log_path=str(log))
         assert born[0] == g.wrapper_pid
         assert GuestExit(status=0) == await _finish(g)
         assert [prefix, "1", "end"] == log.read_text().split()
@@ -402,7 +411,7 @@ async def test_guest_sees_mounts_made_after_the_embryo_was_born(
 @pytest.mark.root
 @pytest.mark.parametrize("settle", [0.0, "dead"], ids=["at-once", "after-it-died"])
 async def test_first_phase_failure(
-    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path, settle: float | str
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, tmp_path: Path, settle: float | str
 ) -> None:
     """A mount that fails before ``G`` comes back from finish() naming the mount; the embryo is
     reaped and the cgroup stays empty."""
@@ -411,7 +420,7 @@ async def test_first_phase_failure(
         "exit 0",
         filesystems=(Filesystem(source=str(tmp_path / "nope"), target="/data"),),
     )
-    async with _pending(dom) as pending:
+    async with _pending(pool, dom) as pending:
         assert pending.child is not None
         child = pending.child
         if settle == "dead":
@@ -427,7 +436,12 @@ async def test_first_phase_failure(
 @pytest.mark.root
 @pytest.mark.parametrize("joins", [True, False], ids=["born-without-netns", "born-with-netns"])
 async def test_finish_joins_named_netns(
-    busybox_root: str, cgroup: GuestCgroup, prefix: str, tmp_path: Path, joins: bool
+    busybox_root: str,
+    cgroup: GuestCgroup,
+    pool: SpawnPool,
+    prefix: str,
+    tmp_path: Path,
+    joins: bool,
 ) -> None:
     """finish(netns_path=...) puts init in that netns, and its /sys shows that netns's links,
     whether or not the embryo was born with a network namespace of its own."""
@@ -442,7 +456,7 @@ async def test_finish_joins_named_netns(
         ino = os.stat(path).st_ino
         script = "readlink /proc/self/ns/net; ls /sys/class/net; echo end; exec sleep 1000"
         dom = _dom(busybox_root, script, privnet=True)
-        async with _pending(dom, log_path=str(log), joins_netns=joins) as pending:
+        async with _pending(pool, dom, log_path=str(log), joins_netns=joins) as pending:
             g = await pending.finish(cgroup, netns_path=str(path))
         try:
             assert g.namespaces is not None
@@ -457,7 +471,9 @@ async def test_finish_joins_named_netns(
 
 
 @pytest.mark.root
-async def test_dev_nodes(busybox_root: str, cgroup: GuestCgroup, tmp_path: Path) -> None:
+async def test_dev_nodes(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool, tmp_path: Path
+) -> None:
     """The guest's /dev is a tmpfs of its own with the six character devices (right numbers,
     mode 0666) that work: /dev/null swallows, /dev/zero reads zeros, /dev/full is full."""
     log = tmp_path / "log"
@@ -468,7 +484,7 @@ async def test_dev_nodes(busybox_root: str, cgroup: GuestCgroup, tmp_path: Path)
         " echo urandom=$(head -c 16 /dev/urandom | wc -c);"
         " echo devfs=$(grep -c ' /dev tmpfs ' /proc/mounts)"
     )
-    g = await spawn.spawn_init(_dom(busybox_root, script), cgroup, log_path=str(log))
+    g = await spawn.spawn_init(pool, _dom(busybox_root, script), cgroup, log_path=str(log))
     assert GuestExit(status=0) == await _finish(g)
     expected = [
         "/dev/null character special file 1:3 666",
@@ -487,13 +503,15 @@ async def test_dev_nodes(busybox_root: str, cgroup: GuestCgroup, tmp_path: Path)
 
 
 @pytest.mark.root
-async def test_kill_all_without_wait(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_kill_all_without_wait(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
+) -> None:
     """kill_all(wait=False) returns while the guest's init cannot die yet (held by a frozen v1
     freezer child cgroup the kill pass does not thaw), and init then ends by SIGKILL."""
     freezer = cgroup.layout.v1_path("freezer")
     if freezer is None:
         pytest.skip("needs the v1 freezer to hold a process while SIGKILL is pending")
-    g = await spawn.spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    g = await spawn.spawn_init(pool, _dom(busybox_root, "exec sleep 1000"), cgroup)
     held = Path(cgroup.path_in(freezer)) / "held"
     try:
         assert g.init_pid is not None

@@ -33,6 +33,7 @@ from supervisor.guest.cgroups import cgroup_dir_name, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import Domain, Filesystem, Interface, OsSpec
 from supervisor.net import rtnl
+from supervisor.runner import GuestRunner
 from supervisor.store import ConfigStore
 from supervisor.testing.fakeruntime import FailOp, FakeRuntime, Leftovers
 from supervisor.xml import format_domain, format_network
@@ -575,10 +576,10 @@ async def test_a_bug_in_the_supervisor_fails_the_guest_through_the_table(
     def broken(*args: object) -> None:
         raise ValueError("a bug after the end")
 
-    monkeypatch.setattr(Supervisor, "_classify", broken)  # the guest is still RUNNING here
+    monkeypatch.setattr(GuestRunner, "_classify", broken)  # the guest is still RUNNING here
     rt.guest_ends("f1", "crash")
     with trio.fail_after(5):
-        await sup.slots["f1"].task_done.wait()
+        await sup.guests["f1"].wait_until(lambda g: not g.busy)
     status = sup.domain_status("f1")
     assert ("SHUTOFF", "FAILED") == (status.state, status.reason)
     assert "f1 STOPPED FAILED" == lines[-1]
@@ -604,7 +605,7 @@ async def test_injected_cgroup_removal_failure_is_logged(
             await sup.destroy_domain("f1")
         else:
             await sup.shutdown_domain("f1")
-            await sup.slots["f1"].task_done.wait()
+            await sup.guests["f1"].wait_until(lambda g: not g.busy)
     expected = "f1 STOPPED DESTROYED" if stop == "destroy" else "f1 STOPPED SHUTDOWN"
     assert expected == lines[-1]
     assert ["guest f1: cgroup removal: injected failure: remove"] == [
@@ -705,7 +706,7 @@ async def test_netlink_failure_on_the_second_nic_undoes_the_start(
                 await sup.destroy_domain("g2")
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(30):
-                    if sup.slots["g2"].task_running:
+                    if sup.guests["g2"].busy:
                         await sup.destroy_domain("g2")
                     await sup.net.stop_all()
                 nursery.cancel_scope.cancel()

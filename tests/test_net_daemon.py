@@ -98,9 +98,9 @@ async def sup(
         yield s
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(30):
-            for slot in list(s.slots.values()):
-                if slot.task_running:
-                    await s.destroy_domain(slot.domain.name)
+            for g in list(s.guests.values()):
+                if g.busy:
+                    await s.destroy_domain(g.domain.name)
             if s.net is not None:
                 await s.net.stop_all()
         assert find_leftovers(detect_layout(), prefix) == []

@@ -14,20 +14,20 @@ import pytest
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.guest import procs, spawn
+from supervisor.guest import procs
 from supervisor.guest.cgroups import GuestCgroup, detect_layout
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.guest.spawn import (
     CLONE_NEWNET,
     STAGE,
-    GuestExit,
     GuestProcess,
+    SpawnPool,
     plan_spawn,
     resolve_ids,
     spawn_init,
-    start_fork_server,
 )
 from supervisor.model import Domain, Filesystem, MemTune, OsSpec
+from supervisor.runtime import GuestExit
 
 # -- pure planning -----------------------------------------------------------------------------
 
@@ -110,6 +110,13 @@ async def cgroup(prefix: str) -> AsyncIterator[GuestCgroup]:
         yield cg
 
 
+@pytest.fixture
+async def pool() -> AsyncIterator[SpawnPool]:
+    """Fork servers and spare embryos for one test, gone when it ends."""
+    async with SpawnPool() as p:
+        yield p
+
+
 def _existing(paths: tuple[str, ...]) -> list[str]:
     return [p for p in paths if os.path.exists(p)]
 
@@ -137,7 +144,9 @@ async def _finish(g: GuestProcess) -> GuestExit:
 
 
 @pytest.mark.root
-async def test_guest_sees_own_world(busybox_root: str, cgroup: GuestCgroup, tmp_path: Path) -> None:
+async def test_guest_sees_own_world(
+    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path, pool: SpawnPool
+) -> None:
     """Inside: PID 1, own hostname, only its own processes, a minimal /dev, its limits."""
     log = tmp_path / "log"
     script = (
@@ -146,7 +155,7 @@ async def test_guest_sees_own_world(busybox_root: str, cgroup: GuestCgroup, tmp_
         " echo ps=$(ps -o pid | tail -n +2 | tr '\\n' ' ')"
     )
     dom = _dom(busybox_root, script, hostname="inner")
-    g = await spawn_init(dom, cgroup, log_path=str(log))
+    g = await spawn_init(pool, dom, cgroup, log_path=str(log))
     assert GuestExit(status=0) == await _finish(g)
     lines = dict(line.split("=", 1) for line in log.read_text().splitlines())
     assert "1" == lines["pid"]
@@ -159,7 +168,9 @@ async def test_guest_sees_own_world(busybox_root: str, cgroup: GuestCgroup, tmp_
 
 
 @pytest.mark.root
-async def test_running_init_is_pid1_in_its_cgroup(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_running_init_is_pid1_in_its_cgroup(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
+) -> None:
     """A running init is PID 1 of a new pid ns, all guest processes are in its cgroup, limits."""
     dom = _dom(
         busybox_root,
@@ -168,7 +179,7 @@ async def test_running_init_is_pid1_in_its_cgroup(busybox_root: str, cgroup: Gue
         pids_limit=30,
     )
     cgroup.apply_limits(dom)
-    g = await spawn_init(dom, cgroup)
+    g = await spawn_init(pool, dom, cgroup)
     try:
         assert g.init_pid is not None
         assert g.namespaces is not None
@@ -195,9 +206,11 @@ async def test_running_init_is_pid1_in_its_cgroup(busybox_root: str, cgroup: Gue
 
 
 @pytest.mark.root
-async def test_private_network_gets_own_netns(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_private_network_gets_own_netns(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
+) -> None:
     """privnet gives the guest a network namespace of its own with only a loopback."""
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
+    g = await spawn_init(pool, _dom(busybox_root, "exec sleep 1000", privnet=True), cgroup)
     try:
         assert g.namespaces is not None
         assert procs.ns_inode(os.getpid(), "net") != g.namespaces.net
@@ -218,26 +231,26 @@ async def test_private_network_gets_own_netns(busybox_root: str, cgroup: GuestCg
     ],
 )
 async def test_exit_statuses(
-    busybox_root: str, cgroup: GuestCgroup, script: str, expected: GuestExit
+    busybox_root: str, cgroup: GuestCgroup, script: str, expected: GuestExit, pool: SpawnPool
 ) -> None:
     """The wrapper reports init's exit code, and in-guest reboot/poweroff as SIGHUP/SIGINT."""
-    g = await spawn_init(_dom(busybox_root, "sleep 0.05; " + script), cgroup)
+    g = await spawn_init(pool, _dom(busybox_root, "sleep 0.05; " + script), cgroup)
     assert expected == await _finish(g)
 
 
 @pytest.mark.root
-async def test_init_crash_by_sigsegv(cgroup: GuestCgroup) -> None:
+async def test_init_crash_by_sigsegv(cgroup: GuestCgroup, pool: SpawnPool) -> None:
     """An init that faults is reported as killed by SIGSEGV (host root, read-only)."""
     dom = Domain(
         name="g",
         os=OsSpec(init="/usr/bin/python3", initargs=("-c", "import ctypes; ctypes.string_at(0)")),
     )
-    g = await spawn_init(dom, cgroup)
+    g = await spawn_init(pool, dom, cgroup)
     assert GuestExit(signal=signal.SIGSEGV) == await _finish(g)
 
 
 @pytest.mark.root
-async def test_host_root_is_read_only(cgroup: GuestCgroup, tmp_path: Path) -> None:
+async def test_host_root_is_read_only(cgroup: GuestCgroup, tmp_path: Path, pool: SpawnPool) -> None:
     """Without a root dir the guest sees the host's root read-only, with a private /tmp."""
     target = tmp_path / "x"
     log = tmp_path / "log"
@@ -251,7 +264,7 @@ async def test_host_root_is_read_only(cgroup: GuestCgroup, tmp_path: Path) -> No
             ),
         ),
     )
-    g = await spawn_init(dom, cgroup, log_path=str(log))
+    g = await spawn_init(pool, dom, cgroup, log_path=str(log))
     assert GuestExit(status=0) == await _finish(g)
     assert ["ro", "tmp"] == log.read_text().split()
     assert not target.exists()
@@ -259,7 +272,7 @@ async def test_host_root_is_read_only(cgroup: GuestCgroup, tmp_path: Path) -> No
 
 @pytest.mark.root
 async def test_filesystems_user_env_and_wd(
-    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path
+    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path, pool: SpawnPool
 ) -> None:
     """Bind mounts (readonly honoured), ram tmpfs, inituser by name, initenv and initdir apply."""
     share = tmp_path / "share"
@@ -289,23 +302,25 @@ async def test_filesystems_user_env_and_wd(
         ),
     )
     os.chmod(share, 0o777)
-    g = await spawn_init(dom, cgroup)
+    g = await spawn_init(pool, dom, cgroup)
     assert GuestExit(status=0) == await _finish(g)
     assert ["hello", "1:1", "hi", "/tmp", "ro", "1"] == (share / "out").read_text().split()
 
 
 @pytest.mark.root
-async def test_missing_root_dir_is_clear_error(cgroup: GuestCgroup, tmp_path: Path) -> None:
+async def test_missing_root_dir_is_clear_error(
+    cgroup: GuestCgroup, tmp_path: Path, pool: SpawnPool
+) -> None:
     """A root dir that does not exist fails before anything runs."""
     dom = _dom(str(tmp_path / "missing"), "exit 0")
     with pytest.raises(RuntimeFailure, match=r"root directory .*missing.* does not exist"):
-        await spawn_init(dom, cgroup)
+        await spawn_init(pool, dom, cgroup)
     assert set() == cgroup.pids()
 
 
 @pytest.mark.root
 async def test_failing_child_setup_is_clear_error(
-    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path
+    busybox_root: str, cgroup: GuestCgroup, tmp_path: Path, pool: SpawnPool
 ) -> None:
     """A mount that fails in the child comes back as RuntimeFailure naming it; nothing is left."""
     dom = _dom(
@@ -314,12 +329,14 @@ async def test_failing_child_setup_is_clear_error(
         filesystems=(Filesystem(source=str(tmp_path / "nope"), target="/data"),),
     )
     with pytest.raises(RuntimeFailure, match=r"child setup failed: .*mount bind .*nope on"):
-        await spawn_init(dom, cgroup)
+        await spawn_init(pool, dom, cgroup)
     assert set() == cgroup.pids()
 
 
 @pytest.mark.root
-async def test_missing_init_is_clear_error(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_missing_init_is_clear_error(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
+) -> None:
     """An init program that does not exist in the root is reported as not executable."""
     dom = Domain(
         name="g",
@@ -327,14 +344,16 @@ async def test_missing_init_is_clear_error(busybox_root: str, cgroup: GuestCgrou
         filesystems=(Filesystem(source=busybox_root, target="/"),),
     )
     with pytest.raises(RuntimeFailure, match="could not be executed"):
-        await spawn_init(dom, cgroup)
+        await spawn_init(pool, dom, cgroup)
     assert set() == cgroup.pids()
 
 
 @pytest.mark.root
-async def test_wait_pid_exit_for_foreign_pid(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_wait_pid_exit_for_foreign_pid(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
+) -> None:
     """wait_pid_exit returns once a process that is not our child (the guest init) ends."""
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    g = await spawn_init(pool, _dom(busybox_root, "exec sleep 1000"), cgroup)
     assert g.init_pid is not None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_finish, g)
@@ -347,11 +366,11 @@ async def test_wait_pid_exit_for_foreign_pid(busybox_root: str, cgroup: GuestCgr
 
 @pytest.mark.root
 async def test_signal_guest_init_only_while_it_is_that_init(
-    busybox_root: str, cgroup: GuestCgroup
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
 ) -> None:
     """An adopted guest is signalled only while its pid is PID 1 of the recorded namespace."""
     g = await spawn_init(
-        _dom(busybox_root, "trap 'exit 3' TERM; while :; do sleep 0.05; done"), cgroup
+        pool, _dom(busybox_root, "trap 'exit 3' TERM; while :; do sleep 0.05; done"), cgroup
     )
     assert g.init_pid is not None
     assert g.namespaces is not None
@@ -367,10 +386,12 @@ async def test_signal_guest_init_only_while_it_is_that_init(
 
 
 @pytest.mark.root
-async def test_a_zombie_init_is_no_guest_init(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_a_zombie_init_is_no_guest_init(
+    busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool
+) -> None:
     """An init that ended but is not reaped yet is no live guest (re-adoption must not take it),
     and reap_if_child reaps it when it is ours (the embryo path makes init our child)."""
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    g = await spawn_init(pool, _dom(busybox_root, "exec sleep 1000"), cgroup)
     assert g.init_pid is not None
     assert g.namespaces is not None
     pid, pidns = g.init_pid, g.namespaces.pid
@@ -385,10 +406,10 @@ async def test_a_zombie_init_is_no_guest_init(busybox_root: str, cgroup: GuestCg
 
 
 @pytest.mark.root
-async def test_init_is_our_child(busybox_root: str, cgroup: GuestCgroup) -> None:
+async def test_init_is_our_child(busybox_root: str, cgroup: GuestCgroup, pool: SpawnPool) -> None:
     """The guest's init is the supervisor's own child, so we get its exit status (no process
     between us and the guest)."""
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    g = await spawn_init(pool, _dom(busybox_root, "exec sleep 1000"), cgroup)
     try:
         assert os.getpid() == _ppid(g.wrapper_pid)
         assert g.wrapper_pid == g.init_pid
@@ -403,7 +424,7 @@ def _ppid(pid: int) -> int:
 
 
 @pytest.mark.root
-async def test_concurrent_starts(busybox_root: str, prefix: str) -> None:
+async def test_concurrent_starts(busybox_root: str, prefix: str, pool: SpawnPool) -> None:
     """Twenty starts at once each get a running init in their own cgroup."""
     cgs = [GuestCgroup(detect_layout(), prefix, f"c{i}") for i in range(20)]
     guests: list[GuestProcess] = []
@@ -412,7 +433,7 @@ async def test_concurrent_starts(busybox_root: str, prefix: str) -> None:
             cg.create()
 
         async def one(cg: GuestCgroup) -> None:
-            guests.append(await spawn_init(_dom(busybox_root, "exec sleep 1000"), cg))
+            guests.append(await spawn_init(pool, _dom(busybox_root, "exec sleep 1000"), cg))
 
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
@@ -444,10 +465,10 @@ from supervisor.model import Domain, Filesystem, OsSpec
 async def main():
     dom = Domain(name="g", os=OsSpec(init="/bin/sleep", initargs=("1000",)),
                  filesystems=(Filesystem(source=sys.argv[2], target="/"),))
-    g = await spawn.spawn_init(dom, GuestCgroup(detect_layout(), sys.argv[1], "g"))
-    servers = [s.proc.pid for s in spawn._servers if s is not None]
-    print(g.init_pid, *servers, flush=True)
-    await trio.sleep(1000)
+    async with spawn.SpawnPool() as pool:
+        g = await spawn.spawn_init(pool, dom, GuestCgroup(detect_layout(), sys.argv[1], "g"))
+        print(g.init_pid, *pool.server_pids(), flush=True)
+        await trio.sleep(1000)
 
 trio.run(main)
 """
@@ -490,19 +511,18 @@ async def test_guest_survives_supervisor_sigkill(
 
 @pytest.mark.root
 async def test_fork_server_restarts_after_dying(
-    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch
+    busybox_root: str, cgroup: GuestCgroup, monkeypatch: pytest.MonkeyPatch, pool: SpawnPool
 ) -> None:
     """Fork servers that died are replaced when a start needs an embryo, which succeeds."""
     monkeypatch.setenv("VSV_SPARE_EMBRYOS", "0")  # the start must ask a server for its embryo
-    spawn._discard_embryos()  # spares earlier tests left would spare it that
-    start_fork_server()
-    dead = [s.proc for s in spawn._servers if s is not None]
+    pool.discard_spares()  # the spares the pool began with would spare it that
+    dead = [s.proc for s in pool.servers if s is not None]
     for proc in dead:
         proc.kill()
         proc.wait()
-    g = await spawn_init(_dom(busybox_root, "exec sleep 1000"), cgroup)
+    g = await spawn_init(pool, _dom(busybox_root, "exec sleep 1000"), cgroup)
     try:
-        alive = {s.proc.pid for s in spawn._servers if s is not None and s.usable()}
+        alive = {s.proc.pid for s in pool.servers if s is not None and s.usable()}
         assert alive
         assert not alive & {p.pid for p in dead}
         assert g.init_pid is not None

@@ -15,9 +15,9 @@ import trio.testing
 from supervisor import stress_cli
 from supervisor.errors import RuntimeFailure
 from supervisor.events import Event
-from supervisor.guest.spawn import GuestExit
 from supervisor.lifecycle import RestartPolicy
 from supervisor.model import Domain, OsSpec
+from supervisor.runtime import GuestExit
 from supervisor.testing.fakeruntime import (
     FakeCgroup,
     FakeProcess,
@@ -434,15 +434,15 @@ def test_stress_real_runtime_passes() -> None:
 
 def test_a_broken_supervisor_fails_with_a_replay_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """A supervisor that misreports a state is caught, and the run prints how to replay it."""
-    from supervisor.daemon import GuestSlot
+    from supervisor.runner import GuestRunner
 
-    real_status = GuestSlot.status
+    real_status = GuestRunner.status
 
-    def lying_status(self: GuestSlot) -> object:
+    def lying_status(self: GuestRunner) -> object:
         status = real_status(self)
         return attrs.evolve(status, reason="SHUTDOWN") if status.state == "PAUSED" else status
 
-    monkeypatch.setattr(GuestSlot, "status", lying_status)
+    monkeypatch.setattr(GuestRunner, "status", lying_status)
     out = io.StringIO()
     result = run_stress_detailed(3, 400, 4, "fake", shrink=False, out=out)
     assert (False, True) == (

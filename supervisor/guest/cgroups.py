@@ -100,6 +100,13 @@ class CgroupLayout:
                 return path
         return None
 
+    def controller_hierarchy(self, controller: str) -> str | None:
+        """The hierarchy whose cgroups hold ``controller``'s files: the unified one when it
+        carries the controller, else the controller's v1 hierarchy; None when there is neither."""
+        if self.unified is not None and controller in self.v2_controllers:
+            return self.unified
+        return self.v1_path(controller)
+
     def hierarchies(self) -> tuple[str, ...]:
         """Every hierarchy directory a guest gets a cgroup in: wanted v1 ones, then unified."""
         seen: list[str] = []
@@ -274,12 +281,10 @@ class GuestCgroup:
         """The guest's directory in every hierarchy it uses."""
         return tuple(self.path_in(h) for h in self.layout.hierarchies())
 
-    def _ctrl_dir(self, controller: str) -> str | None:
+    def controller_dir(self, controller: str) -> str | None:
         """The directory holding a controller's files for this guest, or None if unavailable."""
-        if self.layout.unified is not None and controller in self.layout.v2_controllers:
-            return self.path_in(self.layout.unified)
-        path = self.layout.v1_path(controller)
-        return None if path is None else self.path_in(path)
+        hierarchy = self.layout.controller_hierarchy(controller)
+        return None if hierarchy is None else self.path_in(hierarchy)
 
     # -- creation and limits -------------------------------------------------------------------
 
@@ -349,7 +354,7 @@ class GuestCgroup:
         out: list[tuple[str, str]] = []
         for fname, value in memory_writes(domain, kind):
             ctrl = fname.split(".", 1)[0]
-            directory = self._ctrl_dir(ctrl)
+            directory = self.controller_dir(ctrl)
             if directory is None:
                 raise RuntimeFailure(f"no {ctrl} controller on this machine for {fname}={value}")
             out.append((os.path.join(directory, fname), value))
@@ -479,7 +484,7 @@ class GuestCgroup:
         look), SIGKILL each pid, thaw (a frozen task dies only once thawed), repeat until the
         cgroup is empty. Gives up with RuntimeFailure after ``SETTLE_TIMEOUT`` seconds.
 
-        ``wait=False`` makes one pass and returns: for a reboot, whose guest task waits for the
+        ``wait=False`` makes one pass and returns: for a reboot, whose runner waits for the
         end and empties the cgroup itself before it respawns init there. Waiting here as well
         would race with that respawn (and on v1 could kill the new init).
         """

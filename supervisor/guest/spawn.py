@@ -3,11 +3,12 @@ per guest.
 
 Theory of operation
 -------------------
-No interpreter is started per guest: a small ``python -I -S`` fork server
-(:mod:`supervisor.guest.forkserver`), started once, clones *embryos* ahead of time, with
-CLONE_PARENT (so they are the supervisor's children) and born as PID 1 of new pid, uts, ipc (and
-net) namespaces; :func:`top_up_embryos` keeps ``$VSV_SPARE_EMBRYOS`` of each kind ready. A start
-is two steps:
+No interpreter is started per guest: small ``python -I -S`` fork servers
+(:mod:`supervisor.guest.forkserver`), started once per :class:`SpawnPool`, clone *embryos* ahead
+of time, with CLONE_PARENT (so they are the supervisor's children) and born as PID 1 of new pid,
+uts, ipc (and net) namespaces; the pool keeps ``$VSV_SPARE_EMBRYOS`` of each kind ready. The pool
+belongs to the runtime (:class:`~supervisor.guest.linux.LinuxRuntime`) and lives while it is
+open (``async with``): nothing of it is kept at module level. A start is two steps:
 
 1. :func:`begin_spawn` takes an embryo and sends it the plan. The embryo unshares its mount
    namespace (now, so the guest sees the host's mount table as it is at its start), sets the
@@ -43,7 +44,7 @@ own files masked (:data:`STAGE`).
 from __future__ import annotations
 
 import array
-import atexit
+import contextlib
 import functools
 import logging
 import marshal
@@ -53,7 +54,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 import attrs
 import trio
@@ -73,6 +76,7 @@ from supervisor.guest.forkserver import (
 )
 from supervisor.guest.ids import resolve_ids
 from supervisor.model import Domain
+from supervisor.runtime import GuestExit, Namespaces
 
 log = logging.getLogger(__name__)
 
@@ -616,7 +620,7 @@ class ChildProcess:
             os.kill(self.pid, signal.SIGKILL)
 
     def reap_now(self) -> None:
-        """SIGKILL and reap at once, blocking (for spare processes at shutdown, outside trio)."""
+        """SIGKILL and reap at once, blocking (for spare embryos when their pool closes)."""
         if self._returncode is None:
             self.kill()
             try:
@@ -637,31 +641,6 @@ class ChildProcess:
 
     def __del__(self) -> None:
         self._close()
-
-
-@attrs.frozen
-class GuestExit:
-    """How the guest's init ended, as its wrapper reports it: an exit status or a signal."""
-
-    status: int | None = None
-    signal: int | None = None
-
-    @classmethod
-    def from_returncode(cls, rc: int) -> GuestExit:
-        """From a subprocess-style return code (negative = killed by that signal)."""
-        return cls(signal=-rc) if rc < 0 else cls(status=rc)
-
-
-@attrs.frozen
-class Namespaces:
-    """Inode numbers of the guest init's namespaces, to record in a run dir."""
-
-    pid: int
-    mnt: int
-    uts: int
-    ipc: int
-    net: int
-    cgroup: int
 
 
 @attrs.define(eq=False)
@@ -783,6 +762,7 @@ def _read_guest_file(root: str, rel: str) -> str:
 
 
 async def spawn_init(
+    pool: SpawnPool,
     domain: Domain,
     cgroup: GuestCgroup,
     *,
@@ -792,7 +772,8 @@ async def spawn_init(
     host: HostView | None = None,
     layers: Layers = ALL_LAYERS,
 ) -> GuestProcess:
-    """Start the domain's init in new namespaces inside ``cgroup`` (which must exist).
+    """Start the domain's init in new namespaces inside ``cgroup`` (which must exist), from an
+    embryo of ``pool`` (which must be open).
 
     :func:`begin_spawn` and :meth:`PendingStart.finish` in one go, for callers with nothing to
     do in between. Returns once the guest's init is running. stdin is /dev/null; stdout and
@@ -800,6 +781,7 @@ async def spawn_init(
     is not running after ``START_TIMEOUT`` seconds.
     """
     pending = await begin_spawn(
+        pool,
         domain,
         log_path=log_path,
         extra_env=extra_env,
@@ -862,8 +844,6 @@ class _ForkServer:
 
 #: at most this many fork servers, however many CPUs we may use
 MAX_FORK_SERVERS = 4
-#: the pool, one slot per server; a slot whose server died is refilled at its next use
-_servers: list[_ForkServer | None] = []
 
 
 def pool_size() -> int:
@@ -879,47 +859,6 @@ def pool_size() -> int:
     except OSError:
         cpus = os.cpu_count() or 1
     return max(1, min(cpus, MAX_FORK_SERVERS))
-
-
-def start_fork_server() -> None:
-    """Start the pool of fork servers and the first spare embryos now (else each server starts
-    on the first start that needs it, which then waits ~20-30 ms for the interpreter). Call
-    from the main thread: a server's parent-death signal is tied to the thread that started
-    it."""
-    _ensure_pool()
-    for i in range(len(_servers)):
-        _server_at(i)
-    top_up_embryos(DEFAULT_EMBRYO_FLAGS)
-
-
-def _ensure_pool() -> None:
-    global _servers
-    if not _servers:
-        _servers = [None] * pool_size()
-
-
-def _server_at(i: int) -> _ForkServer:
-    """The server in slot ``i``, (re)started if it is missing, closed or dead."""
-    server = _servers[i]
-    if server is None or not server.usable():
-        if server is not None:
-            server.close()
-        server = _servers[i] = _ForkServer.start()
-    return server
-
-
-def _reset_fork_server() -> None:
-    """Close every server of the pool and every spare embryo (at exit; each is restarted at its
-    next use)."""
-    global _servers
-    _discard_embryos()
-    for server in _servers:
-        if server is not None:
-            server.close()
-    _servers = []
-
-
-atexit.register(_reset_fork_server)
 
 
 # -- embryos: processes born in the guest's namespaces, waiting for their guest ------------------
@@ -939,7 +878,6 @@ DEFAULT_EMBRYO_FLAGS = EMBRYO_BIRTH_FLAGS
 #: take longer than that to wake (hundreds of microseconds in a VM), and no other start needs
 #: the CPU then. Concurrent starts never poll: they would take CPU from each other's embryos.
 EXEC_SPIN = 0.004
-_finishing = 0
 #: spare embryos kept ready per kind (``$VSV_SPARE_EMBRYOS`` overrides; 0 makes each on demand)
 SPARE_EMBRYOS = 2
 SPARE_EMBRYOS_ENV = "VSV_SPARE_EMBRYOS"
@@ -978,7 +916,7 @@ class _Embryo:
         return self.child
 
     def discard(self) -> None:
-        """Kill and reap the embryo (blocking: used at shutdown and for broken spares)."""
+        """Kill and reap the embryo (blocking: used when the pool closes and for broken spares)."""
         if self.child is None and self.sock.fileno() >= 0:
             # learn its pid first, or it would stay a zombie of ours
             self.sock.setblocking(True)
@@ -994,104 +932,210 @@ class _Embryo:
             self.child.reap_now()
 
 
-#: spare embryos per kind (birth flags), oldest first, and the pid that made them
-_embryos: dict[int, list[_Embryo]] = {}
-_embryos_owner = 0
-_next_server = 0
+@attrs.define(eq=False)
+class SpawnPool:
+    """The fork servers and spare embryos guests start from: one per runtime, open while the
+    runtime is (``async with``).
 
-
-def _own_embryos() -> dict[int, list[_Embryo]]:
-    """The pool, forgotten (not closed) in a forked child: those embryos are its parent's."""
-    global _embryos, _embryos_owner
-    if _embryos_owner != os.getpid():
-        _embryos, _embryos_owner = {}, os.getpid()
-    return _embryos
-
-
-def _request_embryo(flags: int) -> _Embryo | None:
-    """Ask a fork server (round robin) for an embryo; None when its socket is full right now."""
-    global _next_server
-    _ensure_pool()
-    server = _server_at(_next_server % len(_servers))
-    _next_server += 1
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))]
-        try:
-            server.sock.sendmsg([marshal.dumps(("embryo", flags))], ancillary)
-        except BlockingIOError:
-            ours.close()
-            return None
-        except OSError as e:
-            ours.close()
-            server.close()
-            raise RuntimeFailure(f"the fork server is gone: {e}") from e
-    finally:
-        theirs.close()
-    ours.setblocking(False)
-    return _Embryo(ours, flags)
-
-
-def top_up_embryos(flags: int = DEFAULT_EMBRYO_FLAGS) -> None:
-    """Ask for spares of one kind until :func:`spare_embryos` are ready or on their way.
-
-    Never waits: a request is a message to a fork server, whose clone then overlaps whatever the
-    supervisor does next.
-    """
-    spares = _own_embryos().setdefault(flags, [])
-    while len(spares) < spare_embryos():
-        embryo = _request_embryo(flags)
-        if embryo is None:
-            return
-        spares.append(embryo)
-
-
-def _top_up_soon(flags: int) -> None:
-    """Replace the spent spare once the current task yields: called when a start is over.
-
-    Not during the start: waking a fork server hands it the CPU at once (the scheduler favours
-    the woken task on an idle machine), and its clone holds the kernel's cgroup threadgroup
-    lock for the whole copy of its page tables, which the start's own ``cgroup.procs`` writes
-    then wait for (~1 ms).
+    Entering it starts :func:`pool_size` fork servers (so that their interpreter start, ~20-50
+    ms, is not on the first guest's start) and asks for the first spares of the default kind;
+    an invalid ``$VSV_SPARE_EMBRYOS`` fails it there, naming the variable. While it is open,
+    each start that took a spare has it replaced by a task in the pool's own nursery, which runs
+    once the start's task yields (:meth:`top_up_soon`). Leaving it, also when cancelled, kills
+    and reaps every spare and stops the servers (synchronously: no cancellation cuts it short);
+    nothing of a guest already started is touched. A server that died is restarted at its next
+    use. Starts need the pool open (:class:`~supervisor.errors.RuntimeFailure` otherwise). It
+    can be entered again once left.
     """
 
-    def top_up() -> None:
+    #: one slot per server; a slot whose server died is refilled at its next use
+    servers: list[_ForkServer | None] = attrs.Factory(list)
+    #: spare embryos per kind (birth flags), oldest first
+    spares: dict[int, list[_Embryo]] = attrs.Factory(dict)
+    #: starts waiting for their init's exec: only a lone one polls (EXEC_SPIN)
+    finishing: int = 0
+    _next_server: int = 0
+    #: the pid that opened the pool: a forked child must not touch its parent's processes
+    _owner: int = 0
+    _opened: AbstractAsyncContextManager[None] | None = None
+    _nursery: trio.Nursery | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Between ``__aenter__`` and ``__aexit__``, in the process that entered it."""
+        return self._nursery is not None and self._owner == os.getpid()
+
+    async def __aenter__(self) -> SpawnPool:
+        if self._opened is not None:
+            raise RuntimeFailure("the spawn pool is open already")
+        opened = self._open()
+        await opened.__aenter__()
+        self._opened = opened
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            await opened.__aexit__(exc_type, exc, tb)
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[None]:
+        """The servers and first spares, and the nursery top-ups run in, for the body."""
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            self._owner = os.getpid()
+            self.servers = [None] * pool_size()
+            self.spares = {}
+            self._nursery = nursery
+            try:
+                # from the trio thread: a server's parent-death signal is tied to the thread
+                # that started it
+                for i in range(len(self.servers)):
+                    self._server_at(i)
+                self.top_up(DEFAULT_EMBRYO_FLAGS)
+                yield
+            except BaseException as e:
+                # raised again outside the nursery, so that it reaches the caller as it is
+                # (not wrapped in an exception group); Cancelled too, for the scope it is for
+                failure = e
+            finally:
+                # top-ups not run yet see the pool closed and return at once; closing is
+                # synchronous, so no cancellation can cut it short
+                self._nursery = None
+                nursery.cancel_scope.cancel()
+                self._close()
+        if failure is not None:
+            raise failure
+
+    def _close(self) -> None:
+        """Kill and reap every spare, then stop every server (each exits when its socket
+        closes, and is reaped)."""
+        if self._owner == os.getpid():
+            self.discard_spares()
+        self.spares = {}
+        servers, self.servers = self.servers, []
+        for server in servers:
+            if server is not None:
+                server.close()
+
+    def _require_open(self) -> None:
+        if not self.is_open:
+            raise RuntimeFailure(
+                "no spawn pool is open: guests start inside `async with LinuxRuntime()` "
+                "(or `async with SpawnPool()`)"
+            )
+
+    def _server_at(self, i: int) -> _ForkServer:
+        """The server in slot ``i``, (re)started if it is missing, closed or dead."""
+        server = self.servers[i]
+        if server is None or not server.usable():
+            if server is not None:
+                server.close()
+            server = self.servers[i] = _ForkServer.start()
+        return server
+
+    def server_pids(self) -> list[int]:
+        """The pids of the servers started so far (alive or not)."""
+        return [s.proc.pid for s in self.servers if s is not None]
+
+    def _request(self, flags: int) -> _Embryo | None:
+        """Ask a fork server (round robin) for an embryo; None when its socket is full right
+        now."""
+        self._require_open()
+        server = self._server_at(self._next_server % len(self.servers))
+        self._next_server += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            top_up_embryos(flags)
+            ancillary = [
+                (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))
+            ]
+            try:
+                server.sock.sendmsg([marshal.dumps(("embryo", flags))], ancillary)
+            except BlockingIOError:
+                ours.close()
+                return None
+            except OSError as e:
+                ours.close()
+                server.close()
+                raise RuntimeFailure(f"the fork server is gone: {e}") from e
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return _Embryo(ours, flags)
+
+    def top_up(self, flags: int = DEFAULT_EMBRYO_FLAGS) -> None:
+        """Ask for spares of one kind until :func:`spare_embryos` are ready or on their way.
+
+        Never waits: a request is a message to a fork server, whose clone then overlaps whatever
+        the supervisor does next.
+        """
+        self._require_open()
+        spares = self.spares.setdefault(flags, [])
+        while len(spares) < spare_embryos():
+            embryo = self._request(flags)
+            if embryo is None:
+                return
+            spares.append(embryo)
+
+    def top_up_soon(self, flags: int) -> None:
+        """Replace the spent spare once the current task yields: called when a start is over
+        (nothing happens once the pool is closed).
+
+        Not during the start: waking a fork server hands it the CPU at once (the scheduler
+        favours the woken task on an idle machine), and its clone holds the kernel's cgroup
+        threadgroup lock for the whole copy of its page tables, which the start's own
+        ``cgroup.procs`` writes then wait for (~1 ms).
+        """
+        if self._nursery is not None and self._owner == os.getpid():
+            self._nursery.start_soon(self._top_up_task, flags)
+
+    async def _top_up_task(self, flags: int) -> None:
+        if not self.is_open:
+            return  # closed (or closing) before this ran
+        try:
+            self.top_up(flags)
         except RuntimeFailure as e:
             log.warning("spare embryos: %s", e)
 
-    try:
-        trio.lowlevel.current_trio_token().run_sync_soon(top_up)
-    except RuntimeError:
-        top_up()  # not in trio: now
-
-
-async def _take_embryo(flags: int) -> tuple[_Embryo, ChildProcess]:
-    """A live embryo of this kind: a spare if one is ready, else one made now; then top up."""
-    spares = _own_embryos().setdefault(flags, [])
-    while spares:
-        embryo = spares.pop(0)
+    async def take(self, flags: int) -> tuple[_Embryo, ChildProcess]:
+        """A live embryo of this kind: a spare if one is ready, else one made now (the spare
+        is replaced when the start is over: :meth:`top_up_soon`)."""
+        self._require_open()
+        spares = self.spares.setdefault(flags, [])
+        while spares:
+            embryo = spares.pop(0)
+            try:
+                child = await embryo.born()
+            except RuntimeFailure:
+                embryo.discard()  # its fork server died before cloning it: try the next one
+                continue
+            except BaseException:
+                embryo.discard()
+                raise
+            if child.poll() is None:
+                return embryo, child
+            embryo.discard()  # died while waiting (killed by hand): make another
+        fresh = self._request(flags)
+        while fresh is None:  # the server's socket is full: wait until it drains
+            await trio.sleep(0.001)
+            fresh = self._request(flags)
         try:
-            child = await embryo.born()
-        except RuntimeFailure:
-            embryo.discard()  # its fork server died before cloning it: try the next one
-            continue
+            return fresh, await fresh.born()
         except BaseException:
-            embryo.discard()
+            fresh.discard()
             raise
-        if child.poll() is None:
-            return embryo, child
-        embryo.discard()  # died while waiting (killed by hand): make another
-    fresh = _request_embryo(flags)
-    while fresh is None:  # the server's socket is full: wait until it drains
-        await trio.sleep(0.001)
-        fresh = _request_embryo(flags)
-    try:
-        return fresh, await fresh.born()
-    except BaseException:
-        fresh.discard()
-        raise
+
+    def discard_spares(self) -> None:
+        """Kill and reap every spare embryo (blocking; at close, and for tests)."""
+        for spares in self.spares.values():
+            for embryo in spares:
+                embryo.discard()
+            spares.clear()
 
 
 @attrs.define(eq=False)
@@ -1104,6 +1148,8 @@ class PendingStart:
     """
 
     domain: Domain
+    #: the pool the embryo came from, which replaces it once the start is over
+    pool: SpawnPool
     #: None once finish or abort took it
     embryo: _Embryo | None
     child: ChildProcess
@@ -1131,7 +1177,7 @@ class PendingStart:
         try:
             return await self._finish(embryo, child, name, cgroup, netns_path)
         finally:
-            _top_up_soon(self.made & EMBRYO_KIND_MASK)
+            self.pool.top_up_soon(self.made & EMBRYO_KIND_MASK)
 
     async def _finish(
         self,
@@ -1175,17 +1221,16 @@ class PendingStart:
                     detail = e if isinstance(e, RuntimeFailure) else f"{netns_path}: {e.strerror}"
                     raise RuntimeFailure(f"cannot start guest {name}: {detail}") from e
             else:
-                global _finishing
-                _finishing += 1
+                self.pool.finishing += 1
                 try:
                     with trio.CancelScope(shield=True):
                         with trio.move_on_after(START_TIMEOUT) as waited:
                             # a lone start polls for init's exec rather than sleep (EXEC_SPIN)
-                            spin = EXEC_SPIN if _finishing == 1 else 0.0
+                            spin = EXEC_SPIN if self.pool.finishing == 1 else 0.0
                             while msg := await _recv_message(embryo.sock, spin=spin):
                                 report.append(msg)
                 finally:
-                    _finishing -= 1
+                    self.pool.finishing -= 1
                 if waited.cancelled_caught:
                     report = [f"Xinit did not start within {START_TIMEOUT}s".encode()]
                     child.kill()
@@ -1213,7 +1258,7 @@ class PendingStart:
         self.embryo = None
         if embryo is not None:
             embryo.sock.close()
-            _top_up_soon(self.made & EMBRYO_KIND_MASK)
+            self.pool.top_up_soon(self.made & EMBRYO_KIND_MASK)
         if embryo is not None:
             with trio.CancelScope(shield=True):
                 child.kill()
@@ -1221,6 +1266,7 @@ class PendingStart:
 
 
 async def begin_spawn(
+    pool: SpawnPool,
     domain: Domain,
     *,
     log_path: str | None = None,
@@ -1229,7 +1275,8 @@ async def begin_spawn(
     host: HostView | None = None,
     layers: Layers = ALL_LAYERS,
 ) -> PendingStart:
-    """Begin starting ``domain`` before its cgroup and prepare hooks exist; see PendingStart.
+    """Begin starting ``domain`` from an embryo of ``pool`` (which must be open) before its
+    cgroup and prepare hooks exist; see PendingStart.
 
     ``joins_netns`` says whether :meth:`PendingStart.finish` will get a network namespace to
     join (None: guess from the domain, which has one from the network subsystem when it has
@@ -1254,8 +1301,8 @@ async def begin_spawn(
     out_fd: int | None = None
     try:
         out_fd = _open_log(log_path)
-        embryo, child = await _take_embryo(birth)
-        pending = PendingStart(domain, embryo=embryo, child=child, made=birth | CLONE_NEWNS)
+        embryo, child = await pool.take(birth)
+        pending = PendingStart(domain, pool, embryo=embryo, child=child, made=birth | CLONE_NEWNS)
         if plan.userns:
             try:
                 _write_id_maps(child.pid, plan)
@@ -1332,15 +1379,6 @@ async def _recv_message(sock: socket.socket, *, spin: float = 0.0) -> bytes:
             return b""
 
 
-def _discard_embryos() -> None:
-    """Kill and reap every spare embryo (at exit, before the servers go)."""
-    pool = _own_embryos()
-    for spares in pool.values():
-        for embryo in spares:
-            embryo.discard()
-    pool.clear()
-
-
 def signal_name(sig: int) -> str:
     """``SIGHUP`` for 1, etc.; the number as text for unknown signals."""
     try:
@@ -1356,15 +1394,13 @@ __all__ = [
     "CLONE_NEWPID",
     "CLONE_NEWUTS",
     "ChildProcess",
-    "GuestExit",
     "GuestProcess",
     "MountOp",
-    "Namespaces",
     "PendingStart",
     "SpawnPlan",
+    "SpawnPool",
     "begin_spawn",
     "plan_spawn",
     "resolve_ids",
     "spawn_init",
-    "start_fork_server",
 ]

@@ -35,9 +35,10 @@ import attrs
 import trio
 
 from supervisor.errors import InvalidOperation, RuntimeFailure, VsvError
-from supervisor.guest.cgroups import CgroupLayout, GuestCgroup
+from supervisor.guest.cgroups import CgroupLayout
 from supervisor.hooks import GuestContext, SchedRecord
 from supervisor.model import Domain
+from supervisor.runtime import CgroupHandle
 from supervisor.sched import cgroupcpu
 from supervisor.sched.mapping import (
     DEFAULT_HZ,
@@ -83,15 +84,16 @@ def resolve_flags(live: bool, config: bool, *, running: bool) -> tuple[bool, boo
     return live, config
 
 
-def cpu_paths(cgroup: GuestCgroup) -> cgroupcpu.CpuPaths | None:
-    """Where a guest's ``cpu`` (and separate v1 ``cpuacct``) files are; None without a controller.
+def cpu_paths(cgroup: CgroupHandle) -> cgroupcpu.CpuPaths | None:
+    """Where a guest's ``cpu`` (and separate v1 ``cpuacct``) files are; None without a controller
+    (or for a cgroup that is not the kernel's: an in-memory runtime's).
 
     ``cpuacct`` is kept only when it is a different directory (separate v1 mounts).
     """
-    cpu = cgroup._ctrl_dir("cpu")
+    cpu = cgroup.controller_dir("cpu")
     if cpu is None:
         return None
-    acct = cgroup._ctrl_dir("cpuacct")
+    acct = cgroup.controller_dir("cpuacct")
     return cgroupcpu.CpuPaths(
         cpu=Path(cpu), cpuacct=None if acct is None or acct == cpu else Path(acct)
     )
@@ -340,11 +342,13 @@ class SchedSubsystem:
     async def _prepare(self, ctx: GuestContext) -> None:
         """Write the guest's CPU limits before init runs; record them and the losses."""
         domain = ctx.domain
-        if not isinstance(ctx.cgroup, GuestCgroup):
-            return  # a fake runtime's cgroup: nothing in the kernel to write
         paths = cpu_paths(ctx.cgroup)
         if paths is None:
-            if domain.scheduler is not None or domain.cputune is not None:
+            # no cpu files for this guest: the machine has no cpu controller (an error for a
+            # domain that asks for CPU limits), or the cgroup is not the kernel's (an in-memory
+            # runtime's, left alone: there is nothing to write)
+            wants = domain.scheduler is not None or domain.cputune is not None
+            if wants and self.layout.controller_hierarchy("cpu") is None:
                 raise RuntimeFailure(
                     f"{domain.name}: <scheduler>/<cputune> need the cpu cgroup controller, "
                     "which this machine does not offer"
@@ -372,7 +376,7 @@ class SchedSubsystem:
 
     # ------------------------------------------------------------------------ facade
 
-    def schedinfo(self, domain: Domain, cgroup: GuestCgroup | None) -> dict[str, object]:
+    def schedinfo(self, domain: Domain, cgroup: CgroupHandle | None) -> dict[str, object]:
         """The ``schedinfo`` view of a guest: ``cgroup`` given (it runs) = live, else config.
 
         Keys: ``scheduler`` ("posix"), ``state`` ("live"/"config"), libvirt's ``cpu_shares``,
@@ -424,7 +428,7 @@ class SchedSubsystem:
     async def set_schedinfo(
         self,
         domain: Domain,
-        cgroup: GuestCgroup | None,
+        cgroup: CgroupHandle | None,
         params: Mapping[str, str],
         *,
         live: bool,

@@ -39,16 +39,16 @@ import itertools
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from types import TracebackType
 from typing import Literal
 
 import attrs
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.guest.cgroups import cgroup_dir_name
-from supervisor.guest.spawn import GuestExit, Namespaces
+from supervisor.guest.cgroups import CgroupLayout, cgroup_dir_name
 from supervisor.model import Domain
-from supervisor.runtime import CgroupHandle, DeferredSpawn
+from supervisor.runtime import CgroupHandle, GuestExit, Namespaces
 
 FailOp = Literal["cgroup.create", "spawn", "kill_all", "remove", "freeze", "thaw"]
 FAIL_OPS: tuple[FailOp, ...] = ("cgroup.create", "spawn", "kill_all", "remove", "freeze", "thaw")
@@ -200,6 +200,10 @@ class FakeCgroup:
         """The fake kernel enforces no limits; writing them needs the cgroup, as for real."""
         self._state()
 
+    def controller_dir(self, controller: str) -> str | None:
+        """No controller has files here: subsystems leave a fake cgroup alone."""
+        return None
+
     def pids(self) -> set[int]:
         state = self.runtime.cgroups.get(self.dirname)
         return set(state.members) if state else set()
@@ -241,6 +245,28 @@ class FakeCgroup:
 
 
 @attrs.define(eq=False)
+class _FakePending:
+    """A begun start (a PendingSpawn): nothing to do early in memory, so ``finish`` does it
+    all."""
+
+    runtime: FakeRuntime
+    domain: Domain
+    log_path: str | None
+
+    @property
+    def netns_source(self) -> str | None:
+        return None
+
+    async def finish(self, cgroup: CgroupHandle, *, netns_path: str | None) -> FakeProcess:
+        return await self.runtime.spawn(
+            self.domain, cgroup, log_path=self.log_path, netns_path=netns_path
+        )
+
+    async def abort(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define(eq=False)
 class FakeRuntime:
     """The in-memory kernel: cgroups by name, live guest processes by pid."""
 
@@ -257,13 +283,29 @@ class FakeRuntime:
 
     # -- the Runtime protocol ------------------------------------------------------------------
 
+    async def __aenter__(self) -> FakeRuntime:
+        """Nothing to keep open in memory (a runtime can serve one supervisor after another)."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    def cgroup_layout(self) -> CgroupLayout | None:
+        """No real cgroups: no subsystem writes cgroup files for a fake guest."""
+        return None
+
     def cgroup(self, prefix: str, name: str) -> FakeCgroup:
         return FakeCgroup(self, prefix, name)
 
-    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> DeferredSpawn:
+    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> _FakePending:
         """Nothing to start early in memory: the whole spawn happens in ``finish``."""
         await trio.lowlevel.checkpoint()
-        return DeferredSpawn(self, domain, log_path)
+        return _FakePending(self, domain, log_path)
 
     async def spawn(
         self,
@@ -273,6 +315,8 @@ class FakeRuntime:
         log_path: str | None,
         netns_path: str | None,
     ) -> FakeProcess:
+        """The whole start in one step (what a begun start's ``finish`` does; not part of the
+        Runtime protocol): the guest's three processes, in ``cgroup``."""
         await trio.lowlevel.checkpoint()
         self._check("spawn")
         state = self.cgroups.get(cgroup.dirname)

@@ -38,11 +38,11 @@ Two runtimes (:mod:`.backends`). ``fake`` runs the supervisor in ``trio.run`` wi
 :class:`trio.testing.MockClock` that only moves when the ``advance_clock`` operation says so;
 after each operation the harness waits until every task is blocked, so every step ends in a
 deterministic, quiescent state and timed phases (STOPPING before its deadline, RESTARTING and
-REBOOTING during backoff) are observable. ``real`` uses :class:`~supervisor.runtime.LinuxRuntime`
-with busybox guests whose init polls ``/tmp/cmd`` in its own root every 50 ms and does
-``reboot -f``, ``poweroff -f`` or ``exit 3`` when told; there time is real, so after each
-operation the harness waits (``trio.fail_after``) until the supervisor reaches the model's
-settled state.
+REBOOTING during backoff) are observable. ``real`` uses
+:class:`~supervisor.guest.linux.LinuxRuntime` with busybox guests whose init polls ``/tmp/cmd``
+in its own root every 50 ms and does ``reboot -f``, ``poweroff -f`` or ``exit 3`` when told;
+there time is real, so after each operation the harness waits (``trio.fail_after``) until the
+supervisor reaches the model's settled state.
 
 The real runtime also drives networking and the scheduler. Each example creates a sandbox
 network namespace (``<prefix>-sbx``) and runs the supervisor with ``host_netns`` set to it, so

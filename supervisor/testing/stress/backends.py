@@ -9,10 +9,10 @@ it waits for an operation, and how it reads the kernel's state back to compare i
   and a :class:`trio.testing.MockClock` that moves only when the harness says so. Every step ends
   quiescent and deterministic, so timed phases (STOPPING before its deadline, RESTARTING and
   REBOOTING during backoff) are observable.
-- :class:`RealBackend`: :class:`~supervisor.runtime.LinuxRuntime` with busybox guests whose init
-  polls ``/tmp/cmd`` in its own root, a NAT network whose host side (bridge, nft table, dnsmasq)
-  lives in a sandbox network namespace, and real time: after each operation the harness polls
-  until the supervisor reaches the model's settled state.
+- :class:`RealBackend`: :class:`~supervisor.guest.linux.LinuxRuntime` with busybox guests whose
+  init polls ``/tmp/cmd`` in its own root, a NAT network whose host side (bridge, nft table,
+  dnsmasq) lives in a sandbox network namespace, and real time: after each operation the harness
+  polls until the supervisor reaches the model's settled state.
 """
 
 from __future__ import annotations
@@ -361,13 +361,13 @@ class RealBackend:
         if netns != (nic and active):
             out.append(f"{name} ({g and g.phase}, nic={nic}): netns exists={netns}")
         if running and g is not None and g.shares is not None:
-            cpu = real._ctrl_dir("cpu")
+            cpu = real.controller_dir("cpu")
             shares = Path(cpu, "cpu.shares") if cpu is not None else None
             if shares is not None and shares.exists():
                 got = int(shares.read_text())
                 if got != g.shares:
                     out.append(f"{name}: cpu.shares {got}, expected {g.shares}")
-        if running and name in sup.slots:
+        if running and name in sup.guests:
             init = sup.domain_status(name).init_pid
             try:
                 alive = init is not None and init in pids and nspid(init)[-1] == 1
@@ -444,8 +444,8 @@ class RealBackend:
     async def destroy_all(self, sup: Supervisor) -> None:
         """Real guests outlive the example: destroy whatever the supervisor still has."""
         with trio.move_on_after(20):
-            for name, slot in list(sup.slots.items()):
-                if slot.task_running or slot.cgroup is not None:
+            for name, guest in list(sup.guests.items()):
+                if guest.busy or guest.cgroup is not None:
                     with contextlib.suppress(Exception):
                         await sup.destroy_domain(name)
 

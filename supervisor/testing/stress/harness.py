@@ -238,8 +238,9 @@ class Harness:
         self.run_scope.cancel()
         await self.run_done.wait()
         self.main_sub.unsubscribe()
-        # the successor gets the same runtime: the fake kernel, or the real runtime's pools
-        # of fork servers and embryos (which hold nothing of any guest)
+        # the successor gets the same runtime: the fake kernel, or the real runtime, whose
+        # pools of fork servers and embryos (which hold nothing of any guest) closed with the
+        # predecessor and open again with the successor
         self.sup = _new_supervisor(
             self.directory,
             self.prefix,
@@ -326,15 +327,15 @@ class Harness:
                 break
         problems: list[str] = []
         model = self.model
-        if sorted(self.sup.slots) != sorted(model.guests):
-            problems.append(f"defined: {sorted(self.sup.slots)} != {sorted(model.guests)}")
+        if sorted(self.sup.guests) != sorted(model.guests):
+            problems.append(f"defined: {sorted(self.sup.guests)} != {sorted(model.guests)}")
         for name in self.ctx.names:
             want_events = model.events.get(name, [])
             got_events = self.log.by_name.get(name, [])
             if got_events != want_events:
                 problems.append(f"{name} events: {got_events} != expected {want_events}")
             g = model.guests.get(name)
-            if g is not None and name in self.sup.slots:
+            if g is not None and name in self.sup.guests:
                 status = self.sup.domain_status(name)
                 if (status.state, status.reason) != (g.state, g.reason):
                     problems.append(
