@@ -109,6 +109,22 @@ def test_external_entity_reference_without_doctype_is_an_error() -> None:
     assert (1, True) == (len(problems), "not well-formed" in problems[0])
 
 
+def test_a_huge_integer_is_refused_by_name_in_a_short_message() -> None:
+    """5,000 digits (beyond what int() accepts) is a clear error naming the field, and the
+    message repeats only the start of the value."""
+    digits = "9" * 5000
+    doc = (
+        f"<domain type='lxc'><name>big</name><memory>{digits}</memory>"
+        "<os><type>exe</type><init>/bin/sh</init></os></domain>"
+    )
+    problems = _problems(doc)
+    assert 1 == len(problems)
+    assert problems[0].startswith("evil.xml:1: memory: value '9999")
+    assert "is too long: allowed at most 64 digits" in problems[0]
+    assert "(5000 characters)" in problems[0]
+    assert len(problems[0]) < 250
+
+
 def test_xinclude_is_not_processed() -> None:
     """An XInclude element is just an unsupported element; nothing is fetched."""
     doc = (

@@ -33,6 +33,20 @@ VSV_NS: Final = "https://vsupervisor.dev/xmlns/domain/1"
 VSV_PREFIX: Final = "vsv"
 
 _INT = re.compile(r"\s*-?[0-9]+\s*")
+#: the longest integer a document may hold (a uint64 has 20 digits; room for spaces and zeros)
+MAX_INT_DIGITS = 64
+#: how much of an offending value a message repeats
+MAX_QUOTED = 80
+
+
+def quoted(value: object) -> str:
+    """A value as an error message repeats it: cut short, saying how long it was, when long."""
+    text = str(value)
+    if len(text) <= MAX_QUOTED:
+        return text
+    return f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
+
+
 _DOCTYPE = re.compile(rb"<!(?:DOCTYPE|doctype)")
 _local = threading.local()
 
@@ -128,7 +142,7 @@ class Reader:
     def bad_value(
         self, el: etree._Element, where: str, value: object, what: str, allowed: str
     ) -> None:
-        self.error(srcline(el), where, f"value '{value}' {what}: allowed {allowed}")
+        self.error(srcline(el), where, f"value '{quoted(value)}' {what}: allowed {allowed}")
 
     def line_of(self, key: Key) -> int:
         """The line of the element a model key came from (or of its nearest parent)."""
@@ -251,6 +265,10 @@ class Reader:
         # Plain ASCII digits, the common case, need not go through the regular expression.
         if not (value.isdigit() and value.isascii()) and not _INT.fullmatch(value):
             self.bad_value(el, where, value, "is not an integer", "decimal digits")
+            return None
+        if len(value) > MAX_INT_DIGITS:
+            # no setting needs more, and int() refuses (ValueError) beyond 4300 digits
+            self.bad_value(el, where, value, "is too long", f"at most {MAX_INT_DIGITS} digits")
             return None
         number = int(value)
         if lo is not None and number < lo:
