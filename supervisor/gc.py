@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -557,31 +556,13 @@ async def _remove_cgroup(item: Leftover) -> str | None:
         await _kill_cgroup(item.name)
     except RuntimeFailure as exc:
         return str(exc)
-    pending = _subtree(item.name) if _isdir(item.name) else []
-    last = ""
-
-    def rmdir_all() -> bool:
-        nonlocal pending, last
-        still = []
-        for path in pending:
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
-                last = exc.strerror or "busy"
-                still.append(path)
-        pending = still
-        return not pending
+    from supervisor.guest.cgroups import remove_dirs
 
     try:
-        if await _wait_until(rmdir_all, SETTLE_TIMEOUT):
-            return None
-    except OSError as exc:
-        return f"cannot remove {item.name}: {exc.strerror}"
-    return f"cannot remove {pending}: {last}"
+        await remove_dirs(_subtree(item.name) if _isdir(item.name) else [], timeout=SETTLE_TIMEOUT)
+    except RuntimeFailure as exc:
+        return str(exc)
+    return None
 
 
 def _remove_runfile(item: Leftover) -> str | None:

@@ -540,29 +540,7 @@ class GuestCgroup:
         Retries while the kernel still reports exiting tasks (EBUSY); a directory that is gone
         already counts as removed, so this is safe to call twice.
         """
-        timeout = SETTLE_TIMEOUT
-        pending = list(self.paths())
-        delay = 0.0005
-        with trio.move_on_after(timeout):
-            while pending:
-                still: list[str] = []
-                for path in pending:
-                    try:
-                        os.rmdir(path)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as e:
-                        if e.errno != errno.EBUSY:
-                            raise RuntimeFailure(
-                                f"cannot remove cgroup {path}: {e.strerror}"
-                            ) from e
-                        still.append(path)
-                pending = still
-                if pending:
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-            return
-        raise RuntimeFailure(f"cannot remove cgroups {pending}: still busy after {timeout}s")
+        await remove_dirs(self.paths())
 
     # -- readers -------------------------------------------------------------------------------
 
@@ -574,6 +552,36 @@ class GuestCgroup:
         if mem is None:
             raise RuntimeFailure("this machine has no memory controller")
         return int(_read(os.path.join(self.path_in(mem), "memory.usage_in_bytes")))
+
+
+async def remove_dirs(paths: Iterable[str], *, timeout: float = SETTLE_TIMEOUT) -> None:
+    """rmdir cgroup directories, in the order given (children before their parents).
+
+    The kernel refuses (EBUSY) while tasks that have left a cgroup are still exiting, so a busy
+    directory is tried again, with a growing pause, until ``timeout``; a directory that is gone
+    counts as removed. Any other error, or one still busy at the end, is a RuntimeFailure that
+    names it. The guests' cgroups and ``vsv gc`` both remove through this.
+    """
+    pending = list(paths)
+    delay = 0.0005
+    with trio.move_on_after(timeout):
+        while pending:
+            still: list[str] = []
+            for path in pending:
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        raise RuntimeFailure(f"cannot remove cgroup {path}: {e.strerror}") from e
+                    still.append(path)
+            pending = still
+            if pending:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        return
+    raise RuntimeFailure(f"cannot remove cgroups {pending}: still busy after {timeout}s")
 
 
 def attach_to(procs_files: Iterable[str]) -> None:
