@@ -290,7 +290,17 @@ def _check_route(sink: _Sink, key: Key, where: str, route: Route) -> None:
     addr = _address(sink, (*key, "address"), f"{where}/@address", route.address)
     gw = _address(sink, (*key, "gateway"), f"{where}/@gateway", route.gateway)
     if addr is not None:
-        _check_prefix(sink, (*key, "prefix"), f"{where}/@prefix", route.prefix, addr)
+        if _check_prefix(sink, (*key, "prefix"), f"{where}/@prefix", route.prefix, addr):
+            net = ipaddress.ip_network(f"{addr}/{route.prefix}", strict=False)
+            if net.network_address != addr:
+                # the kernel refuses such a route; so does libvirt
+                sink.add(
+                    (*key, "address"),
+                    f"{where}/@address",
+                    route.address,
+                    f"has host bits set for prefix {route.prefix}",
+                    f"a network address, e.g. {net.network_address}",
+                )
         if gw is not None and gw.version != addr.version:
             sink.add(
                 (*key, "gateway"),

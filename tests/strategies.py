@@ -129,9 +129,12 @@ def routes() -> st.SearchStrategy[Route]:
         version: Literal[4, 6] = draw(st.sampled_from((4, 6)))
         addr = draw(st.ip_addresses(v=version))
         gateway = draw(st.ip_addresses(v=version))
+        prefix = draw(st.integers(0, addr.max_prefixlen))
+        # a route's destination is a network address (no host bits), as the kernel wants
+        network = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
         return Route(
-            address=str(addr),
-            prefix=draw(st.integers(0, addr.max_prefixlen)),
+            address=str(network.network_address),
+            prefix=prefix,
             gateway=str(gateway),
             family=draw(st.none() | st.just("ipv4" if version == 4 else "ipv6")),
         )

@@ -763,6 +763,14 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
     )
 
 
+def _valid_ip(text: str) -> bool:
+    try:
+        parse_ip(text)
+    except ValueError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=4096)
 def canonical_ip(text: str) -> str:
     """The address as :mod:`ipaddress` prints it; left alone when invalid (validation says so).
@@ -776,8 +784,38 @@ def canonical_ip(text: str) -> str:
         return text
 
 
+def natural_prefix(address: str) -> int | None:
+    """The prefix libvirt infers for an address given without prefix or netmask.
+
+    IPv4: 0 for 0.0.0.0 (a default route), else the address's class (A /8, B /16, C /24; None
+    for class D and E, which libvirt refuses). IPv6: 0 for ``::``, else 64. None for an invalid
+    address (validation reports it).
+    """
+    try:
+        ip = parse_ip(address)
+    except ValueError:
+        return None
+    if ip.is_unspecified:
+        return 0
+    if ip.version == 6:
+        return 64
+    first = int(ip) >> 24
+    if first < 0x80:
+        return 8
+    if first < 0xC0:
+        return 16
+    if first < 0xE0:
+        return 24
+    return None
+
+
 def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
-    """A ``<route>`` (shared by domains and networks); netmask is accepted and stored as prefix."""
+    """A ``<route>`` (shared by domains and networks); netmask is accepted and stored as prefix.
+
+    Without prefix or netmask (or with prefix='0', which libvirt reads the same way) the prefix
+    is the one libvirt infers (:func:`natural_prefix`): ``address='0.0.0.0'`` is a default route,
+    and the inferred prefix is stored, so the document written back says what is applied.
+    """
     r.attrs(el, where, _ROUTE_ATTRS)
     address = r.required(el, where, "address")
     gateway = r.required(el, where, "gateway")
@@ -785,11 +823,17 @@ def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
     if address is None or gateway is None:
         return None
     address = canonical_ip(address)
-    if prefix is None:
-        try:
-            prefix = parse_ip(address).max_prefixlen
-        except ValueError:
-            prefix = 0
+    if not prefix:
+        prefix = natural_prefix(address)
+        if prefix is None:
+            if _valid_ip(address):
+                r.error(
+                    srcline(el),
+                    f"{where}/@prefix",
+                    f"no prefix can be inferred for {address} (class D or E): "
+                    "allowed a prefix or netmask attribute",
+                )
+            prefix = 32  # a placeholder the rules accept: the problem above is the one to tell
     return Route(
         address=address,
         prefix=prefix,
