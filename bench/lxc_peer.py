@@ -24,13 +24,15 @@ two either way) and made a veth start look no slower than one without a network.
 
 Every container is named with the ``vsvbench`` prefix and lives in a temporary lxcpath;
 :meth:`LxcPeer.cleanup` stops every container it started and removes the cgroup directories LXC
-left behind (``lxc.pivot`` only when it did not exist before the peer was made).
+left behind (``lxc.pivot`` only when it did not exist before the peer was made) and LXC's lock
+directory of the lxcpath under ``/run/lxc/lock`` (with the parents made for it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -40,6 +42,9 @@ import time
 LXC_START = "lxc-start"
 LXC_STOP = "lxc-stop"
 CGROUP_ROOT = "/sys/fs/cgroup"
+#: where LXC (as root) keeps a lock directory per lxcpath: ``LOCK_ROOT/<lxcpath>``, made by the
+#: first command on that path and left behind by LXC, so the peer removes it
+LOCK_ROOT = "/run/lxc/lock"
 #: the init program LXC runs: the same loop as the supervisor's benchmark guests
 INIT_SCRIPT = "#!/bin/sh\ntrap 'exit 0' TERM; while :; do sleep 1; done\n"
 INIT_PATH = "/sbin/vsvbench-init"
@@ -135,6 +140,14 @@ def _pivots() -> set[str]:
     }
 
 
+def _lock_chain(lxcpath: str) -> list[str]:
+    """Every directory from /run/lxc down to LXC's lock directory of ``lxcpath``."""
+    chain = [os.path.dirname(LOCK_ROOT), LOCK_ROOT]
+    for part in lxcpath.strip("/").split("/"):
+        chain.append(os.path.join(chain[-1], part))
+    return chain
+
+
 def memory_kib(pid: int) -> tuple[int, int]:
     """(Rss, Pss) of one process in KiB, from ``smaps_rollup``; (0, 0) when it is gone."""
     rss = pss = 0
@@ -164,6 +177,7 @@ class LxcPeer:
         self._launcher: _Launcher | None = None
         self._pivots_before = _pivots()
         os.makedirs(self.lxcpath, exist_ok=True)
+        self._locks_before = {d for d in _lock_chain(self.lxcpath) if os.path.isdir(d)}
         init = os.path.join(rootfs, INIT_PATH.lstrip("/"))
         with open(init, "w") as f:
             f.write(INIT_SCRIPT)
@@ -285,4 +299,23 @@ class LxcPeer:
             with contextlib.suppress(OSError):
                 os.rmdir(pivot)
         shutil.rmtree(self.lxcpath, ignore_errors=True)
+        problems += self._remove_locks()
+        return problems
+
+    def _remove_locks(self) -> list[str]:
+        """Remove LXC's lock directory of our lxcpath and the parents it made for it (those that
+        did not exist before this peer; a parent another lxcpath still uses stays)."""
+        chain = _lock_chain(self.lxcpath)
+        if chain[-1] not in self._locks_before:
+            shutil.rmtree(chain[-1], ignore_errors=True)
+        problems: list[str] = []
+        for path in reversed(chain[:-1]):
+            if path in self._locks_before or not os.path.isdir(path):
+                continue
+            try:
+                os.rmdir(path)
+            except OSError as e:
+                if e.errno != errno.ENOTEMPTY:
+                    problems.append(f"rmdir {path}: {e.strerror}")
+                break
         return problems
