@@ -78,9 +78,14 @@ class Route:
     prefix: int
     gateway: str
     family: Literal["ipv4", "ipv6"] | None = None
+    #: ``metric=`` (1 or more; networks' routes: the domain codec does not read it yet)
+    metric: int | None = None
 
 
 InterfaceType = Literal["network", "bridge", "ethernet", "vserver"]
+#: ``<filterref filter=>`` names this codec accepts (libvirt nwfilter names; docs/networking.md)
+InterfaceFilter = Literal["clean-traffic", "vsv-allow-all"]
+INTERFACE_FILTERS: tuple[str, ...] = ("clean-traffic", "vsv-allow-all")
 
 
 @attrs.frozen
@@ -100,15 +105,25 @@ class Interface:
     routes: tuple[Route, ...] = ()
     mtu: int | None = None
     link_up: bool | None = None
+    #: ``<filterref filter=>`` of a NIC plumbed into a bridge: None is the supervisor's default
+    #: anti-spoofing, ``clean-traffic`` the same plus libvirt's clean-traffic restriction to IPv4,
+    #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out)
+    filterref: InterfaceFilter | None = None
+
+
+def _unlimited_quota(quota: int | None) -> int | None:
+    """Every negative quota means "unlimited"; libvirt (and this model) keep it as -1."""
+    return -1 if quota is not None and quota < 0 else quota
 
 
 @attrs.frozen
 class CpuTune:
-    """libvirt's ``<cputune>``: CFS shares and bandwidth (quota < 0 means unlimited)."""
+    """libvirt's ``<cputune>``: CFS shares and bandwidth (quota < 0 means unlimited, kept as -1,
+    so that a definition reads back as it was stored)."""
 
     shares: int | None = None
     period: int | None = None
-    quota: int | None = None
+    quota: int | None = attrs.field(default=None, converter=_unlimited_quota)
 
 
 @attrs.frozen
@@ -224,15 +239,25 @@ class Domain:
 
 
 ForwardMode = Literal["nat", "route", "open", "bridge"]
+MacTableManager = Literal["kernel", "libvirt"]
+LeaseUnit = Literal["seconds", "minutes", "hours"]
+LEASE_UNIT_SECONDS: dict[str, int] = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
 @attrs.frozen
 class Bridge:
-    """``<bridge name= stp= delay=>``; a missing name is generated with the prefix at define."""
+    """``<bridge name= stp= delay= macTableManager=>``.
+
+    A missing name is generated with the prefix at define (for a network the supervisor makes
+    the bridge of); with ``<forward mode='bridge'>`` it names the host's own bridge.
+    """
 
     name: str | None = None
     stp: bool | None = None
     delay: int | None = None
+    #: ``kernel`` (learning and flooding, libvirt's default) or ``libvirt`` (the MAC table is
+    #: filled from the guests' MACs, learning and unicast flooding off on the ports)
+    mac_table_manager: MacTableManager | None = None
 
 
 @attrs.frozen
@@ -244,30 +269,70 @@ class PortRange:
 
 
 @attrs.frozen
+class DhcpLease:
+    """``<lease expiry= unit=>`` of a DHCP range or host: ``expiry`` in ``unit``, 0 = infinite.
+
+    libvirt's unit defaults to minutes; an infinite lease is stored with the default unit, as
+    libvirt writes it without one.
+    """
+
+    expiry: int
+    unit: LeaseUnit = "minutes"
+
+    @property
+    def seconds(self) -> int | None:
+        """The lease time in seconds, or None for an infinite lease."""
+        return self.expiry * LEASE_UNIT_SECONDS[self.unit] if self.expiry else None
+
+
+@attrs.frozen
 class AddressRange:
     """An inclusive range of addresses (DHCP pool, NAT source addresses)."""
 
     start: str
     end: str
+    #: DHCP ranges only: ``<range><lease/>`` (None: dnsmasq's default lease time)
+    lease: DhcpLease | None = None
 
 
 @attrs.frozen
 class Forward:
-    """``<forward mode=>``; no Forward at all means an isolated network."""
+    """``<forward mode= dev=>``; no Forward at all means an isolated network.
+
+    ``dev`` and ``interfaces`` are libvirt's one list of forward devices: ``<forward dev='X'>``
+    and ``<forward><interface dev='X'/></forward>`` mean the same, and libvirt writes both
+    (``<forward dev='X'><interface dev='X'/></forward>``). A Forward built with only one of them
+    gets the other filled in, so the two spellings are one model; ``dev`` is the first
+    interface (the one device a nat or route network forwards through).
+    """
 
     mode: ForwardMode = "nat"
     dev: str | None = None
     nat_addresses: tuple[AddressRange, ...] = ()
     nat_ports: PortRange | None = None
+    #: the ``<interface dev=>`` children, in order
+    interfaces: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.dev is not None and not self.interfaces:
+            object.__setattr__(self, "interfaces", (self.dev,))
+        elif self.dev is None and self.interfaces:
+            object.__setattr__(self, "dev", self.interfaces[0])
 
 
 @attrs.frozen
 class DhcpHost:
-    """A static DHCP reservation ``<host mac= name= ip=>``."""
+    """A static DHCP reservation ``<host mac= id= name= ip=>``.
+
+    IPv4 hosts are matched by ``mac`` and/or ``name``; DHCPv6 hosts by ``id`` (the client's
+    DUID, stored lower-case) and/or ``name`` (a MAC means nothing to DHCPv6).
+    """
 
     ip: str
     mac: str | None = None
     name: str | None = None
+    id: str | None = None
+    lease: DhcpLease | None = None
 
 
 @attrs.frozen
@@ -279,6 +344,11 @@ class NetworkIp:
     family: Literal["ipv4", "ipv6"] = "ipv4"
     dhcp_ranges: tuple[AddressRange, ...] = ()
     dhcp_hosts: tuple[DhcpHost, ...] = ()
+    #: ``<tftp root=>`` (IPv4 only): the directory dnsmasq's TFTP server serves
+    tftp_root: str | None = None
+    #: ``<dhcp><bootp file= server=>`` (IPv4 with DHCP only): the boot file and its TFTP server
+    bootp_file: str | None = None
+    bootp_server: str | None = None
 
 
 @attrs.frozen
@@ -290,8 +360,51 @@ class DnsHost:
 
 
 @attrs.frozen
+class DnsForwarder:
+    """``<dns><forwarder addr= domain=>``: at least one of the two.
+
+    addr only: every query the network cannot answer goes to addr (instead of the host's
+    resolvers); domain and addr: queries for the domain go to addr; domain only: queries for
+    the domain are answered locally and never forwarded.
+    """
+
+    addr: str | None = None
+    domain: str | None = None
+
+
+@attrs.frozen
+class DnsSrv:
+    """``<dns><srv service= protocol= domain= target= port= priority= weight=>`` (RFC 2782).
+
+    ``port``, ``priority`` and ``weight`` need a ``target``; a target of ``.`` says the service
+    is not available.
+    """
+
+    service: str
+    protocol: str
+    domain: str | None = None
+    target: str | None = None
+    port: int | None = None
+    priority: int | None = None
+    weight: int | None = None
+
+
+@attrs.frozen
+class DnsTxt:
+    """``<dns><txt name= value=>``."""
+
+    name: str
+    value: str
+
+
+@attrs.frozen
 class Network:
-    """A virNetwork: bridge, addresses, forwarding, DHCP and DNS."""
+    """A virNetwork: bridge, addresses, forwarding, DHCP and DNS.
+
+    Tri-state settings (``bool | None``) are None when the document leaves them out, which means
+    libvirt's default: ``ipv6`` no, ``domain_local_only`` no, ``dns_enable`` yes,
+    ``dns_forward_plain_names`` yes, ``port_isolated`` no.
+    """
 
     name: str
     uuid: str | None = None
@@ -304,3 +417,18 @@ class Network:
     dns_hosts: tuple[DnsHost, ...] = ()
     routes: tuple[Route, ...] = ()
     autostart: bool = False
+    #: ``<network ipv6='yes'>``: guest-to-guest IPv6 on a network without an IPv6 address
+    ipv6: bool | None = None
+    #: ``<domain localOnly=>``: queries for the domain are never forwarded upstream
+    domain_local_only: bool | None = None
+    #: ``<dns enable=>``: no means no DNS server on the network (DHCP may still run)
+    dns_enable: bool | None = None
+    #: ``<dns forwardPlainNames=>``: no means names without a dot are never forwarded
+    dns_forward_plain_names: bool | None = None
+    dns_forwarders: tuple[DnsForwarder, ...] = ()
+    dns_srvs: tuple[DnsSrv, ...] = ()
+    dns_txts: tuple[DnsTxt, ...] = ()
+    #: ``<port isolated=>``: guests' ports cannot talk to each other (only to the host/uplink)
+    port_isolated: bool | None = None
+    #: serialized foreign ``<metadata>`` children, kept verbatim (as for domains)
+    metadata: tuple[str, ...] = ()

@@ -27,10 +27,14 @@ from supervisor.model import (
     LIFECYCLE_ACTIONS,
     AddressRange,
     CpuBucket,
+    DhcpHost,
+    DhcpLease,
     Domain,
+    Forward,
     Interface,
     IpAddress,
     Network,
+    NetworkIp,
     Route,
     TokenBucket,
 )
@@ -650,119 +654,374 @@ def check_domain(domain: Domain) -> list[str]:
 # --- networks ------------------------------------------------------------------------------
 
 
-def network_problems(network: Network) -> list[Problem]:
-    """Every rule the network breaks, with model keys for the codec's line numbers."""
-    sink = _Sink()
-    add = sink.add
-    _check_name(sink, ("name",), "name", network.name)
-    _check_uuid(sink, ("uuid",), "uuid", network.uuid)
-    _check_ifname(sink, ("bridge", "name"), "bridge/@name", network.bridge.name)
-    sink.int_range(("bridge", "delay"), "bridge/@delay", network.bridge.delay, 0, None)
-    sink.int_range(("mtu",), "mtu/@size", network.mtu, MTU_MIN, MTU_MAX)
-    _check_mac(sink, ("mac",), "mac/@address", network.mac)
-    if network.domain_name is not None and not _DNS_NAME.fullmatch(network.domain_name):
-        add(
-            ("domain_name",),
-            "domain/@name",
-            network.domain_name,
-            "is not a DNS domain",
-            "letters, digits, '.' and '-'",
-        )
-    fwd = network.forward
-    if fwd is not None:
-        if fwd.mode not in FORWARD_MODES:
-            add(
-                ("forward", "mode"),
-                "forward/@mode",
-                fwd.mode,
-                "is not supported",
-                ", ".join(FORWARD_MODES),
-            )
-        _check_ifname(sink, ("forward", "dev"), "forward/@dev", fwd.dev)
-        if (fwd.nat_addresses or fwd.nat_ports is not None) and fwd.mode != "nat":
-            add(
-                ("forward", "mode"),
-                "forward/nat",
-                fwd.mode,
-                "does not translate addresses",
-                "<nat> only with mode='nat'",
-            )
-        if len(fwd.nat_addresses) > 1:
-            add(
-                ("forward", "nat_addresses", 1),
-                "forward/nat/address[2]",
-                fwd.nat_addresses[1].start,
-                "is a second NAT address range",
-                "one range",
-            )
-        for i, rng in enumerate(fwd.nat_addresses):
-            key: Key = ("forward", "nat_addresses", i)
-            where = f"forward/nat/address[{i + 1}]"
-            start = _address(sink, (*key, "start"), f"{where}/@start", rng.start)
-            end = _address(sink, (*key, "end"), f"{where}/@end", rng.end)
-            for a, attr in ((start, "start"), (end, "end")):
-                if a is not None and a.version != 4:
-                    add((*key, attr), f"{where}/@{attr}", a, "is not IPv4", "an IPv4 address")
-            if start is not None and start.version == 4:  # an IPv6 one is refused above
-                _check_range_order(sink, key, where, rng, start, end)
-        if fwd.nat_ports is not None:
-            ports = fwd.nat_ports
-            sink.int_range(
-                ("forward", "nat_ports", "start"), "forward/nat/port/@start", ports.start, 1, 65535
-            )
-            sink.int_range(
-                ("forward", "nat_ports", "end"), "forward/nat/port/@end", ports.end, 1, 65535
-            )
-            if ports.start > ports.end:
-                add(
-                    ("forward", "nat_ports", "end"),
-                    "forward/nat/port/@end",
-                    ports.end,
-                    f"is below start {ports.start}",
-                    f"{ports.start}..65535",
-                )
+#: Forward modes whose bridge, addresses, DHCP and DNS the supervisor makes (libvirt's
+#: "virtual" networks); ``bridge`` joins guests to a bridge the host already has.
+_OWN_BRIDGE_MODES: Final = ("nat", "route", "open")
+_LEASE_UNITS: Final = ("seconds", "minutes", "hours")
+#: dnsmasq's shortest lease (two minutes), which libvirt enforces for a finite lease
+_LEASE_MIN_SECONDS: Final = 120
+_MAC_TABLE_MANAGERS: Final = ("kernel", "libvirt")
+#: libvirt's longest SRV service name (DNS_RECORD_LENGTH_SRV: 512 less RFC 2782's overhead)
+_SRV_SERVICE_MAX: Final = 482
+_SRV_SERVICE = re.compile(r"[a-zA-Z0-9_+/*\-]+")
+_SRV_PROTOCOLS: Final = ("tcp", "udp")
+#: a DHCP host name as dnsmasq's hosts file can carry it (libvirt: it starts alphanumeric)
+_DHCP_HOST_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
+#: libvirt's four DUID patterns (basictypes.rng: duidLLT, duidEN, duidLL, duidUUID)
+_DUID = re.compile(
+    r"[0]{1,2}:[0]?1:[0]{1,2}:[0]?[a-f1-9](:[a-f0-9]{1,2}){4}(:[a-f0-9]{1,2}){6,8}"
+    r"|[0]{1,2}:[0]?2(:[a-f0-9]{1,2}){4}(:[a-f0-9]{1,2}){1,124}"
+    r"|[0]{1,2}:[0]?3:[0]{1,2}:[0]?[a-f1-9](:[a-f0-9]{1,2}){6,8}"
+    r"|[0]{1,2}:[0]?4(:[a-f0-9]{1,2}){16}"
+)
+#: text dnsmasq's configuration can carry on one line (a file name, a TXT value)
+_ONE_LINE = re.compile(r"[^\x00-\x1f\x7f]*")
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    for i, nip in enumerate(network.ips):
-        key = ("ips", i)
-        where = f"ip[{i + 1}]"
-        addr = _address(sink, (*key, "address"), f"{where}/@address", nip.address)
-        if addr is None:
-            continue
-        _check_family(sink, (*key, "family"), f"{where}/@family", nip.family, addr)
-        if not _check_prefix(sink, (*key, "prefix"), f"{where}/@prefix", nip.prefix, addr):
-            continue
-        net = ipaddress.ip_interface(f"{addr}/{nip.prefix}").network
-        for j, rng in enumerate(nip.dhcp_ranges):
-            rkey: Key = (*key, "dhcp_ranges", j)
-            rwhere = f"{where}/dhcp/range[{j + 1}]"
-            start = _address(sink, (*rkey, "start"), f"{rwhere}/@start", rng.start)
-            end = _address(sink, (*rkey, "end"), f"{rwhere}/@end", rng.end)
-            for a, attr in ((start, "start"), (end, "end")):
-                if a is not None and a not in net:
-                    add(
-                        (*rkey, attr),
-                        f"{rwhere}/@{attr}",
-                        a,
-                        f"is outside the network {net}",
-                        f"an address in {net}",
-                    )
-            _check_range_order(sink, rkey, rwhere, rng, start, end)
-        for j, host in enumerate(nip.dhcp_hosts):
-            hkey: Key = (*key, "dhcp_hosts", j)
-            hwhere = f"{where}/dhcp/host[{j + 1}]"
-            hip = _address(sink, (*hkey, "ip"), f"{hwhere}/@ip", host.ip)
-            if hip is not None and hip not in net:
+
+def _refuse_in_bridge_mode(sink: _Sink, key: Key, where: str, value: object) -> None:
+    """The settings of a bridge the supervisor makes, given for a host bridge it does not."""
+    sink.add(
+        key,
+        where,
+        value,
+        "is a setting of a bridge the supervisor makes, not of the host bridge of mode='bridge'",
+        "it left out, or a mode of nat, route, open or isolated",
+    )
+
+
+def _check_lease(sink: _Sink, key: Key, where: str, lease: DhcpLease | None) -> None:
+    if lease is None:
+        return
+    if lease.unit not in _LEASE_UNITS:
+        sink.add(
+            (*key, "unit"), f"{where}/@unit", lease.unit, "is not a unit", "seconds, minutes, hours"
+        )
+        return
+    if lease.expiry < 0 or lease.expiry >= 2**64:
+        sink.add((*key, "expiry"), f"{where}/@expiry", lease.expiry, "is out of range", "0..2^64-1")
+        return
+    seconds = lease.seconds
+    if seconds is not None and seconds < _LEASE_MIN_SECONDS:
+        sink.add(
+            (*key, "expiry"),
+            f"{where}/@expiry",
+            f"{lease.expiry} {lease.unit}",
+            "is shorter than dnsmasq's shortest lease",
+            "0 (infinite), or 2 minutes (120 seconds) or more",
+        )
+
+
+def _reserved_reason(addr: _Addr, net: _Net, own: _Addr) -> str | None:
+    """Why ``addr`` cannot be handed to a guest on ``net`` whose bridge has ``own``, if so."""
+    if addr == own:
+        return f"is the network's own address {own} (the guests' gateway)"
+    if addr.version == 4 and net.prefixlen <= 30:
+        if addr == net.network_address:
+            return f"is the network address of {net}"
+        if addr == net.broadcast_address:
+            return f"is the broadcast address of {net}"
+    return None
+
+
+def _check_dhcp_range(
+    sink: _Sink, key: Key, where: str, rng: AddressRange, net: _Net, own: _Addr
+) -> None:
+    start = _address(sink, (*key, "start"), f"{where}/@start", rng.start)
+    end = _address(sink, (*key, "end"), f"{where}/@end", rng.end)
+    inside = True
+    for a, attr in ((start, "start"), (end, "end")):
+        if a is not None and a not in net:
+            inside = False
+            sink.add(
+                (*key, attr),
+                f"{where}/@{attr}",
+                a,
+                f"is outside the network {net}",
+                f"an address in {net}",
+            )
+    _check_range_order(sink, key, where, rng, start, end)
+    if start is None or end is None or not inside or int(start) > int(end):
+        return  # the containment rule only means something for a range that is one
+    for reserved in (own, net.network_address, net.broadcast_address):
+        reason = _reserved_reason(reserved, net, own)
+        if reason is not None and int(start) <= int(reserved) <= int(end):
+            sink.add(
+                key,
+                where,
+                f"{rng.start}-{rng.end}",
+                f"contains {reserved}, which {reason}",
+                f"a range of {net} without {reserved}",
+            )
+            break
+    _check_lease(sink, (*key, "lease"), f"{where}/lease", rng.lease)
+
+
+def _check_dhcp_host(
+    sink: _Sink, key: Key, where: str, host: DhcpHost, net: _Net, own: _Addr
+) -> None:
+    hip = _address(sink, (*key, "ip"), f"{where}/@ip", host.ip)
+    if hip is not None:
+        if hip not in net:
+            sink.add(
+                (*key, "ip"),
+                f"{where}/@ip",
+                hip,
+                f"is outside the network {net}",
+                f"an address in {net}",
+            )
+        else:
+            reason = _reserved_reason(hip, net, own)
+            if reason is not None:
+                sink.add((*key, "ip"), f"{where}/@ip", hip, reason, f"another address in {net}")
+    if net.version == 4:
+        if host.id is not None:
+            sink.add(
+                (*key, "id"),
+                f"{where}/@id",
+                host.id,
+                "is a DHCPv6 client id, on an IPv4 <ip>",
+                "mac and/or name on IPv4",
+            )
+        if host.mac is None and host.name is None:
+            sink.add(key, where, "", "has neither mac nor name", "a mac and/or a name")
+    else:
+        if host.mac is not None:
+            sink.add(
+                (*key, "mac"),
+                f"{where}/@mac",
+                host.mac,
+                "means nothing to DHCPv6, on an IPv6 <ip>",
+                "id (the client's DUID) and/or name on IPv6",
+            )
+        if host.id is None and host.name is None:
+            sink.add(key, where, "", "has neither id nor name", "an id and/or a name")
+    _check_mac(sink, (*key, "mac"), f"{where}/@mac", host.mac)
+    if host.id is not None and not _DUID.fullmatch(host.id):
+        sink.add(
+            (*key, "id"),
+            f"{where}/@id",
+            host.id,
+            "is not a DUID",
+            "a DUID-LLT, -EN, -LL or -UUID as lower-case hex bytes separated by ':' "
+            "(e.g. 0:3:0:1:0:16:3e:11:22:33)",
+        )
+    if host.name is not None and not _DHCP_HOST_NAME.fullmatch(host.name):
+        sink.add(
+            (*key, "name"),
+            f"{where}/@name",
+            host.name,
+            "is not a host name",
+            "letters, digits, '.' and '-', starting with a letter or digit",
+        )
+    _check_lease(sink, (*key, "lease"), f"{where}/lease", host.lease)
+
+
+def _check_network_ip(sink: _Sink, network: Network, i: int, nip: NetworkIp) -> _Net | None:
+    """The rules of one ``<ip>``; its subnet when the address and prefix are usable."""
+    key: Key = ("ips", i)
+    where = f"ip[{i + 1}]"
+    add = sink.add
+    addr = _address(sink, (*key, "address"), f"{where}/@address", nip.address)
+    if addr is None:
+        return None
+    _check_family(sink, (*key, "family"), f"{where}/@family", nip.family, addr)
+    top = addr.max_prefixlen
+    if not 1 <= nip.prefix <= top:
+        add(
+            (*key, "prefix"),
+            f"{where}/@prefix",
+            nip.prefix,
+            f"is not a network prefix for {addr}",
+            f"1..{top} (left out: the classful prefix for IPv4, 64 for IPv6)",
+        )
+        return None
+    net = ipaddress.ip_interface(f"{addr}/{nip.prefix}").network
+    if (
+        addr.version == 4
+        and nip.prefix <= 30
+        and addr in (net.network_address, net.broadcast_address)
+    ):
+        what = "network" if addr == net.network_address else "broadcast"
+        add(
+            (*key, "address"),
+            f"{where}/@address",
+            addr,
+            f"is the {what} address of {net}",
+            f"a host address of {net}",
+        )
+    has_dhcp = bool(nip.dhcp_ranges or nip.dhcp_hosts)
+    if addr.version == 6 and has_dhcp and nip.prefix < 64:
+        add(
+            (*key, "prefix"),
+            f"{where}/@prefix",
+            nip.prefix,
+            "is shorter than 64 on an IPv6 <ip> with <dhcp> (dnsmasq serves DHCPv6 only "
+            "on a /64 or a longer prefix)",
+            "64..128",
+        )
+    for j, rng in enumerate(nip.dhcp_ranges):
+        _check_dhcp_range(
+            sink, (*key, "dhcp_ranges", j), f"{where}/dhcp/range[{j + 1}]", rng, net, addr
+        )
+    for j, host in enumerate(nip.dhcp_hosts):
+        _check_dhcp_host(
+            sink, (*key, "dhcp_hosts", j), f"{where}/dhcp/host[{j + 1}]", host, net, addr
+        )
+    if nip.tftp_root is not None:
+        if addr.version != 4:
+            add(
+                (*key, "tftp_root"),
+                f"{where}/tftp",
+                nip.tftp_root,
+                "is on an IPv6 <ip>",
+                "<tftp> on IPv4",
+            )
+        else:
+            _check_abs_path(sink, (*key, "tftp_root"), f"{where}/tftp/@root", nip.tftp_root, True)
+            if not _ONE_LINE.fullmatch(nip.tftp_root):
                 add(
-                    (*hkey, "ip"),
-                    f"{hwhere}/@ip",
-                    hip,
-                    f"is outside the network {net}",
-                    f"an address in {net}",
+                    (*key, "tftp_root"),
+                    f"{where}/tftp/@root",
+                    nip.tftp_root,
+                    "contains control characters",
+                    "a path on one line",
                 )
-            _check_mac(sink, (*hkey, "mac"), f"{hwhere}/@mac", host.mac)
-            if host.mac is None and host.name is None:
-                add(hkey, hwhere, "", "has neither mac nor name", "a mac and/or a name")
-            sink.text((*hkey, "name"), f"{hwhere}/@name", host.name)
+    if nip.bootp_file is None and nip.bootp_server is not None:
+        add(
+            (*key, "bootp_file"),
+            f"{where}/dhcp/bootp/@file",
+            "",
+            "is missing",
+            "the boot file's name",
+        )
+    if nip.bootp_file is not None:
+        bwhere = f"{where}/dhcp/bootp"
+        if addr.version != 4:
+            add(
+                (*key, "bootp_file"),
+                bwhere,
+                nip.bootp_file,
+                "is on an IPv6 <ip>",
+                "<bootp> on IPv4",
+            )
+        elif not has_dhcp:
+            add(
+                (*key, "bootp_file"),
+                bwhere,
+                nip.bootp_file,
+                "is given without DHCP on this <ip>",
+                "<bootp> beside a <range> or <host>",
+            )
+        if not nip.bootp_file or "," in nip.bootp_file or not _ONE_LINE.fullmatch(nip.bootp_file):
+            add(
+                (*key, "bootp_file"),
+                f"{bwhere}/@file",
+                nip.bootp_file,
+                "is not a boot file name",
+                "a file name on one line without ','",
+            )
+        if nip.bootp_server is not None:
+            server = _address(sink, (*key, "bootp_server"), f"{bwhere}/@server", nip.bootp_server)
+            if server is not None and server.version != 4:
+                add(
+                    (*key, "bootp_server"),
+                    f"{bwhere}/@server",
+                    server,
+                    "is not IPv4",
+                    "the IPv4 address of a TFTP server",
+                )
+    return net
+
+
+def _check_dns(sink: _Sink, network: Network) -> None:
+    add = sink.add
+    records = network.dns_forwarders or network.dns_hosts or network.dns_srvs or network.dns_txts
+    if network.dns_enable is False and records:
+        add(
+            ("dns_enable",),
+            "dns/@enable",
+            "no",
+            "turns DNS off while <dns> holds forwarders or records",
+            "enable='no' alone, or the records with DNS on",
+        )
+    for i, fwd in enumerate(network.dns_forwarders):
+        key: Key = ("dns_forwarders", i)
+        where = f"dns/forwarder[{i + 1}]"
+        if fwd.addr is None and fwd.domain is None:
+            add(key, where, "", "has neither addr nor domain", "an addr and/or a domain")
+        if fwd.addr is not None:
+            _address(sink, (*key, "addr"), f"{where}/@addr", fwd.addr)
+        if fwd.domain is not None and not _DNS_NAME.fullmatch(fwd.domain):
+            add(
+                (*key, "domain"),
+                f"{where}/@domain",
+                fwd.domain,
+                "is not a DNS domain",
+                "letters, digits, '.' and '-'",
+            )
+    for i, txt in enumerate(network.dns_txts):
+        key = ("dns_txts", i)
+        where = f"dns/txt[{i + 1}]"
+        if not _DNS_NAME.fullmatch(txt.name):
+            add(
+                (*key, "name"),
+                f"{where}/@name",
+                txt.name,
+                "is not a DNS name",
+                "letters, digits, '.' and '-' (no spaces or commas)",
+            )
+        if not _ONE_LINE.fullmatch(txt.value):
+            add(
+                (*key, "value"),
+                f"{where}/@value",
+                txt.value,
+                "contains control characters",
+                "text on one line",
+            )
+    for i, srv in enumerate(network.dns_srvs):
+        key = ("dns_srvs", i)
+        where = f"dns/srv[{i + 1}]"
+        if not _SRV_SERVICE.fullmatch(srv.service) or len(srv.service) > _SRV_SERVICE_MAX:
+            add(
+                (*key, "service"),
+                f"{where}/@service",
+                srv.service,
+                "is not a service name",
+                f"1..{_SRV_SERVICE_MAX} letters, digits, '_', '-', '+', '/' and '*'",
+            )
+        if srv.protocol not in _SRV_PROTOCOLS:
+            add(
+                (*key, "protocol"),
+                f"{where}/@protocol",
+                srv.protocol,
+                "is not a protocol",
+                "tcp, udp",
+            )
+        for attr in ("domain", "target"):
+            value = getattr(srv, attr)
+            if value is not None and not _DNS_NAME.fullmatch(value):
+                add(
+                    (*key, attr),
+                    f"{where}/@{attr}",
+                    value,
+                    "is not a DNS name",
+                    "letters, digits, '.' and '-' ('.' alone as a target: no such service)",
+                )
+        sink.int_range((*key, "port"), f"{where}/@port", srv.port, 1, 65535)
+        sink.int_range((*key, "priority"), f"{where}/@priority", srv.priority, 0, 65535)
+        sink.int_range((*key, "weight"), f"{where}/@weight", srv.weight, 0, 65535)
+        if srv.target is None:
+            for attr in ("port", "priority", "weight"):
+                value = getattr(srv, attr)
+                if value is not None:
+                    add(
+                        (*key, attr),
+                        f"{where}/@{attr}",
+                        value,
+                        "is given without a target",
+                        "port, priority and weight only with target",
+                    )
     for i, dns in enumerate(network.dns_hosts):
         key = ("dns_hosts", i)
         where = f"dns/host[{i + 1}]"
@@ -778,8 +1037,239 @@ def network_problems(network: Network) -> list[Problem]:
                     "is not a host name",
                     "letters, digits, '.' and '-'",
                 )
+
+
+def _check_forward(sink: _Sink, network: Network, fwd: Forward) -> None:
+    add = sink.add
+    if fwd.mode not in FORWARD_MODES:
+        add(
+            ("forward", "mode"),
+            "forward/@mode",
+            fwd.mode,
+            "is not supported",
+            ", ".join(FORWARD_MODES),
+        )
+    _check_ifname(sink, ("forward", "dev"), "forward/@dev", fwd.dev)
+    seen: set[str] = set()
+    for i, dev in enumerate(fwd.interfaces):
+        iwhere = f"forward/interface[{i + 1}]/@dev"
+        _check_ifname(sink, ("forward", "interfaces", i), iwhere, dev)
+        if dev in seen:
+            add(("forward", "interfaces", i), iwhere, dev, "is listed twice", "each device once")
+        seen.add(dev)
+    if fwd.dev is not None and fwd.interfaces and fwd.dev != fwd.interfaces[0]:
+        add(
+            ("forward", "dev"),
+            "forward/@dev",
+            fwd.dev,
+            f"does not match the first <interface dev='{fwd.interfaces[0]}'/>",
+            fwd.interfaces[0],
+        )
+    if fwd.mode in _OWN_BRIDGE_MODES:
+        if fwd.mode == "open" and fwd.interfaces:
+            add(
+                ("forward", "dev"),
+                "forward/@dev",
+                fwd.interfaces[0],
+                "restricts an open network (which adds no firewall rules)",
+                "no forward device with mode='open'",
+            )
+        elif len(fwd.interfaces) > 1:
+            add(
+                ("forward", "interfaces", 1),
+                "forward/interface[2]",
+                fwd.interfaces[1],
+                f"is a second forward device for mode='{fwd.mode}'",
+                "one device",
+            )
+        if not network.ips:
+            add(
+                ("forward", "mode"),
+                "forward/@mode",
+                fwd.mode,
+                "forwards a network without an <ip>",
+                "an <ip> for the network (or no <forward>: isolated)",
+            )
+    elif fwd.mode == "bridge":
+        if fwd.interfaces:
+            add(
+                ("forward", "dev"),
+                "forward/@dev",
+                fwd.interfaces[0],
+                "(a forward device) makes mode='bridge' a macvtap pool, which is not supported",
+                "<bridge name=> naming a host bridge, without forward devices",
+            )
+        elif network.bridge.name is None:
+            add(
+                ("bridge", "name"),
+                "bridge/@name",
+                "",
+                "is missing for mode='bridge'",
+                "the name of a bridge the host has",
+            )
+    if (fwd.nat_addresses or fwd.nat_ports is not None) and fwd.mode != "nat":
+        add(
+            ("forward", "mode"),
+            "forward/nat",
+            fwd.mode,
+            "does not translate addresses",
+            "<nat> only with mode='nat'",
+        )
+    if len(fwd.nat_addresses) > 1:
+        add(
+            ("forward", "nat_addresses", 1),
+            "forward/nat/address[2]",
+            fwd.nat_addresses[1].start,
+            "is a second NAT address range",
+            "one range",
+        )
+    for i, rng in enumerate(fwd.nat_addresses):
+        key: Key = ("forward", "nat_addresses", i)
+        where = f"forward/nat/address[{i + 1}]"
+        start = _address(sink, (*key, "start"), f"{where}/@start", rng.start)
+        end = _address(sink, (*key, "end"), f"{where}/@end", rng.end)
+        for a, attr in ((start, "start"), (end, "end")):
+            if a is not None and a.version != 4:
+                add((*key, attr), f"{where}/@{attr}", a, "is not IPv4", "an IPv4 address")
+        if start is not None and start.version == 4:  # an IPv6 one is refused above
+            _check_range_order(sink, key, where, rng, start, end)
+        if rng.lease is not None:
+            add((*key, "lease"), f"{where}/lease", rng.lease.expiry, "is not a DHCP range", "none")
+    if fwd.nat_ports is not None:
+        ports = fwd.nat_ports
+        sink.int_range(
+            ("forward", "nat_ports", "start"), "forward/nat/port/@start", ports.start, 1, 65535
+        )
+        sink.int_range(
+            ("forward", "nat_ports", "end"), "forward/nat/port/@end", ports.end, 1, 65535
+        )
+        if ports.start > ports.end:
+            add(
+                ("forward", "nat_ports", "end"),
+                "forward/nat/port/@end",
+                ports.end,
+                f"is below start {ports.start}",
+                f"{ports.start}..65535",
+            )
+
+
+def _check_network_route(sink: _Sink, i: int, route: Route, subnets: list[_Net]) -> None:
+    key: Key = ("routes", i)
+    where = f"route[{i + 1}]"
+    _check_route(sink, key, where, route)
+    sink.int_range((*key, "metric"), f"{where}/@metric", route.metric, 1, 2**32 - 1)
+    try:
+        addr = parse_ip(route.address)
+        gw = parse_ip(route.gateway)
+    except ValueError:
+        return  # reported by _check_route
+    if addr.version == 6 and route.family is None:
+        sink.add(
+            (*key, "family"),
+            f"{where}/@family",
+            "",
+            "is missing on an IPv6 route (libvirt reads a route without family as IPv4)",
+            "ipv6",
+        )
+    if gw.version != addr.version:
+        return  # reported by _check_route
+    if not any(gw in s for s in subnets if s.version == gw.version):
+        sink.add(
+            (*key, "gateway"),
+            f"{where}/@gateway",
+            gw,
+            "is not reachable: it is in no <ip> subnet of the network",
+            "an address in "
+            + (", ".join(str(s) for s in subnets if s.version == gw.version) or "an <ip> subnet"),
+        )
+
+
+def network_problems(network: Network) -> list[Problem]:
+    """Every rule the network breaks, with model keys for the codec's line numbers."""
+    sink = _Sink()
+    add = sink.add
+    _check_name(sink, ("name",), "name", network.name)
+    _check_uuid(sink, ("uuid",), "uuid", network.uuid)
+    fwd = network.forward
+    host_bridge = fwd is not None and fwd.mode == "bridge"
+    br = network.bridge
+    _check_ifname(sink, ("bridge", "name"), "bridge/@name", br.name)
+    sink.int_range(("bridge", "delay"), "bridge/@delay", br.delay, 0, None)
+    if br.mac_table_manager is not None and br.mac_table_manager not in _MAC_TABLE_MANAGERS:
+        add(
+            ("bridge", "mac_table_manager"),
+            "bridge/@macTableManager",
+            br.mac_table_manager,
+            "is not supported",
+            ", ".join(_MAC_TABLE_MANAGERS),
+        )
+    sink.int_range(("mtu",), "mtu/@size", network.mtu, MTU_MIN, MTU_MAX)
+    _check_mac(sink, ("mac",), "mac/@address", network.mac)
+    if network.domain_name is not None and not _DNS_NAME.fullmatch(network.domain_name):
+        add(
+            ("domain_name",),
+            "domain/@name",
+            network.domain_name,
+            "is not a DNS domain",
+            "letters, digits, '.' and '-'",
+        )
+    if network.domain_local_only is not None and network.domain_name is None:
+        add(
+            ("domain_local_only",),
+            "domain/@localOnly",
+            "yes" if network.domain_local_only else "no",
+            "is given without a domain name",
+            "localOnly with <domain name=>",
+        )
+    if host_bridge:
+        for value, key, where in (
+            (br.stp, ("bridge", "stp"), "bridge/@stp"),
+            (br.delay or None, ("bridge", "delay"), "bridge/@delay"),
+            (network.mtu, ("mtu",), "mtu/@size"),
+            (network.mac, ("mac",), "mac/@address"),
+            (network.domain_name, ("domain_name",), "domain/@name"),
+            (network.ips[0].address if network.ips else None, ("ips", 0), "ip[1]"),
+            (network.dns_hosts[0].ip if network.dns_hosts else None, ("dns_hosts", 0), "dns/host"),
+            (network.dns_srvs[0].service if network.dns_srvs else None, ("dns_srvs", 0), "dns/srv"),
+            (network.dns_txts[0].name if network.dns_txts else None, ("dns_txts", 0), "dns/txt"),
+        ):
+            if value is not None:
+                _refuse_in_bridge_mode(sink, key, where, value)
+    if fwd is not None:
+        _check_forward(sink, network, fwd)
+
+    subnets: list[_Net] = []
+    dhcp_ip: dict[int, int] = {}  # IP version -> index of the first <ip> with DHCP
+    tftp_ip: int | None = None
+    for i, nip in enumerate(network.ips):
+        net = _check_network_ip(sink, network, i, nip)
+        if net is None:
+            continue
+        subnets.append(net)
+        if nip.dhcp_ranges or nip.dhcp_hosts:
+            first = dhcp_ip.setdefault(net.version, i)
+            if first != i:
+                add(
+                    ("ips", i),
+                    f"ip[{i + 1}]/dhcp",
+                    nip.address,
+                    f"is a second IPv{net.version} <ip> with DHCP (the first is ip[{first + 1}])",
+                    "DHCP on one IPv4 and one IPv6 <ip>",
+                )
+        if nip.tftp_root is not None and net.version == 4:
+            if tftp_ip is None:
+                tftp_ip = i
+            else:
+                add(
+                    ("ips", i, "tftp_root"),
+                    f"ip[{i + 1}]/tftp",
+                    nip.tftp_root,
+                    f"is a second <tftp> (the first is in ip[{tftp_ip + 1}])",
+                    "<tftp> on one IPv4 <ip>",
+                )
+    _check_dns(sink, network)
     for i, route in enumerate(network.routes):
-        _check_route(sink, ("routes", i), f"route[{i + 1}]", route)
+        _check_network_route(sink, i, route, subnets)
     return sink.problems
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 from hypothesis import strategies as st
 
 from supervisor.model import (
+    INTERFACE_FILTERS,
     AddressRange,
     Bridge,
     Capabilities,
@@ -22,7 +23,11 @@ from supervisor.model import (
     CpuBucket,
     CpuTune,
     DhcpHost,
+    DhcpLease,
+    DnsForwarder,
     DnsHost,
+    DnsSrv,
+    DnsTxt,
     Domain,
     DomainType,
     Filesystem,
@@ -168,6 +173,9 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         routes=tuple(draw(st.lists(routes(), max_size=2))),
         mtu=draw(st.none() | st.integers(68, 65535)),
         link_up=draw(st.none() | st.booleans()),
+        filterref=draw(st.none() | st.sampled_from(INTERFACE_FILTERS))
+        if itype in ("network", "bridge")
+        else None,
     )
 
 
@@ -355,44 +363,135 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
     )
 
 
+_LEASE_UNITS: tuple[Literal["seconds", "minutes", "hours"], ...] = ("seconds", "minutes", "hours")
+
+
 @st.composite
-def _network_ips(draw: st.DrawFn, version: int) -> NetworkIp:
+def _leases(draw: st.DrawFn) -> DhcpLease | None:
+    """None, an infinite lease, or one of at least two minutes (dnsmasq's shortest)."""
+    kind = draw(st.sampled_from(("none", "infinite", "finite")))
+    if kind == "none":
+        return None
+    if kind == "infinite":
+        return DhcpLease(0)
+    unit = draw(st.sampled_from(_LEASE_UNITS))
+    low = {"seconds": 120, "minutes": 2, "hours": 1}[unit]
+    return DhcpLease(draw(st.integers(low, 10**6)), unit)
+
+
+def _duids() -> st.SearchStrategy[str]:
+    """DUID-LL client ids (type 3, ethernet), lower-case as the codec stores them."""
+    return st.lists(st.integers(0, 255), min_size=6, max_size=6).map(
+        lambda b: "0:3:0:1:" + ":".join(f"{x:x}" for x in b)
+    )
+
+
+@st.composite
+def _network_ips(draw: st.DrawFn, version: int, dhcp: bool, tftp: bool) -> NetworkIp:
+    """An ``<ip>`` whose address is a host address, DHCP (when ``dhcp``) that avoids it."""
     if version == 4:
         prefix = draw(st.integers(8, 30))
-        addr = draw(st.ip_addresses(v=4))
+        base = draw(st.ip_addresses(v=4))
     else:
-        prefix = draw(st.integers(64, 126))
-        addr = draw(st.ip_addresses(v=6))
-    net = ipaddress.ip_interface(f"{addr}/{prefix}").network
+        prefix = draw(st.integers(64 if dhcp else 48, 126))
+        base = draw(st.ip_addresses(v=6))
+    net = ipaddress.ip_interface(f"{base}/{prefix}").network
     size = net.num_addresses
-
-    def in_net() -> st.SearchStrategy[int]:
-        return st.integers(0, size - 1)
-
-    ranges = []
-    for _ in range(draw(st.integers(0, 2))):
-        a, b = sorted((draw(in_net()), draw(in_net())))
-        ranges.append(AddressRange(str(net[a]), str(net[b])))
-    hosts = []
-    for _ in range(draw(st.integers(0, 2))):
-        mac = draw(st.none() | macs())
-        name = draw(hostnames()) if mac is None else draw(st.none() | hostnames())
-        hosts.append(DhcpHost(ip=str(net[draw(in_net())]), mac=mac, name=name))
+    # usable host indices: IPv4 has no network and broadcast address to hand out
+    lo, hi = 1, size - 2 if version == 4 else size - 1
+    gw = draw(st.integers(lo, hi))
+    ranges: list[AddressRange] = []
+    hosts: list[DhcpHost] = []
+    if dhcp:
+        sides = [s for s in ((lo, gw - 1), (gw + 1, hi)) if s[0] <= s[1]]
+        for _ in range(draw(st.integers(0, 2)) if sides else 0):
+            first, last = draw(st.sampled_from(sides))
+            a, b = sorted((draw(st.integers(first, last)), draw(st.integers(first, last))))
+            ranges.append(AddressRange(str(net[a]), str(net[b]), lease=draw(_leases())))
+        for _ in range(draw(st.integers(0, 2)) if sides else 0):
+            first, last = draw(st.sampled_from(sides))
+            ip = str(net[draw(st.integers(first, last))])
+            name = draw(st.none() | hostnames())
+            if version == 4:
+                mac = draw(macs()) if name is None else draw(st.none() | macs())
+                hosts.append(DhcpHost(ip=ip, mac=mac, name=name, lease=draw(_leases())))
+            else:
+                duid = draw(_duids()) if name is None else draw(st.none() | _duids())
+                hosts.append(DhcpHost(ip=ip, id=duid, name=name, lease=draw(_leases())))
+    bootp_file = bootp_server = None
+    if version == 4 and (ranges or hosts) and draw(st.booleans()):
+        bootp_file = draw(st.text(alphabet=_ALNUM + "._-/", min_size=1, max_size=20))
+        bootp_server = draw(st.none() | st.ip_addresses(v=4).map(str))
     return NetworkIp(
-        address=str(addr),
+        address=str(net[gw]),
         prefix=prefix,
         family="ipv4" if version == 4 else "ipv6",
         dhcp_ranges=tuple(ranges),
         dhcp_hosts=tuple(hosts),
+        tftp_root=draw(st.none() | abs_paths()) if tftp and version == 4 else None,
+        bootp_file=bootp_file,
+        bootp_server=bootp_server,
+    )
+
+
+@st.composite
+def _network_routes(draw: st.DrawFn, ips: tuple[NetworkIp, ...]) -> tuple[Route, ...]:
+    """Routes to network addresses through a gateway on one of the network's subnets."""
+    out = []
+    for _ in range(draw(st.integers(0, 2)) if ips else 0):
+        nip = draw(st.sampled_from(ips))
+        subnet = ipaddress.ip_interface(f"{nip.address}/{nip.prefix}").network
+        gateway = subnet[draw(st.integers(1, subnet.num_addresses - 1))]
+        version = subnet.version
+        dest = draw(st.ip_addresses(v=version))
+        prefix = draw(st.integers(0, dest.max_prefixlen))
+        family = draw(st.none() | st.just("ipv4")) if version == 4 else "ipv6"
+        out.append(
+            Route(
+                address=str(ipaddress.ip_network(f"{dest}/{prefix}", strict=False).network_address),
+                prefix=prefix,
+                gateway=str(gateway),
+                family=family,  # type: ignore[arg-type]
+                metric=draw(st.none() | st.integers(1, 2**32 - 1)),
+            )
+        )
+    return tuple(out)
+
+
+@st.composite
+def _dns_srvs(draw: st.DrawFn) -> DnsSrv:
+    target = draw(st.none() | st.just(".") | hostnames())
+    with_target = st.none() if target is None else st.none() | st.integers(0, 65535)
+    return DnsSrv(
+        service=draw(st.text(alphabet=_ALNUM + "_-+/*", min_size=1, max_size=20)),
+        protocol=draw(st.sampled_from(("tcp", "udp"))),
+        domain=draw(st.none() | hostnames()),
+        target=target,
+        port=draw(st.none() if target is None else st.none() | st.integers(1, 65535)),
+        priority=draw(with_target),
+        weight=draw(with_target),
     )
 
 
 @st.composite
 def networks(draw: st.DrawFn) -> Network:
-    """Valid networks (isolated or forwarding, IPv4 and/or IPv6, DHCP, DNS hosts, routes)."""
+    """Valid networks of every mode: isolated, nat, route, open, and a host bridge.
+
+    A network the supervisor makes the bridge of has IPv4 and/or IPv6 addresses (nat, route and
+    open need one), DHCP on at most one of each family, DNS records and routes through its
+    subnets; a host bridge (mode='bridge') has none of these, only the bridge's name.
+    """
+    mode = draw(st.sampled_from((None, "nat", "route", "open", "bridge")))
+    host_bridge = mode == "bridge"
+    versions: list[int] = []
+    if not host_bridge:
+        versions = draw(st.lists(st.sampled_from((4, 6)), min_size=mode is not None, max_size=3))
+    ips: list[NetworkIp] = []
+    for v in versions:
+        first = v not in [int(ip.family[-1]) for ip in ips]
+        ips.append(draw(_network_ips(v, dhcp=first, tftp=first)))
     forward = None
-    if draw(st.booleans()):
-        mode = draw(st.sampled_from(("nat", "route", "open", "bridge")))
+    if mode is not None:
         nat_addresses: tuple[AddressRange, ...] = ()
         nat_ports = None
         if mode == "nat":
@@ -404,24 +503,56 @@ def networks(draw: st.DrawFn) -> Network:
                 nat_ports = PortRange(p, q)
         forward = Forward(
             mode=mode,  # type: ignore[arg-type]
-            dev=draw(st.none() | ifnames()),
+            dev=draw(st.none() | ifnames()) if mode in ("nat", "route") else None,
             nat_addresses=nat_addresses,
             nat_ports=nat_ports,
         )
-    versions = draw(st.lists(st.sampled_from((4, 6)), max_size=2))
+    dns_enable = draw(st.none() | st.booleans())
+    records = dns_enable is not False
+    own = not host_bridge and records
+    domain_name = None if host_bridge else draw(st.none() | hostnames())
     return Network(
         name=draw(names()),
         uuid=draw(st.none() | uuids()),
         bridge=Bridge(
-            name=draw(st.none() | ifnames()),
-            stp=draw(st.none() | st.booleans()),
-            delay=draw(st.none() | st.integers(0, 100)),
+            name=draw(ifnames() if host_bridge else st.none() | ifnames()),
+            stp=None if host_bridge else draw(st.none() | st.booleans()),
+            delay=draw(st.none() | st.just(0))
+            if host_bridge
+            else draw(st.none() | st.integers(0, 100)),
+            mac_table_manager=draw(st.none() | st.sampled_from(("kernel", "libvirt"))),
         ),
-        mtu=draw(st.none() | st.integers(68, 65535)),
-        mac=draw(st.none() | macs()),
-        domain_name=draw(st.none() | hostnames()),
+        mtu=None if host_bridge else draw(st.none() | st.integers(68, 65535)),
+        mac=None if host_bridge else draw(st.none() | macs()),
+        domain_name=domain_name,
+        domain_local_only=None if domain_name is None else draw(st.none() | st.booleans()),
         forward=forward,
-        ips=tuple(draw(_network_ips(v)) for v in versions),
+        ips=tuple(ips),
+        dns_enable=dns_enable,
+        dns_forward_plain_names=draw(st.none() | st.booleans()),
+        dns_forwarders=tuple(
+            draw(
+                st.lists(
+                    st.one_of(
+                        st.builds(DnsForwarder, addr=st.ip_addresses().map(str)),
+                        st.builds(DnsForwarder, domain=hostnames()),
+                        st.builds(
+                            DnsForwarder, addr=st.ip_addresses().map(str), domain=hostnames()
+                        ),
+                    ),
+                    max_size=2 if records else 0,
+                )
+            )
+        ),
+        dns_txts=tuple(
+            draw(
+                st.lists(
+                    st.builds(DnsTxt, name=hostnames(), value=_xml_text(newlines=False)),
+                    max_size=2 if own else 0,
+                )
+            )
+        ),
+        dns_srvs=tuple(draw(st.lists(_dns_srvs(), max_size=2 if own else 0))),
         dns_hosts=tuple(
             draw(
                 st.lists(
@@ -430,10 +561,13 @@ def networks(draw: st.DrawFn) -> Network:
                         ip=st.ip_addresses().map(str),
                         hostnames=st.lists(hostnames(), min_size=1, max_size=2).map(tuple),
                     ),
-                    max_size=2,
+                    max_size=2 if own else 0,
                 )
             )
         ),
-        routes=tuple(draw(st.lists(routes(), max_size=2))),
+        port_isolated=draw(st.none() | st.booleans()),
+        routes=draw(_network_routes(tuple(ips))),
+        ipv6=draw(st.none() | st.booleans()),
         autostart=draw(st.booleans()),
+        metadata=tuple(draw(st.lists(foreign_metadata(), max_size=2))),
     )

@@ -180,7 +180,8 @@ def test_output_is_deterministic_two_space_indented() -> None:
 
 def test_network_forward_without_mode_is_nat_and_absent_is_isolated() -> None:
     """<forward/> means NAT; no <forward> means isolated."""
-    nat = parse_network("<network><name>n</name><forward/></network>")
+    ip = "<ip address='10.1.0.1' prefix='24'/>"  # libvirt forwards only a network with one
+    nat = parse_network(f"<network><name>n</name><forward/>{ip}</network>")
     iso = parse_network("<network><name>n</name></network>")
     assert (Forward(mode="nat"), None) == (nat.forward, iso.forward)
 

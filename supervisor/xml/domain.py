@@ -30,6 +30,7 @@ from typing import Final, Literal, cast
 from lxml import etree
 
 from supervisor.model import (
+    INTERFACE_FILTERS,
     Capabilities,
     CapsPolicy,
     CpuBucket,
@@ -134,7 +135,7 @@ _LIFECYCLE: Final[dict[str, object]] = {
 }
 _FAMILIES: Final[dict[str, object]] = {"ipv4": "ipv4", "ipv6": "ipv6"}
 _IFACE_CHILDREN: Final = dict.fromkeys(
-    ("source", "mac", "target", "guest", "ip", "route", "mtu", "link")
+    ("source", "mac", "target", "guest", "ip", "route", "mtu", "link", "filterref")
 )
 # The sets and tables below are built once here rather than at each call: reading a domain
 # consults a dozen of them, and building them took a noticeable part of its time.
@@ -158,7 +159,14 @@ _DEV_ATTR: Final = frozenset({"dev"})
 _SIZE_ATTR: Final = frozenset({"size"})
 _IP_ATTRS: Final = frozenset({"address", "prefix", "family"})
 _ROUTE_ATTRS: Final = frozenset({"family", "address", "prefix", "netmask", "gateway"})
+#: a network's ``<route>`` also has ``metric`` (read for networks only: NICs do not apply it)
+_ROUTE_ATTRS_METRIC: Final = _ROUTE_ATTRS | {"metric"}
 _UP_DOWN: Final[dict[str, object]] = {"up": True, "down": False}
+_FILTER_ATTR: Final = frozenset({"filter"})
+#: ``<filterref filter=>``: the nwfilter names the supervisor implements (docs/networking.md)
+_FILTERS: Final[dict[str, object]] = {name: name for name in INTERFACE_FILTERS}
+#: the interface types plumbed into a bridge, the only ones a filter applies to
+_FILTERED_TYPES: Final = ("network", "bridge")
 #: Interface type -> the attribute of ``<source>`` that names what it connects to.
 _SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "vserver": "dev"}
 _SOURCE_ATTRS: Final = {itype: frozenset({attr}) for itype, attr in _SOURCE_ATTR.items()}
@@ -703,7 +711,8 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
             r.duplicate(child, cwhere)
             continue
         seen.add(tag)
-        r.text(child, cwhere)
+        if tag != "filterref":  # whose children (<parameter>) are reported below
+            r.text(child, cwhere)
         if tag == "source":
             if source_attr is None:
                 r.error(line, cwhere, "element <source> is not used by type='ethernet'")
@@ -724,6 +733,25 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
             r.attrs(child, cwhere, _SIZE_ATTR)
             fields["mtu"] = r.integer(child, f"{cwhere}/@size", r.required(child, cwhere, "size"))
             r.lines[(*key, "mtu")] = line
+        elif tag == "filterref":
+            # libvirt's nwfilter reference; only the filters the supervisor implements, and no
+            # parameters (the guest's addresses are known without them): anything else would
+            # silently mean less filtering than the document asks for
+            r.attrs(child, cwhere, _FILTER_ATTR)
+            for param in r.children(child, cwhere):
+                r.error(
+                    srcline(param),
+                    f"{cwhere}/{tag_name(param)}",
+                    "filter parameters are not supported: the guest's addresses are its "
+                    "<ip>, its reservation and its DHCP leases",
+                )
+            if itype not in _FILTERED_TYPES:
+                r.error(line, cwhere, f"element <filterref> is not used by type='{itype}'")
+                continue
+            fields["filterref"] = r.choice(
+                child, f"{cwhere}/@filter", r.required(child, cwhere, "filter"), _FILTERS
+            )
+            r.lines[(*key, "filterref")] = line
         elif tag == "link":
             r.attrs(child, cwhere, _STATE_ATTR)
             fields["link_up"] = r.choice(
@@ -809,17 +837,18 @@ def natural_prefix(address: str) -> int | None:
     return None
 
 
-def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
+def read_route(r: Reader, el: etree._Element, where: str, *, metric: bool = False) -> Route | None:
     """A ``<route>`` (shared by domains and networks); netmask is accepted and stored as prefix.
 
     Without prefix or netmask (or with prefix='0', which libvirt reads the same way) the prefix
     is the one libvirt infers (:func:`natural_prefix`): ``address='0.0.0.0'`` is a default route,
     and the inferred prefix is stored, so the document written back says what is applied.
     """
-    r.attrs(el, where, _ROUTE_ATTRS)
+    r.attrs(el, where, _ROUTE_ATTRS_METRIC if metric else _ROUTE_ATTRS)
     address = r.required(el, where, "address")
     gateway = r.required(el, where, "gateway")
     prefix = read_prefix(r, el, where)
+    route_metric = r.int_attr(el, where, "metric") if metric else None
     if address is None or gateway is None:
         return None
     address = canonical_ip(address)
@@ -842,6 +871,7 @@ def read_route(r: Reader, el: etree._Element, where: str) -> Route | None:
             "Literal['ipv4', 'ipv6'] | None",
             r.choice_attr(el, where, "family", _FAMILIES),
         ),
+        metric=route_metric,
     )
 
 
@@ -947,8 +977,8 @@ def write_domain(d: Domain) -> str:
         if d.cputune.period is not None:
             sub(ct, "period", str(d.cputune.period))
         if d.cputune.quota is not None:
-            # libvirt writes every "unlimited" (negative) quota as -1; so do we.
-            sub(ct, "quota", str(max(d.cputune.quota, -1)))
+            # every "unlimited" (negative) quota is -1 in the model, as libvirt writes it
+            sub(ct, "quota", str(d.cputune.quota))
     if d.memtune is not None:
         mt = sub(root, "memtune")
         if d.memtune.hard_limit_kib is not None:
@@ -1031,6 +1061,8 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         sub(el, "mtu", size=str(iface.mtu))
     if iface.link_up is not None:
         sub(el, "link", state="up" if iface.link_up else "down")
+    if iface.filterref is not None:
+        sub(el, "filterref", filter=iface.filterref)
 
 
 def write_route(parent: etree._Element, route: Route) -> None:
