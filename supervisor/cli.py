@@ -24,6 +24,38 @@ def _cmd_format(args: argparse.Namespace) -> int:
     return format_path(args.path, out=sys.stdout, err=sys.stderr)
 
 
+def _cmd_from_native(args: argparse.Namespace) -> int:
+    from supervisor.formats_cli import lxc_from_native
+
+    return lxc_from_native(args.file, name=args.name, out=sys.stdout, err=sys.stderr)
+
+
+def _cmd_to_native(args: argparse.Namespace) -> int:
+    from supervisor.formats_cli import lxc_to_native
+
+    return lxc_to_native(args.file, cgroup_version=args.cgroup, out=sys.stdout, err=sys.stderr)
+
+
+def _cmd_import_lxc(args: argparse.Namespace) -> int:
+    from supervisor.formats_cli import import_lxc
+
+    status, document = import_lxc(args.name, args.lxcpath, err=sys.stderr)
+    if document is None:
+        return status
+    if not args.define:
+        sys.stdout.write(document)
+        return 0
+    from supervisor.api.client import Client
+    from supervisor.clientcli import run_verb
+
+    def define(a: argparse.Namespace, c: Client) -> int:
+        reply = c.send_xml("/v1/domains", document.encode())
+        sys.stdout.write(f"Domain '{reply['domain']['name']}' defined from LXC {args.name}\n")
+        return 0
+
+    return run_verb("import-lxc", define, args)
+
+
 def _cmd_daemon(args: argparse.Namespace) -> int:
     import logging
     import os
@@ -113,6 +145,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("format", help="print a document as the supervisor stores it")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=_cmd_format)
+
+    p = sub.add_parser(
+        "domxml-from-native",
+        help="print the domain document for an LXC container config (keys not mapped: stderr)",
+    )
+    p.add_argument("format", choices=("lxc-tools",), metavar="FORMAT", help="lxc-tools")
+    p.add_argument("file", metavar="FILE", help="the LXC config ('-' for stdin)")
+    p.add_argument("--name", help="the domain's name (default: lxc.uts.name)")
+    p.set_defaults(func=_cmd_from_native)
+
+    p = sub.add_parser(
+        "domxml-to-native",
+        help="print the LXC container config for a domain document (what LXC lacks: stderr)",
+    )
+    p.add_argument("format", choices=("lxc-tools",), metavar="FORMAT", help="lxc-tools")
+    p.add_argument("file", metavar="FILE", help="the domain document ('-' for stdin)")
+    p.add_argument(
+        "--cgroup",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="write lxc.cgroup2.* (2, default) or lxc.cgroup.* (1) keys",
+    )
+    p.set_defaults(func=_cmd_to_native)
+
+    p = sub.add_parser(
+        "import-lxc", help="print (or --define) the domain for the LXC container LXCPATH/NAME"
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--lxcpath", default="/var/lib/lxc", help="LXC's container directory (%(default)s)"
+    )
+    p.add_argument(
+        "--define", action="store_true", help="define it on the running supervisor instead"
+    )
+    p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help="the API socket")
+    p.set_defaults(func=_cmd_import_lxc)
 
     p = sub.add_parser("daemon", help="run the supervisor in the foreground")
     p.add_argument("--state-dir", default="/var/lib/vsv", help="definitions (default %(default)s)")
