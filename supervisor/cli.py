@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -261,7 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_daemon)
 
-    from supervisor.gc import add_gc_parser
     from supervisor.stress_cli import add_stress_parser
 
     add_gc_parser(sub)
@@ -277,6 +277,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_rootfs)
     return parser
+
+
+def add_gc_parser(subparsers: Any) -> None:
+    """Add the ``gc`` verb to the ``vsv`` parser's subparsers (here, so that building the
+    parser for another verb does not import :mod:`supervisor.gc` and attrs)."""
+    p = subparsers.add_parser(
+        "gc",
+        help="find and remove what a crashed supervisor left behind",
+        description="Find (and unless --dry-run remove) the network namespaces, links, "
+        "nftables tables, cgroups, processes and run-dir files whose names start with PREFIX.",
+    )
+    p.add_argument(
+        "--prefix", default="vsv", help="name prefix of the objects (default %(default)s)"
+    )
+    p.add_argument(
+        "--run-dir",
+        default="/run/vsv",
+        help="the supervisor's run dir (default %(default)s; '' to skip run-dir files)",
+    )
+    p.add_argument(
+        "--netns",
+        metavar="NAME",
+        help="sandbox network namespace whose links and tables are inspected too",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list only, remove nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even while a vsv daemon with an overlapping prefix is alive",
+    )
+    p.set_defaults(func=_cmd_gc)
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from supervisor.gc import cmd_gc
+
+    return cmd_gc(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

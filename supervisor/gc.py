@@ -683,34 +683,3 @@ def _status(error: str | None, *, dry_run: bool) -> str:
     if dry_run:
         return "found"
     return "removed" if error is None else f"FAILED: {error}"
-
-
-def add_gc_parser(subparsers: Any) -> None:
-    """Add the ``gc`` verb to the ``vsv`` parser's subparsers."""
-    p = subparsers.add_parser(
-        "gc",
-        help="find and remove what a crashed supervisor left behind",
-        description="Find (and unless --dry-run remove) the network namespaces, links, "
-        "nftables tables, cgroups, processes and run-dir files whose names start with PREFIX.",
-    )
-    p.add_argument(
-        "--prefix", default="vsv", help="name prefix of the objects (default %(default)s)"
-    )
-    p.add_argument(
-        "--run-dir",
-        default=DEFAULT_RUN_DIR,
-        help="the supervisor's run dir (default %(default)s; '' to skip run-dir files)",
-    )
-    p.add_argument(
-        "--netns",
-        metavar="NAME",
-        help="sandbox network namespace whose links and tables are inspected too",
-    )
-    p.add_argument("--dry-run", action="store_true", help="list only, remove nothing")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="run even while a vsv daemon with an overlapping prefix is alive",
-    )
-    p.set_defaults(func=cmd_gc)

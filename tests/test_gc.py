@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import gc, nsutil
+from supervisor.cli import add_gc_parser
 from supervisor.gc import KIND_ORDER, Leftover
 from supervisor.guest.cgroups import GuestCgroup, detect_layout
 
@@ -135,7 +136,7 @@ def test_unsafe_prefix_is_refused(bad: str) -> None:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vsv")
-    gc.add_gc_parser(parser.add_subparsers(dest="verb"))
+    add_gc_parser(parser.add_subparsers(dest="verb"))
     return parser.parse_args(argv)
 
 
