@@ -689,6 +689,20 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     )
     from supervisor import stopsignals
 
+    listeners = None
+    if opts.socket is not None:
+        from supervisor.api.server import bind_api
+
+        # bound before anything runs (see ApiListeners): a second supervisor stops here, and a
+        # client that connects once the supervisor announced itself waits to be served
+        try:
+            listeners = bind_api(opts.socket, opts.ro_socket, opts.socket_group)
+        except VsvError as exc:
+            journal.close()
+            if created_netns:
+                nsutil.delete_netns(opts.netns or "")
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 1
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             # one that came before we listened (see supervisor.stopsignals) counts as well
@@ -696,7 +710,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
             async with trio.open_nursery() as nursery:
                 await nursery.start(print_events, sup.bus, out)
                 await nursery.start(sup.run)  # publishes the supervisor's STARTED first
-                if opts.socket is not None:
+                if listeners is not None:
                     from supervisor.api.server import serve_api
 
                     await nursery.start(
@@ -704,9 +718,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                             serve_api,
                             sup,
                             journal,
-                            socket_path=opts.socket,
-                            ro_socket_path=opts.ro_socket,
-                            group=opts.socket_group,
+                            listeners=listeners,
                             max_connections=opts.api_max_connections,
                             ro_max_connections=opts.api_ro_max_connections,
                         )
@@ -742,6 +754,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                 await trio.lowlevel.checkpoint()
                 nursery.cancel_scope.cancel()
     finally:
+        if listeners is not None:
+            listeners.close()
         journal.close()
         if created_netns and not opts.keep_guests:
             nsutil.delete_netns(opts.netns or "")

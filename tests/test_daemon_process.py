@@ -267,3 +267,35 @@ def test_live_changes_survive_a_supervisor_sigkill(
     assert second.stop(signal.SIGTERM) == 0
     second.wait_line("tuned STOPPED SHUTDOWN")
     assert find_leftovers(detect_layout(), prefix) == []
+
+
+def test_second_supervisor_on_a_live_socket_leaves_the_first_alone(
+    tmp_path: Path, dirs: dict[str, Path], prefix: str, daemons: list[Daemon]
+) -> None:
+    """A second `vsv daemon` on the same socket exits 1 naming the socket before it does
+    anything else: it announces nothing and the first one's guest keeps running, untouched."""
+    first = _start_ready(tmp_path, dirs, prefix, daemons, "only")
+    record = json.loads((dirs["run"] / "domains" / "only.json").read_text())
+    second = subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", *_args(dirs, prefix)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert "another supervisor is serving" in second.stderr
+    assert str(dirs["run"] / "vsv.sock") in second.stderr
+    assert second.stdout == ""  # not even its own STARTED
+    assert _running(record["init_pid"])
+    assert (dirs["run"] / "vsv.sock").is_socket()  # the first one's socket is still there
+    assert _vsv_json(dirs, "list", "--json")  # and still served
+    assert first.stop(signal.SIGTERM) == 0
+    first.wait_line("@supervisor STOPPED")
+    assert [line.split(" ", 1)[1] for line in first.lines] == [
+        "@supervisor STARTED",
+        "only DEFINED ADDED",
+        "only STARTED BOOTED",
+        "only STOPPED SHUTDOWN",
+        "@supervisor STOPPED",
+    ]
+    assert find_leftovers(detect_layout(), prefix) == []

@@ -336,6 +336,7 @@ async def serve_api(
     max_connections: int | None = None,
     ro_max_connections: int | None = None,
     guard: NamespaceGuard | None = None,
+    listeners: ApiListeners | None = None,
     task_status: trio.TaskStatus[ApiEndpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until cancelled; ``task_status.started`` once both sockets accept.
@@ -345,8 +346,14 @@ async def serve_api(
     ``ro_max_connections`` cap each socket's open connections (``None``: the defaults); both
     are scaled down when the descriptor limit is too low for them (:func:`plan_caps`).
     ``guard`` checks read-write peers (default: against this process's namespaces).
+    ``listeners`` are sockets the caller bound earlier with :func:`bind_api` (it then owns
+    and removes them; ``socket_path``, ``ro_socket_path`` and ``group`` are taken from them).
     """
-    gid = resolve_gid(group)
+    if listeners is not None:
+        socket_path, ro_socket_path = listeners.socket_path, listeners.ro_socket_path
+        gid = None
+    else:
+        gid = resolve_gid(group)
     plan = plan_caps(nofile_limit(), rw=max_connections, ro=ro_max_connections)
     if plan.scaled:
         log.warning(
@@ -360,7 +367,8 @@ async def serve_api(
             extra={"nofile": plan.nofile},
         )
     rw_guard = guard if guard is not None else NamespaceGuard.for_this_process()
-    made: list[tuple[str, socket.socket, int]] = []
+    own = listeners is None
+    bound = listeners if listeners is not None else ApiListeners(socket_path, ro_socket_path)
     served: list[ApiSocket] = []
 
     def statistics() -> ApiStatistics:
@@ -372,13 +380,10 @@ async def serve_api(
         )
 
     try:
-        rw_mode = 0o660 if gid is not None else 0o600
-        for path, mode, owner in ((socket_path, rw_mode, gid), (ro_socket_path, 0o666, None)):
-            if path is not None:
-                sock = bind_unix_socket(path, mode=mode, gid=owner)
-                made.append((path, sock, os.stat(path).st_ino))
+        if own:
+            bound.bind(gid)
         config = _hypercorn_config()
-        for index, (_path, sock, _ino) in enumerate(made):
+        for index, (_path, sock, _ino) in enumerate(bound.made):
             read_only = index == 1
             cap = plan.ro_max_connections if read_only else plan.max_connections
             app = ApiApp(
@@ -419,9 +424,56 @@ async def serve_api(
     finally:
         for api in served:
             api.app.close()
-        for path, sock, ino in made:
+        if own:
+            bound.close()
+
+
+@attrs.define
+class ApiListeners:
+    """The API's listening sockets, bound before the supervisor starts and served after.
+
+    The daemon binds them first of all: a client that connects as soon as the supervisor has
+    announced itself waits in the listen backlog until the API is served instead of finding no
+    socket, and a second supervisor started by mistake fails on the live socket before it
+    re-adopts (and disturbs) the first one's guests.
+    """
+
+    socket_path: str
+    ro_socket_path: str | None
+    #: (path, socket, inode) of each socket bound, read-write first
+    made: list[tuple[str, socket.socket, int]] = attrs.Factory(list)
+
+    def bind(self, gid: int | None) -> None:
+        """Bind both sockets (read-write ``0600``, or ``0660`` with group ``gid``; read-only
+        ``0666``); on failure the ones already bound are removed."""
+        rw_mode = 0o660 if gid is not None else 0o600
+        try:
+            for path, mode, owner in (
+                (self.socket_path, rw_mode, gid),
+                (self.ro_socket_path, 0o666, None),
+            ):
+                if path is not None:
+                    sock = bind_unix_socket(path, mode=mode, gid=owner)
+                    self.made.append((path, sock, os.stat(path).st_ino))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the sockets and remove their files (unless someone replaced them)."""
+        for path, sock, ino in self.made:
             _remove_if_ours(path, ino)
             sock.close()
+        self.made.clear()
+
+
+def bind_api(
+    socket_path: str, ro_socket_path: str | None, group: str | int | None = None
+) -> ApiListeners:
+    """Bind the API's sockets now, to be served later by ``serve_api(listeners=...)``."""
+    listeners = ApiListeners(socket_path, ro_socket_path)
+    listeners.bind(resolve_gid(group))
+    return listeners
 
 
 def _remove_if_ours(path: str, ino: int) -> None:
