@@ -82,6 +82,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from supervisor.fleet.cli import daemon_settings
+
+    fleet = daemon_settings(args)
+    if isinstance(fleet, str):
+        print(f"vsv daemon: {fleet}", file=sys.stderr)
+        return 2
     opts = DaemonOptions(
         state_dir=Path(args.state_dir),
         run_dir=Path(args.run_dir),
@@ -98,6 +104,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         log_max_bytes=args.log_max_mib << 20,
         api_max_connections=args.api_max_connections,
         api_ro_max_connections=args.api_ro_max_connections,
+        fleet=fleet,
     )
     return trio.run(run_daemon, opts)
 
@@ -260,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
+    from supervisor.fleet.cli import add_daemon_options, add_fleet_parser
+
+    add_daemon_options(p)
     p.set_defaults(func=_cmd_daemon)
+    add_fleet_parser(sub)
 
     from supervisor.stress_cli import add_stress_parser
 

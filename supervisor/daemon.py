@@ -29,7 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import trio
@@ -46,6 +46,7 @@ from supervisor.errors import (
     VsvError,
 )
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
+from supervisor.fleet.subjects import FleetSettings
 from supervisor.guest.linux import LinuxRuntime
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Phase
@@ -58,6 +59,10 @@ from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.store import ConfigStore, RunStore, atomic_write
 
+if TYPE_CHECKING:
+    from supervisor.fleet.publisher import FleetPublisher
+    from supervisor.journal import Journal
+
 log = logging.getLogger("vsv.daemon")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
@@ -65,6 +70,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 8 << 20
 #: how often the running guests' log sizes are checked
 LOG_CHECK_INTERVAL = 2.0
+#: at a stop, how long the fleet publisher may take to send the last events (broker connected)
+FLEET_DRAIN_TIMEOUT = 2.0
 
 
 @attrs.define(eq=False)
@@ -103,6 +110,8 @@ class Supervisor:
     adopted: list[str] = attrs.Factory(list)
     config: ConfigStore = attrs.field(init=False)
     runs: RunStore = attrs.field(init=False)
+    #: the fleet publisher's statistics (``--nats``), shown under ``fleet``
+    fleet_statistics: Callable[[], Mapping[str, object]] | None = None
     _env: RunnerEnv | None = None
     _spawn: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
 
@@ -565,6 +574,7 @@ class Supervisor:
             "states": states,
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
             "sched": self.sched.statistics() if self.sched is not None else None,
+            "fleet": self.fleet_statistics() if self.fleet_statistics is not None else None,
         }
 
 
@@ -618,6 +628,8 @@ class DaemonOptions:
     #: supervisor/api/limits.py)
     api_max_connections: int | None = None
     api_ro_max_connections: int | None = None
+    #: publish the journal to NATS JetStream (``--nats``; docs/fleet.md)
+    fleet: FleetSettings | None = None
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
@@ -709,6 +721,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
             early = stopsignals.take()
             async with trio.open_nursery() as nursery:
                 await nursery.start(print_events, sup.bus, out)
+                fleet = await _start_fleet(nursery, opts, journal, sup)
                 await nursery.start(sup.run)  # publishes the supervisor's STARTED first
                 if listeners is not None:
                     from supervisor.api.server import serve_api
@@ -752,6 +765,11 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                     {"keep_guests": str(opts.keep_guests).lower()},
                 )
                 await trio.lowlevel.checkpoint()
+                if fleet is not None and fleet.state == "publishing":
+                    # the last events (our own STOPPED) go out if the broker is there now; an
+                    # absent one costs nothing here, they wait in the journal for the next run
+                    with trio.move_on_after(FLEET_DRAIN_TIMEOUT):
+                        await fleet.wait_caught_up()
                 nursery.cancel_scope.cancel()
     finally:
         if listeners is not None:
@@ -760,6 +778,31 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         if created_netns and not opts.keep_guests:
             nsutil.delete_netns(opts.netns or "")
     return 0
+
+
+async def _start_fleet(
+    nursery: trio.Nursery, opts: DaemonOptions, journal: Journal, sup: Supervisor
+) -> FleetPublisher | None:
+    """Start the fleet publisher when ``--nats`` asks for it (nats-py is imported only then)."""
+    if opts.fleet is None:
+        return None
+    from supervisor.fleet.publisher import run_publisher
+
+    settings = opts.fleet
+    publisher: FleetPublisher = await nursery.start(
+        partial(
+            run_publisher,
+            journal,
+            servers=settings.servers,
+            host=settings.host,
+            stream=settings.stream,
+            state_dir=opts.state_dir,
+            creds=settings.creds,
+            replicas=settings.replicas,
+        )
+    )
+    sup.fleet_statistics = lambda: attrs.asdict(publisher.statistics())
+    return publisher
 
 
 async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Network]) -> None:
