@@ -127,6 +127,7 @@ class _Reader:
         self.filter = consumer_filter(args.host, args.domain)
         self.last_stream_seq: int | None = None
         self.unacked: Any = None  # the last printed message of a durable, not yet acked
+        self.stopped = False  # SIGTERM
 
     async def main(self) -> int:
         import nats
@@ -135,11 +136,10 @@ class _Reader:
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
         assert main_task is not None
-        stopped = False
 
         def on_term() -> None:
-            nonlocal stopped
-            stopped = True
+            # nats-py's fetch may take a cancellation for a timeout, so the loop also checks
+            self.stopped = True
             main_task.cancel()
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
@@ -161,7 +161,7 @@ class _Reader:
         try:
             return await self._read(nc)
         except asyncio.CancelledError:
-            if stopped:
+            if self.stopped:
                 return 0
             raise
         except FleetConfigError as exc:
@@ -263,7 +263,7 @@ class _Reader:
             info = await sub.consumer_info()
             if info.num_pending == 0 and not info.num_ack_pending:
                 return 0
-        while True:
+        while not self.stopped:
             try:
                 msgs = await sub.fetch(BATCH, timeout=FOLLOW_WAIT)
             except NatsTimeout:
@@ -290,3 +290,4 @@ class _Reader:
                 self.unacked = None
             if not self.args.follow and msgs and msgs[-1].metadata.num_pending == 0:
                 return 0
+        return 0
