@@ -14,8 +14,9 @@ That position, the *cursor*, is the last ``seq`` the stream acked, kept in
    on every (re)connection, not only at start, means that a publish whose ack was lost in an
    outage is not sent again when the stream has it;
 2. publishes the records after the cursor one at a time, each with ``Nats-Msg-Id =
-   <host>:<seq>``, waiting for each ack before sending the next, and moves the cursor only
-   after the ack. One at a time because JetStream orders what one connection sends, but a
+   <host>:<seq>``, waiting for each ack before sending the next (a batch of them per crossing
+   to the asyncio thread), and moves the cursor only over acknowledged records. One at a
+   time because JetStream orders what one connection sends, but a
    pipelined publish that fails (a cluster's stream leader changing) while the next one
    succeeds would put the host's events out of order; lifecycle events come at a rate far
    below what acked one-at-a-time publishing sustains (bench/bench_fleet.py);
@@ -45,7 +46,7 @@ import attrs
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.fleet.broker import BrokerUnavailable, PublishAck
+from supervisor.fleet.broker import BatchResult, BrokerUnavailable
 from supervisor.fleet.subjects import (
     FleetConfigError,
     StreamShape,
@@ -80,7 +81,7 @@ class Broker(Protocol):
 
     async def last_seq(self, host: str) -> int: ...
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> PublishAck: ...
+    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> BatchResult: ...
 
 
 @attrs.frozen
@@ -187,17 +188,22 @@ class FleetPublisher:
     async def _publish_forever(self) -> None:
         while True:
             entries = await self._next_batch()
-            for entry in entries:
-                record = entry.record
-                ack = await self.broker.publish(
-                    subject_of(record, self.host),
-                    payload_of(record, self.host),
-                    msg_id(self.host, entry.seq),
+            items = [
+                (
+                    subject_of(e.record, self.host),
+                    payload_of(e.record, self.host),
+                    msg_id(self.host, e.seq),
                 )
-                self._acked = entry.seq
-                self._published += 1
-                self._duplicates += ack.duplicate
-            self._save_cursor()
+                for e in entries
+            ]
+            result = await self.broker.publish_batch(items)
+            if result.acked:
+                self._acked = entries[result.acked - 1].seq
+                self._published += result.acked
+                self._duplicates += result.duplicates
+                self._save_cursor()
+            if result.error is not None:
+                raise result.error
             if self._acked >= self.journal.last_seq():
                 self._behind_since = None
             self._progress.set()
