@@ -141,3 +141,20 @@ def test_servers_and_redaction() -> None:
     assert "nats://***@h:4222" == redact("nats://u:p@h:4222")
     with pytest.raises(FleetConfigError):
         servers_of(" , ")
+
+
+def test_daemon_fleet_options() -> None:
+    """`vsv daemon --nats` options are parsed and checked before anything starts."""
+    from supervisor.cli import build_parser
+    from supervisor.fleet.cli import daemon_settings
+    from supervisor.fleet.subjects import FleetSettings
+
+    parser = build_parser()
+    assert daemon_settings(parser.parse_args(["daemon"])) is None
+    args = parser.parse_args(["daemon", "--nats", "n1:4222,nats://n2:4222", "--host-id", "r1-07"])
+    assert FleetSettings(servers=("nats://n1:4222", "nats://n2:4222"), host="r1-07") == (
+        daemon_settings(args)
+    )
+    bad = daemon_settings(parser.parse_args(["daemon", "--nats", "n1", "--host-id", "a.b"]))
+    assert isinstance(bad, str)
+    assert "host id 'a.b'" in bad
