@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import pathlib
+import signal
 import statistics
 import sys
 import tempfile
@@ -360,6 +361,9 @@ def main() -> int:
     parser.add_argument("--latency", type=int, default=400, help="events for the latency")
     parser.add_argument("--starts", type=int, default=10, help="starts per mode and round")
     args = parser.parse_args()
+    # report.py ends a benchmark that overran with SIGTERM: unwind as for ^C, so the guest, the
+    # nats-server and the temporary directory are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     with tempfile.TemporaryDirectory(prefix="vsv-bench-fleet-") as tmp:
         results = trio.run(measure, args, Path(tmp))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
