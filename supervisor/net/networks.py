@@ -2,8 +2,9 @@
 
 Start: refuse a subnet that collides with an existing route or address; create the bridge
 (name from the XML or generated with the prefix, MAC, MTU, STP); load the network's nftables
-table; add the addresses; bring the bridge up; add the static routes; enable forwarding when the
-mode forwards; start dnsmasq (DHCP + DNS). Every step that changed something pushes its undo on
+tables (forwarding and NAT, and the anti-spoofing guard of the guests' ports); add the
+addresses; bring the bridge up; add the static routes; enable forwarding when the mode
+forwards; start dnsmasq (DHCP + DNS). Every step that changed something pushes its undo on
 a stack; a failure unwinds the stack, so a failed start leaves nothing behind. Stop is the same
 unwinding.
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -30,9 +33,11 @@ from supervisor.model import DhcpHost, Network
 from supervisor.net import names, netlink, nftables
 from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq
 from supervisor.net.netlink import NetnsWorker
+from supervisor.net.nftables import Nfnl
 from supervisor.net.rtnl import Rtnl
 
 Undo = Callable[[], Awaitable[Any]]
+_log = logging.getLogger("vsv.net")
 
 
 @attrs.define(eq=False)
@@ -54,12 +59,20 @@ class HostNet:
     #: a raw netlink socket in the host namespace for the guest start path, made on first use
     #: inside a worker job (so in the worker's namespace) and used only there
     _rtnl: Rtnl | None = None
+    #: the same for nfnetlink: guests' ports enter and leave their network's guard table
+    _nfnl: Nfnl | None = None
 
     def rtnl_here(self) -> Rtnl:
         """The host namespace's raw netlink socket; call only inside a ``worker`` job."""
         if self._rtnl is None:
             self._rtnl = Rtnl()
         return self._rtnl
+
+    def nfnl_here(self) -> Nfnl:
+        """The host namespace's nfnetlink socket; call only inside a ``worker`` job."""
+        if self._nfnl is None:
+            self._nfnl = Nfnl()
+        return self._nfnl
 
     @classmethod
     async def open(cls, prefix: str, netns: str | None, run_dir: Path) -> HostNet:
@@ -74,6 +87,9 @@ class HostNet:
         if self._rtnl is not None:
             self._rtnl.close()
             self._rtnl = None
+        if self._nfnl is not None:
+            self._nfnl.close()
+            self._nfnl = None
 
 
 class UndoStack:
@@ -126,6 +142,8 @@ class RunningNetwork:
     bridge: str
     table: str | None
     dnsmasq: Dnsmasq | None = None
+    #: its ``bridge`` table: the anti-spoofing guard of the guests' ports (same name as ``table``)
+    guard: str | None = None
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _stopped: trio.Event = attrs.field(factory=trio.Event)
 
@@ -208,11 +226,17 @@ async def run_network(
             await _create_bridge(w, network, bridge)
         undo.push(f"bridge {bridge}", lambda: w.call(lambda ipr: netlink.delete_link(ipr, bridge)))
 
+        # the forwarding table and the guard of the guests' ports, in one transaction; a network
+        # taken over keeps its guard's elements (its running guests' ports, dnsmasq's leases)
         table = names.nft_table(host.prefix, network.name)
         ruleset = nftables.network_ruleset(table, network, bridge)
-        if ruleset is not None:
-            await nftables.apply(host.netns, table, ruleset)
-            undo.push(f"nft table {table}", lambda: nftables.delete(host.netns, table))
+        script = nftables.replace_script(table, ruleset) if ruleset is not None else ""
+        if adopting:
+            script += nftables.antispoof_reload_script(table)
+        else:
+            script += nftables.replace_script(table, nftables.antispoof_ruleset(table), "bridge")
+        await nftables.apply_script(host.netns, script)
+        undo.push(f"nft tables {table}", partial(_delete_tables, host.netns, table))
 
         # adopted: the addresses and routes are there already (ConflictError), unless lost
         keep = contextlib.suppress(ConflictError) if adopting else contextlib.nullcontext()
@@ -234,7 +258,10 @@ async def run_network(
                 await w.call(lambda _: netlink.sysctl_write("net.ipv6.conf.all.forwarding", "1"))
 
         running = RunningNetwork(
-            network=network, bridge=bridge, table=table if ruleset is not None else None
+            network=network,
+            bridge=bridge,
+            table=table if ruleset is not None else None,
+            guard=table,
         )
         with running._scope:
             async with trio.open_nursery() as nursery:
@@ -247,6 +274,7 @@ async def run_network(
                         files=files,
                         netns=host.netns,
                         use_host_resolvers=use_host_resolvers,
+                        guard_table=table if hook_runs(host.run_dir, network.name) else None,
                     )
                     running.dnsmasq = await nursery.start(run_dnsmasq, handle)
                 task_status.started(running)
@@ -259,3 +287,25 @@ async def run_network(
             raise InvalidOperation(
                 f"network {network.name} was not removed completely: " + "; ".join(failures)
             )
+
+
+def hook_runs(run_dir: Path, network: str) -> bool:
+    """Whether dnsmasq can execute a lease hook written in the run dir: not on a filesystem
+    mounted ``noexec``. Without the hook the guard still knows every reservation and static
+    address, but not dnsmasq's dynamic leases (said once in the log)."""
+    if os.statvfs(run_dir).f_flag & os.ST_NOEXEC:
+        _log.warning(
+            "network %s: run dir %s is mounted noexec: dnsmasq's leases are not followed by "
+            "anti-spoofing (reservations and static addresses are)",
+            network,
+            run_dir,
+        )
+        return False
+    return True
+
+
+async def _delete_tables(netns: str | None, table: str) -> None:
+    """Remove a network's two tables (forwarding and guard) in one transaction; each is made
+    first if it is missing, so removing what is not there is no error."""
+    script = "".join(f"table {f} {table}\ndelete table {f} {table}\n" for f in ("inet", "bridge"))
+    await nftables.apply_script(netns, script)

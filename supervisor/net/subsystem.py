@@ -34,7 +34,8 @@ from supervisor.model import Network
 from supervisor.net import names, nftables
 from supervisor.net.dnsmasq import DnsmasqFiles, lease_lines
 from supervisor.net.networks import HostNet, bridge_for
-from supervisor.net.nics import PlumbedNic
+from supervisor.net.nftables import port_elements
+from supervisor.net.nics import PlumbedNic, isolate_port, nic_guard, port_isolated
 from supervisor.net.service import NetworkService, NetworkTable
 from supervisor.store import ConfigStore, RunStore
 
@@ -204,8 +205,9 @@ class NetworkSubsystem:
                 continue  # its record stays until the network runs again (or is cleaned up)
             table = record.get("table")
             if isinstance(table, str):
-                with contextlib.suppress(VsvError):
-                    await nftables.delete(host.netns, table)
+                for family in ("inet", "bridge"):  # forwarding, and the guard of the ports
+                    with contextlib.suppress(VsvError):
+                        await nftables.delete(host.netns, table, family)
             bridge = record.get("bridge")
             if isinstance(bridge, str) and bridge:
                 with contextlib.suppress(Exception):
@@ -265,16 +267,28 @@ class NetworkSubsystem:
 
     async def _attach(self, domain_name: str, nic: PlumbedNic) -> None:
         """Enslave a live guest's host end to its (re)started network's bridge; its address goes
-        back into the allocation book and dnsmasq's reservations, so no one else gets it."""
+        back into the allocation book and dnsmasq's reservations, so no one else gets it.
+
+        Its port enters the network's guard table first (again, for a network taken over in
+        place, which kept it: adding what is there is no error), so it is never on the bridge
+        unguarded."""
         from supervisor.model import DhcpHost
         from supervisor.net import netlink
 
         assert nic.network is not None
         handle = self.service.running[nic.network]
+        host = self.service.host
+        guard = nic_guard(nic)
         try:
-            await self.service.host.worker.call(
+            if guard is not None and handle.guard is not None:
+                table = handle.guard
+                elements = port_elements(guard)
+                await host.worker.call(lambda _: host.nfnl_here().update(table, add=elements))
+            await host.worker.call(
                 functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
             )
+            if port_isolated(handle):
+                await host.worker.call(lambda _: isolate_port(host.rtnl_here(), nic.host_if))
         except Exception as exc:
             log.warning("guest %s: re-attaching %s: %s", domain_name, nic.host_if, exc)
             return
@@ -462,21 +476,27 @@ class NetworkSubsystem:
 
 
 def dnsmasq_pids(conf_file: str) -> list[int]:
-    """Pids of the dnsmasq processes started with ``--conf-file=conf_file``."""
+    """Pids of the dnsmasq processes started with ``--conf-file=conf_file``.
+
+    Not the helper each one forks to run its lease hook (same command line, the dnsmasq as its
+    parent), which ends with it; a helper whose dnsmasq is gone is listed.
+    """
     import os
 
     wanted = f"--conf-file={conf_file}".encode()
-    found = []
+    found: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if not (argv and argv[0].endswith(b"dnsmasq") and wanted in argv):
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        if argv and argv[0].endswith(b"dnsmasq") and wanted in argv:
-            found.append(int(entry))
-    return found
+        found[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])  # pid -> parent
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def signal_pid(pid: int, sig: int) -> None:
