@@ -88,6 +88,9 @@ class Supervisor:
     stopping: bool = False
     #: where host-side networking happens: None = our own namespace, else a netns path
     host_netns: str | None = None
+    #: the resolv.conf networks forward DNS to: derived from the host namespace (the host's
+    #: /etc/resolv.conf, or a sandbox's /etc/netns/NAME/resolv.conf), a path, or None (none)
+    resolv_file: str | None = "derived"
     #: False: no network subsystem (guests with <interface> then fail to start)
     networking: bool = True
     net: NetworkSubsystem | None = None
@@ -165,6 +168,7 @@ class Supervisor:
                 run_dir=self.run_dir,
                 config=self.config,
                 runs=self.runs,
+                resolv_file=self.resolv_file,
             )
         try:
             # the runtime's pools (fork servers, spare embryos) live as long as the guests' nursery
@@ -614,6 +618,8 @@ class DaemonOptions:
     ro_socket: str | None = None
     socket_group: str | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    #: the resolv.conf networks forward DNS to ("derived": from the host namespace; None: none)
+    resolv_file: str | None = "derived"
     #: caps of open API connections per socket (None: derived from the descriptor limit; see
     #: supervisor/api/limits.py)
     api_max_connections: int | None = None
@@ -684,6 +690,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         bus=bus,
         announce=True,
         log_max_bytes=opts.log_max_bytes,
+        resolv_file=opts.resolv_file,
         # no guest may see them (a guest without a root filesystem sees the host's tree)
         hidden_paths=tuple(p for p in (opts.socket, opts.ro_socket) if p is not None),
     )

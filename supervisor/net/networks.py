@@ -31,7 +31,7 @@ import trio
 from supervisor.errors import ConflictError, InvalidOperation
 from supervisor.model import DhcpHost, Network
 from supervisor.net import names, netlink, nftables
-from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq
+from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq, wants_dnsmasq
 from supervisor.net.netlink import NetnsWorker
 from supervisor.net.nftables import Nfnl
 from supervisor.net.rtnl import Rtnl
@@ -193,7 +193,7 @@ async def run_network(
     host: HostNet,
     network: Network,
     *,
-    use_host_resolvers: bool = False,
+    resolv_file: str | None = None,
     adopt: bool = False,
     task_status: trio.TaskStatus[RunningNetwork] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -265,7 +265,7 @@ async def run_network(
         )
         with running._scope:
             async with trio.open_nursery() as nursery:
-                if network.ips:
+                if wants_dnsmasq(network):
                     host.run_dir.mkdir(parents=True, exist_ok=True)
                     files = DnsmasqFiles.in_dir(host.run_dir, host.prefix, network.name)
                     handle = Dnsmasq(
@@ -273,7 +273,7 @@ async def run_network(
                         bridge=bridge,
                         files=files,
                         netns=host.netns,
-                        use_host_resolvers=use_host_resolvers,
+                        resolv_file=resolv_file,
                         guard_table=table if hook_runs(host.run_dir, network.name) else None,
                     )
                     running.dnsmasq = await nursery.start(run_dnsmasq, handle)

@@ -32,7 +32,12 @@ from supervisor.guest.procs import wait_pid_exit
 from supervisor.hooks import GuestContext, NetRecord
 from supervisor.model import Network
 from supervisor.net import names, nftables
-from supervisor.net.dnsmasq import DnsmasqFiles, lease_lines
+from supervisor.net.dnsmasq import (
+    UPSTREAM_DERIVED,
+    DnsmasqFiles,
+    lease_lines,
+    upstream_resolv_file,
+)
 from supervisor.net.networks import HostNet, bridge_for
 from supervisor.net.nftables import port_elements
 from supervisor.net.nics import PlumbedNic, isolate_port, nic_guard, port_isolated
@@ -74,8 +79,14 @@ class NetworkSubsystem:
         run_dir: Path,
         config: ConfigStore,
         runs: RunStore,
+        resolv_file: str | None = UPSTREAM_DERIVED,
     ) -> NetworkSubsystem:
-        """Open the host side (netlink worker in ``host_netns``, None = our own namespace)."""
+        """Open the host side (netlink worker in ``host_netns``, None = our own namespace).
+
+        ``resolv_file``: the resolv.conf whose servers networks forward DNS to; by default the
+        one of the host namespace (:func:`supervisor.net.dnsmasq.upstream_resolv_file`); None:
+        no upstream.
+        """
         net_dir = run_dir / "net"
         net_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         host = await HostNet.open(prefix, host_netns, net_dir)
@@ -84,7 +95,9 @@ class NetworkSubsystem:
         def emit(name: str, type: str) -> None:
             bus.publish_nowait("network", name, type)
 
-        service = NetworkService(host=host, table=table, emit=emit)
+        if resolv_file == UPSTREAM_DERIVED:
+            resolv_file = upstream_resolv_file(host_netns)
+        service = NetworkService(host=host, table=table, emit=emit, resolv_file=resolv_file)
         return cls(bus=bus, prefix=prefix, config=config, runs=runs, service=service)
 
     async def aclose(self) -> None:
