@@ -539,3 +539,33 @@ async def test_a_successor_takes_a_network_over_in_place_unless_it_was_redefined
         assert _link_index(sandbox, f"{prefix}b0") != bridge  # built again
         await third.destroy_network("lan")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_clean_stop_leaves_no_network_files(
+    tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """A supervisor that stops cleanly (its guests shut down, its networks stopped) leaves
+    nothing in its run dir's ``net/``: no dnsmasq config, hosts, leases, log, pid or hook."""
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    run_dir = tmp_path / "run"
+    s = Supervisor(
+        state_dir=tmp_path / "state",
+        run_dir=run_dir,
+        prefix=prefix,
+        host_netns=str(nsutil.netns_path(sandbox)),
+        shutdown_timeout=3,
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(s.run)
+            await s.define_network(lan(prefix, 62))
+            await s.start_network("lan")
+            await s.define_domain(nic_guest("gf", root, DHCP_INIT))
+            await s.start_domain("gf")
+            while not (root / "tmp" / "addr").exists():
+                await trio.sleep(0.05)
+            assert list((run_dir / "net").iterdir())  # dnsmasq's files while it runs
+            await s.shutdown_all(3)
+            nursery.cancel_scope.cancel()
+    assert [] == sorted(p.name for p in (run_dir / "net").iterdir())
+    assert find_leftovers(detect_layout(), prefix) == []

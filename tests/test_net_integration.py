@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from supervisor.errors import ConflictError
+from supervisor.errors import ConflictError, InvalidOperation
 from supervisor.model import (
     AddressRange,
     Domain,
@@ -25,6 +25,7 @@ from supervisor.model import (
     IpAddress,
     Network,
     NetworkIp,
+    Route,
 )
 from supervisor.net import nftables
 from supervisor.net.dnsmasq import lease_lines
@@ -335,3 +336,55 @@ async def test_hundred_guests_concurrently(host: HostNet, prefix: str) -> None:
             await net.stop()
     links = sh("ip", "-n", f"{prefix}h", "-o", "link").stdout
     assert prefix not in links
+
+
+async def test_network_nic_routes_and_link_down(host: HostNet, prefix: str) -> None:
+    """A ``type='network'`` NIC's ``<route>``s are put in the guest, and its own default route
+    (``address='0.0.0.0'``, libvirt's prefix 0) replaces the one through the bridge;
+    ``<link state='down'>`` leaves the host end down, so the guest's end has no carrier."""
+    book = AddressBook()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            net: RunningNetwork = await nursery.start(run_network, host, nat_net("rt", 41))
+            nets = {"rt": net}
+            routed = Interface(
+                type="network",
+                source="rt",
+                ips=(IpAddress("10.77.41.20", 24),),
+                routes=(
+                    Route("0.0.0.0", 0, "10.77.41.254"),
+                    Route("192.0.2.0", 24, "10.77.41.1"),
+                ),
+            )
+            one = await plumb(host, guest("g1", routed), guest_ns(prefix, 1), nets, book)
+            shown = in_guest(prefix, 1, "ip", "-4", "route", "show").stdout
+            assert "default via 10.77.41.254 dev eth0" in shown, shown
+            assert "192.0.2.0/24 via 10.77.41.1 dev eth0" in shown, shown
+            assert 0 == in_guest(prefix, 1, "/bin/busybox", "ping", "-c1", "-W2",
+                                 "10.77.41.1").returncode  # fmt: skip
+
+            down = Interface(type="network", source="rt", link_up=False)
+            two = await plumb(host, guest("g2", down), guest_ns(prefix, 2), nets, book)
+            link = sh("ip", "-n", f"{prefix}h", "-j", "link", "show", two[0].host_if).stdout
+            assert '"operstate":"DOWN"' in link.replace(" ", ""), link
+            inside = in_guest(prefix, 2, "ip", "link", "show", "eth0").stdout
+            assert "NO-CARRIER" in inside, inside
+            assert 0 != in_guest(prefix, 2, "/bin/busybox", "ping", "-c1", "-W1",
+                                 "10.77.41.1").returncode  # fmt: skip
+            for nics in (one, two):
+                await unplumb(host, nics, nets, book)
+            await net.stop()
+
+
+async def test_link_down_refused_where_it_cannot_apply(host: HostNet, prefix: str) -> None:
+    """``<link state='down'>`` on an interface whose host end holds routes (ethernet) is
+    refused with the element named, never silently ignored; nothing is left behind."""
+    book = AddressBook()
+    down = Interface(type="ethernet", link_up=False)
+    with pytest.raises(InvalidOperation, match="<link state='down'>"):
+        await plumb(host, guest("g1", down), guest_ns(prefix, 1), {}, book)
+    assert [] == [
+        line
+        for line in sh("ip", "-n", f"{prefix}h", "-o", "link").stdout.splitlines()
+        if prefix in line
+    ]

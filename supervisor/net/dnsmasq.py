@@ -56,6 +56,14 @@ class DnsmasqFiles:
             hook=run_dir / f"{base}.leasehook",
         )
 
+    def remove(self) -> None:
+        """Remove every file of the set (and a half-written ``.tmp``): a network that stopped
+        cleanly leaves nothing in the run dir. Its leases go too; a guest that runs on keeps
+        its address, which the supervisor reserves again when the network starts."""
+        for path in attrs.astuple(self, recurse=False):
+            for name in (path, path.with_name(path.name + ".tmp")):
+                name.unlink(missing_ok=True)
+
 
 #: the upstream servers of a network in the supervisor's own namespace (libvirt's)
 HOST_RESOLV_CONF = "/etc/resolv.conf"

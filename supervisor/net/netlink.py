@@ -277,8 +277,11 @@ def add_address(ipr: Any, name: str, address: str, prefix: int) -> None:
         raise translate(exc, f"add {address}/{prefix} to {name}") from exc
 
 
-def set_up(ipr: Any, name: str, *, master: str | None = None, mtu: int | None = None) -> None:
-    """Bring a link up, optionally enslaving it to ``master`` and setting its MTU first."""
+def set_up(
+    ipr: Any, name: str, *, master: str | None = None, mtu: int | None = None, up: bool = True
+) -> None:
+    """Bring a link up, optionally enslaving it to ``master`` and setting its MTU first
+    (``up`` False: only those, the link stays down)."""
     index = link_index(ipr, name)
     if index is None:
         raise RuntimeFailure(f"link {name} does not exist")
@@ -290,7 +293,8 @@ def set_up(ipr: Any, name: str, *, master: str | None = None, mtu: int | None = 
             ipr.link("set", index=index, master=master_index)
         if mtu:
             ipr.link("set", index=index, mtu=mtu)
-        ipr.link("set", index=index, state="up")
+        if up:
+            ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
         raise translate(exc, f"bring up {name}") from exc
 

@@ -268,6 +268,9 @@ async def run_network(
                 if wants_dnsmasq(network):
                     host.run_dir.mkdir(parents=True, exist_ok=True)
                     files = DnsmasqFiles.in_dir(host.run_dir, host.prefix, network.name)
+                    # after dnsmasq has stopped (the nursery ends first); not for a network
+                    # left up for a successor, whose dnsmasq goes on with its lease file
+                    undo.push(f"dnsmasq files of {network.name}", partial(_remove_files, files))
                     handle = Dnsmasq(
                         network=network,
                         bridge=bridge,
@@ -302,6 +305,10 @@ def hook_runs(run_dir: Path, network: str) -> bool:
         )
         return False
     return True
+
+
+async def _remove_files(files: DnsmasqFiles) -> None:
+    files.remove()
 
 
 async def _delete_tables(netns: str | None, table: str) -> None:

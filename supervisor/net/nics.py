@@ -297,6 +297,13 @@ async def _plumb_one(
     net_name = running.network.name if running is not None else None
     mac = _mac(domain, index, iface, book, net_name)
 
+    if iface.link_up is False and bridge is None:
+        # a veth end down takes its addresses' routes with it: the host end of an ethernet or
+        # vserver NIC holds routes, so the cable cannot be shown unplugged without breaking them
+        raise InvalidOperation(
+            f"{domain.name}: interface {index + 1}: <link state='down'> is applied only to "
+            f"interfaces on a bridge (type network or bridge), not type {iface.type}"
+        )
     if iface.type == "vserver":
         host_if = await _host_name(host, domain, index, iface)
         return await _plumb_vserver(
@@ -351,7 +358,8 @@ async def _plumb_one(
         undo.push(f"tap {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
         if bridge is not None:
             mtu = await w.call(partial(netlink.link_mtu, name=bridge))
-            await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu))
+            up = iface.link_up is not False  # <link state='down'>: enslaved, down
+            await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu, up=up))
             if port_isolated(running):
                 await w.call(lambda _: isolate_port(host.rtnl_here(), host_if))
         else:
@@ -370,9 +378,15 @@ async def _plumb_one(
             **guarded,
         )
 
-    gateway = running.gateway if running is not None and index == 0 else None
     routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in iface.routes]
+    # the first NIC on a network routes by default through the network's bridge, unless its
+    # own <route address='0.0.0.0'> says where the default route goes
+    own_default = any(
+        r.prefix == 0 and ipaddress.ip_address(r.address).version == 4 for r in iface.routes
+    )
+    gateway = running.gateway if running is not None and index == 0 and not own_default else None
     isolated = port_isolated(running)
+    link_up = iface.link_up is not False
 
     def veth(_ipr: Any) -> tuple[str, PortGuard | None]:
         # the whole NIC in one hop to the worker thread, on raw netlink sockets: name, guard,
@@ -394,7 +408,9 @@ async def _plumb_one(
             port = attrs.evolve(guard, port=host_if)
             host.nfnl_here().update(guard_set, add=port_elements(port))
         try:
-            r.create_veth(host_if, guest_if, guest_fd, mac=mac, master=master, mtu=mtu)
+            # <link state='down'>: the host end stays down, so the guest's end has no carrier
+            # (the cable unplugged: the guest's root cannot plug it in from its side)
+            r.create_veth(host_if, guest_if, guest_fd, mac=mac, master=master, mtu=mtu, up=link_up)
         except BaseException:
             if port is not None:
                 with contextlib.suppress(Exception):
@@ -410,7 +426,7 @@ async def _plumb_one(
             guest.set_up(link, mtu=iface.mtu, what=guest_if)
             if gateway is not None:
                 guest.add_route("default", gateway=gateway)
-            if iface.type == "bridge":
+            if bridge is not None:  # a network or a bridge: the NIC's routes in the guest
                 for dst, via in routes:
                     guest.add_route(dst, gateway=via)
         except BaseException:

@@ -209,13 +209,14 @@ class NetworkSubsystem:
         for name, record in self.runs.read_all("networks").items():
             # every dnsmasq serving this network's files: the recorded one, and one the
             # predecessor restarted (its pid was never recorded)
-            conf = str(DnsmasqFiles.in_dir(host.run_dir, self.prefix, name).conf)
-            for pid in dnsmasq_pids(conf):
+            files = DnsmasqFiles.in_dir(host.run_dir, self.prefix, name)
+            for pid in dnsmasq_pids(str(files.conf)):
                 signal_pid(pid, signal.SIGTERM)
                 with trio.move_on_after(2):
                     await wait_pid_exit(pid)
             if name in keep:
                 continue  # its record stays until the network runs again (or is cleaned up)
+            files.remove()
             table = record.get("table")
             if isinstance(table, str):
                 for family in ("inet", "bridge"):  # forwarding, and the guard of the ports
