@@ -196,6 +196,17 @@ def link_index(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
+def link_kind(ipr: Any, name: str) -> str | None:
+    """A link's kind (``bridge``, ``veth``...; None for a device without one, or no link)."""
+    try:
+        (link,) = ipr.link("get", ifname=name)
+    except NetlinkError:
+        return None
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return str(kind) if kind is not None else None
+
+
 def sysctl_write(key: str, value: str) -> None:
     """Write ``net.*`` sysctl ``key`` (dotted) in the calling thread's namespace."""
     path = "/proc/sys/" + key.replace(".", "/")

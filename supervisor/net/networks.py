@@ -115,6 +115,12 @@ class UndoStack:
         return failures
 
 
+def host_bridge(network: Network) -> bool:
+    """Whether the network is ``forward mode='bridge'``: a bridge the host's administrator owns
+    (the supervisor never makes or removes it)."""
+    return network.forward is not None and network.forward.mode == "bridge"
+
+
 def forwards(network: Network) -> bool:
     """Whether the network's mode needs IP forwarding in the host."""
     return network.forward is not None and network.forward.mode in ("nat", "route", "open")
@@ -144,6 +150,8 @@ class RunningNetwork:
     dnsmasq: Dnsmasq | None = None
     #: its ``bridge`` table: the anti-spoofing guard of the guests' ports (same name as ``table``)
     guard: str | None = None
+    #: False for ``forward mode='bridge'``: the bridge is the host's, never removed
+    owns_bridge: bool = True
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _stopped: trio.Event = attrs.field(factory=trio.Event)
 
@@ -204,11 +212,9 @@ async def run_network(
     are loaded again (an atomic replacement of the table) and only what is missing is added, so
     forwarding goes on without a gap. Only dnsmasq is new (its leases are in its lease file).
     """
-    if network.forward is not None and network.forward.mode == "bridge":
-        raise InvalidOperation(
-            f"network {network.name}: forward mode 'bridge' (an existing host bridge) is not "
-            "supported; use <interface type='bridge'> in the domain instead"
-        )
+    if host_bridge(network):
+        await _run_host_bridge(host, network, adopt=adopt, task_status=task_status)
+        return
     w = host.worker
     bridge = bridge_for(host.prefix, network)
     undo = UndoStack()
@@ -282,6 +288,57 @@ async def run_network(
                     running.dnsmasq = await nursery.start(run_dnsmasq, handle)
                 task_status.started(running)
                 await trio.sleep_forever()
+    finally:
+        failures = [] if host.keep else await undo.unwind()
+        if running is not None:
+            running._stopped.set()
+        if failures:
+            raise InvalidOperation(
+                f"network {network.name} was not removed completely: " + "; ".join(failures)
+            )
+
+
+async def _run_host_bridge(
+    host: HostNet,
+    network: Network,
+    *,
+    adopt: bool,
+    task_status: trio.TaskStatus[RunningNetwork],
+) -> None:
+    """A ``forward mode='bridge'`` network: a bridge the host's administrator made and owns.
+
+    As libvirt, nothing is made for it but the guests' ports: no bridge, address, route,
+    forwarding rule or dnsmasq; the bridge must exist (and be a bridge) at start and is left
+    as it is at stop. What the supervisor adds is its own: the network's guard table (family
+    ``bridge``, matching only the guests' ports, so the host's other ports pass untouched) and,
+    with ``<port isolated='yes'/>``, the isolated flag on the guests' ports.
+    """
+    w = host.worker
+    bridge = bridge_for(host.prefix, network)
+    kind = await w.call(partial(netlink.link_kind, name=bridge))
+    if kind != "bridge":
+        what = "does not exist" if kind is None else f"is a {kind} device, not a bridge"
+        raise InvalidOperation(
+            f"network {network.name}: <bridge name='{bridge}'> of forward mode 'bridge' {what}"
+        )
+    undo = UndoStack()
+    running: RunningNetwork | None = None
+    try:
+        table = names.nft_table(host.prefix, network.name)
+        if adopt:  # its ports stay guarded through the takeover
+            script = nftables.antispoof_reload_script(table)
+        else:
+            script = nftables.replace_script(table, nftables.antispoof_ruleset(table), "bridge")
+        await nftables.apply_script(host.netns, script)
+        undo.push(
+            f"nft table bridge {table}", partial(nftables.delete, host.netns, table, "bridge")
+        )
+        running = RunningNetwork(
+            network=network, bridge=bridge, table=None, guard=table, owns_bridge=False
+        )
+        with running._scope:
+            task_status.started(running)
+            await trio.sleep_forever()
     finally:
         failures = [] if host.keep else await undo.unwind()
         if running is not None:

@@ -320,7 +320,9 @@ async def _plumb_one(
         prefix = next(ip.prefix for ip in running.network.ips if ip.family == "ipv4")
         addresses.append(f"{alloc.address}/{prefix}")
         reservation = DhcpHost(ip=alloc.address, mac=mac, name=domain.name)
-    elif iface.type == "bridge":
+    elif bridge is not None:
+        # a host bridge (type bridge, or a network of forward mode 'bridge'), or a network
+        # without IPv4: the interface's own addresses
         addresses += [f"{ip.address}/{ip.prefix or 24}" for ip in iface.ips]
 
     # the port's anti-spoofing guard: on a network, elements of the network's table (added on

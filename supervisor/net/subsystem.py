@@ -38,7 +38,7 @@ from supervisor.net.dnsmasq import (
     lease_lines,
     upstream_resolv_file,
 )
-from supervisor.net.networks import HostNet, bridge_for
+from supervisor.net.networks import HostNet, bridge_for, host_bridge
 from supervisor.net.nftables import port_elements
 from supervisor.net.nics import PlumbedNic, isolate_port, nic_guard, port_isolated
 from supervisor.net.service import NetworkService, NetworkTable
@@ -166,7 +166,7 @@ class NetworkSubsystem:
                     "networks",
                     name,
                     {
-                        "bridge": bridge_for(self.prefix, net),
+                        "bridge": None if host_bridge(net) else bridge_for(self.prefix, net),
                         "table": names.nft_table(self.prefix, name),
                         "prefix": self.prefix,
                         "definition": digest,
@@ -190,8 +190,10 @@ class NetworkSubsystem:
         if handle is None:
             return
         record: dict[str, Any] = {
-            "bridge": handle.bridge,
+            # a host bridge (forward mode='bridge') is not the supervisor's to remove
+            "bridge": handle.bridge if handle.owns_bridge else None,
             "table": handle.table,
+            "guard": handle.guard,
             "prefix": self.prefix,
             "definition": digest,
             "started": True,
@@ -217,9 +219,10 @@ class NetworkSubsystem:
             if name in keep:
                 continue  # its record stays until the network runs again (or is cleaned up)
             files.remove()
-            table = record.get("table")
-            if isinstance(table, str):
-                for family in ("inet", "bridge"):  # forwarding, and the guard of the ports
+            # forwarding (an open or host-bridge network has none), and the guard of the ports
+            for family, key in (("inet", "table"), ("bridge", "guard"), ("bridge", "table")):
+                table = record.get(key)
+                if isinstance(table, str):
                     with contextlib.suppress(VsvError):
                         await nftables.delete(host.netns, table, family)
             bridge = record.get("bridge")
