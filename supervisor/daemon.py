@@ -36,7 +36,7 @@ import trio
 
 from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
-from supervisor.bus import Bus, Gap
+from supervisor.bus import Bus, Gap, PrepareFailed
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -289,6 +289,11 @@ class Supervisor:
             )
         domain = self._complete(domain, previous.domain if previous else None)
         self._check_conflicts(domain)
+        if self.net is not None:  # static NIC addresses against the networks and other domains
+            from supervisor.net.addresses import domain_problems, raise_problems
+
+            others = [g.domain for g in self.guests.values()]
+            raise_problems(domain_problems(domain, self.net.service.table.definitions, others))
         self.config.save_domain(domain)
         if previous is None:
             self.guests[domain.name] = self._new_runner(domain)
@@ -328,6 +333,13 @@ class Supervisor:
             )
         try:
             await guest.start()
+        except PrepareFailed as error:
+            # a hook refused the start on purpose (an address in use, a network not running):
+            # the caller gets that error, 409 and its message, not a 500 with a Python repr
+            cause = error.cause
+            if isinstance(cause, ConflictError | InvalidOperation | NotFound):
+                raise type(cause)(f"domain {name}: {cause}") from error
+            raise
         except VsvError:
             raise
         except Exception as error:
@@ -544,7 +556,8 @@ class Supervisor:
         return require_network(self.net, name).get_network(name)
 
     async def define_network(self, network: Network) -> Network:
-        return require_network(self.net, network.name).define_network(network)
+        domains = [g.domain for g in self.guests.values()]
+        return require_network(self.net, network.name).define_network(network, domains)
 
     async def undefine_network(self, name: str) -> None:
         require_network(self.net, name).undefine_network(name)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from supervisor.errors import InvalidDocument, InvalidOperation, NotFound, Runti
 from supervisor.facade import Lease, NetworkStatus
 from supervisor.guest.procs import wait_pid_exit
 from supervisor.hooks import GuestContext, NetRecord
-from supervisor.model import Network
+from supervisor.model import Domain, Network
 from supervisor.net import names, nftables
 from supervisor.net.dnsmasq import (
     UPSTREAM_DERIVED,
@@ -364,12 +364,16 @@ class NetworkSubsystem:
     def get_network(self, name: str) -> Network:
         return self.service.table.get(name)
 
-    def define_network(self, network: Network) -> Network:
+    def define_network(self, network: Network, domains: Iterable[Domain] = ()) -> Network:
+        """Define (or redefine) a network; ``domains``: the defined domains, whose static
+        addresses on it must still fit (:func:`supervisor.net.addresses.network_problems`)."""
+        from supervisor.net.addresses import network_problems, raise_problems
         from supervisor.validate import check_network
 
         problems = check_network(network)
         if problems:
             raise InvalidDocument(problems)
+        raise_problems(network_problems(network, domains))
         if network.uuid is None:
             import uuid
 
