@@ -28,6 +28,7 @@ from supervisor.model import (
     Domain,
     Forward,
     Interface,
+    IpAddress,
     Network,
     NetworkIp,
 )
@@ -207,7 +208,8 @@ async def test_dhcpv6_address_and_default_route_by_ra(host: HostNet, prefix: str
 
 async def test_slaac_without_dhcp(host: HostNet, prefix: str) -> None:
     """An IPv6 ``<ip>`` without ``<dhcp>``: router advertisements for SLAAC only; the guest
-    makes its address from the prefix and its MAC (which the guard knows) and routes by RA."""
+    makes its address from the prefix and its MAC (which the guard knows) and routes by RA;
+    another guest's static IPv6 ``<ip>`` is configured with the network's prefix length."""
     mac = "52:54:00:17:01:01"
     v6 = NetworkIp(address="fd00:217:2::1", prefix=64, family="ipv6")
     book = AddressBook()
@@ -222,5 +224,20 @@ async def test_slaac_without_dhcp(host: HostNet, prefix: str) -> None:
             ping = await in_guest(prefix, 1, "/bin/busybox", "ping6", "-c2", "-w5", "-I", address,
                                   "fd00:217:2::1")  # fmt: skip
             assert 0 == ping.returncode, ping.stdout + ping.stderr
-            await unplumb(host, nic, {"sl": net}, book)  # type: ignore[arg-type]
+            # a static IPv6 <ip> on the network is configured in the guest and let through
+            sh("ip", "netns", "add", f"{prefix}g2", check=True)
+            fixed = Interface(type="network", source="sl", ips=(IpAddress("fd00:217:2::77"),))
+            two = await plumb(
+                host, Domain(name="g2", interfaces=(fixed,)), f"/run/netns/{prefix}g2",
+                {"sl": net}, book,
+            )  # fmt: skip
+            shown = await in_guest(prefix, 2, "ip", "-6", "addr", "show", "dev", "eth0")
+            assert "fd00:217:2::77/64" in shown.stdout, shown.stdout
+            await wait_address(prefix, 2, ipaddress.IPv6Network("fd00:217:2::77/128"))
+            await wait_default_route(prefix, 2)
+            ping = await in_guest(prefix, 2, "/bin/busybox", "ping6", "-c2", "-w5", "-I",
+                                  "fd00:217:2::77", "fd00:217:2::1")  # fmt: skip
+            assert 0 == ping.returncode, ping.stdout + ping.stderr
+            for nics in (nic, two):
+                await unplumb(host, nics, {"sl": net}, book)  # type: ignore[arg-type]
             await net.stop()

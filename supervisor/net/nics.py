@@ -314,16 +314,24 @@ async def _plumb_one(
     addresses: list[str] = []
     reservation: DhcpHost | None = None
     if running is not None and iface.type == "network" and running.gateway is not None:
-        requested = iface.ips[0].address if iface.ips else None
+        v4 = [ip.address for ip in iface.ips if ":" not in ip.address]
+        requested = v4[0] if v4 else None
         book.state, alloc = book.state.allocate(running.network, owner, mac, requested)
         undo.push(f"allocation {owner}", partial(_release, book, owner))
         prefix = next(ip.prefix for ip in running.network.ips if ip.family == "ipv4")
         addresses.append(f"{alloc.address}/{prefix}")
         reservation = DhcpHost(ip=alloc.address, mac=mac, name=domain.name)
+        # static IPv6 addresses with the network's prefix length (define checked they fit)
+        v6_prefix = next((i.prefix for i in running.network.ips if i.family == "ipv6"), 64)
+        addresses += [
+            f"{ip.address}/{ip.prefix or v6_prefix}" for ip in iface.ips if ":" in ip.address
+        ]
     elif bridge is not None:
         # a host bridge (type bridge, or a network of forward mode 'bridge'), or a network
         # without IPv4: the interface's own addresses
-        addresses += [f"{ip.address}/{ip.prefix or 24}" for ip in iface.ips]
+        addresses += [
+            f"{ip.address}/{ip.prefix or (64 if ':' in ip.address else 24)}" for ip in iface.ips
+        ]
 
     # the port's anti-spoofing guard: on a network, elements of the network's table (added on
     # the worker in the same hop as the link, before it exists); on a bridge of the host's, a
