@@ -102,6 +102,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         ro_socket=ro_socket,
         socket_group=args.socket_group,
         log_max_bytes=args.log_max_mib << 20,
+        resolv_file=None if args.resolv_file == "none" else args.resolv_file,
         api_max_connections=args.api_max_connections,
         api_ro_max_connections=args.api_ro_max_connections,
         fleet=fleet,
@@ -232,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="sandbox mode: do all host-side networking in this network namespace "
         "(created if missing, removed at exit if it was created)",
+    )
+    p.add_argument(
+        "--resolv-file",
+        metavar="PATH",
+        default="derived",
+        help="the resolv.conf whose servers networks forward DNS to, or 'none' (default: "
+        "/etc/resolv.conf; with --netns NAME, /etc/netns/NAME/resolv.conf if it exists)",
     )
     p.add_argument(
         "--socket",

@@ -36,7 +36,7 @@ import trio
 
 from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
-from supervisor.bus import Bus, Gap
+from supervisor.bus import Bus, Gap, PrepareFailed
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -95,6 +95,9 @@ class Supervisor:
     stopping: bool = False
     #: where host-side networking happens: None = our own namespace, else a netns path
     host_netns: str | None = None
+    #: the resolv.conf networks forward DNS to: derived from the host namespace (the host's
+    #: /etc/resolv.conf, or a sandbox's /etc/netns/NAME/resolv.conf), a path, or None (none)
+    resolv_file: str | None = "derived"
     #: False: no network subsystem (guests with <interface> then fail to start)
     networking: bool = True
     net: NetworkSubsystem | None = None
@@ -174,6 +177,7 @@ class Supervisor:
                 run_dir=self.run_dir,
                 config=self.config,
                 runs=self.runs,
+                resolv_file=self.resolv_file,
             )
         try:
             # the runtime's pools (fork servers, spare embryos) live as long as the guests' nursery
@@ -294,6 +298,11 @@ class Supervisor:
             )
         domain = self._complete(domain, previous.domain if previous else None)
         self._check_conflicts(domain)
+        if self.net is not None:  # static NIC addresses against the networks and other domains
+            from supervisor.net.addresses import domain_problems, raise_problems
+
+            others = [g.domain for g in self.guests.values()]
+            raise_problems(domain_problems(domain, self.net.service.table.definitions, others))
         self.config.save_domain(domain)
         if previous is None:
             self.guests[domain.name] = self._new_runner(domain)
@@ -333,6 +342,13 @@ class Supervisor:
             )
         try:
             await guest.start()
+        except PrepareFailed as error:
+            # a hook refused the start on purpose (an address in use, a network not running):
+            # the caller gets that error, 409 and its message, not a 500 with a Python repr
+            cause = error.cause
+            if isinstance(cause, ConflictError | InvalidOperation | NotFound):
+                raise type(cause)(f"domain {name}: {cause}") from error
+            raise
         except VsvError:
             raise
         except Exception as error:
@@ -549,7 +565,8 @@ class Supervisor:
         return require_network(self.net, name).get_network(name)
 
     async def define_network(self, network: Network) -> Network:
-        return require_network(self.net, network.name).define_network(network)
+        domains = [g.domain for g in self.guests.values()]
+        return require_network(self.net, network.name).define_network(network, domains)
 
     async def undefine_network(self, name: str) -> None:
         require_network(self.net, name).undefine_network(name)
@@ -624,6 +641,8 @@ class DaemonOptions:
     ro_socket: str | None = None
     socket_group: str | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    #: the resolv.conf networks forward DNS to ("derived": from the host namespace; None: none)
+    resolv_file: str | None = "derived"
     #: caps of open API connections per socket (None: derived from the descriptor limit; see
     #: supervisor/api/limits.py)
     api_max_connections: int | None = None
@@ -696,6 +715,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         bus=bus,
         announce=True,
         log_max_bytes=opts.log_max_bytes,
+        resolv_file=opts.resolv_file,
         # no guest may see them (a guest without a root filesystem sees the host's tree)
         hidden_paths=tuple(p for p in (opts.socket, opts.ro_socket) if p is not None),
     )

@@ -270,6 +270,15 @@ def widenings(domain: Domain) -> list[tuple[str, str]]:
     that nobody widens a guest without seeing it.
     """
     out: list[tuple[str, str]] = []
+    for i, iface in enumerate(domain.interfaces):
+        if iface.filterref == "vsv-allow-all":
+            out.append(
+                (
+                    f"devices/interface[{i + 1}]/filterref",
+                    "vsv-allow-all turns anti-spoofing off: the NIC may send from any MAC and "
+                    "address, and answer DHCP and router solicitations",
+                )
+            )
     spec = domain.capabilities
     if spec is None:
         return out
