@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor import nsutil
+from supervisor.api.client import Client
 from supervisor.guest.cgroups import detect_layout, find_leftovers
 from supervisor.guest.rootfs import prepare_busybox_root
 from tests.fake_supervisor import short_tmpdir
@@ -51,6 +52,10 @@ class Env:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError((base / "daemon.out").read_text())
             time.sleep(0.02)
+        # the sockets are bound before the supervisor has made its run dir (a connection waits
+        # in the backlog until the API is served): one answered request means it is up
+        with Client(self.ro, timeout=20) as c:
+            c.get_json("/v1/supervisor")
 
     def args(self) -> list[str]:
         """The daemon's command-line options for this environment."""
