@@ -356,6 +356,55 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     assert find_leftovers(detect_layout(), prefix) == []
 
 
+def test_exec_reports_the_command_status_when_the_process_between_dies(
+    env: Env, prefix: str
+) -> None:
+    """`vsv exec` forks a process that joins the guest's cgroups and waits for the command; a
+    guest's `reboot -f` or destroy kills it with the cgroup. The command's own status is still
+    the one reported (it was 137, SIGKILL, when `reboot -f` itself had exited 0)."""
+    e = env
+    (e.base / "w.xml").write_text(
+        f"""<domain type='lxc'><name>w1</name>
+        <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+        <initarg>trap 'exit 0' TERM; while :; do sleep 0.1; done</initarg></os>
+        <devices><filesystem type='mount'><source dir='{e.root}'/><target dir='/'/></filesystem>
+        </devices></domain>"""
+    )
+    js(e, "define", str(e.base / "w.xml"))
+    js(e, "start", "w1")
+    up, go = e.root / "tmp" / "w1-up", e.root / "tmp" / "w1-go"
+    script = "touch /tmp/w1-up; while [ ! -e /tmp/w1-go ]; do sleep 0.02; done; exit 7"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--socket", e.sock, "exec", "w1", "--", "sh", "-c",
+         script],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not up.exists():
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        between = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(between) == 1
+        os.kill(int(between[0]), signal.SIGKILL)
+        go.touch()
+        assert proc.wait(30) == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        up.unlink(missing_ok=True)
+        go.unlink(missing_ok=True)
+    assert e.stop() == 0
+    assert find_leftovers(detect_layout(), prefix) == []
+
+
 def test_exec_on_a_terminal_gives_the_command_a_terminal_of_its_own(env: Env, prefix: str) -> None:
     """From a terminal, `vsv exec` gives the command a new pty (window size copied, the caller's
     terminal mode restored afterwards): a guest process never holds the admin's terminal."""
