@@ -269,9 +269,11 @@ class Supervisor:
         Updating a running guest changes its stored definition; the running guest keeps the
         old one until it is next started.
         """
-        from supervisor.validate import check_domain
+        from supervisor.validate import check_domain, host_problems
 
-        problems = check_domain(domain)
+        # the host's rules too (an architecture other than this one's), which `vsv validate`
+        # cannot know for the host a document is meant for
+        problems = check_domain(domain) + [str(p) for p in host_problems(domain)]
         if problems:
             raise InvalidDocument(problems)
         previous = self.guests.get(domain.name)

@@ -1606,6 +1606,20 @@ def _gaps_of_rest(domain: Domain, gaps: list[str]) -> None:
             "<on_poweroff>/<on_reboot>/<on_crash> other than libvirt's defaults",
         ),
         (bool(domain.metadata), "foreign <metadata>"),
+        (domain.os.arch is not None, "<os><type arch=> (LXC: lxc.arch, the host's)"),
+        (domain.clock_offset is not None, "<clock> (a container has the host's clock)"),
+        (domain.emulator is not None, "<emulator> (libvirt's controller)"),
+        (bool(domain.seclabels), "<seclabel type='none'>"),
+        (bool(domain.consoles), "<console> (LXC: lxc.tty.max, lxc.console.path)"),
+        (
+            domain.vcpu_placement is not None or domain.vcpu_current is not None,
+            "<vcpu placement= current=> (informational)",
+        ),
+        (
+            any(fs.alias or fs.accessmode for fs in domain.filesystems)
+            or any(i.alias or i.source_bridge or i.portid for i in domain.interfaces),
+            "<alias>, accessmode=, <source bridge= portid=> (libvirt's, informational)",
+        ),
         (
             domain.hostname is not None and domain.hostname != domain.name,
             f"the name {domain.name}: LXC names a container by its directory, LXCPATH/"

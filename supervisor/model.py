@@ -47,6 +47,8 @@ class OsSpec:
     initdir: str | None = None
     inituser: str | None = None
     initgroup: str | None = None
+    #: ``<type arch=>``: kept; ``define`` refuses an architecture other than the host's
+    arch: str | None = None
 
 
 @attrs.frozen
@@ -59,6 +61,10 @@ class Filesystem:
     readonly: bool = False
     #: for ``type='ram'``: size of the tmpfs in KiB
     usage_kib: int | None = None
+    #: ``accessmode=``: only libvirt's default, ``passthrough`` (kept as given)
+    accessmode: Literal["passthrough"] | None = None
+    #: ``<alias name=>``: kept (libvirt's live XML names every device)
+    alias: str | None = None
 
 
 @attrs.frozen
@@ -109,6 +115,37 @@ class Interface:
     #: anti-spoofing, ``clean-traffic`` the same plus libvirt's clean-traffic restriction to IPv4,
     #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out)
     filterref: InterfaceFilter | None = None
+    #: type network: ``<source bridge=>``, the network's bridge as libvirt's live XML names it;
+    #: kept, not applied (the supervisor's own network decides the bridge)
+    source_bridge: str | None = None
+    #: type network: ``<source portid=>``, libvirt's network port (a UUID); kept, not applied
+    portid: str | None = None
+    #: ``<alias name=>``: kept
+    alias: str | None = None
+
+
+@attrs.frozen
+class Console:
+    """A ``<console type='pty'>``: kept and written back; not served yet (the guest's output
+    goes to its log). ``tty`` and ``source_path`` are the pty libvirt's live XML names."""
+
+    type: Literal["pty"] = "pty"
+    tty: str | None = None
+    source_path: str | None = None
+    #: ``<target type= port=>``: libvirt's LXC consoles have target type ``lxc``
+    target_type: Literal["lxc"] | None = None
+    target_port: int | None = None
+    alias: str | None = None
+
+
+@attrs.frozen
+class SecLabel:
+    """A ``<seclabel>``: only ``type='none'`` (no Linux security module is supported yet)."""
+
+    type: Literal["none"] = "none"
+    model: str | None = None
+    #: ``relabel='no'`` (the only value libvirt allows with type none), kept as given
+    relabel: bool | None = None
 
 
 def _unlimited_quota(quota: int | None) -> int | None:
@@ -219,8 +256,21 @@ class Domain:
     on_reboot: LifecycleAction = "restart"
     on_crash: LifecycleAction = "destroy"
     autostart: bool = False
-    #: ``<resource><partition>``
+    #: ``<resource><partition>``: only ``/machine``, libvirt's default (guests' cgroups are
+    #: where the supervisor puts them)
     partition: str | None = None
+    #: ``<vcpu placement=>``: ``static`` (kept as given)
+    vcpu_placement: Literal["static"] | None = None
+    #: ``<vcpu current=>``: kept, not applied (libvirt's LXC driver ignores it too)
+    vcpu_current: int | None = None
+    #: ``<vcpu cpuset=>``: held, but refused by the rules until the cpuset controller applies it
+    cpuset: str | None = None
+    #: ``<clock offset=>``: only ``utc`` (a container has the host's clock)
+    clock_offset: Literal["utc"] | None = None
+    #: ``<devices><emulator>``: kept, not used (libvirt's controller binary)
+    emulator: str | None = None
+    consoles: tuple[Console, ...] = ()
+    seclabels: tuple[SecLabel, ...] = ()
     #: serialized foreign ``<metadata>`` children, kept verbatim
     metadata: tuple[str, ...] = ()
 

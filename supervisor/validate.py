@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 from typing import Final
 
@@ -110,7 +111,54 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _GENERIC_NAME = re.compile(r"[a-zA-Z0-9_+\-]+")
 _ENV_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _DNS_NAME = re.compile(r"[a-zA-Z0-9.\-]+")
-_BAD_PARTITION_CHARS = re.compile(r"[\s\x00-\x1f]")
+#: the largest id libvirt gives a running domain (an int)
+LIBVIRT_ID_MAX: Final = 2**31 - 1
+#: ``<resource><partition>`` values the supervisor honours: libvirt's default partition only
+#: (a guest's cgroup is where the supervisor puts it, ``<prefix>-<name>``)
+PARTITIONS: Final = ("/machine",)
+#: libvirt's architecture names (basictypes.rng ``archnames``), for ``<os><type arch=>``
+ARCH_NAMES: Final = frozenset(
+    [
+        "aarch64",
+        "alpha",
+        "armv6l",
+        "armv7l",
+        "cris",
+        "i686",
+        "ia64",
+        "lm32",
+        "m68k",
+        "microblaze",
+        "microblazeel",
+        "mips",
+        "mipsel",
+        "mips64",
+        "mips64el",
+        "openrisc",
+        "parisc",
+        "parisc64",
+        "ppc",
+        "ppc64",
+        "ppc64le",
+        "ppcemb",
+        "riscv32",
+        "riscv64",
+        "s390",
+        "s390x",
+        "sh4",
+        "sh4eb",
+        "sparc",
+        "sparc64",
+        "unicore32",
+        "x86_64",
+        "xtensa",
+        "xtensaeb",
+    ]
+)
+#: libvirt's ``aliasName`` (domaincommon.rng)
+_ALIAS = re.compile(r"[a-zA-Z0-9_\-.]+")
+#: libvirt's ``cpuset`` (basictypes.rng): CPUs and ranges, ``^N`` excludes one
+_CPUSET = re.compile(r"([0-9]+(-[0-9]+)?|\^[0-9]+)(,([0-9]+(-[0-9]+)?|\^[0-9]+))*")
 _HOST_LABEL = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 
 
@@ -411,11 +459,179 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
     _check_mac(sink, (*key, "mac"), f"{where}/mac/@address", iface.mac)
     _check_ifname(sink, (*key, "target_dev"), f"{where}/target/@dev", iface.target_dev)
     _check_ifname(sink, (*key, "guest_dev"), f"{where}/guest/@dev", iface.guest_dev)
+    if iface.source_bridge is not None or iface.portid is not None:
+        _check_network_port(sink, key, src_where, iface)
     sink.int_range((*key, "mtu"), f"{where}/mtu/@size", iface.mtu, MTU_MIN, MTU_MAX)
     for j, ip in enumerate(iface.ips):
         _check_ip(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
     for j, route in enumerate(iface.routes):
         _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)
+
+
+def _check_network_port(sink: _Sink, key: Key, src_where: str, iface: Interface) -> None:
+    """``<source bridge= portid=>`` of a type='network' NIC, as libvirt's live XML writes it.
+
+    Kept and written back, not applied: the bridge is the supervisor's network's own.
+    """
+    if iface.type != "network":
+        for field, attr, value in (
+            ("source_bridge", "bridge", iface.source_bridge),
+            ("portid", "portid", iface.portid),
+        ):
+            if value is not None:
+                sink.add(
+                    (*key, field),
+                    f"{src_where}/@{attr}",
+                    value,
+                    f"is not used by type='{iface.type}'",
+                    "only with type='network'",
+                )
+        return
+    _check_ifname(sink, (*key, "source_bridge"), f"{src_where}/@bridge", iface.source_bridge)
+    _check_uuid(sink, (*key, "portid"), f"{src_where}/@portid", iface.portid)
+
+
+def _check_vcpu(sink: _Sink, domain: Domain) -> None:
+    """``<vcpu placement= current= cpuset=>`` (called only when one of them is given)."""
+    add = sink.add
+    if domain.vcpu is None:
+        add(
+            ("vcpu",),
+            "vcpu",
+            "",
+            "is missing: placement, current and cpuset are attributes of <vcpu>",
+            "a <vcpu> count",
+        )
+    placement: str | None = domain.vcpu_placement
+    if placement is not None and placement != "static":
+        add(
+            ("vcpu_placement",),
+            "vcpu/@placement",
+            placement,
+            "is not supported (automatic placement chooses a cpuset, which is not applied yet)",
+            "static",
+        )
+    sink.int_range(("vcpu_current",), "vcpu/@current", domain.vcpu_current, 1, domain.vcpu)
+    cpuset = domain.cpuset
+    if cpuset is not None:
+        if not _CPUSET.fullmatch(cpuset):
+            add(("cpuset",), "vcpu/@cpuset", cpuset, "is not a CPU list", "e.g. 0-3,^2")
+        else:
+            # stored so the cpuset controller can apply it next; until then a guest would run
+            # on every CPU while its definition says otherwise
+            add(
+                ("cpuset",),
+                "vcpu/@cpuset",
+                cpuset,
+                "is not applied yet (the cpuset controller is the next step)",
+                "no cpuset: the guest runs on every CPU",
+            )
+
+
+def _check_devices_extra(sink: _Sink, domain: Domain) -> None:
+    """Consoles, the emulator and the devices' ``<alias>`` names (unique, libvirt's pattern)."""
+    add = sink.add
+    _check_abs_path(sink, ("emulator",), "devices/emulator", domain.emulator, root_ok=False)
+    for i, con in enumerate(domain.consoles):
+        key: Key = ("consoles", i)
+        where = f"devices/console[{i + 1}]"
+        ctype: str = con.type
+        if ctype != "pty":
+            add((*key, "type"), f"{where}/@type", ctype, "is not supported", "pty")
+        _check_abs_path(sink, (*key, "tty"), f"{where}/@tty", con.tty, root_ok=False)
+        _check_abs_path(
+            sink, (*key, "source_path"), f"{where}/source/@path", con.source_path, root_ok=False
+        )
+        ttype: str | None = con.target_type
+        if ttype is not None and ttype != "lxc":
+            add((*key, "target_type"), f"{where}/target/@type", ttype, "is not supported", "lxc")
+        sink.int_range((*key, "target_port"), f"{where}/target/@port", con.target_port, 0, None)
+    seen: set[str] = set()
+    devices = (
+        *(("filesystems", i, "filesystem", d.alias) for i, d in enumerate(domain.filesystems)),
+        *(("interfaces", i, "interface", d.alias) for i, d in enumerate(domain.interfaces)),
+        *(("consoles", i, "console", d.alias) for i, d in enumerate(domain.consoles)),
+    )
+    for field, i, tag, alias in devices:
+        if alias is None:
+            continue
+        key = (field, i, "alias")
+        where = f"devices/{tag}[{i + 1}]/alias/@name"
+        if not _ALIAS.fullmatch(alias):
+            add(key, where, alias, "is not an alias name", "letters, digits, '_', '-' and '.'")
+        elif alias in seen:
+            add(key, where, alias, "is used by another device", "distinct aliases")
+        seen.add(alias)
+
+
+def _check_seclabels(sink: _Sink, domain: Domain) -> None:
+    """``<seclabel>``: type none only (no security module is supported yet), one per model."""
+    add = sink.add
+    models: set[str] = set()
+    several = len(domain.seclabels) > 1
+    for i, label in enumerate(domain.seclabels):
+        key: Key = ("seclabels", i)
+        where = f"seclabel[{i + 1}]"
+        ltype: str = label.type
+        if ltype != "none":
+            add(
+                (*key, "type"),
+                f"{where}/@type",
+                ltype,
+                "is not supported (no Linux security module is supported yet)",
+                "none",
+            )
+        if label.relabel:
+            add((*key, "relabel"), f"{where}/@relabel", "yes", "is given with type='none'", "no")
+        if label.model is None:
+            if several:
+                add(
+                    (*key, "model"),
+                    f"{where}/@model",
+                    "",
+                    "is missing beside another <seclabel>",
+                    "a model on each of several labels",
+                )
+            continue
+        if not label.model or _NOT_XML_TEXT.search(label.model) or "\n" in label.model:
+            add(
+                (*key, "model"),
+                f"{where}/@model",
+                label.model,
+                "is not a security model name",
+                "a name such as none, selinux, apparmor",
+            )
+        elif label.model in models:
+            add((*key, "model"), f"{where}/@model", label.model, "is given twice", "one per model")
+        models.add(label.model)
+
+
+def host_arch() -> str:
+    """This machine's architecture by libvirt's name (``uname -m``; i386..i686 are ``i686``)."""
+    machine = os.uname().machine
+    return "i686" if re.fullmatch(r"i[3-6]86", machine) else machine
+
+
+def host_problems(domain: Domain, arch: str | None = None) -> list[Problem]:
+    """The rules that depend on the host: checked by ``define``, not by ``vsv validate``.
+
+    ``<os><type arch=>`` must be the host's (``arch``, default :func:`host_arch`): libvirt's LXC
+    driver refuses any other at define (it knows no guest for it). libvirt also runs the 32-bit
+    sibling (i686 on x86_64) under a 32-bit personality; the supervisor does not, so refuses it.
+    """
+    sink = _Sink()
+    given = domain.os.arch
+    if given is not None:
+        own = host_arch() if arch is None else arch
+        if given != own:
+            sink.add(
+                ("os", "arch"),
+                "os/type/@arch",
+                given,
+                "is not this host's architecture (guests run as the host's)",
+                own,
+            )
+    return sink.problems
 
 
 def _check_hostname(sink: _Sink, hostname: str | None) -> None:
@@ -443,7 +659,12 @@ def domain_problems(domain: Domain) -> list[Problem]:
     _check_name(sink, ("name",), "name", domain.name)
     if domain.type not in ("vserver", "lxc"):
         add(("type",), "domain/@type", domain.type, "is not supported", "vserver, lxc")
-    sink.int_range(("id",), "domain/@id", domain.id, CONTEXT_ID_MIN, CONTEXT_ID_MAX)
+    if domain.type == "lxc":
+        # libvirt's id of a running domain (its LXC driver uses the container's init pid), as
+        # `virsh dumpxml` writes it: kept as the domain's number, not a VServer context id
+        sink.int_range(("id",), "domain/@id", domain.id, 1, LIBVIRT_ID_MAX)
+    else:
+        sink.int_range(("id",), "domain/@id", domain.id, CONTEXT_ID_MIN, CONTEXT_ID_MAX)
     _check_uuid(sink, ("uuid",), "uuid", domain.uuid)
     sink.text(("title",), "title", domain.title)
     if domain.title is not None and "\n" in domain.title:
@@ -464,10 +685,24 @@ def domain_problems(domain: Domain) -> list[Problem]:
             f"1..{domain.memory_kib} KiB",
         )
     sink.int_range(("vcpu",), "vcpu", domain.vcpu, 1, 65535)
+    if (
+        domain.vcpu_placement is not None
+        or domain.vcpu_current is not None
+        or domain.cpuset is not None
+    ):
+        _check_vcpu(sink, domain)
     _check_hostname(sink, domain.hostname)
     _check_positive(sink, ("pids_limit",), "metadata/vsv:pids/@max", domain.pids_limit)
 
     os = domain.os
+    if os.arch is not None and os.arch not in ARCH_NAMES:
+        add(
+            ("os", "arch"),
+            "os/type/@arch",
+            os.arch,
+            "is not an architecture",
+            "one of libvirt's names, e.g. x86_64, aarch64",
+        )
     _check_abs_path(sink, ("os", "init"), "os/init", os.init, root_ok=False)
     for i, arg in enumerate(os.initargs):
         sink.text(("os", "initargs", i), f"os/initarg[{i + 1}]", arg)
@@ -503,8 +738,11 @@ def domain_problems(domain: Domain) -> list[Problem]:
             "does not map the guest's root",
             "a <uid start='0' .../> and a <gid start='0' .../> entry",
         )
+    kinds: dict[str, int] = {}
     for i, entry in enumerate(domain.idmap):
-        where = f"idmap/{entry.kind}[{i + 1}]"
+        # numbered among the entries of its kind, as in the document (<uid> and <gid> apart)
+        n = kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+        where = f"idmap/{entry.kind}[{n}]"
         if entry.kind not in ("uid", "gid"):
             add(("idmap", i), where, entry.kind, "is not an idmap kind", "uid, gid")
         sink.int_range(("idmap", i, "start"), f"{where}/@start", entry.start, 0, 2**32 - 1)
@@ -571,19 +809,27 @@ def domain_problems(domain: Domain) -> list[Problem]:
         action = getattr(domain, attr)
         if action not in LIFECYCLE_ACTIONS:
             add((attr,), attr, action, "is not a lifecycle action", ", ".join(LIFECYCLE_ACTIONS))
-    if domain.partition is not None and (
-        len(domain.partition) < 2
-        or not domain.partition.startswith("/")
-        or _BAD_PARTITION_CHARS.search(domain.partition)
-    ):
+    if domain.partition is not None and domain.partition not in PARTITIONS:
+        # libvirt's partition is a cgroup the guest's goes under; the supervisor places every
+        # guest's cgroup itself, which is what libvirt's default partition means
         add(
             ("partition",),
             "resource/partition",
             domain.partition,
-            "is not an absolute partition path",
-            "an absolute path such as /machine",
+            "is not applied (a guest's cgroup is <prefix>-<name>, placed by the supervisor)",
+            "/machine, libvirt's default partition",
         )
-    sink.text(("partition",), "resource/partition", domain.partition)
+    clock: str | None = domain.clock_offset  # a str when the model was built by hand
+    if clock is not None and clock != "utc":
+        add(
+            ("clock_offset",),
+            "clock/@offset",
+            clock,
+            "is not supported (a container has the host's clock)",
+            "utc",
+        )
+    if domain.seclabels:
+        _check_seclabels(sink, domain)
 
     targets: set[str] = set()
     for i, fs in enumerate(domain.filesystems):
@@ -619,6 +865,15 @@ def domain_problems(domain: Domain) -> list[Problem]:
                 )
         else:
             add((*key, "type"), f"{where}/@type", fs.type, "is not supported", "mount, ram")
+        accessmode: str | None = fs.accessmode
+        if accessmode is not None and accessmode != "passthrough":
+            add(
+                (*key, "accessmode"),
+                f"{where}/@accessmode",
+                accessmode,
+                "is not supported",
+                "passthrough",
+            )
         _check_abs_path(sink, (*key, "target"), f"{where}/target/@dir", fs.target, root_ok=True)
         if fs.target in targets:
             add(
@@ -643,6 +898,7 @@ def domain_problems(domain: Domain) -> list[Problem]:
                     "distinct MAC addresses",
                 )
             macs.add(iface.mac)
+    _check_devices_extra(sink, domain)
     return sink.problems
 
 

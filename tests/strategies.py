@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from typing import Literal
+from typing import Literal, TypeVar
 
+import attrs
 from hypothesis import strategies as st
 
 from supervisor.model import (
@@ -20,6 +21,7 @@ from supervisor.model import (
     Bridge,
     Capabilities,
     CapsPolicy,
+    Console,
     CpuBucket,
     CpuTune,
     DhcpHost,
@@ -42,11 +44,13 @@ from supervisor.model import (
     OsSpec,
     PortRange,
     Route,
+    SecLabel,
     TokenBucket,
 )
-from supervisor.validate import CAPABILITY_NAMES
+from supervisor.validate import ARCH_NAMES, CAPABILITY_NAMES
 
 _ALNUM = string.ascii_letters + string.digits
+_D = TypeVar("_D", Filesystem, Interface, Console)
 _LOWER = string.ascii_lowercase + string.digits
 
 
@@ -176,6 +180,8 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         filterref=draw(st.none() | st.sampled_from(INTERFACE_FILTERS))
         if itype in ("network", "bridge")
         else None,
+        source_bridge=draw(st.none() | ifnames()) if itype == "network" else None,
+        portid=draw(st.none() | uuids()) if itype == "network" else None,
     )
 
 
@@ -195,6 +201,7 @@ def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
                     source=draw(abs_paths() | st.just("/")),
                     target=target,
                     readonly=draw(st.booleans()),
+                    accessmode=draw(st.sampled_from((None, "passthrough"))),
                 )
             )
         else:
@@ -205,6 +212,7 @@ def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
                     type="ram",
                     readonly=draw(st.booleans()),
                     usage_kib=draw(st.integers(1, 2**40)),
+                    accessmode=draw(st.sampled_from((None, "passthrough"))),
                 )
             )
     return tuple(result)
@@ -259,6 +267,49 @@ def foreign_metadata() -> st.SearchStrategy[str]:
     )
 
 
+def _ptys() -> st.SearchStrategy[str]:
+    return st.integers(0, 4096).map(lambda n: f"/dev/pts/{n}")
+
+
+@st.composite
+def consoles(draw: st.DrawFn) -> Console:
+    """``<console type='pty'>`` as libvirt writes it, defined (bare) or live (pty named)."""
+    return Console(
+        tty=draw(st.none() | _ptys()),
+        source_path=draw(st.none() | _ptys()),
+        target_type=draw(st.sampled_from((None, "lxc"))),
+        target_port=draw(st.none() | st.integers(0, 3)),
+    )
+
+
+def seclabels() -> st.SearchStrategy[tuple[SecLabel, ...]]:
+    """None, one ``type='none'`` label, or one per model."""
+    label = st.builds(
+        SecLabel,
+        model=st.none() | st.sampled_from(("none", "selinux", "apparmor", "dac")),
+        relabel=st.sampled_from((None, False)),
+    )
+    models = st.lists(st.sampled_from(("selinux", "apparmor", "dac")), unique=True, max_size=3)
+    return st.lists(label, max_size=1).map(tuple) | models.map(
+        lambda ms: tuple(SecLabel(model=m) for m in ms)
+    )
+
+
+@st.composite
+def _aliased(draw: st.DrawFn, domain: Domain) -> Domain:
+    """``domain`` with some of its devices named by ``<alias>`` (distinct, as libvirt's are)."""
+
+    def named(device: _D, name: str) -> _D:
+        return attrs.evolve(device, alias=name) if draw(st.booleans()) else device
+
+    return attrs.evolve(
+        domain,
+        filesystems=tuple(named(d, f"fs{i}") for i, d in enumerate(domain.filesystems)),
+        interfaces=tuple(named(d, f"net{i}") for i, d in enumerate(domain.interfaces)),
+        consoles=tuple(named(d, f"console{i}") for i, d in enumerate(domain.consoles)),
+    )
+
+
 _DOMAIN_TYPES: tuple[DomainType, ...] = ("vserver", "lxc")
 _ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve", "rename-restart")
 
@@ -288,6 +339,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         initdir=draw(st.none() | abs_paths()),
         inituser=user,
         initgroup=None if user is None else user,
+        arch=draw(st.none() | st.sampled_from(sorted(ARCH_NAMES))),
     )
     quota = st.just(-1) | st.integers(1000, 17592186044415)
     cputune = draw(
@@ -333,16 +385,21 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
             *idmap,
         )
     actions = st.sampled_from(_ACTIONS)
-    return Domain(
+    vcpu = draw(st.none() | st.integers(1, 256))
+    domain = Domain(
         name=draw(names()),
         type=dtype,
-        id=draw(st.none() | st.integers(2, 49151)),
+        id=draw(st.none() | st.integers(2, 49151) | st.integers(1, 2**31 - 1))
+        if dtype == "lxc"
+        else draw(st.none() | st.integers(2, 49151)),
         uuid=draw(st.none() | uuids()),
         title=draw(st.none() | _xml_text(min_size=1, newlines=False)),
         description=draw(st.none() | _xml_text()),
         memory_kib=memory,
         current_memory_kib=current,
-        vcpu=draw(st.none() | st.integers(1, 256)),
+        vcpu=vcpu,
+        vcpu_placement=None if vcpu is None else draw(st.sampled_from((None, "static"))),
+        vcpu_current=None if vcpu is None else draw(st.none() | st.integers(1, vcpu)),
         os=os,
         hostname=draw(st.none() | hostnames()),
         filesystems=draw(filesystems()),
@@ -358,9 +415,14 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         on_reboot=draw(actions),
         on_crash=draw(actions),
         autostart=draw(st.booleans()),
-        partition=draw(st.none() | abs_paths()),
+        partition=draw(st.sampled_from((None, "/machine"))),
+        clock_offset=draw(st.sampled_from((None, "utc"))),
+        emulator=draw(st.none() | st.just("/usr/lib/libvirt/libvirt_lxc") | abs_paths()),
+        consoles=tuple(draw(st.lists(consoles(), max_size=2))),
+        seclabels=draw(seclabels()),
         metadata=tuple(draw(st.lists(foreign_metadata(), max_size=2))),
     )
+    return draw(_aliased(domain))
 
 
 _LEASE_UNITS: tuple[Literal["seconds", "minutes", "hours"], ...] = ("seconds", "minutes", "hours")
