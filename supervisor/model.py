@@ -205,6 +205,36 @@ class MemTune:
 
 
 @attrs.frozen
+class BlkioDevice:
+    """A ``<blkiotune><device>``: one block device's weight and throttles (0: no limit, as
+    libvirt reads it). ``path`` is the device node; its numbers are looked up at start."""
+
+    path: str
+    weight: int | None = None
+    read_bytes_sec: int | None = None
+    write_bytes_sec: int | None = None
+    read_iops_sec: int | None = None
+    write_iops_sec: int | None = None
+
+
+#: the throttle fields of :class:`BlkioDevice`, as libvirt names its elements
+BLKIO_THROTTLES: tuple[str, ...] = (
+    "read_bytes_sec",
+    "write_bytes_sec",
+    "read_iops_sec",
+    "write_iops_sec",
+)
+
+
+@attrs.frozen
+class BlkioTune:
+    """libvirt's ``<blkiotune>``: the guest's I/O weight and per-device settings."""
+
+    weight: int | None = None
+    devices: tuple[BlkioDevice, ...] = ()
+
+
+@attrs.frozen
 class Capabilities:
     """``<features><capabilities policy=...>`` with per-capability on/off overrides."""
 
@@ -263,8 +293,10 @@ class Domain:
     vcpu_placement: Literal["static"] | None = None
     #: ``<vcpu current=>``: kept, not applied (libvirt's LXC driver ignores it too)
     vcpu_current: int | None = None
-    #: ``<vcpu cpuset=>``: held, but refused by the rules until the cpuset controller applies it
+    #: ``<vcpu cpuset=>``: the CPUs the guest may run on (libvirt's syntax, ``0-3,^2``), applied
+    #: through the cpuset controller
     cpuset: str | None = None
+    blkiotune: BlkioTune | None = None
     #: ``<clock offset=>``: only ``utc`` (a container has the host's clock)
     clock_offset: Literal["utc"] | None = None
     #: ``<devices><emulator>``: kept, not used (libvirt's controller binary)

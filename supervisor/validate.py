@@ -23,6 +23,7 @@ from typing import Final
 import attrs
 
 from supervisor.model import (
+    BLKIO_THROTTLES,
     CONTEXT_ID_MAX,
     CONTEXT_ID_MIN,
     LIFECYCLE_ACTIONS,
@@ -514,18 +515,83 @@ def _check_vcpu(sink: _Sink, domain: Domain) -> None:
     sink.int_range(("vcpu_current",), "vcpu/@current", domain.vcpu_current, 1, domain.vcpu)
     cpuset = domain.cpuset
     if cpuset is not None:
-        if not _CPUSET.fullmatch(cpuset):
-            add(("cpuset",), "vcpu/@cpuset", cpuset, "is not a CPU list", "e.g. 0-3,^2")
-        else:
-            # stored so the cpuset controller can apply it next; until then a guest would run
-            # on every CPU while its definition says otherwise
-            add(
-                ("cpuset",),
-                "vcpu/@cpuset",
-                cpuset,
-                "is not applied yet (the cpuset controller is the next step)",
-                "no cpuset: the guest runs on every CPU",
-            )
+        try:
+            parse_cpuset(cpuset)
+        except ValueError as e:
+            add(("cpuset",), "vcpu/@cpuset", cpuset, str(e), "CPUs and ranges, e.g. 0-3,^2")
+
+
+#: the highest CPU number a cpuset may name (libvirt's VIR_DOMAIN_CPUMASK_LEN less one)
+CPUSET_MAX_CPU: Final = 16383
+
+
+def parse_cpuset(text: str) -> frozenset[int]:
+    """The CPUs of libvirt's cpuset syntax: ``0-3,^2`` is 0, 1 and 3 (``^N`` takes one out).
+
+    Raises ValueError saying what is wrong: not the syntax, a range backwards, a CPU above
+    :data:`CPUSET_MAX_CPU`, or no CPU left.
+    """
+    if not _CPUSET.fullmatch(text):
+        raise ValueError("is not a CPU list")
+    cpus: set[int] = set()
+    excluded: set[int] = set()
+    for part in text.split(","):
+        if part.startswith("^"):
+            excluded.add(int(part[1:]))
+            continue
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if lo > hi:
+            raise ValueError(f"has a backward range {part}")
+        if hi > CPUSET_MAX_CPU:
+            raise ValueError(f"names a CPU above {CPUSET_MAX_CPU}")
+        cpus.update(range(lo, hi + 1))
+    left = frozenset(cpus - excluded)
+    if not left:
+        raise ValueError("leaves no CPU")
+    return left
+
+
+def kernel_cpu_list(cpus: frozenset[int]) -> str:
+    """CPUs as the kernel's list format writes them: ``0-1,3``."""
+    out: list[str] = []
+    ordered = sorted(cpus)
+    start = prev = ordered[0]
+    for cpu in [*ordered[1:], -2]:  # -2 ends the last run
+        if cpu == prev + 1:
+            prev = cpu
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = cpu
+    return ",".join(out)
+
+
+#: libvirt's ``<blkiotune>`` weight range (the guest's and a device's)
+BLKIO_WEIGHT_MIN: Final = 100
+BLKIO_WEIGHT_MAX: Final = 1000
+
+
+def _check_blkiotune(sink: _Sink, domain: Domain) -> None:
+    """``<blkiotune>``: weights in libvirt's range, throttles in their types', each device once."""
+    bt = domain.blkiotune
+    assert bt is not None
+    sink.int_range(
+        ("blkiotune", "weight"), "blkiotune/weight", bt.weight, BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX
+    )
+    paths: set[str] = set()
+    for i, dev in enumerate(bt.devices):
+        key: Key = ("blkiotune", "devices", i)
+        where = f"blkiotune/device[{i + 1}]"
+        _check_abs_path(sink, (*key, "path"), f"{where}/path", dev.path, root_ok=False)
+        if dev.path in paths:
+            sink.add((*key, "path"), f"{where}/path", dev.path, "is given twice", "each once")
+        paths.add(dev.path)
+        sink.int_range(
+            (*key, "weight"), f"{where}/weight", dev.weight, BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX
+        )
+        for field in BLKIO_THROTTLES:
+            hi = 2**32 - 1 if field.endswith("iops_sec") else 2**64 - 1
+            sink.int_range((*key, field), f"{where}/{field}", getattr(dev, field), 0, hi)
 
 
 def _check_devices_extra(sink: _Sink, domain: Domain) -> None:
@@ -830,6 +896,8 @@ def domain_problems(domain: Domain) -> list[Problem]:
         )
     if domain.seclabels:
         _check_seclabels(sink, domain)
+    if domain.blkiotune is not None:
+        _check_blkiotune(sink, domain)
 
     targets: set[str] = set()
     for i, fs in enumerate(domain.filesystems):

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from supervisor.model import (
     INTERFACE_FILTERS,
     AddressRange,
+    BlkioDevice,
+    BlkioTune,
     Bridge,
     Capabilities,
     CapsPolicy,
@@ -310,6 +312,31 @@ def _aliased(draw: st.DrawFn, domain: Domain) -> Domain:
     )
 
 
+def cpusets() -> st.SearchStrategy[str]:
+    """libvirt cpuset strings that leave at least one CPU (a range, a list, an exclusion)."""
+    return st.sampled_from(("0", "1", "0-1", "0,2-3", "0-7,^3", "1-2,^1", "5"))
+
+
+def blkiotunes() -> st.SearchStrategy[BlkioTune]:
+    weights = st.none() | st.integers(100, 1000)
+    iops = st.none() | st.integers(0, 2**32 - 1)
+    nbytes = st.none() | st.integers(0, 2**64 - 1)
+    device = st.builds(
+        BlkioDevice,
+        path=st.sampled_from(("/dev/vda", "/dev/sdb", "/dev/loop7", "/dev/mapper/vg-data")),
+        weight=weights,
+        read_bytes_sec=nbytes,
+        write_bytes_sec=nbytes,
+        read_iops_sec=iops,
+        write_iops_sec=iops,
+    )
+    return st.builds(
+        BlkioTune,
+        weight=weights,
+        devices=st.lists(device, max_size=3, unique_by=lambda d: d.path).map(tuple),
+    )
+
+
 _DOMAIN_TYPES: tuple[DomainType, ...] = ("vserver", "lxc")
 _ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve", "rename-restart")
 
@@ -400,6 +427,8 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         vcpu=vcpu,
         vcpu_placement=None if vcpu is None else draw(st.sampled_from((None, "static"))),
         vcpu_current=None if vcpu is None else draw(st.none() | st.integers(1, vcpu)),
+        cpuset=None if vcpu is None else draw(st.none() | cpusets()),
+        blkiotune=draw(st.none() | blkiotunes()),
         os=os,
         hostname=draw(st.none() | hostnames()),
         filesystems=draw(filesystems()),

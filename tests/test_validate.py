@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from supervisor.errors import InvalidDocument
 from supervisor.model import (
     AddressRange,
+    BlkioDevice,
+    BlkioTune,
     Capabilities,
     Console,
     CpuBucket,
@@ -329,6 +331,14 @@ _DAMAGE: list[tuple[tuple[str, ...], st.SearchStrategy[Any]]] = [
     *[(("os", f), _OPT_STRS) for f in ("initdir", "inituser", "initgroup", "arch")],
     *[((f,), _OPT_STRS) for f in ("vcpu_placement", "cpuset", "clock_offset", "emulator")],
     (("vcpu_current",), _OPT_INTS),
+    (
+        ("blkiotune",),
+        st.builds(
+            BlkioTune,
+            _OPT_INTS,
+            st.lists(st.builds(BlkioDevice, _STRS, _OPT_INTS, _OPT_INTS), max_size=2).map(tuple),
+        ),
+    ),
     (
         ("consoles",),
         st.lists(st.builds(Console, _STRS, _OPT_STRS, _OPT_STRS), max_size=2).map(tuple),

@@ -202,6 +202,18 @@ ROUND_TRIPS = {
         "devices/console[2]/target[@port='1']",
     ),
     "live id of an lxc domain": (doc("").replace("type='lxc'", "type='lxc' id='3123456'"), "."),
+    "vcpu cpuset": (doc("<vcpu placement='static' cpuset='0-3,^2'>2</vcpu>"), "vcpu[@cpuset]"),
+    "blkiotune": (
+        doc(
+            "<blkiotune><weight>500</weight><device><path>/dev/vdb</path>"
+            "<weight>800</weight><read_bytes_sec>1048576</read_bytes_sec>"
+            "<write_bytes_sec>0</write_bytes_sec><read_iops_sec>400</read_iops_sec>"
+            "<write_iops_sec>200</write_iops_sec></device>"
+            "<device><path>/dev/vdc</path><read_iops_sec>10</read_iops_sec></device>"
+            "</blkiotune>"
+        ),
+        "blkiotune/device[2]/read_iops_sec",
+    ),
 }
 
 
@@ -243,6 +255,31 @@ REFUSED = {
         "seclabel[2]/@model",
     ),
     "vcpu placement auto": (doc("<vcpu placement='auto'>1</vcpu>"), "vcpu/@placement"),
+    "cpuset empty": (doc("<vcpu cpuset='1,^1'>1</vcpu>"), "vcpu/@cpuset"),
+    "cpuset backwards": (doc("<vcpu cpuset='3-1'>1</vcpu>"), "vcpu/@cpuset"),
+    "blkio weight low": (doc("<blkiotune><weight>10</weight></blkiotune>"), "blkiotune/weight"),
+    "blkio device twice": (
+        doc(
+            "<blkiotune><device><path>/dev/a</path></device>"
+            "<device><path>/dev/a</path></device></blkiotune>"
+        ),
+        "blkiotune/device[2]/path",
+    ),
+    "blkio device without path": (
+        doc("<blkiotune><device><weight>100</weight></device></blkiotune>"),
+        "blkiotune/device[1]/path",
+    ),
+    "blkio device weight high": (
+        doc("<blkiotune><device><path>/dev/a</path><weight>1001</weight></device></blkiotune>"),
+        "blkiotune/device[1]/weight",
+    ),
+    "blkio iops too big": (
+        doc(
+            "<blkiotune><device><path>/dev/a</path>"
+            "<read_iops_sec>4294967296</read_iops_sec></device></blkiotune>"
+        ),
+        "blkiotune/device[1]/read_iops_sec",
+    ),
     "vcpu current above vcpu": (doc("<vcpu current='3'>2</vcpu>"), "vcpu/@current"),
     "other partition": (
         doc("<resource><partition>/machine/web</partition></resource>"),

@@ -35,7 +35,10 @@ from typing import Final, Literal, cast
 from lxml import etree
 
 from supervisor.model import (
+    BLKIO_THROTTLES,
     INTERFACE_FILTERS,
+    BlkioDevice,
+    BlkioTune,
     Capabilities,
     CapsPolicy,
     Console,
@@ -99,6 +102,7 @@ _TOP_LXC: Final = dict.fromkeys(
         "metadata",
         "memory",
         "currentMemory",
+        "blkiotune",
         "vcpu",
         "resource",
         "cputune",
@@ -279,6 +283,8 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             sched_top = _read_scheduler(r, el, "scheduler", "cpu")
         elif tag == "memtune":
             fields["memtune"] = _read_memtune(r, el)
+        elif tag == "blkiotune":
+            fields["blkiotune"] = _read_blkiotune(r, el)
         elif tag == "cputune":
             fields["cputune"] = _read_cputune(r, el)
         elif tag == "uuid":
@@ -575,6 +581,56 @@ def _read_cputune(r: Reader, el: etree._Element) -> CpuTune:
         values[tag] = r.integer(child, where, r.leaf(child, where, _NONE))
         r.lines[("cputune", tag)] = srcline(child) or r.root_line
     return CpuTune(**values)
+
+
+_BLKIO_DEVICE_CHILDREN: Final = ("path", "weight", *BLKIO_THROTTLES)
+
+
+def _read_blkiotune(r: Reader, el: etree._Element) -> BlkioTune:
+    """``<blkiotune>``: a weight and ``<device>`` entries (numbered as in the document)."""
+    r.attrs(el, "blkiotune", _NONE)
+    r.lines[("blkiotune",)] = srcline(el) or r.root_line
+    weight: int | None = None
+    devices: list[BlkioDevice] = []
+    n = 0
+    for child in r.children(el, "blkiotune"):
+        tag: str = child.tag
+        line = srcline(child) or r.root_line
+        if tag == "weight":
+            if weight is not None:
+                r.duplicate(child, "blkiotune/weight")
+            weight = r.integer(child, "blkiotune/weight", r.leaf(child, "blkiotune/weight", _NONE))
+            r.lines[("blkiotune", "weight")] = line
+            continue
+        if tag != "device":
+            r.unsupported(child, "blkiotune", ["weight", "device"])
+            continue
+        n += 1
+        i = len(devices)
+        where = f"blkiotune/device[{n}]"
+        if i + 1 != n:
+            r.renumbered(("blkiotune", "devices", i), f"blkiotune/device[{i + 1}]", where)
+        key: Key = ("blkiotune", "devices", i)
+        r.lines[key] = line
+        r.attrs(child, where, _NONE)
+        values: dict[str, object] = {}
+        for leaf in r.children(child, where):
+            ltag: str = leaf.tag
+            lwhere = f"{where}/{tag_name(leaf)}"
+            if ltag not in _BLKIO_DEVICE_CHILDREN:
+                r.unsupported(leaf, where, _BLKIO_DEVICE_CHILDREN)
+                continue
+            if ltag in values:
+                r.duplicate(leaf, lwhere)
+                continue
+            text = r.leaf(leaf, lwhere, _NONE)
+            values[ltag] = text.strip() if ltag == "path" else r.integer(leaf, lwhere, text)
+            r.lines[(*key, ltag)] = srcline(leaf) or r.root_line
+        if "path" not in values:
+            r.error(line, f"{where}/path", "required element <path> is missing")
+            continue
+        devices.append(BlkioDevice(**values))  # type: ignore[arg-type]
+    return BlkioTune(weight=weight, devices=tuple(devices))
 
 
 def _read_memtune(r: Reader, el: etree._Element) -> MemTune:
@@ -1210,6 +1266,8 @@ def write_domain(d: Domain) -> str:
         if d.cputune.quota is not None:
             # every "unlimited" (negative) quota is -1 in the model, as libvirt writes it
             sub(ct, "quota", str(d.cputune.quota))
+    if d.blkiotune is not None:
+        _write_blkiotune(root, d.blkiotune)
     if d.memtune is not None:
         mt = sub(root, "memtune")
         if d.memtune.hard_limit_kib is not None:
@@ -1272,6 +1330,21 @@ def write_domain(d: Domain) -> str:
         _set(sel, "model", label.model)
         _set(sel, "relabel", _yes_no(label.relabel))
     return finish(root, metadata, d.metadata)
+
+
+def _write_blkiotune(root: etree._Element, bt: BlkioTune) -> None:
+    el = sub(root, "blkiotune")
+    if bt.weight is not None:
+        sub(el, "weight", str(bt.weight))
+    for dev in bt.devices:
+        dev_el = sub(el, "device")
+        sub(dev_el, "path", dev.path)
+        if dev.weight is not None:
+            sub(dev_el, "weight", str(dev.weight))
+        for field in BLKIO_THROTTLES:
+            value = getattr(dev, field)
+            if value is not None:
+                sub(dev_el, field, str(value))
 
 
 def _write_filesystem(devices: etree._Element, fs: Filesystem) -> None:
