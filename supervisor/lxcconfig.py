@@ -41,6 +41,7 @@ from supervisor.model import (
     CpuTune,
     Domain,
     Filesystem,
+    FilesystemType,
     IdMapEntry,
     Interface,
     IpAddress,
@@ -595,30 +596,36 @@ class _Builder:
         if value.startswith("/"):
             kind, rest = "dir", value
         where = f"{entry.origin}: {entry.key} = {value}"
-        if kind in ("dir", "btrfs") and rest.startswith("/"):
-            if rest.startswith("/dev/"):
-                self.fatal.append(
-                    f"{where}: not mapped yet: a block device root needs "
-                    "<filesystem type='block'>, which the model does not have"
-                )
-                return []
+        fstype: FilesystemType = "mount"
+        driver: dict[str, str] = {}
+        if kind in ("dir", "btrfs", "lvm") and rest.startswith("/"):
             source = posixpath.normpath(rest)
+            if rest.startswith("/dev/"):  # a block device (LXC's lvm backend names one too)
+                fstype = "block"
+            elif kind == "lvm":
+                self.fatal.append(f"{where}: an lvm root is a device: allowed lvm:/dev/...")
+                return []
         elif kind in ("overlay", "overlayfs"):
             self.fatal.append(
                 f"{where}: not mapped: the model has no overlay filesystem; give the merged "
                 "directory as lxc.rootfs.path = dir:PATH"
             )
             return []
-        elif kind in ("loop", "nbd"):
+        elif kind == "loop" and rest.startswith("/"):
+            # a raw image, as libvirt's converter maps it: <driver type='loop' format='raw'>
+            source = posixpath.normpath(rest)
+            fstype = "file"
+            driver = {"driver_type": "loop", "driver_format": "raw"}
+        elif kind == "nbd":
             self.fatal.append(
-                f"{where}: not mapped yet: an image root needs <filesystem type='file'>, "
-                "which the model does not have"
+                f"{where}: not mapped: an nbd root (qcow2 and others) needs qemu-nbd, which the "
+                "supervisor does not run; convert the image to raw (loop:PATH)"
             )
             return []
-        elif kind in ("lvm", "zfs", "rbd"):
+        elif kind in ("zfs", "rbd"):
             self.fatal.append(
-                f"{where}: not mapped yet: a {kind} root needs <filesystem type='block'>, "
-                "which the model does not have; mount it and give the directory"
+                f"{where}: not mapped: a {kind} root has no element; mount it and give the "
+                "directory, or its block device (lxc.rootfs.path = /dev/...)"
             )
             return []
         else:
@@ -639,7 +646,15 @@ class _Builder:
             other = self.slots.get(slot)
             if other is not None:
                 self.note(other, f"{other.key} is not needed: {why}")
-        return [Filesystem(source=source, target="/", readonly=readonly)]
+        return [
+            Filesystem(
+                source=source,
+                target="/",
+                type=fstype,
+                readonly=readonly,
+                **driver,  # type: ignore[arg-type]
+            )
+        ]
 
     def _mounts(self, done: list[Filesystem]) -> list[Filesystem]:
         lines: list[Entry] = []
@@ -756,8 +771,9 @@ class _Builder:
                 return None
             fs = Filesystem(source=posixpath.normpath(source), target=target, readonly=readonly)
         elif source.startswith("/dev/"):
-            self.skip(entry, "mounts a block device: needs <filesystem type='block'>", later=True)
-            return None
+            # the filesystem type is probed at start (as libvirt does), the entry's is not kept
+            fs = Filesystem(source=posixpath.normpath(source), target=target, type="block",
+                            readonly=readonly)  # fmt: skip
         else:
             self.skip(entry, f"a {fstype} mount: only bind mounts and tmpfs have an element")
             return None
@@ -1433,13 +1449,14 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
 
     put("lxc.uts.name", domain.hostname or domain.name)
     root = next((fs for fs in domain.filesystems if fs.target == "/"), None)
-    if root is None or root.type != "mount":
+    if root is None or root.type == "ram":
         gaps.append(
             "no root directory: LXC would give the guest the host's root, the supervisor a "
             "read-only copy of it (no lxc.rootfs.path written)"
         )
     else:
-        put("lxc.rootfs.path", f"dir:{root.source}")
+        storage = {"mount": "dir:", "file": "loop:", "block": ""}[root.type]
+        put("lxc.rootfs.path", f"{storage}{root.source}")
         if root.readonly:
             put("lxc.rootfs.options", "ro")
     put("lxc.autodev", 1)
@@ -1451,6 +1468,11 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
         if fs.type == "ram":
             options = f"size={fs.usage_kib}k,mode=755,create=dir" + (",ro" if fs.readonly else "")
             put("lxc.mount.entry", f"tmpfs {target} tmpfs {options} 0 0")
+        elif fs.type in ("file", "block"):
+            gaps.append(
+                f"<filesystem type='{fs.type}'> on {fs.target}: an LXC mount entry needs the "
+                "filesystem type, which the supervisor probes at start"
+            )
         else:
             options = "bind,create=dir" + (",ro" if fs.readonly else "")
             put("lxc.mount.entry", f"{_escape(fs.source)} {target} none {options} 0 0")

@@ -51,13 +51,18 @@ class OsSpec:
     arch: str | None = None
 
 
+FilesystemType = Literal["mount", "ram", "file", "block"]
+
+
 @attrs.frozen
 class Filesystem:
-    """A ``<filesystem type='mount'>``: a host directory mounted at ``target`` in the guest."""
+    """A ``<filesystem>`` mounted at ``target`` in the guest: a host directory (``mount``), a
+    tmpfs (``ram``), the filesystem in a raw image file through a loop device (``file``) or on
+    a block device (``block``); ``source`` is the directory, image or device node."""
 
     source: str
     target: str
-    type: Literal["mount", "ram"] = "mount"
+    type: FilesystemType = "mount"
     readonly: bool = False
     #: for ``type='ram'``: size of the tmpfs in KiB
     usage_kib: int | None = None
@@ -65,6 +70,9 @@ class Filesystem:
     accessmode: Literal["passthrough"] | None = None
     #: ``<alias name=>``: kept (libvirt's live XML names every device)
     alias: str | None = None
+    #: type file: ``<driver type='loop' format='raw'/>``, libvirt's default (kept as given)
+    driver_type: Literal["loop"] | None = None
+    driver_format: Literal["raw"] | None = None
 
 
 @attrs.frozen
@@ -310,6 +318,14 @@ class Domain:
     def private_network(self) -> bool:
         """Whether the guest gets its own network namespace (libvirt's LXC rule)."""
         return self.privnet or bool(self.interfaces)
+
+    @property
+    def root_filesystem(self) -> Filesystem | None:
+        """The ``<filesystem>`` mounted as the guest's ``/``, of any type, if there is one."""
+        for fs in self.filesystems:
+            if fs.target == "/":
+                return fs
+        return None
 
     @property
     def root_dir(self) -> str | None:

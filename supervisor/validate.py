@@ -931,8 +931,58 @@ def domain_problems(domain: Domain) -> list[Problem]:
                     "is not used by type='ram'",
                     "none",
                 )
+        elif fstype in ("file", "block"):
+            attr = "file" if fstype == "file" else "dev"
+            _check_abs_path(
+                sink, (*key, "source"), f"{where}/source/@{attr}", fs.source, root_ok=False
+            )
+            if fs.usage_kib is not None:
+                add(
+                    (*key, "usage_kib"),
+                    f"{where}/source/@usage",
+                    fs.usage_kib,
+                    "is only for type='ram'",
+                    "none",
+                )
+            if domain.idmap:
+                # the kernel mounts a filesystem on a device only for the host's root, which
+                # the guest's user namespace is not (the mount is made inside it)
+                add(
+                    (*key, "type"),
+                    f"{where}/@type",
+                    fstype,
+                    "is not supported with <idmap> (a device's filesystem is mounted in the "
+                    "guest's user namespace, where the kernel refuses it)",
+                    "mount, ram",
+                )
         else:
-            add((*key, "type"), f"{where}/@type", fs.type, "is not supported", "mount, ram")
+            add(
+                (*key, "type"),
+                f"{where}/@type",
+                fs.type,
+                "is not supported",
+                "mount, ram, file, block",
+            )
+        driver_type: str | None = fs.driver_type
+        driver_format: str | None = fs.driver_format
+        if fstype != "file" and (driver_type is not None or driver_format is not None):
+            add((*key, "driver_type"), f"{where}/driver", fstype, "has no <driver>", "type='file'")
+        if driver_type is not None and driver_type != "loop":
+            add(
+                (*key, "driver_type"),
+                f"{where}/driver/@type",
+                driver_type,
+                "is not supported",
+                "loop",
+            )
+        if driver_format is not None and driver_format != "raw":
+            add(
+                (*key, "driver_format"),
+                f"{where}/driver/@format",
+                driver_format,
+                "is not supported",
+                "raw",
+            )
         accessmode: str | None = fs.accessmode
         if accessmode is not None and accessmode != "passthrough":
             add(

@@ -193,7 +193,8 @@ def _unique_macs(ifaces: list[Interface]) -> bool:
 
 
 @st.composite
-def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
+def filesystems(draw: st.DrawFn, devices: bool = True) -> tuple[Filesystem, ...]:
+    """Filesystems of every type (``devices``: file and block too, which an <idmap> forbids)."""
     targets = draw(st.lists(abs_paths() | st.just("/"), unique=True, max_size=3))
     result = []
     for target in targets:
@@ -204,6 +205,20 @@ def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
                     target=target,
                     readonly=draw(st.booleans()),
                     accessmode=draw(st.sampled_from((None, "passthrough"))),
+                )
+            )
+        elif devices and draw(st.booleans()):
+            fstype: Literal["file", "block"] = draw(st.sampled_from(("file", "block")))
+            result.append(
+                Filesystem(
+                    source=draw(abs_paths()),
+                    target=target,
+                    type=fstype,
+                    readonly=draw(st.booleans()),
+                    driver_type=draw(st.sampled_from((None, "loop"))) if fstype == "file" else None,
+                    driver_format=draw(st.sampled_from((None, "raw")))
+                    if fstype == "file"
+                    else None,
                 )
             )
         else:
@@ -431,7 +446,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         blkiotune=draw(st.none() | blkiotunes()),
         os=os,
         hostname=draw(st.none() | hostnames()),
-        filesystems=draw(filesystems()),
+        filesystems=draw(filesystems(devices=not idmap)),
         interfaces=tuple(draw(st.lists(interfaces(dtype), max_size=3).filter(_unique_macs))),
         cputune=cputune,
         scheduler=draw(st.none() | token_buckets()),

@@ -354,7 +354,7 @@ def test_messages_number_filesystems_by_document_position() -> None:
     found = problems(
         doc(
             "",
-            "<filesystem type='file'><source file='/a.img'/><target dir='/a'/></filesystem>\n"
+            "<filesystem type='template'><source name='t'/><target dir='/a'/></filesystem>\n"
             "<filesystem><source dir='rel'/><target dir='/b'/></filesystem>\n"
             "<filesystem><source dir='/c'/><target dir='c'/></filesystem>",
         )

@@ -152,8 +152,11 @@ class _MountAttr(ctypes.Structure):
 # -- the embryo side (runs before the exec of the guest's init, and in vsv exec) ----------------
 
 
-#: detached mount trees made by ``clone_tree`` steps, by the target they are attached to
+#: detached mount trees made by ``clone_tree`` steps (or passed with the activation for
+#: ``fd_tree`` ones), by the target they are attached to
 _trees: dict[str, int] = {}
+#: the most detached mounts an activation may carry (one per device filesystem)
+MAX_PASSED_MOUNTS = 64
 #: the first file masked with each source, read-only, which later masks bind instead
 _masks: dict[str, str] = {}
 
@@ -227,6 +230,8 @@ def _run_mount(op: MountTuple) -> None:
                 raise OSError(err, f"umount {target}: {os.strerror(err)}")
     elif kind == "tmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    elif kind == "fd_tree":
+        pass  # its fd, passed with the activation, was put in _trees then (_embryo)
     elif kind == "devtmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, options)
     elif kind == "sysfs":
@@ -619,10 +624,17 @@ def _embryo(sock_fd: int, server_fd: int, flags: int) -> None:
             except OSError:
                 pass  # done at G instead
         _warm_up()
-        data, out_fd = _recv_with_fd(sock)
+        data, fds = _recv_fds(sock, 1 + MAX_PASSED_MOUNTS)
         if not data:
             os._exit(0)  # the supervisor closed the pool, or died
-        become_guest(marshal.loads(data), out_fd, sock)
+        request = marshal.loads(data)
+        # the last fds are detached mounts, one per fd_tree step in order; the first, when
+        # there is one more, the guest's output
+        targets = [op[1] for op in request[4] if op[0] == "fd_tree"]
+        if targets:
+            _trees.update(zip(targets, fds[len(fds) - len(targets) :], strict=True))
+        out_fd = fds[0] if len(fds) > len(targets) else -1
+        become_guest(request, out_fd, sock)
     except BaseException as e:
         if isinstance(e, _ExecFailed):
             stage, code, text = b"X", 127, str(e)

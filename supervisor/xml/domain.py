@@ -46,6 +46,7 @@ from supervisor.model import (
     CpuTune,
     Domain,
     Filesystem,
+    FilesystemType,
     IdMapEntry,
     Interface,
     IpAddress,
@@ -174,6 +175,7 @@ _STATE_ATTR: Final = frozenset({"state"})
 _CONSOLE_ATTRS: Final = frozenset({"type", "tty"})
 _FS_ATTRS: Final = frozenset({"type", "accessmode"})
 _FS_CHILDREN: Final = ("source", "target", "readonly", "alias")
+_FS_CHILDREN_FILE: Final = ("driver", *_FS_CHILDREN)
 _DIR_ATTR: Final = frozenset({"dir"})
 _USAGE_ATTRS: Final = frozenset({"usage", "units"})
 _TYPE_ATTR: Final = frozenset({"type"})
@@ -894,13 +896,22 @@ def _read_console(r: Reader, el: etree._Element, i: int, n: int) -> Console | No
     return Console(**values)  # type: ignore[arg-type]
 
 
+#: filesystem type -> the attribute of ``<source>`` that names what is mounted
+_FS_SOURCE: Final = {"mount": "dir", "file": "file", "block": "dev"}
+_FS_SOURCE_ATTRS: Final = {fstype: frozenset({attr}) for fstype, attr in _FS_SOURCE.items()}
+_FS_TYPES: Final = "mount, ram, file, block"
+_DRIVER_ATTRS: Final = frozenset({"type", "format"})
+_LOOP: Final[dict[str, object]] = {"loop": "loop"}
+_RAW: Final[dict[str, object]] = {"raw": "raw"}
+
+
 def _read_filesystem(r: Reader, el: etree._Element, i: int, n: int) -> Filesystem | None:
     where = _numbered(r, "filesystems", "filesystem", i, n)
     r.attrs(el, where, _FS_ATTRS)
     r.lines[("filesystems", i)] = srcline(el) or r.root_line
     fstype = el.get("type", "mount")
-    if fstype not in ("mount", "ram"):
-        r.bad_value(el, f"{where}/@type", fstype, "is not supported", "mount, ram")
+    if fstype not in ("mount", "ram", "file", "block"):
+        r.bad_value(el, f"{where}/@type", fstype, "is not supported", _FS_TYPES)
         return None
     mode = el.get("accessmode")
     if mode is not None and mode != "passthrough":
@@ -910,6 +921,7 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int, n: int) -> Filesyste
     usage: int | None = None
     target: str | None = None
     alias: str | None = None
+    driver: dict[str, object] = {}
     readonly = False
     for child in r.children(el, where):
         tag: str = child.tag
@@ -917,14 +929,14 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int, n: int) -> Filesyste
         line = srcline(child) or r.root_line
         if tag == "source":
             r.text(child, cwhere)
-            if fstype == "mount":
-                r.attrs(child, cwhere, _DIR_ATTR)
-                source = r.required(child, cwhere, "dir")
-            else:
+            if fstype == "ram":
                 r.attrs(child, cwhere, _USAGE_ATTRS)
                 text = r.required(child, cwhere, "usage")
                 if text is not None:
                     usage = _scaled(r, child, f"{cwhere}/@usage", text, child.get("units"))
+            else:
+                r.attrs(child, cwhere, _FS_SOURCE_ATTRS[fstype])
+                source = r.required(child, cwhere, _FS_SOURCE[fstype])
             r.lines[("filesystems", i, "source")] = line
             r.lines[("filesystems", i, "usage_kib")] = line
         elif tag == "target":
@@ -937,24 +949,35 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int, n: int) -> Filesyste
         elif tag == "alias":
             alias = _read_alias(r, child, cwhere)
             r.lines[("filesystems", i, "alias")] = line
+        elif tag == "driver" and fstype == "file":
+            # libvirt's loop driver for an image, whose only format it takes is raw (qcow2
+            # and the others need qemu-nbd: not supported)
+            r.leaf(child, cwhere, _DRIVER_ATTRS)
+            driver["driver_type"] = r.choice_attr(child, cwhere, "type", _LOOP)
+            driver["driver_format"] = r.choice_attr(child, cwhere, "format", _RAW)
         else:
-            r.unsupported(child, where, _FS_CHILDREN)
+            r.unsupported(child, where, _FS_CHILDREN_FILE if fstype == "file" else _FS_CHILDREN)
     if target is None:
         r.error(srcline(el), f"{where}/target", "required element <target dir=...> is missing")
         return None
-    if fstype == "mount" and source is None:
-        r.error(srcline(el), f"{where}/source", "required element <source dir=...> is missing")
+    if fstype != "ram" and source is None:
+        r.error(
+            srcline(el),
+            f"{where}/source",
+            f"required element <source {_FS_SOURCE[fstype]}=...> is missing",
+        )
         return None
     if fstype == "ram" and usage is None:
         return None
     return Filesystem(
         source=source or "",
         target=target,
-        type=cast(Literal["mount", "ram"], fstype),
+        type=cast("FilesystemType", fstype),
         readonly=readonly,
         usage_kib=usage,
         accessmode=cast("Literal['passthrough'] | None", mode),
         alias=alias,
+        **driver,  # type: ignore[arg-type]
     )
 
 
@@ -1350,11 +1373,15 @@ def _write_blkiotune(root: etree._Element, bt: BlkioTune) -> None:
 def _write_filesystem(devices: etree._Element, fs: Filesystem) -> None:
     el = sub(devices, "filesystem", type=fs.type)
     _set(el, "accessmode", fs.accessmode)
+    if fs.driver_type is not None or fs.driver_format is not None:
+        driver = sub(el, "driver")
+        _set(driver, "type", fs.driver_type)
+        _set(driver, "format", fs.driver_format)
     if fs.type == "ram":
         src = sub(el, "source", usage=str(fs.usage_kib))
         src.set("units", "KiB")
     else:
-        sub(el, "source", dir=fs.source)
+        sub(el, "source", **{_FS_SOURCE.get(fs.type, "dir"): fs.source})
     sub(el, "target", dir=fs.target)
     if fs.readonly:
         sub(el, "readonly")
