@@ -141,6 +141,7 @@ class Supervisor:
             shutdown_signal=self.shutdown_signal,
             restart_policy=self.restart_policy,
             launch=self._launch,
+            peers=self._peer_namespaces,
         )
         domains, problems = self.config.load_domains()
         for problem in problems:
@@ -262,6 +263,22 @@ class Supervisor:
                     i for i in range(CONTEXT_ID_MIN, CONTEXT_ID_MAX + 1) if i not in used
                 )
         return attrs.evolve(domain, **changes) if changes else domain
+
+    def _peer_namespaces(self, name: str) -> tuple[int, dict[str, int]] | None:
+        """A running guest's init pid and namespace inodes (for ``<lxc:namespace>``), whether
+        this supervisor started it or adopted it; None when it has no live init."""
+        guest = self.guests.get(name)
+        if guest is None or guest.phase not in (Phase.RUNNING, Phase.PAUSED):
+            return None
+        pid = guest.status().init_pid
+        if pid is None:
+            return None
+        namespaces = guest.process.namespaces if guest.process is not None else None
+        if namespaces is not None:
+            return pid, dict(attrs.asdict(namespaces))
+        if guest.adopted_namespaces is not None:
+            return pid, dict(guest.adopted_namespaces)
+        return None
 
     async def define_domain(self, domain: Domain) -> Domain:
         """Add or update a definition (DEFINED ADDED / UPDATED); refuses duplicates.

@@ -48,6 +48,7 @@ from supervisor.model import (
     MemTune,
     OsSpec,
     Route,
+    SharedNamespace,
 )
 
 FORMAT: Final = "lxc-tools"
@@ -291,6 +292,9 @@ _SLOTS: Final[dict[str, str]] = {
     "lxc.cgroup2.cpu.max": "cpu.max",
     "lxc.cgroup.pids.max": "pids",
     "lxc.cgroup2.pids.max": "pids",
+    "lxc.namespace.share.net": "share.net",
+    "lxc.namespace.share.ipc": "share.ipc",
+    "lxc.namespace.share.uts": "share.uts",
 }
 #: keys that add to a list; an empty value clears the list (as in LXC)
 _LISTS: Final = {
@@ -306,8 +310,8 @@ _NO_LSM = (
     "the supervisor loads no LSM profile; it confines a guest with capabilities, seccomp, "
     "cgroups and masked paths (docs/security.md)"
 )
-_CPUSET = "the model has no <vcpu cpuset=> or <numatune> (the cpuset controller)"
-_BLKIO = "the model has no <blkiotune> (weight, device weights, throttles)"
+_CPUSET = "not mapped to <vcpu cpuset=> yet (cpuset.mems: <numatune> is refused)"
+_BLKIO = "not mapped to <blkiotune> yet (weight, device weights, throttles)"
 #: keys (exact, or a prefix ending in '.') the model cannot hold: (reason, later)
 _UNSUPPORTED: Final[dict[str, tuple[str, bool]]] = {
     "lxc.cgroup.cpuset.": (_CPUSET, True),
@@ -340,7 +344,7 @@ _UNSUPPORTED: Final[dict[str, tuple[str, bool]]] = {
     "lxc.prlimit.": ("the model has no resource limits (rlimits)", False),
     "lxc.sysctl.": ("no element sets sysctls", False),
     "lxc.proc.": ("no element sets /proc/PID values", False),
-    "lxc.namespace.share.": ("the model has no <lxc:namespace> yet", True),
+    "lxc.namespace.share.": ("only the net, ipc and uts namespaces can be shared", False),
     "lxc.namespace.": ("the guest's namespaces are fixed (docs/architecture.md)", False),
     "lxc.monitor.": ("no LXC monitor here", False),
     "lxc.ephemeral": ("no ephemeral guests", False),
@@ -549,6 +553,7 @@ class _Builder:
             fields["capabilities"] = caps
         self._arch()
         self._autostart(fields)
+        self._shares(fields)
         if self.fatal:
             raise LxcConfigError(self.fatal)
         return Domain(**fields)  # type: ignore[arg-type]
@@ -820,7 +825,9 @@ class _Builder:
             if tty.value in ("", "0"):
                 self.note(tty, "no ttys: the guest gets none")
             else:
-                self.skip(tty, "the model has no <console> yet: the guest gets no ttys", later=True)
+                self.skip(
+                    tty, "<console> is kept but not served yet: the guest gets no ttys", later=True
+                )
         pty = self.slots.get("pty")
         if pty is not None:
             self.skip(
@@ -832,7 +839,7 @@ class _Builder:
             if console.value == "none":
                 self.note(console, "no console: the guest gets none")
             else:
-                self.skip(console, "the model has no <console> yet", later=True)
+                self.skip(console, "<console> is kept but not served yet", later=True)
         apparmor = self.slots.get("apparmor")
         if apparmor is not None:
             if apparmor.value == "unconfined":
@@ -1315,6 +1322,28 @@ class _Builder:
         else:
             self.skip(entry, f"guests run as the host's architecture ({self.host_arch})")
 
+    def _shares(self, fields: dict[str, object]) -> None:
+        """``lxc.namespace.share.net|ipc|uts = CONTAINER``: ``<lxc:namespace>`` by name, as
+        libvirt's converter maps it (a pid or a namespace file is refused: whatever process
+        has that pid when the guest starts)."""
+        shares: list[SharedNamespace] = []
+        for kind in ("net", "ipc", "uts"):
+            entry = self.slots.get(f"share.{kind}")
+            if entry is None or not entry.value:
+                continue
+            value = entry.value.strip()
+            if value.isdigit() or value.startswith("/"):
+                self.skip(entry, "a process's or a file's namespace: only a guest's by name")
+                continue
+            if kind == "net" and fields.get("interfaces"):
+                self.skip(entry, "the lxc.net.* keys give the container a network of its own")
+                continue
+            if kind == "net":
+                fields["privnet"] = False
+            shares.append(SharedNamespace(kind=kind, type="name", value=value))
+        if shares:
+            fields["shared_namespaces"] = tuple(shares)
+
     def _autostart(self, fields: dict[str, object]) -> None:
         entry = self.slots.get("autostart")
         if entry is None:
@@ -1509,6 +1538,11 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
     _nic_lines(domain, put, gaps)
     if domain.autostart:
         put("lxc.start.auto", 1)
+    for share in domain.shared_namespaces:
+        if share.type == "name":
+            put(f"lxc.namespace.share.{share.kind}", share.value)
+        else:
+            gaps.append(f"<lxc:share{share.kind} type='{share.type}'>: LXC shares a container's")
     _gaps_of_rest(domain, gaps)
     return NativeConfig("\n".join(lines) + "\n", tuple(gaps))
 
@@ -1609,7 +1643,7 @@ def _nic_lines(domain: Domain, put: Callable[[str, object], None], gaps: list[st
                 )
         if iface.filterref is not None:
             gaps.append(f"{where}: <filterref filter='{iface.filterref}'>: LXC has no filters")
-    if n == 0:
+    if n == 0 and domain.shared("net") is None:  # a shared one is lxc.namespace.share.net
         put("lxc.net.0.type", "empty" if domain.private_network else "none")
 
 

@@ -242,6 +242,23 @@ class BlkioTune:
     devices: tuple[BlkioDevice, ...] = ()
 
 
+#: the namespaces ``<lxc:namespace>`` can share, by libvirt's element (sharenet, shareipc,
+#: shareuts), in the order libvirt writes them
+SHARED_NAMESPACE_KINDS: tuple[str, ...] = ("net", "ipc", "uts")
+
+
+@attrs.frozen
+class SharedNamespace:
+    """A ``<lxc:share{kind} type= value=>``: the guest joins another's namespace of ``kind``
+    instead of having its own. ``type='name'``: the namespace of the running guest named
+    ``value``; ``type='netns'`` (net only): the named network namespace ``value``
+    (``ip netns``, /run/netns/VALUE). A widening: see ``confine.widenings``."""
+
+    kind: Literal["net", "ipc", "uts"]
+    type: Literal["name", "netns"]
+    value: str
+
+
 @attrs.frozen
 class Capabilities:
     """``<features><capabilities policy=...>`` with per-capability on/off overrides."""
@@ -311,13 +328,25 @@ class Domain:
     emulator: str | None = None
     consoles: tuple[Console, ...] = ()
     seclabels: tuple[SecLabel, ...] = ()
+    #: ``<lxc:namespace>``: namespaces joined rather than made, at most one per kind
+    shared_namespaces: tuple[SharedNamespace, ...] = ()
     #: serialized foreign ``<metadata>`` children, kept verbatim
     metadata: tuple[str, ...] = ()
 
     @property
     def private_network(self) -> bool:
-        """Whether the guest gets its own network namespace (libvirt's LXC rule)."""
+        """Whether the guest gets its own network namespace (libvirt's LXC rule); a guest
+        that shares another's (``<lxc:sharenet>``) has none of its own."""
+        if self.shared("net") is not None:
+            return False
         return self.privnet or bool(self.interfaces)
+
+    def shared(self, kind: str) -> SharedNamespace | None:
+        """The ``<lxc:namespace>`` entry for a namespace kind (net, ipc, uts), if any."""
+        for share in self.shared_namespaces:
+            if share.kind == kind:
+                return share
+        return None
 
     @property
     def root_filesystem(self) -> Filesystem | None:

@@ -594,6 +594,48 @@ def _check_blkiotune(sink: _Sink, domain: Domain) -> None:
             sink.int_range((*key, field), f"{where}/{field}", getattr(dev, field), 0, hi)
 
 
+#: a named network namespace (``ip netns``: a file in /run/netns)
+_NETNS_NAME = re.compile(r"[a-zA-Z0-9_.\-]{1,255}")
+
+
+def _check_shared_namespaces(sink: _Sink, domain: Domain) -> None:
+    """``<lxc:namespace>``: one entry per kind; another guest by name, or (net only) a named
+    netns; not beside the guest's own NICs, nor with an ``<idmap>`` (a user namespace of its
+    own cannot join namespaces that belong to the host's)."""
+    add = sink.add
+    kinds: set[str] = set()
+    for i, share in enumerate(domain.shared_namespaces):
+        key: Key = ("shared_namespaces", i)
+        kind: str = share.kind
+        stype: str = share.type
+        where = f"lxc:namespace/lxc:share{kind}"
+        if kind not in ("net", "ipc", "uts"):
+            add((*key, "kind"), "lxc:namespace", kind, "is not a namespace kind", "net, ipc, uts")
+            continue
+        if kind in kinds:
+            add(key, where, kind, "is shared twice", "one entry per namespace")
+        kinds.add(kind)
+        allowed = ("name", "netns") if kind == "net" else ("name",)
+        if stype not in allowed:
+            add((*key, "type"), f"{where}/@type", stype, "is not supported", ", ".join(allowed))
+        elif stype == "name":
+            _check_name(sink, (*key, "value"), f"{where}/@value", share.value)
+            if share.value == domain.name:
+                add((*key, "value"), f"{where}/@value", share.value, "is the guest itself",
+                    "another guest's name")  # fmt: skip
+        elif not _NETNS_NAME.fullmatch(share.value) or share.value in (".", ".."):
+            add((*key, "value"), f"{where}/@value", share.value, "is not a netns name",
+                "letters, digits, '_', '-' and '.'")  # fmt: skip
+        if kind == "net" and (domain.interfaces or domain.privnet):
+            add(key, where, share.value,
+                "is given with <interface> or <privnet/>: the guest's network namespace is "
+                "the one shared", "no <interface> and no <privnet/>")  # fmt: skip
+        if domain.idmap:
+            add(key, where, share.value,
+                "is not supported with <idmap> (the guest's user namespace cannot join "
+                "namespaces that belong to the host's)", "no <idmap>")  # fmt: skip
+
+
 def _check_devices_extra(sink: _Sink, domain: Domain) -> None:
     """Consoles, the emulator and the devices' ``<alias>`` names (unique, libvirt's pattern)."""
     add = sink.add
@@ -898,6 +940,8 @@ def domain_problems(domain: Domain) -> list[Problem]:
         _check_seclabels(sink, domain)
     if domain.blkiotune is not None:
         _check_blkiotune(sink, domain)
+    if domain.shared_namespaces:
+        _check_shared_namespaces(sink, domain)
 
     targets: set[str] = set()
     for i, fs in enumerate(domain.filesystems):

@@ -47,6 +47,7 @@ from supervisor.model import (
     PortRange,
     Route,
     SecLabel,
+    SharedNamespace,
     TokenBucket,
 )
 from supervisor.validate import ARCH_NAMES, CAPABILITY_NAMES
@@ -466,6 +467,16 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         seclabels=draw(seclabels()),
         metadata=tuple(draw(st.lists(foreign_metadata(), max_size=2))),
     )
+    if not (domain.interfaces or domain.privnet or domain.idmap):
+        order: tuple[Literal["net", "ipc", "uts"], ...] = ("net", "ipc", "uts")
+        kinds = draw(st.lists(st.sampled_from(order), unique=True, max_size=3))
+        shares = tuple(
+            SharedNamespace(kind, "netns", "red")
+            if kind == "net" and draw(st.booleans())
+            else SharedNamespace(kind, "name", domain.name + "-peer")
+            for kind in sorted(kinds, key=order.index)
+        )
+        domain = attrs.evolve(domain, shared_namespaces=shares)
     return draw(_aliased(domain))
 
 

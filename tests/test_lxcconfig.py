@@ -48,6 +48,7 @@ from supervisor.model import (
     MemTune,
     OsSpec,
     Route,
+    SharedNamespace,
     TokenBucket,
 )
 from supervisor.validate import check_domain
@@ -402,6 +403,22 @@ def test_device_and_image_roots(value: str, expected: Filesystem) -> None:
     assert (expected,) == d.filesystems
     native = to_native(d).text
     assert f"lxc.rootfs.path = {value.removeprefix('lvm:')}\n" in native
+
+
+def test_shared_namespaces() -> None:
+    """lxc.namespace.share.net/ipc/uts = CONTAINER is <lxc:namespace> by name, and back; a
+    pid is listed (whatever process has it then), as are the kinds libvirt cannot share."""
+    c = text(
+        BASE
+        + "lxc.namespace.share.net = web1\nlxc.namespace.share.uts = web1\n"
+        + "lxc.namespace.share.ipc = 4242\nlxc.namespace.share.pid = web1\n"
+    )
+    expected = (SharedNamespace("net", "name", "web1"), SharedNamespace("uts", "name", "web1"))
+    assert (expected, False) == (c.domain.shared_namespaces, c.domain.privnet)
+    assert ["lxc.namespace.share.ipc", "lxc.namespace.share.pid"] == [u.key for u in c.unmapped]
+    native = to_native(c.domain).text
+    assert "lxc.namespace.share.net = web1\nlxc.namespace.share.uts = web1\n" in native
+    assert "lxc.net.0.type" not in native
 
 
 def test_a_block_device_mount_entry() -> None:

@@ -33,6 +33,7 @@ from supervisor.model import (
     PortRange,
     Route,
     SecLabel,
+    SharedNamespace,
     TokenBucket,
 )
 from supervisor.validate import check_domain, check_network
@@ -331,6 +332,10 @@ _DAMAGE: list[tuple[tuple[str, ...], st.SearchStrategy[Any]]] = [
     *[(("os", f), _OPT_STRS) for f in ("initdir", "inituser", "initgroup", "arch")],
     *[((f,), _OPT_STRS) for f in ("vcpu_placement", "cpuset", "clock_offset", "emulator")],
     (("vcpu_current",), _OPT_INTS),
+    (
+        ("shared_namespaces",),
+        st.lists(st.builds(SharedNamespace, _STRS, _STRS, _STRS), max_size=2).map(tuple),
+    ),
     (
         ("blkiotune",),
         st.builds(

@@ -202,6 +202,19 @@ ROUND_TRIPS = {
         "devices/console[2]/target[@port='1']",
     ),
     "live id of an lxc domain": (doc("").replace("type='lxc'", "type='lxc' id='3123456'"), "."),
+    "lxc:namespace": (
+        doc("")
+        .replace(
+            "<domain type='lxc'>",
+            "<domain type='lxc' xmlns:lxc='http://libvirt.org/schemas/domain/lxc/1.0'>",
+        )
+        .replace(
+            "</domain>",
+            "<lxc:namespace><lxc:sharenet type='netns' value='red'/>"
+            "<lxc:shareuts type='name' value='web'/></lxc:namespace></domain>",
+        ),
+        "*[local-name()='namespace']/*[local-name()='shareuts'][@value='web']",
+    ),
     "vcpu cpuset": (doc("<vcpu placement='static' cpuset='0-3,^2'>2</vcpu>"), "vcpu[@cpuset]"),
     "blkiotune": (
         doc(

@@ -107,7 +107,9 @@ MountTuple = tuple[str, str, str, str, bool]
 #: ``lo`` the embryo brings up (as libvirt's LXC driver does; a guest without net_admin could
 #: not); ``pivot``: switch root with pivot_root (False only for a measurement: chroot);
 #: ``resys``: the /sys steps of ``mounts``, done again should ``G`` hand over a network
-#: namespace other than the one the embryo was born in.
+#: namespace other than the one the embryo was born in; ``joins``: (CLONE_NEW* flag, file,
+#: inode or 0) of namespaces entered before anything else (another guest's, ``<lxc:namespace>``),
+#: the file checked to be that namespace still. An empty ``hostname`` leaves the name alone.
 Activation = tuple[
     tuple[str, ...],
     tuple[tuple[str, str], ...],
@@ -125,6 +127,7 @@ Activation = tuple[
     bool,
     bool,
     tuple[MountTuple, ...],
+    tuple[tuple[int, str, int], ...],
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -531,14 +534,17 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
     otherwise.
     """
     (argv, env, hostname, flags, mounts, late_mounts, _root, wd, uid, gid,
-     keep, drop, program, own_net, pivot, resys) = request  # fmt: skip
+     keep, drop, program, own_net, pivot, resys, joins) = request  # fmt: skip
     born_in = os.stat("/proc/self/ns/net").st_ino
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
     os.dup2(out_fd if out_fd >= 0 else null, 1)
     os.dup2(out_fd if out_fd >= 0 else null, 2)
+    for nstype, path, inode in joins:
+        _join(nstype, path, inode)
     _check(_libc.unshare(flags), "unshare")
-    socket.sethostname(hostname)
+    if hostname:
+        socket.sethostname(hostname)
     for op in mounts:
         run_mount(op)
     # the steps after G name paths relative to the guest's root, which is "/" from here on
@@ -574,6 +580,17 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as e:
         raise _ExecFailed(f"init {argv[0]} could not be executed: {e.strerror}") from None
+
+
+def _join(nstype: int, path: str, inode: int) -> None:
+    """Enter the namespace ``path`` names, if it still is the one with ``inode`` (0: any)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if inode and os.fstat(fd).st_ino != inode:
+            raise OSError(errno.ESRCH, f"{path} is no longer the namespace to join (it ended)")
+        _check(_libc.setns(fd, nstype), f"setns {path}")
+    finally:
+        os.close(fd)
 
 
 def _recv_fds(sock: socket.socket, most: int) -> tuple[bytes, list[int]]:

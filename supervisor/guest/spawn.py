@@ -83,7 +83,7 @@ from supervisor.guest.forkserver import (
 )
 from supervisor.guest.ids import resolve_ids
 from supervisor.model import Domain, Filesystem
-from supervisor.runtime import GuestExit, Namespaces
+from supervisor.runtime import GuestExit, NamespaceJoin, Namespaces
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,8 @@ class SpawnPlan:
     #: /sys, mounted before ``G`` in the network namespace the embryo was born in: done again if
     #: ``G`` hands it another one (a wrong guess of the kind of embryo; see begin_spawn)
     resys: tuple[MountOp, ...] = ()
+    #: namespaces entered first: (CLONE_NEW* flag, file, inode it must have or 0)
+    joins: tuple[tuple[int, str, int], ...] = ()
 
     @property
     def userns(self) -> bool:
@@ -305,11 +307,16 @@ class SpawnPlan:
             self.own_net,
             self.pivot,
             tuple(m.as_tuple() for m in self.resys),
+            self.joins,
         )
 
 
 #: filesystem types mounted from a device node (a loop device over an image, a block device)
 DEVICE_FILESYSTEMS = ("file", "block")
+
+
+#: ``NamespaceJoin.kind`` -> the flag setns(2) is given
+_JOIN_FLAGS = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
 
 
 def device_filesystems(domain: Domain) -> list[Filesystem]:
@@ -467,9 +474,14 @@ def plan_spawn(
     layers: Layers = ALL_LAYERS,
     sysfs_early: bool = False,
     devices: bool = False,
+    joins: tuple[NamespaceJoin, ...] = (),
 ) -> SpawnPlan:
     """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files and
     the host's mount table, and compiles the seccomp filter).
+
+    ``joins``: namespaces the embryo enters (setns) before anything else, instead of the ones
+    it was born with (``<lxc:namespace>``); a guest that joins a UTS namespace leaves its host
+    name alone (it is the other guest's).
 
     ``devices``: the caller mounted each ``<filesystem type='file'|'block'>`` itself, detached
     (:func:`supervisor.guest.blockdev.detached_mount`), and passes the mounts' fds with the
@@ -588,7 +600,8 @@ def plan_spawn(
     return SpawnPlan(
         argv=(os_spec.init, *os_spec.initargs),
         env=tuple(env.items()),
-        hostname=domain.hostname or domain.name,
+        hostname="" if domain.shared("uts") else domain.hostname or domain.name,
+        joins=tuple((_JOIN_FLAGS[j.kind], j.path, j.inode) for j in joins),
         clone_flags=flags,
         root=root,
         mounts=tuple(mounts),
@@ -728,6 +741,7 @@ def _prepare(
     layers: Layers = ALL_LAYERS,
     sysfs_early: bool = False,
     devices: bool = False,
+    joins: tuple[NamespaceJoin, ...] = (),
 ) -> SpawnPlan:
     """Check the root dir, read the guest's passwd/group if names need resolving, compile the
     seccomp filter for the guest's capabilities (once per set: it is cached), plan (the same
@@ -757,7 +771,7 @@ def _prepare(
             raise RuntimeFailure(f"cannot read /proc/self/mountinfo: {e.strerror}") from e
     env = tuple(extra_env.items()) if extra_env else ()
     args = (domain, host, passwd, group, env, netns_path, program, host_mounts, layers)
-    return _plan_cached(*args, sysfs_early, devices)
+    return _plan_cached(*args, sysfs_early, devices, joins)
 
 
 @functools.lru_cache(maxsize=256)
@@ -773,6 +787,7 @@ def _plan_cached(
     layers: Layers,
     sysfs_early: bool,
     devices: bool,
+    joins: tuple[NamespaceJoin, ...],
 ) -> SpawnPlan:
     return plan_spawn(
         domain,
@@ -786,6 +801,7 @@ def _plan_cached(
         layers=layers,
         sysfs_early=sysfs_early,
         devices=devices,
+        joins=joins,
     )
 
 
@@ -1347,9 +1363,10 @@ async def begin_spawn(
     joins_netns: bool | None = None,
     host: HostView | None = None,
     layers: Layers = ALL_LAYERS,
+    joins: tuple[NamespaceJoin, ...] = (),
 ) -> PendingStart:
     """Begin starting ``domain`` from an embryo of ``pool`` (which must be open) before its
-    cgroup and prepare hooks exist; see PendingStart.
+    cgroup and prepare hooks exist; see PendingStart. ``joins``: see :func:`plan_spawn`.
 
     ``joins_netns`` says whether :meth:`PendingStart.finish` will get a network namespace to
     join (None: guess from the domain, which has one from the network subsystem when it has
@@ -1380,7 +1397,15 @@ async def begin_spawn(
             await trio.to_thread.run_sync(_mount_devices, domain, mounts)
         # born in the network namespace it keeps: its /sys can be mounted before G
         early = bool(birth & CLONE_NEWNET)
-        plan = _prepare(domain, extra_env, host, layers=layers, sysfs_early=early, devices=devices)
+        plan = _prepare(
+            domain,
+            extra_env,
+            host,
+            layers=layers,
+            sysfs_early=early,
+            devices=devices,
+            joins=joins,
+        )
         out_fd = _open_log(log_path)
         embryo, child = await pool.take(birth)
     except BaseException:

@@ -54,6 +54,7 @@ from supervisor.model import (
     OsSpec,
     Route,
     SecLabel,
+    SharedNamespace,
     TokenBucket,
 )
 from supervisor.validate import CAPABILITY_NAMES, Key, domain_problems, parse_ip
@@ -199,6 +200,11 @@ _SOURCE_ATTRS: Final = {itype: frozenset({attr}) for itype, attr in _SOURCE_ATTR
 #: libvirt's port for the NIC (kept, not applied)
 _SOURCE_ATTRS["network"] = frozenset({"network", "bridge", "portid"})
 _VSV_CLARK: Final = f"{{{VSV_NS}}}"
+#: libvirt's namespace for its LXC driver's own elements (``<lxc:namespace>``)
+LXC_NS: Final = "http://libvirt.org/schemas/domain/lxc/1.0"
+_LXC_NAMESPACE: Final = f"{{{LXC_NS}}}namespace"
+_SHARE_TAGS: Final = {f"{{{LXC_NS}}}share{kind}": kind for kind in ("net", "ipc", "uts")}
+_SHARE_ATTRS: Final = frozenset({"type", "value"})
 _VSV_CPU: Final = vsv("cpu")
 
 
@@ -235,6 +241,12 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
     seen_seclabels = 0
     for el in r.children(root, "domain"):
         tag: str = el.tag
+        if tag == _LXC_NAMESPACE:
+            if "shared_namespaces" in fields:
+                r.duplicate(el, "lxc:namespace")
+                continue
+            fields["shared_namespaces"] = _read_shared_namespaces(r, el)
+            continue
         if tag not in allowed:
             if tag == "xid":
                 r.error(
@@ -490,6 +502,49 @@ def _read_vcpu_attrs(r: Reader, el: etree._Element, fields: dict[str, object], l
     if cpuset is not None:
         fields["cpuset"] = cpuset
         r.lines[("cpuset",)] = line
+
+
+def _read_shared_namespaces(r: Reader, el: etree._Element) -> tuple[SharedNamespace, ...]:
+    """``<lxc:namespace>``: sharenet, shareipc, shareuts, each ``type='name'`` (another guest)
+    or, for the network, ``type='netns'``. ``type='pid'`` (whatever process that is) is refused:
+    the supervisor joins only namespaces it can name as a guest or a named netns."""
+    where = "lxc:namespace"
+    r.attrs(el, where, _NONE)
+    shares: list[SharedNamespace] = []
+    seen: set[str] = set()
+    for child in r.children(el, where):
+        kind = _SHARE_TAGS.get(child.tag)
+        cwhere = f"{where}/{tag_name(child)}"
+        if kind is None:
+            r.unsupported(child, where, ["lxc:sharenet", "lxc:shareipc", "lxc:shareuts"])
+            continue
+        if kind in seen:
+            r.duplicate(child, cwhere)
+            continue
+        seen.add(kind)
+        r.leaf(child, cwhere, _SHARE_ATTRS)
+        stype = r.required(child, cwhere, "type")
+        value = r.required(child, cwhere, "value")
+        allowed = ("name", "netns") if kind == "net" else ("name",)
+        if stype is not None and stype not in allowed:
+            why = (
+                "is not supported (a process's namespace, whatever process the pid is then)"
+                if stype == "pid"
+                else "is not supported"
+            )
+            r.bad_value(child, f"{cwhere}/@type", stype, why, ", ".join(allowed))
+            continue
+        if stype is None or value is None:
+            continue
+        r.lines[("shared_namespaces", len(shares))] = srcline(child) or r.root_line
+        shares.append(
+            SharedNamespace(
+                kind=cast("Literal['net', 'ipc', 'uts']", kind),
+                type=cast("Literal['name', 'netns']", stype),
+                value=value,
+            )
+        )
+    return tuple(shares)
 
 
 def _read_clock(r: Reader, el: etree._Element, fields: dict[str, object]) -> None:
@@ -1246,7 +1301,9 @@ def _write_scheduler(parent: etree._Element, tag: str, cpu_tag: str, s: TokenBuc
 
 def write_domain(d: Domain) -> str:
     """The document for ``d`` in its own dialect (deterministic order, two-space indent)."""
-    root = etree.Element("domain", type=d.type)
+    root = etree.Element(
+        "domain", type=d.type, nsmap={"lxc": LXC_NS} if d.shared_namespaces else None
+    )
     if d.id is not None:
         root.set("id", str(d.id))
     sub(root, "name", d.name)
@@ -1352,6 +1409,10 @@ def write_domain(d: Domain) -> str:
         sel = sub(root, "seclabel", type=label.type)
         _set(sel, "model", label.model)
         _set(sel, "relabel", _yes_no(label.relabel))
+    if d.shared_namespaces:
+        ns_el = sub(root, f"{{{LXC_NS}}}namespace")
+        for share in d.shared_namespaces:
+            sub(ns_el, f"{{{LXC_NS}}}share{share.kind}", type=share.type, value=share.value)
     return finish(root, metadata, d.metadata)
 
 
