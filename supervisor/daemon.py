@@ -153,6 +153,7 @@ class Supervisor:
             shutdown_signal=self.shutdown_signal,
             restart_policy=self.restart_policy,
             launch=self._launch,
+            peers=self._peer_namespaces,
         )
         domains, problems = self.config.load_domains()
         for problem in problems:
@@ -276,15 +277,33 @@ class Supervisor:
                 )
         return attrs.evolve(domain, **changes) if changes else domain
 
+    def _peer_namespaces(self, name: str) -> tuple[int, dict[str, int]] | None:
+        """A running guest's init pid and namespace inodes (for ``<lxc:namespace>``), whether
+        this supervisor started it or adopted it; None when it has no live init."""
+        guest = self.guests.get(name)
+        if guest is None or guest.phase not in (Phase.RUNNING, Phase.PAUSED):
+            return None
+        pid = guest.status().init_pid
+        if pid is None:
+            return None
+        namespaces = guest.process.namespaces if guest.process is not None else None
+        if namespaces is not None:
+            return pid, dict(attrs.asdict(namespaces))
+        if guest.adopted_namespaces is not None:
+            return pid, dict(guest.adopted_namespaces)
+        return None
+
     async def define_domain(self, domain: Domain) -> Domain:
         """Add or update a definition (DEFINED ADDED / UPDATED); refuses duplicates.
 
         Updating a running guest changes its stored definition; the running guest keeps the
         old one until it is next started.
         """
-        from supervisor.validate import check_domain
+        from supervisor.validate import check_domain, host_problems
 
-        problems = check_domain(domain)
+        # the host's rules too (an architecture other than this one's), which `vsv validate`
+        # cannot know for the host a document is meant for
+        problems = check_domain(domain) + [str(p) for p in host_problems(domain)]
         if problems:
             raise InvalidDocument(problems)
         previous = self.guests.get(domain.name)

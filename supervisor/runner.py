@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,13 +43,21 @@ import attrs
 import trio
 
 from supervisor import lifecycle as lc
+from supervisor import nsutil
 from supervisor.bus import Bus
 from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
 from supervisor.facade import DomainStatus
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import Domain
-from supervisor.runtime import CgroupHandle, GuestExit, PendingSpawn, ProcessHandle, Runtime
+from supervisor.runtime import (
+    CgroupHandle,
+    GuestExit,
+    NamespaceJoin,
+    PendingSpawn,
+    ProcessHandle,
+    Runtime,
+)
 from supervisor.store import RunStore
 from supervisor.xml import format_domain, parse_domain
 
@@ -79,6 +88,35 @@ class RunnerEnv:
     restart_policy: lc.RestartPolicy
     #: starts a task in the guests' nursery (the daemon's)
     launch: Launcher
+    #: a running guest's init pid and namespace inodes by kind, by name (None: not running);
+    #: for the namespaces ``<lxc:namespace>`` shares
+    peers: Callable[[str], tuple[int, Mapping[str, int]] | None] = lambda _name: None
+
+
+def namespace_joins(
+    domain: Domain, peers: Callable[[str], tuple[int, Mapping[str, int]] | None]
+) -> tuple[NamespaceJoin, ...]:
+    """The namespaces a guest's ``<lxc:namespace>`` joins, found now: another guest's (its init
+    must run) or a named netns (it must exist). A start fails, naming the element, otherwise:
+    the guest would else get namespaces of its own, which its document did not ask for."""
+    out: list[NamespaceJoin] = []
+    for share in domain.shared_namespaces:
+        element = f"<lxc:share{share.kind} type='{share.type}' value='{share.value}'>"
+        if share.type == "netns":
+            path = str(nsutil.netns_path(share.value))
+            if not nsutil.netns_exists(share.value):
+                raise RuntimeFailure(f"{element}: there is no network namespace {share.value}")
+            out.append(NamespaceJoin(share.kind, path, os.stat(path).st_ino))
+            continue
+        found = peers(share.value)
+        if found is None:
+            raise RuntimeFailure(f"{element}: guest {share.value} is not running")
+        pid, inodes = found
+        inode = inodes.get(share.kind)
+        if not inode:
+            raise RuntimeFailure(f"{element}: the namespaces of guest {share.value} are unknown")
+        out.append(NamespaceJoin(share.kind, f"/proc/{pid}/ns/{share.kind}", inode))
+    return tuple(out)
 
 
 class _Reply:
@@ -582,7 +620,8 @@ class GuestRunner:
                 # prepare hooks run; finish() then puts it in the cgroup and lets init run
                 log_path = guest_log_file(env.run_dir, domain.name)
                 log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                pending = await env.runtime.begin_spawn(domain, log_path=str(log_path))
+                joins = namespace_joins(domain, env.peers) if domain.shared_namespaces else ()
+                pending = await env.runtime.begin_spawn(domain, log_path=str(log_path), joins=joins)
                 if not keep_resources:
                     cgroup = env.runtime.cgroup(env.prefix, domain.name)
                     # recorded before anything is made: a supervisor killed from here on
