@@ -111,6 +111,20 @@ class Interface:
     filterref: InterfaceFilter | None = None
 
 
+@attrs.frozen
+class Console:
+    """A ``<console type='pty'>``: kept and written back; not served yet (the guest's output
+    goes to its log). ``tty`` and ``source_path`` are the pty libvirt's live XML names."""
+
+    type: Literal["pty"] = "pty"
+    tty: str | None = None
+    source_path: str | None = None
+    #: ``<target type= port=>``: libvirt's LXC consoles have target type ``lxc``
+    target_type: Literal["lxc"] | None = None
+    target_port: int | None = None
+    alias: str | None = None
+
+
 def _unlimited_quota(quota: int | None) -> int | None:
     """Every negative quota means "unlimited"; libvirt (and this model) keep it as -1."""
     return -1 if quota is not None and quota < 0 else quota
@@ -221,6 +235,7 @@ class Domain:
     autostart: bool = False
     #: ``<resource><partition>``
     partition: str | None = None
+    consoles: tuple[Console, ...] = ()
     #: serialized foreign ``<metadata>`` children, kept verbatim
     metadata: tuple[str, ...] = ()
 
