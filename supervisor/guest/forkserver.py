@@ -54,6 +54,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -107,7 +108,8 @@ MountTuple = tuple[str, str, str, str, bool]
 #: ``lo`` the embryo brings up (as libvirt's LXC driver does; a guest without net_admin could
 #: not); ``pivot``: switch root with pivot_root (False only for a measurement: chroot);
 #: ``resys``: the /sys steps of ``mounts``, done again should ``G`` hand over a network
-#: namespace other than the one the embryo was born in.
+#: namespace other than the one the embryo was born in; ``console``: init's stdio is a new pty of
+#: the guest's own devpts, whose master goes to the supervisor (:func:`make_console`).
 Activation = tuple[
     tuple[str, ...],
     tuple[tuple[str, str], ...],
@@ -125,6 +127,7 @@ Activation = tuple[
     bool,
     bool,
     tuple[MountTuple, ...],
+    bool,
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -526,7 +529,7 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
     otherwise.
     """
     (argv, env, hostname, flags, mounts, late_mounts, _root, wd, uid, gid,
-     keep, drop, program, own_net, pivot, resys) = request  # fmt: skip
+     keep, drop, program, own_net, pivot, resys, console) = request  # fmt: skip
     born_in = os.stat("/proc/self/ns/net").st_ino
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
@@ -541,6 +544,8 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
         pivot_into(".")  # the guest's root: a "chdir" step of ``mounts`` went there
     else:
         os.chroot(".")
+    if console:
+        make_console(sock)
     _guest_nofile()
     confiner = Confiner(keep, program)
     confiner.drop_bounding(drop)
@@ -569,6 +574,46 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as e:
         raise _ExecFailed(f"init {argv[0]} could not be executed: {e.strerror}") from None
+
+
+#: ioctls of the pty driver the termios module does not name (asm-generic numbers, which
+#: x86_64, aarch64 and riscv64 use: the architectures of SYS_CLONE)
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+#: the message that carries the console's master to the supervisor (SCM_RIGHTS)
+CONSOLE_MESSAGE = b"C"
+
+
+def make_console(sock: socket.socket) -> None:
+    """Give the embryo, after the root switch, a console: a new pty of the guest's own devpts
+    (``/dev/pts``, a new instance the mount steps made), the slave as stdin, stdout and stderr
+    and as the controlling terminal (the embryo is a session leader since its birth, so a shell
+    as init gets job control), bound on ``/dev/console`` as libvirt's LXC driver does; the
+    master goes to the supervisor on ``sock``, which reads the guest's output from it.
+
+    Made in the guest's devpts rather than the host's so that nothing the guest holds belongs
+    to the host's: a slave of the host's devpts would show the host's pty numbers and be a
+    handle on the filesystem that holds every host terminal. The slave is opened through its
+    master (TIOCGPTPEER), not by a path the guest's tree could redirect.
+    """
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
+        # a file on the guest's /dev (our tmpfs) to bind the slave on
+        os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        _mount(f"/dev/pts/{number}", "/dev/console", None, MS_BIND, "")
+        sock.sendmsg(
+            [CONSOLE_MESSAGE], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]))]
+        )
+    finally:
+        os.close(master)
 
 
 def _recv_fds(sock: socket.socket, most: int) -> tuple[bytes, list[int]]:
