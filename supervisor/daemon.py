@@ -37,6 +37,7 @@ import trio
 from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
 from supervisor.bus import Bus, Gap
+from supervisor.console import GuestConsole, NoConsole
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -388,6 +389,22 @@ class Supervisor:
     def domain_log_path(self, name: str) -> str | None:
         self._guest(name)
         return str(guest_log_file(self.run_dir, name))
+
+    def domain_console(self, name: str) -> GuestConsole:
+        guest = self._guest(name)
+        if not guest.domain.consoles:
+            raise NoConsole(
+                f"domain {name!r} has no console (its definition has no <console type='pty'/>)"
+            )
+        console = guest.console
+        if console is not None and console.live:
+            return console
+        if guest.adopted_pid is not None:
+            raise InvalidOperation(
+                f"domain {name!r}: its console ended with the supervisor that started the guest; "
+                "it is served again from the guest's next start"
+            )
+        raise InvalidOperation(f"domain {name!r} is not running")
 
     # ------------------------------------------------------------------------ whole-supervisor
 

@@ -43,6 +43,7 @@ import trio
 
 from supervisor import lifecycle as lc
 from supervisor.bus import Bus
+from supervisor.console import GuestConsole
 from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
 from supervisor.facade import DomainStatus
 from supervisor.hooks import GuestContext
@@ -162,6 +163,9 @@ class GuestRunner:
     restarts: int = 0
     #: why the last start failed (None: it did not)
     start_error: BaseException | None = None
+    #: the guest's console (a domain with a ``<console>``, from its first boot on): kept across
+    #: reboots, so an attached client sees the next boot; relayed while the guest runs
+    console: GuestConsole | None = None
     _killed_by_us: bool = False
     _reboot_requested: bool = False
     _send: trio.MemorySendChannel[_Message] = attrs.field(init=False)
@@ -578,6 +582,8 @@ class GuestRunner:
                 if keep_resources and self.cgroup is not None:
                     # leftovers of the previous init (a pid namespace dies with its init)
                     await self.cgroup.kill_all()
+                if self.console is not None:
+                    await self.console.stop_relay()  # what the previous boot left, logged first
                 # the guest's process gets going (its mounts) while the cgroup is made and the
                 # prepare hooks run; finish() then puts it in the cgroup and lets init run
                 log_path = guest_log_file(env.run_dir, domain.name)
@@ -610,6 +616,9 @@ class GuestRunner:
                 self.process = await finishing.finish(
                     self.cgroup, netns_path=self.ctx.netns_path if self.ctx else None
                 )
+                master = self.process.take_console()
+                if master is not None:
+                    self._serve_console(master, str(log_path))
             if scope.cancelled_caught:
                 raise RuntimeFailure(f"start of {domain.name} was cancelled")  # noqa: TRY301
         except Exception as exc:
@@ -619,6 +628,15 @@ class GuestRunner:
                 with trio.CancelScope(shield=True):
                     await pending.abort()
         self._report(kind, ticket, error=error)
+
+    def _serve_console(self, master: int, log_path: str) -> None:
+        """Relay the new boot's console (its pty's ``master``, ours now) as a child task: to
+        the guest's log always, and to the attached client."""
+        if self.console is None:
+            self.console = GuestConsole(self.domain.name)
+        relay = self.console.begin_relay()
+        assert self._children is not None
+        self._children.start_soon(self.console.run_relay, relay, master, log_path)
 
     def _signal_init(self, sig: int) -> None:
         with contextlib.suppress(RuntimeFailure, ProcessLookupError):
@@ -653,6 +671,9 @@ class GuestRunner:
                 await self.cgroup.kill_all()
             except RuntimeFailure as exc:
                 log.warning("guest %s: kill on release: %s", name, exc)
+        if self.console is not None:
+            await self.console.stop_relay()
+            self.console.end_session("stopped", f"domain {name!r} stopped")
         if self.ctx is not None and self.ctx.prepared:
             try:
                 await self.env.bus.run_release(self.ctx)
