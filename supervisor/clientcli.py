@@ -636,8 +636,8 @@ def _exec(args: argparse.Namespace, c: Client) -> int:
 
 
 def _console(args: argparse.Namespace, c: Client) -> int:
-    """Attach the terminal to a guest's console (:mod:`supervisor.console_client`)."""
-    from supervisor import console_client  # only this verb needs termios and select
+    """Attach the terminal to a guest's console (:mod:`supervisor.api.console_client`)."""
+    from supervisor.api import console_client  # only this verb needs termios and select
 
     return console_client.run_console(c.socket_path, args.domain, force=args.force)
 
