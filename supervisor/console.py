@@ -292,6 +292,9 @@ class GuestConsole:
         try:
             with relay.scope:
                 await serve_pty(self, master, log_path)
+        except Exception:
+            # the guest's failure is its own: a broken relay costs its console, not the runner
+            log.exception("guest %s: the console relay failed", self.name)
         finally:
             relay.done.set()
             if self._relay is relay:

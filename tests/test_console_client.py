@@ -7,10 +7,15 @@ exercised without root; tests/test_console.py does the same with real guests.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
+import os
+import select
 import shutil
 import signal
+import struct
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -187,6 +192,64 @@ async def test_a_stopped_guest_ends_the_session() -> None:
     with trio.fail_after(5):
         out = await session.next_output()
     assert ("stopped", None) == (out.ended, console.session)
+
+
+# -- the relay on a real pty ---------------------------------------------------------------------
+
+
+def _window(fd: int) -> tuple[int, int]:
+    rows, cols, _x, _y = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return rows, cols
+
+
+async def test_the_relay_logs_forwards_types_and_drains(tmp_path: Path) -> None:
+    """Output goes to the log and the attached client, input and the size to the pty; the
+    guest closing its end does not end the relay; what is left when it stops is drained."""
+    master, slave = os.openpty()
+    log = tmp_path / "g.log"
+    console = GuestConsole("g")
+    session = console.attach(ConsoleClient())
+    async with trio.open_nursery() as nursery:
+        relay = console.begin_relay()
+        nursery.start_soon(console.run_relay, relay, master, str(log))
+        with trio.fail_after(10):
+            while not console.live:
+                await trio.sleep(0.01)
+            assert DEFAULT_SIZE == _window(slave)
+            os.write(slave, b"boot\n")
+            got = b""
+            while b"boot" not in got:
+                got += (await session.next_output()).data
+            session.resize(41, 99)
+            assert (41, 99) == _window(slave)
+            session.write(b"typed\n")
+            while b"typed" not in (seen := os.read(slave, 100) if _readable(slave) else b""):
+                await trio.sleep(0.01)
+            assert seen.startswith(b"typed")
+            reopened = os.open(os.ttyname(slave), os.O_RDWR | os.O_NOCTTY)
+            os.close(slave)  # the guest closes its console and opens it again: still relayed
+            os.write(reopened, b"last words\n")
+            await console.stop_relay()
+            os.close(reopened)
+    assert not console.statistics().live
+    assert b"boot" in log.read_bytes()
+    assert log.read_bytes().endswith(b"last words\r\n")
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+async def test_a_broken_relay_costs_the_console_not_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A relay that fails (here: no pty at all) is logged; the runner's task goes on."""
+    console = GuestConsole("g")
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    await console.run_relay(console.begin_relay(), read_end, None)
+    assert "the console relay failed" in caplog.text
+    assert not console.live
 
 
 # -- the endpoint and the verb over the fake facade --------------------------------------------
