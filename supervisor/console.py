@@ -37,12 +37,15 @@ import os
 import struct
 import termios
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
 
 from supervisor.errors import InvalidOperation
+
+if TYPE_CHECKING:
+    from supervisor.guest.ptykeeper import ConsoleKeeper
 
 log = logging.getLogger("vsv.console")
 
@@ -211,6 +214,11 @@ class GuestConsole:
         """A guest's pty is connected: the guest runs and what a client types reaches it."""
         return self._sink is not None
 
+    @property
+    def relaying(self) -> bool:
+        """A relay is registered for the current boot (it may not have connected yet)."""
+        return self._relay is not None
+
     def statistics(self) -> ConsoleStatistics:
         return ConsoleStatistics(
             attached=self.session is not None,
@@ -287,11 +295,14 @@ class GuestConsole:
         self._relay = _Relay()
         return self._relay
 
-    async def run_relay(self, relay: _Relay, master: int, log_path: str | None) -> None:
-        """Serve ``master`` (owned from here on) until :meth:`stop_relay` or cancellation."""
+    async def run_relay(
+        self, relay: _Relay, master: int, log_path: str | None, peer: int = -1
+    ) -> None:
+        """Serve ``master`` (and ``peer``, its slave end; both owned from here on) until
+        :meth:`stop_relay` or cancellation."""
         try:
             with relay.scope:
-                await serve_pty(self, master, log_path)
+                await serve_pty(self, master, log_path, peer)
         except Exception:
             # the guest's failure is its own: a broken relay costs its console, not the runner
             log.exception("guest %s: the console relay failed", self.name)
@@ -343,21 +354,28 @@ class _PtyEnd:
             del self._pending[:written]
 
 
-async def serve_pty(console: GuestConsole, master: int, log_path: str | None) -> None:
+def open_peer(master: int) -> int:
+    """The slave end of ``master``'s pty, opened through the master (TIOCGPTPEER)."""
+    return int(fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+
+
+async def serve_pty(
+    console: GuestConsole, master: int, log_path: str | None, peer: int = -1
+) -> None:
     """Relay one guest pty (see the module docstring) until cancelled, then drain it and close
-    ``master``, which this call owns.
+    ``master`` and ``peer`` (its slave end, opened here when -1), which this call owns.
 
     The relay also holds the slave open: the master then never reads EIO while the guest runs,
     however often the guest's processes close and reopen the console (a getty respawned by
     init, say), so the relay never has to tell "closed for now" from "gone"; the runner stops
     it once the guest's processes are gone, and what they left in the pty is drained then.
     """
-    peer = -1
     end = _PtyEnd(master)
     out = _Output(console, -1)
     try:
         os.set_blocking(master, False)
-        peer = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        if peer < 0:
+            peer = open_peer(master)
         if log_path is not None:
             out.log_fd = _open_log(console.name, log_path)
         console.connect(end)
@@ -380,10 +398,64 @@ async def serve_pty(console: GuestConsole, master: int, log_path: str | None) ->
                 out.emit(data)
         with contextlib.suppress(RuntimeError):
             trio.lowlevel.notify_closing(master)
-        for fd in (master, peer, out.log_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        _close_all([fd for fd in (master, peer, out.log_fd) if fd >= 0])
+
+
+@attrs.define(eq=False)
+class KeptConsoles:
+    """The supervisor's use of the console keeper (:mod:`supervisor.guest.ptykeeper`): a copy
+    of each boot's pty kept, taken back when a successor adopts the guest, dropped when it
+    stops. A keeper that fails costs the guest's console a restart of the supervisor, nothing
+    more: every failure is logged, none raised."""
+
+    keeper: ConsoleKeeper
+    _lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    async def keep(self, name: str, key: str, fds: list[int]) -> None:
+        """Keep copies of ``fds`` (closed here) for ``name``'s boot ``key``."""
+        try:
+            async with self._lock:  # one start of the keeper, however many guests boot
+                await trio.to_thread.run_sync(self.keeper.start)
+            self.keeper.keep(name, key, fds)
+        except OSError as exc:
+            log.warning("guest %s: the console keeper: %s", name, exc)
+        finally:
+            _close_all(fds)
+
+    def take(self, name: str, key: str) -> tuple[int, int] | None:
+        """The master and slave end kept for ``name``'s boot ``key`` (ours now), or None."""
+        try:
+            fds = self.keeper.take(name, key)
+        except OSError as exc:
+            log.warning("guest %s: the console keeper: %s", name, exc)
+            return None
+        if fds is None or len(fds) != 2:
+            _close_all(fds or [])
+            return None
+        return fds[0], fds[1]
+
+    def drop(self, name: str) -> None:
+        try:
+            self.keeper.drop(name)
+        except OSError as exc:
+            log.warning("guest %s: the console keeper: %s", name, exc)
+
+    def prune(self, live: set[str]) -> None:
+        """Forget every console but those of ``live`` guests (after a successor adopted)."""
+        try:
+            for name in set(self.keeper.kept()) - live:
+                self.keeper.drop(name)
+        except OSError as exc:
+            log.warning("the console keeper: %s", exc)
+
+    def close(self) -> None:
+        self.keeper.close()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _read(master: int) -> bytes | None:

@@ -37,7 +37,7 @@ import trio
 from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
 from supervisor.bus import Bus, Gap
-from supervisor.console import GuestConsole, NoConsole
+from supervisor.console import GuestConsole, KeptConsoles, NoConsole
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -48,6 +48,8 @@ from supervisor.errors import (
 )
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.guest.linux import LinuxRuntime
+from supervisor.guest.ptykeeper import SOCKET_NAME as KEEPER_SOCKET
+from supervisor.guest.ptykeeper import ConsoleKeeper
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
@@ -132,6 +134,7 @@ class Supervisor:
             self.sched = SchedSubsystem.open(self._bus, layout)
         self.config.ensure()
         self.runs.ensure()
+        consoles = KeptConsoles(ConsoleKeeper(str(self.run_dir / KEEPER_SOCKET)))
         self._env = RunnerEnv(
             runtime=runtime,
             bus=self._bus,
@@ -142,6 +145,7 @@ class Supervisor:
             shutdown_signal=self.shutdown_signal,
             restart_policy=self.restart_policy,
             launch=self._launch,
+            consoles=consoles,
         )
         domains, problems = self.config.load_domains()
         for problem in problems:
@@ -189,10 +193,13 @@ class Supervisor:
                         sched=self.sched,
                         net=self.net,
                     )
+                    # kept consoles of guests not adopted (ended while no supervisor ran)
+                    consoles.prune({n for n in self.adopted if self._console_relayed(n)})
                     task_status.started()
                     await trio.sleep_forever()
         finally:
             self._spawn = None
+            consoles.close()
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
@@ -389,6 +396,10 @@ class Supervisor:
     def domain_log_path(self, name: str) -> str | None:
         self._guest(name)
         return str(guest_log_file(self.run_dir, name))
+
+    def _console_relayed(self, name: str) -> bool:
+        guest = self.guests.get(name)
+        return guest is not None and guest.console is not None and guest.console.relaying
 
     def domain_console(self, name: str) -> GuestConsole:
         guest = self._guest(name)

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,7 +44,7 @@ import trio
 
 from supervisor import lifecycle as lc
 from supervisor.bus import Bus
-from supervisor.console import GuestConsole
+from supervisor.console import GuestConsole, KeptConsoles, open_peer
 from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
 from supervisor.facade import DomainStatus
 from supervisor.hooks import GuestContext
@@ -59,6 +60,11 @@ Launcher = Callable[[Callable[[], Awaitable[None]]], None]
 
 #: phases in which a guest has nothing in flight (no task is needed for it)
 AT_REST = frozenset({Phase.SHUTOFF, Phase.PRESERVED})
+
+
+def _boot_key(init_pid: int | None, pidns: int) -> str:
+    """Which boot of a guest a kept console belongs to: its init and pid namespace."""
+    return f"{init_pid}:{pidns}"
 
 
 def guest_log_file(run_dir: Path, name: str) -> Path:
@@ -80,6 +86,8 @@ class RunnerEnv:
     restart_policy: lc.RestartPolicy
     #: starts a task in the guests' nursery (the daemon's)
     launch: Launcher
+    #: where copies of the consoles' ptys outlive the supervisor (None: nowhere)
+    consoles: KeptConsoles | None = None
 
 
 class _Reply:
@@ -427,6 +435,12 @@ class GuestRunner:
         self.started_at = adoptee.started_at
         self._apply(Input.ADOPT_PAUSED if adoptee.frozen else Input.ADOPT)
         self._child("ended", self._watch)
+        kept = self.env.consoles
+        if self.domain.consoles and kept is not None:
+            # the console the previous supervisor relayed, if its keeper held a copy
+            fds = kept.take(self.domain.name, _boot_key(adoptee.init_pid, adoptee.pidns))
+            if fds is not None:
+                self._relay_console(fds[0], fds[1])
 
     async def _on_fact(self, fact: _Fact) -> None:
         if fact.kind == "booted":
@@ -618,7 +632,7 @@ class GuestRunner:
                 )
                 master = self.process.take_console()
                 if master is not None:
-                    self._serve_console(master, str(log_path))
+                    await self._serve_console(master)
             if scope.cancelled_caught:
                 raise RuntimeFailure(f"start of {domain.name} was cancelled")  # noqa: TRY301
         except Exception as exc:
@@ -629,14 +643,33 @@ class GuestRunner:
                     await pending.abort()
         self._report(kind, ticket, error=error)
 
-    def _serve_console(self, master: int, log_path: str) -> None:
-        """Relay the new boot's console (its pty's ``master``, ours now) as a child task: to
-        the guest's log always, and to the attached client."""
+    async def _serve_console(self, master: int) -> None:
+        """Relay the new boot's console (its pty's ``master``, ours now) and keep a copy of
+        its ends where it outlives the supervisor (the console keeper)."""
+        try:
+            peer = open_peer(master)
+        except OSError:
+            peer = -1  # the relay tries again, and logs why it cannot
+        copies = [os.dup(fd) for fd in (master, peer)] if peer >= 0 else []
+        self._relay_console(master, peer)
+        process = self.process
+        kept = self.env.consoles
+        if copies and kept is not None and process is not None and process.namespaces:
+            key = _boot_key(process.init_pid, process.namespaces.pid)
+            await kept.keep(self.domain.name, key, copies)  # closes the copies
+        else:
+            for fd in copies:
+                os.close(fd)
+
+    def _relay_console(self, master: int, peer: int) -> None:
+        """Relay a console (its ends are the relay's from here on) as a child task: to the
+        guest's log always, and to the attached client."""
         if self.console is None:
             self.console = GuestConsole(self.domain.name)
         relay = self.console.begin_relay()
+        log_path = str(guest_log_file(self.env.run_dir, self.domain.name))
         assert self._children is not None
-        self._children.start_soon(self.console.run_relay, relay, master, log_path)
+        self._children.start_soon(self.console.run_relay, relay, master, log_path, peer)
 
     def _signal_init(self, sig: int) -> None:
         with contextlib.suppress(RuntimeFailure, ProcessLookupError):
@@ -674,6 +707,8 @@ class GuestRunner:
         if self.console is not None:
             await self.console.stop_relay()
             self.console.end_session("stopped", f"domain {name!r} stopped")
+        if self.domain.consoles and self.env.consoles is not None:
+            self.env.consoles.drop(name)
         if self.ctx is not None and self.ctx.prepared:
             try:
                 await self.env.bus.run_release(self.ctx)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from supervisor.api.server import serve_api
 from supervisor.bus import Bus
@@ -350,3 +351,129 @@ async def test_every_escape_fails_from_an_init_on_a_console(served: Served, kind
     assert "blocked" in result["results"]["host_ptys"]
     assert "console" in result["results"]["host_ptys"]
     assert stat.S_ISCHR(os.stat(f"/proc/{served.sup.domain_status(name).init_pid}/fd/0").st_mode)
+
+
+# -- a console outlives its supervisor ---------------------------------------------------------
+
+
+@attrs.define
+class Generation:
+    """One supervisor (and its API) of a succession on the same dirs."""
+
+    sup: Supervisor
+    scope: trio.CancelScope
+
+
+def _keepers(run_dir: Path) -> list[int]:
+    """Pids of console keepers serving ``run_dir``."""
+    sock = str(run_dir / "console-keeper.sock")
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if sock.encode() in argv and any(a.endswith(b"ptykeeper.py") for a in argv):
+                out.append(int(entry))
+    return out
+
+
+async def test_a_console_outlives_its_supervisor(
+    prefix: str, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor that ends without stopping its guests (a crash, an upgrade) leaves their
+    consoles with the console keeper: the shell that is init neither hangs up nor loses what it
+    writes meanwhile, and the successor serves the same console to `vsv console`."""
+    from supervisor.store import ConfigStore
+
+    base = short_tmpdir()
+    root = Path(prepare_busybox_root(str(base / "rootfs")))
+    sock, ro = str(base / "rw.sock"), str(base / "ro.sock")
+    domain = _shell("kept", root)
+    # the stored definition loses its <console> until the domain-XML branch reads it: put it
+    # back for the successor, as that branch's codec will
+    load = ConfigStore.load_domains
+
+    def with_console(store: ConfigStore) -> tuple[list[Domain], list[str]]:
+        domains, problems = load(store)
+        return [attrs.evolve(d, consoles=domain.consoles) for d in domains], problems
+
+    monkeypatch.setattr(ConfigStore, "load_domains", with_console)
+    journal = Journal.open(base / "journal")
+
+    async def generation() -> Generation:
+        bus: Bus[GuestContext] = Bus(first_seq=journal.last_seq() + 1)
+        bus.add_sink(journal.append)
+        sup = Supervisor(
+            state_dir=base / "state",
+            run_dir=base / "run",
+            prefix=prefix,
+            bus=bus,
+            hidden_paths=(sock, ro),
+        )
+
+        async def serve(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as inner:
+                    await inner.start(sup.run)
+                    await inner.start(
+                        partial(serve_api, sup, journal, socket_path=sock, ro_socket_path=ro)
+                    )
+                    task_status.started(scope)
+
+        return Generation(sup, await nursery.start(serve))
+
+    first = await generation()
+    successor: Generation | None = None
+    try:
+        await first.sup.define_domain(domain)
+        await first.sup.start_domain("kept")
+        init = first.sup.domain_status("kept").init_pid
+        person = Person(sock, "kept")
+        try:
+            await _in_thread(person.read_until, b"Ctrl + ]")
+            # a job that writes once the supervisor is gone
+            person.type(b"(while [ ! -e /tmp/go ]; do sleep 0.05; done; echo while-down) &\r")
+            await _in_thread(person.read_until, b"G$ ")
+            person.type(b"\x1d")
+            assert 0 == await _in_thread(person.wait)
+        finally:
+            person.close()
+        assert 1 == len(_keepers(base / "run"))
+        first.scope.cancel()  # the supervisor ends; its guests stay
+        await trio.testing.wait_all_tasks_blocked()
+        (root / "tmp" / "go").touch()
+        successor = await generation()
+        assert ("RUNNING", init) == (
+            successor.sup.domain_status("kept").state,
+            successor.sup.domain_status("kept").init_pid,
+        )
+        await _until(lambda: "while-down" in (base / "run" / "logs" / "kept.log").read_text(),
+                     "what the guest wrote while no supervisor ran, in the log")  # fmt: skip
+        again = Person(sock, "kept")
+        try:
+            await _in_thread(again.read_until, b"Ctrl + ]")
+            again.type(b"echo still-$((3*3))\r")
+            await _in_thread(again.read_until, b"still-9\r\n")
+            again.type(b"\x1d")
+            assert 0 == await _in_thread(again.wait)
+        finally:
+            again.close()
+        await successor.sup.destroy_domain("kept")
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(30):
+            for gen in (successor, first):
+                if gen is None:
+                    continue
+                for guest in list(gen.sup.guests.values()):
+                    if guest.busy or guest.cgroup is not None:
+                        try:
+                            await gen.sup.destroy_domain(guest.domain.name)
+                        except Exception:
+                            pass
+                gen.scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            await _until(lambda: not _keepers(base / "run"), "the keeper's exit")
+        journal.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -25,6 +25,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from supervisor import gc
 from supervisor.api.client import ApiError, ProtocolError
 from supervisor.api.wsclient import (
     OP_BINARY,
@@ -46,6 +47,8 @@ from supervisor.console import (
     ConsoleOutput,
     GuestConsole,
 )
+from supervisor.gc import keeper_socket
+from supervisor.guest.ptykeeper import SOCKET_NAME, ConsoleKeeper
 from supervisor.model import Console, Domain
 from supervisor.testing.fakefacade import EchoSink, FakeSupervisor
 from tests.fake_supervisor import ServerThread, short_tmpdir
@@ -460,3 +463,83 @@ def test_no_supervisor_is_exit_3(tmp_path: Path) -> None:
         assert 3 == person.wait()
     finally:
         person.close()
+
+
+# -- the console keeper ---------------------------------------------------------------------------
+
+
+def _kept(path: str) -> dict[str, str]:
+    """What a keeper at ``path`` holds, asked on a connection of its own."""
+    other = ConsoleKeeper(path)
+    try:
+        return other.kept()
+    finally:
+        other.close()
+
+
+def test_the_keeper_holds_a_pty_open_until_dropped() -> None:
+    """A pty whose ends went to the keeper is not hung up when ours close; a client with the
+    boot's key takes copies back (another key gets nothing); drop forgets it, and the keeper
+    exits once it holds nothing and nobody is connected."""
+    d = short_tmpdir()
+    path = str(d / SOCKET_NAME)
+    keeper = ConsoleKeeper(path)
+    try:
+        keeper.start()
+        master, slave = os.openpty()
+        keeper.keep("g", "7:42", [master, os.dup(slave)])
+        assert {"g": "7:42"} == keeper.kept()
+        os.close(master)  # our master is gone; the keeper's copy keeps the pty up
+        os.write(slave, b"still here\n")
+        os.close(slave)
+        assert keeper.take("g", "8:42") is None
+        taken = keeper.take("g", "7:42")
+        assert taken is not None
+        copy_master, copy_slave = taken
+        os.set_blocking(copy_master, False)
+        assert os.read(copy_master, 100).startswith(b"still here")
+        os.close(copy_master)
+        os.close(copy_slave)
+        pair = list(os.openpty())
+        keeper.keep("h", "1:1", pair)
+        for fd in pair:
+            os.close(fd)
+        keeper.drop("g")
+        keeper.close()
+        assert {"h": "1:1"} == _kept(path)  # nobody connected, but it holds h's console
+        keeper.drop("h")
+        keeper.close()
+        _until(lambda: not os.path.exists(path), "the keeper's exit")
+        assert {} == _kept(path)
+    finally:
+        keeper.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_gc_knows_a_keeper_by_its_socket() -> None:
+    """The command line of a keeper names the socket it serves; nothing else is taken for one."""
+    argv = ["/usr/bin/python3", "-I", "-S", "/x/supervisor/guest/ptykeeper.py", "/run/vsv/k.sock"]
+    assert "/run/vsv/k.sock" == keeper_socket(argv)
+    assert keeper_socket(["dnsmasq", "--conf-file=/run/vsv/net/vsv-a.conf"]) is None
+    assert keeper_socket(["python3", "ptykeeper.py.bak", "/run/vsv/k.sock"]) is None
+
+
+@pytest.mark.root
+def test_gc_removes_a_keeper_a_supervisor_left(prefix: str) -> None:
+    """`vsv gc --run-dir D` finds the keeper serving D (holding a console) and ends it."""
+    d = short_tmpdir()
+    keeper = ConsoleKeeper(str(d / SOCKET_NAME))
+    try:
+        keeper.start()
+        pair = list(os.openpty())
+        keeper.keep("g", "1:1", pair)
+        for fd in pair:
+            os.close(fd)
+        keeper.close()
+        found = [x for x in gc.find(prefix, run_dir=d) if x.where == keeper.path]
+        assert ["process"] == [x.kind for x in found]
+        assert [None] == [error for _item, error in gc.remove(found)]
+        assert {} == ConsoleKeeper(keeper.path).kept()
+    finally:
+        keeper.close()
+        shutil.rmtree(d, ignore_errors=True)
