@@ -448,8 +448,15 @@ class KeptConsoles:
         except OSError as exc:
             log.warning("the console keeper: %s", exc)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Disconnect. True when no console is kept: a keeper then exits (its cgroup can go),
+        while one that holds consoles of guests left running stays for the next supervisor."""
+        try:
+            idle = not self.keeper.kept()
+        except OSError:
+            idle = False
         self.keeper.close()
+        return idle
 
 
 def _close_all(fds: list[int]) -> None:

@@ -134,7 +134,12 @@ class Supervisor:
             self.sched = SchedSubsystem.open(self._bus, layout)
         self.config.ensure()
         self.runs.ensure()
-        consoles = KeptConsoles(ConsoleKeeper(str(self.run_dir / KEEPER_SOCKET)))
+        keeper_cgroups = (
+            tuple(os.path.join(h, f"{self.prefix}.console-keeper") for h in layout.hierarchies())
+            if layout is not None
+            else ()
+        )
+        consoles = KeptConsoles(ConsoleKeeper(str(self.run_dir / KEEPER_SOCKET), keeper_cgroups))
         self._env = RunnerEnv(
             runtime=runtime,
             bus=self._bus,
@@ -199,7 +204,9 @@ class Supervisor:
                     await trio.sleep_forever()
         finally:
             self._spawn = None
-            consoles.close()
+            if consoles.close() and keeper_cgroups:
+                with trio.CancelScope(shield=True):
+                    await _remove_keeper_cgroups(keeper_cgroups)
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
@@ -594,6 +601,17 @@ class Supervisor:
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
             "sched": self.sched.statistics() if self.sched is not None else None,
         }
+
+
+async def _remove_keeper_cgroups(paths: tuple[str, ...]) -> None:
+    """The console keeper's cgroups, once it has left them (it exits when it holds nothing and
+    is told so)."""
+    from supervisor.guest.cgroups import remove_dirs
+
+    try:
+        await remove_dirs(reversed(paths))
+    except RuntimeFailure as exc:
+        log.warning("the console keeper's cgroup: %s", exc)
 
 
 # ---------------------------------------------------------------------------- the daemon

@@ -134,9 +134,10 @@ def dnsmasq_conf(argv: Sequence[str]) -> str | None:
 
 def keeper_socket(argv: Sequence[str]) -> str | None:
     """The socket a console keeper's command line serves (``python -I -S .../ptykeeper.py
-    SOCKET``), or None (also for any other command)."""
-    if len(argv) >= 2 and os.path.basename(argv[-2]) == "ptykeeper.py":
-        return argv[-1]
+    SOCKET [CGROUP...]``), or None (also for any other command)."""
+    for index, arg in enumerate(argv[:-1]):
+        if os.path.basename(arg) == "ptykeeper.py":
+            return argv[index + 1]
     return None
 
 
@@ -320,13 +321,16 @@ def _find_dnsmasq(prefix: str, known: set[int]) -> list[Leftover]:
     return out
 
 
-def _find_keeper(run_dir: Path) -> list[Leftover]:
-    """The console keeper of the run dir (it holds the consoles of guests a supervisor left)."""
+def _find_keeper(run_dir: Path, known: set[int]) -> list[Leftover]:
+    """The console keeper of the run dir (it holds the consoles of guests a supervisor left),
+    unless it was found in its prefixed cgroup already."""
     from supervisor.guest.ptykeeper import SOCKET_NAME
 
     sock = str(run_dir / SOCKET_NAME)
     out = []
     for pid in _pids():
+        if pid in known:
+            continue
         argv = _read_argv(pid)
         if argv and keeper_socket(argv) == sock and _alive(pid):
             out.append(Leftover("process", f"{pid} {' '.join(argv)}", sock))
@@ -410,7 +414,7 @@ async def find_async(
     items += [Leftover("netns", n, str(nsutil.NETNS_DIR)) for n in nsutil.list_netns(prefix)]
     items += cgroups
     if run_dir is not None:
-        items += _find_keeper(Path(run_dir))
+        items += _find_keeper(Path(run_dir), {int(m.name.split()[0]) for m in members})
         items += _find_runfiles(prefix, Path(run_dir))
     return sort_for_removal(items)
 

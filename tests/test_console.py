@@ -440,7 +440,9 @@ async def test_a_console_outlives_its_supervisor(
             assert 0 == await _in_thread(person.wait)
         finally:
             person.close()
-        assert 1 == len(_keepers(base / "run"))
+        (keeper,) = _keepers(base / "run")
+        # out of the supervisor's cgroup (a service manager kills what is left in that one)
+        assert f"{prefix}.console-keeper" in Path(f"/proc/{keeper}/cgroup").read_text()
         first.scope.cancel()  # the supervisor ends; its guests stay
         await trio.testing.wait_all_tasks_blocked()
         (root / "tmp" / "go").touch()

@@ -19,6 +19,11 @@ a guest that fills its console's buffer waits, and the successor reads what was 
 child serves while the parent exits, so it is nobody's child and in a session of its own. It
 exits when it holds nothing and no supervisor is connected.
 
+It moves into a cgroup of its own (``PREFIX.console-keeper`` in each hierarchy, a name no
+guest's ``PREFIX-NAME`` can take), so that a service manager that stops the supervisor and
+kills what is left in its cgroup (systemd's ``KillMode=mixed``) leaves the keeper, as it leaves
+the guests; ``vsv gc`` finds it there like any prefixed cgroup.
+
 Protocol (SOCK_SEQPACKET, a JSON object each way, descriptors by SCM_RIGHTS): ``keep`` (name,
 key, with the descriptors: replaces what is kept under the name), ``take`` (name, key: copies
 of the descriptors if the key matches, the keeper keeps its own), ``drop`` (name), ``list``
@@ -147,8 +152,11 @@ def _answer(
         _send(conn, {"ok": False, "error": f"unknown request {op!r}"})
 
 
-def main(path: str) -> None:
-    """Bind ``path``, then fork: the parent's exit tells the starter that the socket listens."""
+def main(path: str, cgroups: list[str]) -> None:
+    """Bind ``path``, then fork: the parent's exit tells the starter that the socket listens.
+    The child moves into ``cgroups`` (directories the starter made) first, out of its
+    supervisor's: a service manager stopping the supervisor kills what is left in the
+    supervisor's cgroup, and the keeper is what must be left."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a dead keeper's (the starter found nobody listening there)
@@ -161,6 +169,9 @@ def main(path: str) -> None:
     if os.fork():
         os._exit(0)
     os.setsid()
+    for directory in cgroups:
+        with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
+            procs.write("0")
     ino = os.stat(path).st_ino
     try:
         serve(listener)
@@ -174,10 +185,14 @@ def main(path: str) -> None:
 
 
 class ConsoleKeeper:
-    """A connection to the keeper of one run dir (made, and the keeper started, on demand)."""
+    """A connection to the keeper of one run dir (made, and the keeper started, on demand).
 
-    def __init__(self, path: str) -> None:
+    ``cgroups``: the keeper's own cgroup directories (one per hierarchy; made by :meth:`start`,
+    removed by the supervisor once the keeper is gone)."""
+
+    def __init__(self, path: str, cgroups: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.cgroups = cgroups
         self._sock: socket.socket | None = None
 
     def _connect(self) -> socket.socket | None:
@@ -199,8 +214,10 @@ class ConsoleKeeper:
         if self._connect() is not None:
             return
         try:
+            for directory in self.cgroups:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
             subprocess.run(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), self.path],
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), self.path, *self.cgroups],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -267,4 +284,4 @@ class ConsoleKeeper:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
