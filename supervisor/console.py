@@ -410,13 +410,23 @@ class KeptConsoles:
 
     keeper: ConsoleKeeper
     _lock: trio.Lock = attrs.Factory(trio.Lock)
+    #: the boot whose console each guest wants kept now (a keep that finds another, or none,
+    #: because the guest stopped or rebooted meanwhile, sends nothing)
+    _wanted: dict[str, str] = attrs.Factory(dict)
+
+    def want(self, name: str, key: str) -> None:
+        """``name``'s boot ``key`` is the one to keep (said before :meth:`keep` runs)."""
+        self._wanted[name] = key
 
     async def keep(self, name: str, key: str, fds: list[int]) -> None:
-        """Keep copies of ``fds`` (closed here) for ``name``'s boot ``key``."""
+        """Keep copies of ``fds`` (closed here) for ``name``'s boot ``key``, unless that is no
+        longer the boot :meth:`want` named. Run beside the start, not in it: the first
+        console starts the keeper, an interpreter's start."""
         try:
             async with self._lock:  # one start of the keeper, however many guests boot
                 await trio.to_thread.run_sync(self.keeper.start)
-            self.keeper.keep(name, key, fds)
+            if self._wanted.get(name) == key:
+                self.keeper.keep(name, key, fds)
         except OSError as exc:
             log.warning("guest %s: the console keeper: %s", name, exc)
         finally:
@@ -435,6 +445,7 @@ class KeptConsoles:
         return fds[0], fds[1]
 
     def drop(self, name: str) -> None:
+        self._wanted.pop(name, None)
         try:
             self.keeper.drop(name)
         except OSError as exc:

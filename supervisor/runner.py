@@ -632,7 +632,7 @@ class GuestRunner:
                 )
                 master = self.process.take_console()
                 if master is not None:
-                    await self._serve_console(master)
+                    self._serve_console(master)
             if scope.cancelled_caught:
                 raise RuntimeFailure(f"start of {domain.name} was cancelled")  # noqa: TRY301
         except Exception as exc:
@@ -643,9 +643,10 @@ class GuestRunner:
                     await pending.abort()
         self._report(kind, ticket, error=error)
 
-    async def _serve_console(self, master: int) -> None:
+    def _serve_console(self, master: int) -> None:
         """Relay the new boot's console (its pty's ``master``, ours now) and keep a copy of
-        its ends where it outlives the supervisor (the console keeper)."""
+        its ends where it outlives the supervisor (the console keeper, in a task of its own:
+        the first console waits for the keeper to start, which no start should)."""
         try:
             peer = open_peer(master)
         except OSError:
@@ -656,7 +657,9 @@ class GuestRunner:
         kept = self.env.consoles
         if copies and kept is not None and process is not None and process.namespaces:
             key = _boot_key(process.init_pid, process.namespaces.pid)
-            await kept.keep(self.domain.name, key, copies)  # closes the copies
+            kept.want(self.domain.name, key)
+            assert self._children is not None
+            self._children.start_soon(kept.keep, self.domain.name, key, copies)  # closes them
         else:
             for fd in copies:
                 os.close(fd)

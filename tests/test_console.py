@@ -28,6 +28,7 @@ from supervisor.api.server import serve_api
 from supervisor.bus import Bus
 from supervisor.daemon import Supervisor
 from supervisor.guest.cgroups import GuestCgroup, detect_layout
+from supervisor.guest.ptykeeper import SOCKET_NAME, ConsoleKeeper
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.guest.spawn import SpawnPool, spawn_init
 from supervisor.hooks import GuestContext
@@ -379,6 +380,14 @@ def _keepers(run_dir: Path) -> list[int]:
     return out
 
 
+def _kept(run_dir: Path) -> dict[str, str]:
+    keeper = ConsoleKeeper(str(run_dir / SOCKET_NAME))
+    try:
+        return keeper.kept()
+    finally:
+        keeper.close()
+
+
 async def test_a_console_outlives_its_supervisor(
     prefix: str, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -440,6 +449,7 @@ async def test_a_console_outlives_its_supervisor(
             assert 0 == await _in_thread(person.wait)
         finally:
             person.close()
+        await _until(lambda: "kept" in _kept(base / "run"), "the console with the keeper")
         (keeper,) = _keepers(base / "run")
         # out of the supervisor's cgroup (a service manager kills what is left in that one)
         assert f"{prefix}.console-keeper" in Path(f"/proc/{keeper}/cgroup").read_text()
