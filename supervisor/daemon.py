@@ -419,8 +419,8 @@ class Supervisor:
             return console
         if guest.adopted_pid is not None:
             raise InvalidOperation(
-                f"domain {name!r}: its console ended with the supervisor that started the guest; "
-                "it is served again from the guest's next start"
+                f"domain {name!r}: its console was not kept when the previous supervisor "
+                "ended (see the log); it is served again from the guest's next start"
             )
         raise InvalidOperation(f"domain {name!r} is not running")
 
