@@ -21,6 +21,11 @@ never waits because nobody reads its console), a client that reads too slowly ha
 skipped (counted and told, never queued without bound; the log has all of it), and input the
 guest does not read is dropped beyond a small buffer rather than holding up the client.
 
+A pty hangs up when the last descriptor of its master closes, which would end a shell that is
+the guest's init whenever the supervisor ends: :class:`KeptConsoles` gives a copy of each
+boot's ends to the console keeper (:mod:`supervisor.guest.ptykeeper`), from which a successor
+that adopts the guest takes them back.
+
 The hub is pure trio state with no I/O, so the API's tests serve it with an in-memory sink
 (:class:`supervisor.testing.fakefacade.FakeSupervisor`), while the relay is tested with real
 ptys.
@@ -107,6 +112,9 @@ class ConsoleOutput:
 
 @attrs.frozen
 class ConsoleStatistics:
+    """One console's counts since the supervisor started (bytes out of and into the guest,
+    skipped for a slow client, dropped because the guest did not read)."""
+
     attached: bool
     live: bool
     sessions: int

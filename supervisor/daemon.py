@@ -600,6 +600,15 @@ class Supervisor:
             "states": states,
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
             "sched": self.sched.statistics() if self.sched is not None else None,
+            "consoles": self._console_statistics(),
+        }
+
+    def _console_statistics(self) -> dict[str, int]:
+        """How many guests' consoles are relayed now, and how many have a client attached."""
+        consoles = [g.console for g in self.guests.values() if g.console is not None]
+        return {
+            "live": sum(1 for c in consoles if c.live),
+            "attached": sum(1 for c in consoles if c.session is not None),
         }
 
 

@@ -215,6 +215,7 @@ async def test_a_person_at_the_console_of_a_busybox_shell(served: Served) -> Non
         await _in_thread(first.read_until, b"Ctrl + ]")
         first.type(b"echo $((6*7))\r")
         assert b"42" in await _in_thread(first.read_until, b"42\r\n")
+        assert {"live": 1, "attached": 1} == sup.statistics()["consoles"]
         # a shell that is the session leader on its controlling terminal has job control
         first.type(b"sleep 1000 &\r")
         await _in_thread(first.read_until, b"G$ ")
