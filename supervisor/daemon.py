@@ -37,6 +37,7 @@ import trio
 from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
 from supervisor.bus import Bus, Gap, PrepareFailed
+from supervisor.console import GuestConsole, KeptConsoles, NoConsole
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -48,6 +49,8 @@ from supervisor.errors import (
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.fleet.subjects import FleetSettings
 from supervisor.guest.linux import LinuxRuntime
+from supervisor.guest.ptykeeper import SOCKET_NAME as KEEPER_SOCKET
+from supervisor.guest.ptykeeper import ConsoleKeeper
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Phase
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
@@ -143,6 +146,12 @@ class Supervisor:
             self.sched = SchedSubsystem.open(self._bus, layout)
         self.config.ensure()
         self.runs.ensure()
+        keeper_cgroups = (
+            tuple(os.path.join(h, f"{self.prefix}.console-keeper") for h in layout.hierarchies())
+            if layout is not None
+            else ()
+        )
+        consoles = KeptConsoles(ConsoleKeeper(str(self.run_dir / KEEPER_SOCKET), keeper_cgroups))
         self._env = RunnerEnv(
             runtime=runtime,
             bus=self._bus,
@@ -154,6 +163,7 @@ class Supervisor:
             restart_policy=self.restart_policy,
             launch=self._launch,
             peers=self._peer_namespaces,
+            consoles=consoles,
         )
         domains, problems = self.config.load_domains()
         for problem in problems:
@@ -202,10 +212,15 @@ class Supervisor:
                         sched=self.sched,
                         net=self.net,
                     )
+                    # kept consoles of guests not adopted (ended while no supervisor ran)
+                    consoles.prune({n for n in self.adopted if self._console_relayed(n)})
                     task_status.started()
                     await trio.sleep_forever()
         finally:
             self._spawn = None
+            if consoles.close() and keeper_cgroups:
+                with trio.CancelScope(shield=True):
+                    await _remove_keeper_cgroups(keeper_cgroups)
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
@@ -433,6 +448,26 @@ class Supervisor:
         self._guest(name)
         return str(guest_log_file(self.run_dir, name))
 
+    def _console_relayed(self, name: str) -> bool:
+        guest = self.guests.get(name)
+        return guest is not None and guest.console is not None and guest.console.relaying
+
+    def domain_console(self, name: str) -> GuestConsole:
+        guest = self._guest(name)
+        if not guest.domain.consoles:
+            raise NoConsole(
+                f"domain {name!r} has no console (its definition has no <console type='pty'/>)"
+            )
+        console = guest.console
+        if console is not None and console.live:
+            return console
+        if guest.adopted_pid is not None:
+            raise InvalidOperation(
+                f"domain {name!r}: its console was not kept when the previous supervisor "
+                "ended (see the log); it is served again from the guest's next start"
+            )
+        raise InvalidOperation(f"domain {name!r} is not running")
+
     # ------------------------------------------------------------------------ whole-supervisor
 
     async def start_autostart(self) -> None:
@@ -611,7 +646,27 @@ class Supervisor:
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
             "sched": self.sched.statistics() if self.sched is not None else None,
             "fleet": self.fleet_statistics() if self.fleet_statistics is not None else None,
+            "consoles": self._console_statistics(),
         }
+
+    def _console_statistics(self) -> dict[str, int]:
+        """How many guests' consoles are relayed now, and how many have a client attached."""
+        consoles = [g.console for g in self.guests.values() if g.console is not None]
+        return {
+            "live": sum(1 for c in consoles if c.live),
+            "attached": sum(1 for c in consoles if c.session is not None),
+        }
+
+
+async def _remove_keeper_cgroups(paths: tuple[str, ...]) -> None:
+    """The console keeper's cgroups, once it has left them (it exits when it holds nothing and
+    is told so)."""
+    from supervisor.guest.cgroups import remove_dirs
+
+    try:
+        await remove_dirs(reversed(paths))
+    except RuntimeFailure as exc:
+        log.warning("the console keeper's cgroup: %s", exc)
 
 
 # ---------------------------------------------------------------------------- the daemon

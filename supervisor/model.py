@@ -134,8 +134,9 @@ class Interface:
 
 @attrs.frozen
 class Console:
-    """A ``<console type='pty'>``: kept and written back; not served yet (the guest's output
-    goes to its log). ``tty`` and ``source_path`` are the pty libvirt's live XML names."""
+    """A ``<console type='pty'>``: init's stdio on a pty the supervisor relays to its log and to
+    ``vsv console`` (the first console only). ``tty`` and ``source_path`` are the pty libvirt's
+    live XML names, kept as given."""
 
     type: Literal["pty"] = "pty"
     tty: str | None = None

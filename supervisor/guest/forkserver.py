@@ -54,6 +54,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -109,7 +110,9 @@ MountTuple = tuple[str, str, str, str, bool]
 #: ``resys``: the /sys steps of ``mounts``, done again should ``G`` hand over a network
 #: namespace other than the one the embryo was born in; ``joins``: (CLONE_NEW* flag, file,
 #: inode or 0) of namespaces entered before anything else (another guest's, ``<lxc:namespace>``),
-#: the file checked to be that namespace still. An empty ``hostname`` leaves the name alone.
+#: the file checked to be that namespace still; ``console``: init's stdio is a new pty of
+#: the guest's own devpts, whose master goes to the supervisor (:func:`make_console`). An empty
+#: ``hostname`` leaves the name alone.
 Activation = tuple[
     tuple[str, ...],
     tuple[tuple[str, str], ...],
@@ -128,6 +131,7 @@ Activation = tuple[
     bool,
     tuple[MountTuple, ...],
     tuple[tuple[int, str, int], ...],
+    bool,
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -534,7 +538,8 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
     otherwise.
     """
     (argv, env, hostname, flags, mounts, late_mounts, _root, wd, uid, gid,
-     keep, drop, program, own_net, pivot, resys, joins) = request  # fmt: skip
+     keep, drop, program, own_net, pivot, resys, joins,
+     console) = request  # fmt: skip
     born_in = os.stat("/proc/self/ns/net").st_ino
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
@@ -552,6 +557,8 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
         pivot_into(".")  # the guest's root: a "chdir" step of ``mounts`` went there
     else:
         os.chroot(".")
+    if console:
+        make_console(sock)
     _guest_nofile()
     confiner = Confiner(keep, program)
     confiner.drop_bounding(drop)
@@ -591,6 +598,46 @@ def _join(nstype: int, path: str, inode: int) -> None:
         _check(_libc.setns(fd, nstype), f"setns {path}")
     finally:
         os.close(fd)
+
+
+#: ioctls of the pty driver the termios module does not name (asm-generic numbers, which
+#: x86_64, aarch64 and riscv64 use: the architectures of SYS_CLONE)
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+#: the message that carries the console's master to the supervisor (SCM_RIGHTS)
+CONSOLE_MESSAGE = b"C"
+
+
+def make_console(sock: socket.socket) -> None:
+    """Give the embryo, after the root switch, a console: a new pty of the guest's own devpts
+    (``/dev/pts``, a new instance the mount steps made), the slave as stdin, stdout and stderr
+    and as the controlling terminal (the embryo is a session leader since its birth, so a shell
+    as init gets job control), bound on ``/dev/console`` as libvirt's LXC driver does; the
+    master goes to the supervisor on ``sock``, which reads the guest's output from it.
+
+    Made in the guest's devpts rather than the host's so that nothing the guest holds belongs
+    to the host's: a slave of the host's devpts would show the host's pty numbers and be a
+    handle on the filesystem that holds every host terminal. The slave is opened through its
+    master (TIOCGPTPEER), not by a path the guest's tree could redirect.
+    """
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
+        # a file on the guest's /dev (our tmpfs) to bind the slave on
+        os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        _mount(f"/dev/pts/{number}", "/dev/console", None, MS_BIND, "")
+        sock.sendmsg(
+            [CONSOLE_MESSAGE], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]))]
+        )
+    finally:
+        os.close(master)
 
 
 def _recv_fds(sock: socket.socket, most: int) -> tuple[bytes, list[int]]:

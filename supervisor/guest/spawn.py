@@ -282,6 +282,9 @@ class SpawnPlan:
     resys: tuple[MountOp, ...] = ()
     #: namespaces entered first: (CLONE_NEW* flag, file, inode it must have or 0)
     joins: tuple[tuple[int, str, int], ...] = ()
+    #: init's stdio is a console: a pty of the guest's own devpts whose master the supervisor
+    #: gets (forkserver.make_console); else /dev/null and the log
+    console: bool = False
 
     @property
     def userns(self) -> bool:
@@ -308,6 +311,7 @@ class SpawnPlan:
             self.pivot,
             tuple(m.as_tuple() for m in self.resys),
             self.joins,
+            self.console,
         )
 
 
@@ -617,6 +621,7 @@ def plan_spawn(
         own_net=domain.private_network,
         pivot=layers.root_switch,
         resys=tuple(_relative(op, root) for op in (*sys_ops, *cg_prep)) if sysfs_early else (),
+        console=bool(domain.consoles),
     )
 
 
@@ -707,6 +712,8 @@ class GuestProcess:
     wrapper: ChildProcess
     init_pid: int | None
     namespaces: Namespaces | None
+    #: the master of the guest's console pty (a domain with a ``<console>``), until taken
+    console: int | None = None
 
     @property
     def wrapper_pid(self) -> int:
@@ -716,6 +723,11 @@ class GuestProcess:
     async def wait(self) -> GuestExit:
         """Wait for the guest's init to end and say how."""
         return GuestExit.from_returncode(await self.wrapper.wait())
+
+    def take_console(self) -> int | None:
+        """The console's master, once: the caller owns it from here on (None: no console)."""
+        fd, self.console = self.console, None
+        return fd
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the guest's init.
@@ -866,8 +878,9 @@ async def spawn_init(
 
     :func:`begin_spawn` and :meth:`PendingStart.finish` in one go, for callers with nothing to
     do in between. Returns once the guest's init is running. stdin is /dev/null; stdout and
-    stderr go to ``log_path`` (appended) or /dev/null. Gives up with RuntimeFailure when init
-    is not running after ``START_TIMEOUT`` seconds.
+    stderr go to ``log_path`` (appended) or /dev/null; for a domain with a ``<console>`` all
+    three are a pty whose master is the result's ``console`` (``log_path`` is not used). Gives
+    up with RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
     """
     pending = await begin_spawn(
         pool,
@@ -1279,6 +1292,8 @@ class PendingStart:
         wanted = CLONE_NEWNET if self.domain.private_network and netns_path is None else 0
         late = wanted & ~self.made
         report: list[bytes] = []
+        #: the console's master, which the embryo sent before its report (if it has a console)
+        console: list[int] = []
         try:
             try:
                 # into the guest's cgroup before init can run, then "go" with its netns
@@ -1301,7 +1316,7 @@ class PendingStart:
             except (OSError, RuntimeFailure) as e:
                 # an embryo that failed in its first phase has said why: that comes first
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    while msg := await _recv_message(embryo.sock):
+                    while msg := await _recv_message(embryo.sock, console=console):
                         report.append(msg)
                 if not report:
                     child.kill()
@@ -1316,30 +1331,43 @@ class PendingStart:
                         with trio.move_on_after(START_TIMEOUT) as waited:
                             # a lone start polls for init's exec rather than sleep (EXEC_SPIN)
                             spin = EXEC_SPIN if self.pool.finishing == 1 else 0.0
-                            while msg := await _recv_message(embryo.sock, spin=spin):
+                            while msg := await _recv_message(
+                                embryo.sock, spin=spin, console=console
+                            ):
                                 report.append(msg)
                 finally:
                     self.pool.finishing -= 1
                 if waited.cancelled_caught:
                     report = [f"Xinit did not start within {START_TIMEOUT}s".encode()]
                     child.kill()
+        except BaseException:
+            _close_fds(console)
+            raise
         finally:
             embryo.sock.close()
         text = b"".join(report).decode(errors="replace")
         if text:
+            _close_fds(console)
             with trio.CancelScope(shield=True):
                 await child.wait()
             if text[0] == "E":
                 raise RuntimeFailure(f"cannot start guest {name}: child setup failed: {text[1:]}")
             raise RuntimeFailure(f"cannot start guest {name}: {text[1:]}")
+        if self.domain.consoles and not console:
+            child.kill()
+            with trio.CancelScope(shield=True):
+                await child.wait()
+            raise RuntimeFailure(f"cannot start guest {name}: its console was not made")
+        master = console[0] if console else None
+        _close_fds(console[1:])
         # init is our own child: it runs already, and there is no wrapper to look below
         try:
             ns = Namespaces(**procs.ns_inodes(child.pid))
         except RuntimeFailure:
-            return GuestProcess(wrapper=child, init_pid=None, namespaces=None)
+            return GuestProcess(wrapper=child, init_pid=None, namespaces=None, console=master)
         if child.poll() is not None:
-            return GuestProcess(wrapper=child, init_pid=None, namespaces=None)
-        return GuestProcess(wrapper=child, init_pid=child.pid, namespaces=ns)
+            return GuestProcess(wrapper=child, init_pid=None, namespaces=None, console=master)
+        return GuestProcess(wrapper=child, init_pid=child.pid, namespaces=ns, console=master)
 
     async def abort(self) -> None:
         """Give up on the start: the embryo (if any) is killed and reaped."""
@@ -1406,7 +1434,8 @@ async def begin_spawn(
             devices=devices,
             joins=joins,
         )
-        out_fd = _open_log(log_path)
+        # a guest with a console writes to its pty: the supervisor copies that to the log
+        out_fd = None if plan.console else _open_log(log_path)
         embryo, child = await pool.take(birth)
     except BaseException:
         for fd in mounts:
@@ -1473,25 +1502,55 @@ def _move_to_cgroup(pid: int, procs_files: tuple[str, ...]) -> None:
             raise RuntimeFailure(f"cannot move pid {pid} to {procs_file}: {e.strerror}") from e
 
 
-async def _recv_message(sock: socket.socket, *, spin: float = 0.0) -> bytes:
+_FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
+
+
+async def _recv_message(
+    sock: socket.socket, *, spin: float = 0.0, console: list[int] | None = None
+) -> bytes:
     """One message from a non-blocking SEQPACKET socket; b"" at EOF.
 
     With ``spin`` > 0 it polls for up to that many seconds before it sleeps in epoll, passing a
     checkpoint each time round (other tasks run, and trio's epoll_wait does not block while we
-    are runnable): see :data:`EXEC_SPIN`.
+    are runnable): see :data:`EXEC_SPIN`. An embryo's console message (its pty master, passed
+    with SCM_RIGHTS) is not returned: the descriptor is appended to ``console`` (closed when
+    no list is given) and the next message is read.
     """
     until = time.perf_counter() + spin if spin > 0 else 0.0
     while True:
         try:
-            return sock.recv(4096)
+            data, ancdata, _flags, _addr = sock.recvmsg(4096, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
             if until and time.perf_counter() < until:
                 os.sched_yield()  # the embryo may share this CPU: let it exec
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.wait_readable(sock)
+            continue
         except ConnectionResetError:
             return b""
+        fds = _fds_of(ancdata)
+        if data == forkserver.CONSOLE_MESSAGE and console is not None:
+            console.extend(fds)
+            continue
+        _close_fds(fds)
+        if data != forkserver.CONSOLE_MESSAGE:
+            return data
+
+
+def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors an SCM_RIGHTS message carried."""
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return list(fds)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def signal_name(sig: int) -> str:

@@ -142,6 +142,10 @@ class FakeProcess:
             self._act(GuestExit(status=0))
         # any other signal: init has no handler, the kernel drops it
 
+    def take_console(self) -> int | None:
+        """No console: a fake guest writes nothing anyone could read."""
+        return None
+
     def _act(self, how: GuestExit) -> None:
         """Something the guest itself does: held while frozen."""
         if self.runtime.cgroup_frozen(self.cgroup_name):
