@@ -95,7 +95,17 @@ async def sup(
         host_netns=str(nsutil.netns_path(sandbox)),
         shutdown_timeout=3,
     )
-    await nursery.start(s.run)
+    running = trio.CancelScope()
+    ended = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with running:
+                await s.run(task_status=task_status)
+        finally:
+            ended.set()
+
+    await nursery.start(run)
     try:
         yield s
     finally:
@@ -105,6 +115,9 @@ async def sup(
                     await s.destroy_domain(g.domain.name)
             if s.net is not None:
                 await s.net.stop_all()
+            # the supervisor's end removes what lives as long as it does (a console keeper)
+            running.cancel()
+            await ended.wait()
         assert find_leftovers(detect_layout(), prefix) == []
         assert nsutil.list_netns(prefix) == [sandbox]
 
