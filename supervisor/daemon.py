@@ -381,7 +381,10 @@ class Supervisor:
             # the caller gets that error, 409 and its message, not a 500 with a Python repr
             cause = error.cause
             if isinstance(cause, ConflictError | InvalidOperation | NotFound):
-                raise type(cause)(f"domain {name}: {cause}") from error
+                text = str(cause)
+                raise type(cause)(
+                    text if text.startswith(f"{name}: ") else f"domain {name}: {text}"
+                ) from error
             raise
         except VsvError:
             raise
