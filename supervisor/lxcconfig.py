@@ -1553,14 +1553,11 @@ def _cgroup_lines(
     mt = domain.memtune or MemTune()
     v2 = version == 2
     pre = "lxc.cgroup2." if v2 else "lxc.cgroup."
-    hard = mt.hard_limit_kib
+    # the guest's limit, <hard_limit> else <memory> (libvirt's LXC driver's order); a config
+    # converted back gives both again, as libvirt's converter maps the key
+    hard = domain.memory_limit_kib
     if hard is not None:
         put(pre + ("memory.max" if v2 else "memory.limit_in_bytes"), hard * 1024)
-    elif domain.memory_kib is not None:
-        gaps.append(
-            "<memory> without <memtune><hard_limit>: the supervisor sets no limit from it, "
-            "so none is written"
-        )
     if mt.soft_limit_kib is not None:
         put(pre + ("memory.high" if v2 else "memory.soft_limit_in_bytes"), mt.soft_limit_kib * 1024)
     if mt.swap_hard_limit_kib is not None:

@@ -866,9 +866,9 @@ async def test_a_converted_config_defines_and_starts(
             if fs.type == "ram":
                 assert f"size={fs.usage_kib}k" in options
             assert fs.readonly == ("ro" in options.split(",")[:1])
-        if domain.memtune is not None and domain.memtune.hard_limit_kib is not None:
+        if domain.memory_limit_kib is not None:
             limit = _cgroup_value(sup, name, "memory", "memory.max", "memory.limit_in_bytes")
-            assert str(domain.memtune.hard_limit_kib * 1024) == limit
+            assert str(domain.memory_limit_kib * 1024) == limit
         if domain.pids_limit is not None:
             assert str(domain.pids_limit) == _cgroup_value(sup, name, "pids", "pids.max")
         # the guest's set, but for what the supervisor's own bounding set lacks (only a guest
