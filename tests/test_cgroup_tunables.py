@@ -18,7 +18,13 @@ import trio
 
 from supervisor.daemon import Supervisor
 from supervisor.errors import RuntimeFailure, VsvError
-from supervisor.guest.cgroups import GuestCgroup, blkio_writes, detect_layout, find_leftovers
+from supervisor.guest.cgroups import (
+    GuestCgroup,
+    blkio_writes,
+    block_device,
+    detect_layout,
+    find_leftovers,
+)
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import BlkioDevice, BlkioTune, Domain, Filesystem, MemTune, OsSpec
 from tests import test_net_daemon
@@ -98,6 +104,15 @@ def _fake_v2(tmp_path: Path) -> Path:
     (root / "cgroup.subtree_control").write_text("")
     (root / "cpuset.cpus.effective").write_text("0-3\n")
     return root
+
+
+def test_a_device_by_its_numbers_needs_no_udev_link(tmp_path: Path) -> None:
+    """/dev/block/MAJ:MIN (libvirt's converter's name for a device by its numbers) is that
+    device where udev made no such link, if sysfs has it; else the start fails naming it."""
+    (tmp_path / "dev" / "block" / "259:70000").mkdir(parents=True)
+    assert (259, 70000) == block_device("/dev/block/259:70000", sysfs=str(tmp_path))
+    with pytest.raises(RuntimeFailure, match=r"<blkiotune><device><path>/dev/block/259:70001"):
+        block_device("/dev/block/259:70001", sysfs=str(tmp_path))
 
 
 def test_v2_cpuset_enables_the_controller_and_writes_the_cpus(tmp_path: Path) -> None:

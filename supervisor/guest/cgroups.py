@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import signal
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -267,10 +268,26 @@ _THROTTLE_FILES: dict[str, tuple[str, str]] = {
 }
 
 
-def block_device(path: str) -> tuple[int, int]:
-    """A block device node's (major, minor), for ``<blkiotune><device><path>``."""
+#: udev's name for a block device by its numbers, which libvirt's converter writes
+_BY_NUMBERS = re.compile(r"/dev/block/(\d+):(\d+)")
+
+
+def block_device(path: str, *, sysfs: str = "/sys") -> tuple[int, int]:
+    """A block device node's (major, minor), for ``<blkiotune><device><path>``.
+
+    ``/dev/block/MAJ:MIN`` names the device by its numbers (udev's links; libvirt's converter
+    names the devices of an LXC config's blkio keys so): without udev there is no such link,
+    and then the device ``sysfs`` lists under those numbers is the one meant.
+    """
     try:
         st = os.stat(path)
+    except FileNotFoundError as e:
+        m = _BY_NUMBERS.fullmatch(path)
+        if m is not None and os.path.isdir(
+            os.path.join(sysfs, "dev/block", f"{m.group(1)}:{m.group(2)}")
+        ):
+            return int(m.group(1)), int(m.group(2))
+        raise RuntimeFailure(f"<blkiotune><device><path>{path}: {e.strerror}") from e
     except OSError as e:
         raise RuntimeFailure(f"<blkiotune><device><path>{path}: {e.strerror}") from e
     if not stat.S_ISBLK(st.st_mode):
