@@ -113,6 +113,18 @@ def test_v2_create_enables_controllers_and_limit_paths(tmp_path: Path) -> None:
     assert [os.path.join(root, "vsvt-web1")] == find_leftovers(cg.layout, "vsvt")
 
 
+def test_v2_memory_is_the_limit_without_a_hard_limit(tmp_path: Path) -> None:
+    """On a pure v2 tree <memory> alone is memory.max, and swap.max is the swap beyond it."""
+    root = _fake_v2(tmp_path)
+    cg = GuestCgroup(detect_layout(root), "vsvt", "m1")
+    cg.create()
+    dom = Domain(name="m1", memory_kib=2048, memtune=MemTune(swap_hard_limit_kib=3072))
+    d = os.path.join(root, "vsvt-m1")
+    assert [(f"{d}/memory.max", "2097152"), (f"{d}/memory.swap.max", "1048576")] == (
+        cg.limit_writes(dom)
+    )
+
+
 async def test_v2_freeze_state_and_kill_file(tmp_path: Path) -> None:
     """v2 reads frozen from cgroup.events and kill_all writes 1 to cgroup.kill."""
     root = _fake_v2(tmp_path)
