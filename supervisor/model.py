@@ -77,11 +77,16 @@ class Filesystem:
 
 @attrs.frozen
 class IpAddress:
-    """An address with its prefix length, as in ``<ip address= prefix=>``."""
+    """An address with its prefix length, as in ``<ip address= prefix= peer=>``.
+
+    ``peer`` (type ethernet only) is the other end of a point-to-point link: the kernel routes
+    ``peer/prefix`` through the link instead of ``address/prefix``.
+    """
 
     address: str
     prefix: int | None = None
     family: Literal["ipv4", "ipv6"] | None = None
+    peer: str | None = None
 
 
 @attrs.frozen
@@ -108,6 +113,10 @@ class Interface:
 
     ``source`` is the network name (type network), the bridge name (type bridge), the uplink device
     (type vserver, optional: the host's default-route device otherwise) or None (ethernet).
+
+    ``ips`` and ``routes`` configure the guest's end of the NIC (libvirt's meaning, for every type
+    that has one); for type ethernet, ``host_ips`` and ``host_routes`` (libvirt's
+    ``<source><ip>`` and ``<source><route>``) configure the host's end.
     """
 
     type: InterfaceType
@@ -130,6 +139,10 @@ class Interface:
     portid: str | None = None
     #: ``<alias name=>``: kept
     alias: str | None = None
+    #: type ethernet: ``<source><ip>``, the host end's addresses
+    host_ips: tuple[IpAddress, ...] = ()
+    #: type ethernet: ``<source><route>``, routes through the host end
+    host_routes: tuple[Route, ...] = ()
 
 
 @attrs.frozen

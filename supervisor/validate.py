@@ -463,10 +463,60 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
     if iface.source_bridge is not None or iface.portid is not None:
         _check_network_port(sink, key, src_where, iface)
     sink.int_range((*key, "mtu"), f"{where}/mtu/@size", iface.mtu, MTU_MIN, MTU_MAX)
-    for j, ip in enumerate(iface.ips):
-        _check_ip(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
-    for j, route in enumerate(iface.routes):
-        _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)
+    ethernet = iface.type == "ethernet"
+    sides = [("ips", "routes", where)]
+    if ethernet or iface.host_ips or iface.host_routes:
+        sides.append(("host_ips", "host_routes", src_where))
+    for ips_field, routes_field, at in sides:
+        for j, ip in enumerate(getattr(iface, ips_field)):
+            ikey: Key = (*key, ips_field, j)
+            _check_ip(sink, ikey, f"{at}/ip[{j + 1}]", ip)
+            if ethernet:
+                _check_point_to_point(sink, ikey, f"{at}/ip[{j + 1}]", ip)
+            elif ip.peer is not None:
+                sink.add(
+                    (*ikey, "peer"),
+                    f"{at}/ip[{j + 1}]/@peer",
+                    ip.peer,
+                    f"is not used by type='{iface.type}'",
+                    "only with type='ethernet'",
+                )
+        for j, route in enumerate(getattr(iface, routes_field)):
+            _check_route(sink, (*key, routes_field, j), f"{at}/route[{j + 1}]", route)
+    if not ethernet:
+        for field, tag, values in (
+            ("host_ips", "ip", iface.host_ips),
+            ("host_routes", "route", iface.host_routes),
+        ):
+            if values:
+                sink.add((*key, field, 0), f"{src_where}/{tag}", "",
+                         f"is not used by type='{iface.type}' (the host end's, type "
+                         "ethernet only)", "only with type='ethernet'")  # fmt: skip
+
+
+def _check_point_to_point(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:
+    """An ethernet NIC's address (either end): a prefix libvirt can infer when none is given
+    (not class D or E), and a peer of the address's family."""
+    addr = _maybe_ip(ip.address)
+    if addr is None:
+        return
+    if ip.prefix is None and addr.version == 4 and int(addr) >> 24 >= 0xE0:
+        sink.add((*key, "prefix"), f"{where}/@prefix", "",
+                 f"is missing and no prefix can be inferred for {addr} (class D or E)",
+                 "a prefix attribute")  # fmt: skip
+    if ip.peer is not None:
+        peer = _address(sink, (*key, "peer"), f"{where}/@peer", ip.peer)
+        if peer is not None and peer.version != addr.version:
+            family = _family_of(addr)
+            sink.add((*key, "peer"), f"{where}/@peer", ip.peer,
+                     f"is not in the family of {addr}", f"an {family} address")  # fmt: skip
+
+
+def _maybe_ip(value: str) -> _Addr | None:
+    try:
+        return parse_ip(value)
+    except ValueError:
+        return None
 
 
 def _check_network_port(sink: _Sink, key: Key, src_where: str, iface: Interface) -> None:

@@ -124,13 +124,21 @@ def hostnames() -> st.SearchStrategy[str]:
     return st.lists(label, min_size=1, max_size=3).map(".".join)
 
 
-def _ip_address_values() -> st.SearchStrategy[IpAddress]:
+def _ip_address_values(ethernet: bool = False) -> st.SearchStrategy[IpAddress]:
+    """A NIC's ``<ip>``; ``ethernet``: either end of a point-to-point link, with a ``peer`` of
+    the address's family, and a prefix wherever libvirt could not infer one (class D, E)."""
+
     def build(
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject
     ) -> IpAddress:
-        prefix = data.draw(st.none() | st.integers(0, addr.max_prefixlen))
+        inferable = addr.version == 6 or int(addr) >> 24 < 0xE0
+        prefix = data.draw(
+            (st.none() if inferable or not ethernet else st.nothing())
+            | st.integers(0, addr.max_prefixlen)
+        )
         family = data.draw(st.none() | st.just("ipv4" if addr.version == 4 else "ipv6"))
-        return IpAddress(address=str(addr), prefix=prefix, family=family)  # type: ignore[arg-type]
+        peer = data.draw(st.none() | st.ip_addresses(v=addr.version).map(str)) if ethernet else None
+        return IpAddress(address=str(addr), prefix=prefix, family=family, peer=peer)  # type: ignore[arg-type]
 
     return st.builds(build, st.ip_addresses(), st.data())
 
@@ -167,9 +175,16 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         source = draw(st.none() | ifnames())
     else:
         source = None
+    ethernet = itype == "ethernet"
     ips = tuple(
-        draw(st.lists(_ip_address_values(), min_size=1 if itype == "vserver" else 0, max_size=3))
+        draw(
+            st.lists(
+                _ip_address_values(ethernet), min_size=1 if itype == "vserver" else 0, max_size=3
+            )
+        )
     )
+    host_ips = tuple(draw(st.lists(_ip_address_values(True), max_size=2))) if ethernet else ()
+    host_routes = tuple(draw(st.lists(routes(), max_size=2))) if ethernet else ()
     return Interface(
         type=itype,  # type: ignore[arg-type]
         source=source,
@@ -185,6 +200,8 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         else None,
         source_bridge=draw(st.none() | ifnames()) if itype == "network" else None,
         portid=draw(st.none() | uuids()) if itype == "network" else None,
+        host_ips=host_ips,
+        host_routes=host_routes,
     )
 
 

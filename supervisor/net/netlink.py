@@ -279,11 +279,14 @@ def delete_link(ipr: Any, name: str) -> bool:
     return True
 
 
-def add_address(ipr: Any, name: str, address: str, prefix: int) -> None:
-    """Add ``address/prefix`` to a link."""
+def add_address(ipr: Any, name: str, address: str, prefix: int, peer: str | None = None) -> None:
+    """Add ``address/prefix`` to a link (with ``peer``: a point-to-point address)."""
     index = link_index(ipr, name)
+    spec: dict[str, Any] = {"index": index, "address": address, "prefixlen": prefix}
+    if peer is not None:
+        spec.update(local=address, address=peer)
     try:
-        ipr.addr("add", index=index, address=address, prefixlen=prefix)
+        ipr.addr("add", **spec)
     except NetlinkError as exc:
         raise translate(exc, f"add {address}/{prefix} to {name}") from exc
 

@@ -7,13 +7,15 @@ For each interface, in libvirt's LXC order, with every change pushed on an undo 
   end is enslaved to the bridge, given its MTU and brought up; the guest end gets the ``<ip>``
   addresses or a reservation from the network's range (also handed to dnsmasq, so DHCP gives the
   guest the same address), a default route via the bridge address, and ``lo`` comes up;
-- ``ethernet``: the same veth without a bridge; the ``<ip>``/``<route>`` go on the host end;
+- ``ethernet``: the same veth without a bridge, with libvirt's two sides: the ``<ip>``/``<route>``
+  configure the guest end (with the natural prefix when none is given, and an optional
+  point-to-point ``peer``), ``<source><ip>``/``<source><route>`` the host end;
 - a ``<target dev>`` naming a tap (:func:`supervisor.net.names.names_tap`: ``tap...`` or
   ``<prefix>tap...``; the prefixed form is the one ``vsv gc`` can find): a tap device in the host
   for a VM-style guest, MAC of the guest's with first byte 0xFE, no guest end. On a network or
   bridge it is enslaved with the bridge's MTU (and a network still reserves its address for the
-  guest's DHCP); for ``ethernet`` it stays unenslaved and gets the ``<ip>``/``<route>``, as the
-  veth's host end would;
+  guest's DHCP); for ``ethernet`` it stays unenslaved and gets the ``<source>``'s
+  ``<ip>``/``<route>``, as the veth's host end would (the top-level ones are the VM's own);
 - ``vserver`` (IP isolation): a routed veth. The guest end holds only the listed addresses, which
   must lie in the uplink's subnet; the host routes each of them to the host end, answers ARP for
   them on the uplink (proxy ARP) and for everything on the host end, and an nftables table drops
@@ -34,7 +36,7 @@ A guest start waits for this, so a veth NIC costs one hop to the host's netlink 
 on raw netlink sockets (:mod:`supervisor.net.rtnl`), the host end is created already enslaved,
 sized and up with its peer in the guest, and the guest end is configured through a socket that
 was opened inside the guest's namespace. Meanwhile the trio thread writes dnsmasq's
-reservation. The rarer kinds (tap, ethernet host addresses, vserver) keep pyroute2 calls.
+reservation. The rarer kinds (tap, vserver) keep pyroute2 calls.
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ import trio
 
 from supervisor import nsutil
 from supervisor.errors import ConflictError, InvalidOperation, RuntimeFailure
-from supervisor.model import DhcpHost, Domain, Interface, Network
+from supervisor.model import DhcpHost, Domain, Interface, IpAddress, Network
 from supervisor.net import names, netlink, nftables
 from supervisor.net.ipam import Allocations, owner_key
 from supervisor.net.networks import HostNet, RunningNetwork, UndoStack
 from supervisor.net.nftables import PortGuard, guard_addresses, port_elements
 from supervisor.net.rtnl import LO_INDEX, RTM_NEWLINK, Rtnl, attr, attr_str, ifinfo
+from supervisor.xml.domain import natural_prefix
 
 NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth"]
 
@@ -332,6 +335,15 @@ async def _plumb_one(
         addresses += [
             f"{ip.address}/{ip.prefix or (64 if ':' in ip.address else 24)}" for ip in iface.ips
         ]
+    # the guest end's addresses with their point-to-point peers (ethernet only)
+    guest_ips: list[tuple[str, int, str | None]] = []
+    if iface.type == "ethernet":
+        guest_ips = [(ip.address, nic_prefix(ip), ip.peer) for ip in iface.ips]
+        addresses += [f"{a}/{p}" for a, p, _ in guest_ips]
+    else:
+        for cidr in addresses:
+            a = ipaddress.ip_interface(cidr)
+            guest_ips.append((str(a.ip), a.network.prefixlen, None))
 
     # the port's anti-spoofing guard: on a network, elements of the network's table (added on
     # the worker in the same hop as the link, before it exists); on a bridge of the host's, a
@@ -375,6 +387,7 @@ async def _plumb_one(
         else:
             await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
             await _host_side_addresses(host, host_if, iface)
+            addresses = []  # the guest's own <ip>s: the VM configures them, not the supervisor
         return PlumbedNic(
             index,
             iface.type,
@@ -429,16 +442,16 @@ async def _plumb_one(
         try:
             if isolated:  # before the guest's end is up: nothing has crossed the port yet
                 isolate_port(r, host_if)
+            if bridge is None:  # ethernet: the host end's own addresses and routes
+                host_side(r, r.index(host_if), host_if, iface)
             link = guest.index(guest_if)
-            for cidr in addresses:
-                a = ipaddress.ip_interface(cidr)
-                guest.add_address(link, str(a.ip), a.network.prefixlen, what=guest_if)
+            for address, prefix, peer in guest_ips:
+                guest.add_address(link, address, prefix, peer=peer, what=guest_if)
             guest.set_up(link, mtu=iface.mtu, what=guest_if)
             if gateway is not None:
                 guest.add_route("default", gateway=gateway)
-            if bridge is not None:  # a network or a bridge: the NIC's routes in the guest
-                for dst, via in routes:
-                    guest.add_route(dst, gateway=via)
+            for dst, via in routes:  # the NIC's routes, through it, in the guest (libvirt's)
+                guest.add_route(dst, gateway=via, oif=link)
         except BaseException:
             with contextlib.suppress(Exception):
                 r.delete(r.index(host_if))
@@ -461,8 +474,6 @@ async def _plumb_one(
             undo.push(f"guard of {host_if}", partial(_remove_port, host, guard_set, port))
             guarded = _guard_fields(port, None)
         undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
-    if bridge is None:
-        await _host_side_addresses(host, host_if, iface)
     mode: NicMode = "veth-bridge" if bridge is not None else "veth-ethernet"
     return PlumbedNic(
         index,
@@ -506,24 +517,32 @@ async def _remove_port(host: HostNet, table: str, guard: PortGuard) -> None:
     await host.worker.call(lambda _: host.nfnl_here().update(table, remove=port_elements(guard)))
 
 
-async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) -> None:
-    """``ethernet``: the XML's ``<ip>`` (``/32`` unless given) and ``<route>`` on the host end.
+def nic_prefix(ip: IpAddress) -> int:
+    """The prefix length of a NIC's address as libvirt applies it: the one given, else (also
+    for ``prefix='0'``) the address's natural one (class A/B/C, IPv6 /64)."""
+    return ip.prefix or natural_prefix(ip.address) or 0
 
-    libvirt's meaning: an ethernet interface has no network to take addresses from, so its
-    addresses and routes describe the host side of the point-to-point link; the guest configures
-    its own end. Removing the link removes them, so they need no undo of their own.
-    """
-    w = host.worker
-    for ip in iface.ips:
-        await w.call(
-            partial(netlink.add_address, name=host_if, address=ip.address, prefix=ip.prefix or 32)
-        )
-    for r in iface.routes:
-        await w.call(
-            partial(
-                netlink.add_route, dst=f"{r.address}/{r.prefix}", gateway=r.gateway, dev=host_if
-            )
-        )
+
+def host_side(r: Rtnl, index: int, name: str, iface: Interface) -> None:
+    """``ethernet``: ``<source><ip>`` and ``<source><route>`` on the host end (libvirt's
+    meaning; the top-level ``<ip>``/``<route>`` are the guest end's). Removing the link
+    removes them, so they need no undo of their own."""
+    for ip in iface.host_ips:
+        r.add_address(index, ip.address, nic_prefix(ip), peer=ip.peer, what=name)
+    for route in iface.host_routes:
+        r.add_route(f"{route.address}/{route.prefix}", gateway=route.gateway, oif=index)
+
+
+async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) -> None:
+    """:func:`host_side` for a tap (``ethernet`` with a tap ``<target dev>``), on the host's
+    worker. A tap has no guest end here: the top-level ``<ip>``/``<route>`` are for the VM
+    to configure, as with libvirt's qemu driver."""
+
+    def job(_ipr: Any) -> None:
+        r = host.rtnl_here()
+        host_side(r, r.index(host_if), host_if, iface)
+
+    await host.worker.call(job)
 
 
 async def _plumb_vserver(

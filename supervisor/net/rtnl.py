@@ -124,12 +124,17 @@ def veth_body(
     return body + attr(IFLA_LINKINFO, info)
 
 
-def address_body(index: int, address: str, prefix: int) -> bytes:
-    """RTM_NEWADDR body: ``address/prefix`` on a link (no broadcast, as pyroute2 makes it)."""
+def address_body(index: int, address: str, prefix: int, peer: str | None = None) -> bytes:
+    """RTM_NEWADDR body: ``address/prefix`` on a link (no broadcast, as pyroute2 makes it).
+
+    With ``peer`` (a point-to-point link, libvirt's ``<ip peer=>``) the kernel routes
+    ``peer/prefix`` through the link rather than ``address/prefix``.
+    """
     ip = ipaddress.ip_interface(f"{address}/{prefix}")
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     body = _IFADDRMSG.pack(family, prefix, 0, RT_SCOPE_UNIVERSE, index)
-    return body + attr(IFA_LOCAL, ip.ip.packed) + attr(IFA_ADDRESS, ip.ip.packed)
+    remote = ipaddress.ip_address(peer).packed if peer is not None else ip.ip.packed
+    return body + attr(IFA_LOCAL, ip.ip.packed) + attr(IFA_ADDRESS, remote)
 
 
 def route_body(dst: str, *, gateway: str | None, oif: int | None) -> bytes:
@@ -296,13 +301,15 @@ class Rtnl:
         """Delete a link by index."""
         self.request(RTM_DELLINK, 0, ifinfo(index), f"delete link {index}")
 
-    def add_address(self, index: int, address: str, prefix: int, *, what: str = "") -> None:
-        """Add ``address/prefix`` to a link."""
+    def add_address(
+        self, index: int, address: str, prefix: int, *, peer: str | None = None, what: str = ""
+    ) -> None:
+        """Add ``address/prefix`` (with a point-to-point ``peer``) to a link."""
         self.request(
             RTM_NEWADDR,
             NLM_F_CREATE | NLM_F_EXCL,
-            address_body(index, address, prefix),
-            f"add {address}/{prefix} to {what or index}",
+            address_body(index, address, prefix, peer),
+            f"add {address}/{prefix}{f' peer {peer}' if peer else ''} to {what or index}",
         )
 
     def add_route(self, dst: str, *, gateway: str | None = None, oif: int | None = None) -> None:

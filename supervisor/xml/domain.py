@@ -183,7 +183,7 @@ _TYPE_ATTR: Final = frozenset({"type"})
 _ADDRESS_ATTR: Final = frozenset({"address"})
 _DEV_ATTR: Final = frozenset({"dev"})
 _SIZE_ATTR: Final = frozenset({"size"})
-_IP_ATTRS: Final = frozenset({"address", "prefix", "family"})
+_IP_ATTRS: Final = frozenset({"address", "prefix", "family", "peer"})
 _ROUTE_ATTRS: Final = frozenset({"family", "address", "prefix", "netmask", "gateway"})
 #: a network's ``<route>`` also has ``metric`` (read for networks only: NICs do not apply it)
 _ROUTE_ATTRS_METRIC: Final = _ROUTE_ATTRS | {"metric"}
@@ -1063,11 +1063,14 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
             r.duplicate(child, cwhere)
             continue
         seen.add(tag)
-        if tag != "filterref":  # whose children (<parameter>) are reported below
+        # <filterref>'s children (<parameter>) are reported below, an ethernet <source>'s (the
+        # host end's <ip> and <route>) read there
+        if tag != "filterref" and not (tag == "source" and source_attr is None):
             r.text(child, cwhere)
         if tag == "source":
             if source_attr is None:
-                r.error(line, cwhere, "element <source> is not used by type='ethernet'")
+                # type ethernet: the host end's addresses and routes (libvirt's meaning)
+                _read_host_side(r, child, cwhere, key, fields)
                 continue
             r.attrs(child, cwhere, _SOURCE_ATTRS[itype])
             fields["source"] = r.required(child, cwhere, source_attr)
@@ -1123,21 +1126,10 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
                 _UP_DOWN,
             )
         elif tag == "ip":
-            r.attrs(child, cwhere, _IP_ATTRS)
-            address = r.required(child, cwhere, "address")
-            if address is None:
-                continue
-            r.lines[(*key, "ips", len(ips))] = line
-            ips.append(
-                IpAddress(
-                    address=canonical_ip(address),
-                    prefix=r.int_attr(child, cwhere, "prefix"),
-                    family=cast(
-                        "Literal['ipv4', 'ipv6'] | None",
-                        r.choice_attr(child, cwhere, "family", _FAMILIES),
-                    ),
-                )
-            )
+            ip = read_ip(r, child, cwhere)
+            if ip is not None:
+                r.lines[(*key, "ips", len(ips))] = line
+                ips.append(ip)
         else:  # route
             route = read_route(r, child, cwhere)
             if route is not None:
@@ -1151,6 +1143,51 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
         routes=tuple(routes),
         **fields,  # type: ignore[arg-type]
     )
+
+
+def read_ip(r: Reader, el: etree._Element, where: str) -> IpAddress | None:
+    """An ``<ip address= prefix= family= peer=>`` of a NIC (None when the address is missing)."""
+    r.attrs(el, where, _IP_ATTRS)
+    address = r.required(el, where, "address")
+    if address is None:
+        return None
+    peer = el.get("peer")
+    return IpAddress(
+        address=canonical_ip(address),
+        prefix=r.int_attr(el, where, "prefix"),
+        family=cast(
+            "Literal['ipv4', 'ipv6'] | None",
+            r.choice_attr(el, where, "family", _FAMILIES),
+        ),
+        peer=canonical_ip(peer) if peer is not None else None,
+    )
+
+
+def _read_host_side(
+    r: Reader, el: etree._Element, where: str, key: Key, fields: dict[str, object]
+) -> None:
+    """An ethernet interface's ``<source>``: no attributes, the host end's ``<ip>`` and
+    ``<route>`` elements (libvirt's ``interface-ip-info``)."""
+    r.attrs(el, where, _NONE)
+    ips: list[IpAddress] = []
+    routes: list[Route] = []
+    for child in r.children(el, where):
+        cwhere = f"{where}/{tag_name(child)}"
+        line = srcline(child) or r.root_line
+        if child.tag == "ip":
+            ip = read_ip(r, child, cwhere)
+            if ip is not None:
+                r.lines[(*key, "host_ips", len(ips))] = line
+                ips.append(ip)
+        elif child.tag == "route":
+            route = read_route(r, child, cwhere)
+            if route is not None:
+                r.lines[(*key, "host_routes", len(routes))] = line
+                routes.append(route)
+        else:
+            r.unsupported(child, where, ("ip", "route"))
+    fields["host_ips"] = tuple(ips)
+    fields["host_routes"] = tuple(routes)
 
 
 def _valid_ip(text: str) -> bool:
@@ -1470,6 +1507,12 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         source = sub(el, "source", **{attr: iface.source})
         _set(source, "bridge", iface.source_bridge)
         _set(source, "portid", iface.portid)
+    elif iface.host_ips or iface.host_routes:
+        source = sub(el, "source")
+        for ip in iface.host_ips:
+            _write_ip(source, ip)
+        for route in iface.host_routes:
+            write_route(source, route)
     if iface.mac is not None:
         sub(el, "mac", address=iface.mac)
     if iface.target_dev is not None:
@@ -1477,9 +1520,7 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
     if iface.guest_dev is not None:
         sub(el, "guest", dev=iface.guest_dev)
     for ip in iface.ips:
-        ipel = sub(el, "ip", address=ip.address)
-        _set(ipel, "prefix", _num(ip.prefix))
-        _set(ipel, "family", ip.family)
+        _write_ip(el, ip)
     for route in iface.routes:
         write_route(el, route)
     if iface.mtu is not None:
@@ -1490,6 +1531,13 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         sub(el, "filterref", filter=iface.filterref)
     if iface.alias is not None:
         sub(el, "alias", name=iface.alias)
+
+
+def _write_ip(parent: etree._Element, ip: IpAddress) -> None:
+    el = sub(parent, "ip", address=ip.address)
+    _set(el, "prefix", _num(ip.prefix))
+    _set(el, "family", ip.family)
+    _set(el, "peer", ip.peer)
 
 
 def write_route(parent: etree._Element, route: Route) -> None:
