@@ -246,7 +246,13 @@ def used_subnets(ipr: Any) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6N
 
 
 def create_bridge(
-    ipr: Any, name: str, *, mac: str | None, mtu: int | None, stp: bool, delay: int | None
+    ipr: Any,
+    name: str,
+    *,
+    mac: str | None,
+    mtu: int | None,
+    stp: bool,
+    delay: int | None,
 ) -> int:
     """Create a bridge (down) and return its index."""
     spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "br_stp_state": 1 if stp else 0}
@@ -263,6 +269,18 @@ def create_bridge(
     index = link_index(ipr, name)
     assert index is not None
     return index
+
+
+def set_vlan_filtering(ipr: Any, name: str) -> bool:
+    """Turn VLAN filtering on in a bridge; False when the kernel has none (built without
+    ``CONFIG_BRIDGE_VLAN_FILTERING``)."""
+    try:
+        ipr.link("set", index=link_index(ipr, name), kind="bridge", br_vlan_filtering=1)
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            return False
+        raise translate(exc, f"turn VLAN filtering on in {name}") from exc
+    return True
 
 
 def delete_link(ipr: Any, name: str) -> bool:

@@ -58,16 +58,19 @@ from supervisor.net import names, netlink, nftables
 from supervisor.net.ipam import Allocations, owner_key
 from supervisor.net.networks import HostNet, RunningNetwork, UndoStack
 from supervisor.net.nftables import PortGuard, guard_addresses, port_elements
-from supervisor.net.rtnl import LO_INDEX, RTM_NEWLINK, Rtnl, attr, attr_str, ifinfo
+from supervisor.net.rtnl import (
+    IFLA_BRPORT_ISOLATED,
+    IFLA_BRPORT_LEARNING,
+    IFLA_BRPORT_UNICAST_FLOOD,
+    LO_INDEX,
+    Rtnl,
+)
 from supervisor.xml.domain import natural_prefix
 
 NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth"]
 
 #: how many generated names/MACs are tried before giving up on collisions
 ATTEMPTS = 8
-
-IFLA_LINKINFO, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 18, 4, 5
-IFLA_BRPORT_ISOLATED = 33
 
 
 def isolation_mode() -> str:
@@ -105,6 +108,9 @@ class PlumbedNic:
     #: the NIC's own guard table (``bridge`` family), on a bridge the supervisor does not own;
     #: a NIC on a network is guarded by the network's table instead
     guard_table: str | None = None
+    #: the guest's MAC is a static entry of its bridge's forwarding table, on its port
+    #: (``macTableManager='libvirt'``)
+    fdb: bool = False
 
 
 def nic_guard(nic: PlumbedNic) -> PortGuard | None:
@@ -372,6 +378,7 @@ async def _plumb_one(
             await _reserve(running, owner, reservation, undo)
         host_if = fixed_name or await _host_name(host, domain, index, iface)
         tmac = names.tap_mac(mac)
+        fdb = False
         if guard is not None and guard_set is not None:
             guard = attrs.evolve(guard, port=host_if)
             await _add_port(host, guard_set, guard, undo)
@@ -382,8 +389,13 @@ async def _plumb_one(
             mtu = await w.call(partial(netlink.link_mtu, name=bridge))
             up = iface.link_up is not False  # <link state='down'>: enslaved, down
             await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu, up=up))
-            if port_isolated(running):
-                await w.call(lambda _: isolate_port(host.rtnl_here(), host_if))
+            isolated, managed = port_isolated(running), macs_managed(running)
+            await w.call(
+                lambda _: configure_port(
+                    host.rtnl_here(), host_if, mac, isolated=isolated, managed=managed
+                )
+            )
+            fdb = managed
         else:
             await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
             await _host_side_addresses(host, host_if, iface)
@@ -398,6 +410,7 @@ async def _plumb_one(
             owner,
             tuple(addresses),
             net_name,
+            fdb=fdb,
             **guarded,
         )
 
@@ -409,6 +422,7 @@ async def _plumb_one(
     )
     gateway = running.gateway if running is not None and index == 0 and not own_default else None
     isolated = port_isolated(running)
+    managed = macs_managed(running)
     link_up = iface.link_up is not False
 
     def veth(_ipr: Any) -> tuple[str, PortGuard | None]:
@@ -440,8 +454,8 @@ async def _plumb_one(
                     host.nfnl_here().update(guard_set or "", remove=port_elements(port))
             raise
         try:
-            if isolated:  # before the guest's end is up: nothing has crossed the port yet
-                isolate_port(r, host_if)
+            # before the guest's end is up: nothing has crossed the port yet
+            configure_port(r, host_if, mac, isolated=isolated, managed=managed)
             if bridge is None:  # ethernet: the host end's own addresses and routes
                 host_side(r, r.index(host_if), host_if, iface)
             link = guest.index(guest_if)
@@ -485,24 +499,54 @@ async def _plumb_one(
         owner,
         tuple(addresses),
         net_name,
+        fdb=managed,
         **guarded,
     )
-
-
-def isolate_port(r: Rtnl, name: str) -> None:
-    """``<port isolated='yes'/>`` of the network: the bridge forwards nothing from this port to
-    another isolated port (the kernel's bridge port flag; traffic to and from the host and
-    the uplink goes on). Set once the port is enslaved: leaving the bridge clears it."""
-    data = attr(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_ISOLATED, b"\1"))
-    body = ifinfo(r.index(name)) + attr(
-        IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge") + data
-    )
-    r.request(RTM_NEWLINK, 0, body, f"isolate bridge port {name}")
 
 
 def port_isolated(running: RunningNetwork | None) -> bool:
     """Whether a network's guest ports are isolated from each other."""
     return running is not None and bool(running.network.port_isolated)
+
+
+def macs_managed(running: RunningNetwork | None) -> bool:
+    """Whether the network's bridge has ``macTableManager='libvirt'``: the supervisor, not the
+    kernel's learning, fills the forwarding table with the guests' MACs."""
+    return running is not None and running.network.bridge.mac_table_manager == "libvirt"
+
+
+def configure_port(r: Rtnl, name: str, mac: str, *, isolated: bool, managed: bool) -> None:
+    """A guest's bridge port as its network asks, in one request, before the guest's end is up
+    (nothing has crossed the port yet):
+
+    - ``isolated`` (``<port isolated='yes'/>``): the bridge forwards nothing from this port to
+      another isolated port (traffic to and from the host and the uplink goes on);
+    - ``managed`` (``macTableManager='libvirt'``, as libvirt does it): the port neither learns
+      source MACs nor gets unicast frames for unknown destinations, and a static forwarding
+      entry sends the guest's MAC to it. (libvirt's entry is a user-added dynamic one, which
+      ages out after the bridge's ageing time with learning off; a static one does not.)
+    """
+    flags: dict[int, bool] = {}
+    if isolated:
+        flags[IFLA_BRPORT_ISOLATED] = True
+    if managed:
+        flags[IFLA_BRPORT_LEARNING] = False
+        flags[IFLA_BRPORT_UNICAST_FLOOD] = False
+    if not flags:
+        return
+    index = r.index(name)
+    r.set_port_flags(index, flags, what=name)
+    if managed:
+        r.fdb_add(index, mac, what=name)
+
+
+def _forget_port_mac(_ipr: Any, host: HostNet, name: str, mac: str) -> None:
+    """Take a guest's static forwarding entry out of its bridge (before its port goes, which
+    would take it too; no error when the port or the entry is gone already)."""
+    r = host.rtnl_here()
+    found = r.link(name)
+    if found is not None:
+        r.fdb_delete(found[0], mac, what=name)
 
 
 async def _add_port(host: HostNet, table: str, guard: PortGuard, undo: UndoStack) -> None:
@@ -650,6 +694,10 @@ async def unplumb(
     with trio.CancelScope(shield=True):
         for nic in reversed(nics):
             try:
+                if nic.fdb:
+                    await host.worker.call(
+                        partial(_forget_port_mac, host=host, name=nic.host_if, mac=nic.mac)
+                    )
                 await host.worker.call(partial(netlink.delete_link, name=nic.host_if))
                 if nic.table is not None:
                     await nftables.delete(host.netns, nic.table)

@@ -28,11 +28,18 @@ NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+#: bridge port flags (IFLA_BRPORT_*), set through the port's slave data
+IFLA_BRPORT_LEARNING, IFLA_BRPORT_UNICAST_FLOOD, IFLA_BRPORT_ISOLATED = 8, 9, 33
+AF_BRIDGE = 7
+NDA_LLADDR = 2
+NTF_MASTER = 0x04
+NUD_NOARP = 0x40  # a static forwarding entry: never ages out
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -48,6 +55,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_NDMSG = struct.Struct("=BxxxiHBB")
 _NLATTR = struct.Struct("=HH")
 
 
@@ -152,6 +160,21 @@ def route_body(dst: str, *, gateway: str | None, oif: int | None) -> bytes:
     if oif is not None:
         body += attr_u32(RTA_OIF, oif)
     return body
+
+
+def port_flags_body(index: int, flags: dict[int, bool]) -> bytes:
+    """RTM_NEWLINK body setting bridge port flags (``IFLA_BRPORT_*`` -> on/off) of a port."""
+    data = b"".join(attr(kind, b"\1" if on else b"\0") for kind, on in sorted(flags.items()))
+    info = attr_str(IFLA_INFO_SLAVE_KIND, "bridge") + attr(IFLA_INFO_SLAVE_DATA, data)
+    return ifinfo(index) + attr(IFLA_LINKINFO, info)
+
+
+def fdb_body(index: int, mac: str) -> bytes:
+    """RTM_NEWNEIGH/RTM_DELNEIGH body: a static entry for ``mac`` in the forwarding table of
+    the bridge that port ``index`` belongs to (``bridge fdb add MAC dev PORT master static``)."""
+    return _NDMSG.pack(AF_BRIDGE, index, NUD_NOARP, NTF_MASTER, 0) + attr(
+        NDA_LLADDR, mac_bytes(mac)
+    )
 
 
 def parse_attrs(data: bytes) -> dict[int, bytes]:
@@ -311,6 +334,31 @@ class Rtnl:
             address_body(index, address, prefix, peer),
             f"add {address}/{prefix}{f' peer {peer}' if peer else ''} to {what or index}",
         )
+
+    def set_port_flags(self, index: int, flags: dict[int, bool], *, what: str = "") -> None:
+        """Set flags of a bridge port (:func:`port_flags_body`) in one request."""
+        self.request(
+            RTM_NEWLINK, 0, port_flags_body(index, flags), f"set bridge port {what or index}"
+        )
+
+    def fdb_add(self, index: int, mac: str, *, what: str = "") -> None:
+        """A static forwarding entry for ``mac`` on bridge port ``index`` (replaced if there)."""
+        self.request(
+            RTM_NEWNEIGH,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            fdb_body(index, mac),
+            f"add {mac} to the forwarding table on {what or index}",
+        )
+
+    def fdb_delete(self, index: int, mac: str, *, what: str = "") -> None:
+        """Remove the forwarding entry for ``mac`` on port ``index``; none there is no error."""
+        try:
+            self.request(
+                RTM_DELNEIGH, 0, fdb_body(index, mac), f"remove {mac} from {what or index}"
+            )
+        except RtnlError as exc:
+            if exc.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                raise
 
     def add_route(self, dst: str, *, gateway: str | None = None, oif: int | None = None) -> None:
         """Add a route in the main table via a gateway and/or a link."""

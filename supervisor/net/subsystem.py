@@ -40,7 +40,13 @@ from supervisor.net.dnsmasq import (
 )
 from supervisor.net.networks import HostNet, bridge_for, host_bridge
 from supervisor.net.nftables import port_elements
-from supervisor.net.nics import PlumbedNic, isolate_port, nic_guard, port_isolated
+from supervisor.net.nics import (
+    PlumbedNic,
+    configure_port,
+    macs_managed,
+    nic_guard,
+    port_isolated,
+)
 from supervisor.net.service import NetworkService, NetworkTable
 from supervisor.store import ConfigStore, RunStore
 
@@ -304,8 +310,12 @@ class NetworkSubsystem:
             await host.worker.call(
                 functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
             )
-            if port_isolated(handle):
-                await host.worker.call(lambda _: isolate_port(host.rtnl_here(), nic.host_if))
+            isolated, managed = port_isolated(handle), macs_managed(handle)
+            await host.worker.call(
+                lambda _: configure_port(
+                    host.rtnl_here(), nic.host_if, nic.mac, isolated=isolated, managed=managed
+                )
+            )
         except Exception as exc:
             log.warning("guest %s: re-attaching %s: %s", domain_name, nic.host_if, exc)
             return
