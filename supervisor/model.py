@@ -101,7 +101,10 @@ class Route:
     metric: int | None = None
 
 
-InterfaceType = Literal["network", "bridge", "ethernet", "vserver"]
+InterfaceType = Literal["network", "bridge", "ethernet", "direct", "vserver"]
+#: ``<interface type='direct'><source mode=>``: the macvlan's mode (libvirt's default: vepa)
+DirectMode = Literal["vepa", "bridge", "private", "passthrough"]
+DIRECT_MODES: tuple[str, ...] = ("vepa", "bridge", "private", "passthrough")
 #: ``<filterref filter=>`` names this codec accepts (libvirt nwfilter names; docs/networking.md)
 InterfaceFilter = Literal["clean-traffic", "vsv-allow-all"]
 INTERFACE_FILTERS: tuple[str, ...] = ("clean-traffic", "vsv-allow-all")
@@ -111,8 +114,9 @@ INTERFACE_FILTERS: tuple[str, ...] = ("clean-traffic", "vsv-allow-all")
 class Interface:
     """A guest NIC.
 
-    ``source`` is the network name (type network), the bridge name (type bridge), the uplink device
-    (type vserver, optional: the host's default-route device otherwise) or None (ethernet).
+    ``source`` is the network name (type network), the bridge name (type bridge), the host link
+    a macvlan is made on (type direct), the uplink device (type vserver, optional: the host's
+    default-route device otherwise) or None (ethernet).
 
     ``ips`` and ``routes`` configure the guest's end of the NIC (libvirt's meaning, for every type
     that has one); for type ethernet, ``host_ips`` and ``host_routes`` (libvirt's
@@ -130,7 +134,8 @@ class Interface:
     link_up: bool | None = None
     #: ``<filterref filter=>`` of a NIC plumbed into a bridge: None is the supervisor's default
     #: anti-spoofing, ``clean-traffic`` the same plus libvirt's clean-traffic restriction to IPv4,
-    #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out)
+    #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out). A direct
+    #: (macvlan) NIC cannot be guarded: it needs ``vsv-allow-all``, the explicit widening
     filterref: InterfaceFilter | None = None
     #: type network: ``<source bridge=>``, the network's bridge as libvirt's live XML names it;
     #: kept, not applied (the supervisor's own network decides the bridge)
@@ -143,6 +148,8 @@ class Interface:
     host_ips: tuple[IpAddress, ...] = ()
     #: type ethernet: ``<source><route>``, routes through the host end
     host_routes: tuple[Route, ...] = ()
+    #: type direct: ``<source mode=>`` (None: libvirt's default, vepa)
+    direct_mode: DirectMode | None = None
 
 
 @attrs.frozen

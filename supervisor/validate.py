@@ -26,6 +26,7 @@ from supervisor.model import (
     BLKIO_THROTTLES,
     CONTEXT_ID_MAX,
     CONTEXT_ID_MIN,
+    DIRECT_MODES,
     LIFECYCLE_ACTIONS,
     AddressRange,
     CpuBucket,
@@ -99,8 +100,8 @@ CAPABILITY_NAMES: Final = frozenset(
         "wake_alarm",
     ]
 )
-INTERFACE_TYPES_LXC: Final = ("network", "bridge", "ethernet")
-INTERFACE_TYPES_VSERVER: Final = ("network", "bridge", "ethernet", "vserver")
+INTERFACE_TYPES_LXC: Final = ("network", "bridge", "ethernet", "direct")
+INTERFACE_TYPES_VSERVER: Final = ("network", "bridge", "ethernet", "direct", "vserver")
 FORWARD_MODES: Final = ("nat", "route", "open", "bridge")
 
 _BAD_NAME_CHARS = re.compile(r"[\s\x00-\x1f\x7f/]")
@@ -457,6 +458,11 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
         sink.add(
             (*key, "source"), f"{src_where}", iface.source, "is not used by type='ethernet'", "none"
         )
+    elif iface.type == "direct":
+        _check_direct(sink, key, where, iface)
+    if iface.direct_mode is not None and iface.type != "direct":
+        sink.add((*key, "direct_mode"), f"{src_where}/@mode", iface.direct_mode,
+                 f"is not used by type='{iface.type}'", "only with type='direct'")  # fmt: skip
     _check_mac(sink, (*key, "mac"), f"{where}/mac/@address", iface.mac)
     _check_ifname(sink, (*key, "target_dev"), f"{where}/target/@dev", iface.target_dev)
     _check_ifname(sink, (*key, "guest_dev"), f"{where}/guest/@dev", iface.guest_dev)
@@ -517,6 +523,35 @@ def _maybe_ip(value: str) -> _Addr | None:
         return parse_ip(value)
     except ValueError:
         return None
+
+
+def _check_direct(sink: _Sink, key: Key, where: str, iface: Interface) -> None:
+    """``<interface type='direct'>``: a macvlan on the host link ``<source dev=>``, in a mode of
+    libvirt's (the kernel's macvlan modes; passthrough is its passthru).
+
+    Anti-spoofing cannot guard a macvlan: its frames reach the host link, or (bridge mode)
+    the other macvlans of the link, without passing a bridge or any hook in a namespace the
+    supervisor holds (the macvlan itself is in the guest's, whose root may change its MAC and
+    addresses). So the document must say that the NIC goes unguarded, with the opt-out
+    ``<filterref filter='vsv-allow-all'/>``, which ``vsv validate`` reports as a widening.
+    """
+    src = f"{where}/source"
+    if iface.source is None:
+        sink.add((*key, "source"), f"{src}/@dev", "", "is missing", "the host link's name")
+    else:
+        _check_ifname(sink, (*key, "source"), f"{src}/@dev", iface.source)
+    mode: str | None = iface.direct_mode
+    if mode is not None and mode not in DIRECT_MODES:
+        sink.add((*key, "direct_mode"), f"{src}/@mode", mode, "is not a macvlan mode",
+                 ", ".join(DIRECT_MODES))  # fmt: skip
+    why = "anti-spoofing cannot guard a macvlan (its frames pass no bridge or hook of the host's)"
+    if iface.filterref is None:
+        sink.add((*key, "filterref"), f"{where}/filterref", "",
+                 f"is missing: {why}, so the NIC must be declared unguarded",
+                 "<filterref filter='vsv-allow-all'/>")  # fmt: skip
+    elif iface.filterref != "vsv-allow-all":
+        sink.add((*key, "filterref"), f"{where}/filterref/@filter", iface.filterref,
+                 f"cannot be applied: {why}", "vsv-allow-all")  # fmt: skip
 
 
 def _check_network_port(sink: _Sink, key: Key, src_where: str, iface: Interface) -> None:

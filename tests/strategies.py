@@ -16,6 +16,7 @@ import attrs
 from hypothesis import strategies as st
 
 from supervisor.model import (
+    DIRECT_MODES,
     INTERFACE_FILTERS,
     AddressRange,
     BlkioDevice,
@@ -164,12 +165,13 @@ def routes() -> st.SearchStrategy[Route]:
 
 @st.composite
 def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
-    types = ["network", "bridge", "ethernet"] + (["vserver"] if dialect == "vserver" else [])
+    types = ["network", "bridge", "ethernet", "direct"]
+    types += ["vserver"] if dialect == "vserver" else []
     itype = draw(st.sampled_from(types))
     source: str | None
     if itype == "network":
         source = draw(names())
-    elif itype == "bridge":
+    elif itype in ("bridge", "direct"):
         source = draw(ifnames())
     elif itype == "vserver":
         source = draw(st.none() | ifnames())
@@ -197,11 +199,14 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         link_up=draw(st.none() | st.booleans()),
         filterref=draw(st.none() | st.sampled_from(INTERFACE_FILTERS))
         if itype in ("network", "bridge")
+        else "vsv-allow-all"
+        if itype == "direct"
         else None,
         source_bridge=draw(st.none() | ifnames()) if itype == "network" else None,
         portid=draw(st.none() | uuids()) if itype == "network" else None,
         host_ips=host_ips,
         host_routes=host_routes,
+        direct_mode=draw(st.none() | st.sampled_from(DIRECT_MODES)) if itype == "direct" else None,
     )
 
 

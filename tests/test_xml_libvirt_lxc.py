@@ -194,6 +194,24 @@ ROUND_TRIPS = {
         ),
         "devices/interface/source/ip[@peer='192.168.213.2']",
     ),
+    "direct (macvlan), declared unguarded": (
+        doc(
+            "",
+            "<interface type='direct'><mac address='52:54:00:3c:1a:07'/>"
+            "<source dev='enp1s0' mode='bridge'/><target dev='macvlan0'/>"
+            "<guest dev='lan0'/><ip address='192.168.214.7' prefix='24'/>"
+            "<filterref filter='vsv-allow-all'/><alias name='net1'/></interface>",
+        ),
+        "devices/interface[@type='direct']/source[@dev='enp1s0'][@mode='bridge']",
+    ),
+    "direct without a mode": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0'/>"
+            "<filterref filter='vsv-allow-all'/></interface>",
+        ),
+        "devices/interface/source[not(@mode)]",
+    ),
     "bridge interface alias": (
         doc("", "<interface type='bridge'><source bridge='br0'/><alias name='ua-x'/></interface>"),
         "devices/interface/alias[@name='ua-x']",
@@ -382,6 +400,42 @@ REFUSED = {
         ),
         "devices/interface[1]/source/ip[1]/@prefix",
     ),
+    "direct without the opt-out": (
+        doc("", "<interface type='direct'><source dev='enp1s0' mode='bridge'/></interface>"),
+        "devices/interface[1]/filterref",
+    ),
+    "direct with clean-traffic": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0'/>"
+            "<filterref filter='clean-traffic'/></interface>",
+        ),
+        "devices/interface[1]/filterref/@filter",
+    ),
+    "direct mode source": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0' mode='source'/>"
+            "<filterref filter='vsv-allow-all'/></interface>",
+        ),
+        "devices/interface[1]/source/@mode",
+    ),
+    "direct without a link": (
+        doc("", "<interface type='direct'><filterref filter='vsv-allow-all'/></interface>"),
+        "devices/interface[1]/source/@dev",
+    ),
+    "mode on a bridge NIC": (
+        doc("", "<interface type='bridge'><source bridge='br0' mode='vepa'/></interface>"),
+        "devices/interface[1]/source/@mode",
+    ),
+    "direct on a network": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0' network='lan'/>"
+            "<filterref filter='vsv-allow-all'/></interface>",
+        ),
+        "devices/interface[1]/source/@network",
+    ),
     "accessmode squash": (
         doc(
             "",
@@ -437,7 +491,7 @@ def test_messages_number_interfaces_and_consoles_by_document_position() -> None:
     found = problems(
         doc(
             "",
-            "<interface type='direct'><source dev='eth0' mode='vepa'/></interface>"
+            "<interface type='user'/>"
             "<interface type='ethernet'><mtu size='1'/></interface>"
             "<console type='tcp'/><console type='pty'><target port='-1'/></console>",
         )

@@ -42,6 +42,7 @@ reservation. The rarer kinds (tap, vserver) keep pyroute2 calls.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -67,7 +68,7 @@ from supervisor.net.rtnl import (
 )
 from supervisor.xml.domain import natural_prefix
 
-NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth"]
+NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth", "macvlan"]
 
 #: how many generated names/MACs are tried before giving up on collisions
 ATTEMPTS = 8
@@ -111,6 +112,9 @@ class PlumbedNic:
     #: the guest's MAC is a static entry of its bridge's forwarding table, on its port
     #: (``macTableManager='libvirt'``)
     fdb: bool = False
+    #: a device that lives in the guest's namespace (a macvlan): its index there. ``host_if``
+    #: is then the host link it depends on, which is never the supervisor's to remove
+    guest_index: int | None = None
 
 
 def nic_guard(nic: PlumbedNic) -> PortGuard | None:
@@ -313,6 +317,8 @@ async def _plumb_one(
             f"{domain.name}: interface {index + 1}: <link state='down'> is applied only to "
             f"interfaces on a bridge (type network or bridge), not type {iface.type}"
         )
+    if iface.type == "direct":
+        return await _plumb_direct(host, guest, guest_fd, domain, index, iface, guest_if, mac, undo)
     if iface.type == "vserver":
         host_if = await _host_name(host, domain, index, iface)
         return await _plumb_vserver(
@@ -589,6 +595,75 @@ async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) ->
     await host.worker.call(job)
 
 
+async def _plumb_direct(
+    host: HostNet,
+    guest: Rtnl,
+    guest_fd: int,
+    domain: Domain,
+    index: int,
+    iface: Interface,
+    guest_if: str,
+    mac: str,
+    undo: UndoStack,
+) -> PlumbedNic:
+    """``direct``: a macvlan on the host link ``<source dev>``, made directly in the guest's
+    namespace (no move between namespaces, which would cost an RCU grace period) under its
+    guest name, with the MAC, addresses and routes of any NIC, in one hop to the worker.
+
+    ``<target dev>`` is the name libvirt gives the macvlan in the host before moving it into
+    the container; made where it belongs, it has no host name, so the element is kept and
+    written back, not applied. In ``passthrough`` mode the macvlan takes the host link's MAC,
+    and a ``<mac>`` given is set on the host link itself (as libvirt does); the kernel gives
+    the link its own MAC back when the macvlan goes, which :func:`unplumb` makes happen at
+    once. Without ``<mac>`` the guest has the link's MAC.
+    """
+    lower_name = iface.source or ""
+    mode = iface.direct_mode or "vepa"  # libvirt's default
+    passthru = mode == "passthrough"
+    addresses = [(ip.address, nic_prefix(ip)) for ip in iface.ips]
+    routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in iface.routes]
+
+    def job(_ipr: Any) -> tuple[int, str]:
+        r = host.rtnl_here()
+        lower = r.link(lower_name)
+        if lower is None:
+            raise InvalidOperation(
+                f"{domain.name}: interface {index + 1}: <source dev='{lower_name}'> does not "
+                "exist in the host"
+            )
+        r.create_macvlan(
+            guest_if, lower[0], guest_fd, mode=mode, mac=None if passthru else mac, mtu=iface.mtu
+        )
+        link = guest.index(guest_if)
+        try:
+            if passthru and iface.mac:
+                guest.set_mac(link, iface.mac, what=guest_if)
+            for address, prefix in addresses:
+                guest.add_address(link, address, prefix, what=guest_if)
+            guest.set_up(link, what=guest_if)
+            for dst, via in routes:
+                guest.add_route(dst, gateway=via, oif=link)
+            return link, guest.mac(guest_if)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                guest.delete(link)
+            raise
+
+    link, actual = await host.worker.call(job, deliver=True)
+    undo.push(f"macvlan {guest_if}", partial(host.worker.call, lambda _: guest.delete(link)))
+    return PlumbedNic(
+        index,
+        iface.type,
+        "macvlan",
+        lower_name,
+        guest_if,
+        actual,
+        owner_key(guest_key(domain), index),
+        tuple(f"{a}/{p}" for a, p in addresses),
+        guest_index=link,
+    )
+
+
 async def _plumb_vserver(
     host: HostNet,
     guest: Rtnl,
@@ -662,6 +737,29 @@ async def _plumb_vserver(
     )
 
 
+def _remove_in_guest(_ipr: Any, path: str, nics: list[PlumbedNic]) -> None:
+    """Delete the guest-side devices (macvlans) in the guest's namespace, by their index
+    there (the guest may have renamed them); gone already is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # the namespace went, and its devices with it
+    try:
+        r = nsutil.run_in_netns(fd, Rtnl)
+    finally:
+        os.close(fd)
+    try:
+        for nic in nics:
+            if nic.mode == "macvlan" and nic.guest_index is not None:
+                try:
+                    r.delete(nic.guest_index)
+                except RuntimeFailure as exc:
+                    if getattr(exc, "code", None) != errno.ENODEV:
+                        raise
+    finally:
+        r.close()
+
+
 async def _release(book: AddressBook, owner: str) -> None:
     book.state = book.state.release(owner)
 
@@ -684,15 +782,27 @@ async def unplumb(
     nics: tuple[PlumbedNic, ...],
     networks: Mapping[str, RunningNetwork],
     book: AddressBook,
+    *,
+    guest_netns: str | None = None,
 ) -> None:
     """Remove what :func:`plumb` made (host ends, tables, guards, reservations, allocations).
 
+    ``guest_netns``: the guest's namespace while it still exists, where the devices that live
+    in it (macvlans) are removed at once rather than when the namespace is freed.
     Idempotent: links already gone with the guest's namespace are fine. Runs shielded so a
     cancelled caller cannot leave a half-removed guest.
     """
     errors = []
     with trio.CancelScope(shield=True):
+        inside = [nic for nic in nics if nic.guest_index is not None]
+        if inside and guest_netns is not None:
+            try:
+                await host.worker.call(partial(_remove_in_guest, path=guest_netns, nics=inside))
+            except Exception as exc:
+                errors.append(f"{guest_netns}: {exc}")
         for nic in reversed(nics):
+            if nic.mode == "macvlan":  # in the guest's namespace; host_if is the host's link
+                continue
             try:
                 if nic.fdb:
                     await host.worker.call(

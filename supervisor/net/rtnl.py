@@ -31,12 +31,15 @@ RTM_NEWROUTE = 24
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 IFF_UP = 0x1
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 #: bridge port flags (IFLA_BRPORT_*), set through the port's slave data
 IFLA_BRPORT_LEARNING, IFLA_BRPORT_UNICAST_FLOOD, IFLA_BRPORT_ISOLATED = 8, 9, 33
 AF_BRIDGE = 7
+IFLA_MACVLAN_MODE = 1
+#: libvirt's ``<source mode=>`` of a direct interface -> the kernel's macvlan mode
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthrough": 8}
 NDA_LLADDR = 2
 NTF_MASTER = 0x04
 NUD_NOARP = 0x40  # a static forwarding entry: never ages out
@@ -130,6 +133,22 @@ def veth_body(
     if mtu:
         body += attr_u32(IFLA_MTU, mtu)
     return body + attr(IFLA_LINKINFO, info)
+
+
+def macvlan_body(
+    name: str, lower: int, ns_fd: int, *, mode: str, mac: str | None, mtu: int | None
+) -> bytes:
+    """RTM_NEWLINK body of a macvlan on link ``lower`` (an index in the sender's namespace),
+    made directly in the namespace ``ns_fd`` under ``name``, down. In ``passthrough`` mode the
+    kernel gives it the lower link's MAC whatever is asked (``mac`` is set afterwards)."""
+    body = ifinfo() + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_LINK, lower)
+    body += attr_u32(IFLA_NET_NS_FD, ns_fd)
+    if mac:
+        body += attr(IFLA_ADDRESS, mac_bytes(mac))
+    if mtu:
+        body += attr_u32(IFLA_MTU, mtu)
+    data = attr(IFLA_INFO_DATA, attr_u32(IFLA_MACVLAN_MODE, MACVLAN_MODES[mode]))
+    return body + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "macvlan") + data)
 
 
 def address_body(index: int, address: str, prefix: int, peer: str | None = None) -> bytes:
@@ -281,6 +300,28 @@ class Rtnl:
         mtu = parse_attrs(body[_IFINFOMSG.size :]).get(IFLA_MTU)
         return index, struct.unpack("=I", mtu)[0] if mtu else 0
 
+    def link_attrs(self, name: str) -> tuple[int, dict[int, bytes]] | None:
+        """(index, top-level attributes) of a link by name, or None when there is none."""
+        try:
+            body = self.request(
+                RTM_GETLINK, 0, ifinfo() + attr_str(IFLA_IFNAME, name), f"look up {name}"
+            )
+        except RtnlError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if body is None:
+            return None
+        index = _IFINFOMSG.unpack_from(body)[2]
+        return index, parse_attrs(body[_IFINFOMSG.size :])
+
+    def mac(self, name: str) -> str:
+        """A link's MAC (``aa:bb:...``)."""
+        found = self.link_attrs(name)
+        if found is None:
+            raise RuntimeFailure(f"link {name} does not exist")
+        return ":".join(f"{b:02x}" for b in found[1].get(IFLA_ADDRESS, b""))
+
     def index(self, name: str) -> int:
         """The index of an existing link; RuntimeFailure when it does not exist."""
         found = self.link(name)
@@ -319,6 +360,22 @@ class Rtnl:
         self.request(
             RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {host_if}/{guest_if}"
         )
+
+    def create_macvlan(
+        self, name: str, lower: int, ns_fd: int, *, mode: str, mac: str | None, mtu: int | None
+    ) -> None:
+        """Create a macvlan (see :func:`macvlan_body`); ConflictError when the name is taken."""
+        self.request(
+            RTM_NEWLINK,
+            NLM_F_CREATE | NLM_F_EXCL,
+            macvlan_body(name, lower, ns_fd, mode=mode, mac=mac, mtu=mtu),
+            f"create macvlan {name} ({mode})",
+        )
+
+    def set_mac(self, index: int, mac: str, *, what: str = "") -> None:
+        """Give a link another MAC."""
+        body = ifinfo(index) + attr(IFLA_ADDRESS, mac_bytes(mac))
+        self.request(RTM_NEWLINK, 0, body, f"set the MAC of {what or index} to {mac}")
 
     def delete(self, index: int) -> None:
         """Delete a link by index."""

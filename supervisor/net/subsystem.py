@@ -349,7 +349,8 @@ class NetworkSubsystem:
             return
         self._plumbed.pop(ctx.domain.name, None)
         try:
-            await self.service.unplumb(record.nics)
+            path = nsutil.netns_path(record.netns)
+            await self.service.unplumb(record.nics, guest_netns=str(path))
         finally:
             nsutil.delete_netns(record.netns)
             ctx.records.net = None

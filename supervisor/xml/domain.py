@@ -36,6 +36,7 @@ from lxml import etree
 
 from supervisor.model import (
     BLKIO_THROTTLES,
+    DIRECT_MODES,
     INTERFACE_FILTERS,
     BlkioDevice,
     BlkioTune,
@@ -49,6 +50,7 @@ from supervisor.model import (
     FilesystemType,
     IdMapEntry,
     Interface,
+    InterfaceType,
     IpAddress,
     MemTune,
     OsSpec,
@@ -191,14 +193,18 @@ _UP_DOWN: Final[dict[str, object]] = {"up": True, "down": False}
 _FILTER_ATTR: Final = frozenset({"filter"})
 #: ``<filterref filter=>``: the nwfilter names the supervisor implements (docs/networking.md)
 _FILTERS: Final[dict[str, object]] = {name: name for name in INTERFACE_FILTERS}
-#: the interface types plumbed into a bridge, the only ones a filter applies to
-_FILTERED_TYPES: Final = ("network", "bridge")
+#: the interface types a filter applies to: those plumbed into a bridge, and direct (macvlan),
+#: which must say that it goes unguarded (``vsv-allow-all``)
+_FILTERED_TYPES: Final = ("network", "bridge", "direct")
 #: Interface type -> the attribute of ``<source>`` that names what it connects to.
-_SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "vserver": "dev"}
+_SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "direct": "dev", "vserver": "dev"}
 _SOURCE_ATTRS: Final = {itype: frozenset({attr}) for itype, attr in _SOURCE_ATTR.items()}
 #: a type='network' NIC's ``<source>`` in libvirt's live XML also names the network's bridge and
 #: libvirt's port for the NIC (kept, not applied)
 _SOURCE_ATTRS["network"] = frozenset({"network", "bridge", "portid"})
+_SOURCE_ATTRS["direct"] = frozenset({"dev", "mode"})
+_DIRECT_MODES: Final[dict[str, object]] = {mode: mode for mode in DIRECT_MODES}
+_INTERFACE_TYPES: Final = ("network", "bridge", "ethernet", "direct", "vserver")
 _VSV_CLARK: Final = f"{{{VSV_NS}}}"
 #: libvirt's namespace for its LXC driver's own elements (``<lxc:namespace>``)
 LXC_NS: Final = "http://libvirt.org/schemas/domain/lxc/1.0"
@@ -1042,10 +1048,8 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
     r.attrs(el, where, _TYPE_ATTR)
     r.lines[key] = srcline(el) or r.root_line
     itype = el.get("type")
-    if itype not in ("network", "bridge", "ethernet", "vserver"):
-        r.bad_value(
-            el, f"{where}/@type", itype, "is not supported", "network, bridge, ethernet, vserver"
-        )
+    if itype not in _INTERFACE_TYPES:
+        r.bad_value(el, f"{where}/@type", itype, "is not supported", ", ".join(_INTERFACE_TYPES))
         return None
     fields: dict[str, object] = {}
     ips: list[IpAddress] = []
@@ -1082,6 +1086,8 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
                     if value is not None:
                         fields[field] = value
                         r.lines[(*key, field)] = line
+            elif itype == "direct":
+                fields["direct_mode"] = r.choice_attr(child, cwhere, "mode", _DIRECT_MODES)
         elif tag == "mac":
             r.attrs(child, cwhere, _ADDRESS_ATTR)
             mac = r.required(child, cwhere, "address")
@@ -1138,7 +1144,7 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
     if itype == "vserver":
         r.lines[(*key, "type")] = r.lines[key]
     return Interface(
-        type=cast("Literal['network', 'bridge', 'ethernet', 'vserver']", itype),
+        type=cast("InterfaceType", itype),
         ips=tuple(ips),
         routes=tuple(routes),
         **fields,  # type: ignore[arg-type]
@@ -1507,6 +1513,7 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         source = sub(el, "source", **{attr: iface.source})
         _set(source, "bridge", iface.source_bridge)
         _set(source, "portid", iface.portid)
+        _set(source, "mode", iface.direct_mode)
     elif iface.host_ips or iface.host_routes:
         source = sub(el, "source")
         for ip in iface.host_ips:
