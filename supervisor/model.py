@@ -153,6 +153,19 @@ class Interface:
 
 
 @attrs.frozen
+class HostdevNet:
+    """``<hostdev mode='capabilities' type='net'>``: the host's NIC ``interface`` is moved into
+    the guest's network namespace while it runs (same name), with ``ips`` and ``routes``
+    configured there, and given back to the host at stop. A widening: the guest owns the NIC."""
+
+    interface: str
+    ips: tuple[IpAddress, ...] = ()
+    routes: tuple[Route, ...] = ()
+    #: ``<alias name=>``: kept
+    alias: str | None = None
+
+
+@attrs.frozen
 class Console:
     """A ``<console type='pty'>``: init's stdio on a pty the supervisor relays to its log and to
     ``vsv console`` (the first console only). ``tty`` and ``source_path`` are the pty libvirt's
@@ -320,6 +333,8 @@ class Domain:
     hostname: str | None = None
     filesystems: tuple[Filesystem, ...] = ()
     interfaces: tuple[Interface, ...] = ()
+    #: ``<hostdev mode='capabilities' type='net'>``: host NICs lent to the guest
+    hostdevs: tuple[HostdevNet, ...] = ()
     cputune: CpuTune | None = None
     scheduler: TokenBucket | None = None
     memtune: MemTune | None = None
@@ -355,12 +370,18 @@ class Domain:
     metadata: tuple[str, ...] = ()
 
     @property
+    def has_nics(self) -> bool:
+        """Whether the network subsystem plumbs anything for the guest (interfaces, or host
+        NICs lent to it), in a network namespace it makes."""
+        return bool(self.interfaces or self.hostdevs)
+
+    @property
     def private_network(self) -> bool:
         """Whether the guest gets its own network namespace (libvirt's LXC rule); a guest
         that shares another's (``<lxc:sharenet>``) has none of its own."""
         if self.shared("net") is not None:
             return False
-        return self.privnet or bool(self.interfaces)
+        return self.privnet or self.has_nics
 
     def shared(self, kind: str) -> SharedNamespace | None:
         """The ``<lxc:namespace>`` entry for a namespace kind (net, ipc, uts), if any."""

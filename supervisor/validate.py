@@ -34,6 +34,7 @@ from supervisor.model import (
     DhcpLease,
     Domain,
     Forward,
+    HostdevNet,
     Interface,
     IpAddress,
     Network,
@@ -525,6 +526,23 @@ def _maybe_ip(value: str) -> _Addr | None:
         return None
 
 
+def _check_hostdev(sink: _Sink, i: int, hostdev: HostdevNet, lent: set[str]) -> None:
+    """``<hostdev mode='capabilities' type='net'>``: a host interface name, lent once; the
+    guest's addresses (as an ethernet NIC's guest end: natural prefix, ``peer``) and routes."""
+    key: Key = ("hostdevs", i)
+    where = f"devices/hostdev[{i + 1}]"
+    _check_ifname(sink, (*key, "interface"), f"{where}/source/interface", hostdev.interface)
+    if hostdev.interface in lent:
+        sink.add((*key, "interface"), f"{where}/source/interface", hostdev.interface,
+                 "is lent to the guest twice", "each host interface once")  # fmt: skip
+    lent.add(hostdev.interface)
+    for j, ip in enumerate(hostdev.ips):
+        _check_ip(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
+        _check_point_to_point(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
+    for j, route in enumerate(hostdev.routes):
+        _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)
+
+
 def _check_direct(sink: _Sink, key: Key, where: str, iface: Interface) -> None:
     """``<interface type='direct'>``: a macvlan on the host link ``<source dev=>``, in a mode of
     libvirt's (the kernel's macvlan modes; passthrough is its passthru).
@@ -711,10 +729,10 @@ def _check_shared_namespaces(sink: _Sink, domain: Domain) -> None:
         elif not _NETNS_NAME.fullmatch(share.value) or share.value in (".", ".."):
             add((*key, "value"), f"{where}/@value", share.value, "is not a netns name",
                 "letters, digits, '_', '-' and '.'")  # fmt: skip
-        if kind == "net" and (domain.interfaces or domain.privnet):
+        if kind == "net" and (domain.has_nics or domain.privnet):
             add(key, where, share.value,
-                "is given with <interface> or <privnet/>: the guest's network namespace is "
-                "the one shared", "no <interface> and no <privnet/>")  # fmt: skip
+                "is given with <interface>, <hostdev> or <privnet/>: the guest's network "
+                "namespace is the one shared", "no <interface>, <hostdev>, <privnet/>")  # fmt: skip
         if domain.idmap:
             add(key, where, share.value,
                 "is not supported with <idmap> (the guest's user namespace cannot join "
@@ -744,6 +762,7 @@ def _check_devices_extra(sink: _Sink, domain: Domain) -> None:
         *(("filesystems", i, "filesystem", d.alias) for i, d in enumerate(domain.filesystems)),
         *(("interfaces", i, "interface", d.alias) for i, d in enumerate(domain.interfaces)),
         *(("consoles", i, "console", d.alias) for i, d in enumerate(domain.consoles)),
+        *(("hostdevs", i, "hostdev", d.alias) for i, d in enumerate(domain.hostdevs)),
     )
     for field, i, tag, alias in devices:
         if alias is None:
@@ -1145,6 +1164,9 @@ def domain_problems(domain: Domain) -> list[Problem]:
                     "distinct MAC addresses",
                 )
             macs.add(iface.mac)
+    lent: set[str] = set()
+    for i, hostdev in enumerate(domain.hostdevs):
+        _check_hostdev(sink, i, hostdev, lent)
     _check_devices_extra(sink, domain)
     return sink.problems
 

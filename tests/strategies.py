@@ -37,6 +37,7 @@ from supervisor.model import (
     DomainType,
     Filesystem,
     Forward,
+    HostdevNet,
     IdMapEntry,
     Interface,
     IpAddress,
@@ -54,7 +55,7 @@ from supervisor.model import (
 from supervisor.validate import ARCH_NAMES, CAPABILITY_NAMES
 
 _ALNUM = string.ascii_letters + string.digits
-_D = TypeVar("_D", Filesystem, Interface, Console)
+_D = TypeVar("_D", Filesystem, Interface, Console, HostdevNet)
 _LOWER = string.ascii_lowercase + string.digits
 
 
@@ -210,6 +211,17 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
     )
 
 
+def hostdevs() -> st.SearchStrategy[tuple[HostdevNet, ...]]:
+    """Host NICs lent to a guest (distinct names), with the guest's addresses and routes."""
+    hostdev = st.builds(
+        HostdevNet,
+        interface=ifnames(),
+        ips=st.lists(_ip_address_values(True), max_size=2).map(tuple),
+        routes=st.lists(routes(), max_size=2).map(tuple),
+    )
+    return st.lists(hostdev, max_size=2, unique_by=lambda h: h.interface).map(tuple)
+
+
 def _unique_macs(ifaces: list[Interface]) -> bool:
     macs_seen = [i.mac for i in ifaces if i.mac is not None]
     return len(macs_seen) == len(set(macs_seen))
@@ -347,6 +359,7 @@ def _aliased(draw: st.DrawFn, domain: Domain) -> Domain:
         filesystems=tuple(named(d, f"fs{i}") for i, d in enumerate(domain.filesystems)),
         interfaces=tuple(named(d, f"net{i}") for i, d in enumerate(domain.interfaces)),
         consoles=tuple(named(d, f"console{i}") for i, d in enumerate(domain.consoles)),
+        hostdevs=tuple(named(d, f"hostdev{i}") for i, d in enumerate(domain.hostdevs)),
     )
 
 
@@ -471,6 +484,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         hostname=draw(st.none() | hostnames()),
         filesystems=draw(filesystems(devices=not idmap)),
         interfaces=tuple(draw(st.lists(interfaces(dtype), max_size=3).filter(_unique_macs))),
+        hostdevs=draw(hostdevs()),
         cputune=cputune,
         scheduler=draw(st.none() | token_buckets()),
         memtune=memtune,
@@ -489,7 +503,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         seclabels=draw(seclabels()),
         metadata=tuple(draw(st.lists(foreign_metadata(), max_size=2))),
     )
-    if not (domain.interfaces or domain.privnet or domain.idmap):
+    if not (domain.has_nics or domain.privnet or domain.idmap):
         order: tuple[Literal["net", "ipc", "uts"], ...] = ("net", "ipc", "uts")
         kinds = draw(st.lists(st.sampled_from(order), unique=True, max_size=3))
         shares = tuple(

@@ -302,6 +302,15 @@ def widenings(domain: Domain) -> list[tuple[str, str]]:
                     "address, and answer DHCP and router solicitations",
                 )
             )
+    for i, hostdev in enumerate(domain.hostdevs):
+        out.append(
+            (
+                f"devices/hostdev[{i + 1}]",
+                f"the host's interface {hostdev.interface} is moved into the guest, which owns "
+                "it while it runs: its MAC, addresses and settings, unguarded, on the network "
+                "it is plugged into",
+            )
+        )
     for share in domain.shared_namespaces:
         out.append((f"lxc:namespace/lxc:share{share.kind}", _share_widening(share)))
     spec = domain.capabilities

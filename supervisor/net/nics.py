@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from functools import partial
@@ -54,7 +55,7 @@ import trio
 
 from supervisor import nsutil
 from supervisor.errors import ConflictError, InvalidOperation, RuntimeFailure
-from supervisor.model import DhcpHost, Domain, Interface, IpAddress, Network
+from supervisor.model import DhcpHost, Domain, HostdevNet, Interface, IpAddress, Network
 from supervisor.net import names, netlink, nftables
 from supervisor.net.ipam import Allocations, owner_key
 from supervisor.net.networks import HostNet, RunningNetwork, UndoStack
@@ -68,7 +69,9 @@ from supervisor.net.rtnl import (
 )
 from supervisor.xml.domain import natural_prefix
 
-NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth", "macvlan"]
+log = logging.getLogger("vsv.net")
+
+NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth", "macvlan", "hostdev"]
 
 #: how many generated names/MACs are tried before giving up on collisions
 ATTEMPTS = 8
@@ -112,9 +115,20 @@ class PlumbedNic:
     #: the guest's MAC is a static entry of its bridge's forwarding table, on its port
     #: (``macTableManager='libvirt'``)
     fdb: bool = False
-    #: a device that lives in the guest's namespace (a macvlan): its index there. ``host_if``
-    #: is then the host link it depends on, which is never the supervisor's to remove
+    #: a device that lives in the guest's namespace (a macvlan, a host NIC lent to the guest):
+    #: its index there. ``host_if`` is then the host link it depends on, or the lent NIC's
+    #: name in the host, which is never the supervisor's to remove
     guest_index: int | None = None
+    #: a lent host NIC (``<hostdev>``, ``mac`` its MAC in the host): its kind (None for a
+    #: physical NIC), checked before it is moved back, so that nothing else the guest made
+    #: under its index goes to the host; and its state in the host, restored on the way back
+    link_kind: str | None = None
+    restore_mtu: int | None = None
+    restore_up: bool = False
+    #: ``address/prefix``, or ``address/prefix peer PEER`` (link-local IPv6 ones left out: the
+    #: kernel makes them again)
+    restore_addresses: tuple[str, ...] = ()
+    restore_master: str | None = None
 
 
 def nic_guard(nic: PlumbedNic) -> PortGuard | None:
@@ -214,6 +228,10 @@ async def plumb(
                 host, guest, guest_fd, domain, index, iface, networks, book, undo
             )
             done.append(nic)
+        for index, hostdev in enumerate(domain.hostdevs):
+            done.append(
+                await _lend(host, guest, guest_fd, guest_netns, domain, index, hostdev, undo)
+            )
     except BaseException:
         failures = await undo.unwind()
         if failures:
@@ -664,6 +682,167 @@ async def _plumb_direct(
     )
 
 
+async def _lend(
+    host: HostNet,
+    guest: Rtnl,
+    guest_fd: int,
+    guest_netns: str,
+    domain: Domain,
+    index: int,
+    hostdev: HostdevNet,
+    undo: UndoStack,
+) -> PlumbedNic:
+    """``<hostdev mode='capabilities' type='net'>``: move the host's NIC into the guest's
+    namespace under the same name (libvirt's LXC driver keeps the name too), then give it the
+    guest's ``<ip>``s (natural prefix, ``peer``) and ``<route>``s and bring it up, in one hop
+    to the worker. Its state in the host (MAC, MTU, up, addresses, bridge) is recorded first:
+    :func:`unplumb` moves it back and restores that, at stop, after a crash and in the
+    clean-up after a restart. Moving it is what takes it off the host's network: its
+    addresses and routes there go with the move."""
+    name = hostdev.interface
+    where = f"{domain.name}: <hostdev> {index + 1} (<interface>{name}</interface>)"
+    addresses = [(ip.address, nic_prefix(ip), ip.peer) for ip in hostdev.ips]
+    routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in hostdev.routes]
+
+    def job(ipr: Any) -> PlumbedNic:
+        r = host.rtnl_here()
+        found = r.link(name)
+        if found is None:
+            raise InvalidOperation(
+                f"{where}: no such interface in the host (lent to another guest?)"
+            )
+        state = _host_state(ipr, found[0])
+        r.move(found[0], guest_fd, what=name)
+        try:
+            link = guest.index(name)
+        except BaseException:
+            raise RuntimeFailure(f"{where}: moved into the guest, and not found there") from None
+        nic = PlumbedNic(
+            index,
+            "hostdev",
+            "hostdev",
+            name,
+            name,
+            state["mac"],
+            f"{owner_key(guest_key(domain), index)}/hostdev",
+            tuple(f"{a}/{p}" for a, p, _ in addresses),
+            guest_index=link,
+            **{k: v for k, v in state.items() if k != "mac"},
+        )
+        try:
+            for address, prefix, peer in addresses:
+                guest.add_address(link, address, prefix, peer=peer, what=name)
+            guest.set_up(link, what=name)
+            for dst, via in routes:
+                guest.add_route(dst, gateway=via, oif=link)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _give_back(ipr, host, guest_netns, nic)
+            raise
+        return nic
+
+    nic = await host.worker.call(job, deliver=True)
+    undo.push(
+        f"return {name} to the host",
+        partial(host.worker.call, partial(_give_back, host=host, path=guest_netns, nic=nic)),
+    )
+    return nic
+
+
+def _host_state(ipr: Any, index: int) -> dict[str, Any]:
+    """What a lent NIC is in the host, to restore it so (pyroute2: a rare path)."""
+    (link,) = ipr.link("get", index=index)
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    master_index = link.get_attr("IFLA_MASTER")
+    master = None
+    if master_index:
+        (up,) = ipr.link("get", index=master_index)
+        master = up.get_attr("IFLA_IFNAME")
+    addresses = []
+    for a in ipr.get_addr(index=index):
+        local = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+        remote = a.get_attr("IFA_ADDRESS")
+        if local is None or ipaddress.ip_address(local).is_link_local:
+            continue
+        text = f"{local}/{a['prefixlen']}"
+        if remote is not None and remote != local:
+            text += f" peer {remote}"
+        addresses.append(text)
+    return {
+        "mac": str(link.get_attr("IFLA_ADDRESS")),
+        "link_kind": str(kind) if kind is not None else None,
+        "restore_mtu": int(link.get_attr("IFLA_MTU")),
+        "restore_up": bool(link["flags"] & 1),
+        "restore_addresses": tuple(addresses),
+        "restore_master": str(master) if master is not None else None,
+    }
+
+
+def _give_back(_ipr: Any, host: HostNet, path: str, nic: PlumbedNic) -> None:
+    """Move a lent NIC from the guest's namespace back to the host's, under its own name, and
+    restore its MAC, MTU, addresses, bridge and up state.
+
+    It is found by its index in the guest (the guest may have renamed it) and moved only if it
+    is still of the kind it was (else what the guest made under that index would go to the
+    host). A name taken in the host meanwhile: it comes back as ``lentN`` (logged).
+    """
+    if nic.guest_index is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise RuntimeFailure(
+            f"{nic.host_if}: the guest's namespace is gone, and the interface with it (a "
+            "physical NIC is then in the first namespace)"
+        ) from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        g = nsutil.run_in_netns(fd, Rtnl)
+        try:
+            found = g.link_by_index(nic.guest_index)
+            if found is None:
+                raise RuntimeFailure(f"{nic.host_if}: no longer in the guest's namespace")
+            if found[1] != nic.link_kind:
+                raise RuntimeFailure(
+                    f"{nic.host_if}: link {nic.guest_index} in the guest is a "
+                    f"{found[1] or 'physical'} device, not the {nic.link_kind or 'physical'} "
+                    "one lent: left there"
+                )
+            r = host.rtnl_here()
+            name = nic.host_if
+            if r.link(name) is not None:
+                # not a name with the prefix: `vsv gc` would take it for a leftover of ours
+                name = next(n for k in range(100) if r.link(n := f"lent{k}") is None)
+                log.warning(
+                    "%s is taken in the host: the lent NIC comes back as %s", nic.host_if, name
+                )
+            g.move(nic.guest_index, home, name=name, what=nic.host_if)
+        finally:
+            g.close()
+    finally:
+        os.close(fd)
+        os.close(home)
+    _restore(host, name, nic)
+
+
+def _restore(host: HostNet, name: str, nic: PlumbedNic) -> None:
+    """A NIC back in the host gets its MAC, MTU, addresses, bridge and up state again."""
+    r = host.rtnl_here()
+    index = r.index(name)
+    if nic.mac and r.mac(name) != nic.mac:
+        r.set_mac(index, nic.mac, what=name)
+    master = r.link(nic.restore_master) if nic.restore_master is not None else None
+    r.set_link(index, mtu=nic.restore_mtu, master=master[0] if master else None, what=name)
+    for text in nic.restore_addresses:
+        cidr, _, peer = text.partition(" peer ")
+        a = ipaddress.ip_interface(cidr)
+        with contextlib.suppress(ConflictError):
+            r.add_address(index, str(a.ip), a.network.prefixlen, peer=peer or None, what=name)
+    if nic.restore_up:
+        r.set_up(index, what=name)
+
+
 async def _plumb_vserver(
     host: HostNet,
     guest: Rtnl,
@@ -794,15 +973,25 @@ async def unplumb(
     """
     errors = []
     with trio.CancelScope(shield=True):
-        inside = [nic for nic in nics if nic.guest_index is not None]
+        inside = [nic for nic in nics if nic.mode == "macvlan"]
         if inside and guest_netns is not None:
             try:
                 await host.worker.call(partial(_remove_in_guest, path=guest_netns, nics=inside))
             except Exception as exc:
                 errors.append(f"{guest_netns}: {exc}")
-        for nic in reversed(nics):
-            if nic.mode == "macvlan":  # in the guest's namespace; host_if is the host's link
+        for nic in nics:
+            if nic.mode != "hostdev":
                 continue
+            if guest_netns is None:
+                errors.append(f"{nic.host_if}: lent to the guest, and no namespace to take it from")
+                continue
+            try:
+                await host.worker.call(partial(_give_back, host=host, path=guest_netns, nic=nic))
+            except Exception as exc:
+                errors.append(f"giving {nic.host_if} back: {exc}")
+        for nic in reversed(nics):
+            if nic.guest_index is not None:  # in the guest's namespace (done above): host_if
+                continue  # names the host's link, not the supervisor's to remove
             try:
                 if nic.fdb:
                     await host.worker.call(

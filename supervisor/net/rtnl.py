@@ -315,6 +315,30 @@ class Rtnl:
         index = _IFINFOMSG.unpack_from(body)[2]
         return index, parse_attrs(body[_IFINFOMSG.size :])
 
+    def link_by_index(self, index: int) -> tuple[str, str | None] | None:
+        """(name, kind) of a link by index (kind None for a device without one, a physical
+        NIC), or None when there is none."""
+        try:
+            body = self.request(RTM_GETLINK, 0, ifinfo(index), f"look up link {index}")
+        except RtnlError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if body is None:
+            return None
+        found = parse_attrs(body[_IFINFOMSG.size :])
+        name = found.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
+        kind = parse_attrs(found.get(IFLA_LINKINFO, b"")).get(IFLA_INFO_KIND)
+        return name, kind.rstrip(b"\0").decode() if kind is not None else None
+
+    def move(self, index: int, ns_fd: int, *, name: str | None = None, what: str = "") -> None:
+        """Move a link into the namespace ``ns_fd`` (renamed there to ``name``, in the same
+        request); ConflictError when the name is taken there."""
+        body = ifinfo(index) + attr_u32(IFLA_NET_NS_FD, ns_fd)
+        if name is not None:
+            body += attr_str(IFLA_IFNAME, name)
+        self.request(RTM_NEWLINK, 0, body, f"move {what or index} to another namespace")
+
     def mac(self, name: str) -> str:
         """A link's MAC (``aa:bb:...``)."""
         found = self.link_attrs(name)
@@ -371,6 +395,19 @@ class Rtnl:
             macvlan_body(name, lower, ns_fd, mode=mode, mac=mac, mtu=mtu),
             f"create macvlan {name} ({mode})",
         )
+
+    def set_link(
+        self, index: int, *, mtu: int | None = None, master: int | None = None, what: str = ""
+    ) -> None:
+        """Set a link's MTU and/or master (a bridge's index) in one request (nothing to set:
+        no request)."""
+        body = ifinfo(index)
+        if mtu:
+            body += attr_u32(IFLA_MTU, mtu)
+        if master is not None:
+            body += attr_u32(IFLA_MASTER, master)
+        if len(body) > _IFINFOMSG.size:
+            self.request(RTM_NEWLINK, 0, body, f"set {what or index}")
 
     def set_mac(self, index: int, mac: str, *, what: str = "") -> None:
         """Give a link another MAC."""

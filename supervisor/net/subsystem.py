@@ -248,7 +248,7 @@ class NetworkSubsystem:
 
     async def _prepare(self, ctx: GuestContext) -> None:
         domain = ctx.domain
-        if not domain.interfaces:
+        if not domain.has_nics:
             return
         name = self._netns_name(domain.name)
         if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now

@@ -48,6 +48,7 @@ from supervisor.model import (
     Domain,
     Filesystem,
     FilesystemType,
+    HostdevNet,
     IdMapEntry,
     Interface,
     InterfaceType,
@@ -166,7 +167,9 @@ _PATH_ATTR: Final = frozenset({"path"})
 _CONSOLE_TARGET_ATTRS: Final = frozenset({"type", "port"})
 _LXC: Final[dict[str, object]] = {"lxc": "lxc"}
 _CONSOLE_CHILDREN: Final = ("source", "target", "alias")
-_DEVICES: Final = ("emulator", "filesystem", "interface", "console")
+_DEVICES: Final = ("emulator", "filesystem", "interface", "console", "hostdev")
+_HOSTDEV_ATTRS: Final = frozenset({"mode", "type", "managed"})
+_HOSTDEV_CHILDREN: Final = ("source", "ip", "route", "alias")
 _STATIC: Final[dict[str, object]] = {"static": "static"}
 _MAX_ATTR: Final = frozenset({"max"})
 _ARCH_ATTR: Final = frozenset({"arch"})
@@ -862,7 +865,8 @@ def _read_devices(
 ) -> None:
     """The devices, each numbered in messages by its position among its kind in the document."""
     r.attrs(el, "devices", _NONE)
-    given = {"filesystem": 0, "interface": 0, "console": 0}
+    given = {"filesystem": 0, "interface": 0, "console": 0, "hostdev": 0}
+    hostdevs: list[HostdevNet] = []
     for child in r.children(el, "devices"):
         tag = child.tag
         if tag == "filesystem":
@@ -880,6 +884,11 @@ def _read_devices(
             console = _read_console(r, child, len(consoles), n)
             if console is not None:
                 consoles.append(console)
+        elif tag == "hostdev":
+            n = given[tag] = given[tag] + 1
+            hostdev = _read_hostdev(r, child, len(hostdevs), n)
+            if hostdev is not None:
+                hostdevs.append(hostdev)
         elif tag == "emulator":
             # libvirt's controller binary (libvirt_lxc): kept so dumpxml gives it back, not used
             if "emulator" in fields:
@@ -889,6 +898,85 @@ def _read_devices(
             r.lines[("emulator",)] = srcline(child) or r.root_line
         else:
             r.unsupported(child, "devices", _DEVICES)
+    if hostdevs:
+        fields["hostdevs"] = tuple(hostdevs)
+
+
+def _read_hostdev(r: Reader, el: etree._Element, i: int, n: int) -> HostdevNet | None:
+    """``<hostdev mode='capabilities' type='net'>`` with ``<source><interface>NAME``, the
+    guest's ``<ip>``/``<route>`` and an ``<alias>``. Other hostdevs (PCI, USB, SCSI: libvirt's
+    default ``mode='subsystem'``; block and character devices: ``type='storage'``, ``'misc'``)
+    are refused, naming the attribute."""
+    where = _numbered(r, "hostdevs", "hostdev", i, n)
+    key: Key = ("hostdevs", i)
+    line = srcline(el) or r.root_line
+    r.lines[key] = line
+    r.attrs(el, where, _HOSTDEV_ATTRS)
+    ok = True
+    for attr, want, default in (("mode", "capabilities", "subsystem"), ("type", "net", None)):
+        value = el.get(attr)
+        if value == want:
+            continue
+        ok = False
+        if value is None:
+            what = "is missing" + (f" (libvirt's default is {default})" if default else "")
+            r.error(line, f"{where}/@{attr}", f"required attribute {what}: allowed {want}")
+        else:
+            r.error(
+                line,
+                f"{where}/@{attr}",
+                f"value '{quoted(value)}' is not supported: allowed {want} (a host "
+                "network interface lent to the guest)",
+            )
+    if el.get("managed") is not None:
+        r.error(line, f"{where}/@managed", "is used by mode='subsystem' only: allowed none")
+    if not ok:
+        return None
+    interface: str | None = None
+    ips: list[IpAddress] = []
+    routes: list[Route] = []
+    alias: str | None = None
+    seen: set[str] = set()
+    for child in r.children(el, where):
+        tag: str = child.tag
+        cwhere = f"{where}/{tag_name(child)}"
+        cline = srcline(child) or r.root_line
+        if tag not in _HOSTDEV_CHILDREN:
+            r.unsupported(child, where, _HOSTDEV_CHILDREN)
+            continue
+        if tag in seen and tag not in ("ip", "route"):
+            r.duplicate(child, cwhere)
+            continue
+        seen.add(tag)
+        if tag == "source":
+            r.attrs(child, cwhere, _NONE)
+            for part in r.children(child, cwhere):
+                pwhere = f"{cwhere}/{tag_name(part)}"
+                if part.tag != "interface" or interface is not None:
+                    if part.tag == "interface":
+                        r.duplicate(part, pwhere)
+                    else:
+                        r.unsupported(part, cwhere, ["interface"])
+                    continue
+                interface = r.leaf(part, pwhere, _NONE).strip()
+                r.lines[(*key, "interface")] = srcline(part) or cline
+        elif tag == "ip":
+            ip = read_ip(r, child, cwhere)
+            if ip is not None:
+                r.lines[(*key, "ips", len(ips))] = cline
+                ips.append(ip)
+        elif tag == "route":
+            route = read_route(r, child, cwhere)
+            if route is not None:
+                r.lines[(*key, "routes", len(routes))] = cline
+                routes.append(route)
+        else:
+            alias = _read_alias(r, child, cwhere)
+            r.lines[(*key, "alias")] = cline
+    if interface is None:
+        r.error(line, f"{where}/source/interface", "required element is missing")
+        return None
+    return HostdevNet(interface=interface, ips=tuple(ips), routes=tuple(routes), alias=alias)
 
 
 def _numbered(r: Reader, field: str, tag: str, i: int, n: int) -> str:
@@ -1438,7 +1526,7 @@ def write_domain(d: Domain) -> str:
     sub(root, "on_poweroff", d.on_poweroff)
     sub(root, "on_reboot", d.on_reboot)
     sub(root, "on_crash", d.on_crash)
-    if d.filesystems or d.interfaces or d.consoles or d.emulator is not None:
+    if d.filesystems or d.interfaces or d.consoles or d.hostdevs or d.emulator is not None:
         devices = sub(root, "devices")
         if d.emulator is not None:
             sub(devices, "emulator", d.emulator)
@@ -1448,6 +1536,8 @@ def write_domain(d: Domain) -> str:
             _write_interface(devices, iface)
         for console in d.consoles:
             _write_console(devices, console)
+        for hostdev in d.hostdevs:
+            _write_hostdev(devices, hostdev)
     for label in d.seclabels:
         sel = sub(root, "seclabel", type=label.type)
         _set(sel, "model", label.model)
@@ -1504,6 +1594,18 @@ def _write_console(devices: etree._Element, console: Console) -> None:
         _set(target, "port", _num(console.target_port))
     if console.alias is not None:
         sub(el, "alias", name=console.alias)
+
+
+def _write_hostdev(devices: etree._Element, hostdev: HostdevNet) -> None:
+    el = sub(devices, "hostdev", mode="capabilities", type="net")
+    source = sub(el, "source")
+    sub(source, "interface", hostdev.interface)
+    for ip in hostdev.ips:
+        _write_ip(el, ip)
+    for route in hostdev.routes:
+        write_route(el, route)
+    if hostdev.alias is not None:
+        sub(el, "alias", name=hostdev.alias)
 
 
 def _write_interface(devices: etree._Element, iface: Interface) -> None:
