@@ -534,7 +534,8 @@ class Supervisor:
         plumbed: dict[int, PlumbedNic] = {}
         if guest.ctx is not None and guest.ctx.records.net is not None:
             for plumbed_nic in guest.ctx.records.net.nics:
-                plumbed[plumbed_nic.index] = plumbed_nic
+                if plumbed_nic.type != "hostdev":  # host NICs lent: not <interface> rows
+                    plumbed[plumbed_nic.index] = plumbed_nic
         rows: list[dict[str, Any]] = []
         for index, iface in enumerate(guest.domain.interfaces):
             nic = plumbed.get(index)

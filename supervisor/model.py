@@ -77,11 +77,16 @@ class Filesystem:
 
 @attrs.frozen
 class IpAddress:
-    """An address with its prefix length, as in ``<ip address= prefix=>``."""
+    """An address with its prefix length, as in ``<ip address= prefix= peer=>``.
+
+    ``peer`` (type ethernet only) is the other end of a point-to-point link: the kernel routes
+    ``peer/prefix`` through the link instead of ``address/prefix``.
+    """
 
     address: str
     prefix: int | None = None
     family: Literal["ipv4", "ipv6"] | None = None
+    peer: str | None = None
 
 
 @attrs.frozen
@@ -96,7 +101,10 @@ class Route:
     metric: int | None = None
 
 
-InterfaceType = Literal["network", "bridge", "ethernet", "vserver"]
+InterfaceType = Literal["network", "bridge", "ethernet", "direct", "vserver"]
+#: ``<interface type='direct'><source mode=>``: the macvlan's mode (libvirt's default: vepa)
+DirectMode = Literal["vepa", "bridge", "private", "passthrough"]
+DIRECT_MODES: tuple[str, ...] = ("vepa", "bridge", "private", "passthrough")
 #: ``<filterref filter=>`` names this codec accepts (libvirt nwfilter names; docs/networking.md)
 InterfaceFilter = Literal["clean-traffic", "vsv-allow-all"]
 INTERFACE_FILTERS: tuple[str, ...] = ("clean-traffic", "vsv-allow-all")
@@ -106,8 +114,13 @@ INTERFACE_FILTERS: tuple[str, ...] = ("clean-traffic", "vsv-allow-all")
 class Interface:
     """A guest NIC.
 
-    ``source`` is the network name (type network), the bridge name (type bridge), the uplink device
-    (type vserver, optional: the host's default-route device otherwise) or None (ethernet).
+    ``source`` is the network name (type network), the bridge name (type bridge), the host link
+    a macvlan is made on (type direct), the uplink device (type vserver, optional: the host's
+    default-route device otherwise) or None (ethernet).
+
+    ``ips`` and ``routes`` configure the guest's end of the NIC (libvirt's meaning, for every type
+    that has one); for type ethernet, ``host_ips`` and ``host_routes`` (libvirt's
+    ``<source><ip>`` and ``<source><route>``) configure the host's end.
     """
 
     type: InterfaceType
@@ -121,13 +134,33 @@ class Interface:
     link_up: bool | None = None
     #: ``<filterref filter=>`` of a NIC plumbed into a bridge: None is the supervisor's default
     #: anti-spoofing, ``clean-traffic`` the same plus libvirt's clean-traffic restriction to IPv4,
-    #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out)
+    #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out). A direct
+    #: (macvlan) NIC cannot be guarded: it needs ``vsv-allow-all``, the explicit widening
     filterref: InterfaceFilter | None = None
     #: type network: ``<source bridge=>``, the network's bridge as libvirt's live XML names it;
     #: kept, not applied (the supervisor's own network decides the bridge)
     source_bridge: str | None = None
     #: type network: ``<source portid=>``, libvirt's network port (a UUID); kept, not applied
     portid: str | None = None
+    #: ``<alias name=>``: kept
+    alias: str | None = None
+    #: type ethernet: ``<source><ip>``, the host end's addresses
+    host_ips: tuple[IpAddress, ...] = ()
+    #: type ethernet: ``<source><route>``, routes through the host end
+    host_routes: tuple[Route, ...] = ()
+    #: type direct: ``<source mode=>`` (None: libvirt's default, vepa)
+    direct_mode: DirectMode | None = None
+
+
+@attrs.frozen
+class HostdevNet:
+    """``<hostdev mode='capabilities' type='net'>``: the host's NIC ``interface`` is moved into
+    the guest's network namespace while it runs (same name), with ``ips`` and ``routes``
+    configured there, and given back to the host at stop. A widening: the guest owns the NIC."""
+
+    interface: str
+    ips: tuple[IpAddress, ...] = ()
+    routes: tuple[Route, ...] = ()
     #: ``<alias name=>``: kept
     alias: str | None = None
 
@@ -300,6 +333,8 @@ class Domain:
     hostname: str | None = None
     filesystems: tuple[Filesystem, ...] = ()
     interfaces: tuple[Interface, ...] = ()
+    #: ``<hostdev mode='capabilities' type='net'>``: host NICs lent to the guest
+    hostdevs: tuple[HostdevNet, ...] = ()
     cputune: CpuTune | None = None
     scheduler: TokenBucket | None = None
     memtune: MemTune | None = None
@@ -335,12 +370,18 @@ class Domain:
     metadata: tuple[str, ...] = ()
 
     @property
+    def has_nics(self) -> bool:
+        """Whether the network subsystem plumbs anything for the guest (interfaces, or host
+        NICs lent to it), in a network namespace it makes."""
+        return bool(self.interfaces or self.hostdevs)
+
+    @property
     def private_network(self) -> bool:
         """Whether the guest gets its own network namespace (libvirt's LXC rule); a guest
         that shares another's (``<lxc:sharenet>``) has none of its own."""
         if self.shared("net") is not None:
             return False
-        return self.privnet or bool(self.interfaces)
+        return self.privnet or self.has_nics
 
     @property
     def memory_limit_kib(self) -> int | None:

@@ -1,7 +1,9 @@
 """Durable state on disk: definitions in the state dir, runtime records in the run dir.
 
 The state dir holds one XML document per domain and per network, exactly as ``vsv format``
-prints them, so an admin can read, diff and back them up. The run dir holds one JSON record per
+prints them, so an admin can read, diff and back them up, and a ``format`` file with the number
+of the format they are stored in (:data:`STORE_FORMAT`); a state dir without one is read as
+format 1 and migrated once (:func:`migrate_domain`). The run dir holds one JSON record per
 running guest (pids, namespace identities, cgroup, what was plumbed): it is what lets a
 supervisor that was killed find and re-adopt, or clean up, what its predecessor left.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +24,48 @@ from typing import Any, TypeVar
 
 import attrs
 
-from supervisor.errors import InvalidDocument, RuntimeFailure
+from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
 from supervisor.model import Domain, Network
 
 T = TypeVar("T")
+
+log = logging.getLogger("vsv.store")
+
+#: The format of the stored documents. 1: an ``<interface type='ethernet'>``'s top-level
+#: ``<ip>`` and ``<route>`` configured the host end of its veth. 2: they configure the guest's
+#: end and ``<source><ip>``/``<source><route>`` the host's, as libvirt reads them.
+STORE_FORMAT = 2
+
+
+def migrate_domain(domain: Domain) -> Domain | None:
+    """A domain stored in format 1 as format 2 says the same thing (None: nothing changes).
+
+    A format-1 store holds libvirt's spelling, so read as format 2 its ethernet NICs would
+    silently move their addresses and routes from the host's end into the guest. The guest
+    keeps what it had instead: they move into ``<source>``, which means the host end (for
+    libvirt too), with the ``/32`` format 1 gave an address without a prefix made explicit
+    (format 2 infers the address's natural prefix, as libvirt does).
+    """
+    changed = False
+    interfaces = []
+    for iface in domain.interfaces:
+        if iface.type == "ethernet" and (iface.ips or iface.routes):
+            iface = attrs.evolve(
+                iface,
+                ips=(),
+                routes=(),
+                host_ips=(
+                    *iface.host_ips,
+                    *(
+                        attrs.evolve(ip, prefix=32 if ip.prefix is None else ip.prefix)
+                        for ip in iface.ips
+                    ),
+                ),
+                host_routes=(*iface.host_routes, *iface.routes),
+            )
+            changed = True
+        interfaces.append(iface)
+    return attrs.evolve(domain, interfaces=tuple(interfaces)) if changed else None
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
@@ -91,11 +132,31 @@ class ConfigStore:
     def networks_dir(self) -> Path:
         return self.state_dir / "networks"
 
+    @property
+    def format_file(self) -> Path:
+        return self.state_dir / "format"
+
     def ensure(self) -> None:
-        """Create the directories (root-only, as the documents may name host paths)."""
+        """Create the directories (root-only, as the documents may name host paths); a new
+        state dir is in the current format."""
+        new = not self.domains_dir.is_dir()
         _ensure_dir(self.state_dir, 0o700)
         _ensure_dir(self.domains_dir, 0o700)
         _ensure_dir(self.networks_dir, 0o700)
+        if new and not self.format_file.exists():
+            self._write_format()
+
+    def stored_format(self) -> int:
+        """The format of the documents here: 1 for a state dir from before the file existed."""
+        try:
+            return int(self.format_file.read_text().strip())
+        except FileNotFoundError:
+            return 1 if self.domains_dir.is_dir() else STORE_FORMAT
+        except (OSError, ValueError) as exc:
+            raise RuntimeFailure(f"{self.format_file}: cannot read the format: {exc}") from exc
+
+    def _write_format(self) -> None:
+        atomic_write(self.format_file, f"{STORE_FORMAT}\n".encode(), mode=0o600)
 
     def save_domain(self, domain: Domain) -> None:
         from supervisor.xml import format_domain
@@ -118,10 +179,48 @@ class ConfigStore:
             (self.networks_dir / f"{name}.xml").unlink()
 
     def load_domains(self) -> tuple[list[Domain], list[str]]:
-        """Every stored domain, and one message per file that could not be read."""
+        """Every stored domain, and one message per file that could not be read.
+
+        A state dir of an older format is migrated first (each changed document rewritten,
+        and said in the log), then marked as current.
+        """
         from supervisor.xml import parse_domain
 
-        return self._load(self.domains_dir, parse_domain)
+        found, problems = self._load(self.domains_dir, parse_domain)
+        version = self.stored_format()
+        if version > STORE_FORMAT:
+            raise RuntimeFailure(
+                f"{self.format_file}: format {version} is newer than this supervisor's "
+                f"({STORE_FORMAT}): refusing to read its definitions"
+            )
+        if version < STORE_FORMAT:
+            found, failed = self._migrate(found, version)
+            problems += failed
+            if not failed:
+                self._write_format()
+        return found, problems
+
+    def _migrate(self, domains: list[Domain], version: int) -> tuple[list[Domain], list[str]]:
+        out: list[Domain] = []
+        failed: list[str] = []
+        for domain in domains:
+            migrated = migrate_domain(domain)
+            if migrated is not None:
+                try:
+                    self.save_domain(migrated)
+                except VsvError as exc:
+                    failed.append(f"migrating {domain.name}: {exc}")
+                log.warning(
+                    "domain %s: stored in format %d, its ethernet interfaces' <ip> and <route> "
+                    "configured the host's end: moved into <source> (format %d: the top-level "
+                    "ones configure the guest's end, as libvirt reads them)",
+                    domain.name,
+                    version,
+                    STORE_FORMAT,
+                )
+                domain = migrated
+            out.append(domain)
+        return out, failed
 
     def load_networks(self) -> tuple[list[Network], list[str]]:
         """Every stored network, and one message per file that could not be read."""

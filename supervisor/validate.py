@@ -26,6 +26,7 @@ from supervisor.model import (
     BLKIO_THROTTLES,
     CONTEXT_ID_MAX,
     CONTEXT_ID_MIN,
+    DIRECT_MODES,
     LIFECYCLE_ACTIONS,
     AddressRange,
     CpuBucket,
@@ -33,6 +34,7 @@ from supervisor.model import (
     DhcpLease,
     Domain,
     Forward,
+    HostdevNet,
     Interface,
     IpAddress,
     Network,
@@ -99,8 +101,8 @@ CAPABILITY_NAMES: Final = frozenset(
         "wake_alarm",
     ]
 )
-INTERFACE_TYPES_LXC: Final = ("network", "bridge", "ethernet")
-INTERFACE_TYPES_VSERVER: Final = ("network", "bridge", "ethernet", "vserver")
+INTERFACE_TYPES_LXC: Final = ("network", "bridge", "ethernet", "direct")
+INTERFACE_TYPES_VSERVER: Final = ("network", "bridge", "ethernet", "direct", "vserver")
 FORWARD_MODES: Final = ("nat", "route", "open", "bridge")
 
 _BAD_NAME_CHARS = re.compile(r"[\s\x00-\x1f\x7f/]")
@@ -457,16 +459,117 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
         sink.add(
             (*key, "source"), f"{src_where}", iface.source, "is not used by type='ethernet'", "none"
         )
+    elif iface.type == "direct":
+        _check_direct(sink, key, where, iface)
+    if iface.direct_mode is not None and iface.type != "direct":
+        sink.add((*key, "direct_mode"), f"{src_where}/@mode", iface.direct_mode,
+                 f"is not used by type='{iface.type}'", "only with type='direct'")  # fmt: skip
     _check_mac(sink, (*key, "mac"), f"{where}/mac/@address", iface.mac)
     _check_ifname(sink, (*key, "target_dev"), f"{where}/target/@dev", iface.target_dev)
     _check_ifname(sink, (*key, "guest_dev"), f"{where}/guest/@dev", iface.guest_dev)
     if iface.source_bridge is not None or iface.portid is not None:
         _check_network_port(sink, key, src_where, iface)
     sink.int_range((*key, "mtu"), f"{where}/mtu/@size", iface.mtu, MTU_MIN, MTU_MAX)
-    for j, ip in enumerate(iface.ips):
+    ethernet = iface.type == "ethernet"
+    sides = [("ips", "routes", where)]
+    if ethernet or iface.host_ips or iface.host_routes:
+        sides.append(("host_ips", "host_routes", src_where))
+    for ips_field, routes_field, at in sides:
+        for j, ip in enumerate(getattr(iface, ips_field)):
+            ikey: Key = (*key, ips_field, j)
+            _check_ip(sink, ikey, f"{at}/ip[{j + 1}]", ip)
+            if ethernet:
+                _check_point_to_point(sink, ikey, f"{at}/ip[{j + 1}]", ip)
+            elif ip.peer is not None:
+                sink.add(
+                    (*ikey, "peer"),
+                    f"{at}/ip[{j + 1}]/@peer",
+                    ip.peer,
+                    f"is not used by type='{iface.type}'",
+                    "only with type='ethernet'",
+                )
+        for j, route in enumerate(getattr(iface, routes_field)):
+            _check_route(sink, (*key, routes_field, j), f"{at}/route[{j + 1}]", route)
+    if not ethernet:
+        for field, tag, values in (
+            ("host_ips", "ip", iface.host_ips),
+            ("host_routes", "route", iface.host_routes),
+        ):
+            if values:
+                sink.add((*key, field, 0), f"{src_where}/{tag}", "",
+                         f"is not used by type='{iface.type}' (the host end's, type "
+                         "ethernet only)", "only with type='ethernet'")  # fmt: skip
+
+
+def _check_point_to_point(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:
+    """An ethernet NIC's address (either end): a prefix libvirt can infer when none is given
+    (not class D or E), and a peer of the address's family."""
+    addr = _maybe_ip(ip.address)
+    if addr is None:
+        return
+    if ip.prefix is None and addr.version == 4 and int(addr) >> 24 >= 0xE0:
+        sink.add((*key, "prefix"), f"{where}/@prefix", "",
+                 f"is missing and no prefix can be inferred for {addr} (class D or E)",
+                 "a prefix attribute")  # fmt: skip
+    if ip.peer is not None:
+        peer = _address(sink, (*key, "peer"), f"{where}/@peer", ip.peer)
+        if peer is not None and peer.version != addr.version:
+            family = _family_of(addr)
+            sink.add((*key, "peer"), f"{where}/@peer", ip.peer,
+                     f"is not in the family of {addr}", f"an {family} address")  # fmt: skip
+
+
+def _maybe_ip(value: str) -> _Addr | None:
+    try:
+        return parse_ip(value)
+    except ValueError:
+        return None
+
+
+def _check_hostdev(sink: _Sink, i: int, hostdev: HostdevNet, lent: set[str]) -> None:
+    """``<hostdev mode='capabilities' type='net'>``: a host interface name, lent once; the
+    guest's addresses (as an ethernet NIC's guest end: natural prefix, ``peer``) and routes."""
+    key: Key = ("hostdevs", i)
+    where = f"devices/hostdev[{i + 1}]"
+    _check_ifname(sink, (*key, "interface"), f"{where}/source/interface", hostdev.interface)
+    if hostdev.interface in lent:
+        sink.add((*key, "interface"), f"{where}/source/interface", hostdev.interface,
+                 "is lent to the guest twice", "each host interface once")  # fmt: skip
+    lent.add(hostdev.interface)
+    for j, ip in enumerate(hostdev.ips):
         _check_ip(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
-    for j, route in enumerate(iface.routes):
+        _check_point_to_point(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
+    for j, route in enumerate(hostdev.routes):
         _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)
+
+
+def _check_direct(sink: _Sink, key: Key, where: str, iface: Interface) -> None:
+    """``<interface type='direct'>``: a macvlan on the host link ``<source dev=>``, in a mode of
+    libvirt's (the kernel's macvlan modes; passthrough is its passthru).
+
+    Anti-spoofing cannot guard a macvlan: its frames reach the host link, or (bridge mode)
+    the other macvlans of the link, without passing a bridge or any hook in a namespace the
+    supervisor holds (the macvlan itself is in the guest's, whose root may change its MAC and
+    addresses). So the document must say that the NIC goes unguarded, with the opt-out
+    ``<filterref filter='vsv-allow-all'/>``, which ``vsv validate`` reports as a widening.
+    """
+    src = f"{where}/source"
+    if iface.source is None:
+        sink.add((*key, "source"), f"{src}/@dev", "", "is missing", "the host link's name")
+    else:
+        _check_ifname(sink, (*key, "source"), f"{src}/@dev", iface.source)
+    mode: str | None = iface.direct_mode
+    if mode is not None and mode not in DIRECT_MODES:
+        sink.add((*key, "direct_mode"), f"{src}/@mode", mode, "is not a macvlan mode",
+                 ", ".join(DIRECT_MODES))  # fmt: skip
+    why = "anti-spoofing cannot guard a macvlan (its frames pass no bridge or hook of the host's)"
+    if iface.filterref is None:
+        sink.add((*key, "filterref"), f"{where}/filterref", "",
+                 f"is missing: {why}, so the NIC must be declared unguarded",
+                 "<filterref filter='vsv-allow-all'/>")  # fmt: skip
+    elif iface.filterref != "vsv-allow-all":
+        sink.add((*key, "filterref"), f"{where}/filterref/@filter", iface.filterref,
+                 f"cannot be applied: {why}", "vsv-allow-all")  # fmt: skip
 
 
 def _check_network_port(sink: _Sink, key: Key, src_where: str, iface: Interface) -> None:
@@ -626,10 +729,10 @@ def _check_shared_namespaces(sink: _Sink, domain: Domain) -> None:
         elif not _NETNS_NAME.fullmatch(share.value) or share.value in (".", ".."):
             add((*key, "value"), f"{where}/@value", share.value, "is not a netns name",
                 "letters, digits, '_', '-' and '.'")  # fmt: skip
-        if kind == "net" and (domain.interfaces or domain.privnet):
+        if kind == "net" and (domain.has_nics or domain.privnet):
             add(key, where, share.value,
-                "is given with <interface> or <privnet/>: the guest's network namespace is "
-                "the one shared", "no <interface> and no <privnet/>")  # fmt: skip
+                "is given with <interface>, <hostdev> or <privnet/>: the guest's network "
+                "namespace is the one shared", "no <interface>, <hostdev>, <privnet/>")  # fmt: skip
         if domain.idmap:
             add(key, where, share.value,
                 "is not supported with <idmap> (the guest's user namespace cannot join "
@@ -659,6 +762,7 @@ def _check_devices_extra(sink: _Sink, domain: Domain) -> None:
         *(("filesystems", i, "filesystem", d.alias) for i, d in enumerate(domain.filesystems)),
         *(("interfaces", i, "interface", d.alias) for i, d in enumerate(domain.interfaces)),
         *(("consoles", i, "console", d.alias) for i, d in enumerate(domain.consoles)),
+        *(("hostdevs", i, "hostdev", d.alias) for i, d in enumerate(domain.hostdevs)),
     )
     for field, i, tag, alias in devices:
         if alias is None:
@@ -1060,6 +1164,9 @@ def domain_problems(domain: Domain) -> list[Problem]:
                     "distinct MAC addresses",
                 )
             macs.add(iface.mac)
+    lent: set[str] = set()
+    for i, hostdev in enumerate(domain.hostdevs):
+        _check_hostdev(sink, i, hostdev, lent)
     _check_devices_extra(sink, domain)
     return sink.problems
 

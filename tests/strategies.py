@@ -16,6 +16,7 @@ import attrs
 from hypothesis import strategies as st
 
 from supervisor.model import (
+    DIRECT_MODES,
     INTERFACE_FILTERS,
     AddressRange,
     BlkioDevice,
@@ -36,6 +37,7 @@ from supervisor.model import (
     DomainType,
     Filesystem,
     Forward,
+    HostdevNet,
     IdMapEntry,
     Interface,
     IpAddress,
@@ -53,7 +55,7 @@ from supervisor.model import (
 from supervisor.validate import ARCH_NAMES, CAPABILITY_NAMES
 
 _ALNUM = string.ascii_letters + string.digits
-_D = TypeVar("_D", Filesystem, Interface, Console)
+_D = TypeVar("_D", Filesystem, Interface, Console, HostdevNet)
 _LOWER = string.ascii_lowercase + string.digits
 
 
@@ -124,13 +126,21 @@ def hostnames() -> st.SearchStrategy[str]:
     return st.lists(label, min_size=1, max_size=3).map(".".join)
 
 
-def _ip_address_values() -> st.SearchStrategy[IpAddress]:
+def _ip_address_values(ethernet: bool = False) -> st.SearchStrategy[IpAddress]:
+    """A NIC's ``<ip>``; ``ethernet``: either end of a point-to-point link, with a ``peer`` of
+    the address's family, and a prefix wherever libvirt could not infer one (class D, E)."""
+
     def build(
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject
     ) -> IpAddress:
-        prefix = data.draw(st.none() | st.integers(0, addr.max_prefixlen))
+        inferable = addr.version == 6 or int(addr) >> 24 < 0xE0
+        prefix = data.draw(
+            (st.none() if inferable or not ethernet else st.nothing())
+            | st.integers(0, addr.max_prefixlen)
+        )
         family = data.draw(st.none() | st.just("ipv4" if addr.version == 4 else "ipv6"))
-        return IpAddress(address=str(addr), prefix=prefix, family=family)  # type: ignore[arg-type]
+        peer = data.draw(st.none() | st.ip_addresses(v=addr.version).map(str)) if ethernet else None
+        return IpAddress(address=str(addr), prefix=prefix, family=family, peer=peer)  # type: ignore[arg-type]
 
     return st.builds(build, st.ip_addresses(), st.data())
 
@@ -156,20 +166,28 @@ def routes() -> st.SearchStrategy[Route]:
 
 @st.composite
 def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
-    types = ["network", "bridge", "ethernet"] + (["vserver"] if dialect == "vserver" else [])
+    types = ["network", "bridge", "ethernet", "direct"]
+    types += ["vserver"] if dialect == "vserver" else []
     itype = draw(st.sampled_from(types))
     source: str | None
     if itype == "network":
         source = draw(names())
-    elif itype == "bridge":
+    elif itype in ("bridge", "direct"):
         source = draw(ifnames())
     elif itype == "vserver":
         source = draw(st.none() | ifnames())
     else:
         source = None
+    ethernet = itype == "ethernet"
     ips = tuple(
-        draw(st.lists(_ip_address_values(), min_size=1 if itype == "vserver" else 0, max_size=3))
+        draw(
+            st.lists(
+                _ip_address_values(ethernet), min_size=1 if itype == "vserver" else 0, max_size=3
+            )
+        )
     )
+    host_ips = tuple(draw(st.lists(_ip_address_values(True), max_size=2))) if ethernet else ()
+    host_routes = tuple(draw(st.lists(routes(), max_size=2))) if ethernet else ()
     return Interface(
         type=itype,  # type: ignore[arg-type]
         source=source,
@@ -182,10 +200,26 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         link_up=draw(st.none() | st.booleans()),
         filterref=draw(st.none() | st.sampled_from(INTERFACE_FILTERS))
         if itype in ("network", "bridge")
+        else "vsv-allow-all"
+        if itype == "direct"
         else None,
         source_bridge=draw(st.none() | ifnames()) if itype == "network" else None,
         portid=draw(st.none() | uuids()) if itype == "network" else None,
+        host_ips=host_ips,
+        host_routes=host_routes,
+        direct_mode=draw(st.none() | st.sampled_from(DIRECT_MODES)) if itype == "direct" else None,
     )
+
+
+def hostdevs() -> st.SearchStrategy[tuple[HostdevNet, ...]]:
+    """Host NICs lent to a guest (distinct names), with the guest's addresses and routes."""
+    hostdev = st.builds(
+        HostdevNet,
+        interface=ifnames(),
+        ips=st.lists(_ip_address_values(True), max_size=2).map(tuple),
+        routes=st.lists(routes(), max_size=2).map(tuple),
+    )
+    return st.lists(hostdev, max_size=2, unique_by=lambda h: h.interface).map(tuple)
 
 
 def _unique_macs(ifaces: list[Interface]) -> bool:
@@ -325,6 +359,7 @@ def _aliased(draw: st.DrawFn, domain: Domain) -> Domain:
         filesystems=tuple(named(d, f"fs{i}") for i, d in enumerate(domain.filesystems)),
         interfaces=tuple(named(d, f"net{i}") for i, d in enumerate(domain.interfaces)),
         consoles=tuple(named(d, f"console{i}") for i, d in enumerate(domain.consoles)),
+        hostdevs=tuple(named(d, f"hostdev{i}") for i, d in enumerate(domain.hostdevs)),
     )
 
 
@@ -449,6 +484,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         hostname=draw(st.none() | hostnames()),
         filesystems=draw(filesystems(devices=not idmap)),
         interfaces=tuple(draw(st.lists(interfaces(dtype), max_size=3).filter(_unique_macs))),
+        hostdevs=draw(hostdevs()),
         cputune=cputune,
         scheduler=draw(st.none() | token_buckets()),
         memtune=memtune,
@@ -467,7 +503,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         seclabels=draw(seclabels()),
         metadata=tuple(draw(st.lists(foreign_metadata(), max_size=2))),
     )
-    if not (domain.interfaces or domain.privnet or domain.idmap):
+    if not (domain.has_nics or domain.privnet or domain.idmap):
         order: tuple[Literal["net", "ipc", "uts"], ...] = ("net", "ipc", "uts")
         kinds = draw(st.lists(st.sampled_from(order), unique=True, max_size=3))
         shares = tuple(

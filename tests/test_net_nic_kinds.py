@@ -1,6 +1,6 @@
 """The NIC kinds besides a veth on a network, through a real Supervisor with a sandbox netns:
-``bridge`` (a veth into an existing bridge), ``ethernet`` (a veth whose host end takes the XML's
-addresses and routes) and taps (VM-style guests).
+``bridge`` (a veth into an existing bridge), ``ethernet`` (a routed veth with libvirt's two
+sides) and taps (VM-style guests).
 
 Everything host-side happens in the sandbox namespace the ``sandbox`` fixture makes.
 """
@@ -55,12 +55,17 @@ def link_names(ns: str) -> list[str]:
     return sorted(link["ifname"] for link in ip(ns, "link", "show"))
 
 
-def inet(ns: str, dev: str) -> list[str]:
+def inet(ns: str, dev: str, family: str = "inet") -> list[str]:
     """The IPv4 addresses on ``dev`` in ``ns`` as ``a.b.c.d/len``."""
     (link,) = ip(ns, "addr", "show", "dev", dev)
     return sorted(
-        f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet"
+        f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == family
     )
+
+
+def inet6(ns: str, dev: str) -> list[str]:
+    """The global IPv6 addresses on ``dev`` in ``ns`` (not the link-local ones)."""
+    return [a for a in inet(ns, dev, "inet6") if not a.startswith("fe80:")]
 
 
 @pytest.mark.parametrize(
@@ -114,38 +119,61 @@ async def test_bridge_interface_enslaves_to_existing_bridge(
 
 
 @pytest.mark.root
-async def test_ethernet_interface_addresses_go_on_the_host_end(
+async def test_ethernet_interface_has_libvirts_sides(
     sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
 ) -> None:
-    """type='ethernet' (libvirt's meaning): no bridge; the <ip> (/32 when no prefix) and <route>
-    are configured on the HOST end of the veth, the guest end is up and unaddressed for the
-    guest to configure; once it does, the host's route reaches it; destroy removes the veth."""
+    """type='ethernet' (libvirt's meaning): no bridge; the top-level <ip> (with its peer) and
+    <route> configure the guest's end, <source><ip> and <source><route> the host's; traffic
+    flows between the two ends, the guest's default route leads to the host and the host's
+    route to a subnet behind the guest; destroy removes the veth."""
+    sh("ip", "-n", sandbox, "link", "set", "lo", "up")
+    sh("ip", "-n", sandbox, "addr", "add", "10.213.97.1/32", "dev", "lo")  # beyond the link
     root = Path(prepare_busybox_root(str(tmp_path / "root")))
     iface = Interface(
         type="ethernet",
-        ips=(IpAddress("10.213.95.1", 24), IpAddress("10.213.95.5")),
-        routes=(Route("10.213.96.0", 24, "10.213.95.2"),),
+        ips=(IpAddress("10.213.95.2", 32, peer="10.213.95.1"), IpAddress("fd00:95::2", 64)),
+        routes=(Route("0.0.0.0", 0, "10.213.95.1"),),
+        host_ips=(IpAddress("10.213.95.1", 32, peer="10.213.95.2"), IpAddress("fd00:95::1", 64)),
+        host_routes=(Route("10.213.96.0", 24, "10.213.95.2"),),
     )
     await sup.define_domain(guest("geth", root, iface))
     await sup.start_domain("geth")
 
     (row,) = sup.domain_interfaces("geth")
     host_if = row["host_if"]
-    assert ("veth-ethernet", []) == (row["mode"], row["addresses"])
+    assert ("veth-ethernet", ["10.213.95.2", "fd00:95::2"]) == (
+        row["mode"],
+        [a["address"] for a in row["addresses"]],
+    )
     (host_link,) = ip(sandbox, "-d", "link", "show", "dev", host_if)
     assert ("veth", None) == (host_link["linkinfo"]["info_kind"], host_link.get("master"))
-    assert ["10.213.95.1/24", "10.213.95.5/32"] == inet(sandbox, host_if)
-    routes = [(r["dst"], r.get("gateway")) for r in ip(sandbox, "route", "show", "dev", host_if)]
-    assert ("10.213.96.0/24", "10.213.95.2") in routes
     guest_ns = f"{prefix}-geth"
-    (eth0,) = ip(guest_ns, "addr", "show", "dev", "eth0")
-    assert ("UP", []) == (
-        eth0["operstate"],
-        [a for a in eth0["addr_info"] if a["family"] == "inet"],
+    assert (["10.213.95.1/32"], ["10.213.95.2/32"]) == (
+        inet(sandbox, host_if),
+        inet(guest_ns, "eth0"),
     )
+    assert (["fd00:95::1/64"], ["fd00:95::2/64"]) == (
+        inet6(sandbox, host_if),
+        inet6(guest_ns, "eth0"),
+    )
+    host_routes = [
+        (r["dst"], r.get("gateway")) for r in ip(sandbox, "route", "show", "dev", host_if)
+    ]
+    assert ("10.213.96.0/24", "10.213.95.2") in host_routes
+    guest_routes = [
+        (r["dst"], r.get("gateway")) for r in ip(guest_ns, "route", "show", "dev", "eth0")
+    ]
+    assert ("default", "10.213.95.1") in guest_routes
 
-    # the guest takes the next hop's address and an address behind it: the host's <route> works
-    in_ns(guest_ns, "ip", "addr", "add", "10.213.95.2/24", "dev", "eth0")
+    # the two ends reach each other, over the peers' routes
+    ping = in_ns(guest_ns, "ping", "-c1", "-W2", "10.213.95.1")
+    assert 0 == ping.returncode, ping.stdout + ping.stderr
+    ping = in_ns(sandbox, "ping", "-c1", "-W2", "10.213.95.2")
+    assert 0 == ping.returncode, ping.stdout + ping.stderr
+    # the guest's default route leads to the host's other addresses
+    ping = in_ns(guest_ns, "ping", "-c1", "-W2", "10.213.97.1")
+    assert 0 == ping.returncode, ping.stdout + ping.stderr
+    # and the host's <source><route> to an address behind the guest
     in_ns(guest_ns, "ip", "addr", "add", "10.213.96.7/32", "dev", "lo")
     ping = in_ns(sandbox, "ping", "-c1", "-W2", "10.213.96.7")
     assert 0 == ping.returncode, ping.stdout + ping.stderr
@@ -196,21 +224,23 @@ async def test_tap_on_a_network(sup: Supervisor, tmp_path: Path, prefix: str, sa
 async def test_tap_on_ethernet_takes_host_addresses(
     sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
 ) -> None:
-    """type='ethernet' with a tap <target dev>: an unenslaved tap, up, holding the <ip> and
-    <route> as the veth's host end would; gone on destroy."""
+    """type='ethernet' with a tap <target dev>: an unenslaved tap, up, holding the <source>'s
+    <ip> and <route> as the veth's host end would (the top-level ones are the VM's to
+    configure); gone on destroy."""
     tap = f"{prefix}tap1"
     root = Path(prepare_busybox_root(str(tmp_path / "root")))
     iface = Interface(
         type="ethernet",
         target_dev=tap,
-        ips=(IpAddress("10.213.98.1", 24),),
-        routes=(Route("10.213.99.0", 24, "10.213.98.2"),),
+        ips=(IpAddress("10.213.98.2", 24),),
+        host_ips=(IpAddress("10.213.98.1", 24),),
+        host_routes=(Route("10.213.99.0", 24, "10.213.98.2"),),
     )
     await sup.define_domain(guest("gte", root, iface))
     await sup.start_domain("gte")
 
     (row,) = sup.domain_interfaces("gte")
-    assert ("tap", tap) == (row["mode"], row["host_if"])
+    assert ("tap", tap, []) == (row["mode"], row["host_if"], row["addresses"])
     (link,) = ip(sandbox, "-d", "link", "show", "dev", tap)
     assert ("tun", None, "fe") == (
         link["linkinfo"]["info_kind"],

@@ -104,6 +104,24 @@ def test_route_body_default_and_link_scope() -> None:
     assert expected == rtnl.parse_attrs(dev[12:])
 
 
+def test_port_flags_and_fdb_messages() -> None:
+    """The two requests a managed port costs: its flags in the bridge's slave data, and a
+    static master entry for the guest's MAC."""
+    body = rtnl.port_flags_body(
+        5, {rtnl.IFLA_BRPORT_LEARNING: False, rtnl.IFLA_BRPORT_UNICAST_FLOOD: False}
+    )
+    assert 5 == struct.unpack_from("=BxHiII", body)[2]
+    info = rtnl.parse_attrs(rtnl.parse_attrs(body[16:])[rtnl.IFLA_LINKINFO])
+    assert b"bridge\0" == info[rtnl.IFLA_INFO_SLAVE_KIND]
+    flags = rtnl.parse_attrs(info[rtnl.IFLA_INFO_SLAVE_DATA])
+    assert {rtnl.IFLA_BRPORT_LEARNING: b"\0", rtnl.IFLA_BRPORT_UNICAST_FLOOD: b"\0"} == flags
+    fdb = rtnl.fdb_body(9, "52:54:00:00:00:01")
+    assert (rtnl.AF_BRIDGE, 9, rtnl.NUD_NOARP, rtnl.NTF_MASTER) == struct.unpack_from(
+        "=BxxxiHBB", fdb
+    )[:4]
+    assert {rtnl.NDA_LLADDR: bytes.fromhex("525400000001")} == rtnl.parse_attrs(fdb[12:])
+
+
 # ---- against the kernel ---------------------------------------------------------------------
 
 

@@ -180,6 +180,38 @@ ROUND_TRIPS = {
         ),
         "devices/interface/source[@bridge='virbr0'][@portid]",
     ),
+    "ethernet with both ends": (
+        doc(
+            "",
+            "<interface type='ethernet'><source>"
+            "<ip address='192.168.213.1' prefix='32' peer='192.168.213.2'/>"
+            "<ip address='fd00:213::1' family='ipv6' prefix='64'/>"
+            "<route family='ipv4' address='10.9.0.0' prefix='16' gateway='192.168.213.2'/>"
+            "</source><target dev='vnet3'/>"
+            "<ip address='192.168.213.2' prefix='32' peer='192.168.213.1'/>"
+            "<route family='ipv4' address='0.0.0.0' prefix='0' gateway='192.168.213.1'/>"
+            "</interface>",
+        ),
+        "devices/interface/source/ip[@peer='192.168.213.2']",
+    ),
+    "direct (macvlan), declared unguarded": (
+        doc(
+            "",
+            "<interface type='direct'><mac address='52:54:00:3c:1a:07'/>"
+            "<source dev='enp1s0' mode='bridge'/><target dev='macvlan0'/>"
+            "<guest dev='lan0'/><ip address='192.168.214.7' prefix='24'/>"
+            "<filterref filter='vsv-allow-all'/><alias name='net1'/></interface>",
+        ),
+        "devices/interface[@type='direct']/source[@dev='enp1s0'][@mode='bridge']",
+    ),
+    "direct without a mode": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0'/>"
+            "<filterref filter='vsv-allow-all'/></interface>",
+        ),
+        "devices/interface/source[not(@mode)]",
+    ),
     "bridge interface alias": (
         doc("", "<interface type='bridge'><source bridge='br0'/><alias name='ua-x'/></interface>"),
         "devices/interface/alias[@name='ua-x']",
@@ -330,6 +362,80 @@ REFUSED = {
         doc("", "<interface type='network'><source network='n' portid='x'/></interface>"),
         "devices/interface[1]/source/@portid",
     ),
+    "host side on a bridge NIC": (
+        doc(
+            "",
+            "<interface type='bridge'><source bridge='br0'><ip address='10.0.0.1'/></source>"
+            "</interface>",
+        ),
+        "devices/interface[1]/source/ip",
+    ),
+    "peer on a network NIC": (
+        doc(
+            "",
+            "<interface type='network'><source network='n'/>"
+            "<ip address='10.0.0.2' prefix='24' peer='10.0.0.1'/></interface>",
+        ),
+        "devices/interface[1]/ip[1]/@peer",
+    ),
+    "ethernet source dev": (
+        doc("", "<interface type='ethernet'><source dev='eth0'/></interface>"),
+        "devices/interface[1]/source/@dev",
+    ),
+    "ethernet source other child": (
+        doc(
+            "",
+            "<interface type='ethernet'><source><mac address='52:54:00:1:2:3'/></source>"
+            "</interface>",
+        ),
+        "devices/interface[1]/source/mac",
+    ),
+    "ethernet peer of another family": (
+        doc("", "<interface type='ethernet'><ip address='10.0.0.2' peer='fd00::1'/></interface>"),
+        "devices/interface[1]/ip[1]/@peer",
+    ),
+    "ethernet class D address without prefix": (
+        doc(
+            "", "<interface type='ethernet'><source><ip address='224.0.0.9'/></source></interface>"
+        ),
+        "devices/interface[1]/source/ip[1]/@prefix",
+    ),
+    "direct without the opt-out": (
+        doc("", "<interface type='direct'><source dev='enp1s0' mode='bridge'/></interface>"),
+        "devices/interface[1]/filterref",
+    ),
+    "direct with clean-traffic": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0'/>"
+            "<filterref filter='clean-traffic'/></interface>",
+        ),
+        "devices/interface[1]/filterref/@filter",
+    ),
+    "direct mode source": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0' mode='source'/>"
+            "<filterref filter='vsv-allow-all'/></interface>",
+        ),
+        "devices/interface[1]/source/@mode",
+    ),
+    "direct without a link": (
+        doc("", "<interface type='direct'><filterref filter='vsv-allow-all'/></interface>"),
+        "devices/interface[1]/source/@dev",
+    ),
+    "mode on a bridge NIC": (
+        doc("", "<interface type='bridge'><source bridge='br0' mode='vepa'/></interface>"),
+        "devices/interface[1]/source/@mode",
+    ),
+    "direct on a network": (
+        doc(
+            "",
+            "<interface type='direct'><source dev='enp1s0' network='lan'/>"
+            "<filterref filter='vsv-allow-all'/></interface>",
+        ),
+        "devices/interface[1]/source/@network",
+    ),
     "accessmode squash": (
         doc(
             "",
@@ -385,7 +491,7 @@ def test_messages_number_interfaces_and_consoles_by_document_position() -> None:
     found = problems(
         doc(
             "",
-            "<interface type='direct'><source dev='eth0' mode='vepa'/></interface>"
+            "<interface type='user'/>"
             "<interface type='ethernet'><mtu size='1'/></interface>"
             "<console type='tcp'/><console type='pty'><target port='-1'/></console>",
         )

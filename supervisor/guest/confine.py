@@ -285,7 +285,16 @@ def widenings(domain: Domain) -> list[tuple[str, str]]:
     """
     out: list[tuple[str, str]] = []
     for i, iface in enumerate(domain.interfaces):
-        if iface.filterref == "vsv-allow-all":
+        if iface.type == "direct":
+            mode = iface.direct_mode or "vepa"
+            what = (
+                f"a macvlan on host link {iface.source} (mode {mode}), unguarded: the guest "
+                "may send from any MAC and address on that link's network"
+            )
+            if mode == "passthrough":
+                what += f", and sets {iface.source}'s own MAC and promiscuity"
+            out.append((f"devices/interface[{i + 1}]", what))
+        elif iface.filterref == "vsv-allow-all":
             out.append(
                 (
                     f"devices/interface[{i + 1}]/filterref",
@@ -293,6 +302,15 @@ def widenings(domain: Domain) -> list[tuple[str, str]]:
                     "address, and answer DHCP and router solicitations",
                 )
             )
+    for i, hostdev in enumerate(domain.hostdevs):
+        out.append(
+            (
+                f"devices/hostdev[{i + 1}]",
+                f"the host's interface {hostdev.interface} is moved into the guest, which owns "
+                "it while it runs: its MAC, addresses and settings, unguarded, on the network "
+                "it is plugged into",
+            )
+        )
     for share in domain.shared_namespaces:
         out.append((f"lxc:namespace/lxc:share{share.kind}", _share_widening(share)))
     spec = domain.capabilities

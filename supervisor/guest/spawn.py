@@ -1403,7 +1403,7 @@ async def begin_spawn(
     of the host (the runtime probes it once; None: :func:`default_host`).
     """
     if joins_netns is None:
-        joins_netns = bool(domain.interfaces)
+        joins_netns = domain.has_nics
     birth = EMBRYO_BIRTH_FLAGS
     if domain.idmap:
         # its network namespace too must be the user namespace's: a network hook then names

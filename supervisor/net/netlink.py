@@ -246,7 +246,13 @@ def used_subnets(ipr: Any) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6N
 
 
 def create_bridge(
-    ipr: Any, name: str, *, mac: str | None, mtu: int | None, stp: bool, delay: int | None
+    ipr: Any,
+    name: str,
+    *,
+    mac: str | None,
+    mtu: int | None,
+    stp: bool,
+    delay: int | None,
 ) -> int:
     """Create a bridge (down) and return its index."""
     spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "br_stp_state": 1 if stp else 0}
@@ -265,6 +271,18 @@ def create_bridge(
     return index
 
 
+def set_vlan_filtering(ipr: Any, name: str) -> bool:
+    """Turn VLAN filtering on in a bridge; False when the kernel has none (built without
+    ``CONFIG_BRIDGE_VLAN_FILTERING``)."""
+    try:
+        ipr.link("set", index=link_index(ipr, name), kind="bridge", br_vlan_filtering=1)
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            return False
+        raise translate(exc, f"turn VLAN filtering on in {name}") from exc
+    return True
+
+
 def delete_link(ipr: Any, name: str) -> bool:
     """Delete a link by name; False if it was already gone."""
     index = link_index(ipr, name)
@@ -279,11 +297,14 @@ def delete_link(ipr: Any, name: str) -> bool:
     return True
 
 
-def add_address(ipr: Any, name: str, address: str, prefix: int) -> None:
-    """Add ``address/prefix`` to a link."""
+def add_address(ipr: Any, name: str, address: str, prefix: int, peer: str | None = None) -> None:
+    """Add ``address/prefix`` to a link (with ``peer``: a point-to-point address)."""
     index = link_index(ipr, name)
+    spec: dict[str, Any] = {"index": index, "address": address, "prefixlen": prefix}
+    if peer is not None:
+        spec.update(local=address, address=peer)
     try:
-        ipr.addr("add", index=index, address=address, prefixlen=prefix)
+        ipr.addr("add", **spec)
     except NetlinkError as exc:
         raise translate(exc, f"add {address}/{prefix} to {name}") from exc
 

@@ -197,6 +197,28 @@ async def _create_bridge(w: NetnsWorker, network: Network, bridge: str) -> None:
     )
 
 
+def manages_macs(network: Network) -> bool:
+    """``<bridge macTableManager='libvirt'>``: as libvirt does, the bridge filters VLANs (so
+    the kernel can take its ports out of promiscuous mode) and the guests' ports neither learn
+    nor flood unknown unicast; each guest's MAC is a static entry of the forwarding table
+    (:func:`supervisor.net.nics.configure_port`)."""
+    return network.bridge.mac_table_manager == "libvirt"
+
+
+async def _filter_vlans(w: NetnsWorker, network: Network, bridge: str) -> None:
+    """The bridge part of ``macTableManager='libvirt'`` (:func:`manages_macs`). A kernel
+    without bridge VLAN filtering keeps the ports promiscuous, which costs only speed (the
+    forwarding table is the supervisor's all the same): said in the log, not an error (libvirt
+    fails the start there)."""
+    if not await w.call(partial(netlink.set_vlan_filtering, name=bridge)):
+        _log.info(
+            "network %s: this kernel has no bridge VLAN filtering: %s's ports stay promiscuous "
+            "(macTableManager='libvirt' is applied to its forwarding table)",
+            network.name,
+            bridge,
+        )
+
+
 async def run_network(
     host: HostNet,
     network: Network,
@@ -231,6 +253,8 @@ async def run_network(
         if not adopting:
             await _create_bridge(w, network, bridge)
         undo.push(f"bridge {bridge}", lambda: w.call(lambda ipr: netlink.delete_link(ipr, bridge)))
+        if manages_macs(network):
+            await _filter_vlans(w, network, bridge)
 
         # the forwarding table and the guard of the guests' ports, in one transaction; a network
         # taken over keeps its guard's elements (its running guests' ports, dnsmasq's leases)
@@ -324,6 +348,8 @@ async def _run_host_bridge(
     undo = UndoStack()
     running: RunningNetwork | None = None
     try:
+        if manages_macs(network):  # libvirt does it to the host's bridge too, and leaves it on
+            await _filter_vlans(w, network, bridge)
         table = names.nft_table(host.prefix, network.name)
         if adopt:  # its ports stay guarded through the takeover
             script = nftables.antispoof_reload_script(table)

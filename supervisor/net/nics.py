@@ -7,13 +7,15 @@ For each interface, in libvirt's LXC order, with every change pushed on an undo 
   end is enslaved to the bridge, given its MTU and brought up; the guest end gets the ``<ip>``
   addresses or a reservation from the network's range (also handed to dnsmasq, so DHCP gives the
   guest the same address), a default route via the bridge address, and ``lo`` comes up;
-- ``ethernet``: the same veth without a bridge; the ``<ip>``/``<route>`` go on the host end;
+- ``ethernet``: the same veth without a bridge, with libvirt's two sides: the ``<ip>``/``<route>``
+  configure the guest end (with the natural prefix when none is given, and an optional
+  point-to-point ``peer``), ``<source><ip>``/``<source><route>`` the host end;
 - a ``<target dev>`` naming a tap (:func:`supervisor.net.names.names_tap`: ``tap...`` or
   ``<prefix>tap...``; the prefixed form is the one ``vsv gc`` can find): a tap device in the host
   for a VM-style guest, MAC of the guest's with first byte 0xFE, no guest end. On a network or
   bridge it is enslaved with the bridge's MTU (and a network still reserves its address for the
-  guest's DHCP); for ``ethernet`` it stays unenslaved and gets the ``<ip>``/``<route>``, as the
-  veth's host end would;
+  guest's DHCP); for ``ethernet`` it stays unenslaved and gets the ``<source>``'s
+  ``<ip>``/``<route>``, as the veth's host end would (the top-level ones are the VM's own);
 - ``vserver`` (IP isolation): a routed veth. The guest end holds only the listed addresses, which
   must lie in the uplink's subnet; the host routes each of them to the host end, answers ARP for
   them on the uplink (proxy ARP) and for everything on the host end, and an nftables table drops
@@ -34,13 +36,15 @@ A guest start waits for this, so a veth NIC costs one hop to the host's netlink 
 on raw netlink sockets (:mod:`supervisor.net.rtnl`), the host end is created already enslaved,
 sized and up with its peer in the guest, and the guest end is configured through a socket that
 was opened inside the guest's namespace. Meanwhile the trio thread writes dnsmasq's
-reservation. The rarer kinds (tap, ethernet host addresses, vserver) keep pyroute2 calls.
+reservation. The rarer kinds (tap, vserver) keep pyroute2 calls.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from functools import partial
@@ -51,20 +55,26 @@ import trio
 
 from supervisor import nsutil
 from supervisor.errors import ConflictError, InvalidOperation, RuntimeFailure
-from supervisor.model import DhcpHost, Domain, Interface, Network
+from supervisor.model import DhcpHost, Domain, HostdevNet, Interface, IpAddress, Network
 from supervisor.net import names, netlink, nftables
 from supervisor.net.ipam import Allocations, owner_key
 from supervisor.net.networks import HostNet, RunningNetwork, UndoStack
 from supervisor.net.nftables import PortGuard, guard_addresses, port_elements
-from supervisor.net.rtnl import LO_INDEX, RTM_NEWLINK, Rtnl, attr, attr_str, ifinfo
+from supervisor.net.rtnl import (
+    IFLA_BRPORT_ISOLATED,
+    IFLA_BRPORT_LEARNING,
+    IFLA_BRPORT_UNICAST_FLOOD,
+    LO_INDEX,
+    Rtnl,
+)
+from supervisor.xml.domain import natural_prefix
 
-NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth"]
+log = logging.getLogger("vsv.net")
+
+NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth", "macvlan", "hostdev"]
 
 #: how many generated names/MACs are tried before giving up on collisions
 ATTEMPTS = 8
-
-IFLA_LINKINFO, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 18, 4, 5
-IFLA_BRPORT_ISOLATED = 33
 
 
 def isolation_mode() -> str:
@@ -102,6 +112,23 @@ class PlumbedNic:
     #: the NIC's own guard table (``bridge`` family), on a bridge the supervisor does not own;
     #: a NIC on a network is guarded by the network's table instead
     guard_table: str | None = None
+    #: the guest's MAC is a static entry of its bridge's forwarding table, on its port
+    #: (``macTableManager='libvirt'``)
+    fdb: bool = False
+    #: a device that lives in the guest's namespace (a macvlan, a host NIC lent to the guest):
+    #: its index there. ``host_if`` is then the host link it depends on, or the lent NIC's
+    #: name in the host, which is never the supervisor's to remove
+    guest_index: int | None = None
+    #: a lent host NIC (``<hostdev>``, ``mac`` its MAC in the host): its kind (None for a
+    #: physical NIC), checked before it is moved back, so that nothing else the guest made
+    #: under its index goes to the host; and its state in the host, restored on the way back
+    link_kind: str | None = None
+    restore_mtu: int | None = None
+    restore_up: bool = False
+    #: ``address/prefix``, or ``address/prefix peer PEER`` (link-local IPv6 ones left out: the
+    #: kernel makes them again)
+    restore_addresses: tuple[str, ...] = ()
+    restore_master: str | None = None
 
 
 def nic_guard(nic: PlumbedNic) -> PortGuard | None:
@@ -201,6 +228,10 @@ async def plumb(
                 host, guest, guest_fd, domain, index, iface, networks, book, undo
             )
             done.append(nic)
+        for index, hostdev in enumerate(domain.hostdevs):
+            done.append(
+                await _lend(host, guest, guest_fd, guest_netns, domain, index, hostdev, undo)
+            )
     except BaseException:
         failures = await undo.unwind()
         if failures:
@@ -304,6 +335,8 @@ async def _plumb_one(
             f"{domain.name}: interface {index + 1}: <link state='down'> is applied only to "
             f"interfaces on a bridge (type network or bridge), not type {iface.type}"
         )
+    if iface.type == "direct":
+        return await _plumb_direct(host, guest, guest_fd, domain, index, iface, guest_if, mac, undo)
     if iface.type == "vserver":
         host_if = await _host_name(host, domain, index, iface)
         return await _plumb_vserver(
@@ -332,6 +365,15 @@ async def _plumb_one(
         addresses += [
             f"{ip.address}/{ip.prefix or (64 if ':' in ip.address else 24)}" for ip in iface.ips
         ]
+    # the guest end's addresses with their point-to-point peers (ethernet only)
+    guest_ips: list[tuple[str, int, str | None]] = []
+    if iface.type == "ethernet":
+        guest_ips = [(ip.address, nic_prefix(ip), ip.peer) for ip in iface.ips]
+        addresses += [f"{a}/{p}" for a, p, _ in guest_ips]
+    else:
+        for cidr in addresses:
+            a = ipaddress.ip_interface(cidr)
+            guest_ips.append((str(a.ip), a.network.prefixlen, None))
 
     # the port's anti-spoofing guard: on a network, elements of the network's table (added on
     # the worker in the same hop as the link, before it exists); on a bridge of the host's, a
@@ -360,6 +402,7 @@ async def _plumb_one(
             await _reserve(running, owner, reservation, undo)
         host_if = fixed_name or await _host_name(host, domain, index, iface)
         tmac = names.tap_mac(mac)
+        fdb = False
         if guard is not None and guard_set is not None:
             guard = attrs.evolve(guard, port=host_if)
             await _add_port(host, guard_set, guard, undo)
@@ -370,11 +413,17 @@ async def _plumb_one(
             mtu = await w.call(partial(netlink.link_mtu, name=bridge))
             up = iface.link_up is not False  # <link state='down'>: enslaved, down
             await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu, up=up))
-            if port_isolated(running):
-                await w.call(lambda _: isolate_port(host.rtnl_here(), host_if))
+            isolated, managed = port_isolated(running), macs_managed(running)
+            await w.call(
+                lambda _: configure_port(
+                    host.rtnl_here(), host_if, mac, isolated=isolated, managed=managed
+                )
+            )
+            fdb = managed
         else:
             await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
             await _host_side_addresses(host, host_if, iface)
+            addresses = []  # the guest's own <ip>s: the VM configures them, not the supervisor
         return PlumbedNic(
             index,
             iface.type,
@@ -385,6 +434,7 @@ async def _plumb_one(
             owner,
             tuple(addresses),
             net_name,
+            fdb=fdb,
             **guarded,
         )
 
@@ -396,6 +446,7 @@ async def _plumb_one(
     )
     gateway = running.gateway if running is not None and index == 0 and not own_default else None
     isolated = port_isolated(running)
+    managed = macs_managed(running)
     link_up = iface.link_up is not False
 
     def veth(_ipr: Any) -> tuple[str, PortGuard | None]:
@@ -427,18 +478,18 @@ async def _plumb_one(
                     host.nfnl_here().update(guard_set or "", remove=port_elements(port))
             raise
         try:
-            if isolated:  # before the guest's end is up: nothing has crossed the port yet
-                isolate_port(r, host_if)
+            # before the guest's end is up: nothing has crossed the port yet
+            configure_port(r, host_if, mac, isolated=isolated, managed=managed)
+            if bridge is None:  # ethernet: the host end's own addresses and routes
+                host_side(r, r.index(host_if), host_if, iface)
             link = guest.index(guest_if)
-            for cidr in addresses:
-                a = ipaddress.ip_interface(cidr)
-                guest.add_address(link, str(a.ip), a.network.prefixlen, what=guest_if)
+            for address, prefix, peer in guest_ips:
+                guest.add_address(link, address, prefix, peer=peer, what=guest_if)
             guest.set_up(link, mtu=iface.mtu, what=guest_if)
             if gateway is not None:
                 guest.add_route("default", gateway=gateway)
-            if bridge is not None:  # a network or a bridge: the NIC's routes in the guest
-                for dst, via in routes:
-                    guest.add_route(dst, gateway=via)
+            for dst, via in routes:  # the NIC's routes, through it, in the guest (libvirt's)
+                guest.add_route(dst, gateway=via, oif=link)
         except BaseException:
             with contextlib.suppress(Exception):
                 r.delete(r.index(host_if))
@@ -461,8 +512,6 @@ async def _plumb_one(
             undo.push(f"guard of {host_if}", partial(_remove_port, host, guard_set, port))
             guarded = _guard_fields(port, None)
         undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
-    if bridge is None:
-        await _host_side_addresses(host, host_if, iface)
     mode: NicMode = "veth-bridge" if bridge is not None else "veth-ethernet"
     return PlumbedNic(
         index,
@@ -474,24 +523,54 @@ async def _plumb_one(
         owner,
         tuple(addresses),
         net_name,
+        fdb=managed,
         **guarded,
     )
-
-
-def isolate_port(r: Rtnl, name: str) -> None:
-    """``<port isolated='yes'/>`` of the network: the bridge forwards nothing from this port to
-    another isolated port (the kernel's bridge port flag; traffic to and from the host and
-    the uplink goes on). Set once the port is enslaved: leaving the bridge clears it."""
-    data = attr(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_ISOLATED, b"\1"))
-    body = ifinfo(r.index(name)) + attr(
-        IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge") + data
-    )
-    r.request(RTM_NEWLINK, 0, body, f"isolate bridge port {name}")
 
 
 def port_isolated(running: RunningNetwork | None) -> bool:
     """Whether a network's guest ports are isolated from each other."""
     return running is not None and bool(running.network.port_isolated)
+
+
+def macs_managed(running: RunningNetwork | None) -> bool:
+    """Whether the network's bridge has ``macTableManager='libvirt'``: the supervisor, not the
+    kernel's learning, fills the forwarding table with the guests' MACs."""
+    return running is not None and running.network.bridge.mac_table_manager == "libvirt"
+
+
+def configure_port(r: Rtnl, name: str, mac: str, *, isolated: bool, managed: bool) -> None:
+    """A guest's bridge port as its network asks, in one request, before the guest's end is up
+    (nothing has crossed the port yet):
+
+    - ``isolated`` (``<port isolated='yes'/>``): the bridge forwards nothing from this port to
+      another isolated port (traffic to and from the host and the uplink goes on);
+    - ``managed`` (``macTableManager='libvirt'``, as libvirt does it): the port neither learns
+      source MACs nor gets unicast frames for unknown destinations, and a static forwarding
+      entry sends the guest's MAC to it. (libvirt's entry is a user-added dynamic one, which
+      ages out after the bridge's ageing time with learning off; a static one does not.)
+    """
+    flags: dict[int, bool] = {}
+    if isolated:
+        flags[IFLA_BRPORT_ISOLATED] = True
+    if managed:
+        flags[IFLA_BRPORT_LEARNING] = False
+        flags[IFLA_BRPORT_UNICAST_FLOOD] = False
+    if not flags:
+        return
+    index = r.index(name)
+    r.set_port_flags(index, flags, what=name)
+    if managed:
+        r.fdb_add(index, mac, what=name)
+
+
+def _forget_port_mac(_ipr: Any, host: HostNet, name: str, mac: str) -> None:
+    """Take a guest's static forwarding entry out of its bridge (before its port goes, which
+    would take it too; no error when the port or the entry is gone already)."""
+    r = host.rtnl_here()
+    found = r.link(name)
+    if found is not None:
+        r.fdb_delete(found[0], mac, what=name)
 
 
 async def _add_port(host: HostNet, table: str, guard: PortGuard, undo: UndoStack) -> None:
@@ -506,24 +585,262 @@ async def _remove_port(host: HostNet, table: str, guard: PortGuard) -> None:
     await host.worker.call(lambda _: host.nfnl_here().update(table, remove=port_elements(guard)))
 
 
-async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) -> None:
-    """``ethernet``: the XML's ``<ip>`` (``/32`` unless given) and ``<route>`` on the host end.
+def nic_prefix(ip: IpAddress) -> int:
+    """The prefix length of a NIC's address as libvirt applies it: the one given, else (also
+    for ``prefix='0'``) the address's natural one (class A/B/C, IPv6 /64)."""
+    return ip.prefix or natural_prefix(ip.address) or 0
 
-    libvirt's meaning: an ethernet interface has no network to take addresses from, so its
-    addresses and routes describe the host side of the point-to-point link; the guest configures
-    its own end. Removing the link removes them, so they need no undo of their own.
+
+def host_side(r: Rtnl, index: int, name: str, iface: Interface) -> None:
+    """``ethernet``: ``<source><ip>`` and ``<source><route>`` on the host end (libvirt's
+    meaning; the top-level ``<ip>``/``<route>`` are the guest end's). Removing the link
+    removes them, so they need no undo of their own."""
+    for ip in iface.host_ips:
+        r.add_address(index, ip.address, nic_prefix(ip), peer=ip.peer, what=name)
+    for route in iface.host_routes:
+        r.add_route(f"{route.address}/{route.prefix}", gateway=route.gateway, oif=index)
+
+
+async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) -> None:
+    """:func:`host_side` for a tap (``ethernet`` with a tap ``<target dev>``), on the host's
+    worker. A tap has no guest end here: the top-level ``<ip>``/``<route>`` are for the VM
+    to configure, as with libvirt's qemu driver."""
+
+    def job(_ipr: Any) -> None:
+        r = host.rtnl_here()
+        host_side(r, r.index(host_if), host_if, iface)
+
+    await host.worker.call(job)
+
+
+async def _plumb_direct(
+    host: HostNet,
+    guest: Rtnl,
+    guest_fd: int,
+    domain: Domain,
+    index: int,
+    iface: Interface,
+    guest_if: str,
+    mac: str,
+    undo: UndoStack,
+) -> PlumbedNic:
+    """``direct``: a macvlan on the host link ``<source dev>``, made directly in the guest's
+    namespace (no move between namespaces, which would cost an RCU grace period) under its
+    guest name, with the MAC, addresses and routes of any NIC, in one hop to the worker.
+
+    ``<target dev>`` is the name libvirt gives the macvlan in the host before moving it into
+    the container; made where it belongs, it has no host name, so the element is kept and
+    written back, not applied. In ``passthrough`` mode the macvlan takes the host link's MAC,
+    and a ``<mac>`` given is set on the host link itself (as libvirt does); the kernel gives
+    the link its own MAC back when the macvlan goes, which :func:`unplumb` makes happen at
+    once. Without ``<mac>`` the guest has the link's MAC.
     """
-    w = host.worker
-    for ip in iface.ips:
-        await w.call(
-            partial(netlink.add_address, name=host_if, address=ip.address, prefix=ip.prefix or 32)
-        )
-    for r in iface.routes:
-        await w.call(
-            partial(
-                netlink.add_route, dst=f"{r.address}/{r.prefix}", gateway=r.gateway, dev=host_if
+    lower_name = iface.source or ""
+    mode = iface.direct_mode or "vepa"  # libvirt's default
+    passthru = mode == "passthrough"
+    addresses = [(ip.address, nic_prefix(ip)) for ip in iface.ips]
+    routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in iface.routes]
+
+    def job(_ipr: Any) -> tuple[int, str]:
+        r = host.rtnl_here()
+        lower = r.link(lower_name)
+        if lower is None:
+            raise InvalidOperation(
+                f"{domain.name}: interface {index + 1}: <source dev='{lower_name}'> does not "
+                "exist in the host"
             )
+        r.create_macvlan(
+            guest_if, lower[0], guest_fd, mode=mode, mac=None if passthru else mac, mtu=iface.mtu
         )
+        link = guest.index(guest_if)
+        try:
+            if passthru and iface.mac:
+                guest.set_mac(link, iface.mac, what=guest_if)
+            for address, prefix in addresses:
+                guest.add_address(link, address, prefix, what=guest_if)
+            guest.set_up(link, what=guest_if)
+            for dst, via in routes:
+                guest.add_route(dst, gateway=via, oif=link)
+            return link, guest.mac(guest_if)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                guest.delete(link)
+            raise
+
+    link, actual = await host.worker.call(job, deliver=True)
+    undo.push(f"macvlan {guest_if}", partial(host.worker.call, lambda _: guest.delete(link)))
+    return PlumbedNic(
+        index,
+        iface.type,
+        "macvlan",
+        lower_name,
+        guest_if,
+        actual,
+        owner_key(guest_key(domain), index),
+        tuple(f"{a}/{p}" for a, p in addresses),
+        guest_index=link,
+    )
+
+
+async def _lend(
+    host: HostNet,
+    guest: Rtnl,
+    guest_fd: int,
+    guest_netns: str,
+    domain: Domain,
+    index: int,
+    hostdev: HostdevNet,
+    undo: UndoStack,
+) -> PlumbedNic:
+    """``<hostdev mode='capabilities' type='net'>``: move the host's NIC into the guest's
+    namespace under the same name (libvirt's LXC driver keeps the name too), then give it the
+    guest's ``<ip>``s (natural prefix, ``peer``) and ``<route>``s and bring it up, in one hop
+    to the worker. Its state in the host (MAC, MTU, up, addresses, bridge) is recorded first:
+    :func:`unplumb` moves it back and restores that, at stop, after a crash and in the
+    clean-up after a restart. Moving it is what takes it off the host's network: its
+    addresses and routes there go with the move."""
+    name = hostdev.interface
+    where = f"{domain.name}: <hostdev> {index + 1} (<interface>{name}</interface>)"
+    addresses = [(ip.address, nic_prefix(ip), ip.peer) for ip in hostdev.ips]
+    routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in hostdev.routes]
+
+    def job(ipr: Any) -> PlumbedNic:
+        r = host.rtnl_here()
+        found = r.link(name)
+        if found is None:
+            raise InvalidOperation(
+                f"{where}: no such interface in the host (lent to another guest?)"
+            )
+        state = _host_state(ipr, found[0])
+        r.move(found[0], guest_fd, what=name)
+        try:
+            link = guest.index(name)
+        except BaseException:
+            raise RuntimeFailure(f"{where}: moved into the guest, and not found there") from None
+        nic = PlumbedNic(
+            index,
+            "hostdev",
+            "hostdev",
+            name,
+            name,
+            state["mac"],
+            f"{owner_key(guest_key(domain), index)}/hostdev",
+            tuple(f"{a}/{p}" for a, p, _ in addresses),
+            guest_index=link,
+            **{k: v for k, v in state.items() if k != "mac"},
+        )
+        try:
+            for address, prefix, peer in addresses:
+                guest.add_address(link, address, prefix, peer=peer, what=name)
+            guest.set_up(link, what=name)
+            for dst, via in routes:
+                guest.add_route(dst, gateway=via, oif=link)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _give_back(ipr, host, guest_netns, nic)
+            raise
+        return nic
+
+    nic = await host.worker.call(job, deliver=True)
+    undo.push(
+        f"return {name} to the host",
+        partial(host.worker.call, partial(_give_back, host=host, path=guest_netns, nic=nic)),
+    )
+    return nic
+
+
+def _host_state(ipr: Any, index: int) -> dict[str, Any]:
+    """What a lent NIC is in the host, to restore it so (pyroute2: a rare path)."""
+    (link,) = ipr.link("get", index=index)
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    master_index = link.get_attr("IFLA_MASTER")
+    master = None
+    if master_index:
+        (up,) = ipr.link("get", index=master_index)
+        master = up.get_attr("IFLA_IFNAME")
+    addresses = []
+    for a in ipr.get_addr(index=index):
+        local = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+        remote = a.get_attr("IFA_ADDRESS")
+        if local is None or ipaddress.ip_address(local).is_link_local:
+            continue
+        text = f"{local}/{a['prefixlen']}"
+        if remote is not None and remote != local:
+            text += f" peer {remote}"
+        addresses.append(text)
+    return {
+        "mac": str(link.get_attr("IFLA_ADDRESS")),
+        "link_kind": str(kind) if kind is not None else None,
+        "restore_mtu": int(link.get_attr("IFLA_MTU")),
+        "restore_up": bool(link["flags"] & 1),
+        "restore_addresses": tuple(addresses),
+        "restore_master": str(master) if master is not None else None,
+    }
+
+
+def _give_back(_ipr: Any, host: HostNet, path: str, nic: PlumbedNic) -> None:
+    """Move a lent NIC from the guest's namespace back to the host's, under its own name, and
+    restore its MAC, MTU, addresses, bridge and up state.
+
+    It is found by its index in the guest (the guest may have renamed it) and moved only if it
+    is still of the kind it was (else what the guest made under that index would go to the
+    host). A name taken in the host meanwhile: it comes back as ``lentN`` (logged).
+    """
+    if nic.guest_index is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise RuntimeFailure(
+            f"{nic.host_if}: the guest's namespace is gone, and the interface with it (a "
+            "physical NIC is then in the first namespace)"
+        ) from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        g = nsutil.run_in_netns(fd, Rtnl)
+        try:
+            found = g.link_by_index(nic.guest_index)
+            if found is None:
+                raise RuntimeFailure(f"{nic.host_if}: no longer in the guest's namespace")
+            if found[1] != nic.link_kind:
+                raise RuntimeFailure(
+                    f"{nic.host_if}: link {nic.guest_index} in the guest is a "
+                    f"{found[1] or 'physical'} device, not the {nic.link_kind or 'physical'} "
+                    "one lent: left there"
+                )
+            r = host.rtnl_here()
+            name = nic.host_if
+            if r.link(name) is not None:
+                # not a name with the prefix: `vsv gc` would take it for a leftover of ours
+                name = next(n for k in range(100) if r.link(n := f"lent{k}") is None)
+                log.warning(
+                    "%s is taken in the host: the lent NIC comes back as %s", nic.host_if, name
+                )
+            g.move(nic.guest_index, home, name=name, what=nic.host_if)
+        finally:
+            g.close()
+    finally:
+        os.close(fd)
+        os.close(home)
+    _restore(host, name, nic)
+
+
+def _restore(host: HostNet, name: str, nic: PlumbedNic) -> None:
+    """A NIC back in the host gets its MAC, MTU, addresses, bridge and up state again."""
+    r = host.rtnl_here()
+    index = r.index(name)
+    if nic.mac and r.mac(name) != nic.mac:
+        r.set_mac(index, nic.mac, what=name)
+    master = r.link(nic.restore_master) if nic.restore_master is not None else None
+    r.set_link(index, mtu=nic.restore_mtu, master=master[0] if master else None, what=name)
+    for text in nic.restore_addresses:
+        cidr, _, peer = text.partition(" peer ")
+        a = ipaddress.ip_interface(cidr)
+        with contextlib.suppress(ConflictError):
+            r.add_address(index, str(a.ip), a.network.prefixlen, peer=peer or None, what=name)
+    if nic.restore_up:
+        r.set_up(index, what=name)
 
 
 async def _plumb_vserver(
@@ -599,6 +916,29 @@ async def _plumb_vserver(
     )
 
 
+def _remove_in_guest(_ipr: Any, path: str, nics: list[PlumbedNic]) -> None:
+    """Delete the guest-side devices (macvlans) in the guest's namespace, by their index
+    there (the guest may have renamed them); gone already is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # the namespace went, and its devices with it
+    try:
+        r = nsutil.run_in_netns(fd, Rtnl)
+    finally:
+        os.close(fd)
+    try:
+        for nic in nics:
+            if nic.mode == "macvlan" and nic.guest_index is not None:
+                try:
+                    r.delete(nic.guest_index)
+                except RuntimeFailure as exc:
+                    if getattr(exc, "code", None) != errno.ENODEV:
+                        raise
+    finally:
+        r.close()
+
+
 async def _release(book: AddressBook, owner: str) -> None:
     book.state = book.state.release(owner)
 
@@ -621,16 +961,42 @@ async def unplumb(
     nics: tuple[PlumbedNic, ...],
     networks: Mapping[str, RunningNetwork],
     book: AddressBook,
+    *,
+    guest_netns: str | None = None,
 ) -> None:
     """Remove what :func:`plumb` made (host ends, tables, guards, reservations, allocations).
 
+    ``guest_netns``: the guest's namespace while it still exists, where the devices that live
+    in it (macvlans) are removed at once rather than when the namespace is freed.
     Idempotent: links already gone with the guest's namespace are fine. Runs shielded so a
     cancelled caller cannot leave a half-removed guest.
     """
     errors = []
     with trio.CancelScope(shield=True):
-        for nic in reversed(nics):
+        inside = [nic for nic in nics if nic.mode == "macvlan"]
+        if inside and guest_netns is not None:
             try:
+                await host.worker.call(partial(_remove_in_guest, path=guest_netns, nics=inside))
+            except Exception as exc:
+                errors.append(f"{guest_netns}: {exc}")
+        for nic in nics:
+            if nic.mode != "hostdev":
+                continue
+            if guest_netns is None:
+                errors.append(f"{nic.host_if}: lent to the guest, and no namespace to take it from")
+                continue
+            try:
+                await host.worker.call(partial(_give_back, host=host, path=guest_netns, nic=nic))
+            except Exception as exc:
+                errors.append(f"giving {nic.host_if} back: {exc}")
+        for nic in reversed(nics):
+            if nic.guest_index is not None:  # in the guest's namespace (done above): host_if
+                continue  # names the host's link, not the supervisor's to remove
+            try:
+                if nic.fdb:
+                    await host.worker.call(
+                        partial(_forget_port_mac, host=host, name=nic.host_if, mac=nic.mac)
+                    )
                 await host.worker.call(partial(netlink.delete_link, name=nic.host_if))
                 if nic.table is not None:
                     await nftables.delete(host.netns, nic.table)

@@ -28,11 +28,21 @@ NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 IFF_UP = 0x1
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+#: bridge port flags (IFLA_BRPORT_*), set through the port's slave data
+IFLA_BRPORT_LEARNING, IFLA_BRPORT_UNICAST_FLOOD, IFLA_BRPORT_ISOLATED = 8, 9, 33
+AF_BRIDGE = 7
+IFLA_MACVLAN_MODE = 1
+#: libvirt's ``<source mode=>`` of a direct interface -> the kernel's macvlan mode
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthrough": 8}
+NDA_LLADDR = 2
+NTF_MASTER = 0x04
+NUD_NOARP = 0x40  # a static forwarding entry: never ages out
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -48,6 +58,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_NDMSG = struct.Struct("=BxxxiHBB")
 _NLATTR = struct.Struct("=HH")
 
 
@@ -124,12 +135,33 @@ def veth_body(
     return body + attr(IFLA_LINKINFO, info)
 
 
-def address_body(index: int, address: str, prefix: int) -> bytes:
-    """RTM_NEWADDR body: ``address/prefix`` on a link (no broadcast, as pyroute2 makes it)."""
+def macvlan_body(
+    name: str, lower: int, ns_fd: int, *, mode: str, mac: str | None, mtu: int | None
+) -> bytes:
+    """RTM_NEWLINK body of a macvlan on link ``lower`` (an index in the sender's namespace),
+    made directly in the namespace ``ns_fd`` under ``name``, down. In ``passthrough`` mode the
+    kernel gives it the lower link's MAC whatever is asked (``mac`` is set afterwards)."""
+    body = ifinfo() + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_LINK, lower)
+    body += attr_u32(IFLA_NET_NS_FD, ns_fd)
+    if mac:
+        body += attr(IFLA_ADDRESS, mac_bytes(mac))
+    if mtu:
+        body += attr_u32(IFLA_MTU, mtu)
+    data = attr(IFLA_INFO_DATA, attr_u32(IFLA_MACVLAN_MODE, MACVLAN_MODES[mode]))
+    return body + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "macvlan") + data)
+
+
+def address_body(index: int, address: str, prefix: int, peer: str | None = None) -> bytes:
+    """RTM_NEWADDR body: ``address/prefix`` on a link (no broadcast, as pyroute2 makes it).
+
+    With ``peer`` (a point-to-point link, libvirt's ``<ip peer=>``) the kernel routes
+    ``peer/prefix`` through the link rather than ``address/prefix``.
+    """
     ip = ipaddress.ip_interface(f"{address}/{prefix}")
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     body = _IFADDRMSG.pack(family, prefix, 0, RT_SCOPE_UNIVERSE, index)
-    return body + attr(IFA_LOCAL, ip.ip.packed) + attr(IFA_ADDRESS, ip.ip.packed)
+    remote = ipaddress.ip_address(peer).packed if peer is not None else ip.ip.packed
+    return body + attr(IFA_LOCAL, ip.ip.packed) + attr(IFA_ADDRESS, remote)
 
 
 def route_body(dst: str, *, gateway: str | None, oif: int | None) -> bytes:
@@ -147,6 +179,21 @@ def route_body(dst: str, *, gateway: str | None, oif: int | None) -> bytes:
     if oif is not None:
         body += attr_u32(RTA_OIF, oif)
     return body
+
+
+def port_flags_body(index: int, flags: dict[int, bool]) -> bytes:
+    """RTM_NEWLINK body setting bridge port flags (``IFLA_BRPORT_*`` -> on/off) of a port."""
+    data = b"".join(attr(kind, b"\1" if on else b"\0") for kind, on in sorted(flags.items()))
+    info = attr_str(IFLA_INFO_SLAVE_KIND, "bridge") + attr(IFLA_INFO_SLAVE_DATA, data)
+    return ifinfo(index) + attr(IFLA_LINKINFO, info)
+
+
+def fdb_body(index: int, mac: str) -> bytes:
+    """RTM_NEWNEIGH/RTM_DELNEIGH body: a static entry for ``mac`` in the forwarding table of
+    the bridge that port ``index`` belongs to (``bridge fdb add MAC dev PORT master static``)."""
+    return _NDMSG.pack(AF_BRIDGE, index, NUD_NOARP, NTF_MASTER, 0) + attr(
+        NDA_LLADDR, mac_bytes(mac)
+    )
 
 
 def parse_attrs(data: bytes) -> dict[int, bytes]:
@@ -253,6 +300,52 @@ class Rtnl:
         mtu = parse_attrs(body[_IFINFOMSG.size :]).get(IFLA_MTU)
         return index, struct.unpack("=I", mtu)[0] if mtu else 0
 
+    def link_attrs(self, name: str) -> tuple[int, dict[int, bytes]] | None:
+        """(index, top-level attributes) of a link by name, or None when there is none."""
+        try:
+            body = self.request(
+                RTM_GETLINK, 0, ifinfo() + attr_str(IFLA_IFNAME, name), f"look up {name}"
+            )
+        except RtnlError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if body is None:
+            return None
+        index = _IFINFOMSG.unpack_from(body)[2]
+        return index, parse_attrs(body[_IFINFOMSG.size :])
+
+    def link_by_index(self, index: int) -> tuple[str, str | None] | None:
+        """(name, kind) of a link by index (kind None for a device without one, a physical
+        NIC), or None when there is none."""
+        try:
+            body = self.request(RTM_GETLINK, 0, ifinfo(index), f"look up link {index}")
+        except RtnlError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if body is None:
+            return None
+        found = parse_attrs(body[_IFINFOMSG.size :])
+        name = found.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
+        kind = parse_attrs(found.get(IFLA_LINKINFO, b"")).get(IFLA_INFO_KIND)
+        return name, kind.rstrip(b"\0").decode() if kind is not None else None
+
+    def move(self, index: int, ns_fd: int, *, name: str | None = None, what: str = "") -> None:
+        """Move a link into the namespace ``ns_fd`` (renamed there to ``name``, in the same
+        request); ConflictError when the name is taken there."""
+        body = ifinfo(index) + attr_u32(IFLA_NET_NS_FD, ns_fd)
+        if name is not None:
+            body += attr_str(IFLA_IFNAME, name)
+        self.request(RTM_NEWLINK, 0, body, f"move {what or index} to another namespace")
+
+    def mac(self, name: str) -> str:
+        """A link's MAC (``aa:bb:...``)."""
+        found = self.link_attrs(name)
+        if found is None:
+            raise RuntimeFailure(f"link {name} does not exist")
+        return ":".join(f"{b:02x}" for b in found[1].get(IFLA_ADDRESS, b""))
+
     def index(self, name: str) -> int:
         """The index of an existing link; RuntimeFailure when it does not exist."""
         found = self.link(name)
@@ -292,18 +385,74 @@ class Rtnl:
             RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {host_if}/{guest_if}"
         )
 
+    def create_macvlan(
+        self, name: str, lower: int, ns_fd: int, *, mode: str, mac: str | None, mtu: int | None
+    ) -> None:
+        """Create a macvlan (see :func:`macvlan_body`); ConflictError when the name is taken."""
+        self.request(
+            RTM_NEWLINK,
+            NLM_F_CREATE | NLM_F_EXCL,
+            macvlan_body(name, lower, ns_fd, mode=mode, mac=mac, mtu=mtu),
+            f"create macvlan {name} ({mode})",
+        )
+
+    def set_link(
+        self, index: int, *, mtu: int | None = None, master: int | None = None, what: str = ""
+    ) -> None:
+        """Set a link's MTU and/or master (a bridge's index) in one request (nothing to set:
+        no request)."""
+        body = ifinfo(index)
+        if mtu:
+            body += attr_u32(IFLA_MTU, mtu)
+        if master is not None:
+            body += attr_u32(IFLA_MASTER, master)
+        if len(body) > _IFINFOMSG.size:
+            self.request(RTM_NEWLINK, 0, body, f"set {what or index}")
+
+    def set_mac(self, index: int, mac: str, *, what: str = "") -> None:
+        """Give a link another MAC."""
+        body = ifinfo(index) + attr(IFLA_ADDRESS, mac_bytes(mac))
+        self.request(RTM_NEWLINK, 0, body, f"set the MAC of {what or index} to {mac}")
+
     def delete(self, index: int) -> None:
         """Delete a link by index."""
         self.request(RTM_DELLINK, 0, ifinfo(index), f"delete link {index}")
 
-    def add_address(self, index: int, address: str, prefix: int, *, what: str = "") -> None:
-        """Add ``address/prefix`` to a link."""
+    def add_address(
+        self, index: int, address: str, prefix: int, *, peer: str | None = None, what: str = ""
+    ) -> None:
+        """Add ``address/prefix`` (with a point-to-point ``peer``) to a link."""
         self.request(
             RTM_NEWADDR,
             NLM_F_CREATE | NLM_F_EXCL,
-            address_body(index, address, prefix),
-            f"add {address}/{prefix} to {what or index}",
+            address_body(index, address, prefix, peer),
+            f"add {address}/{prefix}{f' peer {peer}' if peer else ''} to {what or index}",
         )
+
+    def set_port_flags(self, index: int, flags: dict[int, bool], *, what: str = "") -> None:
+        """Set flags of a bridge port (:func:`port_flags_body`) in one request."""
+        self.request(
+            RTM_NEWLINK, 0, port_flags_body(index, flags), f"set bridge port {what or index}"
+        )
+
+    def fdb_add(self, index: int, mac: str, *, what: str = "") -> None:
+        """A static forwarding entry for ``mac`` on bridge port ``index`` (replaced if there)."""
+        self.request(
+            RTM_NEWNEIGH,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            fdb_body(index, mac),
+            f"add {mac} to the forwarding table on {what or index}",
+        )
+
+    def fdb_delete(self, index: int, mac: str, *, what: str = "") -> None:
+        """Remove the forwarding entry for ``mac`` on port ``index``; none there is no error."""
+        try:
+            self.request(
+                RTM_DELNEIGH, 0, fdb_body(index, mac), f"remove {mac} from {what or index}"
+            )
+        except RtnlError as exc:
+            if exc.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                raise
 
     def add_route(self, dst: str, *, gateway: str | None = None, oif: int | None = None) -> None:
         """Add a route in the main table via a gateway and/or a link."""

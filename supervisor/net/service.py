@@ -198,9 +198,12 @@ class NetworkService:
         if self.spares is not None:
             self.spares.close()
 
-    async def unplumb(self, nics: tuple[PlumbedNic, ...]) -> None:
-        """The ``release`` hook's network part."""
-        await unplumb(self.host, nics, self.running, self.book)
+    async def unplumb(
+        self, nics: tuple[PlumbedNic, ...], *, guest_netns: str | None = None
+    ) -> None:
+        """The ``release`` hook's network part (``guest_netns``: the guest's namespace, still
+        there, for the devices that live in it)."""
+        await unplumb(self.host, nics, self.running, self.book, guest_netns=guest_netns)
 
     def allocations(self) -> Allocations:
         """The current allocations, to persist in the run dir."""

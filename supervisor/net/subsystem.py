@@ -40,7 +40,13 @@ from supervisor.net.dnsmasq import (
 )
 from supervisor.net.networks import HostNet, bridge_for, host_bridge
 from supervisor.net.nftables import port_elements
-from supervisor.net.nics import PlumbedNic, isolate_port, nic_guard, port_isolated
+from supervisor.net.nics import (
+    PlumbedNic,
+    configure_port,
+    macs_managed,
+    nic_guard,
+    port_isolated,
+)
 from supervisor.net.service import NetworkService, NetworkTable
 from supervisor.store import ConfigStore, RunStore
 
@@ -242,7 +248,7 @@ class NetworkSubsystem:
 
     async def _prepare(self, ctx: GuestContext) -> None:
         domain = ctx.domain
-        if not domain.interfaces:
+        if not domain.has_nics:
             return
         name = self._netns_name(domain.name)
         if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now
@@ -304,8 +310,12 @@ class NetworkSubsystem:
             await host.worker.call(
                 functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
             )
-            if port_isolated(handle):
-                await host.worker.call(lambda _: isolate_port(host.rtnl_here(), nic.host_if))
+            isolated, managed = port_isolated(handle), macs_managed(handle)
+            await host.worker.call(
+                lambda _: configure_port(
+                    host.rtnl_here(), nic.host_if, nic.mac, isolated=isolated, managed=managed
+                )
+            )
         except Exception as exc:
             log.warning("guest %s: re-attaching %s: %s", domain_name, nic.host_if, exc)
             return
@@ -339,7 +349,8 @@ class NetworkSubsystem:
             return
         self._plumbed.pop(ctx.domain.name, None)
         try:
-            await self.service.unplumb(record.nics)
+            path = nsutil.netns_path(record.netns)
+            await self.service.unplumb(record.nics, guest_netns=str(path))
         finally:
             nsutil.delete_netns(record.netns)
             ctx.records.net = None

@@ -36,6 +36,7 @@ from lxml import etree
 
 from supervisor.model import (
     BLKIO_THROTTLES,
+    DIRECT_MODES,
     INTERFACE_FILTERS,
     BlkioDevice,
     BlkioTune,
@@ -47,8 +48,10 @@ from supervisor.model import (
     Domain,
     Filesystem,
     FilesystemType,
+    HostdevNet,
     IdMapEntry,
     Interface,
+    InterfaceType,
     IpAddress,
     MemTune,
     OsSpec,
@@ -164,7 +167,9 @@ _PATH_ATTR: Final = frozenset({"path"})
 _CONSOLE_TARGET_ATTRS: Final = frozenset({"type", "port"})
 _LXC: Final[dict[str, object]] = {"lxc": "lxc"}
 _CONSOLE_CHILDREN: Final = ("source", "target", "alias")
-_DEVICES: Final = ("emulator", "filesystem", "interface", "console")
+_DEVICES: Final = ("emulator", "filesystem", "interface", "console", "hostdev")
+_HOSTDEV_ATTRS: Final = frozenset({"mode", "type", "managed"})
+_HOSTDEV_CHILDREN: Final = ("source", "ip", "route", "alias")
 _STATIC: Final[dict[str, object]] = {"static": "static"}
 _MAX_ATTR: Final = frozenset({"max"})
 _ARCH_ATTR: Final = frozenset({"arch"})
@@ -183,7 +188,7 @@ _TYPE_ATTR: Final = frozenset({"type"})
 _ADDRESS_ATTR: Final = frozenset({"address"})
 _DEV_ATTR: Final = frozenset({"dev"})
 _SIZE_ATTR: Final = frozenset({"size"})
-_IP_ATTRS: Final = frozenset({"address", "prefix", "family"})
+_IP_ATTRS: Final = frozenset({"address", "prefix", "family", "peer"})
 _ROUTE_ATTRS: Final = frozenset({"family", "address", "prefix", "netmask", "gateway"})
 #: a network's ``<route>`` also has ``metric`` (read for networks only: NICs do not apply it)
 _ROUTE_ATTRS_METRIC: Final = _ROUTE_ATTRS | {"metric"}
@@ -191,14 +196,18 @@ _UP_DOWN: Final[dict[str, object]] = {"up": True, "down": False}
 _FILTER_ATTR: Final = frozenset({"filter"})
 #: ``<filterref filter=>``: the nwfilter names the supervisor implements (docs/networking.md)
 _FILTERS: Final[dict[str, object]] = {name: name for name in INTERFACE_FILTERS}
-#: the interface types plumbed into a bridge, the only ones a filter applies to
-_FILTERED_TYPES: Final = ("network", "bridge")
+#: the interface types a filter applies to: those plumbed into a bridge, and direct (macvlan),
+#: which must say that it goes unguarded (``vsv-allow-all``)
+_FILTERED_TYPES: Final = ("network", "bridge", "direct")
 #: Interface type -> the attribute of ``<source>`` that names what it connects to.
-_SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "vserver": "dev"}
+_SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "direct": "dev", "vserver": "dev"}
 _SOURCE_ATTRS: Final = {itype: frozenset({attr}) for itype, attr in _SOURCE_ATTR.items()}
 #: a type='network' NIC's ``<source>`` in libvirt's live XML also names the network's bridge and
 #: libvirt's port for the NIC (kept, not applied)
 _SOURCE_ATTRS["network"] = frozenset({"network", "bridge", "portid"})
+_SOURCE_ATTRS["direct"] = frozenset({"dev", "mode"})
+_DIRECT_MODES: Final[dict[str, object]] = {mode: mode for mode in DIRECT_MODES}
+_INTERFACE_TYPES: Final = ("network", "bridge", "ethernet", "direct", "vserver")
 _VSV_CLARK: Final = f"{{{VSV_NS}}}"
 #: libvirt's namespace for its LXC driver's own elements (``<lxc:namespace>``)
 LXC_NS: Final = "http://libvirt.org/schemas/domain/lxc/1.0"
@@ -856,7 +865,8 @@ def _read_devices(
 ) -> None:
     """The devices, each numbered in messages by its position among its kind in the document."""
     r.attrs(el, "devices", _NONE)
-    given = {"filesystem": 0, "interface": 0, "console": 0}
+    given = {"filesystem": 0, "interface": 0, "console": 0, "hostdev": 0}
+    hostdevs: list[HostdevNet] = []
     for child in r.children(el, "devices"):
         tag = child.tag
         if tag == "filesystem":
@@ -874,6 +884,11 @@ def _read_devices(
             console = _read_console(r, child, len(consoles), n)
             if console is not None:
                 consoles.append(console)
+        elif tag == "hostdev":
+            n = given[tag] = given[tag] + 1
+            hostdev = _read_hostdev(r, child, len(hostdevs), n)
+            if hostdev is not None:
+                hostdevs.append(hostdev)
         elif tag == "emulator":
             # libvirt's controller binary (libvirt_lxc): kept so dumpxml gives it back, not used
             if "emulator" in fields:
@@ -883,6 +898,85 @@ def _read_devices(
             r.lines[("emulator",)] = srcline(child) or r.root_line
         else:
             r.unsupported(child, "devices", _DEVICES)
+    if hostdevs:
+        fields["hostdevs"] = tuple(hostdevs)
+
+
+def _read_hostdev(r: Reader, el: etree._Element, i: int, n: int) -> HostdevNet | None:
+    """``<hostdev mode='capabilities' type='net'>`` with ``<source><interface>NAME``, the
+    guest's ``<ip>``/``<route>`` and an ``<alias>``. Other hostdevs (PCI, USB, SCSI: libvirt's
+    default ``mode='subsystem'``; block and character devices: ``type='storage'``, ``'misc'``)
+    are refused, naming the attribute."""
+    where = _numbered(r, "hostdevs", "hostdev", i, n)
+    key: Key = ("hostdevs", i)
+    line = srcline(el) or r.root_line
+    r.lines[key] = line
+    r.attrs(el, where, _HOSTDEV_ATTRS)
+    ok = True
+    for attr, want, default in (("mode", "capabilities", "subsystem"), ("type", "net", None)):
+        value = el.get(attr)
+        if value == want:
+            continue
+        ok = False
+        if value is None:
+            what = "is missing" + (f" (libvirt's default is {default})" if default else "")
+            r.error(line, f"{where}/@{attr}", f"required attribute {what}: allowed {want}")
+        else:
+            r.error(
+                line,
+                f"{where}/@{attr}",
+                f"value '{quoted(value)}' is not supported: allowed {want} (a host "
+                "network interface lent to the guest)",
+            )
+    if el.get("managed") is not None:
+        r.error(line, f"{where}/@managed", "is used by mode='subsystem' only: allowed none")
+    if not ok:
+        return None
+    interface: str | None = None
+    ips: list[IpAddress] = []
+    routes: list[Route] = []
+    alias: str | None = None
+    seen: set[str] = set()
+    for child in r.children(el, where):
+        tag: str = child.tag
+        cwhere = f"{where}/{tag_name(child)}"
+        cline = srcline(child) or r.root_line
+        if tag not in _HOSTDEV_CHILDREN:
+            r.unsupported(child, where, _HOSTDEV_CHILDREN)
+            continue
+        if tag in seen and tag not in ("ip", "route"):
+            r.duplicate(child, cwhere)
+            continue
+        seen.add(tag)
+        if tag == "source":
+            r.attrs(child, cwhere, _NONE)
+            for part in r.children(child, cwhere):
+                pwhere = f"{cwhere}/{tag_name(part)}"
+                if part.tag != "interface" or interface is not None:
+                    if part.tag == "interface":
+                        r.duplicate(part, pwhere)
+                    else:
+                        r.unsupported(part, cwhere, ["interface"])
+                    continue
+                interface = r.leaf(part, pwhere, _NONE).strip()
+                r.lines[(*key, "interface")] = srcline(part) or cline
+        elif tag == "ip":
+            ip = read_ip(r, child, cwhere)
+            if ip is not None:
+                r.lines[(*key, "ips", len(ips))] = cline
+                ips.append(ip)
+        elif tag == "route":
+            route = read_route(r, child, cwhere)
+            if route is not None:
+                r.lines[(*key, "routes", len(routes))] = cline
+                routes.append(route)
+        else:
+            alias = _read_alias(r, child, cwhere)
+            r.lines[(*key, "alias")] = cline
+    if interface is None:
+        r.error(line, f"{where}/source/interface", "required element is missing")
+        return None
+    return HostdevNet(interface=interface, ips=tuple(ips), routes=tuple(routes), alias=alias)
 
 
 def _numbered(r: Reader, field: str, tag: str, i: int, n: int) -> str:
@@ -1042,10 +1136,8 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
     r.attrs(el, where, _TYPE_ATTR)
     r.lines[key] = srcline(el) or r.root_line
     itype = el.get("type")
-    if itype not in ("network", "bridge", "ethernet", "vserver"):
-        r.bad_value(
-            el, f"{where}/@type", itype, "is not supported", "network, bridge, ethernet, vserver"
-        )
+    if itype not in _INTERFACE_TYPES:
+        r.bad_value(el, f"{where}/@type", itype, "is not supported", ", ".join(_INTERFACE_TYPES))
         return None
     fields: dict[str, object] = {}
     ips: list[IpAddress] = []
@@ -1063,11 +1155,14 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
             r.duplicate(child, cwhere)
             continue
         seen.add(tag)
-        if tag != "filterref":  # whose children (<parameter>) are reported below
+        # <filterref>'s children (<parameter>) are reported below, an ethernet <source>'s (the
+        # host end's <ip> and <route>) read there
+        if tag != "filterref" and not (tag == "source" and source_attr is None):
             r.text(child, cwhere)
         if tag == "source":
             if source_attr is None:
-                r.error(line, cwhere, "element <source> is not used by type='ethernet'")
+                # type ethernet: the host end's addresses and routes (libvirt's meaning)
+                _read_host_side(r, child, cwhere, key, fields)
                 continue
             r.attrs(child, cwhere, _SOURCE_ATTRS[itype])
             fields["source"] = r.required(child, cwhere, source_attr)
@@ -1079,6 +1174,8 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
                     if value is not None:
                         fields[field] = value
                         r.lines[(*key, field)] = line
+            elif itype == "direct":
+                fields["direct_mode"] = r.choice_attr(child, cwhere, "mode", _DIRECT_MODES)
         elif tag == "mac":
             r.attrs(child, cwhere, _ADDRESS_ATTR)
             mac = r.required(child, cwhere, "address")
@@ -1123,21 +1220,10 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
                 _UP_DOWN,
             )
         elif tag == "ip":
-            r.attrs(child, cwhere, _IP_ATTRS)
-            address = r.required(child, cwhere, "address")
-            if address is None:
-                continue
-            r.lines[(*key, "ips", len(ips))] = line
-            ips.append(
-                IpAddress(
-                    address=canonical_ip(address),
-                    prefix=r.int_attr(child, cwhere, "prefix"),
-                    family=cast(
-                        "Literal['ipv4', 'ipv6'] | None",
-                        r.choice_attr(child, cwhere, "family", _FAMILIES),
-                    ),
-                )
-            )
+            ip = read_ip(r, child, cwhere)
+            if ip is not None:
+                r.lines[(*key, "ips", len(ips))] = line
+                ips.append(ip)
         else:  # route
             route = read_route(r, child, cwhere)
             if route is not None:
@@ -1146,11 +1232,56 @@ def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface 
     if itype == "vserver":
         r.lines[(*key, "type")] = r.lines[key]
     return Interface(
-        type=cast("Literal['network', 'bridge', 'ethernet', 'vserver']", itype),
+        type=cast("InterfaceType", itype),
         ips=tuple(ips),
         routes=tuple(routes),
         **fields,  # type: ignore[arg-type]
     )
+
+
+def read_ip(r: Reader, el: etree._Element, where: str) -> IpAddress | None:
+    """An ``<ip address= prefix= family= peer=>`` of a NIC (None when the address is missing)."""
+    r.attrs(el, where, _IP_ATTRS)
+    address = r.required(el, where, "address")
+    if address is None:
+        return None
+    peer = el.get("peer")
+    return IpAddress(
+        address=canonical_ip(address),
+        prefix=r.int_attr(el, where, "prefix"),
+        family=cast(
+            "Literal['ipv4', 'ipv6'] | None",
+            r.choice_attr(el, where, "family", _FAMILIES),
+        ),
+        peer=canonical_ip(peer) if peer is not None else None,
+    )
+
+
+def _read_host_side(
+    r: Reader, el: etree._Element, where: str, key: Key, fields: dict[str, object]
+) -> None:
+    """An ethernet interface's ``<source>``: no attributes, the host end's ``<ip>`` and
+    ``<route>`` elements (libvirt's ``interface-ip-info``)."""
+    r.attrs(el, where, _NONE)
+    ips: list[IpAddress] = []
+    routes: list[Route] = []
+    for child in r.children(el, where):
+        cwhere = f"{where}/{tag_name(child)}"
+        line = srcline(child) or r.root_line
+        if child.tag == "ip":
+            ip = read_ip(r, child, cwhere)
+            if ip is not None:
+                r.lines[(*key, "host_ips", len(ips))] = line
+                ips.append(ip)
+        elif child.tag == "route":
+            route = read_route(r, child, cwhere)
+            if route is not None:
+                r.lines[(*key, "host_routes", len(routes))] = line
+                routes.append(route)
+        else:
+            r.unsupported(child, where, ("ip", "route"))
+    fields["host_ips"] = tuple(ips)
+    fields["host_routes"] = tuple(routes)
 
 
 def _valid_ip(text: str) -> bool:
@@ -1395,7 +1526,7 @@ def write_domain(d: Domain) -> str:
     sub(root, "on_poweroff", d.on_poweroff)
     sub(root, "on_reboot", d.on_reboot)
     sub(root, "on_crash", d.on_crash)
-    if d.filesystems or d.interfaces or d.consoles or d.emulator is not None:
+    if d.filesystems or d.interfaces or d.consoles or d.hostdevs or d.emulator is not None:
         devices = sub(root, "devices")
         if d.emulator is not None:
             sub(devices, "emulator", d.emulator)
@@ -1405,6 +1536,8 @@ def write_domain(d: Domain) -> str:
             _write_interface(devices, iface)
         for console in d.consoles:
             _write_console(devices, console)
+        for hostdev in d.hostdevs:
+            _write_hostdev(devices, hostdev)
     for label in d.seclabels:
         sel = sub(root, "seclabel", type=label.type)
         _set(sel, "model", label.model)
@@ -1463,6 +1596,18 @@ def _write_console(devices: etree._Element, console: Console) -> None:
         sub(el, "alias", name=console.alias)
 
 
+def _write_hostdev(devices: etree._Element, hostdev: HostdevNet) -> None:
+    el = sub(devices, "hostdev", mode="capabilities", type="net")
+    source = sub(el, "source")
+    sub(source, "interface", hostdev.interface)
+    for ip in hostdev.ips:
+        _write_ip(el, ip)
+    for route in hostdev.routes:
+        write_route(el, route)
+    if hostdev.alias is not None:
+        sub(el, "alias", name=hostdev.alias)
+
+
 def _write_interface(devices: etree._Element, iface: Interface) -> None:
     el = sub(devices, "interface", type=iface.type)
     attr = _SOURCE_ATTR.get(iface.type)
@@ -1470,6 +1615,13 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         source = sub(el, "source", **{attr: iface.source})
         _set(source, "bridge", iface.source_bridge)
         _set(source, "portid", iface.portid)
+        _set(source, "mode", iface.direct_mode)
+    elif iface.host_ips or iface.host_routes:
+        source = sub(el, "source")
+        for ip in iface.host_ips:
+            _write_ip(source, ip)
+        for route in iface.host_routes:
+            write_route(source, route)
     if iface.mac is not None:
         sub(el, "mac", address=iface.mac)
     if iface.target_dev is not None:
@@ -1477,9 +1629,7 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
     if iface.guest_dev is not None:
         sub(el, "guest", dev=iface.guest_dev)
     for ip in iface.ips:
-        ipel = sub(el, "ip", address=ip.address)
-        _set(ipel, "prefix", _num(ip.prefix))
-        _set(ipel, "family", ip.family)
+        _write_ip(el, ip)
     for route in iface.routes:
         write_route(el, route)
     if iface.mtu is not None:
@@ -1490,6 +1640,13 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         sub(el, "filterref", filter=iface.filterref)
     if iface.alias is not None:
         sub(el, "alias", name=iface.alias)
+
+
+def _write_ip(parent: etree._Element, ip: IpAddress) -> None:
+    el = sub(parent, "ip", address=ip.address)
+    _set(el, "prefix", _num(ip.prefix))
+    _set(el, "family", ip.family)
+    _set(el, "peer", ip.peer)
 
 
 def write_route(parent: etree._Element, route: Route) -> None:
