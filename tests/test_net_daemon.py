@@ -111,8 +111,10 @@ async def sup(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(30):
             for g in list(s.guests.values()):
-                if g.busy:
+                if g.status().state != "SHUTOFF":
                     await s.destroy_domain(g.domain.name)
+                while g.busy:  # a guest that ended by itself may still be being released
+                    await trio.sleep(0.02)
             if s.net is not None:
                 await s.net.stop_all()
             # the supervisor's end removes what lives as long as it does (a console keeper)
