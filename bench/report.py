@@ -159,6 +159,15 @@ BENCHES = (
         smoke=("--seconds", "0.5"),
     ),
     Bench(
+        "cli",
+        ("bench/bench_cli.py",),
+        ("--rounds", "5"),
+        300,
+        "every vsv client verb as a whole process",
+        smoke=("--rounds", "2"),
+        missed_exit=1,
+    ),
+    Bench(
         "api",
         ("bench/bench_api.py",),
         ("--quick",),
@@ -831,6 +840,36 @@ def area_events(bus: Json | None, api: Json | None) -> Area:
     return area
 
 
+def area_cli(c: Json | None) -> Area:
+    """Each client verb as a whole process beside the bare interpreter (and virsh)."""
+    area = Area(
+        "The vsv command",
+        "bench_cli.py: `python -m supervisor VERB` as a whole process against the API over the "
+        "in-memory facade, rounds interleaved with `python -c pass`",
+    )
+    if not c:
+        return area
+    floor = c["floor"]
+    peers = c.get("virsh") or {}
+    margin = c["margin_ms"]
+    for verb, x in c["verbs"].items():
+        peer = peers.get(verb)
+        area.rows.append(
+            Row(
+                f"`vsv {verb}`",
+                ms(x),
+                f"python -c pass {ms(floor, False)}",
+                f"virsh {verb} {ms(peer, False)}" if peer else f"virsh: {LIBVIRT_NOTE}",
+                f"+{x['over_floor_ms']:.1f} ms",
+                f"<= floor + {margin:.0f} ms (60 ms at a 35 ms floor)",
+                met=bool(x["met"]),
+            )
+        )
+    for verb, why in c.get("not_measured", {}).items():
+        area.rows.append(Row(f"`vsv {verb}`", "-", note=f"not measured: {why}"))
+    return area
+
+
 def area_sched(s: Json | None) -> Area:
     area = Area(
         "Scheduler",
@@ -1052,6 +1091,7 @@ def build_areas(got: dict[str, Json | None], png: Path) -> list[Area]:
         ("sweep", lambda: area_sweep(got.get("start"), png.name if png.exists() else None)),
         ("net", lambda: area_net(got.get("start"), got.get("net"))),
         ("events", lambda: area_events(got.get("bus"), got.get("api"))),
+        ("cli", lambda: area_cli(got.get("cli"))),
         ("sched", lambda: area_sched(got.get("sched"))),
     ]
     areas = []

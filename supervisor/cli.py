@@ -70,10 +70,19 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     from supervisor.logging_setup import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
+    from supervisor.api.client import BadSocketPath
+
     socket_path: str | None = None
     ro_socket: str | None = None
     if not args.no_api:
-        socket_path = resolve_socket(args)
+        try:
+            socket_path = resolve_socket(args)
+        except BadSocketPath as exc:
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 2
+        if args.ro_socket == "":
+            print("vsv daemon: --ro-socket: the socket path is empty", file=sys.stderr)
+            return 2
         ro_socket = args.ro_socket or os.path.join(os.path.dirname(socket_path), "vsv-ro.sock")
     sig = getattr(signal, "SIG" + args.shutdown_signal.upper().removeprefix("SIG"), None)
     if not isinstance(sig, int):
@@ -128,15 +137,46 @@ def _positive_number(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, separate from :func:`main` so tests and docs can inspect it."""
+class _OneVerb:
+    """Stands in for argparse's sub-parser action while only one verb's parser is wanted.
+
+    Building every verb's parser costs ~10 ms (argparse looks up translations for each), a
+    sixth of what a client verb may take as a whole process; :func:`main` knows the verb before
+    parsing, so it builds that one. Every other verb's registration runs against a stand-in
+    that records the name and ignores the rest.
+    """
+
+    def __init__(self, real: Any, only: str) -> None:
+        self._real = real
+        self._only = only
+        self.names: list[str] = []
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        self.names.append(name)
+        if name == self._only:
+            return self._real.add_parser(name, **kwargs)
+        return _Ignored()
+
+
+class _Ignored:
+    """A verb parser nobody will use: every call is accepted and does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, separate from :func:`main` so tests and docs can inspect it;
+    with ``only``, the parser of that verb alone (all of them when there is no such verb)."""
     parser = argparse.ArgumentParser(
         prog="vsv", description="Supervise Linux guest contexts defined in libvirt-style XML."
     )
     from supervisor.clientcli import add_global_options, register_client_verbs, whole_number
 
     add_global_options(parser)
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    real = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    selective = _OneVerb(real, only) if only is not None else None
+    sub: Any = selective if selective is not None else real
     register_client_verbs(sub)
 
     p = sub.add_parser("validate", help="check domain/network XML documents")
@@ -276,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(the <uid start='0' target='UID'/> of the domain); every file keeps its offset",
     )
     p.set_defaults(func=_cmd_rootfs)
+    if selective is not None and only not in selective.names:
+        return build_parser()  # not a verb: argparse's error lists them all
     return parser
 
 
@@ -325,9 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # first of all: a stop signal during the start-up must end it in order too
         stopsignals.defer()
-    parser = build_parser()
+    parser = build_parser(command_verb(words))
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    from supervisor.clientcli import stdout_closed
+
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()  # `vsv validate *.xml | head -1`: quietly, as client verbs do
     return result
 
 

@@ -24,6 +24,7 @@ from supervisor.api.client import (
     DEFAULT_RO_SOCKET,
     DEFAULT_SOCKET,
     ApiError,
+    BadSocketPath,
     Client,
     ClientError,
     DaemonNotRunning,
@@ -52,12 +53,69 @@ Verb = Callable[[argparse.Namespace, Client], int]
 
 
 def resolve_socket(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
-    """The socket path: ``--socket``, then ``$VSV_SOCKET``, then the default."""
+    """The socket path: ``--socket``, then ``$VSV_SOCKET``, then the default.
+
+    ``--socket ''`` is a mistake to report (BadSocketPath), not a request for the default: a
+    script whose variable came out empty must not reach another supervisor than it meant. An
+    empty ``$VSV_SOCKET`` counts as unset, as empty environment variables usually do.
+    """
     env = os.environ if environ is None else environ
     explicit = getattr(args, "socket", None)
-    if explicit:
+    if explicit is not None:
+        if not explicit:
+            raise BadSocketPath("--socket: the socket path is empty")
         return str(explicit)
     return env.get("VSV_SOCKET") or DEFAULT_SOCKET
+
+
+#: a domain's or network's name: validate.py's rule, repeated here so that a client verb can
+#: refuse a name that cannot exist without importing the validator (a test keeps them equal)
+NAME_MAX_BYTES = 64
+_NAME_RULE = (
+    f"a name is 1..{NAME_MAX_BYTES} bytes without '/', whitespace or control characters, "
+    "not starting with '.' or '-'"
+)
+
+
+class BadName(ClientError, ValueError):
+    """A domain or network name that no definition can have (``vsv undefine ../x``)."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a domain or network, or None (the validator's rule)."""
+    if not name:
+        return "is empty"
+    if len(name.encode(errors="surrogateescape")) > NAME_MAX_BYTES:
+        return f"is longer than {NAME_MAX_BYTES} bytes"
+    if name[0] in ".-":
+        return "starts with '.' or '-'"
+    if any(c.isspace() or c == "/" or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "contains '/', whitespace or control characters"
+    return None
+
+
+def _named(kind: str, name: str) -> str:
+    """``/v1/{kind}s/NAME`` for a name that can exist; BadName naming it otherwise."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise BadName(f"{name!r} is not a valid {kind} name: it {problem} ({_NAME_RULE})")
+    return f"/v1/{kind}s/{quote(name)}"
+
+
+def stdout_closed() -> int:
+    """Whoever read our standard output is gone (``vsv list | head -1``): stop quietly.
+
+    Nothing more we print can reach anyone, which is what the reader asked for, so this is no
+    error (exit 0), and no message. Standard output is pointed at /dev/null so that the
+    interpreter's own flush at exit does not fail on the closed pipe again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -142,8 +200,33 @@ def _state_word(state: str) -> str:
     return _STATE_WORDS.get(state, state.lower())
 
 
+def _send_document(c: Client, path: str, file: str) -> Any:
+    """POST a document; its problems are printed as ``FILE:LINE: message`` (as ``vsv validate``
+    prints them, so an editor can jump there) and raise :class:`_Reported`."""
+    try:
+        return c.send_xml(path, _read_file(file))
+    except ApiError as exc:
+        if exc.code != "invalid-document" or not exc.problems:
+            raise
+        where = "<stdin>" if file == "-" else file
+        for problem in exc.problems:
+            line, sep, rest = problem.partition(": ")
+            sys.stderr.write(
+                f"{where}:{line}: {rest}\n" if sep and line.isdigit() else f"{where}: {problem}\n"
+            )
+        raise _Reported(EXIT_REFUSED) from None
+
+
+class _Reported(Exception):
+    """The verb has said what went wrong on stderr; exit with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def _define(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_xml("/v1/domains", _read_file(args.file))
+    reply = _send_document(c, "/v1/domains", args.file)
     if args.json:
         _print_json(reply)
     else:
@@ -152,7 +235,7 @@ def _define(args: argparse.Namespace, c: Client) -> int:
 
 
 def _undefine(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_json("DELETE", f"/v1/domains/{quote(args.domain)}")
+    reply = c.send_json("DELETE", f"{_named('domain', args.domain)}")
     _done(args, reply, f"Domain '{args.domain}' has been undefined")
     return EXIT_OK
 
@@ -170,7 +253,7 @@ _ACTION_WORDS = {
 def _action(action: str) -> Verb:
     def run(args: argparse.Namespace, c: Client) -> int:
         query = {"timeout": args.timeout} if action == "shutdown" else {}
-        reply = c.send_json("POST", f"/v1/domains/{quote(args.domain)}/{action}", **query)
+        reply = c.send_json("POST", f"{_named('domain', args.domain)}/{action}", **query)
         _done(args, reply, f"Domain '{args.domain}' {_ACTION_WORDS[action]}")
         return EXIT_OK
 
@@ -194,12 +277,12 @@ def _print_xml(name: str, text: str, *, as_json: bool) -> int:
 
 
 def _dumpxml(args: argparse.Namespace, c: Client) -> int:
-    text = c.get_text(f"/v1/domains/{quote(args.domain)}/xml")
+    text = c.get_text(f"{_named('domain', args.domain)}/xml")
     return _print_xml(args.domain, text, as_json=args.json)
 
 
 def _dominfo(args: argparse.Namespace, c: Client) -> int:
-    info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    info = c.get_json(f"{_named('domain', args.domain)}")
     if args.json:
         _print_json(info)
         return EXIT_OK
@@ -225,7 +308,7 @@ def _dominfo(args: argparse.Namespace, c: Client) -> int:
 
 
 def _domstate(args: argparse.Namespace, c: Client) -> int:
-    reply = c.get_json(f"/v1/domains/{quote(args.domain)}/state")
+    reply = c.get_json(f"{_named('domain', args.domain)}/state")
     if args.json:
         _print_json(reply)
     elif args.reason:
@@ -237,7 +320,7 @@ def _domstate(args: argparse.Namespace, c: Client) -> int:
 
 def _autostart(args: argparse.Namespace, c: Client) -> int:
     value = not args.disable
-    reply = c.send_json("PUT", f"/v1/domains/{quote(args.domain)}/autostart", {"autostart": value})
+    reply = c.send_json("PUT", f"{_named('domain', args.domain)}/autostart", {"autostart": value})
     _done(
         args,
         reply,
@@ -247,7 +330,7 @@ def _autostart(args: argparse.Namespace, c: Client) -> int:
 
 
 def _schedinfo(args: argparse.Namespace, c: Client) -> int:
-    path = f"/v1/domains/{quote(args.domain)}/schedinfo"
+    path = f"{_named('domain', args.domain)}/schedinfo"
     if args.set:
         params: dict[str, str] = {}
         for item in args.set:
@@ -286,7 +369,7 @@ def _loss_text(loss: object) -> str:
 
 
 def _domifaddr(args: argparse.Namespace, c: Client) -> int:
-    reply = c.get_json(f"/v1/domains/{quote(args.domain)}/interfaces")
+    reply = c.get_json(f"{_named('domain', args.domain)}/interfaces")
     if args.json:
         _print_json(reply["interfaces"])
         return EXIT_OK
@@ -331,20 +414,20 @@ def _net_list(args: argparse.Namespace, c: Client) -> int:
 
 
 def _net_define(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_xml("/v1/networks", _read_file(args.file))
+    reply = _send_document(c, "/v1/networks", args.file)
     _done(args, reply, f"Network {reply['network']['name']} defined from {args.file}")
     return EXIT_OK
 
 
 def _net_undefine(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_json("DELETE", f"/v1/networks/{quote(args.network)}")
+    reply = c.send_json("DELETE", f"{_named('network', args.network)}")
     _done(args, reply, f"Network {args.network} has been undefined")
     return EXIT_OK
 
 
 def _net_action(action: str) -> Verb:
     def run(args: argparse.Namespace, c: Client) -> int:
-        reply = c.send_json("POST", f"/v1/networks/{quote(args.network)}/{action}")
+        reply = c.send_json("POST", f"{_named('network', args.network)}/{action}")
         _done(
             args, reply, f"Network {args.network} {'started' if action == 'start' else 'destroyed'}"
         )
@@ -354,12 +437,12 @@ def _net_action(action: str) -> Verb:
 
 
 def _net_dumpxml(args: argparse.Namespace, c: Client) -> int:
-    text = c.get_text(f"/v1/networks/{quote(args.network)}/xml")
+    text = c.get_text(f"{_named('network', args.network)}/xml")
     return _print_xml(args.network, text, as_json=args.json)
 
 
 def _net_leases(args: argparse.Namespace, c: Client) -> int:
-    reply = c.get_json(f"/v1/networks/{quote(args.network)}/leases")
+    reply = c.get_json(f"{_named('network', args.network)}/leases")
     if args.json:
         _print_json(reply["leases"])
         return EXIT_OK
@@ -446,6 +529,7 @@ def _event(args: argparse.Namespace, c: Client) -> int:
     limit = None if args.loop else (1 if args.since is None else None)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     since = args.since
+    waiting = False  # told the user we wait for the supervisor (once per outage)
     while True:
         try:
             for record in c.events(
@@ -456,6 +540,7 @@ def _event(args: argparse.Namespace, c: Client) -> int:
                 type=args.type,
                 heartbeat=min(5.0, args.timeout) if args.timeout else 5.0,
             ):
+                waiting = False
                 if record.get("kind") == "heartbeat":
                     since = record["seq"]
                     if deadline is not None and time.monotonic() >= deadline:
@@ -471,11 +556,17 @@ def _event(args: argparse.Namespace, c: Client) -> int:
                     return EXIT_OK
             return EXIT_OK
         except (ProtocolError, DaemonNotRunning) as exc:
-            if not args.loop:
+            # the supervisor restarted (or is not up yet) or the connection died: with --loop,
+            # resume where we were, but never past --timeout, whose end with no supervisor is
+            # the not-running exit (3) with the last failure as its message
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not args.loop or (remaining is not None and remaining <= 0):
                 raise
-            # the supervisor restarted or the connection died: resume where we were
-            sys.stderr.write(f"vsv: {exc}; reconnecting from #{since}\n")
-            time.sleep(0.5)
+            if not waiting:
+                where = f"reconnecting from #{since}" if since is not None else "waiting for it"
+                sys.stderr.write(f"vsv: {exc}; {where}\n")
+                waiting = True
+            time.sleep(0.5 if remaining is None else min(0.5, remaining))
             follow = True
 
 
@@ -501,7 +592,7 @@ _READ_VERBS = frozenset(
 def _log(args: argparse.Namespace, c: Client) -> int:
     """Print a guest's log (its stdout and stderr), the last ``--lines``; ``--follow`` waits
     for more, also across a restart of the guest and the daemon's cutting back of the log."""
-    info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    info = c.get_json(f"{_named('domain', args.domain)}")
     path = info.get("log")
     if not isinstance(path, str):
         sys.stderr.write(f"vsv: error: domain {args.domain!r} has no log\n")
@@ -605,7 +696,7 @@ def _exec(args: argparse.Namespace, c: Client) -> int:
             return EXIT_USAGE
         overrides[key] = value
     try:
-        info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+        info = c.get_json(f"{_named('domain', args.domain)}")
     except ApiError as exc:
         return refuse(str(exc))
     pid = info.get("init_pid")
@@ -646,7 +737,11 @@ def run_verb(
     verb: str, fn: Verb, args: argparse.Namespace, environ: dict[str, str] | None = None
 ) -> int:
     """Run one verb against the resolved socket, turning every failure into a message and a code."""
-    path = resolve_socket(args, environ)
+    try:
+        path = resolve_socket(args, environ)
+    except BadSocketPath as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_USAGE
     explicit = bool(getattr(args, "socket", None)) or bool(
         (os.environ if environ is None else environ).get("VSV_SOCKET")
     )
@@ -659,6 +754,14 @@ def run_verb(
                 raise
             with Client(DEFAULT_RO_SOCKET) as client:
                 return fn(args, client)
+    except _Reported as reported:
+        return reported.status
+    except BadName as exc:
+        sys.stderr.write(f"vsv: error: {exc}\n")
+        return EXIT_REFUSED
+    except BadSocketPath as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_USAGE
     except ApiError as exc:
         sys.stderr.write(f"vsv: error: {exc}\n")
         for problem in exc.problems:
@@ -679,12 +782,32 @@ def run_verb(
     except ClientError as exc:
         sys.stderr.write(f"vsv: {exc}\n")
         return EXIT_PROTOCOL
+    except BrokenPipeError:
+        return stdout_closed()
     except OSError as exc:
         name = getattr(exc, "filename", None)
         sys.stderr.write(f"vsv: {name + ': ' if name else ''}{exc.strerror or exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+class _NameRecorder:
+    """Sub-parsers that only note each verb's name (see :func:`client_verb_names`)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        self.names.append(name)
+        return argparse.ArgumentParser(add_help=False)
+
+
+def client_verb_names() -> list[str]:
+    """Every client verb's name, in registration order (benchmarks and completion use it)."""
+    recorder = _NameRecorder()
+    register_client_verbs(recorder)
+    return recorder.names
 
 
 def register_client_verbs(subparsers: Any) -> None:

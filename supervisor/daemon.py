@@ -659,19 +659,40 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         f" (raised from {nofile_before})" if nofile != nofile_before else "",
         extra={"nofile": nofile, "nofile_before": nofile_before},
     )
+    listeners = None
+    if opts.socket is not None:
+        from supervisor.api.server import bind_api
+
+        # bound before anything is made or runs (see ApiListeners): a second supervisor, or a
+        # socket path that cannot be served, stops here with one line and leaves nothing behind
+        # (no journal, no namespace); a client that connects once the supervisor announced
+        # itself waits in the backlog to be served
+        try:
+            listeners = bind_api(opts.socket, opts.ro_socket, opts.socket_group)
+        except VsvError as exc:
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 1
     created_netns = False
     host_netns: str | None = None
-    if opts.netns is not None:
-        if not nsutil.netns_exists(opts.netns):
-            nsutil.create_netns(opts.netns)
-            created_netns = True
-        host_netns = str(nsutil.netns_path(opts.netns))
     from supervisor import sdnotify
     from supervisor.journal import Journal
 
-    # The journal numbers on from where the previous supervisor stopped; every event is in it
-    # before anyone can see it (a bus sink), so a consumer resuming with since=N misses nothing.
-    journal = Journal.open(opts.state_dir / "journal")
+    try:
+        if opts.netns is not None:
+            if not nsutil.netns_exists(opts.netns):
+                nsutil.create_netns(opts.netns)
+                created_netns = True
+            host_netns = str(nsutil.netns_path(opts.netns))
+        # The journal numbers on from where the previous supervisor stopped; every event is in
+        # it before anyone can see it (a bus sink), so a consumer resuming with since=N misses
+        # nothing.
+        journal = Journal.open(opts.state_dir / "journal")
+    except BaseException:
+        if listeners is not None:
+            listeners.close()
+        if created_netns:
+            nsutil.delete_netns(opts.netns or "")
+        raise
     bus: Bus[GuestContext] = Bus(first_seq=journal.last_seq() + 1)
     bus.add_sink(journal.append)
     sup = Supervisor(
@@ -689,20 +710,6 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     )
     from supervisor import stopsignals
 
-    listeners = None
-    if opts.socket is not None:
-        from supervisor.api.server import bind_api
-
-        # bound before anything runs (see ApiListeners): a second supervisor stops here, and a
-        # client that connects once the supervisor announced itself waits to be served
-        try:
-            listeners = bind_api(opts.socket, opts.ro_socket, opts.socket_group)
-        except VsvError as exc:
-            journal.close()
-            if created_netns:
-                nsutil.delete_netns(opts.netns or "")
-            print(f"vsv daemon: {exc}", file=sys.stderr)
-            return 1
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             # one that came before we listened (see supervisor.stopsignals) counts as well

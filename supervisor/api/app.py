@@ -379,7 +379,7 @@ class ApiApp:
                         "peer_gid": peer.gid if peer else None,
                     },
                 )
-            handler, params = _route(method, path)
+            handler, params = _route(method, path, scope.get("raw_path"))
             query = _parse_query(scope.get("query_string", b""))
             headers = {
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
@@ -796,9 +796,18 @@ ROUTES += [("POST", ("v1", "domains", _NAME, a), ApiApp.domain_action) for a in 
 ROUTES += [("POST", ("v1", "networks", _NAME, a), ApiApp.network_action) for a in NETWORK_ACTIONS]
 
 
-def _route(method: str, path: str) -> tuple[Handler, dict[str, str]]:
-    """The handler for (method, path) and the path parameters; 404/405 problems otherwise."""
-    parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
+def _route(method: str, path: str, raw_path: bytes | None = None) -> tuple[Handler, dict[str, str]]:
+    """The handler for (method, path) and the path parameters; 404/405 problems otherwise.
+
+    Segments are split on the path as sent (``raw_path``) and decoded one by one, so that an
+    escaped ``/`` stays inside its segment: ``/v1/domains/..%2Fx`` asks for the domain named
+    ``../x`` (which cannot exist: 404 ``not-found`` naming it), not for ``/v1/x``.
+    """
+    if raw_path is not None:
+        raw = raw_path.decode("latin-1").strip("/")
+        parts = tuple(urllib.parse.unquote(p) for p in raw.split("/")) if raw else ()
+    else:
+        parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
     allowed: list[str] = []
     for route_method, pattern, handler in ROUTES:
         if len(pattern) != len(parts):

@@ -42,6 +42,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
 from supervisor.api.app import ApiApp, Codec, PeerCred, XmlCodec, busy_response
+from supervisor.api.client import socket_path_problem
 from supervisor.api.limits import (
     ApiStatistics,
     ConnectionBudget,
@@ -86,9 +87,16 @@ def bind_unix_socket(path: str, *, mode: int, gid: int | None = None) -> socket.
     A stale socket file (nobody accepting) is replaced; a live one means another supervisor is
     running and is an error, as is any other kind of file at ``path``.
     """
+    problem = socket_path_problem(path)
+    if problem is not None:
+        raise RuntimeFailure(problem if path else f"api: {problem}")
     target = Path(path)
+    if not target.parent.parent.is_dir():
+        # the socket's own directory is made (/run/vsv), not a whole invented tree: a typo in
+        # --socket should be reported, not built
+        raise RuntimeFailure(f"{path}: cannot serve the API here: no directory {target.parent}")
     try:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o755, exist_ok=True)
         try:
             st = target.lstat()
         except FileNotFoundError:
