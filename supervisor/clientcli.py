@@ -520,8 +520,15 @@ def format_event(record: dict[str, Any]) -> str:
         what += f" {record['detail']}"
     if record.get("type") in ("TUNABLE", "STOPPED", "CRASHED") and data:
         # what changed, or why it stopped: the part a person reading the stream wants
-        what += " (" + ", ".join(f"{k}={v}" for k, v in sorted(data.items())) + ")"
+        what += " (" + ", ".join(f"{k}={_data_text(v)}" for k, v in sorted(data.items())) + ")"
     return f"#{record['seq']} {stamp} {record.get('kind')} '{subject}': {what}"
+
+
+def _data_text(value: object) -> str:
+    """An event data value as the text line shows it: booleans as JSON writes them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _event(args: argparse.Namespace, c: Client) -> int:

@@ -756,7 +756,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                     None,
                     "STOPPED",
                     None,
-                    {"keep_guests": str(opts.keep_guests).lower()},
+                    {"keep_guests": opts.keep_guests},
                 )
                 await trio.lowlevel.checkpoint()
                 nursery.cancel_scope.cancel()

@@ -44,6 +44,7 @@ import trio
 from supervisor import lifecycle as lc
 from supervisor.bus import Bus
 from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
+from supervisor.events import DataPairs
 from supervisor.facade import DomainStatus
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
@@ -460,9 +461,7 @@ class GuestRunner:
             reply.set(error)
         self._start_waiters.clear()
 
-    def _apply(
-        self, input: Input, end: GuestEnd | None = None, data: tuple[tuple[str, str], ...] = ()
-    ) -> lc.Step:
+    def _apply(self, input: Input, end: GuestEnd | None = None, data: DataPairs = ()) -> lc.Step:
         step = self.life.apply(input, now=time.monotonic(), end=end, data=data)
         self._publish(step)
         return step
