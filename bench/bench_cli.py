@@ -156,6 +156,7 @@ def verb_table(files: dict[str, str]) -> list[tuple[str, list[str]]]:
         ("domstate", ["domstate", "b0", "--reason"]),
         ("dumpxml", ["dumpxml", "b0"]),
         ("domifaddr", ["domifaddr", "b0"]),
+        ("domstats", ["domstats"]),
         ("schedinfo", ["schedinfo", "b0"]),
         ("log", ["log", "b0", "-n", "20"]),
         ("info", ["info"]),

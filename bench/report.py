@@ -168,6 +168,15 @@ BENCHES = (
         missed_exit=1,
     ),
     Bench(
+        "stats",
+        ("bench/bench_stats.py",),
+        ("--runs", "5"),
+        300,
+        "statistics of 200 guests (API, in-process, bare reads)",
+        smoke=("--guests", "20", "--runs", "2"),
+        missed_exit=1,
+    ),
+    Bench(
         "api",
         ("bench/bench_api.py",),
         ("--quick",),
@@ -870,6 +879,48 @@ def area_cli(c: Json | None) -> Area:
     return area
 
 
+def area_stats(s: Json | None) -> Area:
+    """GET /v1/stats for N guests beside the bare reads of the same files."""
+    area = Area(
+        "Statistics",
+        "bench_stats.py: the daemon's Supervisor with real cgroups in every hierarchy and "
+        "fake processes; the floor reads the same files without parsing",
+    )
+    if not s:
+        return area
+    n, floor = s["guests"], s["floor_bare_reads"]
+    api = s["api_stats"]
+    _, r_text = ratio(api["median_ms"], floor["median_ms"], "floor")
+    area.rows.append(
+        Row(
+            f"`GET /v1/stats`, {n} guests ({s['files_per_guest']} files each)",
+            ms(api),
+            f"bare reads {ms(floor, False)}",
+            f"libvirt: {LIBVIRT_NOTE}",
+            r_text,
+            f"< {s['target_ms']:.0f} ms",
+            met=api["median_ms"] < s["target_ms"],
+        )
+    )
+    for key, what in (
+        ("domain_stats_in_process", "Supervisor.domain_stats(), in-process"),
+        ("reader_with_one_nic_each", "the reader with one NIC per guest"),
+    ):
+        area.rows.append(Row(f"{what}, {n} guests", ms(s[key]), note="info"))
+    if "metrics_scrape" in s:
+        scrape = s["metrics_scrape"]
+        area.rows.append(
+            Row(
+                f"`/metrics` scrape (Prometheus text), {n} guests",
+                ms(scrape),
+                f"bare reads {ms(floor, False)}",
+                target=f"< {s['target_ms']:.0f} ms",
+                met=scrape["median_ms"] < s["target_ms"],
+            )
+        )
+    return area
+
+
 def area_sched(s: Json | None) -> Area:
     area = Area(
         "Scheduler",
@@ -1092,6 +1143,7 @@ def build_areas(got: dict[str, Json | None], png: Path) -> list[Area]:
         ("net", lambda: area_net(got.get("start"), got.get("net"))),
         ("events", lambda: area_events(got.get("bus"), got.get("api"))),
         ("cli", lambda: area_cli(got.get("cli"))),
+        ("stats", lambda: area_stats(got.get("stats"))),
         ("sched", lambda: area_sched(got.get("sched"))),
     ]
     areas = []

@@ -94,12 +94,17 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def _named(kind: str, name: str) -> str:
-    """``/v1/{kind}s/NAME`` for a name that can exist; BadName naming it otherwise."""
+def _valid(kind: str, name: str) -> str:
+    """``name`` when a domain or network can have it; BadName naming it otherwise."""
     problem = name_problem(name)
     if problem is not None:
         raise BadName(f"{name!r} is not a valid {kind} name: it {problem} ({_NAME_RULE})")
-    return f"/v1/{kind}s/{quote(name)}"
+    return name
+
+
+def _named(kind: str, name: str) -> str:
+    """``/v1/{kind}s/NAME`` for a name that can exist; BadName naming it otherwise."""
+    return f"/v1/{kind}s/{quote(_valid(kind, name))}"
 
 
 def stdout_closed() -> int:
@@ -297,13 +302,42 @@ def _dominfo(args: argparse.Namespace, c: Client) -> int:
             ("Reason", info["reason"].lower()),
             ("Init PID", info.get("init_pid")),
             ("CPU(s)", info.get("vcpu")),
-            ("Max memory", f"{info['memory_kib']} KiB" if info.get("memory_kib") else None),
+            ("CPU time", _cpu_time(info.get("cpu_time_ns"))),
+            ("Max memory", f"{info['memory_kib']} KiB" if info.get("memory_kib") else "no limit"),
+            (
+                "Used memory",
+                f"{info['memory_used_kib']} KiB"
+                if info.get("memory_used_kib") is not None
+                else None,
+            ),
             ("Persistent", "yes" if info.get("persistent") else "no"),
             ("Autostart", "enable" if info["autostart"] else "disable"),
             ("Restarts", info.get("restarts", 0)),
             ("Log", info.get("log")),
         ]
     )
+    return EXIT_OK
+
+
+def _cpu_time(ns: object) -> str | None:
+    """CPU time as virsh dominfo writes it (``12.3s``)."""
+    return f"{ns / 1e9:.1f}s" if isinstance(ns, int) else None
+
+
+def _domstats(args: argparse.Namespace, c: Client) -> int:
+    """virsh domstats: ``Domain: 'NAME'`` then ``  key=value`` lines, or JSON."""
+    names = [_valid("domain", n) for n in args.domains]
+    reply = c.get_json("/v1/stats", domain=",".join(names) if names else None)
+    if args.json:
+        _print_json(reply["domains"])
+        return EXIT_OK
+    out = _out()
+    for i, entry in enumerate(reply["domains"]):
+        if i:
+            out.write("\n")
+        out.write(f"Domain: '{entry['name']}'\n")
+        for key, value in entry["stats"].items():
+            out.write(f"  {key}={value}\n")
     return EXIT_OK
 
 
@@ -587,6 +621,7 @@ _READ_VERBS = frozenset(
         "dominfo",
         "domstate",
         "domifaddr",
+        "domstats",
         "net-list",
         "net-dumpxml",
         "net-dhcp-leases",
@@ -860,6 +895,12 @@ def register_client_verbs(subparsers: Any) -> None:
         p.add_argument("domain", metavar="DOMAIN")
         if action == "shutdown":
             p.add_argument("--timeout", type=float, default=None, help="seconds before escalating")
+    p = verb(
+        "domstats",
+        _domstats,
+        "show domains' statistics (CPU, memory, pids, block I/O, interfaces): all or DOMAIN...",
+    )
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
     p = verb("domstate", _domstate, "show a domain's state")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--reason", action="store_true", help="also the reason")

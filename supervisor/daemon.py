@@ -26,7 +26,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,6 +56,7 @@ from supervisor.runner import GuestRunner, RunnerEnv, guest_log_file
 from supervisor.runtime import CgroupHandle, Runtime
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
+from supervisor.stats import STATE_NUMBERS, Stats, StatSources, read_many, sources_for
 from supervisor.store import ConfigStore, RunStore, atomic_write
 
 log = logging.getLogger("vsv.daemon")
@@ -532,6 +533,46 @@ class Supervisor:
         elif config:
             guest.set_stored(stored)
         return info
+
+    async def domain_stats(self, names: Sequence[str] | None = None) -> list[tuple[str, Stats]]:
+        """Every (or each named) guest's figures; the files are read in a worker thread, all
+        guests in one go (supervisor/stats.py)."""
+        chosen = (
+            [self._guest(n) for n in names]
+            if names is not None
+            else [self.guests[n] for n in sorted(self.guests)]
+        )
+        layout = self.runtime.cgroup_layout() if self.runtime is not None else None
+        sources: dict[str, StatSources] = {}
+        answers: list[tuple[str, Stats]] = []
+        for guest in chosen:
+            status = guest.status()
+            head: Stats = {
+                "state.state": STATE_NUMBERS.get(status.state, 0),
+                "state.reason": status.reason,
+            }
+            if guest.domain.memory_kib is not None:
+                head["balloon.maximum"] = guest.domain.memory_kib
+            answers.append((guest.domain.name, head))
+            cgroup = self._live_cgroup(guest)
+            if layout is None or cgroup is None:
+                continue
+            nics: list[tuple[str, str]] = []
+            if guest.ctx is not None and guest.ctx.records.net is not None:
+                for nic in sorted(guest.ctx.records.net.nics, key=lambda n: n.index):
+                    nics.append((nic.host_if, nic.guest_if or f"eth{nic.index}"))
+            sources[guest.domain.name] = sources_for(
+                layout,
+                cgroup,
+                init_pid=status.init_pid,
+                nics=nics,
+                loan=self.sched.loan(guest.domain.name) if self.sched is not None else None,
+            )
+        if sources:
+            figures = await trio.to_thread.run_sync(read_many, sources)
+            for name, head in answers:
+                head.update(figures.get(name, {}))
+        return answers
 
     def list_networks(self) -> list[NetworkStatus]:
         return [] if self.net is None else self.net.list_networks()

@@ -8,7 +8,7 @@ Values crossing this boundary are frozen attrs values with JSON-friendly fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -106,6 +106,14 @@ class SupervisorFacade(Protocol):
     async def start_network(self, name: str) -> None: ...
     async def destroy_network(self, name: str) -> None: ...
     def network_leases(self, name: str) -> list[Lease]: ...
+
+    async def domain_stats(
+        self, names: Sequence[str] | None = None
+    ) -> list[tuple[str, dict[str, int | float | str]]]:
+        """``domstats``: per domain (all, in name order, or ``names`` in that order) its
+        figures under libvirt's keys (supervisor/stats.py); an inactive one has ``state.*``
+        only. NotFound for an unknown name."""
+        ...
 
     # the supervisor itself
     def statistics(self) -> Mapping[str, object]: ...

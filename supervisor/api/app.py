@@ -531,9 +531,40 @@ class ApiApp:
             "on_crash": domain.on_crash,
             "interfaces": len(domain.interfaces),
             "persistent": True,
+            "cpu_time_ns": None,
+            "memory_used_kib": None,
             "log": self.facade.domain_log_path(name),
         }
+        if status.state in ("RUNNING", "PAUSED", "SHUTDOWN"):
+            [(_, figures)] = await self._stats([name])
+            time_ns, used = figures.get("cpu.time"), figures.get("balloon.current")
+            info["cpu_time_ns"] = time_ns if isinstance(time_ns, int) else None
+            info["memory_used_kib"] = used if isinstance(used, int) else None
         return _ok(info)
+
+    async def _stats(self, names: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            return await self.facade.domain_stats(names)
+        except VsvError as exc:
+            raise problem_for(exc, field="name" if names and len(names) == 1 else "domain") from exc
+
+    async def domain_stats(self, request: Request) -> Reply:
+        name = request.params["name"]
+        seq = self.journal.last_seq()  # the guests' states the figures go with
+        [(_, figures)] = await self._stats([name])
+        return _ok({"seq": seq, "name": name, "stats": figures})
+
+    async def stats(self, request: Request) -> Reply:
+        raw = request.query.get("domain")
+        names = [n for n in raw.split(",") if n] if raw else None
+        seq = self.journal.last_seq()
+        answers = await self._stats(names)
+        return _ok(
+            {
+                "seq": seq,
+                "domains": [{"name": n, "stats": figures} for n, figures in answers],
+            }
+        )
 
     async def undefine_domain(self, request: Request) -> Reply:
         await _acall(self.facade.undefine_domain, request.params["name"])
@@ -780,6 +811,8 @@ ROUTES: list[tuple[str, tuple[str, ...], Handler]] = [
     ("GET", ("v1", "domains", _NAME, "xml"), ApiApp.domain_xml),
     ("GET", ("v1", "domains", _NAME, "state"), ApiApp.domain_state),
     ("GET", ("v1", "domains", _NAME, "interfaces"), ApiApp.domain_interfaces),
+    ("GET", ("v1", "domains", _NAME, "stats"), ApiApp.domain_stats),
+    ("GET", ("v1", "stats"), ApiApp.stats),
     ("PUT", ("v1", "domains", _NAME, "autostart"), ApiApp.set_autostart),
     ("GET", ("v1", "domains", _NAME, "schedinfo"), ApiApp.get_schedinfo),
     ("PUT", ("v1", "domains", _NAME, "schedinfo"), ApiApp.set_schedinfo),

@@ -141,6 +141,16 @@ SCHEMAS: dict[str, Any] = {
                     "on_crash": {"type": "string"},
                     "interfaces": {"type": "integer"},
                     "persistent": {"type": "boolean"},
+                    "cpu_time_ns": {
+                        "type": ["integer", "null"],
+                        "description": "CPU time the guest used (its cgroup's), null when it is "
+                        "not running",
+                    },
+                    "memory_used_kib": {
+                        "type": ["integer", "null"],
+                        "description": "memory the guest uses now (its cgroup's), null when it "
+                        "is not running",
+                    },
                     "log": {
                         "type": ["string", "null"],
                         "description": "host path of the guest's stdout and stderr "
@@ -149,6 +159,24 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         ]
+    },
+    "DomainStats": {
+        "type": "object",
+        "description": "a domain's figures under libvirt's `virsh domstats` keys where libvirt "
+        "has one (state.state, cpu.time, cpu.user, cpu.system in ns; balloon.current, "
+        "balloon.maximum in KiB; net.count, net.N.name, net.N.rx.bytes...; block.count, "
+        "block.N.name, block.N.rd.bytes...) and the supervisor's own (memory.used, memory.limit, "
+        "memory.peak in bytes; pids.current, pids.limit; cpu.throttle.periods, "
+        "cpu.throttle.count, cpu.throttle.time; scheduler.loan); an inactive domain has state.* "
+        "(and balloon.maximum) only. See docs/api.md.",
+        "required": ["name", "stats"],
+        "properties": {
+            "name": {"type": "string"},
+            "stats": {
+                "type": "object",
+                "additionalProperties": {"type": ["integer", "number", "string"]},
+            },
+        },
     },
     "NetworkStatus": {
         "type": "object",
@@ -408,6 +436,28 @@ def openapi_document() -> dict[str, Any]:
                 },
                 op_id="setSchedinfo",
             ),
+        },
+        "/v1/domains/{name}/stats": {
+            "get": _op(
+                "a domain's statistics (virsh domstats)",
+                _json(_obj(seq=_SEQ, name={"type": "string"}, stats={"type": "object"})),
+                params=name,
+                op_id="domainStats",
+            )
+        },
+        "/v1/stats": {
+            "get": _op(
+                "statistics of every domain (or of those named), in one read",
+                _json(_obj(seq=_SEQ, domains={"type": "array", "items": _ref("DomainStats")})),
+                params=[
+                    _query(
+                        "domain",
+                        {"type": "string"},
+                        "only these domains (comma-separated), in that order",
+                    )
+                ],
+                op_id="stats",
+            )
         },
         "/v1/networks": {
             "get": _op(

@@ -52,11 +52,20 @@ from supervisor.model import Domain
 LayoutKind = Literal["v1", "v2", "hybrid"]
 
 #: v1 controllers a guest gets a directory in (when the machine has them).
-V1_CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "memory", "pids", "freezer", "devices")
+#: blkio only for its counters (``vsv domstats``' block.* figures; the model sets no I/O limits)
+V1_CONTROLLERS: tuple[str, ...] = (
+    "cpu",
+    "cpuacct",
+    "memory",
+    "pids",
+    "freezer",
+    "devices",
+    "blkio",
+)
 #: how long freeze/thaw/kill_all/remove wait for the kernel before giving up
 SETTLE_TIMEOUT = 5.0
-#: v2 controllers enabled for guests (when the machine offers them).
-V2_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids")
+#: v2 controllers enabled for guests (when the machine offers them); io for its io.stat counters
+V2_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids", "io")
 
 _KNOWN_V1 = frozenset(
     {

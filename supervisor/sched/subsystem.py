@@ -495,6 +495,14 @@ class SchedSubsystem:
             data["losses"] = "; ".join(str(x) for x in losses)
         self._publish(name, data)
 
+    def loan(self, name: str) -> float | None:
+        """The CPUs the tuner lends a running token-bucket guest now (0.0 when none); None for
+        a guest it does not tune."""
+        guest = self._guests.get(name)
+        if guest is None or guest.tuned is None or self._tuner is None:
+            return None
+        return self._tuner.state.loans.get(name, 0.0)
+
     def statistics(self) -> dict[str, object]:
         """The subsystem's counters and the tuner's (steps, changes, own CPU time, loans)."""
         assert self._tuner is not None
