@@ -13,6 +13,7 @@ process, the file the reader opens for a guest's NICs).
 Figures, each the median of ``--runs`` rounds, interleaved:
 
 - ``GET /v1/stats`` over the read-only socket (kept-alive stdlib client), target < 100 ms;
+- a ``/metrics`` scrape (Prometheus text format, over TCP on the loopback), target < 100 ms;
 - ``Supervisor.domain_stats()`` in-process (no HTTP);
 - the same figures with one NIC per guest (the reader alone);
 - the floor: a plain ``open``/``read`` of every file the reader opens, nothing parsed.
@@ -36,7 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Self
 
@@ -50,6 +53,7 @@ from supervisor.api.server import serve_api
 from supervisor.daemon import Supervisor
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
 from supervisor.journal import Journal
+from supervisor.metrics import bind_metrics, serve_metrics
 from supervisor.model import Domain, OsSpec
 from supervisor.runtime import CgroupHandle
 from supervisor.stats import StatSources, read_many
@@ -186,6 +190,9 @@ async def run(guests: int, runs: int, directory: Path, prefix: str) -> dict[str,
                     task_status=task_status,
                 )
             )  # fmt: skip
+            metrics_sock = bind_metrics("127.0.0.1", 0)
+            port = metrics_sock.getsockname()[1]
+            await nursery.start(serve_metrics, metrics_sock, partial(sup.metrics_snapshot, None))
             for i in range(guests):
                 domain = Domain(name=f"g{i}", os=OsSpec(init="/bin/sh"), memory_kib=65536)
                 await sup.define_domain(domain)
@@ -225,11 +232,24 @@ async def run(guests: int, runs: int, directory: Path, prefix: str) -> dict[str,
                 t = time.perf_counter()
                 bare_reads(paths)
                 floor.append(time.perf_counter() - t)
+
+            def scrapes() -> list[float]:
+                out = []
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+                        text = r.read()
+                    out.append(time.perf_counter() - t)
+                    assert text.count(b'vsv_domain_cpu_time_seconds_total{domain="') == guests
+                return out
+
             api = await trio.to_thread.run_sync(over_api)
+            scrape = await trio.to_thread.run_sync(scrapes)
             figures = {
                 "guests": guests,
                 "files_per_guest": round(len(paths) / guests, 1),
                 "api_stats": ms(api),
+                "metrics_scrape": ms(scrape),
                 "domain_stats_in_process": ms(direct),
                 "reader_with_one_nic_each": ms(nic),
                 "floor_bare_reads": ms(floor),
@@ -281,6 +301,7 @@ def main() -> int:
         signal.signal(signal.SIGTERM, previous if callable(previous) else signal.SIG_DFL)
     for key in (
         "api_stats",
+        "metrics_scrape",
         "domain_stats_in_process",
         "reader_with_one_nic_each",
         "floor_bare_reads",
@@ -291,9 +312,10 @@ def main() -> int:
               f"(min {x['min_ms']:.2f}, max {x['max_ms']:.2f})")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({**figures, "loadavg_after": os.getloadavg()}, indent=2) + "\n")
-    api = figures["api_stats"]
+    api, scrape = figures["api_stats"], figures["metrics_scrape"]
     assert isinstance(api, dict)
-    return 0 if api["median_ms"] < TARGET_MS else 1
+    assert isinstance(scrape, dict)
+    return 0 if max(api["median_ms"], scrape["median_ms"]) < TARGET_MS else 1
 
 
 if __name__ == "__main__":

@@ -84,6 +84,15 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             print("vsv daemon: --ro-socket: the socket path is empty", file=sys.stderr)
             return 2
         ro_socket = args.ro_socket or os.path.join(os.path.dirname(socket_path), "vsv-ro.sock")
+    metrics: tuple[str, int] | None = None
+    if args.metrics_listen is not None:
+        from supervisor.metrics import parse_listen
+
+        try:
+            metrics = parse_listen(args.metrics_listen)
+        except ValueError as exc:
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 2
     sig = getattr(signal, "SIG" + args.shutdown_signal.upper().removeprefix("SIG"), None)
     if not isinstance(sig, int):
         print(
@@ -107,6 +116,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         log_max_bytes=args.log_max_mib << 20,
         api_max_connections=args.api_max_connections,
         api_ro_max_connections=args.api_ro_max_connections,
+        metrics_listen=metrics,
     )
     return trio.run(run_daemon, opts)
 
@@ -297,6 +307,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         default=8,
         metavar="N",
         help="cut a guest's log back when it grows beyond N MiB (0: never; default %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="[ADDR:]PORT",
+        default=None,
+        help="serve /metrics (Prometheus text format) on this TCP port; the loopback address "
+        "unless ADDR is given (default: off)",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")

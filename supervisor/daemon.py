@@ -26,6 +26,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -48,7 +49,9 @@ from supervisor.errors import (
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.guest.linux import LinuxRuntime
 from supervisor.hooks import GuestContext
+from supervisor.journal import Journal
 from supervisor.lifecycle import Phase
+from supervisor.metrics import Histogram, RequestCounts, Snapshot
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
 from supervisor.net.nics import PlumbedNic
 from supervisor.net.subsystem import NetworkSubsystem, require_network
@@ -106,6 +109,12 @@ class Supervisor:
     runs: RunStore = attrs.field(init=False)
     _env: RunnerEnv | None = None
     _spawn: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
+    #: starts asked for (the API, autostart, --start) and done, failed, and how long each took
+    #: the event journal the bus writes to (the daemon's), for the metrics' journal counters
+    journal: Journal | None = None
+    starts: int = 0
+    start_failures: int = 0
+    start_latency: Histogram = attrs.Factory(Histogram)
 
     def __attrs_post_init__(self) -> None:
         self.config = ConfigStore(self.state_dir)
@@ -323,12 +332,17 @@ class Supervisor:
             raise ConflictError(
                 f"domain {name}: context id {guest.domain.id} is in use by a running guest"
             )
+        began = time.monotonic()
         try:
             await guest.start()
         except VsvError:
+            self.start_failures += 1
             raise
         except Exception as error:
+            self.start_failures += 1
             raise RuntimeFailure(f"domain {name}: start failed: {error}") from error
+        self.starts += 1
+        self.start_latency.observe(time.monotonic() - began)
         return guest.status()
 
     def _running_id_conflict(self, guest: GuestRunner) -> bool:
@@ -595,6 +609,28 @@ class Supervisor:
     def network_leases(self, name: str) -> list[Lease]:
         return require_network(self.net, name).leases(name)
 
+    async def metrics_snapshot(self, requests: RequestCounts | None = None) -> Snapshot:
+        """What a ``/metrics`` scrape reports (supervisor/metrics.py): the counters and states
+        taken in one step, then every guest's figures."""
+        counters = self.statistics()
+        bus = attrs.asdict(self._bus.statistics(), recurse=True)
+        sched = self.sched.statistics() if self.sched is not None else None
+        tuner = sched.get("tuner") if sched is not None else None
+        requests_now = dict(requests.counts) if requests is not None else {}
+        figures = await self.domain_stats()
+        states = {n: g.life.status.state.name for n, g in self.guests.items()}
+        return Snapshot(
+            domains=[(name, states.get(name, "SHUTOFF"), f) for name, f in figures],
+            states=counters["states"],  # type: ignore[arg-type]
+            starts=self.starts,
+            start_failures=self.start_failures,
+            start_latency=self.start_latency,
+            bus=bus,
+            journal=attrs.asdict(self.journal.statistics()) if self.journal is not None else {},
+            requests=requests_now,
+            tuner=tuner if isinstance(tuner, dict) else None,
+        )
+
     def statistics(self) -> Mapping[str, object]:
         states: dict[str, int] = {}
         for guest in self.guests.values():
@@ -659,6 +695,8 @@ class DaemonOptions:
     #: supervisor/api/limits.py)
     api_max_connections: int | None = None
     api_ro_max_connections: int | None = None
+    #: serve /metrics (Prometheus) on this (host, port); None: off
+    metrics_listen: tuple[str, int] | None = None
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
@@ -713,6 +751,17 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         except VsvError as exc:
             print(f"vsv daemon: {exc}", file=sys.stderr)
             return 1
+    metrics_sock = None
+    if opts.metrics_listen is not None:
+        from supervisor.metrics import bind_metrics
+
+        try:
+            metrics_sock = bind_metrics(*opts.metrics_listen)
+        except VsvError as exc:
+            if listeners is not None:
+                listeners.close()
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 1
     created_netns = False
     host_netns: str | None = None
     from supervisor import sdnotify
@@ -731,6 +780,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     except BaseException:
         if listeners is not None:
             listeners.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         if created_netns:
             nsutil.delete_netns(opts.netns or "")
         raise
@@ -745,6 +796,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         host_netns=host_netns,
         bus=bus,
         announce=True,
+        journal=journal,
         log_max_bytes=opts.log_max_bytes,
         # no guest may see them (a guest without a root filesystem sees the host's tree)
         hidden_paths=tuple(p for p in (opts.socket, opts.ro_socket) if p is not None),
@@ -758,6 +810,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
             async with trio.open_nursery() as nursery:
                 await nursery.start(print_events, sup.bus, out)
                 await nursery.start(sup.run)  # publishes the supervisor's STARTED first
+                requests = RequestCounts()
                 if listeners is not None:
                     from supervisor.api.server import serve_api
 
@@ -769,7 +822,14 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                             listeners=listeners,
                             max_connections=opts.api_max_connections,
                             ro_max_connections=opts.api_ro_max_connections,
+                            requests=requests,
                         )
+                    )
+                if metrics_sock is not None:
+                    from supervisor.metrics import serve_metrics
+
+                    await nursery.start(
+                        serve_metrics, metrics_sock, partial(sup.metrics_snapshot, requests)
                     )
                 early = early or stopsignals.take()
                 if early is None:
@@ -804,6 +864,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     finally:
         if listeners is not None:
             listeners.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         journal.close()
         if created_netns and not opts.keep_guests:
             nsutil.delete_netns(opts.netns or "")

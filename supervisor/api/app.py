@@ -49,6 +49,7 @@ from supervisor.model import Domain, Network
 
 if TYPE_CHECKING:
     from supervisor.api.limits import ApiStatistics
+    from supervisor.metrics import RequestCounts
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -323,6 +324,8 @@ class ApiApp:
     codec: Codec = attrs.field(factory=XmlCodec)
     started_at: float = attrs.field(factory=time.time)
     connections: Callable[[], ApiStatistics] | None = None
+    #: answers counted by socket ("rw"/"ro"), method and status, for /metrics
+    requests: RequestCounts | None = None
     _grown: trio.Event = attrs.field(factory=trio.Event, init=False)
     _unlisten: Callable[[], None] | None = attrs.field(default=None, init=False)
 
@@ -385,6 +388,7 @@ class ApiApp:
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
             }
             if handler is _EVENTS:
+                self._count(method, 200)
                 await self._events(query, headers, receive, send)
                 return
             body = await _read_body(receive)
@@ -401,7 +405,12 @@ class ApiApp:
             log.exception("api: unexpected failure in %s %s", method, path)
             internal = HttpProblem(500, "internal", "unexpected failure; see the supervisor's log")
             reply = Reply(500, json_bytes(internal.document()), "application/problem+json")
+        self._count(method, reply.status)
         await _send_reply(send, reply, seq=self.journal.last_seq())
+
+    def _count(self, method: str, status: int) -> None:
+        if self.requests is not None:
+            self.requests.add("ro" if self.read_only else "rw", method, status)
 
     # --- the event stream ---------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from supervisor.api.peer import NamespaceGuard
 from supervisor.errors import RuntimeFailure
 from supervisor.facade import SupervisorFacade
 from supervisor.journal import Journal
+from supervisor.metrics import RequestCounts
 
 log = logging.getLogger("supervisor.api")
 
@@ -345,6 +346,7 @@ async def serve_api(
     ro_max_connections: int | None = None,
     guard: NamespaceGuard | None = None,
     listeners: ApiListeners | None = None,
+    requests: RequestCounts | None = None,
     task_status: trio.TaskStatus[ApiEndpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until cancelled; ``task_status.started`` once both sockets accept.
@@ -356,6 +358,7 @@ async def serve_api(
     ``guard`` checks read-write peers (default: against this process's namespaces).
     ``listeners`` are sockets the caller bound earlier with :func:`bind_api` (it then owns
     and removes them; ``socket_path``, ``ro_socket_path`` and ``group`` are taken from them).
+    ``requests`` counts the answers by socket, method and status (``/metrics``).
     """
     if listeners is not None:
         socket_path, ro_socket_path = listeners.socket_path, listeners.ro_socket_path
@@ -401,6 +404,7 @@ async def serve_api(
                 heartbeat=heartbeat,
                 codec=codec if codec is not None else XmlCodec(),
                 connections=statistics,
+                requests=requests,
             )
             served.append(
                 ApiSocket(
