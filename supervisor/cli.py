@@ -121,6 +121,13 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     return trio.run(run_daemon, opts)
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from supervisor.completion import print_script
+
+    sys.stdout.write(print_script(args.shell))
+    return 0
+
+
 def _cmd_rootfs(args: argparse.Namespace) -> int:
     from supervisor.errors import VsvError
     from supervisor.guest.rootfs import prepare_busybox_root
@@ -323,6 +330,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     add_gc_parser(sub)
     add_stress_parser(sub)
+
+    p = sub.add_parser(
+        "completion",
+        help="print the bash or zsh completion script (domain and network names included)",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=_cmd_completion)
 
     p = sub.add_parser("rootfs", help="prepare a small busybox root directory for guests")
     p.add_argument("path", nargs="?", default="/var/lib/vsv/rootfs/busybox")

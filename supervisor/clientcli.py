@@ -282,8 +282,104 @@ def _print_xml(name: str, text: str, *, as_json: bool) -> int:
 
 
 def _dumpxml(args: argparse.Namespace, c: Client) -> int:
-    text = c.get_text(f"{_named('domain', args.domain)}/xml")
+    inactive = "?inactive=true" if args.inactive else ""
+    text = c.get_text(f"{_named('domain', args.domain)}/xml{inactive}")
     return _print_xml(args.domain, text, as_json=args.json)
+
+
+def _create(args: argparse.Namespace, c: Client) -> int:
+    """virsh create: start a guest from FILE without storing its definition."""
+    try:
+        reply = c.send_xml("/v1/domains?transient=true", _read_file(args.file))
+    except ApiError as exc:
+        if exc.code != "invalid-document" or not exc.problems:
+            raise
+        _print_problems("<stdin>" if args.file == "-" else args.file, exc.problems)
+        return EXIT_REFUSED
+    _done(args, reply, f"Domain '{reply['domain']['name']}' created from {args.file}")
+    return EXIT_OK
+
+
+def _print_problems(where: str, problems: Iterable[str]) -> None:
+    """Each ``LINE: message`` problem as ``WHERE:LINE: message`` on stderr."""
+    for problem in problems:
+        line, sep, rest = problem.partition(": ")
+        sys.stderr.write(
+            f"{where}:{line}: {rest}\n" if sep and line.isdigit() else f"{where}: {problem}\n"
+        )
+
+
+def _edit(kind: str) -> Verb:
+    """virsh edit / net-edit: the stored definition in $VISUAL or $EDITOR (vi), then defined.
+
+    A document the supervisor refuses is not stored: its problems are shown (FILE:LINE) and
+    the question is virsh's, "Failed. Try again? [y,n,?]": y opens the editor again on what
+    was written, anything else (or no answer) leaves the definition as it was (exit 1).
+    """
+
+    def run(args: argparse.Namespace, c: Client) -> int:
+        import shlex
+        import subprocess
+        import tempfile
+
+        name = getattr(args, kind)
+        source = f"{_named(kind, name)}/xml" + ("?inactive=true" if kind == "domain" else "")
+        original = c.get_text(source)
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        label = "Domain" if kind == "domain" else "Network"
+        fd, path = tempfile.mkstemp(prefix=f"vsv-{name}-", suffix=".xml")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(original)
+            while True:
+                status = subprocess.call([*shlex.split(editor), path])
+                if status != 0:
+                    sys.stderr.write(f"vsv: error: {editor} exited {status}; nothing changed\n")
+                    return EXIT_REFUSED
+                with open(path, "rb") as f:
+                    edited = f.read()
+                if edited.decode(errors="replace") == original:
+                    _out().write(f"{label} '{name}' XML configuration not changed.\n")
+                    return EXIT_OK
+                try:
+                    reply = c.send_xml(f"/v1/{kind}s", edited)
+                except ApiError as exc:
+                    if exc.problems:
+                        _print_problems(path, exc.problems)
+                    else:
+                        sys.stderr.write(f"vsv: error: {exc}\n")
+                    if _ask_again():
+                        continue
+                    sys.stderr.write(f"{label} '{name}' XML configuration not changed.\n")
+                    return EXIT_REFUSED
+                if args.json:
+                    _print_json(reply)
+                else:
+                    _out().write(f"{label} '{name}' XML configuration edited.\n")
+                return EXIT_OK
+        finally:
+            os.unlink(path)
+
+    return run
+
+
+def _ask_again() -> bool:
+    """virsh's question after a refused edit; True to open the editor again."""
+    while True:
+        sys.stderr.write("Failed. Try again? [y,n,?]: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
+        if not answer:
+            sys.stderr.write("\n")
+            return False  # no one to answer (stdin closed): keep what is stored
+        answer = answer.strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+        sys.stderr.write(
+            "y - yes, start the editor again\nn - no, throw away my changes\n? - print this help\n"
+        )
 
 
 def _dominfo(args: argparse.Namespace, c: Client) -> int:
@@ -338,6 +434,114 @@ def _domstats(args: argparse.Namespace, c: Client) -> int:
         out.write(f"Domain: '{entry['name']}'\n")
         for key, value in entry["stats"].items():
             out.write(f"  {key}={value}\n")
+    return EXIT_OK
+
+
+def _domiflist(args: argparse.Namespace, c: Client) -> int:
+    """virsh domiflist: each interface's host-side name, type, source, model and MAC."""
+    reply = c.get_json(f"{_named('domain', args.domain)}/interfaces")
+    rows = [
+        {
+            "interface": i.get("host_if"),
+            "type": i.get("type"),
+            "source": i.get("source"),
+            "model": i.get("model"),
+            "mac": i.get("mac"),
+        }
+        for i in reply["interfaces"]
+    ]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    _table(
+        ["Interface", "Type", "Source", "Model", "MAC"],
+        ([r["interface"], r["type"], r["source"], r["model"], r["mac"]] for r in rows),
+    )
+    return EXIT_OK
+
+
+_SIZE_UNITS = {
+    "": 1, "k": 1, "kib": 1, "kb": 1, "m": 1 << 10, "mib": 1 << 10, "mb": 1 << 10,
+    "g": 1 << 20, "gib": 1 << 20, "gb": 1 << 20, "t": 1 << 30, "tib": 1 << 30, "tb": 1 << 30,
+}  # fmt: skip
+
+
+def size_kib(text: str) -> int:
+    """argparse type: a size in KiB, as virsh takes it (``524288``, ``512M``, ``1GiB``)."""
+    digits = text.strip().rstrip("BbIiKkMmGgTt")
+    unit = text.strip()[len(digits) :].lower()
+    if not digits.isascii() or not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 524288 (KiB), 512M or 1G, not {text!r}"
+        )
+    value = int(digits) * _SIZE_UNITS[unit]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size of 1 KiB or more, not {text!r}")
+    return value
+
+
+def _show_memory(memory: dict[str, Any]) -> None:
+    def kib(value: object) -> str:
+        return "unlimited" if value is None else f"{value}"
+
+    _pairs(
+        [
+            ("hard_limit", kib(memory.get("hard_limit_kib"))),
+            ("soft_limit", kib(memory.get("soft_limit_kib"))),
+            ("swap_hard_limit", kib(memory.get("swap_hard_limit_kib"))),
+        ]
+    )
+
+
+def _memory_flags(args: argparse.Namespace) -> tuple[bool, bool]:
+    """--live/--config, or --current (the default): neither flag, the supervisor decides."""
+    if args.current and (args.live or args.config):
+        raise ValueError("--current cannot go with --live or --config")
+    return args.live, args.config
+
+
+def _setmem(args: argparse.Namespace, c: Client) -> int:
+    """virsh setmem: the memory the guest may use (its balloon, which for a container is its
+    hard limit) in KiB or with a unit."""
+    try:
+        live, config = _memory_flags(args)
+    except ValueError as exc:
+        sys.stderr.write(f"vsv: error: {exc}\n")
+        return EXIT_USAGE
+    reply = c.send_json(
+        "PUT",
+        f"{_named('domain', args.domain)}/memory",
+        {"current_kib": args.size, "live": live, "config": config},
+    )
+    _done(args, reply, f"Domain '{args.domain}' memory set to {args.size} KiB")
+    return EXIT_OK
+
+
+def _memtune(args: argparse.Namespace, c: Client) -> int:
+    """virsh memtune: show the limits, or change them (KiB or with a unit)."""
+    path = f"{_named('domain', args.domain)}/memory"
+    tune = {
+        key: value
+        for key, value in (
+            ("hard_limit_kib", args.hard_limit),
+            ("soft_limit_kib", args.soft_limit),
+            ("swap_hard_limit_kib", args.swap_hard_limit),
+        )
+        if value is not None
+    }
+    if tune:
+        try:
+            live, config = _memory_flags(args)
+        except ValueError as exc:
+            sys.stderr.write(f"vsv: error: {exc}\n")
+            return EXIT_USAGE
+        reply = c.send_json("PUT", path, {"memtune": tune, "live": live, "config": config})
+    else:
+        reply = c.get_json(path)
+    if args.json:
+        _print_json(reply)
+    else:
+        _show_memory(reply["memory"])
     return EXIT_OK
 
 
@@ -468,6 +672,51 @@ def _net_action(action: str) -> Verb:
         return EXIT_OK
 
     return run
+
+
+def _net_info(args: argparse.Namespace, c: Client) -> int:
+    """virsh net-info: name, UUID, active, persistent, autostart, bridge."""
+    info = c.get_json(_named("network", args.network))
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    _pairs(
+        [
+            ("Name", info["name"]),
+            ("UUID", info.get("uuid")),
+            ("Active", "yes" if info.get("active") else "no"),
+            ("Persistent", "yes"),
+            ("Autostart", "yes" if info.get("autostart") else "no"),
+            ("Bridge", info.get("bridge")),
+        ]
+    )
+    return EXIT_OK
+
+
+def _net_autostart(args: argparse.Namespace, c: Client) -> int:
+    value = not args.disable
+    reply = c.send_json("PUT", f"{_named('network', args.network)}/autostart", {"autostart": value})
+    _done(
+        args,
+        reply,
+        f"Network {args.network} {'marked as autostarted' if value else 'unmarked as autostarted'}",
+    )
+    return EXIT_OK
+
+
+def _names(args: argparse.Namespace, c: Client) -> int:
+    """``vsv _names domain|network``: one name a line, for the shell completion scripts.
+
+    Asked on the read-only socket beside the resolved one when there is one: completing a
+    name must work for anyone who may look, and never needs the read-write socket."""
+    ro = os.path.join(os.path.dirname(c.socket_path), os.path.basename(DEFAULT_RO_SOCKET))
+    with Client(ro if os.path.exists(ro) else c.socket_path, timeout=5) as look:
+        if args.kind == "domain":
+            names = [d["name"] for d in look.get_json("/v1/domains")["domains"]]
+        else:
+            names = [n["name"] for n in look.get_json("/v1/networks")["networks"]]
+    _out().write("".join(f"{n}\n" for n in names))
+    return EXIT_OK
 
 
 def _net_dumpxml(args: argparse.Namespace, c: Client) -> int:
@@ -622,6 +871,9 @@ _READ_VERBS = frozenset(
         "domstate",
         "domifaddr",
         "domstats",
+        "domiflist",
+        "net-info",
+        "_names",
         "net-list",
         "net-dumpxml",
         "net-dhcp-leases",
@@ -862,9 +1114,10 @@ def register_client_verbs(subparsers: Any) -> None:
     def verb(
         name: str, fn: Verb, help_text: str, *, json_flag: bool = True
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = subparsers.add_parser(
-            name, help=help_text, description=help_text
-        )
+        # a verb for scripts (_names, for completion) is given no help: argparse then leaves
+        # it out of the list in --help
+        listed = {} if name.startswith("_") else {"help": help_text}
+        p: argparse.ArgumentParser = subparsers.add_parser(name, description=help_text, **listed)
         p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help="the API socket")
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -875,14 +1128,36 @@ def register_client_verbs(subparsers: Any) -> None:
     p.add_argument("--all", action="store_true", help="also inactive domains")
     p = verb("define", _define, "define a domain from an XML file ('-' for stdin)")
     p.add_argument("file", metavar="FILE")
+    p = verb("create", _create, "start a transient domain from an XML file (gone when it stops)")
+    p.add_argument("file", metavar="FILE")
     domain_verbs: tuple[tuple[str, Verb, str], ...] = (
-        ("undefine", _undefine, "remove an inactive domain's definition"),
-        ("dumpxml", _dumpxml, "print a domain's XML"),
+        ("undefine", _undefine, "remove a domain's definition (a running one turns transient)"),
         ("dominfo", _dominfo, "show a domain's information"),
         ("domifaddr", _domifaddr, "show a domain's interfaces and addresses"),
+        ("domiflist", _domiflist, "list a domain's interfaces (host side, type, source, MAC)"),
+        ("edit", _edit("domain"), "edit a domain's stored XML in $VISUAL or $EDITOR"),
     )
     for name, fn, text in domain_verbs:
         verb(name, fn, text).add_argument("domain", metavar="DOMAIN")
+    p = verb("dumpxml", _dumpxml, "print a domain's XML (the running definition)")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--inactive", action="store_true", help="the stored (next boot's) definition")
+    for name, fn, text in (
+        ("setmem", _setmem, "set the memory a domain may use (KiB, or 512M, 1G...)"),
+        ("memtune", _memtune, "show or set a domain's memory limits"),
+    ):
+        p = verb(name, fn, text)
+        p.add_argument("domain", metavar="DOMAIN")
+        if name == "setmem":
+            p.add_argument("size", type=size_kib, metavar="SIZE")
+        else:
+            for option in ("--hard-limit", "--soft-limit", "--swap-hard-limit"):
+                p.add_argument(option, type=size_kib, metavar="SIZE", default=None)
+        p.add_argument("--live", action="store_true", help="change the running domain")
+        p.add_argument("--config", action="store_true", help="change the stored definition")
+        p.add_argument(
+            "--current", action="store_true", help="live if it runs, else config (default)"
+        )
     for action, text in (
         ("start", "start a defined domain"),
         ("shutdown", "ask a domain to shut down"),
@@ -923,10 +1198,17 @@ def register_client_verbs(subparsers: Any) -> None:
         ("net-destroy", _net_action("destroy"), "stop a network"),
         ("net-dumpxml", _net_dumpxml, "print a network's XML"),
         ("net-dhcp-leases", _net_leases, "show a network's DHCP leases"),
+        ("net-info", _net_info, "show a network's name, UUID, state, autostart and bridge"),
+        ("net-edit", _edit("network"), "edit a network's XML in $VISUAL or $EDITOR"),
     )
     for name, fn, text in net_verbs:
         verb(name, fn, text).add_argument("network", metavar="NETWORK")
 
+    p = verb("net-autostart", _net_autostart, "start a network when the supervisor starts")
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("--disable", action="store_true", help="do not autostart")
+    p = verb("_names", _names, "names for shell completion", json_flag=False)
+    p.add_argument("kind", choices=("domain", "network"))
     p = verb("log", _log, "print a domain's log (its stdout and stderr)", json_flag=False)
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument(

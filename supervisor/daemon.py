@@ -52,7 +52,7 @@ from supervisor.hooks import GuestContext
 from supervisor.journal import Journal
 from supervisor.lifecycle import Phase
 from supervisor.metrics import Histogram, RequestCounts, Snapshot
-from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
+from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, MemTune, Network
 from supervisor.net.nics import PlumbedNic
 from supervisor.net.subsystem import NetworkSubsystem, require_network
 from supervisor.runner import GuestRunner, RunnerEnv, guest_log_file
@@ -157,6 +157,7 @@ class Supervisor:
             log.warning("ignoring stored definition: %s", problem)
         for domain in domains:
             self.guests[domain.name] = self._new_runner(domain)
+        self._load_transient()
         send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](math.inf)
         self.adopted = adoption.adoptable(self.runs, runtime, self.guests)
         if self.announce:
@@ -198,6 +199,10 @@ class Supervisor:
                         sched=self.sched,
                         net=self.net,
                     )
+                    for guest in list(self.guests.values()):
+                        if guest.transient:
+                            guest.pending = None  # adoption kept its stored one: it has none
+                            self._launch(partial(self._forget_when_stopped, guest))
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -205,6 +210,25 @@ class Supervisor:
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
+
+    def _load_transient(self) -> None:
+        """Runners for the transient guests a predecessor left (their run records carry the
+        live definition, there being no stored one), so that they are adopted like the rest."""
+        from supervisor.xml import parse_domain
+
+        for name, record in self.runs.read_all("domains").items():
+            text = record.get("live_domain")
+            if not record.get("transient") or name in self.guests or not isinstance(text, str):
+                continue
+            try:
+                domain = parse_domain(text)
+            except InvalidDocument as exc:
+                log.warning("transient guest %s: unreadable run record: %s", name, exc)
+                continue
+            if domain.name == name:
+                guest = self._new_runner(domain)
+                guest.transient = True
+                self.guests[name] = guest
 
     async def _spawner(
         self, receive: trio.MemoryReceiveChannel[Callable[[], Awaitable[None]]]
@@ -300,23 +324,72 @@ class Supervisor:
             self.guests[domain.name] = self._new_runner(domain)
             detail = "ADDED"
         else:
+            # a transient guest (made by create, or undefined while running) becomes
+            # persistent: it stays when it stops, as libvirt's virDomainDefineXML does
+            detail = "ADDED" if previous.transient else "UPDATED"
+            previous.transient = False
             previous.redefine(domain)
-            detail = "UPDATED"
         self._bus.publish_nowait("domain", domain.name, "DEFINED", detail)
         return domain
 
     async def undefine_domain(self, name: str) -> None:
+        """Remove the stored definition. A stopped guest is gone at once; an active one runs on
+        as a transient guest (its live definition only) and is gone when it stops, as libvirt
+        does (UNDEFINED REMOVED now, nothing more at its end)."""
         guest = self._guest(name)
-        if guest.phase is not Phase.SHUTOFF or guest.busy:
-            raise InvalidOperation(
-                f"domain {name} is {guest.life.status.state.name.lower()}: stop it first"
-            )
+        if guest.transient:
+            raise InvalidOperation(f"domain {name} is transient: it has no definition to remove")
         self.config.remove_domain(name)
-        del self.guests[name]
+        if guest.phase is Phase.SHUTOFF and not guest.busy:
+            del self.guests[name]
+        else:
+            guest.make_transient()
+            self._launch(partial(self._forget_when_stopped, guest))
         self._bus.publish_nowait("domain", name, "UNDEFINED", "REMOVED")
+
+    async def create_domain(self, domain: Domain) -> DomainStatus:
+        """``vsv create``: start a guest from a definition that is not stored (transient). It
+        is gone from the registry when it stops; a define of the same name makes it
+        persistent. Events: STARTED BOOTED (no DEFINED), then its STOPPED."""
+        from supervisor.validate import check_domain
+
+        problems = check_domain(domain)
+        if problems:
+            raise InvalidDocument(problems)
+        if domain.name in self.guests:
+            raise ConflictError(f"domain {domain.name} already exists: use start")
+        domain = self._complete(domain, None)
+        self._check_conflicts(domain)
+        guest = self._new_runner(domain)
+        guest.make_transient()
+        self.guests[domain.name] = guest
+        try:
+            return await self.start_domain(domain.name)
+        finally:
+            self._launch(partial(self._forget_when_stopped, guest))
+
+    async def _forget_when_stopped(self, guest: GuestRunner) -> None:
+        """Remove a transient guest from the registry once it has stopped (and been released);
+        not if it was made persistent meanwhile."""
+
+        def done(g: GuestRunner) -> bool:
+            return not g.transient or (g.phase is Phase.SHUTOFF and not g.busy)
+
+        await guest.wait_until(done)
+        name = guest.domain.name
+        if guest.transient and self.guests.get(name) is guest:
+            del self.guests[name]
+
+    def get_domain_config(self, name: str) -> Domain:
+        """The stored (inactive) definition: the one the next start boots; for a transient
+        guest, which has none, the live one (virsh dumpxml --inactive)."""
+        guest = self._guest(name)
+        return guest.pending if guest.pending is not None else guest.domain
 
     async def set_autostart(self, name: str, autostart: bool) -> None:
         guest = self._guest(name)
+        if guest.transient:
+            raise InvalidOperation(f"domain {name} is transient: it cannot autostart")
         domain = attrs.evolve(guest.domain, autostart=autostart)
         self.config.save_domain(domain)
         guest.domain = domain
@@ -587,6 +660,81 @@ class Supervisor:
             for name, head in answers:
                 head.update(figures.get(name, {}))
         return answers
+
+    def memory_params(self, name: str) -> dict[str, object]:
+        """``memtune``/``setmem``'s view: the live values of a running guest, else the stored."""
+        guest = self._guest(name)
+        running = self._live_cgroup(guest) is not None
+        return memory_view(guest.domain if running else self.get_domain_config(name), running)
+
+    async def set_memory(
+        self,
+        name: str,
+        *,
+        current_kib: int | None = None,
+        memtune: Mapping[str, int] | None = None,
+        live: bool,
+        config: bool,
+    ) -> dict[str, object]:
+        """``vsv setmem`` (``current_kib``) and ``vsv memtune`` (``memtune``: hard_limit_kib,
+        soft_limit_kib, swap_hard_limit_kib), live and/or in the stored definition; neither
+        flag: live when the guest runs, else config (libvirt's "current").
+
+        For a container the balloon is the memory limit (libvirt's LXC driver): setmem sets
+        ``<currentMemory>`` and the hard limit together. A live change writes the cgroup's
+        limits and publishes one TUNABLE naming what changed (KiB)."""
+        from supervisor.validate import check_domain
+
+        guest = self._guest(name)
+        cgroup = self._live_cgroup(guest)
+        live, config = resolve_flags(live, config, running=cgroup is not None)
+        if live and cgroup is None:
+            raise InvalidOperation(f"domain {name} is not running: use --config")
+        if config and guest.transient:
+            raise InvalidOperation(f"domain {name} is transient: it has no stored definition")
+        changes = dict(memtune or {})
+        if current_kib is not None:
+            changes["hard_limit_kib"] = current_kib
+
+        def changed(domain: Domain) -> Domain:
+            tune = attrs.evolve(domain.memtune or MemTune(), **changes)
+            new = attrs.evolve(domain, memtune=tune)
+            if current_kib is not None:
+                new = attrs.evolve(new, current_memory_kib=current_kib)
+            problems = check_domain(new)
+            if problems:
+                raise InvalidDocument(problems)
+            return new
+
+        running = guest.domain
+        persistent = self.get_domain_config(name)
+        new_live = changed(running) if live else running
+        new_stored = changed(persistent) if config else persistent
+        if live:
+            assert cgroup is not None
+            cgroup.apply_limits(new_live)
+        if config:
+            self.config.save_domain(new_stored)
+        if live:
+            guest.set_live(new_live, new_stored if not guest.transient else new_live)
+            if guest.transient:
+                guest.pending = None
+            data: dict[str, int] = {}
+            before, after = running.memtune or MemTune(), new_live.memtune or MemTune()
+            for key in ("hard_limit", "soft_limit", "swap_hard_limit"):
+                value = getattr(after, f"{key}_kib")
+                if value is not None and value != getattr(before, f"{key}_kib"):
+                    data[f"memtune.{key}"] = value
+            if current_kib is not None and current_kib != running.current_memory_kib:
+                data["balloon.current"] = current_kib
+            if data:
+                self._bus.publish_nowait("domain", name, "TUNABLE", None, data)
+        elif config:
+            guest.set_stored(new_stored)
+        return memory_view(new_live if live else new_stored, live)
+
+    async def set_network_autostart(self, name: str, autostart: bool) -> None:
+        await require_network(self.net, name).set_autostart(name, autostart)
 
     def list_networks(self) -> list[NetworkStatus]:
         return [] if self.net is None else self.net.list_networks()
@@ -892,6 +1040,20 @@ async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Netwo
                     await sup.start_network(network.name)
                 except VsvError as exc:
                     print(f"start network {network.name}: {exc}", file=sys.stderr)
+
+
+def memory_view(domain: Domain, live: bool) -> dict[str, object]:
+    """A definition's memory figures as ``vsv memtune``/``setmem`` show them (KiB; None:
+    no limit), and whether they are the running guest's (live) or the stored ones."""
+    tune = domain.memtune or MemTune()
+    return {
+        "state": "live" if live else "config",
+        "memory_kib": domain.memory_kib,
+        "current_memory_kib": domain.current_memory_kib,
+        "hard_limit_kib": tune.hard_limit_kib,
+        "soft_limit_kib": tune.soft_limit_kib,
+        "swap_hard_limit_kib": tune.swap_hard_limit_kib,
+    }
 
 
 def cut_back_log(path: Path, keep: int) -> None:

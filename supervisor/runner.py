@@ -163,6 +163,8 @@ class GuestRunner:
     restarts: int = 0
     #: why the last start failed (None: it did not)
     start_error: BaseException | None = None
+    #: no stored definition (vsv create, or undefined while it ran): gone when it stops
+    transient: bool = False
     _killed_by_us: bool = False
     _reboot_requested: bool = False
     _send: trio.MemorySendChannel[_Message] = attrs.field(init=False)
@@ -210,6 +212,7 @@ class GuestRunner:
         if self.process is not None:
             pid = self.process.init_pid
         return DomainStatus(
+            persistent=not self.transient,
             name=self.domain.name,
             id=self.domain.id,
             uuid=self.domain.uuid,
@@ -239,6 +242,13 @@ class GuestRunner:
             self.pending = domain
             self.domain = attrs.evolve(self.domain, autostart=domain.autostart)
             self.rerecord()
+
+    def make_transient(self) -> None:
+        """The guest has no stored definition any more (or never had one): its live definition
+        is all there is; the run record says so, for a successor to adopt it as such."""
+        self.transient = True
+        self.pending = None
+        self.rerecord()
 
     def set_live(self, live: Domain, stored: Domain) -> None:
         """The running guest now runs ``live`` (a live change); ``stored`` applies once it stops."""
@@ -705,11 +715,13 @@ class GuestRunner:
         elif self.adopted_pid is not None:
             record["wrapper_pid"] = record["init_pid"] = self.adopted_pid
             record["namespaces"] = self.adopted_namespaces
-        if self.pending is not None:
+        if self.pending is not None or self.transient:
             # the running guest's definition is not the stored one (redefined, or changed
-            # live): a successor that adopts the guest must keep it, as libvirt keeps the live
-            # XML of a running domain across a daemon restart
+            # live), or there is no stored one: a successor that adopts the guest must keep it,
+            # as libvirt keeps the live XML of a running domain across a daemon restart
             record["live_domain"] = format_domain(self.domain)
+        if self.transient:
+            record["transient"] = True
         self.env.runs.write("domains", self.domain.name, record)
 
     def rerecord(self) -> None:

@@ -260,6 +260,10 @@ def _list_param(query: Mapping[str, str], name: str) -> frozenset[str] | None:
     return frozenset(part for part in raw.split(",") if part)
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 53
+
+
 def _json_body(request: Request) -> dict[str, Any]:
     try:
         value = json.loads(request.body)
@@ -515,8 +519,13 @@ class ApiApp:
         return _ok({"seq": seq, "domains": rows})
 
     async def define_domain(self, request: Request) -> Reply:
+        transient = _bool_param(request.query, "transient") or False
         domain = _parse(self.codec.parse_domain, request.body)
         try:
+            if transient:
+                # vsv create: start it now, with no stored definition (gone when it stops)
+                status = await self.facade.create_domain(domain)
+                return _ok({"seq": self.journal.last_seq(), "domain": status_json(status)}, 201)
             stored = await self.facade.define_domain(domain)
         except VsvError as exc:
             raise problem_for(exc, field="body") from exc
@@ -539,7 +548,7 @@ class ApiApp:
             "on_reboot": domain.on_reboot,
             "on_crash": domain.on_crash,
             "interfaces": len(domain.interfaces),
-            "persistent": True,
+            "persistent": status.persistent,
             "cpu_time_ns": None,
             "memory_used_kib": None,
             "log": self.facade.domain_log_path(name),
@@ -580,7 +589,9 @@ class ApiApp:
         return _ok({"seq": self.journal.last_seq()})
 
     async def domain_xml(self, request: Request) -> Reply:
-        domain = _call(self.facade.get_domain, request.params["name"], field="name")
+        inactive = _bool_param(request.query, "inactive") or False
+        get = self.facade.get_domain_config if inactive else self.facade.get_domain
+        domain = _call(get, request.params["name"], field="name")
         return Reply(200, self.codec.format_domain(domain).encode(), "application/xml")
 
     async def domain_state(self, request: Request) -> Reply:
@@ -594,6 +605,7 @@ class ApiApp:
         name = request.params["name"]
         action = request.params["action"]
         facade = self.facade
+        before = _call(facade.domain_status, name, field="name")
         if action == "start":
             await _acall(facade.start_domain, name)
         elif action == "shutdown":
@@ -613,7 +625,14 @@ class ApiApp:
         else:  # pragma: no cover - the router only lets the actions above through
             raise HttpProblem(404, "no-route", f"no action {action!r}", field="action")
         seq = self.journal.last_seq()
-        status = _call(facade.domain_status, name, field="name")
+        try:
+            status = facade.domain_status(name)
+        except NotFound:
+            # a transient guest that stopped is gone already: its last state, stopped
+            reason = {"destroy": "DESTROYED", "shutdown": "SHUTDOWN"}.get(action, "UNKNOWN")
+            status = attrs.evolve(
+                before, state="SHUTOFF", reason=reason, id=None, init_pid=None, started_at=None
+            )
         return _ok({"seq": seq, "domain": status_json(status)})
 
     async def set_autostart(self, request: Request) -> Reply:
@@ -666,6 +685,57 @@ class ApiApp:
             raise HttpProblem(400, "invalid-parameter", str(exc), field="params") from exc
         return _ok({"seq": self.journal.last_seq(), "params": dict(result)})
 
+    async def get_memory(self, request: Request) -> Reply:
+        memory = _call(self.facade.memory_params, request.params["name"], field="name")
+        return _ok({"seq": self.journal.last_seq(), "memory": memory})
+
+    async def set_memory(self, request: Request) -> Reply:
+        body = _json_body(request)
+        current = body.get("current_kib")
+        if current is not None and not _positive_int(current):
+            raise HttpProblem(
+                400, "bad-body", "current_kib must be a positive integer", field="current_kib"
+            )
+        raw = body.get("memtune") or {}
+        if not isinstance(raw, dict):
+            raise HttpProblem(400, "bad-body", "memtune must be an object", field="memtune")
+        tune: dict[str, int] = {}
+        for key, value in raw.items():
+            if key not in ("hard_limit_kib", "soft_limit_kib", "swap_hard_limit_kib"):
+                raise HttpProblem(
+                    400,
+                    "bad-body",
+                    f"memtune.{key} is not a memtune parameter",
+                    field=f"memtune.{key}",
+                )
+            if not _positive_int(value):
+                raise HttpProblem(
+                    400,
+                    "bad-body",
+                    f"memtune.{key} must be a positive integer",
+                    field=f"memtune.{key}",
+                )
+            tune[key] = value
+        if current is None and not tune:
+            raise HttpProblem(
+                400, "bad-body", "nothing to change: give current_kib or memtune", field="body"
+            )
+        live, config = body.get("live", False), body.get("config", False)
+        for flag, value in (("live", live), ("config", config)):
+            if not isinstance(value, bool):
+                raise HttpProblem(400, "bad-body", f"{flag} must be true or false", field=flag)
+        try:
+            memory = await self.facade.set_memory(
+                request.params["name"], current_kib=current, memtune=tune, live=live, config=config
+            )
+        except InvalidDocument as exc:
+            raise HttpProblem(
+                400, "invalid-parameter", str(exc), field="body", problems=exc.problems
+            ) from exc
+        except VsvError as exc:
+            raise problem_for(exc, field="name") from exc
+        return _ok({"seq": self.journal.last_seq(), "memory": memory})
+
     async def domain_interfaces(self, request: Request) -> Reply:
         name = request.params["name"]
         rows = _call(self.facade.domain_interfaces, name, field="name")
@@ -701,6 +771,17 @@ class ApiApp:
     async def undefine_network(self, request: Request) -> Reply:
         await _acall(self.facade.undefine_network, request.params["name"])
         return _ok({"seq": self.journal.last_seq()})
+
+    async def set_network_autostart(self, request: Request) -> Reply:
+        body = _json_body(request)
+        value = body.get("autostart")
+        if not isinstance(value, bool):
+            raise HttpProblem(400, "bad-body", "autostart must be true or false", field="autostart")
+        try:
+            await self.facade.set_network_autostart(request.params["name"], value)
+        except VsvError as exc:
+            raise problem_for(exc, field="name") from exc
+        return _ok({"seq": self.journal.last_seq(), "autostart": value})
 
     async def network_xml(self, request: Request) -> Reply:
         network = _call(self.facade.get_network, request.params["name"], field="name")
@@ -825,12 +906,15 @@ ROUTES: list[tuple[str, tuple[str, ...], Handler]] = [
     ("PUT", ("v1", "domains", _NAME, "autostart"), ApiApp.set_autostart),
     ("GET", ("v1", "domains", _NAME, "schedinfo"), ApiApp.get_schedinfo),
     ("PUT", ("v1", "domains", _NAME, "schedinfo"), ApiApp.set_schedinfo),
+    ("GET", ("v1", "domains", _NAME, "memory"), ApiApp.get_memory),
+    ("PUT", ("v1", "domains", _NAME, "memory"), ApiApp.set_memory),
     ("GET", ("v1", "networks"), ApiApp.list_networks),
     ("POST", ("v1", "networks"), ApiApp.define_network),
     ("GET", ("v1", "networks", _NAME), ApiApp.network_info),
     ("DELETE", ("v1", "networks", _NAME), ApiApp.undefine_network),
     ("GET", ("v1", "networks", _NAME, "xml"), ApiApp.network_xml),
     ("GET", ("v1", "networks", _NAME, "leases"), ApiApp.network_leases),
+    ("PUT", ("v1", "networks", _NAME, "autostart"), ApiApp.set_network_autostart),
 ]
 DOMAIN_ACTIONS = ("start", "shutdown", "destroy", "reboot", "suspend", "resume")
 NETWORK_ACTIONS = ("start", "destroy")
