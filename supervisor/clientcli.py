@@ -893,11 +893,14 @@ def _log(args: argparse.Namespace, c: Client) -> int:
         return EXIT_REFUSED
     out = getattr(_out(), "buffer", None) or sys.stdout.buffer
     try:
-        data = _read_log(path)
+        # what the daemon's cut-back moved to .log.1 comes first: right after a cut-back the
+        # log itself is (nearly) empty, and the last lines are there
+        current = _read_log(path)
+        data = _read_log(path + ".1") + current
     except PermissionError as exc:
         sys.stderr.write(f"vsv: {path}: {exc.strerror} (the log is the daemon's, root's)\n")
         return EXIT_NOT_PERMITTED
-    position = len(data)
+    position = len(current)
     if args.lines is None and args.follow:
         args.lines = 10  # as tail -f and journalctl -f: some context, then what comes
     if args.lines is not None:

@@ -51,6 +51,7 @@ from supervisor.guest.linux import LinuxRuntime
 from supervisor.hooks import GuestContext
 from supervisor.journal import Journal
 from supervisor.lifecycle import Phase
+from supervisor.logrelay import LogRelays, cut_back
 from supervisor.metrics import Histogram, RequestCounts, Snapshot
 from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, MemTune, Network
 from supervisor.net.nics import PlumbedNic
@@ -60,7 +61,7 @@ from supervisor.runtime import CgroupHandle, Runtime
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.stats import STATE_NUMBERS, Stats, StatSources, read_many, sources_for
-from supervisor.store import ConfigStore, RunStore, atomic_write
+from supervisor.store import ConfigStore, RunStore
 
 log = logging.getLogger("vsv.daemon")
 
@@ -97,8 +98,10 @@ class Supervisor:
     net: NetworkSubsystem | None = None
     #: CPU limits and the idle-time tuner (runtimes with real cgroups only)
     sched: SchedSubsystem | None = None
-    #: the size at which a guest's log is cut back (0: never); see :meth:`_cap_logs`
+    #: the size at which a guest's log is cut back (0: never): supervisor/logrelay.py, and
+    #: :meth:`_cap_logs` for guests that write to the file itself (started by an older version)
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    logs: LogRelays | None = None
     log_check_interval: float = LOG_CHECK_INTERVAL
     _bus: Bus[GuestContext] = attrs.Factory(Bus)
     #: the registry: one runner per defined domain
@@ -141,7 +144,11 @@ class Supervisor:
             self.sched = SchedSubsystem.open(self._bus, layout)
         self.config.ensure()
         self.runs.ensure()
+        if self.log_max_bytes > 0:
+            self.logs = LogRelays(self.run_dir, self.log_max_bytes)
         self._env = RunnerEnv(
+            log_target=self.logs.target if self.logs is not None else None,
+            log_done=self.logs.stop if self.logs is not None else None,
             runtime=runtime,
             bus=self._bus,
             runs=self.runs,
@@ -189,6 +196,8 @@ class Supervisor:
                 async with trio.open_nursery() as guests:
                     guests.start_soon(self._spawner, receive)
                     self._spawn = send
+                    if self.logs is not None:
+                        self.logs.launch = self._launch
                     await adoption.take_over(
                         runs=self.runs,
                         runtime=runtime,
@@ -200,6 +209,9 @@ class Supervisor:
                         net=self.net,
                     )
                     for guest in list(self.guests.values()):
+                        if guest.active and self.logs is not None:
+                            # a predecessor's guest writing to its FIFO: drain it from here on
+                            self.logs.resume(guest.domain.name)
                         if guest.transient:
                             guest.pending = None  # adoption kept its stored one: it has none
                             self._launch(partial(self._forget_when_stopped, guest))
@@ -463,6 +475,8 @@ class Supervisor:
             for guest in list(self.guests.values()):
                 if not guest.active:
                     continue
+                if self.logs is not None and self.logs.relaying(guest.domain.name):
+                    continue  # its relay holds the cap at every write
                 path = guest_log_file(self.run_dir, guest.domain.name)
                 try:
                     if os.stat(path).st_size <= self.log_max_bytes:
@@ -1056,16 +1070,5 @@ def memory_view(domain: Domain, live: bool) -> dict[str, object]:
     }
 
 
-def cut_back_log(path: Path, keep: int) -> None:
-    """Move the newest ``keep`` bytes of ``path`` (from a line start) to ``path.1``; empty it."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = max(size - keep - 1, 0)  # one byte more: is the cut at a line start?
-        f.seek(start)
-        tail = f.read(size - start)
-    if start > 0:
-        cut = tail.find(b"\n")
-        tail = tail[cut + 1 :] if cut >= 0 else tail[1:]
-    rotated = path.with_name(path.name + ".1")
-    atomic_write(rotated, tail, mode=0o640, durable=False)
-    os.truncate(path, 0)
+#: kept under its old name for callers that cut a log back themselves
+cut_back_log = cut_back

@@ -80,6 +80,11 @@ class RunnerEnv:
     restart_policy: lc.RestartPolicy
     #: starts a task in the guests' nursery (the daemon's)
     launch: Launcher
+    #: what a guest's stdout and stderr are to be (its log relay's FIFO, supervisor/logrelay.py);
+    #: None: the log file itself
+    log_target: Callable[[str], Path] | None = None
+    #: the guest is released: its log relay drains and ends
+    log_done: Callable[[str], None] | None = None
 
 
 class _Reply:
@@ -589,8 +594,11 @@ class GuestRunner:
                     await self.cgroup.kill_all()
                 # the guest's process gets going (its mounts) while the cgroup is made and the
                 # prepare hooks run; finish() then puts it in the cgroup and lets init run
-                log_path = guest_log_file(env.run_dir, domain.name)
-                log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if env.log_target is not None:
+                    log_path = env.log_target(domain.name)
+                else:
+                    log_path = guest_log_file(env.run_dir, domain.name)
+                    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 pending = await env.runtime.begin_spawn(domain, log_path=str(log_path))
                 if not keep_resources:
                     cgroup = env.runtime.cgroup(env.prefix, domain.name)
@@ -678,6 +686,8 @@ class GuestRunner:
         self.adopted_pid = self.adopted_pidns = self.adopted_namespaces = None
         self.started_at = None
         self.env.runs.remove("domains", name)
+        if self.env.log_done is not None:
+            self.env.log_done(name)
 
     async def _fail_hard(self, exc: BaseException) -> None:
         """The supervisor's own code failed for this guest: stop its children, release it,
