@@ -2,13 +2,15 @@
 
 Runs the real :class:`supervisor.daemon.Supervisor` in-process with the host side in a sandbox
 namespace it creates (``vsvbnic-sbx``), a NAT network with dnsmasq (as in :mod:`bench_start`),
-a guest with one ``<interface type='network'>`` and the same guest without. The two starts are
+a guest with one ``<interface type='network'>`` (anti-spoofing on, the default), the same guest
+with the NIC opted out of anti-spoofing (``<filterref filter='vsv-allow-all'/>``: the NIC as it
+was plumbed before the guard existed) and the same guest without a NIC. The three starts are
 alternated sample by sample, in both regimes (idle gap, back to back), so load on the machine
-hits both alike; the difference is what the NIC costs. Before that, ``--burst`` one-NIC guests
-are started at once (batch wall time, five batches). With ``--profile`` each step of the
-network ``prepare`` hook is timed by wrapping the supervisor's functions in place (diagnosis
-only: the wrappers add microseconds). Everything is named ``vsvbnic...`` and removed also on
-failure or Ctrl-C.
+hits them alike; the differences are what the NIC and its guard cost. Before that,
+``--burst`` one-NIC guests are started at once (batch wall time, five batches). With
+``--profile`` each step of the network ``prepare`` hook is timed by wrapping the supervisor's
+functions in place (diagnosis only: the wrappers add microseconds). Everything is named
+``vsvbnic...`` and removed also on failure or Ctrl-C.
 
     .venv/bin/python bench/bench_nic.py [--runs N] [--profile]
 """
@@ -16,12 +18,15 @@ failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,9 @@ from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import AddressRange, Bridge, Forward, Interface, Network, NetworkIp
 
 PREFIX = "vsvbnic"
+#: the guests whose starts are alternated: one NIC, the same NIC opted out of anti-spoofing, none
+GUESTS = ("nic", "nic_open", "plain")
+ORDERS = list(itertools.permutations(GUESTS))
 SANDBOX = f"{PREFIX}-sbx"
 RESULTS = results_path("nic.json")
 
@@ -88,6 +96,24 @@ def install_probe() -> Probe:
     return probe
 
 
+def time_plumbing(samples: dict[str, list[float]]) -> Callable[[], None]:
+    """Time each guest's NIC plumbing (the network prepare hook's plumb step), by guest name,
+    so that the guard's share shows without the start's noise; returns the undo."""
+    from supervisor.net import service
+
+    original = service.NetworkService.plumb
+
+    async def timed(self: Any, domain: Any, guest_netns: str, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await original(self, domain, guest_netns, **kwargs)
+        finally:
+            samples.setdefault(domain.name, []).append(time.perf_counter() - t0)
+
+    service.NetworkService.plumb = timed  # type: ignore[method-assign]
+    return lambda: setattr(service.NetworkService, "plumb", original)
+
+
 async def burst(sup: Supervisor, root: str, n: int) -> dict[str, Any]:
     """``n`` one-NIC guests started at once (one nursery), five times: batch wall times."""
     nic = (Interface(type="network", source="lan"),)
@@ -124,31 +150,42 @@ async def measure(workdir: str, runs: int, do_profile: bool, burst_n: int) -> di
                 await sup.define_network(lan())
                 await sup.start_network("lan")
                 nic = (Interface(type="network", source="lan"),)
+                nic_open = (Interface(type="network", source="lan", filterref="vsv-allow-all"),)
                 await sup.define_domain(attrs.evolve(guest("nic", root), interfaces=nic))
+                await sup.define_domain(attrs.evolve(guest("nic_open", root), interfaces=nic_open))
                 await sup.define_domain(guest("plain", root))
                 for _ in range(3):  # warm-up
-                    for name in ("nic", "plain"):
+                    for name in GUESTS:
                         await timer.start(name)
                         await timer.destroy(name)
                 out["burst"] = await burst(sup, root, burst_n)
                 for regime, idle in (("idle", True), ("back_to_back", False)):
                     probe = install_probe() if do_profile else None
-                    samples: dict[str, list[float]] = {"nic": [], "plain": []}
+                    samples: dict[str, list[float]] = {name: [] for name in GUESTS}
+                    plumbing: dict[str, list[float]] = {}
+                    untime = time_plumbing(plumbing)
                     try:
-                        for _ in range(runs):
-                            for name in ("nic", "plain"):
+                        for i in range(runs):
+                            # every order in turn: what a start costs depends on what was
+                            # destroyed just before (a NIC guest's namespace is still being
+                            # torn down by the kernel), so each guest follows each other alike
+                            for name in ORDERS[i % len(ORDERS)]:
                                 await gap(idle)
                                 ev, _ret = await timer.start(name)
                                 samples[name].append(ev)
                                 await gap(idle)
                                 await timer.destroy(name)
                     finally:
+                        untime()
                         steps = probe.report() if probe is not None else None
                         if probe is not None:
                             probe.restore()
                     out[regime] = {
                         "start_one_nic": summary(samples["nic"]),
+                        "start_one_nic_unguarded": summary(samples["nic_open"]),
                         "start_no_nic": summary(samples["plain"]),
+                        "plumb_nic": summary(plumbing["nic"]),
+                        "plumb_nic_unguarded": summary(plumbing["nic_open"]),
                         "steps": steps,
                     }
         finally:
@@ -180,14 +217,29 @@ def table(r: dict[str, Any]) -> str:
         f"load average before {r['loadavg_before']}, after {r['loadavg_after']}; "
         f"supervisor run dir on {r['run_dir']}",
         "",
-        "| regime | one NIC | no NIC | NIC cost (median difference) |",
-        "|---|---|---|---|",
+        "| regime | one NIC (anti-spoofing) | one NIC opted out | no NIC | NIC cost | guard cost |",
+        "|---|---|---|---|---|---|",
     ]
     for regime in ("idle", "back_to_back"):
         c = r[regime]
-        diff = c["start_one_nic"]["median_ms"] - c["start_no_nic"]["median_ms"]
+        guarded, unguarded = c["start_one_nic"], c["start_one_nic_unguarded"]
+        diff = guarded["median_ms"] - c["start_no_nic"]["median_ms"]
+        guard = guarded["median_ms"] - unguarded["median_ms"]
         lines.append(
-            f"| {regime} | {cell(c['start_one_nic'])} | {cell(c['start_no_nic'])} | {diff:.2f} |"
+            f"| {regime} | {cell(guarded)} | {cell(unguarded)} | {cell(c['start_no_nic'])} "
+            f"| {diff:.2f} | {guard:+.2f} ({guard / unguarded['median_ms']:+.1%}) |"
+        )
+    lines += [
+        "",
+        "| regime | NIC plumbing within the start (anti-spoofing) | opted out | guard cost |",
+        "|---|---|---|---|",
+    ]
+    for regime in ("idle", "back_to_back"):
+        guarded, unguarded = r[regime]["plumb_nic"], r[regime]["plumb_nic_unguarded"]
+        guard = guarded["median_ms"] - unguarded["median_ms"]
+        lines.append(
+            f"| {regime} | {cell(guarded)} | {cell(unguarded)} "
+            f"| {guard:+.2f} ({guard / unguarded['median_ms']:+.1%}) |"
         )
     b = r["burst"]
     lines += ["", f"{b['n']} one-NIC guests started at once: batch wall {cell(b['batch_wall'])} ms"]

@@ -184,6 +184,14 @@ BENCHES = (
         "control API, events, vsv list",
         smoke=("--quick",),
     ),
+    Bench(
+        "fleet",
+        ("bench/bench_fleet.py",),
+        ("--events", "1000", "--runs", "2", "--latency", "200", "--starts", "5"),
+        600,
+        "fleet events on NATS JetStream: publish rate, latency, starts with the broker down",
+        smoke=("--events", "200", "--runs", "2", "--latency", "40", "--starts", "2"),
+    ),
 )
 
 
@@ -921,6 +929,52 @@ def area_stats(s: Json | None) -> Area:
     return area
 
 
+def area_fleet(f: Json | None) -> Area:
+    """bench_fleet.py: the publisher beside bare nats-py, latency, starts with the broker down."""
+    area = Area(
+        "Fleet events (NATS JetStream)",
+        "bench_fleet.py: a real nats-server on loopback (Debian's 2.9), nats-py; interleaved "
+        "runs, medians",
+    )
+    if not f:
+        return area
+    t = f["throughput"]
+    area.rows.append(
+        Row(
+            f"publish with acks, one at a time ({f['events']:,} journal records)",
+            f"{t['ours']['median']:,} events/s (min {t['ours']['min']:,})",
+            floor=f"bare nats-py, same publishes: {t['bare']['median']:,}/s",
+            ratio=f"{t['ratio']:.2f}x floor",
+            target=">= 0.5x floor",
+            met=t["ratio"] >= 0.5,
+            note=f"bare nats-py pipelined (info): {t['bare_pipelined']['median']:,}/s",
+        )
+    )
+    lat = f["latency"]
+    area.rows.append(
+        Row(
+            "lifecycle change on host A -> fleet consumer (fake runtime)",
+            f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms ({lat['events']} events)",
+            note="info",
+        )
+    )
+    down = f.get("start_broker_down")
+    if down:
+        r = down["ratio"]
+        area.rows.append(
+            Row(
+                "guest start with --nats and the broker down",
+                ms(down["broker_down"]),
+                floor=f"without --nats {ms(down['without'], False)}",
+                ratio=f"{r:.2f}x",
+                target="<= 1.10x",
+                met=r <= 1.10,
+                note=f"lag reported: {down['lag_events_reported']} events",
+            )
+        )
+    return area
+
+
 def area_sched(s: Json | None) -> Area:
     area = Area(
         "Scheduler",
@@ -1145,6 +1199,7 @@ def build_areas(got: dict[str, Json | None], png: Path) -> list[Area]:
         ("cli", lambda: area_cli(got.get("cli"))),
         ("stats", lambda: area_stats(got.get("stats"))),
         ("sched", lambda: area_sched(got.get("sched"))),
+        ("fleet", lambda: area_fleet(got.get("fleet"))),
     ]
     areas = []
     for name, build in builders:

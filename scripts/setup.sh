@@ -16,6 +16,8 @@ command -v nft >/dev/null || need+=(nftables)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
+# the fleet tests, `vsv stress --fleet` and bench/bench_fleet.py run their own NATS server
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || need+=(nats-server)
 # a library, not a binary: supervisor/guest/seccomp.py compiles the guests' filter with it (no
 # `grep -q`: it would stop reading early, and ldconfig's SIGPIPE would fail the pipeline)
 ldconfig -p | grep 'libseccomp\.so\.2 ' >/dev/null || need+=(libseccomp2)

@@ -100,6 +100,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from supervisor.fleet.cli import daemon_settings
+
+    fleet = daemon_settings(args)
+    if isinstance(fleet, str):
+        print(f"vsv daemon: {fleet}", file=sys.stderr)
+        return 2
     opts = DaemonOptions(
         state_dir=Path(args.state_dir),
         run_dir=Path(args.run_dir),
@@ -114,9 +120,11 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         ro_socket=ro_socket,
         socket_group=args.socket_group,
         log_max_bytes=args.log_max_mib << 20,
+        resolv_file=None if args.resolv_file == "none" else args.resolv_file,
         api_max_connections=args.api_max_connections,
         api_ro_max_connections=args.api_ro_max_connections,
         metrics_listen=metrics,
+        fleet=fleet,
     )
     return trio.run(run_daemon, opts)
 
@@ -284,6 +292,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "(created if missing, removed at exit if it was created)",
     )
     p.add_argument(
+        "--resolv-file",
+        metavar="PATH",
+        default="derived",
+        help="the resolv.conf whose servers networks forward DNS to, or 'none' (default: "
+        "/etc/resolv.conf; with --netns NAME, /etc/netns/NAME/resolv.conf if it exists)",
+    )
+    p.add_argument(
         "--socket",
         metavar="PATH",
         default=argparse.SUPPRESS,
@@ -324,7 +339,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
+    from supervisor.fleet.cli import add_daemon_options, add_fleet_parser
+
+    add_daemon_options(p)
     p.set_defaults(func=_cmd_daemon)
+    add_fleet_parser(sub)
 
     from supervisor.stress_cli import add_stress_parser
 

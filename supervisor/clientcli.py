@@ -1023,6 +1023,13 @@ def _exec(args: argparse.Namespace, c: Client) -> int:
         target.close()
 
 
+def _console(args: argparse.Namespace, c: Client) -> int:
+    """Attach the terminal to a guest's console (:mod:`supervisor.api.console_client`)."""
+    from supervisor.api import console_client  # only this verb needs termios and select
+
+    return console_client.run_console(c.socket_path, args.domain, force=args.force)
+
+
 def _runner(verb: str, fn: Verb) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return run_verb(verb, fn, args)
@@ -1240,6 +1247,16 @@ def register_client_verbs(subparsers: Any) -> None:
         "--env", action="append", metavar="NAME=VALUE", help="set a variable (init's env is kept)"
     )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p = verb(
+        "console",
+        _console,
+        "attach the terminal to a running domain's console (detach with Ctrl-])",
+        json_flag=False,
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument(
+        "--force", action="store_true", help="take the console over from a client attached to it"
+    )
     verb("info", _info, "show the supervisor's version, uptime and statistics")
     p = verb(
         "event", _event, "print events: the next one; the journal from --since N; all with --loop"

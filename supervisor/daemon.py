@@ -30,14 +30,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import trio
 
 from supervisor import adoption, nsutil
 from supervisor import lifecycle as lc
-from supervisor.bus import Bus, Gap
+from supervisor.bus import Bus, Gap, PrepareFailed
+from supervisor.console import GuestConsole, KeptConsoles, NoConsole
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -47,7 +48,10 @@ from supervisor.errors import (
     VsvError,
 )
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
+from supervisor.fleet.subjects import FleetSettings
 from supervisor.guest.linux import LinuxRuntime
+from supervisor.guest.ptykeeper import SOCKET_NAME as KEEPER_SOCKET
+from supervisor.guest.ptykeeper import ConsoleKeeper
 from supervisor.hooks import GuestContext
 from supervisor.journal import Journal
 from supervisor.lifecycle import Phase
@@ -63,6 +67,10 @@ from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
 from supervisor.stats import STATE_NUMBERS, Stats, StatSources, read_many, sources_for
 from supervisor.store import ConfigStore, RunStore
 
+if TYPE_CHECKING:
+    from supervisor.fleet.publisher import FleetPublisher
+    from supervisor.journal import Journal
+
 log = logging.getLogger("vsv.daemon")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
@@ -70,6 +78,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 8 << 20
 #: how often the running guests' log sizes are checked
 LOG_CHECK_INTERVAL = 2.0
+#: at a stop, how long the fleet publisher may take to send the last events (broker connected)
+FLEET_DRAIN_TIMEOUT = 2.0
 
 
 @attrs.define(eq=False)
@@ -93,6 +103,9 @@ class Supervisor:
     stopping: bool = False
     #: where host-side networking happens: None = our own namespace, else a netns path
     host_netns: str | None = None
+    #: the resolv.conf networks forward DNS to: derived from the host namespace (the host's
+    #: /etc/resolv.conf, or a sandbox's /etc/netns/NAME/resolv.conf), a path, or None (none)
+    resolv_file: str | None = "derived"
     #: False: no network subsystem (guests with <interface> then fail to start)
     networking: bool = True
     net: NetworkSubsystem | None = None
@@ -110,6 +123,8 @@ class Supervisor:
     adopted: list[str] = attrs.Factory(list)
     config: ConfigStore = attrs.field(init=False)
     runs: RunStore = attrs.field(init=False)
+    #: the fleet publisher's statistics (``--nats``), shown under ``fleet``
+    fleet_statistics: Callable[[], Mapping[str, object]] | None = None
     _env: RunnerEnv | None = None
     _spawn: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
     #: starts asked for (the API, autostart, --start) and done, failed, and how long each took
@@ -146,6 +161,12 @@ class Supervisor:
         self.runs.ensure()
         if self.log_max_bytes > 0:
             self.logs = LogRelays(self.run_dir, self.log_max_bytes)
+        keeper_cgroups = (
+            tuple(os.path.join(h, f"{self.prefix}.console-keeper") for h in layout.hierarchies())
+            if layout is not None
+            else ()
+        )
+        consoles = KeptConsoles(ConsoleKeeper(str(self.run_dir / KEEPER_SOCKET), keeper_cgroups))
         self._env = RunnerEnv(
             log_target=self.logs.target if self.logs is not None else None,
             log_done=self.logs.stop if self.logs is not None else None,
@@ -158,6 +179,8 @@ class Supervisor:
             shutdown_signal=self.shutdown_signal,
             restart_policy=self.restart_policy,
             launch=self._launch,
+            peers=self._peer_namespaces,
+            consoles=consoles,
         )
         domains, problems = self.config.load_domains()
         for problem in problems:
@@ -183,6 +206,7 @@ class Supervisor:
                 run_dir=self.run_dir,
                 config=self.config,
                 runs=self.runs,
+                resolv_file=self.resolv_file,
             )
         try:
             # the runtime's pools (fork servers, spare embryos) live as long as the guests' nursery
@@ -215,10 +239,15 @@ class Supervisor:
                         if guest.transient:
                             guest.pending = None  # adoption kept its stored one: it has none
                             self._launch(partial(self._forget_when_stopped, guest))
+                    # kept consoles of guests not adopted (ended while no supervisor ran)
+                    consoles.prune({n for n in self.adopted if self._console_relayed(n)})
                     task_status.started()
                     await trio.sleep_forever()
         finally:
             self._spawn = None
+            if consoles.close() and keeper_cgroups:
+                with trio.CancelScope(shield=True):
+                    await _remove_keeper_cgroups(keeper_cgroups)
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
@@ -309,15 +338,33 @@ class Supervisor:
                 )
         return attrs.evolve(domain, **changes) if changes else domain
 
+    def _peer_namespaces(self, name: str) -> tuple[int, dict[str, int]] | None:
+        """A running guest's init pid and namespace inodes (for ``<lxc:namespace>``), whether
+        this supervisor started it or adopted it; None when it has no live init."""
+        guest = self.guests.get(name)
+        if guest is None or guest.phase not in (Phase.RUNNING, Phase.PAUSED):
+            return None
+        pid = guest.status().init_pid
+        if pid is None:
+            return None
+        namespaces = guest.process.namespaces if guest.process is not None else None
+        if namespaces is not None:
+            return pid, dict(attrs.asdict(namespaces))
+        if guest.adopted_namespaces is not None:
+            return pid, dict(guest.adopted_namespaces)
+        return None
+
     async def define_domain(self, domain: Domain) -> Domain:
         """Add or update a definition (DEFINED ADDED / UPDATED); refuses duplicates.
 
         Updating a running guest changes its stored definition; the running guest keeps the
         old one until it is next started.
         """
-        from supervisor.validate import check_domain
+        from supervisor.validate import check_domain, host_problems
 
-        problems = check_domain(domain)
+        # the host's rules too (an architecture other than this one's), which `vsv validate`
+        # cannot know for the host a document is meant for
+        problems = check_domain(domain) + [str(p) for p in host_problems(domain)]
         if problems:
             raise InvalidDocument(problems)
         previous = self.guests.get(domain.name)
@@ -331,6 +378,11 @@ class Supervisor:
             )
         domain = self._complete(domain, previous.domain if previous else None)
         self._check_conflicts(domain)
+        if self.net is not None:  # static NIC addresses against the networks and other domains
+            from supervisor.net.addresses import domain_problems, raise_problems
+
+            others = [g.domain for g in self.guests.values()]
+            raise_problems(domain_problems(domain, self.net.service.table.definitions, others))
         self.config.save_domain(domain)
         if previous is None:
             self.guests[domain.name] = self._new_runner(domain)
@@ -420,6 +472,14 @@ class Supervisor:
         began = time.monotonic()
         try:
             await guest.start()
+        except PrepareFailed as error:
+            # a hook refused the start on purpose (an address in use, a network not running):
+            # the caller gets that error, 409 and its message, not a 500 with a Python repr
+            self.start_failures += 1
+            cause = error.cause
+            if isinstance(cause, ConflictError | InvalidOperation | NotFound):
+                raise type(cause)(f"domain {name}: {cause}") from error
+            raise
         except VsvError:
             self.start_failures += 1
             raise
@@ -490,6 +550,26 @@ class Supervisor:
     def domain_log_path(self, name: str) -> str | None:
         self._guest(name)
         return str(guest_log_file(self.run_dir, name))
+
+    def _console_relayed(self, name: str) -> bool:
+        guest = self.guests.get(name)
+        return guest is not None and guest.console is not None and guest.console.relaying
+
+    def domain_console(self, name: str) -> GuestConsole:
+        guest = self._guest(name)
+        if not guest.domain.consoles:
+            raise NoConsole(
+                f"domain {name!r} has no console (its definition has no <console type='pty'/>)"
+            )
+        console = guest.console
+        if console is not None and console.live:
+            return console
+        if guest.adopted_pid is not None:
+            raise InvalidOperation(
+                f"domain {name!r}: its console was not kept when the previous supervisor "
+                "ended (see the log); it is served again from the guest's next start"
+            )
+        raise InvalidOperation(f"domain {name!r} is not running")
 
     # ------------------------------------------------------------------------ whole-supervisor
 
@@ -757,7 +837,8 @@ class Supervisor:
         return require_network(self.net, name).get_network(name)
 
     async def define_network(self, network: Network) -> Network:
-        return require_network(self.net, network.name).define_network(network)
+        domains = [g.domain for g in self.guests.values()]
+        return require_network(self.net, network.name).define_network(network, domains)
 
     async def undefine_network(self, name: str) -> None:
         require_network(self.net, name).undefine_network(name)
@@ -804,7 +885,28 @@ class Supervisor:
             "states": states,
             "bus": attrs.asdict(self._bus.statistics(), recurse=True),
             "sched": self.sched.statistics() if self.sched is not None else None,
+            "fleet": self.fleet_statistics() if self.fleet_statistics is not None else None,
+            "consoles": self._console_statistics(),
         }
+
+    def _console_statistics(self) -> dict[str, int]:
+        """How many guests' consoles are relayed now, and how many have a client attached."""
+        consoles = [g.console for g in self.guests.values() if g.console is not None]
+        return {
+            "live": sum(1 for c in consoles if c.live),
+            "attached": sum(1 for c in consoles if c.session is not None),
+        }
+
+
+async def _remove_keeper_cgroups(paths: tuple[str, ...]) -> None:
+    """The console keeper's cgroups, once it has left them (it exits when it holds nothing and
+    is told so)."""
+    from supervisor.guest.cgroups import remove_dirs
+
+    try:
+        await remove_dirs(reversed(paths))
+    except RuntimeFailure as exc:
+        log.warning("the console keeper's cgroup: %s", exc)
 
 
 # ---------------------------------------------------------------------------- the daemon
@@ -853,12 +955,16 @@ class DaemonOptions:
     ro_socket: str | None = None
     socket_group: str | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    #: the resolv.conf networks forward DNS to ("derived": from the host namespace; None: none)
+    resolv_file: str | None = "derived"
     #: caps of open API connections per socket (None: derived from the descriptor limit; see
     #: supervisor/api/limits.py)
     api_max_connections: int | None = None
     api_ro_max_connections: int | None = None
     #: serve /metrics (Prometheus) on this (host, port); None: off
     metrics_listen: tuple[str, int] | None = None
+    #: publish the journal to NATS JetStream (``--nats``; docs/fleet.md)
+    fleet: FleetSettings | None = None
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Domain], list[Network]] | None:
@@ -909,7 +1015,12 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         # (no journal, no namespace); a client that connects once the supervisor announced
         # itself waits in the backlog to be served
         try:
-            listeners = bind_api(opts.socket, opts.ro_socket, opts.socket_group)
+            listeners = bind_api(
+                opts.socket,
+                opts.ro_socket,
+                opts.socket_group,
+                make_under=str(opts.run_dir),
+            )
         except VsvError as exc:
             print(f"vsv daemon: {exc}", file=sys.stderr)
             return 1
@@ -960,6 +1071,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         announce=True,
         journal=journal,
         log_max_bytes=opts.log_max_bytes,
+        resolv_file=opts.resolv_file,
         # no guest may see them (a guest without a root filesystem sees the host's tree)
         hidden_paths=tuple(p for p in (opts.socket, opts.ro_socket) if p is not None),
     )
@@ -971,6 +1083,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
             early = stopsignals.take()
             async with trio.open_nursery() as nursery:
                 await nursery.start(print_events, sup.bus, out)
+                fleet = await _start_fleet(nursery, opts, journal, sup)
                 await nursery.start(sup.run)  # publishes the supervisor's STARTED first
                 requests = RequestCounts()
                 if listeners is not None:
@@ -1022,6 +1135,11 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                     {"keep_guests": opts.keep_guests},
                 )
                 await trio.lowlevel.checkpoint()
+                if fleet is not None and fleet.state == "publishing":
+                    # the last events (our own STOPPED) go out if the broker is there now; an
+                    # absent one costs nothing here, they wait in the journal for the next run
+                    with trio.move_on_after(FLEET_DRAIN_TIMEOUT):
+                        await fleet.wait_caught_up()
                 nursery.cancel_scope.cancel()
     finally:
         if listeners is not None:
@@ -1032,6 +1150,31 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         if created_netns and not opts.keep_guests:
             nsutil.delete_netns(opts.netns or "")
     return 0
+
+
+async def _start_fleet(
+    nursery: trio.Nursery, opts: DaemonOptions, journal: Journal, sup: Supervisor
+) -> FleetPublisher | None:
+    """Start the fleet publisher when ``--nats`` asks for it (nats-py is imported only then)."""
+    if opts.fleet is None:
+        return None
+    from supervisor.fleet.publisher import run_publisher
+
+    settings = opts.fleet
+    publisher: FleetPublisher = await nursery.start(
+        partial(
+            run_publisher,
+            journal,
+            servers=settings.servers,
+            host=settings.host,
+            stream=settings.stream,
+            state_dir=opts.state_dir,
+            creds=settings.creds,
+            replicas=settings.replicas,
+        )
+    )
+    sup.fleet_statistics = lambda: attrs.asdict(publisher.statistics())
+    return publisher
 
 
 async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Network]) -> None:

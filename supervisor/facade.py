@@ -17,6 +17,7 @@ from supervisor.model import Domain, Network
 
 if TYPE_CHECKING:
     from supervisor.bus import Bus
+    from supervisor.console import GuestConsole
 
 
 @attrs.frozen
@@ -120,6 +121,11 @@ class SupervisorFacade(Protocol):
 
     def domain_log_path(self, name: str) -> str | None:
         """Where the guest's stdout and stderr go (a host path), None if nowhere."""
+        ...
+
+    def domain_console(self, name: str) -> GuestConsole:
+        """The running guest's console to attach to: NotFound, NoConsole (the domain has no
+        ``<console>``) or InvalidOperation (it does not run, or its console is not served)."""
         ...
 
     # scheduler

@@ -132,6 +132,15 @@ def dnsmasq_conf(argv: Sequence[str]) -> str | None:
     return None
 
 
+def keeper_socket(argv: Sequence[str]) -> str | None:
+    """The socket a console keeper's command line serves (``python -I -S .../ptykeeper.py
+    SOCKET [CGROUP...]``), or None (also for any other command)."""
+    for index, arg in enumerate(argv[:-1]):
+        if os.path.basename(arg) == "ptykeeper.py":
+            return argv[index + 1]
+    return None
+
+
 def is_prefix_dnsmasq(argv: Sequence[str], prefix: str) -> bool:
     """Whether a command line is a dnsmasq whose conf file is one of the prefix's files."""
     conf = dnsmasq_conf(argv)
@@ -312,6 +321,22 @@ def _find_dnsmasq(prefix: str, known: set[int]) -> list[Leftover]:
     return out
 
 
+def _find_keeper(run_dir: Path, known: set[int]) -> list[Leftover]:
+    """The console keeper of the run dir (it holds the consoles of guests a supervisor left),
+    unless it was found in its prefixed cgroup already."""
+    from supervisor.guest.ptykeeper import SOCKET_NAME
+
+    sock = str(run_dir / SOCKET_NAME)
+    out = []
+    for pid in _pids():
+        if pid in known:
+            continue
+        argv = _read_argv(pid)
+        if argv and keeper_socket(argv) == sock and _alive(pid):
+            out.append(Leftover("process", f"{pid} {' '.join(argv)}", sock))
+    return out
+
+
 def _find_runfiles(prefix: str, run_dir: Path) -> list[Leftover]:
     from supervisor.store import RunStore
 
@@ -389,6 +414,7 @@ async def find_async(
     items += [Leftover("netns", n, str(nsutil.NETNS_DIR)) for n in nsutil.list_netns(prefix)]
     items += cgroups
     if run_dir is not None:
+        items += _find_keeper(Path(run_dir), {int(m.name.split()[0]) for m in members})
         items += _find_runfiles(prefix, Path(run_dir))
     return sort_for_removal(items)
 
@@ -505,9 +531,14 @@ async def _remove_process(item: Leftover, killed: dict[str, str | None]) -> str 
         if pid in _subtree_pids(item.where) and _alive(pid):
             return f"pid {pid} is still in {item.where}"
         return None
-    # a dnsmasq: only if it still is the one that names the prefix's file (pids get reused)
+    # a dnsmasq (a console keeper): only if it still is the one that names the prefix's file
+    # (the run dir's socket), as pids get reused
     argv = _read_argv(pid)
-    if argv is None or not _alive(pid) or dnsmasq_conf(argv) != item.where:
+    if (
+        argv is None
+        or not _alive(pid)
+        or item.where not in (dnsmasq_conf(argv), keeper_socket(argv))
+    ):
         return None
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

@@ -415,6 +415,39 @@ class Journal:
                         return out
         return out
 
+    def entries_reader(self, since: int, *, limit: int) -> Callable[[], list[Entry]] | None:
+        """None when :meth:`entries_since` would answer from memory (call it: it is cheap),
+        else a function that reads the same records from the segment files alone.
+
+        For a reader far behind (the fleet publisher after a long broker outage): the function
+        touches only the files of the segments as they are now, so it can run on a worker
+        thread while the journal goes on appending; segments are append-only, a torn last line
+        ends the read, and one removed by retention meanwhile reads as empty (the next call
+        then gets the gap record).
+        """
+        first = self.first_seq()
+        if (
+            limit <= 0
+            or since >= self._last_seq
+            or first is None
+            or since < first - 1
+            or (self._tail and self._tail[0].seq <= since + 1)
+        ):
+            return None
+        paths = [info.path for info in self._segments if info.last_seq > since]
+
+        def read() -> list[Entry]:
+            out: list[Entry] = []
+            for path in paths:
+                for entry in _read_segment(path):
+                    if entry.seq > since:
+                        out.append(entry)
+                        if len(out) >= limit:
+                            return out
+            return out
+
+        return read
+
     def statistics(self) -> JournalStatistics:
         return JournalStatistics(
             first_seq=self.first_seq(),

@@ -41,12 +41,14 @@ from supervisor.model import (
     CpuTune,
     Domain,
     Filesystem,
+    FilesystemType,
     IdMapEntry,
     Interface,
     IpAddress,
     MemTune,
     OsSpec,
     Route,
+    SharedNamespace,
 )
 
 FORMAT: Final = "lxc-tools"
@@ -290,6 +292,9 @@ _SLOTS: Final[dict[str, str]] = {
     "lxc.cgroup2.cpu.max": "cpu.max",
     "lxc.cgroup.pids.max": "pids",
     "lxc.cgroup2.pids.max": "pids",
+    "lxc.namespace.share.net": "share.net",
+    "lxc.namespace.share.ipc": "share.ipc",
+    "lxc.namespace.share.uts": "share.uts",
 }
 #: keys that add to a list; an empty value clears the list (as in LXC)
 _LISTS: Final = {
@@ -305,8 +310,8 @@ _NO_LSM = (
     "the supervisor loads no LSM profile; it confines a guest with capabilities, seccomp, "
     "cgroups and masked paths (docs/security.md)"
 )
-_CPUSET = "the model has no <vcpu cpuset=> or <numatune> (the cpuset controller)"
-_BLKIO = "the model has no <blkiotune> (weight, device weights, throttles)"
+_CPUSET = "not mapped to <vcpu cpuset=> yet (cpuset.mems: <numatune> is refused)"
+_BLKIO = "not mapped to <blkiotune> yet (weight, device weights, throttles)"
 #: keys (exact, or a prefix ending in '.') the model cannot hold: (reason, later)
 _UNSUPPORTED: Final[dict[str, tuple[str, bool]]] = {
     "lxc.cgroup.cpuset.": (_CPUSET, True),
@@ -339,7 +344,7 @@ _UNSUPPORTED: Final[dict[str, tuple[str, bool]]] = {
     "lxc.prlimit.": ("the model has no resource limits (rlimits)", False),
     "lxc.sysctl.": ("no element sets sysctls", False),
     "lxc.proc.": ("no element sets /proc/PID values", False),
-    "lxc.namespace.share.": ("the model has no <lxc:namespace> yet", True),
+    "lxc.namespace.share.": ("only the net, ipc and uts namespaces can be shared", False),
     "lxc.namespace.": ("the guest's namespaces are fixed (docs/architecture.md)", False),
     "lxc.monitor.": ("no LXC monitor here", False),
     "lxc.ephemeral": ("no ephemeral guests", False),
@@ -548,6 +553,7 @@ class _Builder:
             fields["capabilities"] = caps
         self._arch()
         self._autostart(fields)
+        self._shares(fields)
         if self.fatal:
             raise LxcConfigError(self.fatal)
         return Domain(**fields)  # type: ignore[arg-type]
@@ -595,30 +601,36 @@ class _Builder:
         if value.startswith("/"):
             kind, rest = "dir", value
         where = f"{entry.origin}: {entry.key} = {value}"
-        if kind in ("dir", "btrfs") and rest.startswith("/"):
-            if rest.startswith("/dev/"):
-                self.fatal.append(
-                    f"{where}: not mapped yet: a block device root needs "
-                    "<filesystem type='block'>, which the model does not have"
-                )
-                return []
+        fstype: FilesystemType = "mount"
+        driver: dict[str, str] = {}
+        if kind in ("dir", "btrfs", "lvm") and rest.startswith("/"):
             source = posixpath.normpath(rest)
+            if rest.startswith("/dev/"):  # a block device (LXC's lvm backend names one too)
+                fstype = "block"
+            elif kind == "lvm":
+                self.fatal.append(f"{where}: an lvm root is a device: allowed lvm:/dev/...")
+                return []
         elif kind in ("overlay", "overlayfs"):
             self.fatal.append(
                 f"{where}: not mapped: the model has no overlay filesystem; give the merged "
                 "directory as lxc.rootfs.path = dir:PATH"
             )
             return []
-        elif kind in ("loop", "nbd"):
+        elif kind == "loop" and rest.startswith("/"):
+            # a raw image, as libvirt's converter maps it: <driver type='loop' format='raw'>
+            source = posixpath.normpath(rest)
+            fstype = "file"
+            driver = {"driver_type": "loop", "driver_format": "raw"}
+        elif kind == "nbd":
             self.fatal.append(
-                f"{where}: not mapped yet: an image root needs <filesystem type='file'>, "
-                "which the model does not have"
+                f"{where}: not mapped: an nbd root (qcow2 and others) needs qemu-nbd, which the "
+                "supervisor does not run; convert the image to raw (loop:PATH)"
             )
             return []
-        elif kind in ("lvm", "zfs", "rbd"):
+        elif kind in ("zfs", "rbd"):
             self.fatal.append(
-                f"{where}: not mapped yet: a {kind} root needs <filesystem type='block'>, "
-                "which the model does not have; mount it and give the directory"
+                f"{where}: not mapped: a {kind} root has no element; mount it and give the "
+                "directory, or its block device (lxc.rootfs.path = /dev/...)"
             )
             return []
         else:
@@ -639,7 +651,15 @@ class _Builder:
             other = self.slots.get(slot)
             if other is not None:
                 self.note(other, f"{other.key} is not needed: {why}")
-        return [Filesystem(source=source, target="/", readonly=readonly)]
+        return [
+            Filesystem(
+                source=source,
+                target="/",
+                type=fstype,
+                readonly=readonly,
+                **driver,  # type: ignore[arg-type]
+            )
+        ]
 
     def _mounts(self, done: list[Filesystem]) -> list[Filesystem]:
         lines: list[Entry] = []
@@ -756,8 +776,9 @@ class _Builder:
                 return None
             fs = Filesystem(source=posixpath.normpath(source), target=target, readonly=readonly)
         elif source.startswith("/dev/"):
-            self.skip(entry, "mounts a block device: needs <filesystem type='block'>", later=True)
-            return None
+            # the filesystem type is probed at start (as libvirt does), the entry's is not kept
+            fs = Filesystem(source=posixpath.normpath(source), target=target, type="block",
+                            readonly=readonly)  # fmt: skip
         else:
             self.skip(entry, f"a {fstype} mount: only bind mounts and tmpfs have an element")
             return None
@@ -804,7 +825,9 @@ class _Builder:
             if tty.value in ("", "0"):
                 self.note(tty, "no ttys: the guest gets none")
             else:
-                self.skip(tty, "the model has no <console> yet: the guest gets no ttys", later=True)
+                self.skip(
+                    tty, "<console> is kept but not served yet: the guest gets no ttys", later=True
+                )
         pty = self.slots.get("pty")
         if pty is not None:
             self.skip(
@@ -816,7 +839,7 @@ class _Builder:
             if console.value == "none":
                 self.note(console, "no console: the guest gets none")
             else:
-                self.skip(console, "the model has no <console> yet", later=True)
+                self.skip(console, "<console> is kept but not served yet", later=True)
         apparmor = self.slots.get("apparmor")
         if apparmor is not None:
             if apparmor.value == "unconfined":
@@ -1299,6 +1322,28 @@ class _Builder:
         else:
             self.skip(entry, f"guests run as the host's architecture ({self.host_arch})")
 
+    def _shares(self, fields: dict[str, object]) -> None:
+        """``lxc.namespace.share.net|ipc|uts = CONTAINER``: ``<lxc:namespace>`` by name, as
+        libvirt's converter maps it (a pid or a namespace file is refused: whatever process
+        has that pid when the guest starts)."""
+        shares: list[SharedNamespace] = []
+        for kind in ("net", "ipc", "uts"):
+            entry = self.slots.get(f"share.{kind}")
+            if entry is None or not entry.value:
+                continue
+            value = entry.value.strip()
+            if value.isdigit() or value.startswith("/"):
+                self.skip(entry, "a process's or a file's namespace: only a guest's by name")
+                continue
+            if kind == "net" and fields.get("interfaces"):
+                self.skip(entry, "the lxc.net.* keys give the container a network of its own")
+                continue
+            if kind == "net":
+                fields["privnet"] = False
+            shares.append(SharedNamespace(kind=kind, type="name", value=value))
+        if shares:
+            fields["shared_namespaces"] = tuple(shares)
+
     def _autostart(self, fields: dict[str, object]) -> None:
         entry = self.slots.get("autostart")
         if entry is None:
@@ -1433,13 +1478,14 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
 
     put("lxc.uts.name", domain.hostname or domain.name)
     root = next((fs for fs in domain.filesystems if fs.target == "/"), None)
-    if root is None or root.type != "mount":
+    if root is None or root.type == "ram":
         gaps.append(
             "no root directory: LXC would give the guest the host's root, the supervisor a "
             "read-only copy of it (no lxc.rootfs.path written)"
         )
     else:
-        put("lxc.rootfs.path", f"dir:{root.source}")
+        storage = {"mount": "dir:", "file": "loop:", "block": ""}[root.type]
+        put("lxc.rootfs.path", f"{storage}{root.source}")
         if root.readonly:
             put("lxc.rootfs.options", "ro")
     put("lxc.autodev", 1)
@@ -1451,6 +1497,11 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
         if fs.type == "ram":
             options = f"size={fs.usage_kib}k,mode=755,create=dir" + (",ro" if fs.readonly else "")
             put("lxc.mount.entry", f"tmpfs {target} tmpfs {options} 0 0")
+        elif fs.type in ("file", "block"):
+            gaps.append(
+                f"<filesystem type='{fs.type}'> on {fs.target}: an LXC mount entry needs the "
+                "filesystem type, which the supervisor probes at start"
+            )
         else:
             options = "bind,create=dir" + (",ro" if fs.readonly else "")
             put("lxc.mount.entry", f"{_escape(fs.source)} {target} none {options} 0 0")
@@ -1487,6 +1538,11 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
     _nic_lines(domain, put, gaps)
     if domain.autostart:
         put("lxc.start.auto", 1)
+    for share in domain.shared_namespaces:
+        if share.type == "name":
+            put(f"lxc.namespace.share.{share.kind}", share.value)
+        else:
+            gaps.append(f"<lxc:share{share.kind} type='{share.type}'>: LXC shares a container's")
     _gaps_of_rest(domain, gaps)
     return NativeConfig("\n".join(lines) + "\n", tuple(gaps))
 
@@ -1587,7 +1643,7 @@ def _nic_lines(domain: Domain, put: Callable[[str, object], None], gaps: list[st
                 )
         if iface.filterref is not None:
             gaps.append(f"{where}: <filterref filter='{iface.filterref}'>: LXC has no filters")
-    if n == 0:
+    if n == 0 and domain.shared("net") is None:  # a shared one is lxc.namespace.share.net
         put("lxc.net.0.type", "empty" if domain.private_network else "none")
 
 
@@ -1606,6 +1662,20 @@ def _gaps_of_rest(domain: Domain, gaps: list[str]) -> None:
             "<on_poweroff>/<on_reboot>/<on_crash> other than libvirt's defaults",
         ),
         (bool(domain.metadata), "foreign <metadata>"),
+        (domain.os.arch is not None, "<os><type arch=> (LXC: lxc.arch, the host's)"),
+        (domain.clock_offset is not None, "<clock> (a container has the host's clock)"),
+        (domain.emulator is not None, "<emulator> (libvirt's controller)"),
+        (bool(domain.seclabels), "<seclabel type='none'>"),
+        (bool(domain.consoles), "<console> (LXC: lxc.tty.max, lxc.console.path)"),
+        (
+            domain.vcpu_placement is not None or domain.vcpu_current is not None,
+            "<vcpu placement= current=> (informational)",
+        ),
+        (
+            any(fs.alias or fs.accessmode for fs in domain.filesystems)
+            or any(i.alias or i.source_bridge or i.portid for i in domain.interfaces),
+            "<alias>, accessmode=, <source bridge= portid=> (libvirt's, informational)",
+        ),
         (
             domain.hostname is not None and domain.hostname != domain.name,
             f"the name {domain.name}: LXC names a container by its directory, LXCPATH/"

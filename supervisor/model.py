@@ -47,18 +47,32 @@ class OsSpec:
     initdir: str | None = None
     inituser: str | None = None
     initgroup: str | None = None
+    #: ``<type arch=>``: kept; ``define`` refuses an architecture other than the host's
+    arch: str | None = None
+
+
+FilesystemType = Literal["mount", "ram", "file", "block"]
 
 
 @attrs.frozen
 class Filesystem:
-    """A ``<filesystem type='mount'>``: a host directory mounted at ``target`` in the guest."""
+    """A ``<filesystem>`` mounted at ``target`` in the guest: a host directory (``mount``), a
+    tmpfs (``ram``), the filesystem in a raw image file through a loop device (``file``) or on
+    a block device (``block``); ``source`` is the directory, image or device node."""
 
     source: str
     target: str
-    type: Literal["mount", "ram"] = "mount"
+    type: FilesystemType = "mount"
     readonly: bool = False
     #: for ``type='ram'``: size of the tmpfs in KiB
     usage_kib: int | None = None
+    #: ``accessmode=``: only libvirt's default, ``passthrough`` (kept as given)
+    accessmode: Literal["passthrough"] | None = None
+    #: ``<alias name=>``: kept (libvirt's live XML names every device)
+    alias: str | None = None
+    #: type file: ``<driver type='loop' format='raw'/>``, libvirt's default (kept as given)
+    driver_type: Literal["loop"] | None = None
+    driver_format: Literal["raw"] | None = None
 
 
 @attrs.frozen
@@ -109,6 +123,38 @@ class Interface:
     #: anti-spoofing, ``clean-traffic`` the same plus libvirt's clean-traffic restriction to IPv4,
     #: ARP and RARP, ``vsv-allow-all`` no filtering (the per-interface opt-out)
     filterref: InterfaceFilter | None = None
+    #: type network: ``<source bridge=>``, the network's bridge as libvirt's live XML names it;
+    #: kept, not applied (the supervisor's own network decides the bridge)
+    source_bridge: str | None = None
+    #: type network: ``<source portid=>``, libvirt's network port (a UUID); kept, not applied
+    portid: str | None = None
+    #: ``<alias name=>``: kept
+    alias: str | None = None
+
+
+@attrs.frozen
+class Console:
+    """A ``<console type='pty'>``: init's stdio on a pty the supervisor relays to its log and to
+    ``vsv console`` (the first console only). ``tty`` and ``source_path`` are the pty libvirt's
+    live XML names, kept as given."""
+
+    type: Literal["pty"] = "pty"
+    tty: str | None = None
+    source_path: str | None = None
+    #: ``<target type= port=>``: libvirt's LXC consoles have target type ``lxc``
+    target_type: Literal["lxc"] | None = None
+    target_port: int | None = None
+    alias: str | None = None
+
+
+@attrs.frozen
+class SecLabel:
+    """A ``<seclabel>``: only ``type='none'`` (no Linux security module is supported yet)."""
+
+    type: Literal["none"] = "none"
+    model: str | None = None
+    #: ``relabel='no'`` (the only value libvirt allows with type none), kept as given
+    relabel: bool | None = None
 
 
 def _unlimited_quota(quota: int | None) -> int | None:
@@ -168,6 +214,53 @@ class MemTune:
 
 
 @attrs.frozen
+class BlkioDevice:
+    """A ``<blkiotune><device>``: one block device's weight and throttles (0: no limit, as
+    libvirt reads it). ``path`` is the device node; its numbers are looked up at start."""
+
+    path: str
+    weight: int | None = None
+    read_bytes_sec: int | None = None
+    write_bytes_sec: int | None = None
+    read_iops_sec: int | None = None
+    write_iops_sec: int | None = None
+
+
+#: the throttle fields of :class:`BlkioDevice`, as libvirt names its elements
+BLKIO_THROTTLES: tuple[str, ...] = (
+    "read_bytes_sec",
+    "write_bytes_sec",
+    "read_iops_sec",
+    "write_iops_sec",
+)
+
+
+@attrs.frozen
+class BlkioTune:
+    """libvirt's ``<blkiotune>``: the guest's I/O weight and per-device settings."""
+
+    weight: int | None = None
+    devices: tuple[BlkioDevice, ...] = ()
+
+
+#: the namespaces ``<lxc:namespace>`` can share, by libvirt's element (sharenet, shareipc,
+#: shareuts), in the order libvirt writes them
+SHARED_NAMESPACE_KINDS: tuple[str, ...] = ("net", "ipc", "uts")
+
+
+@attrs.frozen
+class SharedNamespace:
+    """A ``<lxc:share{kind} type= value=>``: the guest joins another's namespace of ``kind``
+    instead of having its own. ``type='name'``: the namespace of the running guest named
+    ``value``; ``type='netns'`` (net only): the named network namespace ``value``
+    (``ip netns``, /run/netns/VALUE). A widening: see ``confine.widenings``."""
+
+    kind: Literal["net", "ipc", "uts"]
+    type: Literal["name", "netns"]
+    value: str
+
+
+@attrs.frozen
 class Capabilities:
     """``<features><capabilities policy=...>`` with per-capability on/off overrides."""
 
@@ -219,15 +312,50 @@ class Domain:
     on_reboot: LifecycleAction = "restart"
     on_crash: LifecycleAction = "destroy"
     autostart: bool = False
-    #: ``<resource><partition>``
+    #: ``<resource><partition>``: only ``/machine``, libvirt's default (guests' cgroups are
+    #: where the supervisor puts them)
     partition: str | None = None
+    #: ``<vcpu placement=>``: ``static`` (kept as given)
+    vcpu_placement: Literal["static"] | None = None
+    #: ``<vcpu current=>``: kept, not applied (libvirt's LXC driver ignores it too)
+    vcpu_current: int | None = None
+    #: ``<vcpu cpuset=>``: the CPUs the guest may run on (libvirt's syntax, ``0-3,^2``), applied
+    #: through the cpuset controller
+    cpuset: str | None = None
+    blkiotune: BlkioTune | None = None
+    #: ``<clock offset=>``: only ``utc`` (a container has the host's clock)
+    clock_offset: Literal["utc"] | None = None
+    #: ``<devices><emulator>``: kept, not used (libvirt's controller binary)
+    emulator: str | None = None
+    consoles: tuple[Console, ...] = ()
+    seclabels: tuple[SecLabel, ...] = ()
+    #: ``<lxc:namespace>``: namespaces joined rather than made, at most one per kind
+    shared_namespaces: tuple[SharedNamespace, ...] = ()
     #: serialized foreign ``<metadata>`` children, kept verbatim
     metadata: tuple[str, ...] = ()
 
     @property
     def private_network(self) -> bool:
-        """Whether the guest gets its own network namespace (libvirt's LXC rule)."""
+        """Whether the guest gets its own network namespace (libvirt's LXC rule); a guest
+        that shares another's (``<lxc:sharenet>``) has none of its own."""
+        if self.shared("net") is not None:
+            return False
         return self.privnet or bool(self.interfaces)
+
+    def shared(self, kind: str) -> SharedNamespace | None:
+        """The ``<lxc:namespace>`` entry for a namespace kind (net, ipc, uts), if any."""
+        for share in self.shared_namespaces:
+            if share.kind == kind:
+                return share
+        return None
+
+    @property
+    def root_filesystem(self) -> Filesystem | None:
+        """The ``<filesystem>`` mounted as the guest's ``/``, of any type, if there is one."""
+        for fs in self.filesystems:
+            if fs.target == "/":
+                return fs
+        return None
 
     @property
     def root_dir(self) -> str | None:

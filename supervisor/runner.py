@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,14 +43,23 @@ import attrs
 import trio
 
 from supervisor import lifecycle as lc
+from supervisor import nsutil
 from supervisor.bus import Bus
+from supervisor.console import GuestConsole, KeptConsoles, open_peer
 from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
 from supervisor.events import DataPairs
 from supervisor.facade import DomainStatus
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
 from supervisor.model import Domain
-from supervisor.runtime import CgroupHandle, GuestExit, PendingSpawn, ProcessHandle, Runtime
+from supervisor.runtime import (
+    CgroupHandle,
+    GuestExit,
+    NamespaceJoin,
+    PendingSpawn,
+    ProcessHandle,
+    Runtime,
+)
 from supervisor.store import RunStore
 from supervisor.xml import format_domain, parse_domain
 
@@ -59,6 +69,11 @@ Launcher = Callable[[Callable[[], Awaitable[None]]], None]
 
 #: phases in which a guest has nothing in flight (no task is needed for it)
 AT_REST = frozenset({Phase.SHUTOFF, Phase.PRESERVED})
+
+
+def _boot_key(init_pid: int | None, pidns: int) -> str:
+    """Which boot of a guest a kept console belongs to: its init and pid namespace."""
+    return f"{init_pid}:{pidns}"
 
 
 def guest_log_file(run_dir: Path, name: str) -> Path:
@@ -85,6 +100,37 @@ class RunnerEnv:
     log_target: Callable[[str], Path] | None = None
     #: the guest is released: its log relay drains and ends
     log_done: Callable[[str], None] | None = None
+    #: a running guest's init pid and namespace inodes by kind, by name (None: not running);
+    #: for the namespaces ``<lxc:namespace>`` shares
+    peers: Callable[[str], tuple[int, Mapping[str, int]] | None] = lambda _name: None
+    #: where copies of the consoles' ptys outlive the supervisor (None: nowhere)
+    consoles: KeptConsoles | None = None
+
+
+def namespace_joins(
+    domain: Domain, peers: Callable[[str], tuple[int, Mapping[str, int]] | None]
+) -> tuple[NamespaceJoin, ...]:
+    """The namespaces a guest's ``<lxc:namespace>`` joins, found now: another guest's (its init
+    must run) or a named netns (it must exist). A start fails, naming the element, otherwise:
+    the guest would else get namespaces of its own, which its document did not ask for."""
+    out: list[NamespaceJoin] = []
+    for share in domain.shared_namespaces:
+        element = f"<lxc:share{share.kind} type='{share.type}' value='{share.value}'>"
+        if share.type == "netns":
+            path = str(nsutil.netns_path(share.value))
+            if not nsutil.netns_exists(share.value):
+                raise RuntimeFailure(f"{element}: there is no network namespace {share.value}")
+            out.append(NamespaceJoin(share.kind, path, os.stat(path).st_ino))
+            continue
+        found = peers(share.value)
+        if found is None:
+            raise RuntimeFailure(f"{element}: guest {share.value} is not running")
+        pid, inodes = found
+        inode = inodes.get(share.kind)
+        if not inode:
+            raise RuntimeFailure(f"{element}: the namespaces of guest {share.value} are unknown")
+        out.append(NamespaceJoin(share.kind, f"/proc/{pid}/ns/{share.kind}", inode))
+    return tuple(out)
 
 
 class _Reply:
@@ -170,6 +216,9 @@ class GuestRunner:
     start_error: BaseException | None = None
     #: no stored definition (vsv create, or undefined while it ran): gone when it stops
     transient: bool = False
+    #: the guest's console (a domain with a ``<console>``, from its first boot on): kept across
+    #: reboots, so an attached client sees the next boot; relayed while the guest runs
+    console: GuestConsole | None = None
     _killed_by_us: bool = False
     _reboot_requested: bool = False
     _send: trio.MemorySendChannel[_Message] = attrs.field(init=False)
@@ -439,6 +488,12 @@ class GuestRunner:
         self.started_at = adoptee.started_at
         self._apply(Input.ADOPT_PAUSED if adoptee.frozen else Input.ADOPT)
         self._child("ended", self._watch)
+        kept = self.env.consoles
+        if self.domain.consoles and kept is not None:
+            # the console the previous supervisor relayed, if its keeper held a copy
+            fds = kept.take(self.domain.name, _boot_key(adoptee.init_pid, adoptee.pidns))
+            if fds is not None:
+                self._relay_console(fds[0], fds[1])
 
     async def _on_fact(self, fact: _Fact) -> None:
         if fact.kind == "booted":
@@ -592,14 +647,19 @@ class GuestRunner:
                 if keep_resources and self.cgroup is not None:
                     # leftovers of the previous init (a pid namespace dies with its init)
                     await self.cgroup.kill_all()
+                if self.console is not None:
+                    await self.console.stop_relay()  # what the previous boot left, logged first
                 # the guest's process gets going (its mounts) while the cgroup is made and the
                 # prepare hooks run; finish() then puts it in the cgroup and lets init run
-                if env.log_target is not None:
+                if env.log_target is not None and not domain.consoles:
+                    # the FIFO a relay drains into the capped log; a guest with a console
+                    # writes to its pty instead, which the console's relay logs
                     log_path = env.log_target(domain.name)
                 else:
                     log_path = guest_log_file(env.run_dir, domain.name)
                     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                pending = await env.runtime.begin_spawn(domain, log_path=str(log_path))
+                joins = namespace_joins(domain, env.peers) if domain.shared_namespaces else ()
+                pending = await env.runtime.begin_spawn(domain, log_path=str(log_path), joins=joins)
                 if not keep_resources:
                     cgroup = env.runtime.cgroup(env.prefix, domain.name)
                     # recorded before anything is made: a supervisor killed from here on
@@ -627,6 +687,9 @@ class GuestRunner:
                 self.process = await finishing.finish(
                     self.cgroup, netns_path=self.ctx.netns_path if self.ctx else None
                 )
+                master = self.process.take_console()
+                if master is not None:
+                    self._serve_console(master)
             if scope.cancelled_caught:
                 raise RuntimeFailure(f"start of {domain.name} was cancelled")  # noqa: TRY301
         except Exception as exc:
@@ -636,6 +699,37 @@ class GuestRunner:
                 with trio.CancelScope(shield=True):
                     await pending.abort()
         self._report(kind, ticket, error=error)
+
+    def _serve_console(self, master: int) -> None:
+        """Relay the new boot's console (its pty's ``master``, ours now) and keep a copy of
+        its ends where it outlives the supervisor (the console keeper, in a task of its own:
+        the first console waits for the keeper to start, which no start should)."""
+        try:
+            peer = open_peer(master)
+        except OSError:
+            peer = -1  # the relay tries again, and logs why it cannot
+        copies = [os.dup(fd) for fd in (master, peer)] if peer >= 0 else []
+        self._relay_console(master, peer)
+        process = self.process
+        kept = self.env.consoles
+        if copies and kept is not None and process is not None and process.namespaces:
+            key = _boot_key(process.init_pid, process.namespaces.pid)
+            kept.want(self.domain.name, key)
+            assert self._children is not None
+            self._children.start_soon(kept.keep, self.domain.name, key, copies)  # closes them
+        else:
+            for fd in copies:
+                os.close(fd)
+
+    def _relay_console(self, master: int, peer: int) -> None:
+        """Relay a console (its ends are the relay's from here on) as a child task: to the
+        guest's log always, and to the attached client."""
+        if self.console is None:
+            self.console = GuestConsole(self.domain.name)
+        relay = self.console.begin_relay()
+        log_path = str(guest_log_file(self.env.run_dir, self.domain.name))
+        assert self._children is not None
+        self._children.start_soon(self.console.run_relay, relay, master, log_path, peer)
 
     def _signal_init(self, sig: int) -> None:
         with contextlib.suppress(RuntimeFailure, ProcessLookupError):
@@ -670,6 +764,11 @@ class GuestRunner:
                 await self.cgroup.kill_all()
             except RuntimeFailure as exc:
                 log.warning("guest %s: kill on release: %s", name, exc)
+        if self.console is not None:
+            await self.console.stop_relay()
+            self.console.end_session("stopped", f"domain {name!r} stopped")
+        if self.domain.consoles and self.env.consoles is not None:
+            self.env.consoles.drop(name)
         if self.ctx is not None and self.ctx.prepared:
             try:
                 await self.env.bus.run_release(self.ctx)

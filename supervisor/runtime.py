@@ -52,6 +52,18 @@ class Namespaces:
     cgroup: int
 
 
+@attrs.frozen
+class NamespaceJoin:
+    """A namespace a guest joins instead of making its own (``<lxc:namespace>``): ``kind``
+    (net, ipc, uts), the file to open (``/proc/PID/ns/KIND`` of another guest's init, a named
+    netns), and the namespace's inode, which the file must still have when it is opened (a pid
+    reused by then names another process's namespace); 0: not checked."""
+
+    kind: str
+    path: str
+    inode: int
+
+
 class CgroupHandle(Protocol):
     """One guest's cgroup (in every hierarchy the runtime uses)."""
 
@@ -84,6 +96,10 @@ class ProcessHandle(Protocol):
     def namespaces(self) -> Namespaces | None: ...
     async def wait(self) -> GuestExit: ...
     def send_signal(self, sig: int) -> None: ...
+    def take_console(self) -> int | None:
+        """The master of the guest's console pty (a domain with a ``<console>``), handed over
+        once: the caller owns the descriptor from then on. None: no console."""
+        ...
 
 
 class PendingSpawn(Protocol):
@@ -123,9 +139,12 @@ class Runtime(Protocol):
 
     def cgroup(self, prefix: str, name: str) -> CgroupHandle: ...
 
-    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
+    async def begin_spawn(
+        self, domain: Domain, *, log_path: str | None, joins: tuple[NamespaceJoin, ...] = ()
+    ) -> PendingSpawn:
         """Start work on the guest's process that needs neither its cgroup nor its network,
-        so that it overlaps the supervisor's own preparation."""
+        so that it overlaps the supervisor's own preparation; ``joins``: the namespaces it
+        joins instead of making them."""
         ...
 
     async def wait_pid_exit(self, pid: int) -> None: ...

@@ -18,8 +18,10 @@ The keys are libvirt's where libvirt has one (``virsh domstats``): ``state.state
 ``cpu.time``, ``cpu.user``, ``cpu.system`` (nanoseconds), ``balloon.current`` and
 ``balloon.maximum`` (KiB), ``net.count``, ``net.N.name``, ``net.N.rx.bytes``, ``rx.pkts``,
 ``rx.errs``, ``rx.drop`` and the ``tx`` ones, ``block.count``, ``block.N.name``,
-``block.N.rd.reqs``, ``rd.bytes``, ``wr.reqs``, ``wr.bytes``. The supervisor's own, for what
-libvirt does not report for containers: ``memory.used``, ``memory.limit``, ``memory.peak``
+``block.N.rd.reqs``, ``rd.bytes``, ``wr.reqs``, ``wr.bytes`` (for a guest in the block I/O
+controller, which a guest joins when its domain has ``<blkiotune>``: joining it costs every
+start a directory and an attach, so the others have no block figures). The supervisor's own,
+for what libvirt does not report for containers: ``memory.used``, ``memory.limit``, ``memory.peak``
 (bytes; no limit: absent), ``pids.current``, ``pids.limit``, ``cpu.throttle.periods``,
 ``cpu.throttle.count`` (periods throttled), ``cpu.throttle.time`` (ns) and ``scheduler.loan``
 (the token bucket's current loan, in CPUs). As libvirt does, a network interface's counters
@@ -353,7 +355,9 @@ def _block(io: Controller | None) -> Stats:
         return {}
     if io.version == 2:
         text = _text(os.path.join(io.path, "io.stat"))
-        devices = io_figures_v2(text) if text is not None else {}
+        if text is None:
+            return {}  # the guest is not in the io controller (no <blkiotune>)
+        devices = io_figures_v2(text)
     else:
         service = _text(os.path.join(io.path, "blkio.throttle.io_service_bytes_recursive"))
         serviced = _text(os.path.join(io.path, "blkio.throttle.io_serviced_recursive"))

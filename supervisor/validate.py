@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 from typing import Final
 
 import attrs
 
 from supervisor.model import (
+    BLKIO_THROTTLES,
     CONTEXT_ID_MAX,
     CONTEXT_ID_MIN,
     LIFECYCLE_ACTIONS,
@@ -110,7 +112,54 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _GENERIC_NAME = re.compile(r"[a-zA-Z0-9_+\-]+")
 _ENV_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _DNS_NAME = re.compile(r"[a-zA-Z0-9.\-]+")
-_BAD_PARTITION_CHARS = re.compile(r"[\s\x00-\x1f]")
+#: the largest id libvirt gives a running domain (an int)
+LIBVIRT_ID_MAX: Final = 2**31 - 1
+#: ``<resource><partition>`` values the supervisor honours: libvirt's default partition only
+#: (a guest's cgroup is where the supervisor puts it, ``<prefix>-<name>``)
+PARTITIONS: Final = ("/machine",)
+#: libvirt's architecture names (basictypes.rng ``archnames``), for ``<os><type arch=>``
+ARCH_NAMES: Final = frozenset(
+    [
+        "aarch64",
+        "alpha",
+        "armv6l",
+        "armv7l",
+        "cris",
+        "i686",
+        "ia64",
+        "lm32",
+        "m68k",
+        "microblaze",
+        "microblazeel",
+        "mips",
+        "mipsel",
+        "mips64",
+        "mips64el",
+        "openrisc",
+        "parisc",
+        "parisc64",
+        "ppc",
+        "ppc64",
+        "ppc64le",
+        "ppcemb",
+        "riscv32",
+        "riscv64",
+        "s390",
+        "s390x",
+        "sh4",
+        "sh4eb",
+        "sparc",
+        "sparc64",
+        "unicore32",
+        "x86_64",
+        "xtensa",
+        "xtensaeb",
+    ]
+)
+#: libvirt's ``aliasName`` (domaincommon.rng)
+_ALIAS = re.compile(r"[a-zA-Z0-9_\-.]+")
+#: libvirt's ``cpuset`` (basictypes.rng): CPUs and ranges, ``^N`` excludes one
+_CPUSET = re.compile(r"([0-9]+(-[0-9]+)?|\^[0-9]+)(,([0-9]+(-[0-9]+)?|\^[0-9]+))*")
 _HOST_LABEL = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 
 
@@ -411,11 +460,286 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
     _check_mac(sink, (*key, "mac"), f"{where}/mac/@address", iface.mac)
     _check_ifname(sink, (*key, "target_dev"), f"{where}/target/@dev", iface.target_dev)
     _check_ifname(sink, (*key, "guest_dev"), f"{where}/guest/@dev", iface.guest_dev)
+    if iface.source_bridge is not None or iface.portid is not None:
+        _check_network_port(sink, key, src_where, iface)
     sink.int_range((*key, "mtu"), f"{where}/mtu/@size", iface.mtu, MTU_MIN, MTU_MAX)
     for j, ip in enumerate(iface.ips):
         _check_ip(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
     for j, route in enumerate(iface.routes):
         _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)
+
+
+def _check_network_port(sink: _Sink, key: Key, src_where: str, iface: Interface) -> None:
+    """``<source bridge= portid=>`` of a type='network' NIC, as libvirt's live XML writes it.
+
+    Kept and written back, not applied: the bridge is the supervisor's network's own.
+    """
+    if iface.type != "network":
+        for field, attr, value in (
+            ("source_bridge", "bridge", iface.source_bridge),
+            ("portid", "portid", iface.portid),
+        ):
+            if value is not None:
+                sink.add(
+                    (*key, field),
+                    f"{src_where}/@{attr}",
+                    value,
+                    f"is not used by type='{iface.type}'",
+                    "only with type='network'",
+                )
+        return
+    _check_ifname(sink, (*key, "source_bridge"), f"{src_where}/@bridge", iface.source_bridge)
+    _check_uuid(sink, (*key, "portid"), f"{src_where}/@portid", iface.portid)
+
+
+def _check_vcpu(sink: _Sink, domain: Domain) -> None:
+    """``<vcpu placement= current= cpuset=>`` (called only when one of them is given)."""
+    add = sink.add
+    if domain.vcpu is None:
+        add(
+            ("vcpu",),
+            "vcpu",
+            "",
+            "is missing: placement, current and cpuset are attributes of <vcpu>",
+            "a <vcpu> count",
+        )
+    placement: str | None = domain.vcpu_placement
+    if placement is not None and placement != "static":
+        add(
+            ("vcpu_placement",),
+            "vcpu/@placement",
+            placement,
+            "is not supported (automatic placement chooses a cpuset, which is not applied yet)",
+            "static",
+        )
+    sink.int_range(("vcpu_current",), "vcpu/@current", domain.vcpu_current, 1, domain.vcpu)
+    cpuset = domain.cpuset
+    if cpuset is not None:
+        try:
+            parse_cpuset(cpuset)
+        except ValueError as e:
+            add(("cpuset",), "vcpu/@cpuset", cpuset, str(e), "CPUs and ranges, e.g. 0-3,^2")
+
+
+#: the highest CPU number a cpuset may name (libvirt's VIR_DOMAIN_CPUMASK_LEN less one)
+CPUSET_MAX_CPU: Final = 16383
+
+
+def parse_cpuset(text: str) -> frozenset[int]:
+    """The CPUs of libvirt's cpuset syntax: ``0-3,^2`` is 0, 1 and 3 (``^N`` takes one out).
+
+    Raises ValueError saying what is wrong: not the syntax, a range backwards, a CPU above
+    :data:`CPUSET_MAX_CPU`, or no CPU left.
+    """
+    if not _CPUSET.fullmatch(text):
+        raise ValueError("is not a CPU list")
+    cpus: set[int] = set()
+    excluded: set[int] = set()
+    for part in text.split(","):
+        if part.startswith("^"):
+            excluded.add(int(part[1:]))
+            continue
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if lo > hi:
+            raise ValueError(f"has a backward range {part}")
+        if hi > CPUSET_MAX_CPU:
+            raise ValueError(f"names a CPU above {CPUSET_MAX_CPU}")
+        cpus.update(range(lo, hi + 1))
+    left = frozenset(cpus - excluded)
+    if not left:
+        raise ValueError("leaves no CPU")
+    return left
+
+
+def kernel_cpu_list(cpus: frozenset[int]) -> str:
+    """CPUs as the kernel's list format writes them: ``0-1,3``."""
+    out: list[str] = []
+    ordered = sorted(cpus)
+    start = prev = ordered[0]
+    for cpu in [*ordered[1:], -2]:  # -2 ends the last run
+        if cpu == prev + 1:
+            prev = cpu
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = cpu
+    return ",".join(out)
+
+
+#: libvirt's ``<blkiotune>`` weight range (the guest's and a device's)
+BLKIO_WEIGHT_MIN: Final = 100
+BLKIO_WEIGHT_MAX: Final = 1000
+
+
+def _check_blkiotune(sink: _Sink, domain: Domain) -> None:
+    """``<blkiotune>``: weights in libvirt's range, throttles in their types', each device once."""
+    bt = domain.blkiotune
+    assert bt is not None
+    sink.int_range(
+        ("blkiotune", "weight"), "blkiotune/weight", bt.weight, BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX
+    )
+    paths: set[str] = set()
+    for i, dev in enumerate(bt.devices):
+        key: Key = ("blkiotune", "devices", i)
+        where = f"blkiotune/device[{i + 1}]"
+        _check_abs_path(sink, (*key, "path"), f"{where}/path", dev.path, root_ok=False)
+        if dev.path in paths:
+            sink.add((*key, "path"), f"{where}/path", dev.path, "is given twice", "each once")
+        paths.add(dev.path)
+        sink.int_range(
+            (*key, "weight"), f"{where}/weight", dev.weight, BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX
+        )
+        for field in BLKIO_THROTTLES:
+            hi = 2**32 - 1 if field.endswith("iops_sec") else 2**64 - 1
+            sink.int_range((*key, field), f"{where}/{field}", getattr(dev, field), 0, hi)
+
+
+#: a named network namespace (``ip netns``: a file in /run/netns)
+_NETNS_NAME = re.compile(r"[a-zA-Z0-9_.\-]{1,255}")
+
+
+def _check_shared_namespaces(sink: _Sink, domain: Domain) -> None:
+    """``<lxc:namespace>``: one entry per kind; another guest by name, or (net only) a named
+    netns; not beside the guest's own NICs, nor with an ``<idmap>`` (a user namespace of its
+    own cannot join namespaces that belong to the host's)."""
+    add = sink.add
+    kinds: set[str] = set()
+    for i, share in enumerate(domain.shared_namespaces):
+        key: Key = ("shared_namespaces", i)
+        kind: str = share.kind
+        stype: str = share.type
+        where = f"lxc:namespace/lxc:share{kind}"
+        if kind not in ("net", "ipc", "uts"):
+            add((*key, "kind"), "lxc:namespace", kind, "is not a namespace kind", "net, ipc, uts")
+            continue
+        if kind in kinds:
+            add(key, where, kind, "is shared twice", "one entry per namespace")
+        kinds.add(kind)
+        allowed = ("name", "netns") if kind == "net" else ("name",)
+        if stype not in allowed:
+            add((*key, "type"), f"{where}/@type", stype, "is not supported", ", ".join(allowed))
+        elif stype == "name":
+            _check_name(sink, (*key, "value"), f"{where}/@value", share.value)
+            if share.value == domain.name:
+                add((*key, "value"), f"{where}/@value", share.value, "is the guest itself",
+                    "another guest's name")  # fmt: skip
+        elif not _NETNS_NAME.fullmatch(share.value) or share.value in (".", ".."):
+            add((*key, "value"), f"{where}/@value", share.value, "is not a netns name",
+                "letters, digits, '_', '-' and '.'")  # fmt: skip
+        if kind == "net" and (domain.interfaces or domain.privnet):
+            add(key, where, share.value,
+                "is given with <interface> or <privnet/>: the guest's network namespace is "
+                "the one shared", "no <interface> and no <privnet/>")  # fmt: skip
+        if domain.idmap:
+            add(key, where, share.value,
+                "is not supported with <idmap> (the guest's user namespace cannot join "
+                "namespaces that belong to the host's)", "no <idmap>")  # fmt: skip
+
+
+def _check_devices_extra(sink: _Sink, domain: Domain) -> None:
+    """Consoles, the emulator and the devices' ``<alias>`` names (unique, libvirt's pattern)."""
+    add = sink.add
+    _check_abs_path(sink, ("emulator",), "devices/emulator", domain.emulator, root_ok=False)
+    for i, con in enumerate(domain.consoles):
+        key: Key = ("consoles", i)
+        where = f"devices/console[{i + 1}]"
+        ctype: str = con.type
+        if ctype != "pty":
+            add((*key, "type"), f"{where}/@type", ctype, "is not supported", "pty")
+        _check_abs_path(sink, (*key, "tty"), f"{where}/@tty", con.tty, root_ok=False)
+        _check_abs_path(
+            sink, (*key, "source_path"), f"{where}/source/@path", con.source_path, root_ok=False
+        )
+        ttype: str | None = con.target_type
+        if ttype is not None and ttype != "lxc":
+            add((*key, "target_type"), f"{where}/target/@type", ttype, "is not supported", "lxc")
+        sink.int_range((*key, "target_port"), f"{where}/target/@port", con.target_port, 0, None)
+    seen: set[str] = set()
+    devices = (
+        *(("filesystems", i, "filesystem", d.alias) for i, d in enumerate(domain.filesystems)),
+        *(("interfaces", i, "interface", d.alias) for i, d in enumerate(domain.interfaces)),
+        *(("consoles", i, "console", d.alias) for i, d in enumerate(domain.consoles)),
+    )
+    for field, i, tag, alias in devices:
+        if alias is None:
+            continue
+        key = (field, i, "alias")
+        where = f"devices/{tag}[{i + 1}]/alias/@name"
+        if not _ALIAS.fullmatch(alias):
+            add(key, where, alias, "is not an alias name", "letters, digits, '_', '-' and '.'")
+        elif alias in seen:
+            add(key, where, alias, "is used by another device", "distinct aliases")
+        seen.add(alias)
+
+
+def _check_seclabels(sink: _Sink, domain: Domain) -> None:
+    """``<seclabel>``: type none only (no security module is supported yet), one per model."""
+    add = sink.add
+    models: set[str] = set()
+    several = len(domain.seclabels) > 1
+    for i, label in enumerate(domain.seclabels):
+        key: Key = ("seclabels", i)
+        where = f"seclabel[{i + 1}]"
+        ltype: str = label.type
+        if ltype != "none":
+            add(
+                (*key, "type"),
+                f"{where}/@type",
+                ltype,
+                "is not supported (no Linux security module is supported yet)",
+                "none",
+            )
+        if label.relabel:
+            add((*key, "relabel"), f"{where}/@relabel", "yes", "is given with type='none'", "no")
+        if label.model is None:
+            if several:
+                add(
+                    (*key, "model"),
+                    f"{where}/@model",
+                    "",
+                    "is missing beside another <seclabel>",
+                    "a model on each of several labels",
+                )
+            continue
+        if not label.model or _NOT_XML_TEXT.search(label.model) or "\n" in label.model:
+            add(
+                (*key, "model"),
+                f"{where}/@model",
+                label.model,
+                "is not a security model name",
+                "a name such as none, selinux, apparmor",
+            )
+        elif label.model in models:
+            add((*key, "model"), f"{where}/@model", label.model, "is given twice", "one per model")
+        models.add(label.model)
+
+
+def host_arch() -> str:
+    """This machine's architecture by libvirt's name (``uname -m``; i386..i686 are ``i686``)."""
+    machine = os.uname().machine
+    return "i686" if re.fullmatch(r"i[3-6]86", machine) else machine
+
+
+def host_problems(domain: Domain, arch: str | None = None) -> list[Problem]:
+    """The rules that depend on the host: checked by ``define``, not by ``vsv validate``.
+
+    ``<os><type arch=>`` must be the host's (``arch``, default :func:`host_arch`): libvirt's LXC
+    driver refuses any other at define (it knows no guest for it). libvirt also runs the 32-bit
+    sibling (i686 on x86_64) under a 32-bit personality; the supervisor does not, so refuses it.
+    """
+    sink = _Sink()
+    given = domain.os.arch
+    if given is not None:
+        own = host_arch() if arch is None else arch
+        if given != own:
+            sink.add(
+                ("os", "arch"),
+                "os/type/@arch",
+                given,
+                "is not this host's architecture (guests run as the host's)",
+                own,
+            )
+    return sink.problems
 
 
 def _check_hostname(sink: _Sink, hostname: str | None) -> None:
@@ -443,7 +767,12 @@ def domain_problems(domain: Domain) -> list[Problem]:
     _check_name(sink, ("name",), "name", domain.name)
     if domain.type not in ("vserver", "lxc"):
         add(("type",), "domain/@type", domain.type, "is not supported", "vserver, lxc")
-    sink.int_range(("id",), "domain/@id", domain.id, CONTEXT_ID_MIN, CONTEXT_ID_MAX)
+    if domain.type == "lxc":
+        # libvirt's id of a running domain (its LXC driver uses the container's init pid), as
+        # `virsh dumpxml` writes it: kept as the domain's number, not a VServer context id
+        sink.int_range(("id",), "domain/@id", domain.id, 1, LIBVIRT_ID_MAX)
+    else:
+        sink.int_range(("id",), "domain/@id", domain.id, CONTEXT_ID_MIN, CONTEXT_ID_MAX)
     _check_uuid(sink, ("uuid",), "uuid", domain.uuid)
     sink.text(("title",), "title", domain.title)
     if domain.title is not None and "\n" in domain.title:
@@ -464,10 +793,24 @@ def domain_problems(domain: Domain) -> list[Problem]:
             f"1..{domain.memory_kib} KiB",
         )
     sink.int_range(("vcpu",), "vcpu", domain.vcpu, 1, 65535)
+    if (
+        domain.vcpu_placement is not None
+        or domain.vcpu_current is not None
+        or domain.cpuset is not None
+    ):
+        _check_vcpu(sink, domain)
     _check_hostname(sink, domain.hostname)
     _check_positive(sink, ("pids_limit",), "metadata/vsv:pids/@max", domain.pids_limit)
 
     os = domain.os
+    if os.arch is not None and os.arch not in ARCH_NAMES:
+        add(
+            ("os", "arch"),
+            "os/type/@arch",
+            os.arch,
+            "is not an architecture",
+            "one of libvirt's names, e.g. x86_64, aarch64",
+        )
     _check_abs_path(sink, ("os", "init"), "os/init", os.init, root_ok=False)
     for i, arg in enumerate(os.initargs):
         sink.text(("os", "initargs", i), f"os/initarg[{i + 1}]", arg)
@@ -503,8 +846,11 @@ def domain_problems(domain: Domain) -> list[Problem]:
             "does not map the guest's root",
             "a <uid start='0' .../> and a <gid start='0' .../> entry",
         )
+    kinds: dict[str, int] = {}
     for i, entry in enumerate(domain.idmap):
-        where = f"idmap/{entry.kind}[{i + 1}]"
+        # numbered among the entries of its kind, as in the document (<uid> and <gid> apart)
+        n = kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+        where = f"idmap/{entry.kind}[{n}]"
         if entry.kind not in ("uid", "gid"):
             add(("idmap", i), where, entry.kind, "is not an idmap kind", "uid, gid")
         sink.int_range(("idmap", i, "start"), f"{where}/@start", entry.start, 0, 2**32 - 1)
@@ -571,19 +917,31 @@ def domain_problems(domain: Domain) -> list[Problem]:
         action = getattr(domain, attr)
         if action not in LIFECYCLE_ACTIONS:
             add((attr,), attr, action, "is not a lifecycle action", ", ".join(LIFECYCLE_ACTIONS))
-    if domain.partition is not None and (
-        len(domain.partition) < 2
-        or not domain.partition.startswith("/")
-        or _BAD_PARTITION_CHARS.search(domain.partition)
-    ):
+    if domain.partition is not None and domain.partition not in PARTITIONS:
+        # libvirt's partition is a cgroup the guest's goes under; the supervisor places every
+        # guest's cgroup itself, which is what libvirt's default partition means
         add(
             ("partition",),
             "resource/partition",
             domain.partition,
-            "is not an absolute partition path",
-            "an absolute path such as /machine",
+            "is not applied (a guest's cgroup is <prefix>-<name>, placed by the supervisor)",
+            "/machine, libvirt's default partition",
         )
-    sink.text(("partition",), "resource/partition", domain.partition)
+    clock: str | None = domain.clock_offset  # a str when the model was built by hand
+    if clock is not None and clock != "utc":
+        add(
+            ("clock_offset",),
+            "clock/@offset",
+            clock,
+            "is not supported (a container has the host's clock)",
+            "utc",
+        )
+    if domain.seclabels:
+        _check_seclabels(sink, domain)
+    if domain.blkiotune is not None:
+        _check_blkiotune(sink, domain)
+    if domain.shared_namespaces:
+        _check_shared_namespaces(sink, domain)
 
     targets: set[str] = set()
     for i, fs in enumerate(domain.filesystems):
@@ -617,8 +975,67 @@ def domain_problems(domain: Domain) -> list[Problem]:
                     "is not used by type='ram'",
                     "none",
                 )
+        elif fstype in ("file", "block"):
+            attr = "file" if fstype == "file" else "dev"
+            _check_abs_path(
+                sink, (*key, "source"), f"{where}/source/@{attr}", fs.source, root_ok=False
+            )
+            if fs.usage_kib is not None:
+                add(
+                    (*key, "usage_kib"),
+                    f"{where}/source/@usage",
+                    fs.usage_kib,
+                    "is only for type='ram'",
+                    "none",
+                )
+            if domain.idmap:
+                # the kernel mounts a filesystem on a device only for the host's root, which
+                # the guest's user namespace is not (the mount is made inside it)
+                add(
+                    (*key, "type"),
+                    f"{where}/@type",
+                    fstype,
+                    "is not supported with <idmap> (a device's filesystem is mounted in the "
+                    "guest's user namespace, where the kernel refuses it)",
+                    "mount, ram",
+                )
         else:
-            add((*key, "type"), f"{where}/@type", fs.type, "is not supported", "mount, ram")
+            add(
+                (*key, "type"),
+                f"{where}/@type",
+                fs.type,
+                "is not supported",
+                "mount, ram, file, block",
+            )
+        driver_type: str | None = fs.driver_type
+        driver_format: str | None = fs.driver_format
+        if fstype != "file" and (driver_type is not None or driver_format is not None):
+            add((*key, "driver_type"), f"{where}/driver", fstype, "has no <driver>", "type='file'")
+        if driver_type is not None and driver_type != "loop":
+            add(
+                (*key, "driver_type"),
+                f"{where}/driver/@type",
+                driver_type,
+                "is not supported",
+                "loop",
+            )
+        if driver_format is not None and driver_format != "raw":
+            add(
+                (*key, "driver_format"),
+                f"{where}/driver/@format",
+                driver_format,
+                "is not supported",
+                "raw",
+            )
+        accessmode: str | None = fs.accessmode
+        if accessmode is not None and accessmode != "passthrough":
+            add(
+                (*key, "accessmode"),
+                f"{where}/@accessmode",
+                accessmode,
+                "is not supported",
+                "passthrough",
+            )
         _check_abs_path(sink, (*key, "target"), f"{where}/target/@dir", fs.target, root_ok=True)
         if fs.target in targets:
             add(
@@ -643,6 +1060,7 @@ def domain_problems(domain: Domain) -> list[Problem]:
                     "distinct MAC addresses",
                 )
             macs.add(iface.mac)
+    _check_devices_extra(sink, domain)
     return sink.problems
 
 

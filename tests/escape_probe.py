@@ -317,6 +317,30 @@ def kernel_calls(args: dict[str, object]) -> None:
     raise OSError(errno.EPERM, "; ".join(reasons))
 
 
+def host_ptys(args: dict[str, object]) -> None:
+    """Every pty this process holds (a console's, if init has one) and /dev/console are of the
+    guest's own devpts: none is a handle on the host's terminals."""
+    own = os.stat("/dev/pts/ptmx").st_dev
+    held = []
+    for name in sorted(os.listdir("/proc/self/fd"), key=int):
+        try:
+            st = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) < 144:
+            if st.st_dev != own:
+                raise Escaped(f"fd {name} is a pty of another devpts ({os.ttyname(int(name))})")
+            held.append(f"fd {name}")
+    try:
+        console = os.stat("/dev/console")
+    except FileNotFoundError:
+        console = None
+    if console is not None and 136 <= os.major(console.st_rdev) < 144 and console.st_dev != own:
+        raise Escaped("/dev/console is a pty of another devpts")
+    what = "console " + ", ".join(held) if held else "no pty held"
+    raise OSError(errno.ENOENT, f"only ptys of the guest's own devpts ({what})")
+
+
 ATTEMPTS: dict[str, Callable[[dict[str, object]], None]] = {
     "chroot_escape": chroot_escape,
     "host_namespaces": host_namespaces,
@@ -334,6 +358,7 @@ ATTEMPTS: dict[str, Callable[[dict[str, object]], None]] = {
     "api_sockets": api_sockets,
     "host_secrets": host_secrets,
     "kernel_calls": kernel_calls,
+    "host_ptys": host_ptys,
 }
 
 

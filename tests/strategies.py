@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from typing import Literal
+from typing import Literal, TypeVar
 
+import attrs
 from hypothesis import strategies as st
 
 from supervisor.model import (
     INTERFACE_FILTERS,
     AddressRange,
+    BlkioDevice,
+    BlkioTune,
     Bridge,
     Capabilities,
     CapsPolicy,
+    Console,
     CpuBucket,
     CpuTune,
     DhcpHost,
@@ -42,11 +46,14 @@ from supervisor.model import (
     OsSpec,
     PortRange,
     Route,
+    SecLabel,
+    SharedNamespace,
     TokenBucket,
 )
-from supervisor.validate import CAPABILITY_NAMES
+from supervisor.validate import ARCH_NAMES, CAPABILITY_NAMES
 
 _ALNUM = string.ascii_letters + string.digits
+_D = TypeVar("_D", Filesystem, Interface, Console)
 _LOWER = string.ascii_lowercase + string.digits
 
 
@@ -176,6 +183,8 @@ def interfaces(draw: st.DrawFn, dialect: DomainType) -> Interface:
         filterref=draw(st.none() | st.sampled_from(INTERFACE_FILTERS))
         if itype in ("network", "bridge")
         else None,
+        source_bridge=draw(st.none() | ifnames()) if itype == "network" else None,
+        portid=draw(st.none() | uuids()) if itype == "network" else None,
     )
 
 
@@ -185,7 +194,8 @@ def _unique_macs(ifaces: list[Interface]) -> bool:
 
 
 @st.composite
-def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
+def filesystems(draw: st.DrawFn, devices: bool = True) -> tuple[Filesystem, ...]:
+    """Filesystems of every type (``devices``: file and block too, which an <idmap> forbids)."""
     targets = draw(st.lists(abs_paths() | st.just("/"), unique=True, max_size=3))
     result = []
     for target in targets:
@@ -195,6 +205,21 @@ def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
                     source=draw(abs_paths() | st.just("/")),
                     target=target,
                     readonly=draw(st.booleans()),
+                    accessmode=draw(st.sampled_from((None, "passthrough"))),
+                )
+            )
+        elif devices and draw(st.booleans()):
+            fstype: Literal["file", "block"] = draw(st.sampled_from(("file", "block")))
+            result.append(
+                Filesystem(
+                    source=draw(abs_paths()),
+                    target=target,
+                    type=fstype,
+                    readonly=draw(st.booleans()),
+                    driver_type=draw(st.sampled_from((None, "loop"))) if fstype == "file" else None,
+                    driver_format=draw(st.sampled_from((None, "raw")))
+                    if fstype == "file"
+                    else None,
                 )
             )
         else:
@@ -205,6 +230,7 @@ def filesystems(draw: st.DrawFn) -> tuple[Filesystem, ...]:
                     type="ram",
                     readonly=draw(st.booleans()),
                     usage_kib=draw(st.integers(1, 2**40)),
+                    accessmode=draw(st.sampled_from((None, "passthrough"))),
                 )
             )
     return tuple(result)
@@ -259,6 +285,74 @@ def foreign_metadata() -> st.SearchStrategy[str]:
     )
 
 
+def _ptys() -> st.SearchStrategy[str]:
+    return st.integers(0, 4096).map(lambda n: f"/dev/pts/{n}")
+
+
+@st.composite
+def consoles(draw: st.DrawFn) -> Console:
+    """``<console type='pty'>`` as libvirt writes it, defined (bare) or live (pty named)."""
+    return Console(
+        tty=draw(st.none() | _ptys()),
+        source_path=draw(st.none() | _ptys()),
+        target_type=draw(st.sampled_from((None, "lxc"))),
+        target_port=draw(st.none() | st.integers(0, 3)),
+    )
+
+
+def seclabels() -> st.SearchStrategy[tuple[SecLabel, ...]]:
+    """None, one ``type='none'`` label, or one per model."""
+    label = st.builds(
+        SecLabel,
+        model=st.none() | st.sampled_from(("none", "selinux", "apparmor", "dac")),
+        relabel=st.sampled_from((None, False)),
+    )
+    models = st.lists(st.sampled_from(("selinux", "apparmor", "dac")), unique=True, max_size=3)
+    return st.lists(label, max_size=1).map(tuple) | models.map(
+        lambda ms: tuple(SecLabel(model=m) for m in ms)
+    )
+
+
+@st.composite
+def _aliased(draw: st.DrawFn, domain: Domain) -> Domain:
+    """``domain`` with some of its devices named by ``<alias>`` (distinct, as libvirt's are)."""
+
+    def named(device: _D, name: str) -> _D:
+        return attrs.evolve(device, alias=name) if draw(st.booleans()) else device
+
+    return attrs.evolve(
+        domain,
+        filesystems=tuple(named(d, f"fs{i}") for i, d in enumerate(domain.filesystems)),
+        interfaces=tuple(named(d, f"net{i}") for i, d in enumerate(domain.interfaces)),
+        consoles=tuple(named(d, f"console{i}") for i, d in enumerate(domain.consoles)),
+    )
+
+
+def cpusets() -> st.SearchStrategy[str]:
+    """libvirt cpuset strings that leave at least one CPU (a range, a list, an exclusion)."""
+    return st.sampled_from(("0", "1", "0-1", "0,2-3", "0-7,^3", "1-2,^1", "5"))
+
+
+def blkiotunes() -> st.SearchStrategy[BlkioTune]:
+    weights = st.none() | st.integers(100, 1000)
+    iops = st.none() | st.integers(0, 2**32 - 1)
+    nbytes = st.none() | st.integers(0, 2**64 - 1)
+    device = st.builds(
+        BlkioDevice,
+        path=st.sampled_from(("/dev/vda", "/dev/sdb", "/dev/loop7", "/dev/mapper/vg-data")),
+        weight=weights,
+        read_bytes_sec=nbytes,
+        write_bytes_sec=nbytes,
+        read_iops_sec=iops,
+        write_iops_sec=iops,
+    )
+    return st.builds(
+        BlkioTune,
+        weight=weights,
+        devices=st.lists(device, max_size=3, unique_by=lambda d: d.path).map(tuple),
+    )
+
+
 _DOMAIN_TYPES: tuple[DomainType, ...] = ("vserver", "lxc")
 _ACTIONS: tuple[LifecycleAction, ...] = ("destroy", "restart", "preserve", "rename-restart")
 
@@ -288,6 +382,7 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         initdir=draw(st.none() | abs_paths()),
         inituser=user,
         initgroup=None if user is None else user,
+        arch=draw(st.none() | st.sampled_from(sorted(ARCH_NAMES))),
     )
     quota = st.just(-1) | st.integers(1000, 17592186044415)
     cputune = draw(
@@ -333,19 +428,26 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
             *idmap,
         )
     actions = st.sampled_from(_ACTIONS)
-    return Domain(
+    vcpu = draw(st.none() | st.integers(1, 256))
+    domain = Domain(
         name=draw(names()),
         type=dtype,
-        id=draw(st.none() | st.integers(2, 49151)),
+        id=draw(st.none() | st.integers(2, 49151) | st.integers(1, 2**31 - 1))
+        if dtype == "lxc"
+        else draw(st.none() | st.integers(2, 49151)),
         uuid=draw(st.none() | uuids()),
         title=draw(st.none() | _xml_text(min_size=1, newlines=False)),
         description=draw(st.none() | _xml_text()),
         memory_kib=memory,
         current_memory_kib=current,
-        vcpu=draw(st.none() | st.integers(1, 256)),
+        vcpu=vcpu,
+        vcpu_placement=None if vcpu is None else draw(st.sampled_from((None, "static"))),
+        vcpu_current=None if vcpu is None else draw(st.none() | st.integers(1, vcpu)),
+        cpuset=None if vcpu is None else draw(st.none() | cpusets()),
+        blkiotune=draw(st.none() | blkiotunes()),
         os=os,
         hostname=draw(st.none() | hostnames()),
-        filesystems=draw(filesystems()),
+        filesystems=draw(filesystems(devices=not idmap)),
         interfaces=tuple(draw(st.lists(interfaces(dtype), max_size=3).filter(_unique_macs))),
         cputune=cputune,
         scheduler=draw(st.none() | token_buckets()),
@@ -358,9 +460,24 @@ def domains(draw: st.DrawFn, dialect: DomainType | None = None) -> Domain:
         on_reboot=draw(actions),
         on_crash=draw(actions),
         autostart=draw(st.booleans()),
-        partition=draw(st.none() | abs_paths()),
+        partition=draw(st.sampled_from((None, "/machine"))),
+        clock_offset=draw(st.sampled_from((None, "utc"))),
+        emulator=draw(st.none() | st.just("/usr/lib/libvirt/libvirt_lxc") | abs_paths()),
+        consoles=tuple(draw(st.lists(consoles(), max_size=2))),
+        seclabels=draw(seclabels()),
         metadata=tuple(draw(st.lists(foreign_metadata(), max_size=2))),
     )
+    if not (domain.interfaces or domain.privnet or domain.idmap):
+        order: tuple[Literal["net", "ipc", "uts"], ...] = ("net", "ipc", "uts")
+        kinds = draw(st.lists(st.sampled_from(order), unique=True, max_size=3))
+        shares = tuple(
+            SharedNamespace(kind, "netns", "red")
+            if kind == "net" and draw(st.booleans())
+            else SharedNamespace(kind, "name", domain.name + "-peer")
+            for kind in sorted(kinds, key=order.index)
+        )
+        domain = attrs.evolve(domain, shared_namespaces=shares)
+    return draw(_aliased(domain))
 
 
 _LEASE_UNITS: tuple[Literal["seconds", "minutes", "hours"], ...] = ("seconds", "minutes", "hours")

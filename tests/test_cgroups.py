@@ -90,12 +90,12 @@ def test_detect_empty_root_fails(tmp_path: Path) -> None:
 
 
 def test_v2_create_enables_controllers_and_limit_paths(tmp_path: Path) -> None:
-    """On v2, create enables cpu/memory/pids/io in the parent and limits go to v2 files."""
+    """On v2, create enables cpu/memory/pids in the parent and limits go to v2 files."""
     root = _fake_v2(tmp_path)
     cg = GuestCgroup(detect_layout(root), "vsvt", "web1")
     cg.create()
     cg.create()  # idempotent
-    assert "+cpu +memory +pids +io" == (Path(root) / "cgroup.subtree_control").read_text()
+    assert "+cpu +memory +pids" == (Path(root) / "cgroup.subtree_control").read_text()
     assert (os.path.join(root, "vsvt-web1"),) == cg.paths()
     dom = Domain(
         name="web1",

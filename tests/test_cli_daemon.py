@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor import nsutil
+from supervisor.api.client import Client
 from supervisor.guest.cgroups import detect_layout, find_leftovers
 from supervisor.guest.rootfs import prepare_busybox_root
 from tests.fake_supervisor import short_tmpdir
@@ -51,6 +52,10 @@ class Env:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError((base / "daemon.out").read_text())
             time.sleep(0.02)
+        # the sockets are bound before the supervisor has made its run dir (a connection waits
+        # in the backlog until the API is served): one answered request means it is up
+        with Client(self.ro, timeout=20) as c:
+            c.get_json("/v1/supervisor")
 
     def args(self) -> list[str]:
         """The daemon's command-line options for this environment."""
@@ -347,6 +352,55 @@ def test_exec_runs_a_command_inside_the_guest(env: Env, prefix: str) -> None:
     stopped = _run(e, "exec", "x1", "true")
     assert (stopped.returncode, stopped.stderr) == (125, "vsv: error: domain 'x1' is not running\n")
     js(e, "undefine", "x1")
+    assert e.stop() == 0
+    assert find_leftovers(detect_layout(), prefix) == []
+
+
+def test_exec_reports_the_command_status_when_the_process_between_dies(
+    env: Env, prefix: str
+) -> None:
+    """`vsv exec` forks a process that joins the guest's cgroups and waits for the command; a
+    guest's `reboot -f` or destroy kills it with the cgroup. The command's own status is still
+    the one reported (it was 137, SIGKILL, when `reboot -f` itself had exited 0)."""
+    e = env
+    (e.base / "w.xml").write_text(
+        f"""<domain type='lxc'><name>w1</name>
+        <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+        <initarg>trap 'exit 0' TERM; while :; do sleep 0.1; done</initarg></os>
+        <devices><filesystem type='mount'><source dir='{e.root}'/><target dir='/'/></filesystem>
+        </devices></domain>"""
+    )
+    js(e, "define", str(e.base / "w.xml"))
+    js(e, "start", "w1")
+    up, go = e.root / "tmp" / "w1-up", e.root / "tmp" / "w1-go"
+    script = "touch /tmp/w1-up; while [ ! -e /tmp/w1-go ]; do sleep 0.02; done; exit 7"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--socket", e.sock, "exec", "w1", "--", "sh", "-c",
+         script],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not up.exists():
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        between = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(between) == 1
+        os.kill(int(between[0]), signal.SIGKILL)
+        go.touch()
+        assert proc.wait(30) == 7
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        up.unlink(missing_ok=True)
+        go.unlink(missing_ok=True)
     assert e.stop() == 0
     assert find_leftovers(detect_layout(), prefix) == []
 

@@ -380,19 +380,21 @@ def test_sigkill_once_the_network_bridge_exists(world: dict[str, Any], prefix: s
 
 
 def dnsmasq_pids(prefix: str) -> list[int]:
-    """Live dnsmasq processes serving one of the prefix's networks (found by their conf file)."""
-    pids = []
+    """Live dnsmasq processes serving one of the prefix's networks (found by their conf file),
+    without the helper each forks for its lease hook (a dnsmasq whose parent is one)."""
+    pids: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
         argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
         if argv and argv[0].endswith("dnsmasq") and gc.is_prefix_dnsmasq(argv, prefix):
-            pids.append(int(entry))
-    return sorted(pids)
+            pids[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return sorted(pid for pid, parent in pids.items() if parent not in pids)
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10) -> None:

@@ -63,7 +63,8 @@ async def test_the_cap_holds_at_every_write_and_no_line_is_lost(tmp_path: Path) 
     assert sizes
     assert max(s for s, _ in sizes) <= CAP + CHUNK
     assert max(r for _, r in sizes) <= CAP // 2
-    assert relays.statistics()["cuts"] >= 6
+    # each cut-back follows at most CAP + one move of CHUNK bytes
+    assert relays.statistics()["cuts"] >= relays.statistics()["moved"] // (CAP + CHUNK)
     kept = (
         log_file(tmp_path, "g").with_suffix(".log.1").read_bytes()
         + log_file(tmp_path, "g").read_bytes()

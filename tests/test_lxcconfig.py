@@ -48,6 +48,7 @@ from supervisor.model import (
     MemTune,
     OsSpec,
     Route,
+    SharedNamespace,
     TokenBucket,
 )
 from supervisor.validate import check_domain
@@ -372,8 +373,8 @@ def test_includes_are_read_relative_to_the_config(tmp_path: Path) -> None:
         ("lxc.uts.name = c1\n", "no lxc.rootfs.path"),
         ("lxc.rootfs.path = /srv/c1\n", "no lxc.uts.name"),
         ("lxc.uts.name = c1\nlxc.rootfs.path = overlay:/lower:/upper\n", "no overlay"),
-        ("lxc.uts.name = c1\nlxc.rootfs.path = /dev/sdb1\n", "type='block'"),
-        ("lxc.uts.name = c1\nlxc.rootfs.path = loop:/srv/c1.img\n", "type='file'"),
+        ("lxc.uts.name = c1\nlxc.rootfs.path = nbd:/srv/c1.qcow2\n", "qemu-nbd"),
+        ("lxc.uts.name = c1\nlxc.rootfs.path = zfs:tank/c1\n", "zfs root has no element"),
         ("lxc.uts.name = c1\nlxc.rootfs.path = srv/c1\n", "not an absolute directory"),
         ("lxc.uts.name = .c1\nlxc.rootfs.path = /srv/c1\n", "lxc.uts.name = .c1"),
         (BASE + "lxc.cap.drop = sys_admin\nlxc.cap.keep = chown\n", "both"),
@@ -382,6 +383,48 @@ def test_includes_are_read_relative_to_the_config(tmp_path: Path) -> None:
 def test_an_unusable_config_is_refused_with_the_reason(config: str, message: str) -> None:
     with pytest.raises(LxcConfigError, match=message):
         text(config)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/dev/sdb1", Filesystem("/dev/sdb1", "/", type="block")),
+        ("lvm:/dev/vg0/c1", Filesystem("/dev/vg0/c1", "/", type="block")),
+        (
+            "loop:/srv/c1.img",
+            Filesystem("/srv/c1.img", "/", type="file", driver_type="loop", driver_format="raw"),
+        ),
+    ],
+)
+def test_device_and_image_roots(value: str, expected: Filesystem) -> None:
+    """A block device root is <filesystem type='block'>, an image <filesystem type='file'>
+    with libvirt's loop driver; written back as LXC spells them."""
+    d = text(f"lxc.uts.name = c1\nlxc.rootfs.path = {value}\n").domain
+    assert (expected,) == d.filesystems
+    native = to_native(d).text
+    assert f"lxc.rootfs.path = {value.removeprefix('lvm:')}\n" in native
+
+
+def test_shared_namespaces() -> None:
+    """lxc.namespace.share.net/ipc/uts = CONTAINER is <lxc:namespace> by name, and back; a
+    pid is listed (whatever process has it then), as are the kinds libvirt cannot share."""
+    c = text(
+        BASE
+        + "lxc.namespace.share.net = web1\nlxc.namespace.share.uts = web1\n"
+        + "lxc.namespace.share.ipc = 4242\nlxc.namespace.share.pid = web1\n"
+    )
+    expected = (SharedNamespace("net", "name", "web1"), SharedNamespace("uts", "name", "web1"))
+    assert (expected, False) == (c.domain.shared_namespaces, c.domain.privnet)
+    assert ["lxc.namespace.share.ipc", "lxc.namespace.share.pid"] == [u.key for u in c.unmapped]
+    native = to_native(c.domain).text
+    assert "lxc.namespace.share.net = web1\nlxc.namespace.share.uts = web1\n" in native
+    assert "lxc.net.0.type" not in native
+
+
+def test_a_block_device_mount_entry() -> None:
+    """An fstab line mounting a device is <filesystem type='block'> (its type probed at start)."""
+    d = text(BASE + "lxc.mount.entry = /dev/sdc1 srv/data ext4 ro 0 0\n").domain
+    assert Filesystem("/dev/sdc1", "/srv/data", type="block", readonly=True) == d.filesystems[1]
 
 
 def test_a_name_given_names_the_domain_and_utsname_is_the_hostname() -> None:

@@ -14,11 +14,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
 from supervisor import nsutil
 from supervisor.daemon import Supervisor
+from supervisor.errors import ConflictError, InvalidDocument
 from supervisor.guest.cgroups import detect_layout, find_leftovers
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import (
@@ -93,7 +95,17 @@ async def sup(
         host_netns=str(nsutil.netns_path(sandbox)),
         shutdown_timeout=3,
     )
-    await nursery.start(s.run)
+    running = trio.CancelScope()
+    ended = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with running:
+                await s.run(task_status=task_status)
+        finally:
+            ended.set()
+
+    await nursery.start(run)
     try:
         yield s
     finally:
@@ -103,6 +115,9 @@ async def sup(
                     await s.destroy_domain(g.domain.name)
             if s.net is not None:
                 await s.net.stop_all()
+            # the supervisor's end removes what lives as long as it does (a console keeper)
+            running.cancel()
+            await ended.wait()
         assert find_leftovers(detect_layout(), prefix) == []
         assert nsutil.list_netns(prefix) == [sandbox]
 
@@ -539,3 +554,83 @@ async def test_a_successor_takes_a_network_over_in_place_unless_it_was_redefined
         assert _link_index(sandbox, f"{prefix}b0") != bridge  # built again
         await third.destroy_network("lan")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_clean_stop_leaves_no_network_files(
+    tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """A supervisor that stops cleanly (its guests shut down, its networks stopped) leaves
+    nothing in its run dir's ``net/``: no dnsmasq config, hosts, leases, log, pid or hook."""
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    run_dir = tmp_path / "run"
+    s = Supervisor(
+        state_dir=tmp_path / "state",
+        run_dir=run_dir,
+        prefix=prefix,
+        host_netns=str(nsutil.netns_path(sandbox)),
+        shutdown_timeout=3,
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(s.run)
+            await s.define_network(lan(prefix, 62))
+            await s.start_network("lan")
+            await s.define_domain(nic_guest("gf", root, DHCP_INIT))
+            await s.start_domain("gf")
+            while not (root / "tmp" / "addr").exists():
+                await trio.sleep(0.05)
+            assert list((run_dir / "net").iterdir())  # dnsmasq's files while it runs
+            await s.shutdown_all(3)
+            nursery.cancel_scope.cancel()
+    assert [] == sorted(p.name for p in (run_dir / "net").iterdir())
+    assert find_leftovers(detect_layout(), prefix) == []
+
+
+async def test_static_addresses_checked_at_define(sup: Supervisor, prefix: str) -> None:
+    """A second domain with the first one's static address, the gateway's, or a prefix other
+    than the network's is refused at define (409 or 400 naming the field), and so is a
+    net-define whose range would now cover a domain's address; none of it waits for a start."""
+    await sup.define_network(lan(prefix, 63))
+
+    def static(name: str, address: str, prefix_len: int | None = None) -> Domain:
+        iface = Interface(type="network", source="lan", ips=(IpAddress(address, prefix_len),))
+        return Domain(name=name, type="lxc", interfaces=(iface,))
+
+    await sup.define_domain(static("sa", "10.213.63.10"))
+    with pytest.raises(ConflictError, match="already domain sa's"):
+        await sup.define_domain(static("sb", "10.213.63.10"))
+    with pytest.raises(ConflictError, match="the guests' gateway"):
+        await sup.define_domain(static("sb", "10.213.63.1"))
+    with pytest.raises(InvalidDocument, match=r"ip\[1\]/@prefix: prefix 16 disagrees"):
+        await sup.define_domain(static("sb", "10.213.63.11", 16))
+    assert "sb" not in sup.guests
+    await sup.define_domain(static("sb", "10.213.63.11", 24))
+    wider = lan(prefix, 63)
+    wider = attrs.evolve(
+        wider,
+        ips=(
+            attrs.evolve(wider.ips[0], dhcp_ranges=(AddressRange("10.213.63.5", "10.213.63.50"),)),
+        ),
+    )
+    with pytest.raises(ConflictError, match="domain sa: devices/interface"):
+        await sup.define_network(wider)
+
+
+async def test_an_address_taken_at_start_is_a_conflict_not_a_failure(
+    sup: Supervisor, tmp_path: Path, prefix: str
+) -> None:
+    """On a network without a DHCP range the supervisor picks a running guest's address from
+    the whole subnet; a stopped domain whose static address was picked meanwhile cannot start:
+    409 ``conflict`` naming the address, not a 500 with a Python exception's text."""
+    net = attrs.evolve(lan(prefix, 64), ips=(NetworkIp(address="10.213.64.1", prefix=24),))
+    await sup.define_network(net)
+    await sup.start_network("lan")
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    idle = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    await sup.define_domain(nic_guest("dyn", root, idle))
+    static = nic_guest("fix", root, idle)
+    iface = attrs.evolve(static.interfaces[0], ips=(IpAddress("10.213.64.2", 24),))
+    await sup.define_domain(attrs.evolve(static, interfaces=(iface,)))
+    await sup.start_domain("dyn")  # takes the subnet's first free address, .2
+    with pytest.raises(ConflictError, match=r"domain fix: .*10\.213\.64\.2"):
+        await sup.start_domain("fix")

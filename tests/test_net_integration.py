@@ -13,18 +13,21 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from supervisor.errors import ConflictError
+from supervisor.errors import ConflictError, InvalidOperation
 from supervisor.model import (
     AddressRange,
+    Bridge,
     Domain,
     Forward,
     Interface,
     IpAddress,
     Network,
     NetworkIp,
+    Route,
 )
 from supervisor.net import nftables
 from supervisor.net.dnsmasq import lease_lines
@@ -86,6 +89,14 @@ def nat_net(name: str, third: int, mode: str | None = "nat") -> Network:
     )
 
 
+def link_names(ns: str) -> list[str]:
+    """The names of a namespace's links."""
+    return sorted(
+        line.split(": ")[1].split("@")[0]
+        for line in sh("ip", "-n", ns, "-o", "link").stdout.splitlines()
+    )
+
+
 def guest(name: str, *ifaces: Interface) -> Domain:
     """A domain with the given interfaces."""
     return Domain(name=name, interfaces=ifaces)
@@ -133,8 +144,15 @@ async def test_nat_network_two_guests_dhcp_ping_dns(host: HostNet, prefix: str) 
             old = net.dnsmasq.statistics().pid
             assert old is not None
             os.kill(old, signal.SIGKILL)
-            for _ in range(250):  # polled: the restart is observable only through its pid
-                if net.dnsmasq.statistics().pid not in (None, old):
+            # polled: the restart is observable only through its pid, and it answers once it
+            # has written its pid file
+            while True:
+                new = net.dnsmasq.statistics().pid
+                try:
+                    written = net.dnsmasq.files.pid.read_text().strip()
+                except FileNotFoundError:
+                    written = ""
+                if new not in (None, old) and written == str(new):
                     break
                 await trio.sleep(0.02)
             assert 1 == net.dnsmasq.statistics().restarts
@@ -335,3 +353,117 @@ async def test_hundred_guests_concurrently(host: HostNet, prefix: str) -> None:
             await net.stop()
     links = sh("ip", "-n", f"{prefix}h", "-o", "link").stdout
     assert prefix not in links
+
+
+async def test_network_nic_routes_and_link_down(host: HostNet, prefix: str) -> None:
+    """A ``type='network'`` NIC's ``<route>``s are put in the guest, and its own default route
+    (``address='0.0.0.0'``, libvirt's prefix 0) replaces the one through the bridge;
+    ``<link state='down'>`` leaves the host end down, so the guest's end has no carrier."""
+    book = AddressBook()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            net: RunningNetwork = await nursery.start(run_network, host, nat_net("rt", 41))
+            nets = {"rt": net}
+            routed = Interface(
+                type="network",
+                source="rt",
+                ips=(IpAddress("10.77.41.20", 24),),
+                routes=(
+                    Route("0.0.0.0", 0, "10.77.41.254"),
+                    Route("192.0.2.0", 24, "10.77.41.1"),
+                ),
+            )
+            one = await plumb(host, guest("g1", routed), guest_ns(prefix, 1), nets, book)
+            shown = in_guest(prefix, 1, "ip", "-4", "route", "show").stdout
+            assert "default via 10.77.41.254 dev eth0" in shown, shown
+            assert "192.0.2.0/24 via 10.77.41.1 dev eth0" in shown, shown
+            assert 0 == in_guest(prefix, 1, "/bin/busybox", "ping", "-c1", "-W2",
+                                 "10.77.41.1").returncode  # fmt: skip
+
+            down = Interface(type="network", source="rt", link_up=False)
+            two = await plumb(host, guest("g2", down), guest_ns(prefix, 2), nets, book)
+            link = sh("ip", "-n", f"{prefix}h", "-j", "link", "show", two[0].host_if).stdout
+            assert '"operstate":"DOWN"' in link.replace(" ", ""), link
+            inside = in_guest(prefix, 2, "ip", "link", "show", "eth0").stdout
+            assert "NO-CARRIER" in inside, inside
+            assert 0 != in_guest(prefix, 2, "/bin/busybox", "ping", "-c1", "-W1",
+                                 "10.77.41.1").returncode  # fmt: skip
+            for nics in (one, two):
+                await unplumb(host, nics, nets, book)
+            await net.stop()
+
+
+async def test_link_down_refused_where_it_cannot_apply(host: HostNet, prefix: str) -> None:
+    """``<link state='down'>`` on an interface whose host end holds routes (ethernet) is
+    refused with the element named, never silently ignored; nothing is left behind."""
+    book = AddressBook()
+    down = Interface(type="ethernet", link_up=False)
+    with pytest.raises(InvalidOperation, match="<link state='down'>"):
+        await plumb(host, guest("g1", down), guest_ns(prefix, 1), {}, book)
+    assert [] == [
+        line
+        for line in sh("ip", "-n", f"{prefix}h", "-o", "link").stdout.splitlines()
+        if prefix in line
+    ]
+
+
+async def test_forward_mode_bridge_puts_guests_on_the_host_bridge(
+    host: HostNet, prefix: str
+) -> None:
+    """``forward mode='bridge'``: guests' veths join the administrator's existing bridge and
+    nothing else is made (no bridge, address, forwarding table or dnsmasq); the bridge stays
+    at stop. With ``<port isolated='yes'/>`` two guests reach the host's bridge, not each
+    other; the guests' ports are guarded (a forged source is dropped). A missing bridge is
+    refused naming it."""
+    h = f"{prefix}h"
+    admin = f"{prefix}adm"
+    sh("ip", "-n", h, "link", "add", admin, "type", "bridge")
+    sh("ip", "-n", h, "addr", "add", "192.0.2.1/24", "dev", admin)
+    sh("ip", "-n", h, "link", "set", admin, "up")
+    before = link_names(h)
+    network = Network(
+        name="hb",
+        forward=Forward(mode="bridge"),
+        bridge=Bridge(name=admin),
+        port_isolated=True,
+    )
+    book = AddressBook()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            net: RunningNetwork = await nursery.start(run_network, host, network)
+            nets = {"hb": net}
+            assert (admin, None, None) == (net.bridge, net.table, net.dnsmasq)
+            nics = []
+            for n in (1, 2):
+                iface = Interface(
+                    type="network", source="hb", ips=(IpAddress(f"192.0.2.1{n}", 24),)
+                )
+                nics.append(
+                    await plumb(host, guest(f"g{n}", iface), guest_ns(prefix, n), nets, book)
+                )
+            masters = {
+                nic[0].host_if: sh("ip", "-n", h, "-o", "link", "show", nic[0].host_if).stdout
+                for nic in nics
+            }
+            assert all(f"master {admin}" in line for line in masters.values()), masters
+            for n in (1, 2):
+                ping = in_guest(prefix, n, "/bin/busybox", "ping", "-c1", "-W2", "192.0.2.1")
+                assert 0 == ping.returncode, ping.stdout + ping.stderr
+            isolated = in_guest(prefix, 1, "/bin/busybox", "ping", "-c1", "-W1", "192.0.2.12")
+            assert 0 != isolated.returncode
+            in_guest(prefix, 1, "ip", "addr", "add", "192.0.2.99/24", "dev", "eth0")
+            forged = in_guest(prefix, 1, "/bin/busybox", "ping", "-c1", "-W1", "-I",
+                              "192.0.2.99", "192.0.2.1")  # fmt: skip
+            assert 0 != forged.returncode
+            tables = sh("ip", "netns", "exec", h, "nft", "list", "tables").stdout
+            assert [f"table bridge {prefix}_hb"] == tables.split("\n")[:-1]
+            for nic in nics:
+                await unplumb(host, nic, nets, book)
+            await net.stop()
+    assert before == link_names(h)
+    assert "" == sh("ip", "netns", "exec", h, "nft", "list", "tables").stdout
+    assert [] == list(host.run_dir.glob(f"{prefix}-hb.*"))
+
+    missing = attrs.evolve(network, bridge=Bridge(name=f"{prefix}none"))
+    with pytest.raises(InvalidOperation, match=f"<bridge name='{prefix}none'>"):
+        await run_network(host, missing)  # refused before it would start

@@ -10,9 +10,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.errors import ConflictError
-from supervisor.model import AddressRange, DhcpHost, DnsHost, Forward, Network, NetworkIp
+from supervisor.model import (
+    AddressRange,
+    DhcpHost,
+    DhcpLease,
+    DnsForwarder,
+    DnsHost,
+    DnsSrv,
+    DnsTxt,
+    Forward,
+    Network,
+    NetworkIp,
+)
 from supervisor.net import names, nftables
-from supervisor.net.dnsmasq import DnsmasqFiles, addn_hosts_text, config_text, hosts_text
+from supervisor.net.dnsmasq import (
+    DnsmasqFiles,
+    addn_hosts_text,
+    config_text,
+    hosts_text,
+    upstream_resolv_file,
+    wants_dnsmasq,
+)
 from supervisor.net.ipam import Allocations, owner_key
 from supervisor.net.networks import check_collisions
 
@@ -153,3 +171,129 @@ def test_dnsmasq_files() -> None:
     assert "52:54:00:00:00:99,10.0.0.11,fixed\n" == hosts_text(hosts)
     assert "10.0.0.5 web\n10.0.0.11 fixed\n" == addn_hosts_text(network, hosts)
     assert "/run/x/vsvt-n.conf" == str(files.conf)
+
+
+FILES = DnsmasqFiles.in_dir(Path("/run/x"), "vsvt", "n")
+V4 = NetworkIp(address="10.0.0.1", prefix=24, dhcp_ranges=(AddressRange("10.0.0.10", "10.0.0.12"),))
+
+
+def conf_lines(network: Network, resolv: str | None = "/etc/resolv.conf") -> list[str]:
+    return config_text(network, "br0", FILES, resolv_file=resolv).splitlines()
+
+
+def test_upstream_is_the_host_resolv_conf_as_libvirt() -> None:
+    """A NAT network forwards to the host namespace's resolvers; an isolated one never does,
+    nor one without a resolv.conf (a sandbox without its own)."""
+    nat = Network(name="n", forward=Forward(mode="nat"), ips=(V4,))
+    assert "resolv-file=/etc/resolv.conf" in conf_lines(nat)
+    assert "no-resolv" not in conf_lines(nat)
+    assert "no-resolv" in conf_lines(nat, None)
+    isolated = Network(name="n", ips=(V4,))
+    assert {"no-resolv", "dhcp-option=3"} <= set(conf_lines(isolated))
+
+
+def test_upstream_resolv_file_is_the_host_namespaces() -> None:
+    """The host's resolv.conf in the supervisor's own namespace; a named sandbox's own
+    (``/etc/netns/NAME/resolv.conf``, as ``ip netns exec`` shows it) or none at all."""
+    assert "/etc/resolv.conf" == upstream_resolv_file(None)
+    there = {"/etc/netns/sbx/resolv.conf"}.__contains__
+    assert "/etc/netns/sbx/resolv.conf" == upstream_resolv_file("/run/netns/sbx", there)
+    assert None is upstream_resolv_file("/run/netns/other", there)
+    assert None is upstream_resolv_file("/proc/1/ns/net", there)
+
+
+def test_forwarders_as_libvirt_writes_them() -> None:
+    """addr: a server (and no-resolv, it takes every unclaimed query); domain and addr: that
+    domain's server; domain alone: kept local (``#``)."""
+    fwds = (
+        DnsForwarder(addr="192.0.2.53"),
+        DnsForwarder(addr="192.0.2.54", domain="example.com"),
+        DnsForwarder(domain="local.example"),
+    )
+    lines = conf_lines(Network(name="n", forward=Forward(), ips=(V4,), dns_forwarders=fwds))
+    assert ["server=192.0.2.53", "server=/example.com/192.0.2.54", "server=/local.example/#"] == [
+        line for line in lines if line.startswith("server=")
+    ]
+    assert "no-resolv" in lines
+    only_domain = Network(name="n", forward=Forward(), ips=(V4,), dns_forwarders=fwds[1:])
+    assert "no-resolv" not in conf_lines(only_domain)
+
+
+def test_domain_plain_names_records_and_disabled_dns() -> None:
+    """localOnly and forwardPlainNames as libvirt; srv and txt records; enable='no' turns DNS
+    off (port 0, no records, no addn-hosts) and keeps DHCP."""
+    net = Network(
+        name="n",
+        forward=Forward(),
+        ips=(V4,),
+        domain_name="lan",
+        domain_local_only=True,
+        dns_forward_plain_names=False,
+        dns_srvs=(
+            DnsSrv("ldap", "tcp", "lan", "dc.lan", 389, 1, 2),
+            DnsSrv("x", "udp", target="t.lan", weight=5),
+            DnsSrv("gone", "tcp", target="."),
+        ),
+        dns_txts=(DnsTxt("t.lan", "some text"),),
+    )
+    lines = conf_lines(net)
+    for line in ("local=/lan/", "domain=lan", "expand-hosts", "domain-needed", "local=//"):
+        assert line in lines
+    assert [
+        "srv-host=_ldap._tcp.lan,dc.lan,389,1,2",
+        "srv-host=_x._udp,t.lan,1,0,5",
+        "srv-host=_gone._tcp",
+    ] == [line for line in lines if line.startswith("srv-host")]
+    assert "txt-record=t.lan,some text" in lines
+    off = conf_lines(Network(name="n", forward=Forward(), ips=(V4,), dns_enable=False))
+    assert "port=0" in off
+    assert not [line for line in off if line.startswith("addn-hosts")]
+    assert "dhcp-range=10.0.0.10,10.0.0.12,255.255.255.0" in off
+    assert "local=/lan/" not in conf_lines(Network(name="n", forward=Forward(), domain_name="lan"))
+
+
+def test_ipv6_dhcp_ra_and_slaac() -> None:
+    """An IPv6 range: DHCPv6 with its prefix length and router advertisements; IPv6 without
+    DHCP: advertisements for SLAAC only; lease times as dnsmasq reads them."""
+    v6 = NetworkIp(
+        address="fd00::1",
+        prefix=64,
+        family="ipv6",
+        dhcp_ranges=(AddressRange("fd00::10", "fd00::ff", DhcpLease(2, "hours")),),
+    )
+    lines = conf_lines(Network(name="n", forward=Forward(), ips=(V4, v6)))
+    assert "dhcp-range=fd00::10,fd00::ff,64,2h" in lines
+    assert "enable-ra" in lines
+    assert "dhcp-lease-max=243" in lines  # 3 + 240
+    slaac = NetworkIp(address="fd00:1::1", prefix=64, family="ipv6")
+    lines = conf_lines(Network(name="n", forward=Forward(), ips=(V4, slaac)))
+    assert "dhcp-range=fd00:1::1,ra-only" in lines
+    assert "enable-ra" not in lines
+    static = NetworkIp(
+        address="fd00::1",
+        prefix=64,
+        family="ipv6",
+        dhcp_hosts=(DhcpHost(ip="fd00::5", id="0:3:0:1:52:54:0:0:0:1"),),
+    )
+    lines = conf_lines(Network(name="n", forward=Forward(), ips=(static,)))
+    assert "dhcp-range=fd00::1,static,64" in lines
+    assert not wants_dnsmasq(Network(name="n", ips=(slaac,), dns_enable=False))
+    assert wants_dnsmasq(Network(name="n", ips=(static,), dns_enable=False))
+
+
+def test_hosts_file_lines_as_libvirt() -> None:
+    """IPv4 by MAC or name, IPv6 by DUID or name in brackets, with lease times."""
+    hosts = [
+        DhcpHost(ip="10.0.0.5", mac="52:54:00:00:00:05", name="a", lease=DhcpLease(300, "seconds")),
+        DhcpHost(ip="10.0.0.6", name="b"),
+        DhcpHost(ip="fd00::5", id="0:3:0:1:52:54:0:0:0:1", name="c"),
+        DhcpHost(ip="fd00::6", id="0:3:0:1:52:54:0:0:0:2"),
+        DhcpHost(ip="fd00::7", name="d", lease=DhcpLease(0)),
+    ]
+    assert [
+        "52:54:00:00:00:05,10.0.0.5,a,300s",
+        "b,10.0.0.6",
+        "id:0:3:0:1:52:54:0:0:0:1,c,[fd00::5]",
+        "id:0:3:0:1:52:54:0:0:0:2,[fd00::6]",
+        "d,[fd00::7],infinite",
+    ] == hosts_text(hosts).splitlines()

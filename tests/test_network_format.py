@@ -27,6 +27,7 @@ What libvirt fills in that `vsv format` leaves alone, and why the comparison all
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -39,7 +40,12 @@ from supervisor.xml import format_network, parse_network
 from supervisor.xml.domain import natural_prefix
 
 DATA = Path(__file__).resolve().parent / "data" / "network-format"
-LIBVIRT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "libvirt"
+#: ../shared beside the repo; VSV_SHARED names it for a checkout elsewhere (a git worktree)
+LIBVIRT_SCHEMAS = (
+    Path(os.environ.get("VSV_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    / "schemas"
+    / "libvirt"
+)
 PAIRS = sorted(p.stem for p in (DATA / "in").glob("*.xml"))
 
 needs_libvirt_schemas = pytest.mark.skipif(

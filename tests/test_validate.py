@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from supervisor.errors import InvalidDocument
 from supervisor.model import (
     AddressRange,
+    BlkioDevice,
+    BlkioTune,
     Capabilities,
+    Console,
     CpuBucket,
     CpuTune,
     DhcpHost,
@@ -29,6 +32,8 @@ from supervisor.model import (
     OsSpec,
     PortRange,
     Route,
+    SecLabel,
+    SharedNamespace,
     TokenBucket,
 )
 from supervisor.validate import check_domain, check_network
@@ -324,7 +329,31 @@ _DAMAGE: list[tuple[tuple[str, ...], st.SearchStrategy[Any]]] = [
     *[((f,), _OPT_STRS) for f in ("uuid", "title", "description", "hostname", "partition")],
     *[((f,), _OPT_INTS) for f in ("id", "memory_kib", "current_memory_kib", "vcpu", "pids_limit")],
     (("os", "init"), _STRS),
-    *[(("os", f), _OPT_STRS) for f in ("initdir", "inituser", "initgroup")],
+    *[(("os", f), _OPT_STRS) for f in ("initdir", "inituser", "initgroup", "arch")],
+    *[((f,), _OPT_STRS) for f in ("vcpu_placement", "cpuset", "clock_offset", "emulator")],
+    (("vcpu_current",), _OPT_INTS),
+    (
+        ("shared_namespaces",),
+        st.lists(st.builds(SharedNamespace, _STRS, _STRS, _STRS), max_size=2).map(tuple),
+    ),
+    (
+        ("blkiotune",),
+        st.builds(
+            BlkioTune,
+            _OPT_INTS,
+            st.lists(st.builds(BlkioDevice, _STRS, _OPT_INTS, _OPT_INTS), max_size=2).map(tuple),
+        ),
+    ),
+    (
+        ("consoles",),
+        st.lists(st.builds(Console, _STRS, _OPT_STRS, _OPT_STRS), max_size=2).map(tuple),
+    ),
+    *[(("consoles", "*", f), _OPT_STRS) for f in ("target_type", "alias")],
+    (("consoles", "*", "target_port"), _OPT_INTS),
+    (("seclabels",), st.lists(st.builds(SecLabel, _STRS, _OPT_STRS), max_size=2).map(tuple)),
+    (("seclabels", "*", "relabel"), st.sampled_from((None, False, True))),
+    *[(("filesystems", "*", f), _OPT_STRS) for f in ("accessmode", "alias")],
+    *[(("interfaces", "*", f), _OPT_STRS) for f in ("source_bridge", "portid", "alias")],
     (("os", "initargs"), st.lists(_STRS, max_size=2).map(tuple)),
     (("os", "initenv"), st.lists(st.tuples(_STRS, _STRS), max_size=2).map(tuple)),
     (("cputune",), st.builds(CpuTune, _OPT_INTS, _OPT_INTS, _OPT_INTS)),

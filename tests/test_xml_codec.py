@@ -101,13 +101,13 @@ def test_vserver_interface_refused_in_lxc_document() -> None:
 def test_unsupported_elements_are_named_not_dropped() -> None:
     """Unsupported elements and attributes are each reported by name."""
     problems = _problems(
-        "<clock offset='utc'/><devices><hostdev mode='capabilities'/></devices>"
+        "<sysinfo type='smbios'/><devices><hostdev mode='capabilities'/></devices>"
         "<memory dumpCore='on'>1</memory>"
     )
     assert [True, True, True] == [
         any(s in p for p in problems)
         for s in (
-            "unsupported element <clock>",
+            "unsupported element <sysinfo>",
             "unsupported element <hostdev>",
             "unsupported attribute 'dumpCore'",
         )

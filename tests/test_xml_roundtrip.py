@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from supervisor.xml import (
 from tests.strategies import domains, networks
 
 REPO = Path(__file__).resolve().parents[1]
-LIBVIRT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "libvirt"
+#: ../shared beside the repo; VSV_SHARED names it for a checkout elsewhere (a git worktree)
+LIBVIRT_SCHEMAS = (
+    Path(os.environ.get("VSV_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    / "schemas"
+    / "libvirt"
+)
 VSERVER_SCHEMA = REPO / "supervisor" / "schemas" / "vserver-domain.rng"
 
 needs_libvirt_schemas = pytest.mark.skipif(

@@ -49,6 +49,7 @@ from supervisor.model import Domain, Network
 
 if TYPE_CHECKING:
     from supervisor.api.limits import ApiStatistics
+    from supervisor.console import ConsoleSession
     from supervisor.metrics import RequestCounts
 
 Scope = MutableMapping[str, Any]
@@ -145,6 +146,7 @@ _TITLES = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    426: "Upgrade Required",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -361,6 +363,9 @@ class ApiApp:
     ) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send, peer=peer, refusal=refusal)
             return
         if scope["type"] != "http":
             return
@@ -741,6 +746,91 @@ class ApiApp:
         rows = _call(self.facade.domain_interfaces, name, field="name")
         return _ok({"seq": self.journal.last_seq(), "interfaces": rows})
 
+    # --- the console (a WebSocket) ---------------------------------------------------------------
+
+    async def console_http(self, request: Request) -> Reply:
+        """The console's path asked without a WebSocket upgrade: say how to ask."""
+        _call(self.facade.get_domain, request.params["name"], field="name")
+        raise HttpProblem(
+            426,
+            "upgrade-required",
+            "the console is a WebSocket: connect with 'Upgrade: websocket' (vsv console)",
+        )
+
+    async def _websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        peer: PeerCred | None,
+        refusal: str | None,
+    ) -> None:
+        """``GET /v1/domains/{name}/console`` as a WebSocket (see docs/api.md): refusals are
+        ordinary problem answers to the upgrade request; once accepted, binary messages are the
+        terminal's bytes both ways and text messages small JSON objects."""
+        await receive()  # websocket.connect
+        try:
+            name, force, session = self._attach_console(scope, peer, refusal)
+        except HttpProblem as problem:
+            await _deny_websocket(send, problem, seq=self.journal.last_seq())
+            return
+        log.info(
+            "api console %s attached by uid=%s pid=%s%s",
+            name,
+            session.client.uid,
+            session.client.pid,
+            " (forced)" if force else "",
+            extra={
+                "domain": name,
+                "peer_uid": session.client.uid,
+                "peer_pid": session.client.pid,
+                "force": force,
+            },
+        )
+        try:
+            await send({"type": "websocket.accept"})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_console_output, session, send, nursery.cancel_scope)
+                while (message := await receive())["type"] == "websocket.receive":
+                    if message.get("bytes") is not None:
+                        session.write(message["bytes"])
+                    elif not _console_control(session, message.get("text")):
+                        await send({"type": "websocket.close", "code": 1007})
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            session.detach()
+            log.info("api console %s detached (%s)", name, session.ended, extra={"domain": name})
+
+    def _attach_console(
+        self, scope: Scope, peer: PeerCred | None, refusal: str | None
+    ) -> tuple[str, bool, ConsoleSession]:
+        """The checks of a console request, then the attach: (name, force, session)."""
+        from supervisor.console import ConsoleBusy, ConsoleClient, NoConsole
+
+        if refusal is not None:
+            _refuse_foreign(refusal)
+        if self.read_only:
+            _refuse_read_only(
+                "the console takes input for the guest: it is served on the read-write socket only"
+            )
+        path: str = scope["path"]
+        handler, params = _route("GET", path)
+        if handler is not ApiApp.console_http:
+            _no_route(path)
+        name = params["name"]
+        force = _bool_param(_parse_query(scope.get("query_string", b"")), "force") or False
+        client = ConsoleClient(pid=peer.pid if peer else None, uid=peer.uid if peer else None)
+        try:
+            return name, force, self.facade.domain_console(name).attach(client, force=force)
+        except NoConsole as exc:
+            raise HttpProblem(409, "no-console", str(exc), field="name") from exc
+        except ConsoleBusy as exc:
+            raise HttpProblem(409, "console-busy", str(exc), field="force") from exc
+        except VsvError as exc:
+            raise problem_for(exc, field="name") from exc
+
     # --- networks -----------------------------------------------------------------------------
 
     async def list_networks(self, request: Request) -> Reply:
@@ -826,16 +916,69 @@ class ApiApp:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _refuse_read_only() -> None:
-    raise HttpProblem(
-        403,
-        "read-only",
-        "this is the read-only socket: use the read-write socket to change anything",
-    )
+def _refuse_read_only(
+    detail: str = "this is the read-only socket: use the read-write socket to change anything",
+) -> None:
+    raise HttpProblem(403, "read-only", detail)
+
+
+def _no_route(path: str) -> None:
+    raise HttpProblem(404, "no-route", f"no WebSocket endpoint at {path}", field="path")
 
 
 def _refuse_foreign(detail: str) -> None:
     raise HttpProblem(403, "forbidden", detail)
+
+
+async def _console_output(session: ConsoleSession, send: Send, done: trio.CancelScope) -> None:
+    """The guest's output to the client; when the session ends (taken over by another client,
+    the guest stopped) a ``closed`` message says why, and the WebSocket is closed."""
+    while True:
+        out = await session.next_output()
+        if out.skipped:
+            text = json.dumps({"type": "skipped", "bytes": out.skipped})
+            await send({"type": "websocket.send", "text": text})
+        if out.data:
+            await send({"type": "websocket.send", "bytes": out.data})
+        if out.ended is not None:
+            closed = {"type": "closed", "reason": out.ended, "detail": out.detail}
+            await send({"type": "websocket.send", "text": json.dumps(closed)})
+            await send({"type": "websocket.close", "code": 1000})
+            done.cancel()
+            return
+
+
+def _console_control(session: ConsoleSession, text: str | None) -> bool:
+    """A text message from a console client: ``{"type": "resize", "rows": R, "cols": C}``;
+    other types are ignored (later clients may send more). False: not a JSON object."""
+    try:
+        message = json.loads(text or "")
+    except ValueError:
+        return False
+    if not isinstance(message, dict):
+        return False
+    if message.get("type") == "resize":
+        rows, cols = message.get("rows"), message.get("cols")
+        # bool is an int too: a size is a number of rows and columns, nothing else
+        sizes = [v for v in (rows, cols) if type(v) is int and 0 < v < 65536]
+        if len(sizes) == 2:
+            session.resize(sizes[0], sizes[1])
+    return True
+
+
+async def _deny_websocket(send: Send, problem: HttpProblem, *, seq: int) -> None:
+    """Refuse a WebSocket upgrade with an ordinary problem answer (the ASGI WebSocket Denial
+    Response extension, which hypercorn implements), so a client reads it as any refusal."""
+    body = json_bytes(problem.document())
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-vsv-seq", str(seq).encode()),
+    ]
+    await send(
+        {"type": "websocket.http.response.start", "status": problem.status, "headers": headers}
+    )
+    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
 
 
 def busy_response(detail: str, *, seq: int) -> bytes:
@@ -903,6 +1046,7 @@ ROUTES: list[tuple[str, tuple[str, ...], Handler]] = [
     ("GET", ("v1", "domains", _NAME, "interfaces"), ApiApp.domain_interfaces),
     ("GET", ("v1", "domains", _NAME, "stats"), ApiApp.domain_stats),
     ("GET", ("v1", "stats"), ApiApp.stats),
+    ("GET", ("v1", "domains", _NAME, "console"), ApiApp.console_http),
     ("PUT", ("v1", "domains", _NAME, "autostart"), ApiApp.set_autostart),
     ("GET", ("v1", "domains", _NAME, "schedinfo"), ApiApp.get_schedinfo),
     ("PUT", ("v1", "domains", _NAME, "schedinfo"), ApiApp.set_schedinfo),

@@ -86,6 +86,9 @@ SCHEMAS: dict[str, Any] = {
                     "forbidden",
                     "too-large",
                     "too-many-connections",
+                    "no-console",
+                    "console-busy",
+                    "upgrade-required",
                     "runtime-failure",
                     "internal",
                     "error",
@@ -592,6 +595,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
     }
+    paths["/v1/domains/{name}/console"] = _console_path(name)
     for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume"):
         params = list(name)
         if action == "shutdown":
@@ -627,6 +631,43 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": SCHEMAS},
     }
+
+
+#: what OpenAPI cannot say about the console's WebSocket, for readers of the document
+_CONSOLE_MESSAGES = {
+    "binary": "the terminal's bytes: keystrokes to the guest, its output to the client",
+    "client_text": {
+        "resize": '{"type": "resize", "rows": R, "cols": C} (1..65535 each); other types are '
+        "ignored, text that is not a JSON object closes the WebSocket with code 1007",
+    },
+    "server_text": {
+        "skipped": '{"type": "skipped", "bytes": N}: output the client was too slow for '
+        "(the guest's log has it)",
+        "closed": '{"type": "closed", "reason": "taken-over" | "stopped", "detail": "..."}: '
+        "sent before the server closes the WebSocket (code 1000)",
+    },
+}
+
+
+def _console_path(name: list[dict[str, Any]]) -> dict[str, Any]:
+    """``/v1/domains/{name}/console``: a WebSocket (RFC 6455), which OpenAPI 3.1 cannot
+    describe; the upgrade and its refusals are written here as HTTP, the messages in
+    ``x-websocket`` (docs/api.md has the whole protocol)."""
+    op = _op(
+        "the domain's console as a WebSocket (read-write socket only): send 'Upgrade: "
+        "websocket'; one client at a time, force=true takes the console over. Refusals are "
+        "problem answers to the upgrade: 404 not-found, 409 no-console / invalid-operation (not "
+        "running) / console-busy, 403 read-only; without the upgrade, 426 upgrade-required",
+        {"description": "Switching Protocols: the WebSocket is open"},
+        status="101",
+        params=[
+            *name,
+            _query("force", {"type": "boolean"}, "take the console over from the attached client"),
+        ],
+        op_id="domainConsole",
+    )
+    op["x-websocket"] = _CONSOLE_MESSAGES
+    return {"get": op}
 
 
 def dump() -> str:

@@ -81,6 +81,7 @@ EXIT_NOT_FOUND = 127
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_DUMPABLE = 4
 
 
@@ -243,6 +244,9 @@ class Command:
 def run_in_guest(target: Target, command: Command, *, tty: bool = False) -> int:
     """Run ``command`` inside ``target`` and wait for it: its exit status (see the docstring).
 
+    Meant for a process of its own (``vsv exec``): it becomes a child subreaper and may reap
+    any child of the caller.
+
     ``tty``: the command gets a new pseudo-terminal (its controlling terminal), relayed to this
     process's stdin and stdout, which must be a terminal (put in raw mode meanwhile).
     """
@@ -255,6 +259,10 @@ def run_in_guest(target: Target, command: Command, *, tty: bool = False) -> int:
         try:
             if tty:
                 _copy_window_size(0, slave)
+            # the command is our grandchild; if the process between us dies first (it is in
+            # the guest's cgroups, which a guest's reboot or destroy kills), the command or
+            # its zombie becomes our child and its own status is still reported
+            _become_subreaper()
             pid = os.fork()
             if pid == 0:
                 if tty:
@@ -264,11 +272,34 @@ def run_in_guest(target: Target, command: Command, *, tty: bool = False) -> int:
                 os.close(slave)
                 slave = -1
                 _relay(master, pid)
-            return _status(os.waitpid(pid, 0)[1])
+            status = os.waitpid(pid, 0)[1]
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+                orphan = _orphan_status()
+                if orphan is not None:
+                    return _status(orphan)
+            return _status(status)
         finally:
             for fd in (master, slave):
                 if fd >= 0:
                     os.close(fd)
+
+
+def _become_subreaper() -> None:
+    """Adopt our descendants that lose their parent (PR_SET_CHILD_SUBREAPER)."""
+    if _libc.prctl(ctypes.c_int(_PR_SET_CHILD_SUBREAPER), ctypes.c_ulong(1), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:  # fmt: skip
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def _orphan_status() -> int | None:
+    """The wait status of the command once its parent was killed: it was re-parented to us
+    before we saw that parent end (the kernel re-parents children first). None if the parent
+    had already reaped it."""
+    try:
+        return os.waitpid(-1, 0)[1]
+    except ChildProcessError:
+        return None
 
 
 def _copy_window_size(src: int, dst: int) -> None:

@@ -39,7 +39,8 @@ import errno
 import itertools
 import os
 import signal
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import attrs
@@ -47,25 +48,22 @@ import trio
 
 from supervisor.errors import RuntimeFailure
 from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram, v1_lines
-from supervisor.model import Domain
+from supervisor.model import BlkioTune, Domain
+from supervisor.validate import kernel_cpu_list, parse_cpuset
 
 LayoutKind = Literal["v1", "v2", "hybrid"]
 
 #: v1 controllers a guest gets a directory in (when the machine has them).
-#: blkio only for its counters (``vsv domstats``' block.* figures; the model sets no I/O limits)
-V1_CONTROLLERS: tuple[str, ...] = (
-    "cpu",
-    "cpuacct",
-    "memory",
-    "pids",
-    "freezer",
-    "devices",
-    "blkio",
-)
+V1_CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "memory", "pids", "freezer", "devices")
 #: how long freeze/thaw/kill_all/remove wait for the kernel before giving up
 SETTLE_TIMEOUT = 5.0
-#: v2 controllers enabled for guests (when the machine offers them); io for its io.stat counters
-V2_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids", "io")
+#: v2 controllers enabled for guests (when the machine offers them).
+V2_CONTROLLERS: tuple[str, ...] = ("cpu", "memory", "pids")
+#: Controllers a guest's cgroup joins only when its domain uses them, by v1 name -> v2 name:
+#: ``cpuset`` for ``<vcpu cpuset>``, ``blkio`` (v2 ``io``) for ``<blkiotune>``. Every guest
+#: joining them would cost a directory and an attach per hierarchy at every start for nothing.
+OPTIONAL: dict[str, str] = {"cpuset": "cpuset", "blkio": "io"}
+OPTIONAL_V1: tuple[str, ...] = tuple(OPTIONAL)
 
 _KNOWN_V1 = frozenset(
     {
@@ -116,10 +114,11 @@ class CgroupLayout:
             return self.unified
         return self.v1_path(controller)
 
-    def hierarchies(self) -> tuple[str, ...]:
-        """Every hierarchy directory a guest gets a cgroup in: wanted v1 ones, then unified."""
+    def hierarchies(self, extra: Iterable[str] = ()) -> tuple[str, ...]:
+        """Every hierarchy directory a guest gets a cgroup in: wanted v1 ones (and the
+        optional ``extra`` ones), then unified."""
         seen: list[str] = []
-        for ctrl in V1_CONTROLLERS:
+        for ctrl in (*V1_CONTROLLERS, *extra):
             path = self.v1_path(ctrl)
             if path is not None and path not in seen:
                 seen.append(path)
@@ -258,6 +257,88 @@ def memory_writes(domain: Domain, layout_kind: LayoutKind) -> list[tuple[str, st
     return writes
 
 
+#: ``<blkiotune><device>`` throttle -> (v1 file, v2 ``io.max`` key)
+_THROTTLE_FILES: dict[str, tuple[str, str]] = {
+    "read_bytes_sec": ("blkio.throttle.read_bps_device", "rbps"),
+    "write_bytes_sec": ("blkio.throttle.write_bps_device", "wbps"),
+    "read_iops_sec": ("blkio.throttle.read_iops_device", "riops"),
+    "write_iops_sec": ("blkio.throttle.write_iops_device", "wiops"),
+}
+
+
+def block_device(path: str) -> tuple[int, int]:
+    """A block device node's (major, minor), for ``<blkiotune><device><path>``."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise RuntimeFailure(f"<blkiotune><device><path>{path}: {e.strerror}") from e
+    if not stat.S_ISBLK(st.st_mode):
+        raise RuntimeFailure(f"<blkiotune><device><path>{path}: not a block device")
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def blkio_writes(
+    tune: BlkioTune,
+    kind: Literal["v1", "v2"],
+    present: frozenset[str],
+    device: Callable[[str], tuple[int, int]],
+) -> list[tuple[str, list[str]]]:
+    """The (file, values) writes for ``<blkiotune>``, each value one write(2), in order.
+
+    Pure but for ``device`` (a path to its numbers), so the mapping is unit tested without a
+    kernel. ``present`` is the files the guest's directory has: a weight goes to BFQ's file
+    when the kernel has one, else to the controller's own (CFQ's on v1, ``io.weight`` on v2),
+    as libvirt does; with neither the weight cannot be applied and that is an error naming the
+    element. A throttle of 0 is libvirt's "no limit": v1 takes 0, v2's ``io.max`` ``max``.
+    """
+    prefix = "io" if kind == "v2" else "blkio"
+    weight_file = next(
+        (f for f in (f"{prefix}.bfq.weight", f"{prefix}.weight") if f in present), None
+    )
+    writes: list[tuple[str, list[str]]] = []
+    weighted = tune.weight is not None or any(d.weight is not None for d in tune.devices)
+    if weighted and weight_file is None:
+        raise RuntimeFailure(
+            "<blkiotune><weight>: this machine's block I/O controller has no weight "
+            f"({prefix}.weight or {prefix}.bfq.weight: no BFQ or CFQ I/O scheduler)"
+        )
+    if tune.weight is not None:
+        assert weight_file is not None
+        writes.append(
+            (weight_file, [f"default {tune.weight}" if kind == "v2" else str(tune.weight)])
+        )
+    device_weights: list[str] = []
+    throttles: dict[str, list[str]] = {}
+    io_max: list[str] = []
+    for dev in tune.devices:
+        major, minor = device(dev.path)
+        node = f"{major}:{minor}"
+        if dev.weight is not None:
+            device_weights.append(f"{node} {dev.weight}")
+        limits = [(field, getattr(dev, field)) for field in _THROTTLE_FILES]
+        if kind == "v2":
+            keys = [
+                f"{_THROTTLE_FILES[field][1]}={value or 'max'}"
+                for field, value in limits
+                if value is not None
+            ]
+            if keys:
+                io_max.append(f"{node} {' '.join(keys)}")
+        else:
+            for field, value in limits:
+                if value is not None:
+                    throttles.setdefault(_THROTTLE_FILES[field][0], []).append(f"{node} {value}")
+    if device_weights:
+        assert weight_file is not None
+        # v1's per-device weights have a file of their own; v2's share the weight file
+        fname = weight_file if kind == "v2" else weight_file + "_device"
+        writes.append((fname, device_weights))
+    writes.extend(throttles.items())
+    if io_max:
+        writes.append(("io.max", io_max))
+    return writes
+
+
 @attrs.define(eq=False)
 class GuestCgroup:
     """The cgroup directories of one guest, in every hierarchy the layout has.
@@ -276,6 +357,8 @@ class GuestCgroup:
     #: False leaves the device allowlist out: for a measurement of what it costs
     #: (bench/bench_confine.py) only; the runtime never makes such a cgroup
     restrict_devices: bool = attrs.field(default=True, kw_only=True)
+    #: the optional v1 controllers (:data:`OPTIONAL_V1`) this guest's cgroup joined
+    extra: tuple[str, ...] = attrs.field(default=(), kw_only=True)
 
     @property
     def dirname(self) -> str:
@@ -288,7 +371,12 @@ class GuestCgroup:
 
     def paths(self) -> tuple[str, ...]:
         """The guest's directory in every hierarchy it uses."""
-        return tuple(self.path_in(h) for h in self.layout.hierarchies())
+        return tuple(self.path_in(h) for h in self.layout.hierarchies(self.extra))
+
+    def every_path(self) -> tuple[str, ...]:
+        """The guest's directory in every hierarchy it may use (the optional ones too): what
+        is looked at and removed, also by a supervisor that adopted the guest."""
+        return tuple(self.path_in(h) for h in self.layout.hierarchies(OPTIONAL_V1))
 
     def controller_dir(self, controller: str) -> str | None:
         """The directory holding a controller's files for this guest, or None if unavailable."""
@@ -370,11 +458,74 @@ class GuestCgroup:
         return out
 
     def apply_limits(self, domain: Domain) -> None:
-        """Write the domain's memtune and pids limits (only the ones the domain gives).
+        """Write the domain's memtune, pids, cpuset and blkiotune settings (only the ones the
+        domain gives).
 
         A v1 memsw file that does not exist (swap accounting off) is skipped: the kernel offers
-        no way to limit swap then, and refusing to start the guest would help no one.
+        no way to limit swap then, and refusing to start the guest would help no one. A cpuset
+        or an I/O setting the machine cannot apply is a failure that names the element: the
+        guest would otherwise run with less confinement than its document says.
         """
+        self._apply_memory(domain)
+        if domain.cpuset is not None:
+            self._apply_cpuset(domain.cpuset)
+        if domain.blkiotune is not None:
+            self._apply_blkio(domain.blkiotune)
+
+    def _join(self, controller: str, element: str) -> tuple[str, bool]:
+        """The guest's directory for an optional controller's files, made (v1) or with the
+        controller enabled in the parent (v2); and whether it is the v2 one."""
+        unified = self.layout.unified
+        if unified is not None and OPTIONAL[controller] in self.layout.v2_controllers:
+            parent = os.path.join(unified, self.base)
+            name = OPTIONAL[controller]
+            control = os.path.join(parent, "cgroup.subtree_control")
+            if name not in _read(control).split():
+                _write(control, "+" + name)
+            return self.path_in(unified), True
+        hierarchy = self.layout.v1_path(controller)
+        if hierarchy is None:
+            raise RuntimeFailure(
+                f"{element}: this machine has no {controller} controller (v1 {controller}, "
+                f"v2 {OPTIONAL[controller]}) to apply it"
+            )
+        path = self.path_in(hierarchy)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise RuntimeFailure(f"cannot create cgroup {path}: {e.strerror}") from e
+        if controller not in self.extra:
+            self.extra = (*self.extra, controller)
+        return path, False
+
+    def _apply_cpuset(self, cpuset: str) -> None:
+        """``<vcpu cpuset>``: the guest's CPUs, which must be among those its parent has (a v1
+        cpuset directory starts with none, and its memory nodes are the parent's)."""
+        element = f"<vcpu cpuset='{cpuset}'>"
+        path, v2 = self._join("cpuset", element)
+        parent = os.path.dirname(path)
+        effective = "cpuset.cpus.effective" if v2 else "cpuset.effective_cpus"
+        available = parse_cpuset(_read(os.path.join(parent, effective)).strip())
+        wanted = parse_cpuset(cpuset)
+        if not wanted <= available:
+            raise RuntimeFailure(
+                f"{element}: CPUs {kernel_cpu_list(wanted - available)} are not this host's "
+                f"(guests may use {kernel_cpu_list(available)})"
+            )
+        if not v2 and not _read(os.path.join(path, "cpuset.mems")).strip():
+            _write(os.path.join(path, "cpuset.mems"), _read(os.path.join(parent, "cpuset.mems")))
+        _write(os.path.join(path, "cpuset.cpus"), kernel_cpu_list(wanted))
+
+    def _apply_blkio(self, tune: BlkioTune) -> None:
+        """``<blkiotune>``: the weight and each device's weight and throttles."""
+        path, v2 = self._join("blkio", "<blkiotune>")
+        present = frozenset(os.listdir(path))
+        for fname, values in blkio_writes(tune, "v2" if v2 else "v1", present, block_device):
+            _write_each(os.path.join(path, fname), values)
+
+    def _apply_memory(self, domain: Domain) -> None:
         for path, value in self.limit_writes(domain):
             if path.endswith("memory.memsw.limit_in_bytes") and not os.path.exists(path):
                 continue
@@ -397,7 +548,20 @@ class GuestCgroup:
     # -- membership ----------------------------------------------------------------------------
 
     def procs_files(self) -> tuple[str, ...]:
-        """The ``cgroup.procs`` files :meth:`attach_self` writes to (precomputed by spawners)."""
+        """The ``cgroup.procs`` files :meth:`attach_self` writes to (precomputed by spawners).
+
+        An optional hierarchy's directory that exists is joined too, though :attr:`extra` does
+        not name it: a supervisor that adopted a running guest respawns its init (a reboot)
+        into every cgroup the guest had.
+        """
+        for ctrl in OPTIONAL_V1:
+            hierarchy = self.layout.v1_path(ctrl)
+            if (
+                ctrl not in self.extra
+                and hierarchy is not None
+                and os.path.isdir(self.path_in(hierarchy))
+            ):
+                self.extra = (*self.extra, ctrl)
         return tuple(os.path.join(p, "cgroup.procs") for p in self.paths())
 
     def attach_self(self) -> None:
@@ -416,7 +580,7 @@ class GuestCgroup:
     def pids(self) -> set[int]:
         """Every process in the guest's cgroup (union over hierarchies)."""
         found: set[int] = set()
-        for path in self.paths():
+        for path in self.every_path():
             try:
                 with open(os.path.join(path, "cgroup.procs")) as f:
                     found.update(int(x) for x in f.read().split())
@@ -549,7 +713,7 @@ class GuestCgroup:
         Retries while the kernel still reports exiting tasks (EBUSY); a directory that is gone
         already counts as removed, so this is safe to call twice.
         """
-        await remove_dirs(self.paths())
+        await remove_dirs(self.every_path())
 
     # -- readers -------------------------------------------------------------------------------
 
@@ -620,7 +784,7 @@ def _kill_each(pids: Iterable[int]) -> None:
 def find_leftovers(layout: CgroupLayout, prefix: str, base: str = "") -> list[str]:
     """Every cgroup directory under ``base`` of any hierarchy whose name starts with ``prefix``."""
     found: list[str] = []
-    for hierarchy in layout.hierarchies():
+    for hierarchy in layout.hierarchies(OPTIONAL_V1):
         parent = os.path.join(hierarchy, base)
         try:
             names = sorted(os.listdir(parent))

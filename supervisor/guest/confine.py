@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from supervisor.model import CapsPolicy, Domain
+from supervisor.model import CapsPolicy, Domain, SharedNamespace
 
 #: Linux capability numbers (include/uapi/linux/capability.h), by libvirt's lower-case names.
 CAPABILITIES: Final[dict[str, int]] = {
@@ -263,6 +263,20 @@ def dialect_name(domain: Domain) -> str:
     return f"the {domain.type} dialect's default {where}"
 
 
+#: what two guests have in common through a namespace one shares, by kind
+_SHARED_REACH: Final = {
+    "net": "interfaces, addresses, routes, ports and traffic",
+    "ipc": "System V IPC objects and POSIX message queues",
+    "uts": "the host name, which either may change",
+}
+
+
+def _share_widening(share: SharedNamespace) -> str:
+    """The widening a ``<lxc:share...>`` is: the guest is no longer alone in that namespace."""
+    whose = f"guest {share.value}" if share.type == "name" else f"the netns {share.value}"
+    return f"joins the {share.kind} namespace of {whose}: the two share {_SHARED_REACH[share.kind]}"
+
+
 def widenings(domain: Domain) -> list[tuple[str, str]]:
     """(where, message) for each way the document widens the default confinement.
 
@@ -270,6 +284,17 @@ def widenings(domain: Domain) -> list[tuple[str, str]]:
     that nobody widens a guest without seeing it.
     """
     out: list[tuple[str, str]] = []
+    for i, iface in enumerate(domain.interfaces):
+        if iface.filterref == "vsv-allow-all":
+            out.append(
+                (
+                    f"devices/interface[{i + 1}]/filterref",
+                    "vsv-allow-all turns anti-spoofing off: the NIC may send from any MAC and "
+                    "address, and answer DHCP and router solicitations",
+                )
+            )
+    for share in domain.shared_namespaces:
+        out.append((f"lxc:namespace/lxc:share{share.kind}", _share_widening(share)))
     spec = domain.capabilities
     if spec is None:
         return out

@@ -54,6 +54,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -107,7 +108,11 @@ MountTuple = tuple[str, str, str, str, bool]
 #: ``lo`` the embryo brings up (as libvirt's LXC driver does; a guest without net_admin could
 #: not); ``pivot``: switch root with pivot_root (False only for a measurement: chroot);
 #: ``resys``: the /sys steps of ``mounts``, done again should ``G`` hand over a network
-#: namespace other than the one the embryo was born in.
+#: namespace other than the one the embryo was born in; ``joins``: (CLONE_NEW* flag, file,
+#: inode or 0) of namespaces entered before anything else (another guest's, ``<lxc:namespace>``),
+#: the file checked to be that namespace still; ``console``: init's stdio is a new pty of
+#: the guest's own devpts, whose master goes to the supervisor (:func:`make_console`). An empty
+#: ``hostname`` leaves the name alone.
 Activation = tuple[
     tuple[str, ...],
     tuple[tuple[str, str], ...],
@@ -125,6 +130,8 @@ Activation = tuple[
     bool,
     bool,
     tuple[MountTuple, ...],
+    tuple[tuple[int, str, int], ...],
+    bool,
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -152,8 +159,11 @@ class _MountAttr(ctypes.Structure):
 # -- the embryo side (runs before the exec of the guest's init, and in vsv exec) ----------------
 
 
-#: detached mount trees made by ``clone_tree`` steps, by the target they are attached to
+#: detached mount trees made by ``clone_tree`` steps (or passed with the activation for
+#: ``fd_tree`` ones), by the target they are attached to
 _trees: dict[str, int] = {}
+#: the most detached mounts an activation may carry (one per device filesystem)
+MAX_PASSED_MOUNTS = 64
 #: the first file masked with each source, read-only, which later masks bind instead
 _masks: dict[str, str] = {}
 
@@ -227,6 +237,8 @@ def _run_mount(op: MountTuple) -> None:
                 raise OSError(err, f"umount {target}: {os.strerror(err)}")
     elif kind == "tmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    elif kind == "fd_tree":
+        pass  # its fd, passed with the activation, was put in _trees then (_embryo)
     elif kind == "devtmpfs":
         _mount(source or "tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, options)
     elif kind == "sysfs":
@@ -526,14 +538,18 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
     otherwise.
     """
     (argv, env, hostname, flags, mounts, late_mounts, _root, wd, uid, gid,
-     keep, drop, program, own_net, pivot, resys) = request  # fmt: skip
+     keep, drop, program, own_net, pivot, resys, joins,
+     console) = request  # fmt: skip
     born_in = os.stat("/proc/self/ns/net").st_ino
     null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
     os.dup2(out_fd if out_fd >= 0 else null, 1)
     os.dup2(out_fd if out_fd >= 0 else null, 2)
+    for nstype, path, inode in joins:
+        _join(nstype, path, inode)
     _check(_libc.unshare(flags), "unshare")
-    socket.sethostname(hostname)
+    if hostname:
+        socket.sethostname(hostname)
     for op in mounts:
         run_mount(op)
     # the steps after G name paths relative to the guest's root, which is "/" from here on
@@ -541,6 +557,8 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
         pivot_into(".")  # the guest's root: a "chdir" step of ``mounts`` went there
     else:
         os.chroot(".")
+    if console:
+        make_console(sock)
     _guest_nofile()
     confiner = Confiner(keep, program)
     confiner.drop_bounding(drop)
@@ -569,6 +587,57 @@ def become_guest(request: Activation, out_fd: int, sock: socket.socket) -> None:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as e:
         raise _ExecFailed(f"init {argv[0]} could not be executed: {e.strerror}") from None
+
+
+def _join(nstype: int, path: str, inode: int) -> None:
+    """Enter the namespace ``path`` names, if it still is the one with ``inode`` (0: any)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if inode and os.fstat(fd).st_ino != inode:
+            raise OSError(errno.ESRCH, f"{path} is no longer the namespace to join (it ended)")
+        _check(_libc.setns(fd, nstype), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+#: ioctls of the pty driver the termios module does not name (asm-generic numbers, which
+#: x86_64, aarch64 and riscv64 use: the architectures of SYS_CLONE)
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+#: the message that carries the console's master to the supervisor (SCM_RIGHTS)
+CONSOLE_MESSAGE = b"C"
+
+
+def make_console(sock: socket.socket) -> None:
+    """Give the embryo, after the root switch, a console: a new pty of the guest's own devpts
+    (``/dev/pts``, a new instance the mount steps made), the slave as stdin, stdout and stderr
+    and as the controlling terminal (the embryo is a session leader since its birth, so a shell
+    as init gets job control), bound on ``/dev/console`` as libvirt's LXC driver does; the
+    master goes to the supervisor on ``sock``, which reads the guest's output from it.
+
+    Made in the guest's devpts rather than the host's so that nothing the guest holds belongs
+    to the host's: a slave of the host's devpts would show the host's pty numbers and be a
+    handle on the filesystem that holds every host terminal. The slave is opened through its
+    master (TIOCGPTPEER), not by a path the guest's tree could redirect.
+    """
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
+        # a file on the guest's /dev (our tmpfs) to bind the slave on
+        os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        _mount(f"/dev/pts/{number}", "/dev/console", None, MS_BIND, "")
+        sock.sendmsg(
+            [CONSOLE_MESSAGE], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]))]
+        )
+    finally:
+        os.close(master)
 
 
 def _recv_fds(sock: socket.socket, most: int) -> tuple[bytes, list[int]]:
@@ -619,10 +688,17 @@ def _embryo(sock_fd: int, server_fd: int, flags: int) -> None:
             except OSError:
                 pass  # done at G instead
         _warm_up()
-        data, out_fd = _recv_with_fd(sock)
+        data, fds = _recv_fds(sock, 1 + MAX_PASSED_MOUNTS)
         if not data:
             os._exit(0)  # the supervisor closed the pool, or died
-        become_guest(marshal.loads(data), out_fd, sock)
+        request = marshal.loads(data)
+        # the last fds are detached mounts, one per fd_tree step in order; the first, when
+        # there is one more, the guest's output
+        targets = [op[1] for op in request[4] if op[0] == "fd_tree"]
+        if targets:
+            _trees.update(zip(targets, fds[len(fds) - len(targets) :], strict=True))
+        out_fd = fds[0] if len(fds) > len(targets) else -1
+        become_guest(request, out_fd, sock)
     except BaseException as e:
         if isinstance(e, _ExecFailed):
             stage, code, text = b"X", 127, str(e)

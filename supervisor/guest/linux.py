@@ -20,7 +20,7 @@ from supervisor.guest import procs, spawn
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
 from supervisor.guest.devices import DEFAULT_DEVICE_RULES, DeviceProgram
 from supervisor.model import Domain
-from supervisor.runtime import CgroupHandle, PendingSpawn, ProcessHandle
+from supervisor.runtime import CgroupHandle, NamespaceJoin, PendingSpawn, ProcessHandle
 
 
 @attrs.define(eq=False)
@@ -104,10 +104,17 @@ class LinuxRuntime:
             restrict_devices=self.restrict_devices,
         )
 
-    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> PendingSpawn:
+    async def begin_spawn(
+        self, domain: Domain, *, log_path: str | None, joins: tuple[NamespaceJoin, ...] = ()
+    ) -> PendingSpawn:
         return _LinuxPending(
             await spawn.begin_spawn(
-                self.pool, domain, log_path=log_path, host=self.host, layers=self.layers
+                self.pool,
+                domain,
+                log_path=log_path,
+                host=self.host,
+                layers=self.layers,
+                joins=joins,
             )
         )
 

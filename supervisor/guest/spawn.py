@@ -64,6 +64,13 @@ import trio
 
 from supervisor.errors import RuntimeFailure
 from supervisor.guest import confine, forkserver, procs, seccomp
+from supervisor.guest.blockdev import (
+    LoopDevice,
+    attach_loop,
+    check_block_device,
+    detached_mount,
+    filesystem_type,
+)
 from supervisor.guest.cgroups import CgroupLayout, GuestCgroup, detect_layout
 from supervisor.guest.forkserver import (
     CLONE_NEWIPC,
@@ -76,8 +83,8 @@ from supervisor.guest.forkserver import (
     MountTuple,
 )
 from supervisor.guest.ids import resolve_ids
-from supervisor.model import Domain
-from supervisor.runtime import GuestExit, Namespaces
+from supervisor.model import Domain, Filesystem
+from supervisor.runtime import GuestExit, NamespaceJoin, Namespaces
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +142,8 @@ class MountOp:
     bind in two steps, for a source only the host's root may reach), ``node`` (mknod a
     character device: ``source`` "c MAJOR MINOR", ``options`` the octal mode), ``file`` (create
     an empty file as a bind target), ``dir`` (mkdir -p), ``symlink`` (``source`` is the link
-    text).
+    text), ``fd_tree`` (a detached mount the supervisor made and passed with the activation,
+    kept for ``attach_tree`` on ``target``: a filesystem on a device).
     """
 
     kind: str
@@ -273,6 +281,11 @@ class SpawnPlan:
     #: /sys, mounted before ``G`` in the network namespace the embryo was born in: done again if
     #: ``G`` hands it another one (a wrong guess of the kind of embryo; see begin_spawn)
     resys: tuple[MountOp, ...] = ()
+    #: namespaces entered first: (CLONE_NEW* flag, file, inode it must have or 0)
+    joins: tuple[tuple[int, str, int], ...] = ()
+    #: init's stdio is a console: a pty of the guest's own devpts whose master the supervisor
+    #: gets (forkserver.make_console); else /dev/null and the log
+    console: bool = False
 
     @property
     def userns(self) -> bool:
@@ -298,7 +311,24 @@ class SpawnPlan:
             self.own_net,
             self.pivot,
             tuple(m.as_tuple() for m in self.resys),
+            self.joins,
+            self.console,
         )
+
+
+#: filesystem types mounted from a device node (a loop device over an image, a block device)
+DEVICE_FILESYSTEMS = ("file", "block")
+
+
+#: ``NamespaceJoin.kind`` -> the flag setns(2) is given
+_JOIN_FLAGS = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+
+
+def device_filesystems(domain: Domain) -> list[Filesystem]:
+    """The domain's ``type='file'|'block'`` filesystems in the order their mounts are passed
+    to the embryo: the root first (its ``fd_tree`` step comes first), then as written."""
+    found = [fs for fs in domain.filesystems if fs.type in DEVICE_FILESYSTEMS]
+    return sorted(found, key=lambda fs: fs.target != "/")
 
 
 def _relative(op: MountOp, root: str) -> MountOp:
@@ -448,9 +478,19 @@ def plan_spawn(
     host_mounts: tuple[str, ...] = OWN_MOUNTS,
     layers: Layers = ALL_LAYERS,
     sysfs_early: bool = False,
+    devices: bool = False,
+    joins: tuple[NamespaceJoin, ...] = (),
 ) -> SpawnPlan:
     """Turn a domain into a :class:`SpawnPlan` (pure: the caller reads passwd/group files and
     the host's mount table, and compiles the seccomp filter).
+
+    ``joins``: namespaces the embryo enters (setns) before anything else, instead of the ones
+    it was born with (``<lxc:namespace>``); a guest that joins a UTS namespace leaves its host
+    name alone (it is the other guest's).
+
+    ``devices``: the caller mounted each ``<filesystem type='file'|'block'>`` itself, detached
+    (:func:`supervisor.guest.blockdev.detached_mount`), and passes the mounts' fds with the
+    activation, in :func:`device_filesystems` order; the plan attaches them (``fd_tree``).
 
     With ``netns_path`` the guest joins that network namespace rather than getting a new one.
     ``host_mounts`` matter only to a guest without a root filesystem (see _host_tree_mounts).
@@ -460,6 +500,9 @@ def plan_spawn(
     """
     host = host if host is not None else HostView()
     root_dir = domain.root_dir
+    root_fs = domain.root_filesystem
+    if not devices and any(fs.type in DEVICE_FILESYSTEMS for fs in domain.filesystems):
+        raise RuntimeFailure(f"domain {domain.name}: its device filesystems were not mounted")
     flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
     if domain.private_network and netns_path is None:
         flags |= CLONE_NEWNET
@@ -477,7 +520,14 @@ def plan_spawn(
     host_ops: list[MountOp] = [MountOp("private", "/")]
     own_ops: list[MountOp] = []
     masked = _masked_paths(host) if layers.masks else []
-    if root_dir is None:
+    on_device = root_fs is not None and root_fs.type in DEVICE_FILESYSTEMS
+    if root_fs is not None and on_device:
+        # mounted where the host-tree copy would go (the embryo's own /proc, unused by now),
+        # read-only from the start when asked: a read-only image cannot be mounted otherwise
+        root = STAGE
+        host_ops.extend([MountOp("fd_tree", STAGE), MountOp("attach_tree", STAGE)])
+        root_readonly = False
+    elif root_dir is None:  # no root filesystem: a copy of the host's tree
         root = STAGE
         host_ops.extend(_host_tree_mounts(host_mounts))
         own_ops.extend(MountOp("mask_open", p, source=NULL, optional=True) for p in masked)
@@ -495,6 +545,11 @@ def plan_spawn(
         if fs.type == "ram":
             size = f",size={fs.usage_kib}k" if fs.usage_kib is not None else ""
             step = MountOp("tmpfs", target, source="vsv-ram", options="mode=755" + size)
+        elif fs.type in DEVICE_FILESYSTEMS:
+            own_ops.extend(
+                [MountOp("dir", target), MountOp("fd_tree", target), MountOp("attach_tree", target)]
+            )
+            continue
         elif userns:
             host_ops.append(MountOp("clone_tree", target, source=fs.source))
             step = MountOp("attach_tree", target)
@@ -503,7 +558,7 @@ def plan_spawn(
         own_ops.extend([MountOp("dir", target), step])
         if fs.readonly:
             own_ops.append(MountOp("ro", target))
-    if root_dir is None:
+    if root_dir is None and not on_device:
         own_ops.extend(MountOp("ro", path, optional=True) for path in masked)
     if root_readonly:
         own_ops.append(MountOp("ro", root))
@@ -550,7 +605,8 @@ def plan_spawn(
     return SpawnPlan(
         argv=(os_spec.init, *os_spec.initargs),
         env=tuple(env.items()),
-        hostname=domain.hostname or domain.name,
+        hostname="" if domain.shared("uts") else domain.hostname or domain.name,
+        joins=tuple((_JOIN_FLAGS[j.kind], j.path, j.inode) for j in joins),
         clone_flags=flags,
         root=root,
         mounts=tuple(mounts),
@@ -566,6 +622,7 @@ def plan_spawn(
         own_net=domain.private_network,
         pivot=layers.root_switch,
         resys=tuple(_relative(op, root) for op in (*sys_ops, *cg_prep)) if sysfs_early else (),
+        console=bool(domain.consoles),
     )
 
 
@@ -656,6 +713,8 @@ class GuestProcess:
     wrapper: ChildProcess
     init_pid: int | None
     namespaces: Namespaces | None
+    #: the master of the guest's console pty (a domain with a ``<console>``), until taken
+    console: int | None = None
 
     @property
     def wrapper_pid(self) -> int:
@@ -665,6 +724,11 @@ class GuestProcess:
     async def wait(self) -> GuestExit:
         """Wait for the guest's init to end and say how."""
         return GuestExit.from_returncode(await self.wrapper.wait())
+
+    def take_console(self) -> int | None:
+        """The console's master, once: the caller owns it from here on (None: no console)."""
+        fd, self.console = self.console, None
+        return fd
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the guest's init.
@@ -689,6 +753,8 @@ def _prepare(
     netns_path: str | None = None,
     layers: Layers = ALL_LAYERS,
     sysfs_early: bool = False,
+    devices: bool = False,
+    joins: tuple[NamespaceJoin, ...] = (),
 ) -> SpawnPlan:
     """Check the root dir, read the guest's passwd/group if names need resolving, compile the
     seccomp filter for the guest's capabilities (once per set: it is cached), plan (the same
@@ -698,14 +764,18 @@ def _prepare(
     if root_dir is not None and not os.path.isdir(root_dir):
         raise RuntimeFailure(f"root directory {root_dir} of domain {domain.name} does not exist")
     root = os.path.abspath(root_dir) if root_dir is not None else "/"
+    root_fs = domain.root_filesystem
+    on_device = root_fs is not None and root_fs.type in DEVICE_FILESYSTEMS
     passwd = group = ""
-    if domain.os.inituser is not None or domain.os.initgroup is not None:
+    # a root on a device is mounted by the embryo only: its passwd cannot be read before, so
+    # only numeric ids work there (a name is reported as not in the guest's /etc/passwd)
+    if not on_device and (domain.os.inituser is not None or domain.os.initgroup is not None):
         passwd = _read_guest_file(root, "/etc/passwd")
         group = _read_guest_file(root, "/etc/group")
     caps = confine.seccomp_caps(confine.capability_set(domain), userns=bool(domain.idmap))
     program = seccomp.compile_profile(seccomp.profile_for(caps)) if layers.seccomp else b""
     host_mounts: tuple[str, ...] = OWN_MOUNTS
-    if root_dir is None:
+    if root_dir is None and not on_device:
         # read at every start: the host's mounts change (a network namespace added, say)
         try:
             with open("/proc/self/mountinfo") as f:
@@ -714,7 +784,7 @@ def _prepare(
             raise RuntimeFailure(f"cannot read /proc/self/mountinfo: {e.strerror}") from e
     env = tuple(extra_env.items()) if extra_env else ()
     args = (domain, host, passwd, group, env, netns_path, program, host_mounts, layers)
-    return _plan_cached(*args, sysfs_early)
+    return _plan_cached(*args, sysfs_early, devices, joins)
 
 
 @functools.lru_cache(maxsize=256)
@@ -729,6 +799,8 @@ def _plan_cached(
     host_mounts: tuple[str, ...],
     layers: Layers,
     sysfs_early: bool,
+    devices: bool,
+    joins: tuple[NamespaceJoin, ...],
 ) -> SpawnPlan:
     return plan_spawn(
         domain,
@@ -741,7 +813,36 @@ def _plan_cached(
         host_mounts=host_mounts,
         layers=layers,
         sysfs_early=sysfs_early,
+        devices=devices,
+        joins=joins,
     )
+
+
+def _mount_devices(domain: Domain, mounts: list[int]) -> None:
+    """Mount each ``<filesystem type='file'|'block'>`` detached, its fd appended to ``mounts``
+    (which the caller closes), in :func:`device_filesystems` order: an image through a loop
+    device (held only until its filesystem is mounted: see blockdev), a block device as it is;
+    the filesystem type as blkid finds it. Blocks (ioctls, blkid): run in a thread."""
+    for fs in device_filesystems(domain):
+        element = f"<filesystem type='{fs.type}'> on {fs.target}"
+        loop: LoopDevice | None = None
+        try:
+            if fs.type == "file":
+                label = f"{domain.name}:{fs.target}"
+                loop = attach_loop(fs.source, readonly=fs.readonly, label=label)
+                node = loop.path
+            else:
+                check_block_device(fs.source)
+                node = fs.source
+            fstype = filesystem_type(node, element)
+            mounts.append(detached_mount(node, fstype, readonly=fs.readonly))
+        except RuntimeFailure as e:
+            if str(e).startswith(element):
+                raise
+            raise RuntimeFailure(f"{element}: {e}") from e
+        finally:
+            if loop is not None:
+                loop.close()
 
 
 def _open_log(log_path: str | None) -> int | None:
@@ -788,8 +889,9 @@ async def spawn_init(
 
     :func:`begin_spawn` and :meth:`PendingStart.finish` in one go, for callers with nothing to
     do in between. Returns once the guest's init is running. stdin is /dev/null; stdout and
-    stderr go to ``log_path`` (appended) or /dev/null. Gives up with RuntimeFailure when init
-    is not running after ``START_TIMEOUT`` seconds.
+    stderr go to ``log_path`` (appended) or /dev/null; for a domain with a ``<console>`` all
+    three are a pty whose master is the result's ``console`` (``log_path`` is not used). Gives
+    up with RuntimeFailure when init is not running after ``START_TIMEOUT`` seconds.
     """
     pending = await begin_spawn(
         pool,
@@ -1201,6 +1303,8 @@ class PendingStart:
         wanted = CLONE_NEWNET if self.domain.private_network and netns_path is None else 0
         late = wanted & ~self.made
         report: list[bytes] = []
+        #: the console's master, which the embryo sent before its report (if it has a console)
+        console: list[int] = []
         try:
             try:
                 # into the guest's cgroup before init can run, then "go" with its netns
@@ -1223,7 +1327,7 @@ class PendingStart:
             except (OSError, RuntimeFailure) as e:
                 # an embryo that failed in its first phase has said why: that comes first
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    while msg := await _recv_message(embryo.sock):
+                    while msg := await _recv_message(embryo.sock, console=console):
                         report.append(msg)
                 if not report:
                     child.kill()
@@ -1238,30 +1342,43 @@ class PendingStart:
                         with trio.move_on_after(START_TIMEOUT) as waited:
                             # a lone start polls for init's exec rather than sleep (EXEC_SPIN)
                             spin = EXEC_SPIN if self.pool.finishing == 1 else 0.0
-                            while msg := await _recv_message(embryo.sock, spin=spin):
+                            while msg := await _recv_message(
+                                embryo.sock, spin=spin, console=console
+                            ):
                                 report.append(msg)
                 finally:
                     self.pool.finishing -= 1
                 if waited.cancelled_caught:
                     report = [f"Xinit did not start within {START_TIMEOUT}s".encode()]
                     child.kill()
+        except BaseException:
+            _close_fds(console)
+            raise
         finally:
             embryo.sock.close()
         text = b"".join(report).decode(errors="replace")
         if text:
+            _close_fds(console)
             with trio.CancelScope(shield=True):
                 await child.wait()
             if text[0] == "E":
                 raise RuntimeFailure(f"cannot start guest {name}: child setup failed: {text[1:]}")
             raise RuntimeFailure(f"cannot start guest {name}: {text[1:]}")
+        if self.domain.consoles and not console:
+            child.kill()
+            with trio.CancelScope(shield=True):
+                await child.wait()
+            raise RuntimeFailure(f"cannot start guest {name}: its console was not made")
+        master = console[0] if console else None
+        _close_fds(console[1:])
         # init is our own child: it runs already, and there is no wrapper to look below
         try:
             ns = Namespaces(**procs.ns_inodes(child.pid))
         except RuntimeFailure:
-            return GuestProcess(wrapper=child, init_pid=None, namespaces=None)
+            return GuestProcess(wrapper=child, init_pid=None, namespaces=None, console=master)
         if child.poll() is not None:
-            return GuestProcess(wrapper=child, init_pid=None, namespaces=None)
-        return GuestProcess(wrapper=child, init_pid=child.pid, namespaces=ns)
+            return GuestProcess(wrapper=child, init_pid=None, namespaces=None, console=master)
+        return GuestProcess(wrapper=child, init_pid=child.pid, namespaces=ns, console=master)
 
     async def abort(self) -> None:
         """Give up on the start: the embryo (if any) is killed and reaped."""
@@ -1285,9 +1402,10 @@ async def begin_spawn(
     joins_netns: bool | None = None,
     host: HostView | None = None,
     layers: Layers = ALL_LAYERS,
+    joins: tuple[NamespaceJoin, ...] = (),
 ) -> PendingStart:
     """Begin starting ``domain`` from an embryo of ``pool`` (which must be open) before its
-    cgroup and prepare hooks exist; see PendingStart.
+    cgroup and prepare hooks exist; see PendingStart. ``joins``: see :func:`plan_spawn`.
 
     ``joins_netns`` says whether :meth:`PendingStart.finish` will get a network namespace to
     join (None: guess from the domain, which has one from the network subsystem when it has
@@ -1307,12 +1425,36 @@ async def begin_spawn(
     elif joins_netns or not domain.private_network:
         birth &= ~CLONE_NEWNET
     host = host if host is not None else default_host()
-    # born in the network namespace it keeps: its /sys can be mounted before G
-    plan = _prepare(domain, extra_env, host, layers=layers, sysfs_early=bool(birth & CLONE_NEWNET))
+    # the device filesystems' detached mounts, passed to the embryo with the activation and
+    # closed here after it (the embryo has its own copies): a start that fails before the
+    # embryo attached them leaves nothing mounted
+    mounts: list[int] = []
     out_fd: int | None = None
     try:
-        out_fd = _open_log(log_path)
+        devices = any(fs.type in DEVICE_FILESYSTEMS for fs in domain.filesystems)
+        if devices:
+            await trio.to_thread.run_sync(_mount_devices, domain, mounts)
+        # born in the network namespace it keeps: its /sys can be mounted before G
+        early = bool(birth & CLONE_NEWNET)
+        plan = _prepare(
+            domain,
+            extra_env,
+            host,
+            layers=layers,
+            sysfs_early=early,
+            devices=devices,
+            joins=joins,
+        )
+        # a guest with a console writes to its pty: the supervisor copies that to the log
+        out_fd = None if plan.console else _open_log(log_path)
         embryo, child = await pool.take(birth)
+    except BaseException:
+        for fd in mounts:
+            os.close(fd)
+        if out_fd is not None:
+            os.close(out_fd)
+        raise
+    try:
         pending = PendingStart(domain, pool, embryo=embryo, child=child, made=birth | CLONE_NEWNS)
         if plan.userns:
             try:
@@ -1321,7 +1463,7 @@ async def begin_spawn(
                 await pending.abort()
                 raise
         activation = marshal.dumps(plan.activation())
-        fds = [] if out_fd is None else [out_fd]
+        fds = ([] if out_fd is None else [out_fd]) + mounts
         try:
             embryo.sock.sendmsg(
                 [activation], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -1333,6 +1475,8 @@ async def begin_spawn(
             ) from e
         return pending
     finally:
+        for fd in mounts:
+            os.close(fd)
         if out_fd is not None:
             os.close(out_fd)
 
@@ -1369,25 +1513,55 @@ def _move_to_cgroup(pid: int, procs_files: tuple[str, ...]) -> None:
             raise RuntimeFailure(f"cannot move pid {pid} to {procs_file}: {e.strerror}") from e
 
 
-async def _recv_message(sock: socket.socket, *, spin: float = 0.0) -> bytes:
+_FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
+
+
+async def _recv_message(
+    sock: socket.socket, *, spin: float = 0.0, console: list[int] | None = None
+) -> bytes:
     """One message from a non-blocking SEQPACKET socket; b"" at EOF.
 
     With ``spin`` > 0 it polls for up to that many seconds before it sleeps in epoll, passing a
     checkpoint each time round (other tasks run, and trio's epoll_wait does not block while we
-    are runnable): see :data:`EXEC_SPIN`.
+    are runnable): see :data:`EXEC_SPIN`. An embryo's console message (its pty master, passed
+    with SCM_RIGHTS) is not returned: the descriptor is appended to ``console`` (closed when
+    no list is given) and the next message is read.
     """
     until = time.perf_counter() + spin if spin > 0 else 0.0
     while True:
         try:
-            return sock.recv(4096)
+            data, ancdata, _flags, _addr = sock.recvmsg(4096, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
         except BlockingIOError:
             if until and time.perf_counter() < until:
                 os.sched_yield()  # the embryo may share this CPU: let it exec
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.wait_readable(sock)
+            continue
         except ConnectionResetError:
             return b""
+        fds = _fds_of(ancdata)
+        if data == forkserver.CONSOLE_MESSAGE and console is not None:
+            console.extend(fds)
+            continue
+        _close_fds(fds)
+        if data != forkserver.CONSOLE_MESSAGE:
+            return data
+
+
+def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors an SCM_RIGHTS message carried."""
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return list(fds)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def signal_name(sig: int) -> str:

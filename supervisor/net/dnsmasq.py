@@ -14,14 +14,16 @@ import ipaddress
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import attrs
 import trio
 
 from supervisor.errors import RuntimeFailure
-from supervisor.model import DhcpHost, Network
+from supervisor.model import DhcpHost, DhcpLease, DnsSrv, Network, NetworkIp
+from supervisor.net.nftables import lease_hook_script
 from supervisor.net.runner import in_netns
 
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -37,6 +39,8 @@ class DnsmasqFiles:
     leases: Path
     pid: Path
     log: Path
+    #: the ``dhcp-script`` that lets leased addresses through the network's anti-spoofing guard
+    hook: Path
 
     @classmethod
     def in_dir(cls, run_dir: Path, prefix: str, network: str) -> DnsmasqFiles:
@@ -49,60 +53,225 @@ class DnsmasqFiles:
             leases=run_dir / f"{base}.leases",
             pid=run_dir / f"{base}.pid",
             log=run_dir / f"{base}.log",
+            hook=run_dir / f"{base}.leasehook",
         )
+
+    def remove(self) -> None:
+        """Remove every file of the set (and a half-written ``.tmp``): a network that stopped
+        cleanly leaves nothing in the run dir. Its leases go too; a guest that runs on keeps
+        its address, which the supervisor reserves again when the network starts."""
+        for path in attrs.astuple(self, recurse=False):
+            for name in (path, path.with_name(path.name + ".tmp")):
+                name.unlink(missing_ok=True)
+
+
+#: the upstream servers of a network in the supervisor's own namespace (libvirt's)
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+#: a setting that says "derive the upstream resolv.conf from the host namespace"
+UPSTREAM_DERIVED = "derived"
+
+
+def upstream_resolv_file(
+    netns: str | None, exists: Callable[[str], bool] = os.path.exists
+) -> str | None:
+    """The resolv.conf whose servers a network's dnsmasq forwards to, for a host namespace.
+
+    The supervisor's own namespace: the host's ``/etc/resolv.conf``, which is what libvirt's
+    dnsmasq reads (it sets no ``resolv-file``). A named namespace (``/run/netns/NAME``, the
+    sandbox mode): ``/etc/netns/NAME/resolv.conf``, the file ``ip netns exec NAME`` shows its
+    programs as their resolv.conf, when it exists; otherwise None (no upstream at all), since the
+    host's resolvers are not the sandbox's and its queries must not go to them.
+    """
+    if netns is None:
+        return HOST_RESOLV_CONF
+    parent, _, name = netns.rstrip("/").rpartition("/")
+    if parent == "/run/netns" and name:
+        candidate = f"/etc/netns/{name}/resolv.conf"
+        if exists(candidate):
+            return candidate
+    return None
+
+
+def wants_dns(network: Network) -> bool:
+    """Whether the network's dnsmasq answers DNS (``<dns enable='no'>`` turns it off)."""
+    return network.dns_enable is not False
+
+
+def wants_dnsmasq(network: Network) -> bool:
+    """Whether the network runs a dnsmasq: it has an ``<ip>``, and DNS or DHCP to serve. An
+    IPv4 ``<ip>`` always has DHCP for the addresses reserved for guests (:func:`config_text`);
+    with DNS off, an IPv6-only network without ``<dhcp>`` runs none, so sends no router
+    advertisements either (libvirt's behaviour)."""
+    if not network.ips:
+        return False
+    return (
+        wants_dns(network)
+        or any(ip.family == "ipv4" for ip in network.ips)
+        or _dhcp_ip(network, "ipv6") is not None
+    )
+
+
+def lease_text(lease: DhcpLease | None) -> str | None:
+    """A lease time as dnsmasq reads it (``infinite``, ``90s``, ``30m``, ``2h``), or None."""
+    if lease is None:
+        return None
+    if not lease.expiry:
+        return "infinite"
+    return f"{lease.expiry}{lease.unit[0]}"
+
+
+def _srv_line(srv: DnsSrv) -> str:
+    """``srv-host=_service._protocol[.domain][,target[,port[,priority[,weight]]]]``: dnsmasq's
+    fields are positional, so one left out before one given gets dnsmasq's default (port 1,
+    priority 0), as libvirt writes it; a target of ``.`` (no such service) has no fields."""
+    line = f"srv-host=_{srv.service}._{srv.protocol}"
+    if srv.domain:
+        line += f".{srv.domain}"
+    if srv.target and srv.target != ".":
+        line += f",{srv.target}"
+        if srv.port or srv.priority or srv.weight:
+            line += f",{srv.port or 1}"
+        if srv.priority or srv.weight:
+            line += f",{srv.priority or 0}"
+        if srv.weight:
+            line += f",{srv.weight}"
+    return line
+
+
+def _dhcp_ip(network: Network, family: str) -> NetworkIp | None:
+    """The one ``<ip>`` of a family that serves DHCP (a range or a host), if any."""
+    return next(
+        (ip for ip in network.ips if ip.family == family and (ip.dhcp_ranges or ip.dhcp_hosts)),
+        None,
+    )
 
 
 def config_text(
-    network: Network, bridge: str, files: DnsmasqFiles, *, use_host_resolvers: bool = False
+    network: Network,
+    bridge: str,
+    files: DnsmasqFiles,
+    *,
+    resolv_file: str | None = None,
+    lease_hook: bool = False,
 ) -> str:
-    """The dnsmasq configuration for a network.
+    """The dnsmasq configuration for a network, with libvirt's meaning for each element.
 
-    ``use_host_resolvers=False`` (``no-resolv``) makes dnsmasq answer only for the network's own
-    names, which is what a sandbox or a test wants; a production host usually wants True.
+    Upstream DNS: the servers of ``resolv_file`` (:func:`upstream_resolv_file`), as libvirt's
+    dnsmasq uses the host's resolv.conf, unless a ``<forwarder addr>`` without a domain takes
+    every unclaimed query (``no-resolv``, as libvirt), the network is isolated (no
+    ``<forward>``: libvirt's ``no-resolv``, so DNS is no channel out), or there is no file
+    (None: the sandbox's case, where nothing is forwarded). ``<forwarder domain addr>``
+    forwards that domain there; ``<forwarder domain>`` alone keeps it local (``#``).
+    ``<dns enable='no'>``: no DNS at all (``port=0``), DHCP still served.
+    ``<domain localOnly='yes'>``: the domain is never forwarded (``local=``);
+    ``forwardPlainNames='no'``: names without a dot are never forwarded (``domain-needed``).
+    IPv4 DHCP ranges with their lease time, static-only service when there are only hosts;
+    IPv6: a DHCPv6 range (or static service) with router advertisements (``enable-ra``), or,
+    without DHCP, router advertisements for SLAAC (``ra-only``) on each IPv6 ``<ip>``.
+    ``lease_hook``: dnsmasq runs ``files.hook`` for every lease it makes, renews, replays at its
+    start or drops (:func:`supervisor.net.nftables.lease_hook_script`).
     """
+    dns = wants_dns(network)
+    isolated = network.forward is None
     lines = [
         f"# generated by vsupervisor for network {network.name}; edits are overwritten",
         "strict-order",
-        "bind-dynamic",
-        "except-interface=lo",
-        f"interface={bridge}",
-        f"pid-file={files.pid}",
-        "user=root",
-        f"dhcp-leasefile={files.leases}",
-        f"dhcp-hostsfile={files.hosts}",
-        f"addn-hosts={files.addn_hosts}",
-        "log-facility=-",
     ]
-    if not use_host_resolvers:
-        lines.append("no-resolv")
+    no_resolv = resolv_file is None or isolated
+    if not dns:
+        lines.append("port=0")
+        no_resolv = True
+    else:
+        for fwd in network.dns_forwarders:
+            domain = f"/{fwd.domain}/" if fwd.domain else ""
+            lines.append(f"server={domain}{fwd.addr or '#'}")
+            if fwd.addr and not fwd.domain:
+                no_resolv = True
+    lines.append("no-resolv" if no_resolv else f"resolv-file={resolv_file}")
     if network.domain_name:
         dom = network.domain_name
-        lines += [f"domain={dom}", f"local=/{dom}/", "expand-hosts"]
+        if network.domain_local_only:
+            lines.append(f"local=/{dom}/")
+        lines += [f"domain={dom}", "expand-hosts"]
+    if dns and network.dns_forward_plain_names is False:
+        lines += ["domain-needed", "local=//"]
+    lines += [
+        f"pid-file={files.pid}",
+        "except-interface=lo",
+        "bind-dynamic",
+        f"interface={bridge}",
+        "user=root",
+        "log-facility=-",
+    ]
+    if isolated:
+        # no default route that cannot work; IPv6 RAs with a router lifetime of 0 (libvirt)
+        lines.append("dhcp-option=3")
+        if any(ip.family == "ipv6" for ip in network.ips):
+            lines.append("ra-param=*,0,0")
+    if dns:
+        lines += [f"txt-record={t.name},{t.value}" for t in network.dns_txts]
+        lines += [_srv_line(srv) for srv in network.dns_srvs]
+
     lease_max = 0
-    for ip in network.ips:
-        iface = ipaddress.ip_interface(f"{ip.address}/{ip.prefix}")
-        if ip.family != "ipv4":
+    # IPv4: the <ip> with DHCP or else the first one, whose static-only service hands running
+    # guests the addresses the supervisor reserved for them (their NICs are configured with
+    # them anyway; a DHCP client in the guest gets the same); IPv6: only with <dhcp>
+    v4 = _dhcp_ip(network, "ipv4") or next((i for i in network.ips if i.family == "ipv4"), None)
+    v6 = _dhcp_ip(network, "ipv6")
+    for ip in (v4, v6):
+        if ip is None:
             continue
-        mask = str(iface.network.netmask)
+        iface = ipaddress.ip_interface(f"{ip.address}/{ip.prefix}")
+        # dnsmasq wants a netmask for IPv4 and a prefix length for IPv6
+        size = str(iface.network.netmask) if ip.family == "ipv4" else str(ip.prefix)
         for r in ip.dhcp_ranges:
-            lines.append(f"dhcp-range={r.start},{r.end},{mask}")
+            lease = lease_text(r.lease)
+            lines.append(f"dhcp-range={r.start},{r.end},{size}" + (f",{lease}" if lease else ""))
             lease_max += int(ipaddress.ip_address(r.end)) - int(ipaddress.ip_address(r.start)) + 1
         if not ip.dhcp_ranges:
             # static-only service: only hosts from the hosts file get addresses
-            lines.append(f"dhcp-range={iface.network.network_address},static,{mask}")
+            static = f"dhcp-range={ip.address},static"
+            lines.append(static if ip.family == "ipv4" else f"{static},{ip.prefix}")
+        if ip.family == "ipv4":
+            lines += ["dhcp-no-override", "dhcp-authoritative"]
+            if ip.bootp_file:
+                server = f",,{ip.bootp_server}" if ip.bootp_server else ""
+                lines.append(f"dhcp-boot={ip.bootp_file}{server}")
+    for ip in network.ips:
+        if ip.family == "ipv4" and ip.tftp_root:
+            lines += ["enable-tftp", f"tftp-root={ip.tftp_root}"]
     if lease_max:
-        lines += ["dhcp-no-override", "dhcp-authoritative", f"dhcp-lease-max={lease_max}"]
+        lines.append(f"dhcp-lease-max={lease_max}")
+    if v4 is not None or v6 is not None:
+        lines += [f"dhcp-leasefile={files.leases}", f"dhcp-hostsfile={files.hosts}"]
+        if lease_hook:
+            lines += [f"dhcp-script={files.hook}", "script-on-renewal"]
+    if dns:
+        lines.append(f"addn-hosts={files.addn_hosts}")
+    if network.mtu:
+        lines.append(f"dhcp-option=option:mtu,{network.mtu}")
+    if v6 is not None:
+        lines.append("enable-ra")
+    else:
+        lines += [f"dhcp-range={ip.address},ra-only" for ip in network.ips if ip.family == "ipv6"]
     return "\n".join(lines) + "\n"
 
 
 def hosts_text(hosts: Iterable[DhcpHost]) -> str:
-    """dhcp-hostsfile lines: ``mac,ip[,name]`` (or ``name,ip`` for a host known by name)."""
+    """dhcp-hostsfile lines, as libvirt writes them: IPv4 ``mac,ip[,name][,lease]`` (or
+    ``name,ip``); IPv6 ``id:DUID[,name],[ip][,lease]`` (or ``name,[ip]``)."""
     out = []
     for h in hosts:
-        key = h.mac if h.mac else h.name
-        if key is None:
+        lease = lease_text(h.lease)
+        if ":" in h.ip:  # IPv6: the client is known by its DUID or its name
+            key = f"id:{h.id}" if h.id else None
+            fields = [key, h.name, f"[{h.ip}]", lease]
+        else:
+            key = h.mac or h.name
+            fields = [key, h.ip, h.name if h.mac else None, lease]
+        if key is None and h.name is None:
             continue
-        out.append(",".join(x for x in (key, h.ip, h.name if h.mac else None) if x))
+        out.append(",".join(x for x in fields if x))
     return "".join(line + "\n" for line in out)
 
 
@@ -133,7 +302,10 @@ class Dnsmasq:
     bridge: str
     files: DnsmasqFiles
     netns: str | None
-    use_host_resolvers: bool = False
+    #: the resolv.conf dnsmasq forwards to (:func:`upstream_resolv_file`; None: no upstream)
+    resolv_file: str | None = None
+    #: the network's anti-spoofing table, whose lease sets the hook keeps (None: no hook)
+    guard_table: str | None = None
     live_hosts: dict[str, DhcpHost] = attrs.field(factory=dict)
     process: trio.Process | None = None
     starts: int = 0
@@ -147,13 +319,20 @@ class Dnsmasq:
     def _texts(self) -> list[tuple[Path, str]]:
         hosts = self.all_hosts()
         conf = config_text(
-            self.network, self.bridge, self.files, use_host_resolvers=self.use_host_resolvers
+            self.network,
+            self.bridge,
+            self.files,
+            resolv_file=self.resolv_file,
+            lease_hook=self.guard_table is not None,
         )
-        return [
+        texts = [
             (self.files.conf, conf),
             (self.files.hosts, hosts_text(hosts)),
             (self.files.addn_hosts, addn_hosts_text(self.network, hosts)),
         ]
+        if self.guard_table is not None:
+            texts.append((self.files.hook, lease_hook_script(self.guard_table, sys.executable)))
+        return texts
 
     def write_files(self) -> None:
         """Write the files whose text changed, atomically, so a reload never sees half a file.
@@ -167,7 +346,8 @@ class Dnsmasq:
             # plain descriptor calls: a guest start writes two of these on the trio loop, and
             # Path.write_text's text layer doubles the cost; no fsync (runtime state, rebuilt)
             name = str(path)
-            fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            mode = 0o700 if path == self.files.hook else 0o644  # dnsmasq executes the hook
+            fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
             try:
                 data = memoryview(text.encode())
                 while data:
@@ -296,6 +476,7 @@ async def run_dnsmasq(
         if handle.process is not None:
             await _stop(handle.process)
         handle.files.pid.unlink(missing_ok=True)
+        handle.files.hook.unlink(missing_ok=True)
 
 
 def lease_lines(files: DnsmasqFiles) -> list[tuple[str, str, str]]:

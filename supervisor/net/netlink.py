@@ -196,6 +196,17 @@ def link_index(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
+def link_kind(ipr: Any, name: str) -> str | None:
+    """A link's kind (``bridge``, ``veth``...; None for a device without one, or no link)."""
+    try:
+        (link,) = ipr.link("get", ifname=name)
+    except NetlinkError:
+        return None
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return str(kind) if kind is not None else None
+
+
 def sysctl_write(key: str, value: str) -> None:
     """Write ``net.*`` sysctl ``key`` (dotted) in the calling thread's namespace."""
     path = "/proc/sys/" + key.replace(".", "/")
@@ -277,8 +288,11 @@ def add_address(ipr: Any, name: str, address: str, prefix: int) -> None:
         raise translate(exc, f"add {address}/{prefix} to {name}") from exc
 
 
-def set_up(ipr: Any, name: str, *, master: str | None = None, mtu: int | None = None) -> None:
-    """Bring a link up, optionally enslaving it to ``master`` and setting its MTU first."""
+def set_up(
+    ipr: Any, name: str, *, master: str | None = None, mtu: int | None = None, up: bool = True
+) -> None:
+    """Bring a link up, optionally enslaving it to ``master`` and setting its MTU first
+    (``up`` False: only those, the link stays down)."""
     index = link_index(ipr, name)
     if index is None:
         raise RuntimeFailure(f"link {name} does not exist")
@@ -290,7 +304,8 @@ def set_up(ipr: Any, name: str, *, master: str | None = None, mtu: int | None = 
             ipr.link("set", index=index, master=master_index)
         if mtu:
             ipr.link("set", index=index, mtu=mtu)
-        ipr.link("set", index=index, state="up")
+        if up:
+            ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
         raise translate(exc, f"bring up {name}") from exc
 

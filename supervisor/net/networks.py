@@ -2,8 +2,9 @@
 
 Start: refuse a subnet that collides with an existing route or address; create the bridge
 (name from the XML or generated with the prefix, MAC, MTU, STP); load the network's nftables
-table; add the addresses; bring the bridge up; add the static routes; enable forwarding when the
-mode forwards; start dnsmasq (DHCP + DNS). Every step that changed something pushes its undo on
+tables (forwarding and NAT, and the anti-spoofing guard of the guests' ports); add the
+addresses; bring the bridge up; add the static routes; enable forwarding when the mode
+forwards; start dnsmasq (DHCP + DNS). Every step that changed something pushes its undo on
 a stack; a failure unwinds the stack, so a failed start leaves nothing behind. Stop is the same
 unwinding.
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -28,11 +31,13 @@ import trio
 from supervisor.errors import ConflictError, InvalidOperation
 from supervisor.model import DhcpHost, Network
 from supervisor.net import names, netlink, nftables
-from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq
+from supervisor.net.dnsmasq import Dnsmasq, DnsmasqFiles, run_dnsmasq, wants_dnsmasq
 from supervisor.net.netlink import NetnsWorker
+from supervisor.net.nftables import Nfnl
 from supervisor.net.rtnl import Rtnl
 
 Undo = Callable[[], Awaitable[Any]]
+_log = logging.getLogger("vsv.net")
 
 
 @attrs.define(eq=False)
@@ -54,12 +59,20 @@ class HostNet:
     #: a raw netlink socket in the host namespace for the guest start path, made on first use
     #: inside a worker job (so in the worker's namespace) and used only there
     _rtnl: Rtnl | None = None
+    #: the same for nfnetlink: guests' ports enter and leave their network's guard table
+    _nfnl: Nfnl | None = None
 
     def rtnl_here(self) -> Rtnl:
         """The host namespace's raw netlink socket; call only inside a ``worker`` job."""
         if self._rtnl is None:
             self._rtnl = Rtnl()
         return self._rtnl
+
+    def nfnl_here(self) -> Nfnl:
+        """The host namespace's nfnetlink socket; call only inside a ``worker`` job."""
+        if self._nfnl is None:
+            self._nfnl = Nfnl()
+        return self._nfnl
 
     @classmethod
     async def open(cls, prefix: str, netns: str | None, run_dir: Path) -> HostNet:
@@ -74,6 +87,9 @@ class HostNet:
         if self._rtnl is not None:
             self._rtnl.close()
             self._rtnl = None
+        if self._nfnl is not None:
+            self._nfnl.close()
+            self._nfnl = None
 
 
 class UndoStack:
@@ -97,6 +113,12 @@ class UndoStack:
                 except Exception as exc:
                     failures.append(f"undo {what}: {exc}")
         return failures
+
+
+def host_bridge(network: Network) -> bool:
+    """Whether the network is ``forward mode='bridge'``: a bridge the host's administrator owns
+    (the supervisor never makes or removes it)."""
+    return network.forward is not None and network.forward.mode == "bridge"
 
 
 def forwards(network: Network) -> bool:
@@ -126,6 +148,10 @@ class RunningNetwork:
     bridge: str
     table: str | None
     dnsmasq: Dnsmasq | None = None
+    #: its ``bridge`` table: the anti-spoofing guard of the guests' ports (same name as ``table``)
+    guard: str | None = None
+    #: False for ``forward mode='bridge'``: the bridge is the host's, never removed
+    owns_bridge: bool = True
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _stopped: trio.Event = attrs.field(factory=trio.Event)
 
@@ -175,7 +201,7 @@ async def run_network(
     host: HostNet,
     network: Network,
     *,
-    use_host_resolvers: bool = False,
+    resolv_file: str | None = None,
     adopt: bool = False,
     task_status: trio.TaskStatus[RunningNetwork] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -186,11 +212,9 @@ async def run_network(
     are loaded again (an atomic replacement of the table) and only what is missing is added, so
     forwarding goes on without a gap. Only dnsmasq is new (its leases are in its lease file).
     """
-    if network.forward is not None and network.forward.mode == "bridge":
-        raise InvalidOperation(
-            f"network {network.name}: forward mode 'bridge' (an existing host bridge) is not "
-            "supported; use <interface type='bridge'> in the domain instead"
-        )
+    if host_bridge(network):
+        await _run_host_bridge(host, network, adopt=adopt, task_status=task_status)
+        return
     w = host.worker
     bridge = bridge_for(host.prefix, network)
     undo = UndoStack()
@@ -208,11 +232,17 @@ async def run_network(
             await _create_bridge(w, network, bridge)
         undo.push(f"bridge {bridge}", lambda: w.call(lambda ipr: netlink.delete_link(ipr, bridge)))
 
+        # the forwarding table and the guard of the guests' ports, in one transaction; a network
+        # taken over keeps its guard's elements (its running guests' ports, dnsmasq's leases)
         table = names.nft_table(host.prefix, network.name)
         ruleset = nftables.network_ruleset(table, network, bridge)
-        if ruleset is not None:
-            await nftables.apply(host.netns, table, ruleset)
-            undo.push(f"nft table {table}", lambda: nftables.delete(host.netns, table))
+        script = nftables.replace_script(table, ruleset) if ruleset is not None else ""
+        if adopting:
+            script += nftables.antispoof_reload_script(table)
+        else:
+            script += nftables.replace_script(table, nftables.antispoof_ruleset(table), "bridge")
+        await nftables.apply_script(host.netns, script)
+        undo.push(f"nft tables {table}", partial(_delete_tables, host.netns, table))
 
         # adopted: the addresses and routes are there already (ConflictError), unless lost
         keep = contextlib.suppress(ConflictError) if adopting else contextlib.nullcontext()
@@ -234,19 +264,26 @@ async def run_network(
                 await w.call(lambda _: netlink.sysctl_write("net.ipv6.conf.all.forwarding", "1"))
 
         running = RunningNetwork(
-            network=network, bridge=bridge, table=table if ruleset is not None else None
+            network=network,
+            bridge=bridge,
+            table=table if ruleset is not None else None,
+            guard=table,
         )
         with running._scope:
             async with trio.open_nursery() as nursery:
-                if network.ips:
+                if wants_dnsmasq(network):
                     host.run_dir.mkdir(parents=True, exist_ok=True)
                     files = DnsmasqFiles.in_dir(host.run_dir, host.prefix, network.name)
+                    # after dnsmasq has stopped (the nursery ends first); not for a network
+                    # left up for a successor, whose dnsmasq goes on with its lease file
+                    undo.push(f"dnsmasq files of {network.name}", partial(_remove_files, files))
                     handle = Dnsmasq(
                         network=network,
                         bridge=bridge,
                         files=files,
                         netns=host.netns,
-                        use_host_resolvers=use_host_resolvers,
+                        resolv_file=resolv_file,
+                        guard_table=table if hook_runs(host.run_dir, network.name) else None,
                     )
                     running.dnsmasq = await nursery.start(run_dnsmasq, handle)
                 task_status.started(running)
@@ -259,3 +296,80 @@ async def run_network(
             raise InvalidOperation(
                 f"network {network.name} was not removed completely: " + "; ".join(failures)
             )
+
+
+async def _run_host_bridge(
+    host: HostNet,
+    network: Network,
+    *,
+    adopt: bool,
+    task_status: trio.TaskStatus[RunningNetwork],
+) -> None:
+    """A ``forward mode='bridge'`` network: a bridge the host's administrator made and owns.
+
+    As libvirt, nothing is made for it but the guests' ports: no bridge, address, route,
+    forwarding rule or dnsmasq; the bridge must exist (and be a bridge) at start and is left
+    as it is at stop. What the supervisor adds is its own: the network's guard table (family
+    ``bridge``, matching only the guests' ports, so the host's other ports pass untouched) and,
+    with ``<port isolated='yes'/>``, the isolated flag on the guests' ports.
+    """
+    w = host.worker
+    bridge = bridge_for(host.prefix, network)
+    kind = await w.call(partial(netlink.link_kind, name=bridge))
+    if kind != "bridge":
+        what = "does not exist" if kind is None else f"is a {kind} device, not a bridge"
+        raise InvalidOperation(
+            f"network {network.name}: <bridge name='{bridge}'> of forward mode 'bridge' {what}"
+        )
+    undo = UndoStack()
+    running: RunningNetwork | None = None
+    try:
+        table = names.nft_table(host.prefix, network.name)
+        if adopt:  # its ports stay guarded through the takeover
+            script = nftables.antispoof_reload_script(table)
+        else:
+            script = nftables.replace_script(table, nftables.antispoof_ruleset(table), "bridge")
+        await nftables.apply_script(host.netns, script)
+        undo.push(
+            f"nft table bridge {table}", partial(nftables.delete, host.netns, table, "bridge")
+        )
+        running = RunningNetwork(
+            network=network, bridge=bridge, table=None, guard=table, owns_bridge=False
+        )
+        with running._scope:
+            task_status.started(running)
+            await trio.sleep_forever()
+    finally:
+        failures = [] if host.keep else await undo.unwind()
+        if running is not None:
+            running._stopped.set()
+        if failures:
+            raise InvalidOperation(
+                f"network {network.name} was not removed completely: " + "; ".join(failures)
+            )
+
+
+def hook_runs(run_dir: Path, network: str) -> bool:
+    """Whether dnsmasq can execute a lease hook written in the run dir: not on a filesystem
+    mounted ``noexec``. Without the hook the guard still knows every reservation and static
+    address, but not dnsmasq's dynamic leases (said once in the log)."""
+    if os.statvfs(run_dir).f_flag & os.ST_NOEXEC:
+        _log.warning(
+            "network %s: run dir %s is mounted noexec: dnsmasq's leases are not followed by "
+            "anti-spoofing (reservations and static addresses are)",
+            network,
+            run_dir,
+        )
+        return False
+    return True
+
+
+async def _remove_files(files: DnsmasqFiles) -> None:
+    files.remove()
+
+
+async def _delete_tables(netns: str | None, table: str) -> None:
+    """Remove a network's two tables (forwarding and guard) in one transaction; each is made
+    first if it is missing, so removing what is not there is no error."""
+    script = "".join(f"table {f} {table}\ndelete table {f} {table}\n" for f in ("inet", "bridge"))
+    await nftables.apply_script(netns, script)

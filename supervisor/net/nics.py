@@ -20,6 +20,12 @@ For each interface, in libvirt's LXC order, with every change pushed on an undo 
   whatever the guest sends from any other source. No bridge, no NAT. (ipvlan L3S would be the
   closer match, but this kernel has none: :func:`isolation_mode` reports what is used.)
 
+Every NIC plumbed into a bridge (``network``, ``bridge``, and taps on either) is guarded against
+spoofing unless its ``<filterref filter='vsv-allow-all'/>`` opts out: on a network, its port
+enters the network's guard table (:func:`supervisor.net.nftables.antispoof_ruleset`) as set
+elements, in the same hop as the veth and before it exists; on a bridge the supervisor does not
+own, the NIC gets a guard table of its own (``<prefix>_<host if>``, family ``bridge``).
+
 A failure at any step unwinds every step before it; a guest whose namespace dies takes its veth
 ends with it, but :func:`unplumb` deletes the host ends explicitly anyway (and tolerates their
 absence).
@@ -45,16 +51,20 @@ import trio
 
 from supervisor import nsutil
 from supervisor.errors import ConflictError, InvalidOperation, RuntimeFailure
-from supervisor.model import DhcpHost, Domain, Interface
+from supervisor.model import DhcpHost, Domain, Interface, Network
 from supervisor.net import names, netlink, nftables
 from supervisor.net.ipam import Allocations, owner_key
 from supervisor.net.networks import HostNet, RunningNetwork, UndoStack
-from supervisor.net.rtnl import LO_INDEX, Rtnl
+from supervisor.net.nftables import PortGuard, guard_addresses, port_elements
+from supervisor.net.rtnl import LO_INDEX, RTM_NEWLINK, Rtnl, attr, attr_str, ifinfo
 
 NicMode = Literal["veth-bridge", "veth-ethernet", "tap", "routed-veth"]
 
 #: how many generated names/MACs are tried before giving up on collisions
 ATTEMPTS = 8
+
+IFLA_LINKINFO, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 18, 4, 5
+IFLA_BRPORT_ISOLATED = 33
 
 
 def isolation_mode() -> str:
@@ -81,6 +91,65 @@ class PlumbedNic:
     addresses: tuple[str, ...] = ()
     network: str | None = None
     table: str | None = None
+    #: the anti-spoofing guard of a bridge port: None (opted out, or not on a bridge),
+    #: ``default`` or ``clean-traffic``
+    guard: str | None = None
+    #: the sources the guard lets the port use besides dnsmasq's leases
+    allowed: tuple[str, ...] = ()
+    #: False when the guard cannot know the guest's addresses (it checks MACs and router and
+    #: DHCP server messages then, not IP sources)
+    ip_checked: bool = True
+    #: the NIC's own guard table (``bridge`` family), on a bridge the supervisor does not own;
+    #: a NIC on a network is guarded by the network's table instead
+    guard_table: str | None = None
+
+
+def nic_guard(nic: PlumbedNic) -> PortGuard | None:
+    """The guard of a plumbed NIC's bridge port, as recorded (None: not guarded)."""
+    if nic.guard is None:
+        return None
+    return PortGuard(
+        port=nic.host_if,
+        mac=nic.mac,
+        addresses=nic.allowed,
+        check_ip=nic.ip_checked,
+        strict=nic.guard == "clean-traffic",
+    )
+
+
+def _plan_guard(
+    iface: Interface, mac: str, addresses: list[str], network: Network | None
+) -> PortGuard | None:
+    """The guard of a NIC about to be plumbed into a bridge (its port named later), or None
+    when the interface opts out.
+
+    Its addresses are the reservation or static ones and the IPv6 ones derived from the MAC.
+    Whether addresses can be known at all: yes with a static or reserved address, or on a
+    network with an ``<ip>`` (dnsmasq's leases); no on a bridge the supervisor does not own
+    without ``<ip>``, where a DHCP server it does not see hands them out.
+    """
+    if iface.filterref == "vsv-allow-all":
+        return None
+    known = [*addresses, *(ip.address for ip in iface.ips)]
+    return PortGuard(
+        port="",
+        mac=mac,
+        addresses=guard_addresses(mac, known, network),
+        check_ip=bool(known) or (network is not None and bool(network.ips)),
+        strict=iface.filterref == "clean-traffic",
+    )
+
+
+def _guard_fields(guard: PortGuard | None, guard_table: str | None) -> dict[str, Any]:
+    """The PlumbedNic fields that record a guard."""
+    if guard is None:
+        return {}
+    return {
+        "guard": "clean-traffic" if guard.strict else "default",
+        "allowed": guard.addresses,
+        "ip_checked": guard.check_ip,
+        "guard_table": guard_table,
+    }
 
 
 @attrs.define(eq=False)
@@ -228,6 +297,13 @@ async def _plumb_one(
     net_name = running.network.name if running is not None else None
     mac = _mac(domain, index, iface, book, net_name)
 
+    if iface.link_up is False and bridge is None:
+        # a veth end down takes its addresses' routes with it: the host end of an ethernet or
+        # vserver NIC holds routes, so the cable cannot be shown unplugged without breaking them
+        raise InvalidOperation(
+            f"{domain.name}: interface {index + 1}: <link state='down'> is applied only to "
+            f"interfaces on a bridge (type network or bridge), not type {iface.type}"
+        )
     if iface.type == "vserver":
         host_if = await _host_name(host, domain, index, iface)
         return await _plumb_vserver(
@@ -238,40 +314,95 @@ async def _plumb_one(
     addresses: list[str] = []
     reservation: DhcpHost | None = None
     if running is not None and iface.type == "network" and running.gateway is not None:
-        requested = iface.ips[0].address if iface.ips else None
+        v4 = [ip.address for ip in iface.ips if ":" not in ip.address]
+        requested = v4[0] if v4 else None
         book.state, alloc = book.state.allocate(running.network, owner, mac, requested)
         undo.push(f"allocation {owner}", partial(_release, book, owner))
         prefix = next(ip.prefix for ip in running.network.ips if ip.family == "ipv4")
         addresses.append(f"{alloc.address}/{prefix}")
         reservation = DhcpHost(ip=alloc.address, mac=mac, name=domain.name)
-    elif iface.type == "bridge":
-        addresses += [f"{ip.address}/{ip.prefix or 24}" for ip in iface.ips]
+        # static IPv6 addresses with the network's prefix length (define checked they fit)
+        v6_prefix = next((i.prefix for i in running.network.ips if i.family == "ipv6"), 64)
+        addresses += [
+            f"{ip.address}/{ip.prefix or v6_prefix}" for ip in iface.ips if ":" in ip.address
+        ]
+    elif bridge is not None:
+        # a host bridge (type bridge, or a network of forward mode 'bridge'), or a network
+        # without IPv4: the interface's own addresses
+        addresses += [
+            f"{ip.address}/{ip.prefix or (64 if ':' in ip.address else 24)}" for ip in iface.ips
+        ]
+
+    # the port's anti-spoofing guard: on a network, elements of the network's table (added on
+    # the worker in the same hop as the link, before it exists); on a bridge of the host's, a
+    # table of the NIC's own, loaded before the link exists
+    guard: PortGuard | None = None
+    if bridge is not None:
+        guard = _plan_guard(iface, mac, addresses, running.network if running else None)
+    guard_set = running.guard if running is not None and guard is not None else None
+    own_table: str | None = None
+    fixed_name: str | None = None
+    if guard is not None and guard_set is None:
+        fixed_name = await _host_name(host, domain, index, iface)
+        own_table = names.nft_table(host.prefix, fixed_name)
+        guard = attrs.evolve(guard, port=fixed_name)
+        ruleset = nftables.antispoof_ruleset(own_table, [guard])
+        await nftables.apply_script(
+            host.netns, nftables.replace_script(own_table, ruleset, "bridge")
+        )
+        undo.push(
+            f"nft table {own_table}", partial(nftables.delete, host.netns, own_table, "bridge")
+        )
+    guarded = _guard_fields(guard, own_table)
 
     if names.names_tap(host.prefix, iface.target_dev):
         if reservation is not None:
             await _reserve(running, owner, reservation, undo)
-        host_if = await _host_name(host, domain, index, iface)
+        host_if = fixed_name or await _host_name(host, domain, index, iface)
         tmac = names.tap_mac(mac)
+        if guard is not None and guard_set is not None:
+            guard = attrs.evolve(guard, port=host_if)
+            await _add_port(host, guard_set, guard, undo)
+            guarded = _guard_fields(guard, None)
         await w.call(partial(netlink.create_tap, name=host_if, mac=tmac))
         undo.push(f"tap {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
         if bridge is not None:
             mtu = await w.call(partial(netlink.link_mtu, name=bridge))
-            await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu))
+            up = iface.link_up is not False  # <link state='down'>: enslaved, down
+            await w.call(partial(netlink.set_up, name=host_if, master=bridge, mtu=mtu, up=up))
+            if port_isolated(running):
+                await w.call(lambda _: isolate_port(host.rtnl_here(), host_if))
         else:
             await w.call(partial(netlink.set_up, name=host_if, mtu=iface.mtu))
             await _host_side_addresses(host, host_if, iface)
         return PlumbedNic(
-            index, iface.type, "tap", host_if, None, mac, owner, tuple(addresses), net_name
+            index,
+            iface.type,
+            "tap",
+            host_if,
+            None,
+            mac,
+            owner,
+            tuple(addresses),
+            net_name,
+            **guarded,
         )
 
-    gateway = running.gateway if running is not None and index == 0 else None
     routes = [(f"{r.address}/{r.prefix}", r.gateway) for r in iface.routes]
+    # the first NIC on a network routes by default through the network's bridge, unless its
+    # own <route address='0.0.0.0'> says where the default route goes
+    own_default = any(
+        r.prefix == 0 and ipaddress.ip_address(r.address).version == 4 for r in iface.routes
+    )
+    gateway = running.gateway if running is not None and index == 0 and not own_default else None
+    isolated = port_isolated(running)
+    link_up = iface.link_up is not False
 
-    def veth(_ipr: Any) -> str:
-        # the whole NIC in one hop to the worker thread, on raw netlink sockets: name, veth
-        # (enslaved, sized and up as it is made), then the guest end
+    def veth(_ipr: Any) -> tuple[str, PortGuard | None]:
+        # the whole NIC in one hop to the worker thread, on raw netlink sockets: name, guard,
+        # veth (enslaved, sized and up as it is made), then the guest end
         r = host.rtnl_here()
-        host_if = _pick_host_name(r, host.prefix, domain, index, iface)
+        host_if = fixed_name or _pick_host_name(r, host.prefix, domain, index, iface)
         master: int | None = None
         mtu = iface.mtu
         if bridge is not None:
@@ -279,8 +410,25 @@ async def _plumb_one(
             if found is None:
                 raise RuntimeFailure(f"bridge {bridge} does not exist")
             master, mtu = found[0], iface.mtu or found[1]
-        r.create_veth(host_if, guest_if, guest_fd, mac=mac, master=master, mtu=mtu)
+        # the port enters its network's guard under the name just picked (free, and this
+        # thread makes every link of the host namespace, so it stays free), before the link
+        # exists: no frame crosses the port unchecked
+        port: PortGuard | None = None
+        if guard is not None and guard_set is not None:
+            port = attrs.evolve(guard, port=host_if)
+            host.nfnl_here().update(guard_set, add=port_elements(port))
         try:
+            # <link state='down'>: the host end stays down, so the guest's end has no carrier
+            # (the cable unplugged: the guest's root cannot plug it in from its side)
+            r.create_veth(host_if, guest_if, guest_fd, mac=mac, master=master, mtu=mtu, up=link_up)
+        except BaseException:
+            if port is not None:
+                with contextlib.suppress(Exception):
+                    host.nfnl_here().update(guard_set or "", remove=port_elements(port))
+            raise
+        try:
+            if isolated:  # before the guest's end is up: nothing has crossed the port yet
+                isolate_port(r, host_if)
             link = guest.index(guest_if)
             for cidr in addresses:
                 a = ipaddress.ip_interface(cidr)
@@ -288,30 +436,74 @@ async def _plumb_one(
             guest.set_up(link, mtu=iface.mtu, what=guest_if)
             if gateway is not None:
                 guest.add_route("default", gateway=gateway)
-            if iface.type == "bridge":
+            if bridge is not None:  # a network or a bridge: the NIC's routes in the guest
                 for dst, via in routes:
                     guest.add_route(dst, gateway=via)
         except BaseException:
             with contextlib.suppress(Exception):
                 r.delete(r.index(host_if))
+            if port is not None:
+                with contextlib.suppress(Exception):
+                    host.nfnl_here().update(guard_set or "", remove=port_elements(port))
             raise
-        return host_if
+        return host_if, port
 
     # dnsmasq's reservation is written on this thread while the worker makes the veth; both
-    # are done before the guest's init exists, so its first DHCP request finds the reservation
+    # are done before the guest's init exists (hooks run before init), so its first DHCP
+    # request finds the reservation
     pending = w.submit(veth)
     try:
         if reservation is not None:
             await _reserve(running, owner, reservation, undo)
     finally:
-        host_if = await w.wait(pending, deliver=True)
+        host_if, port = await w.wait(pending, deliver=True)
+        if port is not None and guard_set is not None:
+            undo.push(f"guard of {host_if}", partial(_remove_port, host, guard_set, port))
+            guarded = _guard_fields(port, None)
         undo.push(f"veth {host_if}", partial(w.call, partial(netlink.delete_link, name=host_if)))
     if bridge is None:
         await _host_side_addresses(host, host_if, iface)
     mode: NicMode = "veth-bridge" if bridge is not None else "veth-ethernet"
     return PlumbedNic(
-        index, iface.type, mode, host_if, guest_if, mac, owner, tuple(addresses), net_name
+        index,
+        iface.type,
+        mode,
+        host_if,
+        guest_if,
+        mac,
+        owner,
+        tuple(addresses),
+        net_name,
+        **guarded,
     )
+
+
+def isolate_port(r: Rtnl, name: str) -> None:
+    """``<port isolated='yes'/>`` of the network: the bridge forwards nothing from this port to
+    another isolated port (the kernel's bridge port flag; traffic to and from the host and
+    the uplink goes on). Set once the port is enslaved: leaving the bridge clears it."""
+    data = attr(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_ISOLATED, b"\1"))
+    body = ifinfo(r.index(name)) + attr(
+        IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge") + data
+    )
+    r.request(RTM_NEWLINK, 0, body, f"isolate bridge port {name}")
+
+
+def port_isolated(running: RunningNetwork | None) -> bool:
+    """Whether a network's guest ports are isolated from each other."""
+    return running is not None and bool(running.network.port_isolated)
+
+
+async def _add_port(host: HostNet, table: str, guard: PortGuard, undo: UndoStack) -> None:
+    """Put a port into its network's guard table (one transaction), with its undo."""
+    elements = port_elements(guard)
+    await host.worker.call(lambda _: host.nfnl_here().update(table, add=elements), deliver=True)
+    undo.push(f"guard of {guard.port}", partial(_remove_port, host, table, guard))
+
+
+async def _remove_port(host: HostNet, table: str, guard: PortGuard) -> None:
+    """Take a port out of its network's guard table (no error if it is not there)."""
+    await host.worker.call(lambda _: host.nfnl_here().update(table, remove=port_elements(guard)))
 
 
 async def _host_side_addresses(host: HostNet, host_if: str, iface: Interface) -> None:
@@ -430,7 +622,7 @@ async def unplumb(
     networks: Mapping[str, RunningNetwork],
     book: AddressBook,
 ) -> None:
-    """Remove what :func:`plumb` made (host ends, tables, reservations, allocations).
+    """Remove what :func:`plumb` made (host ends, tables, guards, reservations, allocations).
 
     Idempotent: links already gone with the guest's namespace are fine. Runs shielded so a
     cancelled caller cannot leave a half-removed guest.
@@ -442,6 +634,14 @@ async def unplumb(
                 await host.worker.call(partial(netlink.delete_link, name=nic.host_if))
                 if nic.table is not None:
                     await nftables.delete(host.netns, nic.table)
+                # the port's guard goes after the port (a network that stopped took its table)
+                guard = nic_guard(nic)
+                if nic.guard_table is not None:
+                    await nftables.delete(host.netns, nic.guard_table, "bridge")
+                elif guard is not None and nic.network is not None and nic.network in networks:
+                    table = networks[nic.network].guard
+                    if table is not None:
+                        await _remove_port(host, table, guard)
             except Exception as exc:
                 errors.append(f"{nic.host_if}: {exc}")
             if nic.network is not None and nic.network in networks:

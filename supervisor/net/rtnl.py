@@ -101,12 +101,14 @@ def veth_body(
     master: int | None,
     mtu: int | None,
     guest_mtu: int | None,
+    up: bool = True,
 ) -> bytes:
     """RTM_NEWLINK body of a veth whose host end is enslaved, sized and up on creation.
 
     The peer (``guest_if``) is created directly in the guest's namespace, down; the kernel
     applies the host end's master and up flag in the same request, so one round trip replaces
-    create + enslave + MTU + up.
+    create + enslave + MTU + up. ``up`` False leaves the host end down: the guest's end then
+    has no carrier (``<link state='down'>``: the cable unplugged, which the guest cannot undo).
     """
     peer = ifinfo() + attr_str(IFLA_IFNAME, guest_if) + attr_u32(IFLA_NET_NS_FD, guest_ns_fd)
     if mac:
@@ -114,7 +116,7 @@ def veth_body(
     if guest_mtu:
         peer += attr_u32(IFLA_MTU, guest_mtu)
     info = attr_str(IFLA_INFO_KIND, "veth") + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))
-    body = ifinfo(flags=IFF_UP, change=IFF_UP) + attr_str(IFLA_IFNAME, host_if)
+    body = ifinfo(flags=IFF_UP if up else 0, change=IFF_UP) + attr_str(IFLA_IFNAME, host_if)
     if master is not None:
         body += attr_u32(IFLA_MASTER, master)
     if mtu:
@@ -273,10 +275,18 @@ class Rtnl:
         master: int | None,
         mtu: int | None,
         guest_mtu: int | None = None,
+        up: bool = True,
     ) -> None:
         """Create a veth (see :func:`veth_body`); ConflictError when a name is taken."""
         body = veth_body(
-            host_if, guest_if, guest_ns_fd, mac=mac, master=master, mtu=mtu, guest_mtu=guest_mtu
+            host_if,
+            guest_if,
+            guest_ns_fd,
+            mac=mac,
+            master=master,
+            mtu=mtu,
+            guest_mtu=guest_mtu,
+            up=up,
         )
         self.request(
             RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {host_if}/{guest_if}"

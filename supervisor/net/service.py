@@ -99,7 +99,9 @@ class NetworkService:
     emit: Emit = attrs.field(default=lambda name, type: None)
     running: dict[str, RunningNetwork] = attrs.field(factory=dict)
     book: AddressBook = attrs.field(factory=AddressBook)
-    use_host_resolvers: bool = False
+    #: the resolv.conf networks' dnsmasq forwards to (None: no upstream DNS); see
+    #: :func:`supervisor.net.dnsmasq.upstream_resolv_file`
+    resolv_file: str | None = None
     #: guest namespaces made ahead of need (see :class:`supervisor.nsutil.SpareNetns`)
     spares: nsutil.SpareNetns[Rtnl] | None = None
 
@@ -223,7 +225,7 @@ async def _run_and_forget(
                     run_network,
                     service.host,
                     network,
-                    use_host_resolvers=service.use_host_resolvers,
+                    resolv_file=service.resolv_file,
                     adopt=adopt,
                 )
             )

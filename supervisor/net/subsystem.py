@@ -18,7 +18,7 @@ import hashlib
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,17 @@ from supervisor.errors import InvalidDocument, InvalidOperation, NotFound, Runti
 from supervisor.facade import Lease, NetworkStatus
 from supervisor.guest.procs import wait_pid_exit
 from supervisor.hooks import GuestContext, NetRecord
-from supervisor.model import Network
+from supervisor.model import Domain, Network
 from supervisor.net import names, nftables
-from supervisor.net.dnsmasq import DnsmasqFiles, lease_lines
-from supervisor.net.networks import HostNet, bridge_for
-from supervisor.net.nics import PlumbedNic
+from supervisor.net.dnsmasq import (
+    UPSTREAM_DERIVED,
+    DnsmasqFiles,
+    lease_lines,
+    upstream_resolv_file,
+)
+from supervisor.net.networks import HostNet, bridge_for, host_bridge
+from supervisor.net.nftables import port_elements
+from supervisor.net.nics import PlumbedNic, isolate_port, nic_guard, port_isolated
 from supervisor.net.service import NetworkService, NetworkTable
 from supervisor.store import ConfigStore, RunStore
 
@@ -73,8 +79,14 @@ class NetworkSubsystem:
         run_dir: Path,
         config: ConfigStore,
         runs: RunStore,
+        resolv_file: str | None = UPSTREAM_DERIVED,
     ) -> NetworkSubsystem:
-        """Open the host side (netlink worker in ``host_netns``, None = our own namespace)."""
+        """Open the host side (netlink worker in ``host_netns``, None = our own namespace).
+
+        ``resolv_file``: the resolv.conf whose servers networks forward DNS to; by default the
+        one of the host namespace (:func:`supervisor.net.dnsmasq.upstream_resolv_file`); None:
+        no upstream.
+        """
         net_dir = run_dir / "net"
         net_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         host = await HostNet.open(prefix, host_netns, net_dir)
@@ -83,7 +95,9 @@ class NetworkSubsystem:
         def emit(name: str, type: str) -> None:
             bus.publish_nowait("network", name, type)
 
-        service = NetworkService(host=host, table=table, emit=emit)
+        if resolv_file == UPSTREAM_DERIVED:
+            resolv_file = upstream_resolv_file(host_netns)
+        service = NetworkService(host=host, table=table, emit=emit, resolv_file=resolv_file)
         return cls(bus=bus, prefix=prefix, config=config, runs=runs, service=service)
 
     async def aclose(self) -> None:
@@ -152,7 +166,7 @@ class NetworkSubsystem:
                     "networks",
                     name,
                     {
-                        "bridge": bridge_for(self.prefix, net),
+                        "bridge": None if host_bridge(net) else bridge_for(self.prefix, net),
                         "table": names.nft_table(self.prefix, name),
                         "prefix": self.prefix,
                         "definition": digest,
@@ -176,8 +190,10 @@ class NetworkSubsystem:
         if handle is None:
             return
         record: dict[str, Any] = {
-            "bridge": handle.bridge,
+            # a host bridge (forward mode='bridge') is not the supervisor's to remove
+            "bridge": handle.bridge if handle.owns_bridge else None,
             "table": handle.table,
+            "guard": handle.guard,
             "prefix": self.prefix,
             "definition": digest,
             "started": True,
@@ -195,17 +211,20 @@ class NetworkSubsystem:
         for name, record in self.runs.read_all("networks").items():
             # every dnsmasq serving this network's files: the recorded one, and one the
             # predecessor restarted (its pid was never recorded)
-            conf = str(DnsmasqFiles.in_dir(host.run_dir, self.prefix, name).conf)
-            for pid in dnsmasq_pids(conf):
+            files = DnsmasqFiles.in_dir(host.run_dir, self.prefix, name)
+            for pid in dnsmasq_pids(str(files.conf)):
                 signal_pid(pid, signal.SIGTERM)
                 with trio.move_on_after(2):
                     await wait_pid_exit(pid)
             if name in keep:
                 continue  # its record stays until the network runs again (or is cleaned up)
-            table = record.get("table")
-            if isinstance(table, str):
-                with contextlib.suppress(VsvError):
-                    await nftables.delete(host.netns, table)
+            files.remove()
+            # forwarding (an open or host-bridge network has none), and the guard of the ports
+            for family, key in (("inet", "table"), ("bridge", "guard"), ("bridge", "table")):
+                table = record.get(key)
+                if isinstance(table, str):
+                    with contextlib.suppress(VsvError):
+                        await nftables.delete(host.netns, table, family)
             bridge = record.get("bridge")
             if isinstance(bridge, str) and bridge:
                 with contextlib.suppress(Exception):
@@ -265,16 +284,28 @@ class NetworkSubsystem:
 
     async def _attach(self, domain_name: str, nic: PlumbedNic) -> None:
         """Enslave a live guest's host end to its (re)started network's bridge; its address goes
-        back into the allocation book and dnsmasq's reservations, so no one else gets it."""
+        back into the allocation book and dnsmasq's reservations, so no one else gets it.
+
+        Its port enters the network's guard table first (again, for a network taken over in
+        place, which kept it: adding what is there is no error), so it is never on the bridge
+        unguarded."""
         from supervisor.model import DhcpHost
         from supervisor.net import netlink
 
         assert nic.network is not None
         handle = self.service.running[nic.network]
+        host = self.service.host
+        guard = nic_guard(nic)
         try:
-            await self.service.host.worker.call(
+            if guard is not None and handle.guard is not None:
+                table = handle.guard
+                elements = port_elements(guard)
+                await host.worker.call(lambda _: host.nfnl_here().update(table, add=elements))
+            await host.worker.call(
                 functools.partial(netlink.set_up, name=nic.host_if, master=handle.bridge)
             )
+            if port_isolated(handle):
+                await host.worker.call(lambda _: isolate_port(host.rtnl_here(), nic.host_if))
         except Exception as exc:
             log.warning("guest %s: re-attaching %s: %s", domain_name, nic.host_if, exc)
             return
@@ -333,12 +364,16 @@ class NetworkSubsystem:
     def get_network(self, name: str) -> Network:
         return self.service.table.get(name)
 
-    def define_network(self, network: Network) -> Network:
+    def define_network(self, network: Network, domains: Iterable[Domain] = ()) -> Network:
+        """Define (or redefine) a network; ``domains``: the defined domains, whose static
+        addresses on it must still fit (:func:`supervisor.net.addresses.network_problems`)."""
+        from supervisor.net.addresses import network_problems, raise_problems
         from supervisor.validate import check_network
 
         problems = check_network(network)
         if problems:
             raise InvalidDocument(problems)
+        raise_problems(network_problems(network, domains))
         if network.uuid is None:
             import uuid
 
@@ -462,21 +497,27 @@ class NetworkSubsystem:
 
 
 def dnsmasq_pids(conf_file: str) -> list[int]:
-    """Pids of the dnsmasq processes started with ``--conf-file=conf_file``."""
+    """Pids of the dnsmasq processes started with ``--conf-file=conf_file``.
+
+    Not the helper each one forks to run its lease hook (same command line, the dnsmasq as its
+    parent), which ends with it; a helper whose dnsmasq is gone is listed.
+    """
     import os
 
     wanted = f"--conf-file={conf_file}".encode()
-    found = []
+    found: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if not (argv and argv[0].endswith(b"dnsmasq") and wanted in argv):
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        if argv and argv[0].endswith(b"dnsmasq") and wanted in argv:
-            found.append(int(entry))
-    return found
+        found[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])  # pid -> parent
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def signal_pid(pid: int, sig: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from supervisor.console import GuestConsole, NoConsole
 from supervisor.errors import ConflictError, InvalidDocument, InvalidOperation, NotFound
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.journal import Journal
@@ -35,6 +36,27 @@ class _DomainSlot:
         factory=lambda: {"cpu_shares": 1024, "vcpu_period": 100000, "vcpu_quota": -1}
     )
     transient: bool = False
+    #: a domain with a ``<console>``: its console, whose guest echoes what is typed while it runs
+    console: GuestConsole | None = None
+    echo: EchoSink | None = None
+
+
+@attrs.define(eq=False)
+class EchoSink:
+    """The fake guest's end of a console: echoes input back as output (a terminal's echo) and
+    keeps what it was given, for tests of the console's API."""
+
+    console: GuestConsole
+    typed: bytearray = attrs.Factory(bytearray)
+    sizes: list[tuple[int, int]] = attrs.Factory(list)
+
+    def write_nowait(self, data: bytes) -> int:
+        self.typed += data
+        self.console.feed(data)
+        return 0
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.sizes.append((rows, cols))
 
 
 @attrs.define(eq=False)
@@ -190,9 +212,24 @@ class FakeSupervisor:
         if state == "SHUTOFF":
             slot.id = None
             slot.started_at = None
+        self._console_follows(slot)
         self.emit("domain", name, *event)
         if state == "SHUTOFF" and slot.transient:
             del self.domains[name]
+
+    def _console_follows(self, slot: _DomainSlot) -> None:
+        """A running domain with a console has its echoing fake guest connected; a stopped one
+        ends the attached client's session."""
+        running = slot.state in ("RUNNING", "PAUSED")
+        if running and slot.domain.consoles and slot.echo is None:
+            if slot.console is None:
+                slot.console = GuestConsole(slot.domain.name)
+            slot.echo = EchoSink(slot.console)
+            slot.console.connect(slot.echo)
+        elif not running and slot.console is not None and slot.echo is not None:
+            slot.console.disconnect(slot.echo)
+            slot.echo = None
+            slot.console.end_session("stopped", f"domain {slot.domain.name!r} stopped")
 
     def _take_id(self) -> int:
         self._next_id += 1
@@ -298,6 +335,14 @@ class FakeSupervisor:
     def domain_log_path(self, name: str) -> str | None:
         self.get_domain(name)
         return None  # the fake runs no guest processes, so nothing is logged
+
+    def domain_console(self, name: str) -> GuestConsole:
+        slot = self._slot(name)
+        if not slot.domain.consoles:
+            raise NoConsole(f"domain {name!r} has no console")
+        if slot.console is None or not slot.console.live:
+            raise InvalidOperation(f"domain {name!r} is not running")
+        return slot.console
 
     def domain_interfaces(self, name: str) -> list[dict[str, Any]]:
         """Static ``<ip>`` addresses plus the fake's leases matched by MAC or domain name."""

@@ -48,7 +48,7 @@ import trio
 from supervisor.errors import RuntimeFailure
 from supervisor.guest.cgroups import CgroupLayout, cgroup_dir_name
 from supervisor.model import Domain
-from supervisor.runtime import CgroupHandle, GuestExit, Namespaces
+from supervisor.runtime import CgroupHandle, GuestExit, NamespaceJoin, Namespaces
 
 FailOp = Literal["cgroup.create", "spawn", "kill_all", "remove", "freeze", "thaw"]
 FAIL_OPS: tuple[FailOp, ...] = ("cgroup.create", "spawn", "kill_all", "remove", "freeze", "thaw")
@@ -141,6 +141,10 @@ class FakeProcess:
         elif sig == signal.SIGTERM and handles_term(self.domain):
             self._act(GuestExit(status=0))
         # any other signal: init has no handler, the kernel drops it
+
+    def take_console(self) -> int | None:
+        """No console: a fake guest writes nothing anyone could read."""
+        return None
 
     def _act(self, how: GuestExit) -> None:
         """Something the guest itself does: held while frozen."""
@@ -302,8 +306,11 @@ class FakeRuntime:
     def cgroup(self, prefix: str, name: str) -> FakeCgroup:
         return FakeCgroup(self, prefix, name)
 
-    async def begin_spawn(self, domain: Domain, *, log_path: str | None) -> _FakePending:
-        """Nothing to start early in memory: the whole spawn happens in ``finish``."""
+    async def begin_spawn(
+        self, domain: Domain, *, log_path: str | None, joins: tuple[NamespaceJoin, ...] = ()
+    ) -> _FakePending:
+        """Nothing to start early in memory: the whole spawn happens in ``finish`` (an
+        in-memory guest has no namespaces to join)."""
         await trio.lowlevel.checkpoint()
         return _FakePending(self, domain, log_path)
 

@@ -124,7 +124,7 @@ def _doctype_message(path: str | None, line: int) -> str:
 class Reader:
     """Reads one document: collects problems with lines and remembers where each model key was."""
 
-    __slots__ = ("lines", "path", "problems", "root_line", "wheres")
+    __slots__ = ("lines", "path", "problems", "renumber", "root_line", "wheres")
 
     def __init__(self, path: str | None, root_line: int) -> None:
         self.path = path
@@ -132,6 +132,9 @@ class Reader:
         self.problems: list[tuple[int, str]] = []
         self.lines: dict[Key, int] = {}
         self.wheres: set[str] = set()
+        #: model key of a list element -> (the rules' path for it, its path in the document);
+        #: made only when an element was refused before another of its tag (rare)
+        self.renumber: dict[Key, tuple[str, str]] | None = None
 
     # -- problems -------------------------------------------------------------------------
 
@@ -154,11 +157,32 @@ class Reader:
             key = key[:-1]
         return self.root_line
 
+    def renumbered(self, key: Key, model_where: str, doc_where: str) -> None:
+        """The model's list element ``key``, which the rules call ``model_where``, is
+        ``doc_where`` in the document: an element of its tag before it was refused, so the
+        model has fewer. Messages number elements by their position among their siblings."""
+        if self.renumber is None:
+            self.renumber = {}
+        self.renumber[key] = (model_where, doc_where)
+
+    def _doc_where(self, key: Key, where: str) -> str:
+        """A rule's path with list positions as in the document (the longest renumbered key)."""
+        renumber = self.renumber
+        assert renumber is not None
+        for n in range(len(key), 0, -1):
+            fix = renumber.get(key[:n])
+            if fix is not None:
+                old, new = fix
+                if where.startswith(old):
+                    return new + where[len(old) :]
+        return where
+
     def add_model_problems(self, problems: Iterable[Problem]) -> None:
         for p in problems:
-            if p.where in self.wheres:
+            where = p.where if self.renumber is None else self._doc_where(p.key, p.where)
+            if where in self.wheres:
                 continue  # already reported while reading, with a more precise message
-            self.problems.append((self.line_of(p.key), f"{p.where}: {p.message}"))
+            self.problems.append((self.line_of(p.key), f"{where}: {p.message}"))
 
     def raise_if_problems(self) -> None:
         if self.problems:

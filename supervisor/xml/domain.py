@@ -6,11 +6,16 @@ Settings libvirt has no element for (host name, pids limit, autostart, and the t
 lxc document) live under ``<metadata>`` in the ``vsv`` namespace, which libvirt's schema allows, so
 an lxc document the supervisor writes still validates against libvirt's ``domain.rng``.
 
-Reading never drops anything silently: an element or attribute the model cannot hold is reported.
-The only exceptions are things that carry no information for a container (``<console
-type='pty'>``, ``<os><type arch=...>``, ``<vcpu placement='static'>``,
-``accessmode='passthrough'``), which ``virsh dumpxml`` writes and which the supervisor accepts
-and does not write back.
+Reading never drops anything silently: an element or attribute the model cannot hold is reported,
+and whatever is accepted is kept and written back, including what ``virsh dumpxml`` writes that
+the supervisor does not act on (``<emulator>``, ``<alias>``, a live ``<source bridge= portid=>``,
+``<console>``, ``<seclabel type='none'>``, ``<clock offset='utc'>``, ``<type arch=>``,
+``<vcpu placement= current=>``). docs/xml-reference.md says for each element whether it is
+applied, kept or refused.
+
+Messages number repeated elements by their position among their siblings of the same tag in the
+document, also after a refused one (which the model does not hold): the reader tells
+:class:`Reader` where the two numberings part.
 
 :func:`read_domain` is the only domain reader, for good documents and bad ones alike: while it
 builds the model it notes the line each model key came from, so a rule of
@@ -30,22 +35,29 @@ from typing import Final, Literal, cast
 from lxml import etree
 
 from supervisor.model import (
+    BLKIO_THROTTLES,
     INTERFACE_FILTERS,
+    BlkioDevice,
+    BlkioTune,
     Capabilities,
     CapsPolicy,
+    Console,
     CpuBucket,
     CpuTune,
     Domain,
     Filesystem,
+    FilesystemType,
     IdMapEntry,
     Interface,
     IpAddress,
     MemTune,
     OsSpec,
     Route,
+    SecLabel,
+    SharedNamespace,
     TokenBucket,
 )
-from supervisor.validate import CAPABILITY_NAMES, domain_problems, parse_ip
+from supervisor.validate import CAPABILITY_NAMES, Key, domain_problems, parse_ip
 from supervisor.xml._reader import (
     ON_OFF,
     VSV_NS,
@@ -54,6 +66,7 @@ from supervisor.xml._reader import (
     Reader,
     finish,
     items,
+    quoted,
     serialize_foreign,
     srcline,
     sub,
@@ -91,6 +104,7 @@ _TOP_LXC: Final = dict.fromkeys(
         "metadata",
         "memory",
         "currentMemory",
+        "blkiotune",
         "vcpu",
         "resource",
         "cputune",
@@ -98,10 +112,12 @@ _TOP_LXC: Final = dict.fromkeys(
         "os",
         "idmap",
         "features",
+        "clock",
         "on_poweroff",
         "on_reboot",
         "on_crash",
         "devices",
+        "seclabel",
     ]
 )
 _TOP_VSERVER: Final = dict.fromkeys([*_TOP_LXC, "scheduler"])
@@ -135,12 +151,20 @@ _LIFECYCLE: Final[dict[str, object]] = {
 }
 _FAMILIES: Final[dict[str, object]] = {"ipv4": "ipv4", "ipv6": "ipv6"}
 _IFACE_CHILDREN: Final = dict.fromkeys(
-    ("source", "mac", "target", "guest", "ip", "route", "mtu", "link", "filterref")
+    ("source", "mac", "target", "guest", "ip", "route", "mtu", "link", "filterref", "alias")
 )
 # The sets and tables below are built once here rather than at each call: reading a domain
 # consults a dozen of them, and building them took a noticeable part of its time.
 _ROOT_ATTRS: Final = frozenset({"type", "id"})
-_PLACEMENT_ATTR: Final = frozenset({"placement"})
+_VCPU_ATTRS: Final = frozenset({"placement", "cpuset", "current"})
+_OFFSET_ATTR: Final = frozenset({"offset"})
+_SECLABEL_ATTRS: Final = frozenset({"type", "model", "relabel"})
+_NO: Final[dict[str, object]] = {"no": False}
+_PATH_ATTR: Final = frozenset({"path"})
+_CONSOLE_TARGET_ATTRS: Final = frozenset({"type", "port"})
+_LXC: Final[dict[str, object]] = {"lxc": "lxc"}
+_CONSOLE_CHILDREN: Final = ("source", "target", "alias")
+_DEVICES: Final = ("emulator", "filesystem", "interface", "console")
 _STATIC: Final[dict[str, object]] = {"static": "static"}
 _MAX_ATTR: Final = frozenset({"max"})
 _ARCH_ATTR: Final = frozenset({"arch"})
@@ -151,6 +175,8 @@ _POLICIES: Final[dict[str, object]] = {p.value: p for p in CapsPolicy}
 _STATE_ATTR: Final = frozenset({"state"})
 _CONSOLE_ATTRS: Final = frozenset({"type", "tty"})
 _FS_ATTRS: Final = frozenset({"type", "accessmode"})
+_FS_CHILDREN: Final = ("source", "target", "readonly", "alias")
+_FS_CHILDREN_FILE: Final = ("driver", *_FS_CHILDREN)
 _DIR_ATTR: Final = frozenset({"dir"})
 _USAGE_ATTRS: Final = frozenset({"usage", "units"})
 _TYPE_ATTR: Final = frozenset({"type"})
@@ -170,7 +196,15 @@ _FILTERED_TYPES: Final = ("network", "bridge")
 #: Interface type -> the attribute of ``<source>`` that names what it connects to.
 _SOURCE_ATTR: Final = {"network": "network", "bridge": "bridge", "vserver": "dev"}
 _SOURCE_ATTRS: Final = {itype: frozenset({attr}) for itype, attr in _SOURCE_ATTR.items()}
+#: a type='network' NIC's ``<source>`` in libvirt's live XML also names the network's bridge and
+#: libvirt's port for the NIC (kept, not applied)
+_SOURCE_ATTRS["network"] = frozenset({"network", "bridge", "portid"})
 _VSV_CLARK: Final = f"{{{VSV_NS}}}"
+#: libvirt's namespace for its LXC driver's own elements (``<lxc:namespace>``)
+LXC_NS: Final = "http://libvirt.org/schemas/domain/lxc/1.0"
+_LXC_NAMESPACE: Final = f"{{{LXC_NS}}}namespace"
+_SHARE_TAGS: Final = {f"{{{LXC_NS}}}share{kind}": kind for kind in ("net", "ipc", "uts")}
+_SHARE_ATTRS: Final = frozenset({"type", "value"})
 _VSV_CPU: Final = vsv("cpu")
 
 
@@ -198,12 +232,21 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
     seen: set[str] = set()
     filesystems: list[Filesystem] = []
     interfaces: list[Interface] = []
+    consoles: list[Console] = []
+    seclabels: list[SecLabel] = []
     allowed = _TOP_VSERVER if dtype == "vserver" else _TOP_LXC
     name: str | None = None
     sched_top: TokenBucket | None = None
     sched_meta: TokenBucket | None = None
+    seen_seclabels = 0
     for el in r.children(root, "domain"):
         tag: str = el.tag
+        if tag == _LXC_NAMESPACE:
+            if "shared_namespaces" in fields:
+                r.duplicate(el, "lxc:namespace")
+                continue
+            fields["shared_namespaces"] = _read_shared_namespaces(r, el)
+            continue
         if tag not in allowed:
             if tag == "xid":
                 r.error(
@@ -222,7 +265,7 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             else:
                 r.unsupported(el, "", allowed)
             continue
-        if tag in seen and tag != "metadata":
+        if tag in seen and tag != "metadata" and tag != "seclabel":
             r.duplicate(el, tag)
             continue
         seen.add(tag)
@@ -239,7 +282,7 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
         elif tag == "os":
             fields["os"] = _read_os(r, el)
         elif tag == "devices":
-            _read_devices(r, el, filesystems, interfaces)
+            _read_devices(r, el, filesystems, interfaces, consoles, fields)
         elif tag == "metadata":
             if "metadata" in fields:
                 r.duplicate(el, tag)
@@ -254,14 +297,16 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             sched_top = _read_scheduler(r, el, "scheduler", "cpu")
         elif tag == "memtune":
             fields["memtune"] = _read_memtune(r, el)
+        elif tag == "blkiotune":
+            fields["blkiotune"] = _read_blkiotune(r, el)
         elif tag == "cputune":
             fields["cputune"] = _read_cputune(r, el)
         elif tag == "uuid":
             fields["uuid"] = read_uuid(r, el, r.leaf(el, tag, _NONE).strip())
             lines[("uuid",)] = line
         elif tag == "vcpu":
-            r.attrs(el, tag, _PLACEMENT_ATTR)
-            r.choice_attr(el, tag, "placement", _STATIC)
+            if el.keys():  # libvirt writes placement='static'
+                _read_vcpu_attrs(r, el, fields, line)
             fields["vcpu"] = r.integer(el, tag, r.text(el, tag))
             lines[("vcpu",)] = line
         elif tag == "features":
@@ -270,6 +315,13 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
             fields["idmap"] = _read_idmap(r, el)
         elif tag == "resource":
             _read_resource(r, el, fields)
+        elif tag == "clock":
+            _read_clock(r, el, fields)
+        elif tag == "seclabel":
+            seen_seclabels += 1
+            label = _read_seclabel(r, el, len(seclabels), seen_seclabels)
+            if label is not None:
+                seclabels.append(label)
         else:  # title, description
             fields[tag] = r.leaf(el, tag, _NONE)
             lines[(tag,)] = line
@@ -290,6 +342,8 @@ def read_domain(root: etree._Element, path: str | None) -> Domain:
         name=name,
         filesystems=tuple(filesystems),
         interfaces=tuple(interfaces),
+        consoles=tuple(consoles),
+        seclabels=tuple(seclabels),
         **fields,  # type: ignore[arg-type]
     )
     r.add_model_problems(domain_problems(domain))
@@ -387,12 +441,16 @@ def _read_metadata(r: Reader, el: etree._Element, fields: dict[str, object]) -> 
 def _read_scheduler(r: Reader, el: etree._Element, where: str, cpu_tag: str) -> TokenBucket:
     r.attrs(el, where, _SCHED_ATTRS)
     cpus: list[CpuBucket] = []
+    n = 0
     for child in r.children(el, where):
         if child.tag != cpu_tag:
             r.unsupported(child, where, [tag_name(el).replace("scheduler", "cpu")])
             continue
+        n += 1
         i = len(cpus)
-        cwhere = f"{where}/cpu[{i + 1}]"
+        cwhere = f"{where}/cpu[{n}]"
+        if i + 1 != n:
+            r.renumbered(("scheduler", "cpus", i), f"{where}/cpu[{i + 1}]", cwhere)
         r.lines[("scheduler", "cpus", i)] = srcline(child) or r.root_line
         r.leaf(child, cwhere, _CPU_ATTRS)
         cpu_id = r.int_attr(child, cwhere, "id")
@@ -421,6 +479,140 @@ def _bucket(
     return values
 
 
+def _read_vcpu_attrs(r: Reader, el: etree._Element, fields: dict[str, object], line: int) -> None:
+    """``<vcpu placement= cpuset= current=>``: kept; the rules refuse a cpuset (not applied)."""
+    r.attrs(el, "vcpu", _VCPU_ATTRS)
+    placement = el.get("placement")
+    if placement == "auto":
+        r.bad_value(
+            el,
+            "vcpu/@placement",
+            placement,
+            "is not supported (automatic placement chooses a cpuset, which is not applied yet)",
+            "static",
+        )
+    elif placement is not None:
+        fields["vcpu_placement"] = r.choice(el, "vcpu/@placement", placement, _STATIC)
+        r.lines[("vcpu_placement",)] = line
+    current = r.int_attr(el, "vcpu", "current")
+    if current is not None:
+        fields["vcpu_current"] = current
+        r.lines[("vcpu_current",)] = line
+    cpuset = el.get("cpuset")
+    if cpuset is not None:
+        fields["cpuset"] = cpuset
+        r.lines[("cpuset",)] = line
+
+
+def _read_shared_namespaces(r: Reader, el: etree._Element) -> tuple[SharedNamespace, ...]:
+    """``<lxc:namespace>``: sharenet, shareipc, shareuts, each ``type='name'`` (another guest)
+    or, for the network, ``type='netns'``. ``type='pid'`` (whatever process that is) is refused:
+    the supervisor joins only namespaces it can name as a guest or a named netns."""
+    where = "lxc:namespace"
+    r.attrs(el, where, _NONE)
+    shares: list[SharedNamespace] = []
+    seen: set[str] = set()
+    for child in r.children(el, where):
+        kind = _SHARE_TAGS.get(child.tag)
+        cwhere = f"{where}/{tag_name(child)}"
+        if kind is None:
+            r.unsupported(child, where, ["lxc:sharenet", "lxc:shareipc", "lxc:shareuts"])
+            continue
+        if kind in seen:
+            r.duplicate(child, cwhere)
+            continue
+        seen.add(kind)
+        r.leaf(child, cwhere, _SHARE_ATTRS)
+        stype = r.required(child, cwhere, "type")
+        value = r.required(child, cwhere, "value")
+        allowed = ("name", "netns") if kind == "net" else ("name",)
+        if stype is not None and stype not in allowed:
+            why = (
+                "is not supported (a process's namespace, whatever process the pid is then)"
+                if stype == "pid"
+                else "is not supported"
+            )
+            r.bad_value(child, f"{cwhere}/@type", stype, why, ", ".join(allowed))
+            continue
+        if stype is None or value is None:
+            continue
+        r.lines[("shared_namespaces", len(shares))] = srcline(child) or r.root_line
+        shares.append(
+            SharedNamespace(
+                kind=cast("Literal['net', 'ipc', 'uts']", kind),
+                type=cast("Literal['name', 'netns']", stype),
+                value=value,
+            )
+        )
+    return tuple(shares)
+
+
+def _read_clock(r: Reader, el: etree._Element, fields: dict[str, object]) -> None:
+    """``<clock offset='utc'/>``, what libvirt writes into every LXC domain; nothing else."""
+    r.attrs(el, "clock", _OFFSET_ATTR)
+    r.lines[("clock_offset",)] = srcline(el) or r.root_line
+    for child in r.children(el, "clock"):
+        name = tag_name(child)
+        r.error(
+            srcline(child),
+            f"clock/{name}",
+            f"unsupported element <{name}>: allowed none (a container has the host's clock, "
+            "and no timers of its own)",
+        )
+    offset = r.required(el, "clock", "offset")
+    if offset is None:
+        return
+    if offset != "utc":
+        r.bad_value(
+            el,
+            "clock/@offset",
+            offset,
+            "is not supported (a container has the host's clock)",
+            "utc",
+        )
+        return
+    fields["clock_offset"] = "utc"
+
+
+def _read_seclabel(r: Reader, el: etree._Element, i: int, n: int) -> SecLabel | None:
+    """A ``<seclabel>`` (the ``n``-th, ``i`` kept before it): only ``type='none'``."""
+    where = f"seclabel[{n}]"
+    if i + 1 != n:
+        r.renumbered(("seclabels", i), f"seclabel[{i + 1}]", where)
+    r.lines[("seclabels", i)] = srcline(el) or r.root_line
+    r.attrs(el, where, _SECLABEL_ATTRS)
+    for child in r.children(el, where):
+        name = tag_name(child)
+        r.error(
+            srcline(child),
+            f"{where}/{name}",
+            f"unsupported element <{name}>: allowed none (a seclabel of type='none' has no label)",
+        )
+    ltype = el.get("type")
+    if ltype != "none":
+        r.error(
+            srcline(el),
+            f"{where}/@type",
+            (
+                f"value '{ltype}' is not supported"
+                if ltype is not None
+                else "required attribute is missing (without it a label is dynamic)"
+            )
+            + ": allowed none (no Linux security module is supported yet)",
+        )
+        return None
+    return SecLabel(
+        model=el.get("model"),
+        relabel=cast("bool | None", r.choice_attr(el, where, "relabel", _NO)),
+    )
+
+
+def _read_alias(r: Reader, el: etree._Element, where: str) -> str | None:
+    """``<alias name=>`` of a device (kept)."""
+    r.leaf(el, where, _NAME_ATTR)
+    return r.required(el, where, "name")
+
+
 def _read_resource(r: Reader, el: etree._Element, fields: dict[str, object]) -> None:
     r.attrs(el, "resource", _NONE)
     for child in r.children(el, "resource"):
@@ -446,6 +638,56 @@ def _read_cputune(r: Reader, el: etree._Element) -> CpuTune:
         values[tag] = r.integer(child, where, r.leaf(child, where, _NONE))
         r.lines[("cputune", tag)] = srcline(child) or r.root_line
     return CpuTune(**values)
+
+
+_BLKIO_DEVICE_CHILDREN: Final = ("path", "weight", *BLKIO_THROTTLES)
+
+
+def _read_blkiotune(r: Reader, el: etree._Element) -> BlkioTune:
+    """``<blkiotune>``: a weight and ``<device>`` entries (numbered as in the document)."""
+    r.attrs(el, "blkiotune", _NONE)
+    r.lines[("blkiotune",)] = srcline(el) or r.root_line
+    weight: int | None = None
+    devices: list[BlkioDevice] = []
+    n = 0
+    for child in r.children(el, "blkiotune"):
+        tag: str = child.tag
+        line = srcline(child) or r.root_line
+        if tag == "weight":
+            if weight is not None:
+                r.duplicate(child, "blkiotune/weight")
+            weight = r.integer(child, "blkiotune/weight", r.leaf(child, "blkiotune/weight", _NONE))
+            r.lines[("blkiotune", "weight")] = line
+            continue
+        if tag != "device":
+            r.unsupported(child, "blkiotune", ["weight", "device"])
+            continue
+        n += 1
+        i = len(devices)
+        where = f"blkiotune/device[{n}]"
+        if i + 1 != n:
+            r.renumbered(("blkiotune", "devices", i), f"blkiotune/device[{i + 1}]", where)
+        key: Key = ("blkiotune", "devices", i)
+        r.lines[key] = line
+        r.attrs(child, where, _NONE)
+        values: dict[str, object] = {}
+        for leaf in r.children(child, where):
+            ltag: str = leaf.tag
+            lwhere = f"{where}/{tag_name(leaf)}"
+            if ltag not in _BLKIO_DEVICE_CHILDREN:
+                r.unsupported(leaf, where, _BLKIO_DEVICE_CHILDREN)
+                continue
+            if ltag in values:
+                r.duplicate(leaf, lwhere)
+                continue
+            text = r.leaf(leaf, lwhere, _NONE)
+            values[ltag] = text.strip() if ltag == "path" else r.integer(leaf, lwhere, text)
+            r.lines[(*key, ltag)] = srcline(leaf) or r.root_line
+        if "path" not in values:
+            r.error(line, f"{where}/path", "required element <path> is missing")
+            continue
+        devices.append(BlkioDevice(**values))  # type: ignore[arg-type]
+    return BlkioTune(weight=weight, devices=tuple(devices))
 
 
 def _read_memtune(r: Reader, el: etree._Element) -> MemTune:
@@ -479,6 +721,7 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
     env: list[tuple[str, str]] = []
     single: dict[str, str] = {}
     have_type = False
+    arch: str | None = None
     for child in r.children(el, "os"):
         tag: str = child.tag
         where = _OS_WHERE.get(tag) or f"os/{tag_name(child)}"
@@ -491,6 +734,9 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
             if value != "exe":
                 r.bad_value(child, where, value, "is not supported for containers", "exe")
             have_type = True
+            arch = child.get("arch")
+            if arch is not None:
+                r.lines[("os", "arch")] = line
         elif tag == "init":
             r.attrs(child, where, _NONE)
             if init is not None:
@@ -519,18 +765,24 @@ def _read_os(r: Reader, el: etree._Element) -> OsSpec:
         initdir=single.get("initdir"),
         inituser=single.get("inituser"),
         initgroup=single.get("initgroup"),
+        arch=arch,
     )
 
 
 def _read_idmap(r: Reader, el: etree._Element) -> tuple[IdMapEntry, ...]:
     r.attrs(el, "idmap", _NONE)
     entries: list[IdMapEntry] = []
+    given = {"uid": 0, "gid": 0}  # entries of each kind in the document so far
+    kept = {"uid": 0, "gid": 0}  # and in the model
     for child in r.children(el, "idmap"):
         tag = child.tag
         if tag not in ("uid", "gid"):
             r.unsupported(child, "idmap", ["uid", "gid"])
             continue
-        where = f"idmap/{tag}"
+        n = given[tag] = given[tag] + 1
+        where = f"idmap/{tag}[{n}]"
+        if kept[tag] + 1 != n:
+            r.renumbered(("idmap", len(entries)), f"idmap/{tag}[{kept[tag] + 1}]", where)
         r.attrs(child, where, _IDMAP_ATTRS)
         r.text(child, where)
         values = [r.int_attr(child, where, a) for a in ("start", "target", "count")]
@@ -541,6 +793,7 @@ def _read_idmap(r: Reader, el: etree._Element) -> tuple[IdMapEntry, ...]:
         if start is None or target is None or count is None:
             continue
         r.lines[("idmap", len(entries))] = srcline(child) or r.root_line
+        kept[tag] += 1
         entries.append(
             IdMapEntry(
                 kind=cast(Literal["uid", "gid"], tag), start=start, target=target, count=count
@@ -598,49 +851,132 @@ def _read_devices(
     el: etree._Element,
     filesystems: list[Filesystem],
     interfaces: list[Interface],
+    consoles: list[Console],
+    fields: dict[str, object],
 ) -> None:
+    """The devices, each numbered in messages by its position among its kind in the document."""
     r.attrs(el, "devices", _NONE)
+    given = {"filesystem": 0, "interface": 0, "console": 0}
     for child in r.children(el, "devices"):
         tag = child.tag
         if tag == "filesystem":
-            fs = _read_filesystem(r, child, len(filesystems))
+            n = given[tag] = given[tag] + 1
+            fs = _read_filesystem(r, child, len(filesystems), n)
             if fs is not None:
                 filesystems.append(fs)
         elif tag == "interface":
-            iface = _read_interface(r, child, len(interfaces))
+            n = given[tag] = given[tag] + 1
+            iface = _read_interface(r, child, len(interfaces), n)
             if iface is not None:
                 interfaces.append(iface)
         elif tag == "console":
-            _read_console(r, child)
+            n = given[tag] = given[tag] + 1
+            console = _read_console(r, child, len(consoles), n)
+            if console is not None:
+                consoles.append(console)
+        elif tag == "emulator":
+            # libvirt's controller binary (libvirt_lxc): kept so dumpxml gives it back, not used
+            if "emulator" in fields:
+                r.duplicate(child, "devices/emulator")
+                continue
+            fields["emulator"] = r.leaf(child, "devices/emulator", _NONE).strip()
+            r.lines[("emulator",)] = srcline(child) or r.root_line
         else:
-            r.unsupported(child, "devices", ["filesystem", "interface", "console"])
+            r.unsupported(child, "devices", _DEVICES)
 
 
-def _read_console(r: Reader, el: etree._Element) -> None:
-    """Accept ``<console type='pty'>`` (what dumpxml writes); it configures nothing here."""
-    where = "devices/console"
+def _numbered(r: Reader, field: str, tag: str, i: int, n: int) -> str:
+    """The path of the ``n``-th ``<tag>`` of ``<devices>``, which is the model's ``i``-th.
+
+    They differ when an earlier one was refused (the model does not hold it): the reader then
+    tells :class:`Reader` so that the rules' messages name the element the user wrote.
+    """
+    where = f"devices/{tag}[{n}]"
+    if i + 1 != n:
+        r.renumbered((field, i), f"devices/{tag}[{i + 1}]", where)
+    return where
+
+
+def _read_console(r: Reader, el: etree._Element, i: int, n: int) -> Console | None:
+    """``<console type='pty'>`` as libvirt writes it (kept; the guest's output goes to its log).
+
+    A running guest's document also names the pty (``tty=``, ``<source path=>``) and an
+    ``<alias>``; they are kept as written.
+    """
+    where = _numbered(r, "consoles", "console", i, n)
+    key: Key = ("consoles", i)
+    line = srcline(el) or r.root_line
+    r.lines[key] = line
     r.attrs(el, where, _CONSOLE_ATTRS)
-    if el.get("type") != "pty":
-        r.bad_value(el, f"{where}/@type", el.get("type"), "is not supported", "pty")
+    ctype = el.get("type")
+    if ctype != "pty":
+        r.error(
+            line,
+            f"{where}/@type",
+            (
+                f"value '{quoted(ctype)}' is not supported"
+                if ctype is not None
+                else "required attribute is missing"
+            )
+            + ": allowed pty",
+        )
+        return None
+    if el.get("tty") is not None:
+        r.lines[(*key, "tty")] = line
+    values: dict[str, object] = {"tty": el.get("tty")}
+    seen: set[str] = set()
     for child in r.children(el, where):
-        if child.tag not in ("source", "target", "alias"):
-            r.unsupported(child, where, ["source", "target", "alias"])
+        tag: str = child.tag
+        cwhere = f"{where}/{tag_name(child)}"
+        cline = srcline(child) or r.root_line
+        if tag not in _CONSOLE_CHILDREN:
+            r.unsupported(child, where, _CONSOLE_CHILDREN)
+            continue
+        if tag in seen:
+            r.duplicate(child, cwhere)
+            continue
+        seen.add(tag)
+        if tag == "source":
+            r.leaf(child, cwhere, _PATH_ATTR)
+            values["source_path"] = child.get("path")
+            r.lines[(*key, "source_path")] = cline
+        elif tag == "target":
+            r.leaf(child, cwhere, _CONSOLE_TARGET_ATTRS)
+            values["target_type"] = r.choice_attr(child, cwhere, "type", _LXC)
+            values["target_port"] = r.int_attr(child, cwhere, "port")
+            r.lines[(*key, "target_port")] = cline
+        else:  # alias
+            values["alias"] = _read_alias(r, child, cwhere)
+            r.lines[(*key, "alias")] = cline
+    return Console(**values)  # type: ignore[arg-type]
 
 
-def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None:
-    where = f"devices/filesystem[{i + 1}]"
+#: filesystem type -> the attribute of ``<source>`` that names what is mounted
+_FS_SOURCE: Final = {"mount": "dir", "file": "file", "block": "dev"}
+_FS_SOURCE_ATTRS: Final = {fstype: frozenset({attr}) for fstype, attr in _FS_SOURCE.items()}
+_FS_TYPES: Final = "mount, ram, file, block"
+_DRIVER_ATTRS: Final = frozenset({"type", "format"})
+_LOOP: Final[dict[str, object]] = {"loop": "loop"}
+_RAW: Final[dict[str, object]] = {"raw": "raw"}
+
+
+def _read_filesystem(r: Reader, el: etree._Element, i: int, n: int) -> Filesystem | None:
+    where = _numbered(r, "filesystems", "filesystem", i, n)
     r.attrs(el, where, _FS_ATTRS)
     r.lines[("filesystems", i)] = srcline(el) or r.root_line
     fstype = el.get("type", "mount")
-    if fstype not in ("mount", "ram"):
-        r.bad_value(el, f"{where}/@type", fstype, "is not supported", "mount, ram")
+    if fstype not in ("mount", "ram", "file", "block"):
+        r.bad_value(el, f"{where}/@type", fstype, "is not supported", _FS_TYPES)
         return None
     mode = el.get("accessmode")
     if mode is not None and mode != "passthrough":
         r.bad_value(el, f"{where}/@accessmode", mode, "is not supported", "passthrough")
+        mode = None
     source: str | None = None
     usage: int | None = None
     target: str | None = None
+    alias: str | None = None
+    driver: dict[str, object] = {}
     readonly = False
     for child in r.children(el, where):
         tag: str = child.tag
@@ -648,14 +984,14 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None
         line = srcline(child) or r.root_line
         if tag == "source":
             r.text(child, cwhere)
-            if fstype == "mount":
-                r.attrs(child, cwhere, _DIR_ATTR)
-                source = r.required(child, cwhere, "dir")
-            else:
+            if fstype == "ram":
                 r.attrs(child, cwhere, _USAGE_ATTRS)
                 text = r.required(child, cwhere, "usage")
                 if text is not None:
                     usage = _scaled(r, child, f"{cwhere}/@usage", text, child.get("units"))
+            else:
+                r.attrs(child, cwhere, _FS_SOURCE_ATTRS[fstype])
+                source = r.required(child, cwhere, _FS_SOURCE[fstype])
             r.lines[("filesystems", i, "source")] = line
             r.lines[("filesystems", i, "usage_kib")] = line
         elif tag == "target":
@@ -665,27 +1001,43 @@ def _read_filesystem(r: Reader, el: etree._Element, i: int) -> Filesystem | None
         elif tag == "readonly":
             r.leaf(child, cwhere, _NONE)
             readonly = True
+        elif tag == "alias":
+            alias = _read_alias(r, child, cwhere)
+            r.lines[("filesystems", i, "alias")] = line
+        elif tag == "driver" and fstype == "file":
+            # libvirt's loop driver for an image, whose only format it takes is raw (qcow2
+            # and the others need qemu-nbd: not supported)
+            r.leaf(child, cwhere, _DRIVER_ATTRS)
+            driver["driver_type"] = r.choice_attr(child, cwhere, "type", _LOOP)
+            driver["driver_format"] = r.choice_attr(child, cwhere, "format", _RAW)
         else:
-            r.unsupported(child, where, ["source", "target", "readonly"])
+            r.unsupported(child, where, _FS_CHILDREN_FILE if fstype == "file" else _FS_CHILDREN)
     if target is None:
         r.error(srcline(el), f"{where}/target", "required element <target dir=...> is missing")
         return None
-    if fstype == "mount" and source is None:
-        r.error(srcline(el), f"{where}/source", "required element <source dir=...> is missing")
+    if fstype != "ram" and source is None:
+        r.error(
+            srcline(el),
+            f"{where}/source",
+            f"required element <source {_FS_SOURCE[fstype]}=...> is missing",
+        )
         return None
     if fstype == "ram" and usage is None:
         return None
     return Filesystem(
         source=source or "",
         target=target,
-        type=cast(Literal["mount", "ram"], fstype),
+        type=cast("FilesystemType", fstype),
         readonly=readonly,
         usage_kib=usage,
+        accessmode=cast("Literal['passthrough'] | None", mode),
+        alias=alias,
+        **driver,  # type: ignore[arg-type]
     )
 
 
-def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
-    where = f"devices/interface[{i + 1}]"
+def _read_interface(r: Reader, el: etree._Element, i: int, n: int) -> Interface | None:
+    where = _numbered(r, "interfaces", "interface", i, n)
     key = ("interfaces", i)
     r.attrs(el, where, _TYPE_ATTR)
     r.lines[key] = srcline(el) or r.root_line
@@ -720,6 +1072,13 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
             r.attrs(child, cwhere, _SOURCE_ATTRS[itype])
             fields["source"] = r.required(child, cwhere, source_attr)
             r.lines[(*key, "source")] = line
+            if itype == "network":
+                # libvirt's live XML: the network's bridge and libvirt's port for the NIC
+                for attr, field in (("bridge", "source_bridge"), ("portid", "portid")):
+                    value = child.get(attr)
+                    if value is not None:
+                        fields[field] = value
+                        r.lines[(*key, field)] = line
         elif tag == "mac":
             r.attrs(child, cwhere, _ADDRESS_ATTR)
             mac = r.required(child, cwhere, "address")
@@ -752,6 +1111,9 @@ def _read_interface(r: Reader, el: etree._Element, i: int) -> Interface | None:
                 child, f"{cwhere}/@filter", r.required(child, cwhere, "filter"), _FILTERS
             )
             r.lines[(*key, "filterref")] = line
+        elif tag == "alias":
+            fields["alias"] = _read_alias(r, child, cwhere)
+            r.lines[(*key, "alias")] = line
         elif tag == "link":
             r.attrs(child, cwhere, _STATE_ATTR)
             fields["link_up"] = r.choice(
@@ -939,7 +1301,9 @@ def _write_scheduler(parent: etree._Element, tag: str, cpu_tag: str, s: TokenBuc
 
 def write_domain(d: Domain) -> str:
     """The document for ``d`` in its own dialect (deterministic order, two-space indent)."""
-    root = etree.Element("domain", type=d.type)
+    root = etree.Element(
+        "domain", type=d.type, nsmap={"lxc": LXC_NS} if d.shared_namespaces else None
+    )
     if d.id is not None:
         root.set("id", str(d.id))
     sub(root, "name", d.name)
@@ -967,7 +1331,10 @@ def write_domain(d: Domain) -> str:
     if d.current_memory_kib is not None:
         _kib(root, "currentMemory", d.current_memory_kib)
     if d.vcpu is not None:
-        sub(root, "vcpu", str(d.vcpu))
+        vcpu = sub(root, "vcpu", str(d.vcpu))
+        _set(vcpu, "placement", d.vcpu_placement)
+        _set(vcpu, "cpuset", d.cpuset)
+        _set(vcpu, "current", _num(d.vcpu_current))
     if d.partition is not None:
         sub(sub(root, "resource"), "partition", d.partition)
     if d.cputune is not None:
@@ -979,6 +1346,8 @@ def write_domain(d: Domain) -> str:
         if d.cputune.quota is not None:
             # every "unlimited" (negative) quota is -1 in the model, as libvirt writes it
             sub(ct, "quota", str(d.cputune.quota))
+    if d.blkiotune is not None:
+        _write_blkiotune(root, d.blkiotune)
     if d.memtune is not None:
         mt = sub(root, "memtune")
         if d.memtune.hard_limit_kib is not None:
@@ -990,7 +1359,8 @@ def write_domain(d: Domain) -> str:
     if d.scheduler is not None and d.type == "vserver":
         _write_scheduler(root, "scheduler", "cpu", d.scheduler)
     os_el = sub(root, "os")
-    sub(os_el, "type", "exe")
+    os_type = sub(os_el, "type", "exe")
+    _set(os_type, "arch", d.os.arch)
     sub(os_el, "init", d.os.init)
     for arg in d.os.initargs:
         sub(os_el, "initarg", arg)
@@ -1020,31 +1390,86 @@ def write_domain(d: Domain) -> str:
             caps = sub(features, "capabilities", policy=str(d.capabilities.policy))
             for cap, on in d.capabilities.caps:
                 sub(caps, cap, state="on" if on else "off")
+    if d.clock_offset is not None:
+        sub(root, "clock", offset=d.clock_offset)
     sub(root, "on_poweroff", d.on_poweroff)
     sub(root, "on_reboot", d.on_reboot)
     sub(root, "on_crash", d.on_crash)
-    if d.filesystems or d.interfaces:
+    if d.filesystems or d.interfaces or d.consoles or d.emulator is not None:
         devices = sub(root, "devices")
+        if d.emulator is not None:
+            sub(devices, "emulator", d.emulator)
         for fs in d.filesystems:
-            fel = sub(devices, "filesystem", type=fs.type)
-            if fs.type == "ram":
-                src = sub(fel, "source", usage=str(fs.usage_kib))
-                src.set("units", "KiB")
-            else:
-                sub(fel, "source", dir=fs.source)
-            sub(fel, "target", dir=fs.target)
-            if fs.readonly:
-                sub(fel, "readonly")
+            _write_filesystem(devices, fs)
         for iface in d.interfaces:
             _write_interface(devices, iface)
+        for console in d.consoles:
+            _write_console(devices, console)
+    for label in d.seclabels:
+        sel = sub(root, "seclabel", type=label.type)
+        _set(sel, "model", label.model)
+        _set(sel, "relabel", _yes_no(label.relabel))
+    if d.shared_namespaces:
+        ns_el = sub(root, f"{{{LXC_NS}}}namespace")
+        for share in d.shared_namespaces:
+            sub(ns_el, f"{{{LXC_NS}}}share{share.kind}", type=share.type, value=share.value)
     return finish(root, metadata, d.metadata)
+
+
+def _write_blkiotune(root: etree._Element, bt: BlkioTune) -> None:
+    el = sub(root, "blkiotune")
+    if bt.weight is not None:
+        sub(el, "weight", str(bt.weight))
+    for dev in bt.devices:
+        dev_el = sub(el, "device")
+        sub(dev_el, "path", dev.path)
+        if dev.weight is not None:
+            sub(dev_el, "weight", str(dev.weight))
+        for field in BLKIO_THROTTLES:
+            value = getattr(dev, field)
+            if value is not None:
+                sub(dev_el, field, str(value))
+
+
+def _write_filesystem(devices: etree._Element, fs: Filesystem) -> None:
+    el = sub(devices, "filesystem", type=fs.type)
+    _set(el, "accessmode", fs.accessmode)
+    if fs.driver_type is not None or fs.driver_format is not None:
+        driver = sub(el, "driver")
+        _set(driver, "type", fs.driver_type)
+        _set(driver, "format", fs.driver_format)
+    if fs.type == "ram":
+        src = sub(el, "source", usage=str(fs.usage_kib))
+        src.set("units", "KiB")
+    else:
+        sub(el, "source", **{_FS_SOURCE.get(fs.type, "dir"): fs.source})
+    sub(el, "target", dir=fs.target)
+    if fs.readonly:
+        sub(el, "readonly")
+    if fs.alias is not None:
+        sub(el, "alias", name=fs.alias)
+
+
+def _write_console(devices: etree._Element, console: Console) -> None:
+    el = sub(devices, "console", type=console.type)
+    _set(el, "tty", console.tty)
+    if console.source_path is not None:
+        sub(el, "source", path=console.source_path)
+    if console.target_type is not None or console.target_port is not None:
+        target = sub(el, "target")
+        _set(target, "type", console.target_type)
+        _set(target, "port", _num(console.target_port))
+    if console.alias is not None:
+        sub(el, "alias", name=console.alias)
 
 
 def _write_interface(devices: etree._Element, iface: Interface) -> None:
     el = sub(devices, "interface", type=iface.type)
     attr = _SOURCE_ATTR.get(iface.type)
     if attr is not None and iface.source is not None:
-        sub(el, "source", **{attr: iface.source})
+        source = sub(el, "source", **{attr: iface.source})
+        _set(source, "bridge", iface.source_bridge)
+        _set(source, "portid", iface.portid)
     if iface.mac is not None:
         sub(el, "mac", address=iface.mac)
     if iface.target_dev is not None:
@@ -1063,6 +1488,8 @@ def _write_interface(devices: etree._Element, iface: Interface) -> None:
         sub(el, "link", state="up" if iface.link_up else "down")
     if iface.filterref is not None:
         sub(el, "filterref", filter=iface.filterref)
+    if iface.alias is not None:
+        sub(el, "alias", name=iface.alias)
 
 
 def write_route(parent: etree._Element, route: Route) -> None:
