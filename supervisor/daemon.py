@@ -478,7 +478,10 @@ class Supervisor:
             self.start_failures += 1
             cause = error.cause
             if isinstance(cause, ConflictError | InvalidOperation | NotFound):
-                raise type(cause)(f"domain {name}: {cause}") from error
+                text = str(cause)
+                raise type(cause)(
+                    text if text.startswith(f"{name}: ") else f"domain {name}: {text}"
+                ) from error
             raise
         except VsvError:
             self.start_failures += 1

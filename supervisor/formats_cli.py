@@ -168,6 +168,26 @@ def import_lxc(name: str, lxcpath: str, *, err: TextIO) -> tuple[int, str | None
     return (0, document) if document is not None else (1, None)
 
 
+def host_device_numbers(path: str) -> str | None:
+    """``MAJ:MIN`` of a block device node on this host (LXC's blkio keys name devices by
+    their numbers), None when the path is no block device here; a ``/dev/block/MAJ:MIN``
+    path says its numbers itself (no udev link needed)."""
+    import stat
+
+    from supervisor.lxcconfig import numbers_in_path
+
+    named = numbers_in_path(path)
+    if named is not None:
+        return named
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISBLK(st.st_mode):
+        return None
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
 def lxc_to_native(
     path: str,
     *,
@@ -195,7 +215,9 @@ def lxc_to_native(
     if not isinstance(doc, Domain):
         print(f"{path}: a network document: only domains have an LXC config", file=err)
         return 1
-    native = to_native(doc, cgroup_version=2 if cgroup_version == 2 else 1)
+    native = to_native(
+        doc, cgroup_version=2 if cgroup_version == 2 else 1, device_numbers=host_device_numbers
+    )
     for gap in native.unexpressed:
         print(f"{path}: not expressed: {gap}", file=err)
     out.write(native.text)

@@ -3,9 +3,10 @@
 ``vsv domxml-from-native lxc-tools FILE`` and ``vsv import-lxc NAME`` read a config with
 :func:`from_native`; ``vsv domxml-to-native lxc-tools FILE`` writes one with :func:`to_native`.
 The mapping is libvirt's (its converter in ``src/lxc/lxc_native.c``: rootfs, utsname, mount
-entries, NICs with their addresses and gateways, the cgroup memory and cpu keys, idmaps,
-``lxc.cap.drop``), extended to the keys libvirt leaves out (LXC 3+ spellings, cgroup v2 keys,
-``lxc.cap.keep``, the init command, ``lxc.mount.fstab``); docs/import.md has the whole table.
+entries, NICs with their addresses and gateways, the cgroup memory, cpu, cpuset and blkio keys,
+``lxc.tty.max`` as consoles, idmaps, ``lxc.cap.drop``), extended to the keys libvirt leaves
+out (LXC 3+ spellings, cgroup v2 keys, ``lxc.cap.keep``, the init command,
+``lxc.mount.fstab``); docs/import.md has the whole table.
 
 Both generations of key names are read: LXC 1.x/2.x (``lxc.utsname``, ``lxc.network.*``,
 ``lxc.id_map`` ...) and 3+ (``lxc.uts.name``, ``lxc.net.N.*``, ``lxc.idmap`` ...). Every key is
@@ -36,8 +37,11 @@ import attrs
 
 from supervisor.errors import VsvError
 from supervisor.model import (
+    BlkioDevice,
+    BlkioTune,
     Capabilities,
     CapsPolicy,
+    Console,
     CpuTune,
     Domain,
     Filesystem,
@@ -59,6 +63,9 @@ Reader = Callable[[str], list[tuple[str, str]]]
 
 #: how deep ``lxc.include`` may nest (a loop is caught before this)
 MAX_INCLUDE_DEPTH: Final = 16
+#: the most ttys (``<console>`` elements) a config may ask for: a bound on the document, far
+#: above what a container uses (LXC's templates ask for 4)
+MAX_TTYS: Final = 1024
 
 
 class LxcConfigError(VsvError, ValueError):
@@ -292,6 +299,8 @@ _SLOTS: Final[dict[str, str]] = {
     "lxc.cgroup2.cpu.max": "cpu.max",
     "lxc.cgroup.pids.max": "pids",
     "lxc.cgroup2.pids.max": "pids",
+    "lxc.cgroup.cpuset.cpus": "cpuset",
+    "lxc.cgroup2.cpuset.cpus": "cpuset",
     "lxc.namespace.share.net": "share.net",
     "lxc.namespace.share.ipc": "share.ipc",
     "lxc.namespace.share.uts": "share.uts",
@@ -305,19 +314,55 @@ _LISTS: Final = {
     "lxc.idmap": "idmap",
     "lxc.environment": "env",
 }
+#: the blkio (v1) and io (v2) keys of ``<blkiotune>`` -> what their lines set. LXC writes every
+#: line of a cgroup key to its file in turn, so they are lists (an empty value clears the
+#: key's lines, as in LXC); a value set twice (one device's throttle ...) counts last.
+_BLKIO: Final[dict[str, str]] = {
+    "lxc.cgroup.blkio.weight": "weight",
+    "lxc.cgroup.blkio.bfq.weight": "weight",
+    "lxc.cgroup.blkio.weight_device": "device weight",
+    "lxc.cgroup.blkio.bfq.weight_device": "device weight",
+    "lxc.cgroup.blkio.throttle.read_bps_device": "read_bytes_sec",
+    "lxc.cgroup.blkio.throttle.write_bps_device": "write_bytes_sec",
+    "lxc.cgroup.blkio.throttle.read_iops_device": "read_iops_sec",
+    "lxc.cgroup.blkio.throttle.write_iops_device": "write_iops_sec",
+    "lxc.cgroup2.io.weight": "weight",
+    "lxc.cgroup2.io.bfq.weight": "weight",
+    "lxc.cgroup2.io.max": "io.max",
+}
+_LISTS.update({key: key for key in _BLKIO})
+#: ``io.max`` keys -> ``<blkiotune><device>`` throttles
+_IO_MAX: Final = {
+    "rbps": "read_bytes_sec",
+    "wbps": "write_bytes_sec",
+    "riops": "read_iops_sec",
+    "wiops": "write_iops_sec",
+}
+_DEVICE_NUMBERS = re.compile(r"(\d+):(\d+)")
 
 _NO_LSM = (
     "the supervisor loads no LSM profile; it confines a guest with capabilities, seccomp, "
     "cgroups and masked paths (docs/security.md)"
 )
-_CPUSET = "not mapped to <vcpu cpuset=> yet (cpuset.mems: <numatune> is refused)"
-_BLKIO = "not mapped to <blkiotune> yet (weight, device weights, throttles)"
+_NUMA = "libvirt's converter maps it to <numatune>, which the model does not have"
+_OTHER_CPUSET = "no element sets this cpuset file (cpuset.cpus is <vcpu cpuset>)"
+_OTHER_BLKIO = (
+    "no element sets this file (<blkiotune> has the weights and the bytes and iops throttles)"
+)
+_CONSOLE_LOG = "the console's output goes to the guest's log, RUN/logs/NAME.log"
 #: keys (exact, or a prefix ending in '.') the model cannot hold: (reason, later)
 _UNSUPPORTED: Final[dict[str, tuple[str, bool]]] = {
-    "lxc.cgroup.cpuset.": (_CPUSET, True),
-    "lxc.cgroup2.cpuset.": (_CPUSET, True),
-    "lxc.cgroup.blkio.": (_BLKIO, True),
-    "lxc.cgroup2.io.": (_BLKIO, True),
+    "lxc.cgroup.cpuset.mems": (_NUMA, True),
+    "lxc.cgroup2.cpuset.mems": (_NUMA, True),
+    "lxc.cgroup.cpuset.": (_OTHER_CPUSET, False),
+    "lxc.cgroup2.cpuset.": (_OTHER_CPUSET, False),
+    "lxc.cgroup.blkio.device_weight": (
+        "not a blkio file: the device weights are blkio.weight_device (libvirt's converter "
+        "reads this spelling, which LXC could not write)",
+        False,
+    ),
+    "lxc.cgroup.blkio.": (_OTHER_BLKIO, False),
+    "lxc.cgroup2.io.": (_OTHER_BLKIO, False),
     "lxc.cgroup.devices.": (
         "the guest's device allowlist is the supervisor's fixed one (docs/security.md)",
         False,
@@ -336,8 +381,10 @@ _UNSUPPORTED: Final[dict[str, tuple[str, bool]]] = {
     "lxc.no_new_privs": ("no element sets no_new_privs", False),
     "lxc.hook.": ("the supervisor runs no per-guest hook scripts", False),
     "lxc.log.": ("LXC's own log; the guest's output goes to RUN/logs/NAME.log", False),
-    "lxc.console.": ("the model has no <console> yet", True),
-    "lxc.tty.dir": ("the model has no <console> yet (no ttys)", True),
+    "lxc.console.logfile": (_CONSOLE_LOG, False),
+    "lxc.console.buffer.logfile": (_CONSOLE_LOG, False),
+    "lxc.console.": ("no element sets the console's buffer or log", False),
+    "lxc.tty.dir": ("the guest has no ttys of LXC's (a <console> is /dev/console)", False),
     "lxc.signal.": ("the shutdown signal is the daemon's (vsv daemon --shutdown-signal)", False),
     "lxc.start.": ("only lxc.start.auto has an element (autostart)", False),
     "lxc.group": ("no element groups guests", False),
@@ -394,6 +441,11 @@ def parse_size(text: str) -> int:
     else:
         number = int(digits)
     return number << _SUFFIX_SHIFT[suffix.lower()]
+
+
+def _int(text: str) -> int | None:
+    """A whole number, or None (for a check that reports the text itself)."""
+    return int(text) if text.isdigit() else None
 
 
 def _kib(nbytes: int) -> int:
@@ -542,6 +594,7 @@ class _Builder:
         fields["filesystems"] = tuple(filesystems)
         self._mount_auto()
         self._devices()
+        fields.update(self._consoles(path))
         fields.update(self._network())
         fields.update(self._cgroup())
         fields.update(self._init())
@@ -820,26 +873,12 @@ class _Builder:
                     "the supervisor always gives the guest a /dev of its own (a tmpfs with a "
                     "fixed set of nodes), never the root's /dev",
                 )
-        tty = self.slots.get("tty")
-        if tty is not None:
-            if tty.value in ("", "0"):
-                self.note(tty, "no ttys: the guest gets none")
-            else:
-                self.skip(
-                    tty, "<console> is kept but not served yet: the guest gets no ttys", later=True
-                )
         pty = self.slots.get("pty")
         if pty is not None:
             self.skip(
                 pty,
                 "the guest always gets a devpts instance of its own, with no limit of its own",
             )
-        console = self.slots.get("console")
-        if console is not None:
-            if console.value == "none":
-                self.note(console, "no console: the guest gets none")
-            else:
-                self.skip(console, "<console> is kept but not served yet", later=True)
         apparmor = self.slots.get("apparmor")
         if apparmor is not None:
             if apparmor.value == "unconfined":
@@ -849,6 +888,57 @@ class _Builder:
         pivot = self.slots.get("pivotdir")
         if pivot is not None:
             self.note(pivot, "not needed: the supervisor pivots without a directory of LXC's")
+
+    def _consoles(self, path: str | None) -> dict[str, object]:
+        """``lxc.tty.max`` (``lxc.tty``) N: N ``<console type='pty'>``s, ports 0..N-1, as
+        libvirt's converter maps it (its LXC driver puts the first on /dev/console and
+        /dev/tty1, the next on /dev/tty2 ...). The supervisor serves the first, on
+        /dev/console, and makes no /dev/ttyN, so the key is also listed for what it loses.
+        ``lxc.console.path`` (LXC's own console, which libvirt's converter does not read):
+        ``none`` is a guest without a console; a host device has no element."""
+        consoles: list[Console] = []
+        tty = self.slots.get("tty")
+        if tty is not None:
+            value = tty.value.strip()
+            if value in ("", "0"):
+                self.note(tty, "no ttys: the guest gets none")
+            elif not value.isdigit() or int(value) > MAX_TTYS:
+                self.skip(tty, f"not a number of ttys (0..{MAX_TTYS})")
+            else:
+                count = int(value)
+                consoles = [Console(target_type="lxc", target_port=i) for i in range(count)]
+                ttys = "/dev/tty1" if count == 1 else f"/dev/tty1../dev/tty{count}"
+                self.skip(
+                    tty,
+                    f"mapped to {count} <console>{'s' if count > 1 else ''}, as libvirt's "
+                    "converter maps it; the supervisor serves the first, on /dev/console, and "
+                    f"makes no {ttys} (a getty there finds no device)",
+                )
+        console = self.slots.get("console")
+        if console is not None and console.value == "none":
+            if consoles:
+                self.skip(
+                    console,
+                    "the first of the lxc.tty.max consoles is the guest's /dev/console "
+                    "(libvirt's mapping), so the guest has one",
+                )
+            else:
+                self.note(console, "no console: the guest gets none")
+        elif console is not None and console.value:
+            self.skip(
+                console,
+                "a console on a host device: a <console> is a pty the supervisor makes in the "
+                "guest's own devpts",
+            )
+        elif not consoles:
+            self.note(
+                None,
+                "LXC gives a container a console unless lxc.console.path = none; libvirt's "
+                "converter maps only lxc.tty.max, so the guest has none: add <console "
+                "type='pty'/> for vsv console",
+                origin=path or "-",
+            )
+        return {"consoles": tuple(consoles)} if consoles else {}
 
     # -- network -----------------------------------------------------------------------------
 
@@ -1130,6 +1220,10 @@ class _Builder:
         cputune = self._cputune()
         if cputune is not None:
             out["cputune"] = cputune
+        out.update(self._cpuset())
+        blkiotune = self._blkiotune()
+        if blkiotune is not None:
+            out["blkiotune"] = blkiotune
         pids = self.slots.get("pids")
         if pids is not None:
             if pids.value in ("max", "-1", ""):
@@ -1195,6 +1289,98 @@ class _Builder:
         if tune == CpuTune():
             return None
         return tune
+
+    def _cpuset(self) -> dict[str, object]:
+        """``cpuset.cpus``: ``<vcpu cpuset=>`` (libvirt's mapping), with the number of those
+        CPUs as ``<vcpu>`` (libvirt writes 1 for any domain; the supervisor's ``<vcpu>`` is
+        the CPUs a token bucket covers, which these are)."""
+        entry = self.slots.get("cpuset")
+        if entry is None:
+            return {}
+        value = entry.value.strip()
+        if not value:
+            self.note(entry, "empty: no cpuset is set")
+            return {}
+        from supervisor.validate import parse_cpuset
+
+        try:
+            count = len(parse_cpuset(value))
+        except ValueError:
+            count = 1
+        problems = _problems(vcpu=count, cpuset=value)
+        if problems:
+            self.skip(entry, problems[0])
+            return {}
+        return {"vcpu": count, "cpuset": value}
+
+    def _blkiotune(self) -> BlkioTune | None:
+        """The blkio (v1) and io (v2) keys, in the order given, as ``<blkiotune>``: a weight,
+        and per device (``/dev/block/MAJ:MIN``, libvirt's path for the numbers a cgroup file
+        names) a weight and throttles. A throttle of 0 (v1) or ``max`` (v2) is libvirt's 0,
+        no limit."""
+        entries = sorted((e for key in _BLKIO for e in self.lists[key]), key=lambda e: e.seq)
+        weight: Entry | None = None
+        weight_value = 0
+        #: path -> field -> (entry, value), devices in the order first named
+        devices: dict[str, dict[str, tuple[Entry, int]]] = {}
+
+        def set_device(entry: Entry, node: str, field: str, value: int) -> None:
+            path = f"/dev/block/{node}"
+            change: dict[str, Any] = {field: value}
+            problems = _problems(blkiotune=BlkioTune(devices=(BlkioDevice(path, **change),)))
+            if problems:
+                self.skip(entry, problems[0])
+                return
+            fields = devices.setdefault(path, {})
+            old = fields.get(field)
+            if old is not None and old[1] != value:
+                self.note(entry, f"replaces {old[0].key} = {old[0].value} ({old[0].origin})")
+            fields[field] = (entry, value)
+
+        for entry in entries:
+            kind = _BLKIO[entry.key]
+            v2 = entry.key.startswith("lxc.cgroup2.")
+            words = entry.value.split()
+            if v2 and kind == "weight" and len(words) == 2 and words[0] == "default":
+                words = words[1:]
+            node = _DEVICE_NUMBERS.fullmatch(words[0]) if words else None
+            if kind == "io.max":
+                if node is None or len(words) < 2:
+                    self.skip(entry, "not 'MAJ:MIN rbps=N wbps=N riops=N wiops=N'")
+                    continue
+                for word in words[1:]:
+                    name, eq, text = word.partition("=")
+                    if name not in _IO_MAX or not eq or not (text == "max" or text.isdigit()):
+                        self.skip(entry, f"{word}: not rbps, wbps, riops or wiops = N or max")
+                        continue
+                    set_device(entry, words[0], _IO_MAX[name], 0 if text == "max" else int(text))
+            elif kind == "weight" and len(words) == 1:
+                problems = _problems(blkiotune=BlkioTune(weight=_int(words[0])))
+                if not words[0].isdigit() or problems:
+                    self.skip(entry, problems[0] if problems else "not a weight")
+                    continue
+                if weight is not None and weight_value != int(words[0]):
+                    self.note(entry, f"replaces {weight.key} = {weight.value} ({weight.origin})")
+                weight, weight_value = entry, int(words[0])
+            elif (kind != "weight" or v2) and node is not None and len(words) == 2:
+                if not words[1].isdigit():
+                    self.skip(entry, f"{words[1]}: not a whole number")
+                    continue
+                field = "weight" if kind in ("weight", "device weight") else kind
+                set_device(entry, words[0], field, int(words[1]))
+            else:
+                form = "WEIGHT" if kind == "weight" and not v2 else "MAJ:MIN VALUE"
+                if kind == "weight" and v2:
+                    form = "WEIGHT, 'default WEIGHT' or 'MAJ:MIN WEIGHT'"
+                self.skip(entry, f"not {form}")
+        tune = BlkioTune(
+            weight=weight_value if weight is not None else None,
+            devices=tuple(
+                BlkioDevice(path, **{f: v for f, (_, v) in fields.items()})
+                for path, fields in devices.items()
+            ),
+        )
+        return None if tune == BlkioTune() else tune
 
     # -- init, ids, capabilities -------------------------------------------------------------
 
@@ -1462,11 +1648,29 @@ class NativeConfig:
     unexpressed: tuple[str, ...] = ()
 
 
-def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeConfig:
+#: a block device node -> its ``MAJ:MIN`` (None: not a block device), for ``to_native``
+DeviceNumbers = Callable[[str], str | None]
+
+
+def numbers_in_path(path: str) -> str | None:
+    """``MAJ:MIN`` of a ``/dev/block/MAJ:MIN`` path (what :func:`from_native` makes of the
+    numbers a cgroup key names); None for any other path, which only the host can resolve."""
+    m = _DEVICE_NUMBERS.fullmatch(path.removeprefix("/dev/block/"))
+    return f"{int(m.group(1))}:{int(m.group(2))}" if m and path.startswith("/dev/block/") else None
+
+
+def to_native(
+    domain: Domain,
+    *,
+    cgroup_version: Literal[1, 2] = 2,
+    device_numbers: DeviceNumbers = numbers_in_path,
+) -> NativeConfig:
     """The LXC config for a domain, in LXC 3+ key names; cgroup keys for v2 or v1 hosts.
 
     What LXC cannot say (a vserver token bucket, a NIC on a named network, lifecycle actions
-    ...) is listed in ``unexpressed``, one sentence each.
+    ...) is listed in ``unexpressed``, one sentence each. ``device_numbers`` finds the
+    numbers of a ``<blkiotune><device>`` (LXC's blkio and io keys name a device by them); the
+    default reads only ``/dev/block/MAJ:MIN`` paths, so the function stays pure.
     """
     from supervisor.guest.confine import ALL_CAPS, capability_set
 
@@ -1535,6 +1739,8 @@ def to_native(domain: Domain, *, cgroup_version: Literal[1, 2] = 2) -> NativeCon
         else:
             put("lxc.cap.keep", " ".join(sorted(caps, key=in_given_order)) or "none")
     _cgroup_lines(domain, cgroup_version, put, gaps)
+    _blkio_lines(domain, cgroup_version, device_numbers, put, gaps)
+    _console_lines(domain, put, gaps)
     _nic_lines(domain, put, gaps)
     if domain.autostart:
         put("lxc.start.auto", 1)
@@ -1553,14 +1759,11 @@ def _cgroup_lines(
     mt = domain.memtune or MemTune()
     v2 = version == 2
     pre = "lxc.cgroup2." if v2 else "lxc.cgroup."
-    hard = mt.hard_limit_kib
+    # the guest's limit, <hard_limit> else <memory> (libvirt's LXC driver's order); a config
+    # converted back gives both again, as libvirt's converter maps the key
+    hard = domain.memory_limit_kib
     if hard is not None:
         put(pre + ("memory.max" if v2 else "memory.limit_in_bytes"), hard * 1024)
-    elif domain.memory_kib is not None:
-        gaps.append(
-            "<memory> without <memtune><hard_limit>: the supervisor sets no limit from it, "
-            "so none is written"
-        )
     if mt.soft_limit_kib is not None:
         put(pre + ("memory.high" if v2 else "memory.soft_limit_in_bytes"), mt.soft_limit_kib * 1024)
     if mt.swap_hard_limit_kib is not None:
@@ -1592,6 +1795,74 @@ def _cgroup_lines(
                 put(pre + "cpu.cfs_period_us", ct.period)
     if domain.pids_limit is not None:
         put(pre + "pids.max", domain.pids_limit)
+    if domain.cpuset is not None:
+        from supervisor.validate import kernel_cpu_list, parse_cpuset
+
+        cpus = parse_cpuset(domain.cpuset)  # the kernel's list format: no ^N
+        put(pre + "cpuset.cpus", kernel_cpu_list(cpus))
+        if domain.vcpu != len(cpus):
+            gaps.append(
+                f"<vcpu>{domain.vcpu}</vcpu> with a cpuset of {len(cpus)} CPUs (converted back, "
+                "<vcpu> is the cpuset's count)"
+            )
+
+
+#: ``<blkiotune><device>`` throttle -> (v1 key, v2 ``io.max`` key)
+_THROTTLE_KEYS: Final = {
+    "read_bytes_sec": ("blkio.throttle.read_bps_device", "rbps"),
+    "write_bytes_sec": ("blkio.throttle.write_bps_device", "wbps"),
+    "read_iops_sec": ("blkio.throttle.read_iops_device", "riops"),
+    "write_iops_sec": ("blkio.throttle.write_iops_device", "wiops"),
+}
+
+
+def _blkio_lines(
+    domain: Domain,
+    version: int,
+    device_numbers: DeviceNumbers,
+    put: Callable[[str, object], None],
+    gaps: list[str],
+) -> None:
+    """``<blkiotune>`` as the files LXC writes: v1 ``blkio.weight``, ``blkio.weight_device``
+    and the four throttle files; v2 ``io.weight`` (the guest's and the devices') and
+    ``io.max`` (0, libvirt's no limit, written ``max``)."""
+    tune = domain.blkiotune
+    if tune is None:
+        return
+    v2 = version == 2
+    if tune.weight is not None:
+        put("lxc.cgroup2.io.weight" if v2 else "lxc.cgroup.blkio.weight", tune.weight)
+    for dev in tune.devices:
+        node = device_numbers(dev.path)
+        if node is None:
+            gaps.append(
+                f"<blkiotune><device><path>{dev.path}: LXC names a device by its numbers, and "
+                "this is not a block device here"
+            )
+            continue
+        if dev.weight is not None:
+            key = "lxc.cgroup2.io.weight" if v2 else "lxc.cgroup.blkio.weight_device"
+            put(key, f"{node} {dev.weight}")
+        limits = [(f, getattr(dev, f)) for f in _THROTTLE_KEYS if getattr(dev, f) is not None]
+        if v2 and limits:
+            words = " ".join(f"{_THROTTLE_KEYS[f][1]}={v or 'max'}" for f, v in limits)
+            put("lxc.cgroup2.io.max", f"{node} {words}")
+        elif limits:
+            for field, value in limits:
+                put(f"lxc.cgroup.{_THROTTLE_KEYS[field][0]}", f"{node} {value}")
+
+
+def _console_lines(domain: Domain, put: Callable[[str, object], None], gaps: list[str]) -> None:
+    """N ``<console>``s are ``lxc.tty.max = N`` (libvirt's converter, read backwards); no
+    console is ``lxc.console.path = none`` (the supervisor gives such a guest none)."""
+    if not domain.consoles:
+        put("lxc.console.path", "none")
+        return
+    put("lxc.tty.max", len(domain.consoles))
+    if any(c.tty or c.source_path or c.alias for c in domain.consoles):
+        gaps.append(
+            "<console> tty=, <source path=>, <alias> (a running guest's pty: informational)"
+        )
 
 
 def _nic_lines(domain: Domain, put: Callable[[str, object], None], gaps: list[str]) -> None:
@@ -1654,7 +1925,7 @@ def _gaps_of_rest(domain: Domain, gaps: list[str]) -> None:
         (domain.title is not None or domain.description is not None, "<title>, <description>"),
         (domain.scheduler is not None, "the token bucket <scheduler> (LXC has none)"),
         (domain.current_memory_kib is not None, "<currentMemory> (informational)"),
-        (domain.vcpu is not None, "<vcpu> (informational for containers)"),
+        (domain.vcpu is not None and domain.cpuset is None, "<vcpu> (informational here)"),
         (domain.partition is not None, "<resource><partition> (LXC: lxc.cgroup.dir differs)"),
         (
             (domain.on_poweroff, domain.on_reboot, domain.on_crash)
@@ -1666,7 +1937,6 @@ def _gaps_of_rest(domain: Domain, gaps: list[str]) -> None:
         (domain.clock_offset is not None, "<clock> (a container has the host's clock)"),
         (domain.emulator is not None, "<emulator> (libvirt's controller)"),
         (bool(domain.seclabels), "<seclabel type='none'>"),
-        (bool(domain.consoles), "<console> (LXC: lxc.tty.max, lxc.console.path)"),
         (
             domain.vcpu_placement is not None or domain.vcpu_current is not None,
             "<vcpu placement= current=> (informational)",

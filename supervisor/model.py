@@ -342,6 +342,20 @@ class Domain:
             return False
         return self.privnet or bool(self.interfaces)
 
+    @property
+    def memory_limit_kib(self) -> int | None:
+        """The guest's memory limit in KiB: ``<memtune><hard_limit>``, else ``<memory>``; None
+        for no limit.
+
+        libvirt's LXC driver sets the limit from ``<memory>`` and then, when the domain has
+        one, from ``<hard_limit>`` (``virLXCCgroupSetupMemTune``): the hard limit counts, and
+        ``<memory>`` is the limit of a domain without one.
+        """
+        mt = self.memtune
+        if mt is not None and mt.hard_limit_kib is not None:
+            return mt.hard_limit_kib
+        return self.memory_kib
+
     def shared(self, kind: str) -> SharedNamespace | None:
         """The ``<lxc:namespace>`` entry for a namespace kind (net, ipc, uts), if any."""
         for share in self.shared_namespaces:

@@ -509,7 +509,7 @@ def _check_vcpu(sink: _Sink, domain: Domain) -> None:
             ("vcpu_placement",),
             "vcpu/@placement",
             placement,
-            "is not supported (automatic placement chooses a cpuset, which is not applied yet)",
+            "is not supported (automatic placement asks numad for a cpuset: give cpuset= instead)",
             "static",
         )
     sink.int_range(("vcpu_current",), "vcpu/@current", domain.vcpu_current, 1, domain.vcpu)

@@ -1,4 +1,5 @@
-"""``<vcpu cpuset>`` and ``<blkiotune>`` applied through the cpuset and blkio/io controllers.
+"""``<vcpu cpuset>``, ``<blkiotune>`` and the memory limits applied through the cpuset, blkio/io
+and memory controllers.
 
 The mapping is unit tested on its own and on a fake v2 tree; as root, guests are started on a
 real supervisor and the values read back from the kernel's cgroup files (and the init's
@@ -17,7 +18,13 @@ import trio
 
 from supervisor.daemon import Supervisor
 from supervisor.errors import RuntimeFailure, VsvError
-from supervisor.guest.cgroups import GuestCgroup, blkio_writes, detect_layout, find_leftovers
+from supervisor.guest.cgroups import (
+    GuestCgroup,
+    blkio_writes,
+    block_device,
+    detect_layout,
+    find_leftovers,
+)
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import BlkioDevice, BlkioTune, Domain, Filesystem, MemTune, OsSpec
 from tests import test_net_daemon
@@ -97,6 +104,15 @@ def _fake_v2(tmp_path: Path) -> Path:
     (root / "cgroup.subtree_control").write_text("")
     (root / "cpuset.cpus.effective").write_text("0-3\n")
     return root
+
+
+def test_a_device_by_its_numbers_needs_no_udev_link(tmp_path: Path) -> None:
+    """/dev/block/MAJ:MIN (libvirt's converter's name for a device by its numbers) is that
+    device where udev made no such link, if sysfs has it; else the start fails naming it."""
+    (tmp_path / "dev" / "block" / "259:70000").mkdir(parents=True)
+    assert (259, 70000) == block_device("/dev/block/259:70000", sysfs=str(tmp_path))
+    with pytest.raises(RuntimeFailure, match=r"<blkiotune><device><path>/dev/block/259:70001"):
+        block_device("/dev/block/259:70001", sysfs=str(tmp_path))
 
 
 def test_v2_cpuset_enables_the_controller_and_writes_the_cpus(tmp_path: Path) -> None:
@@ -285,3 +301,54 @@ async def test_memtune_soft_and_swap_limits_are_in_the_cgroup_files(
                 assert str(131072 * 1024) == memsw
     finally:
         await sup.destroy_domain("mem")
+
+
+@pytest.mark.root
+async def test_memory_is_the_limit_and_hard_limit_overrides_it(
+    sup: Supervisor, tmp_path: Path, prefix: str
+) -> None:
+    """<memory> alone is the guest's memory limit (v1 memory.limit_in_bytes, v2 memory.max),
+    as libvirt's LXC driver sets it; <memtune><hard_limit> beside it is the limit instead."""
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    await sup.define_domain(_guest("memonly", root, memory_kib=98304))
+    tune = MemTune(hard_limit_kib=81920)
+    await sup.define_domain(_guest("memhard", root, memory_kib=98304, memtune=tune))
+    files = ("memory.max", "memory.limit_in_bytes")
+    got: dict[str, str] = {}
+    try:
+        for name in ("memonly", "memhard"):
+            with trio.fail_after(60):
+                await sup.start_domain(name)
+            cgroup = sup.guests[name].cgroup
+            assert cgroup is not None
+            where = cgroup.controller_dir("memory")
+            assert where is not None
+            fname = next(f for f in files if os.path.exists(os.path.join(where, f)))
+            got[name] = _read(sup, name, "memory", fname)
+    finally:
+        for name in ("memonly", "memhard"):
+            if sup.guests[name].status().state == "RUNNING":
+                await sup.destroy_domain(name)
+    assert {"memonly": str(98304 * 1024), "memhard": str(81920 * 1024)} == got
+    assert [] == find_leftovers(detect_layout(), prefix)
+
+
+@pytest.mark.root
+async def test_a_v1_swap_limit_below_memory_fails_the_start_by_name(
+    sup: Supervisor, tmp_path: Path, prefix: str
+) -> None:
+    """On v1 with swap accounting, a swap_hard_limit (memory + swap) below <memory> is a start
+    that fails naming <memtune><swap_hard_limit>, leaving no cgroup behind."""
+    layout = detect_layout()
+    memory = layout.v1_path("memory")
+    if "memory" in layout.v2_controllers or memory is None:
+        pytest.skip("v2 memory controller: swap.max is swap alone, never below the limit")
+    if not os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):
+        pytest.skip("no swap accounting (memory.memsw.* files) on this kernel")
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    tune = MemTune(swap_hard_limit_kib=32768)
+    await sup.define_domain(_guest("lowswap", root, memory_kib=65536, memtune=tune))
+    with trio.fail_after(60), pytest.raises(VsvError, match=r"<memtune><swap_hard_limit>"):
+        await sup.start_domain("lowswap")
+    assert "SHUTOFF" == sup.guests["lowswap"].status().state
+    assert [] == find_leftovers(detect_layout(), prefix)

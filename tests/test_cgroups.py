@@ -113,6 +113,18 @@ def test_v2_create_enables_controllers_and_limit_paths(tmp_path: Path) -> None:
     assert [os.path.join(root, "vsvt-web1")] == find_leftovers(cg.layout, "vsvt")
 
 
+def test_v2_memory_is_the_limit_without_a_hard_limit(tmp_path: Path) -> None:
+    """On a pure v2 tree <memory> alone is memory.max, and swap.max is the swap beyond it."""
+    root = _fake_v2(tmp_path)
+    cg = GuestCgroup(detect_layout(root), "vsvt", "m1")
+    cg.create()
+    dom = Domain(name="m1", memory_kib=2048, memtune=MemTune(swap_hard_limit_kib=3072))
+    d = os.path.join(root, "vsvt-m1")
+    assert [(f"{d}/memory.max", "2097152"), (f"{d}/memory.swap.max", "1048576")] == (
+        cg.limit_writes(dom)
+    )
+
+
 async def test_v2_freeze_state_and_kill_file(tmp_path: Path) -> None:
     """v2 reads frozen from cgroup.events and kill_all writes 1 to cgroup.kill."""
     root = _fake_v2(tmp_path)
@@ -138,32 +150,41 @@ def test_write_error_names_file_and_value(tmp_path: Path) -> None:
 
 
 @given(
+    memory=st.none() | st.integers(1, 2**30),
     hard=st.none() | st.integers(1, 2**30),
     soft=st.none() | st.integers(1, 2**30),
     swap=st.none() | st.integers(1, 2**31),
     pids=st.none() | st.integers(1, 10**6),
 )
 def test_memory_writes_mapping(
-    hard: int | None, soft: int | None, swap: int | None, pids: int | None
+    memory: int | None, hard: int | None, soft: int | None, swap: int | None, pids: int | None
 ) -> None:
-    """v1 writes memory limit before memsw; v2 swap.max is swap minus hard; bytes = KiB*1024."""
+    """The limit is hard_limit, else <memory> (libvirt's LXC order); v1 writes it before
+    memsw; v2 swap.max is swap minus the limit; bytes = KiB*1024."""
     dom = Domain(
         name="x",
+        memory_kib=memory,
         memtune=MemTune(hard_limit_kib=hard, soft_limit_kib=soft, swap_hard_limit_kib=swap),
         pids_limit=pids,
     )
     v1 = dict(memory_writes(dom, "v1"))
     v2 = dict(memory_writes(dom, "v2"))
     names_v1 = [n for n, _ in memory_writes(dom, "v1")]
-    if hard is not None:
-        assert str(hard * 1024) == v1["memory.limit_in_bytes"] == v2["memory.max"]
+    limit = hard if hard is not None else memory
+    assert limit == dom.memory_limit_kib
+    if limit is None:
+        assert "memory.limit_in_bytes" not in v1
+        assert "memory.max" not in v2
+    else:
+        assert str(limit * 1024) == v1["memory.limit_in_bytes"] == v2["memory.max"]
+        assert 1 == names_v1.count("memory.limit_in_bytes")
         if swap is not None:
             assert names_v1.index("memory.limit_in_bytes") < names_v1.index(
                 "memory.memsw.limit_in_bytes"
             )
     if swap is not None:
         assert str(swap * 1024) == v1["memory.memsw.limit_in_bytes"]
-        assert str(max(swap - (hard or 0), 0) * 1024) == v2["memory.swap.max"]
+        assert str(max(swap - (limit or 0), 0) * 1024) == v2["memory.swap.max"]
     if soft is not None:
         assert str(soft * 1024) == v1["memory.soft_limit_in_bytes"] == v2["memory.high"]
     assert (None if pids is None else str(pids)) == v1.get("pids.max")

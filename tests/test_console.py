@@ -343,8 +343,10 @@ async def test_every_escape_fails_from_an_init_on_a_console(served: Served, kind
     await served.sup.start_domain(name)
 
     def report() -> dict[str, Any] | None:
-        lines = [ln for ln in served.log(name).splitlines() if ln.startswith("{")]
-        return json.loads(lines[-1]) if lines else None
+        """The probe's report once its line is whole (the relay copies the pty in chunks)."""
+        lines = served.log(name).splitlines(keepends=True)
+        whole = [ln for ln in lines if ln.startswith("{") and ln.endswith("\n")]
+        return json.loads(whole[-1]) if whole else None
 
     await _until(lambda: report() is not None, "the probe's report", timeout=30)
     result = report()

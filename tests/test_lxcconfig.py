@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +21,13 @@ import pytest
 
 from supervisor.daemon import Supervisor
 from supervisor.formats_cli import (
+    host_device_numbers,
     import_lxc,
     lxc_from_native,
     lxc_to_native,
     read_lxc_path,
 )
+from supervisor.guest.cgroups import detect_layout
 from supervisor.guest.confine import ALL_CAPS, capability_set, parse_cap_mask
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.lxcconfig import (
@@ -37,8 +40,11 @@ from supervisor.lxcconfig import (
     to_native,
 )
 from supervisor.model import (
+    BlkioDevice,
+    BlkioTune,
     Capabilities,
     CapsPolicy,
+    Console,
     CpuTune,
     Domain,
     Filesystem,
@@ -53,7 +59,7 @@ from supervisor.model import (
 )
 from supervisor.validate import check_domain
 from supervisor.xml import format_domain, parse_domain
-from tests import test_net_daemon
+from tests import test_cgroup_tunables, test_net_daemon
 from tests.fake_supervisor import ServerThread, short_tmpdir
 from tests.test_net_daemon import in_ns
 from tests.test_xml_roundtrip import LIBVIRT_SCHEMAS, _assert_valid, _schema, needs_libvirt_schemas
@@ -68,6 +74,7 @@ MIB = 1024
 # the fixtures of the network tests (a sandbox netns, a supervisor doing its networking there)
 sandbox = test_net_daemon.sandbox
 sup = test_net_daemon.sup
+loopdev = test_cgroup_tunables.loopdev
 
 
 def convert(name: str, **kwargs: object) -> Conversion:
@@ -196,8 +203,9 @@ def test_each_converted_document_validates_against_libvirts_schema(name: str) ->
 
 def test_every_unmapped_key_is_listed_with_its_reason() -> None:
     """unmapped.conf: every key the model cannot hold is listed, in line order; 'later' marks
-    the ones an element libvirt has (direct, hostdev, cpuset, blkiotune, block, console) would
-    map; the domain is what is left (no NIC: a network namespace with only lo)."""
+    the ones an element libvirt has (direct, hostdev, numatune) would map; the ttys are listed
+    beside the consoles they map to; the domain is what is left (no NIC: a network namespace
+    with only lo)."""
     c = convert("unmapped.conf")
     listed = [(int(u.origin.rpartition(":")[2]), u.key, u.later) for u in c.unmapped]
     assert [
@@ -207,8 +215,8 @@ def test_every_unmapped_key_is_listed_with_its_reason() -> None:
         (7, "lxc.net.0.macvlan.mode", False),
         (8, "lxc.net.1.type", True),
         (9, "lxc.net.1.link", False),
-        (10, "lxc.cgroup.cpuset.cpus", True),
-        (11, "lxc.cgroup.blkio.weight", True),
+        (10, "lxc.cgroup.cpuset.mems", True),
+        (11, "lxc.cgroup.blkio.device_weight", False),
         (12, "lxc.cgroup.devices.allow", False),
         (13, "lxc.apparmor.profile", False),
         (14, "lxc.seccomp.profile", False),
@@ -218,7 +226,7 @@ def test_every_unmapped_key_is_listed_with_its_reason() -> None:
         (18, "lxc.mount.entry", True),
         (19, "lxc.mount.entry", False),
         (20, "lxc.mount.entry", False),
-        (21, "lxc.tty.max", True),
+        (21, "lxc.tty.max", False),
         (22, "lxc.pty.max", False),
         (23, "lxc.autodev", False),
         (24, "lxc.frobnicate", False),
@@ -229,8 +237,12 @@ def test_every_unmapped_key_is_listed_with_its_reason() -> None:
     assert "<hostdev" in why["lxc.net.1.type = phys"]
     assert "cannot read" in why["lxc.include = missing.conf"]
     assert "size=" in why["lxc.mount.entry = tmpfs scratch tmpfs mode=1777 0 0"]
+    assert "<numatune>" in why["lxc.cgroup.cpuset.mems = 0"]
+    assert "blkio.weight_device" in why["lxc.cgroup.blkio.device_weight = 8:0 500"]
+    assert "no /dev/tty1../dev/tty4" in why["lxc.tty.max = 4"]
     root = Filesystem("/var/lib/lxc/leftovers/rootfs", "/")
     assert (True, (), (root,)) == (c.domain.privnet, c.domain.interfaces, c.domain.filesystems)
+    assert tuple(Console(target_type="lxc", target_port=i) for i in range(4)) == c.domain.consoles
     assert "not mapped yet: the model has no <interface type='direct'> yet" in str(c.unmapped[1])
 
 
@@ -301,6 +313,136 @@ def test_swap_max_without_a_memory_limit_is_listed() -> None:
     c = text(BASE + "lxc.cgroup2.memory.swap.max = 64M\n")
     assert None is c.domain.memtune
     assert "needs memory.max" in reasons(c)["lxc.cgroup2.memory.swap.max = 64M"]
+
+
+TUNED = Domain(
+    name="tunables",
+    type="lxc",
+    vcpu=1,
+    cpuset="0",
+    memory_kib=160 * MIB,
+    memtune=MemTune(160 * MIB, 96 * MIB, 224 * MIB),
+    blkiotune=BlkioTune(
+        devices=(
+            BlkioDevice(
+                "/dev/block/7:0",
+                read_bytes_sec=2097152,
+                write_bytes_sec=1048576,
+                read_iops_sec=400,
+                write_iops_sec=0,
+            ),
+        )
+    ),
+    os=OsSpec(init="/bin/sh", initargs=("-c", LOOP)),
+    filesystems=(Filesystem("/var/lib/lxc/tunables/rootfs", "/"),),
+    privnet=True,
+    consoles=(Console(target_type="lxc", target_port=0),),
+)
+
+
+@pytest.mark.parametrize("name", ["tunables-v1.conf", "tunables-v3.conf"])
+def test_cpuset_blkio_memory_and_ttys_in_either_generation(name: str) -> None:
+    """LXC 1.x names with cgroup v1 keys and LXC 3+ names with v2 keys give one domain: the
+    cpuset as <vcpu cpuset> (<vcpu> its CPU count), the throttles of device 7:0 (0 and max:
+    no limit) as /dev/block/7:0, memory.max/limit_in_bytes as <memory> and hard_limit,
+    memsw or max + swap.max as swap_hard_limit, one tty as one <console>; only the tty
+    itself is listed (the guest gets no /dev/tty1)."""
+    c = convert(name)
+    assert TUNED == c.domain
+    assert [("lxc.tty" if "v1" in name else "lxc.tty.max", False)] == [
+        (u.key, u.later) for u in c.unmapped
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "tune"),
+    [
+        (
+            "lxc.cgroup.blkio.weight = 500\nlxc.cgroup.blkio.weight_device = 8:16 700\n",
+            BlkioTune(500, (BlkioDevice("/dev/block/8:16", weight=700),)),
+        ),
+        (
+            "lxc.cgroup.blkio.bfq.weight = 500\nlxc.cgroup.blkio.bfq.weight_device = 8:16 700\n",
+            BlkioTune(500, (BlkioDevice("/dev/block/8:16", weight=700),)),
+        ),
+        (
+            "lxc.cgroup2.io.weight = default 500\nlxc.cgroup2.io.weight = 8:16 700\n",
+            BlkioTune(500, (BlkioDevice("/dev/block/8:16", weight=700),)),
+        ),
+        (
+            "lxc.cgroup2.io.bfq.weight = 500\nlxc.cgroup2.io.bfq.weight = 8:16 700\n",
+            BlkioTune(500, (BlkioDevice("/dev/block/8:16", weight=700),)),
+        ),
+        (
+            "lxc.cgroup2.io.max = 8:0 rbps=max riops=50\nlxc.cgroup2.io.max = 8:0 rbps=4096\n",
+            BlkioTune(
+                devices=(BlkioDevice("/dev/block/8:0", read_bytes_sec=4096, read_iops_sec=50),)
+            ),
+        ),
+    ],
+)
+def test_blkio_and_io_weights_and_throttles(config: str, tune: BlkioTune) -> None:
+    """v1 blkio and v2 io keys, CFQ's and BFQ's files, are <blkiotune>: the weight, and per
+    device (/dev/block/MAJ:MIN, as libvirt's converter names it) a weight and throttles; a
+    device's later value counts."""
+    c = text(BASE + config)
+    assert (tune, ()) == (c.domain.blkiotune, c.unmapped)
+
+
+def test_bad_blkio_and_cpuset_values_are_listed() -> None:
+    """Weights outside libvirt's 100..1000, lines not in the file's format, io.max keys it
+    does not have, a CPU list that is not one, cpuset.mems (<numatune>) are listed; a
+    value given again is noted."""
+    c = text(
+        BASE
+        + "lxc.cgroup.blkio.weight = 50\n"
+        + "lxc.cgroup.blkio.weight = 300\n"
+        + "lxc.cgroup.blkio.weight = 400\n"
+        + "lxc.cgroup.blkio.weight_device = sda 700\n"
+        + "lxc.cgroup.blkio.throttle.read_bps_device = 8:0\n"
+        + "lxc.cgroup2.io.max = 8:0 rbps=1 latency=5\n"
+        + "lxc.cgroup2.io.weight = 8:0 heavy\n"
+        + "lxc.cgroup2.io.latency = 8:0 target=10\n"
+        + "lxc.cgroup.cpuset.cpus = 3-1\n"
+        + "lxc.cgroup2.cpuset.mems = 0\n"
+        + "lxc.cgroup.cpuset.cpu_exclusive = 1\n"
+    )
+    assert BlkioTune(400, (BlkioDevice("/dev/block/8:0", read_bytes_sec=1),)) == (
+        c.domain.blkiotune
+    )
+    assert (None, None) == (c.domain.cpuset, c.domain.vcpu)
+    why = reasons(c)
+    assert "100..1000" in why["lxc.cgroup.blkio.weight = 50"]
+    assert "MAJ:MIN" in why["lxc.cgroup.blkio.weight_device = sda 700"]
+    assert "MAJ:MIN" in why["lxc.cgroup.blkio.throttle.read_bps_device = 8:0"]
+    assert "latency=5" in why["lxc.cgroup2.io.max = 8:0 rbps=1 latency=5"]
+    assert "heavy" in why["lxc.cgroup2.io.weight = 8:0 heavy"]
+    assert "<blkiotune>" in why["lxc.cgroup2.io.latency = 8:0 target=10"]
+    assert "backward range" in why["lxc.cgroup.cpuset.cpus = 3-1"]
+    assert "<numatune>" in why["lxc.cgroup2.cpuset.mems = 0"]
+    assert "<vcpu cpuset>" in why["lxc.cgroup.cpuset.cpu_exclusive = 1"]
+    assert ["c.conf:5"] == [n.origin for n in c.notes if "replaces" in n.text]
+
+
+def test_ttys_and_the_console() -> None:
+    """lxc.tty.max N is N consoles, ports 0..N-1 (libvirt's mapping), listed for the ttys the
+    guest does not get; lxc.console.path none beside them, or a host device, is listed;
+    without either key a note says LXC's console is not mapped; the console's log keys are
+    listed."""
+    c = text(BASE + "lxc.tty.max = 2\nlxc.console.path = none\nlxc.console.logfile = /l\n")
+    assert (
+        Console(target_type="lxc", target_port=0),
+        Console(target_type="lxc", target_port=1),
+    ) == (c.domain.consoles)
+    why = reasons(c)
+    assert "/dev/tty1../dev/tty2" in why["lxc.tty.max = 2"]
+    assert "is the guest's /dev/console" in why["lxc.console.path = none"]
+    assert "RUN/logs" in why["lxc.console.logfile = /l"]
+    device = text(BASE + "lxc.console.path = /dev/ttyS0\nlxc.tty.max = many\n")
+    assert () == device.domain.consoles
+    assert ["lxc.console.path", "lxc.tty.max"] == [u.key for u in device.unmapped]
+    assert any("add <console" in n.text for n in text(BASE).notes)
+    assert not any("add <console" in n.text for n in text(BASE + "lxc.console = none\n").notes)
 
 
 # --- the reading of the file ---------------------------------------------------------------
@@ -627,6 +769,65 @@ def test_to_native_reads_back_to_the_same_domain(name: str, version: int) -> Non
     assert d == back.domain
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_to_native_writes_cpuset_blkio_and_ttys_back(version: int) -> None:
+    """The cpuset, the /dev/block/MAJ:MIN throttles (0 as v2's max) and the consoles as
+    lxc.tty.max convert back to the same domain, on either cgroup version."""
+    native = to_native(TUNED, cgroup_version=version)  # type: ignore[arg-type]
+    assert () == native.unexpressed
+    if version == 2:
+        assert "lxc.cgroup2.io.max = 7:0 rbps=2097152 wbps=1048576 riops=400 wiops=max\n" in (
+            native.text
+        )
+    else:
+        assert "lxc.cgroup.blkio.throttle.write_iops_device = 7:0 0\n" in native.text
+    back = text(native.text)
+    assert ["lxc.tty.max"] == [u.key for u in back.unmapped]
+    assert TUNED == attrs.evolve(back.domain, capabilities=None)
+
+
+def test_to_native_names_devices_by_their_numbers() -> None:
+    """A device path is written by its numbers; one the lookup cannot resolve is listed; a
+    cpuset is written in the kernel's list format; a <vcpu> that is not the cpuset's count
+    and a console's live pty are listed."""
+    d = attrs.evolve(
+        TUNED,
+        vcpu=4,
+        cpuset="0-3,^2",
+        blkiotune=BlkioTune(
+            devices=(BlkioDevice("/dev/vdb", weight=300), BlkioDevice("/dev/nope", weight=200))
+        ),
+        consoles=(Console(tty="/dev/pts/3", target_type="lxc", target_port=0),),
+    )
+    native = to_native(d, device_numbers={"/dev/vdb": "252:16"}.get)
+    assert "lxc.cgroup2.io.weight = 252:16 300\n" in native.text
+    assert "lxc.cgroup2.cpuset.cpus = 0-1,3\n" in native.text
+    assert "lxc.tty.max = 1\n" in native.text
+    gaps = "\n".join(native.unexpressed)
+    assert "/dev/nope" in gaps
+    assert "<vcpu>4</vcpu>" in gaps
+    assert "<console> tty=" in gaps
+    assert "lxc.console.path = none\n" in to_native(text(BASE).domain).text
+
+
+def test_host_device_numbers() -> None:
+    """The CLI's lookup: a block device node's numbers, those a /dev/block/MAJ:MIN path
+    names; None for anything else."""
+    block = next(
+        (
+            os.path.join("/dev", n)
+            for n in sorted(os.listdir("/dev"))
+            if stat.S_ISBLK(os.stat(os.path.join("/dev", n)).st_mode)
+        ),
+        None,
+    )
+    assert (None, None) == (host_device_numbers("/dev/null"), host_device_numbers("/nonexistent"))
+    assert "259:70000" == host_device_numbers("/dev/block/259:70000")
+    if block is not None:
+        rdev = os.stat(block).st_rdev
+        assert f"{os.major(rdev)}:{os.minor(rdev)}" == host_device_numbers(block)
+
+
 def test_to_native_keeps_the_capability_set() -> None:
     """The supervisor's default set (no <capabilities>) and cap.keep come out as lxc.cap.keep,
     which gives the same set back."""
@@ -669,7 +870,7 @@ def test_from_native_verb_prints_document_and_lists_keys() -> None:
     assert "leftovers" == parse_domain(out.getvalue()).name
     lines = err.getvalue().splitlines()
     assert f"{DATA}/unmapped.conf:5: lxc.net.0.type = macvlan: not mapped yet: " in lines[1]
-    assert "vsv domxml-from-native: 22 not mapped (6 of them not yet" in lines[-1]
+    assert "vsv domxml-from-native: 22 not mapped (4 of them not yet" in lines[-1]
 
 
 def test_from_native_verb_exit_codes(tmp_path: Path) -> None:
@@ -759,9 +960,10 @@ def test_the_verbs_as_commands(tmp_path: Path) -> None:
 # --- as root: converted configs define and start -------------------------------------------
 
 
-def _stage(tmp_path: Path, prefix: str) -> tuple[Path, Path]:
-    """The configs copied with their host paths under tmp_path and names carrying the prefix:
-    (the config directory, the directory standing for /var/lib/lxc)."""
+def _stage(tmp_path: Path, prefix: str, node: str = "7:0") -> tuple[Path, Path]:
+    """The configs copied with their host paths under tmp_path, names carrying the prefix and
+    the block device 7:0 of the tunables configs replaced by ``node``: (the config directory,
+    the directory standing for /var/lib/lxc)."""
     lxc = tmp_path / "lxc"
     cfg = tmp_path / "cfg"
     cfg.mkdir()
@@ -769,6 +971,7 @@ def _stage(tmp_path: Path, prefix: str) -> tuple[Path, Path]:
         body = src.read_text()
         body = body.replace("/var/lib/lxc/", f"{lxc}/")
         body = body.replace("lxcbr0", f"{prefix}br0").replace("vethweb0", f"{prefix}w0")
+        body = body.replace(" 7:0 ", f" {node} ")
         (cfg / src.name).write_text(body)
     return cfg, lxc
 
@@ -820,18 +1023,28 @@ def _bounding(pid: str) -> frozenset[str]:
 
 
 STARTED = ["web-v3.conf", "cgroup2.conf", "net-none.conf", "net-ethernet.conf"]
-STARTED += ["caps-keep.conf", "unmapped.conf"]
+STARTED += ["caps-keep.conf", "unmapped.conf", "tunables-v1.conf", "tunables-v3.conf"]
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("config", STARTED)
 async def test_a_converted_config_defines_and_starts(
-    config: str, sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
+    config: str,
+    sup: Supervisor,
+    tmp_path: Path,
+    prefix: str,
+    sandbox: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Each key family's config, converted, is defined and started on a real supervisor, and
-    the guest has what the config asked for: host name, mounts, limits, NIC with its addresses
-    and gateway, network namespace, capabilities."""
-    cfg, _lxc = _stage(tmp_path, prefix)
+    the guest has what the config asked for: host name, mounts, limits (memory, cpuset, I/O
+    throttles of a loop device standing in for a disk), console, NIC with its addresses and
+    gateway, network namespace, capabilities."""
+    node = "7:0"
+    if config.startswith("tunables"):
+        st = os.stat(request.getfixturevalue("loopdev"))
+        node = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    cfg, _lxc = _stage(tmp_path, prefix, node)
     path = cfg / config
     conversion = from_native(path.read_text(), path=str(path), read=read_lxc_path)
     domain = parse_domain(format_domain(conversion.domain))
@@ -866,11 +1079,26 @@ async def test_a_converted_config_defines_and_starts(
             if fs.type == "ram":
                 assert f"size={fs.usage_kib}k" in options
             assert fs.readonly == ("ro" in options.split(",")[:1])
-        if domain.memtune is not None and domain.memtune.hard_limit_kib is not None:
+        if domain.memory_limit_kib is not None:
             limit = _cgroup_value(sup, name, "memory", "memory.max", "memory.limit_in_bytes")
-            assert str(domain.memtune.hard_limit_kib * 1024) == limit
+            assert str(domain.memory_limit_kib * 1024) == limit
         if domain.pids_limit is not None:
             assert str(domain.pids_limit) == _cgroup_value(sup, name, "pids", "pids.max")
+        if domain.cpuset is not None:
+            assert domain.cpuset == _cgroup_value(sup, name, "cpuset", "cpuset.cpus")
+        if domain.blkiotune is not None:
+            if "io" in detect_layout().v2_controllers:
+                line = f"{node} rbps=2097152 wbps=1048576 riops=400 wiops=max"
+                assert line == _cgroup_value(sup, name, "blkio", "io.max")
+            else:
+                files = ("read_bps", "write_bps", "read_iops")
+                throttles = [
+                    _cgroup_value(sup, name, "blkio", f"blkio.throttle.{f}_device") for f in files
+                ]
+                assert [f"{node} 2097152", f"{node} 1048576", f"{node} 400"] == throttles
+        # a console is init's stdio, a pty of the guest's own devpts
+        stdin = os.readlink(f"/proc/{pid}/fd/0")
+        assert bool(domain.consoles) == stdin.startswith("/dev/pts/"), stdin
         # the guest's set, but for what the supervisor's own bounding set lacks (only a guest
         # with its own user namespace may have that back, inside the namespace)
         expected, got = capability_set(domain), _bounding(str(pid))

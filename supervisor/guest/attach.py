@@ -19,7 +19,9 @@ How a command enters a guest whose init is ``pid``:
    seccomp filter, user and group, the permitted and effective sets). Joining a pid namespace
    only applies to children, so it forks once more: the grandchild, the first process of this
    command the guest can see, is confined from its first instruction; it changes directory and
-   execs the command, and the child passes its exit status on.
+   execs the command. The child waits for its end without reaping it and exits; the caller,
+   a child subreaper, reaps the command itself, so the command's status is reported even when
+   the child is killed with the guest's cgroups first (a guest's ``reboot -f``).
 
 The confinement is read from init itself, not from the definition: the capability set is init's
 bounding set (``CapBnd``), and the seccomp filter is compiled from it the way the start compiled
@@ -259,9 +261,8 @@ def run_in_guest(target: Target, command: Command, *, tty: bool = False) -> int:
         try:
             if tty:
                 _copy_window_size(0, slave)
-            # the command is our grandchild; if the process between us dies first (it is in
-            # the guest's cgroups, which a guest's reboot or destroy kills), the command or
-            # its zombie becomes our child and its own status is still reported
+            # the command is our grandchild, and becomes our child (or zombie) when the process
+            # between ends: we reap it ourselves, so its status survives that process (_child)
             _become_subreaper()
             pid = os.fork()
             if pid == 0:
@@ -273,11 +274,10 @@ def run_in_guest(target: Target, command: Command, *, tty: bool = False) -> int:
                 slave = -1
                 _relay(master, pid)
             status = os.waitpid(pid, 0)[1]
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-                orphan = _orphan_status()
-                if orphan is not None:
-                    return _status(orphan)
-            return _status(status)
+            # the process between leaves the command to us, ended or not (see _child); it has
+            # no command to leave when it failed before the fork, and then its status is ours
+            command_status = _orphan_status()
+            return _status(command_status if command_status is not None else status)
         finally:
             for fd in (master, slave):
                 if fd >= 0:
@@ -293,9 +293,9 @@ def _become_subreaper() -> None:
 
 
 def _orphan_status() -> int | None:
-    """The wait status of the command once its parent was killed: it was re-parented to us
-    before we saw that parent end (the kernel re-parents children first). None if the parent
-    had already reaped it."""
+    """The wait status of the command once the process between has ended: the command (or
+    its zombie) was re-parented to us before we saw that process end (the kernel re-parents
+    children first). None when there is no command (the process between failed before it)."""
     try:
         return os.waitpid(-1, 0)[1]
     except ChildProcessError:
@@ -400,7 +400,12 @@ def _child(target: Target, command: Command, terminal: int) -> None:
             _grandchild(command, env)
         if terminal >= 0:
             os.close(terminal)  # the command's end of it must be the last one open
-        os._exit(_status(os.waitpid(pid, 0)[1]))
+        # wait for the command's end without reaping it: the caller (a subreaper) gets it and
+        # its status when we exit, also if we are killed first (we are in the guest's cgroups,
+        # which a guest's reboot or destroy kills), so no moment exists where the status is
+        # only in this process
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        os._exit(0)
     except BaseException:
         os._exit(EXIT_CANNOT_ENTER)  # nothing may return into the caller's code from a fork
 

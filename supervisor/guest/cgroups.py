@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import signal
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -224,21 +225,22 @@ def _parse_flat_keyed(text: str) -> dict[str, int]:
 
 
 def memory_writes(domain: Domain, layout_kind: LayoutKind) -> list[tuple[str, str]]:
-    """The (file, value) writes that put a domain's memtune and pids limit in place, in order.
+    """The (file, value) writes that put a domain's memory limits and pids limit in place, in
+    order.
 
-    Pure, so the mapping is unit tested without a kernel. v1 needs ``memory.limit_in_bytes``
-    before ``memory.memsw.limit_in_bytes`` (memsw may never be below it); libvirt's
-    ``swap_hard_limit`` is memory+swap, which is what v1's memsw means, while v2's
-    ``memory.swap.max`` is swap alone, so there it is the difference.
+    Pure, so the mapping is unit tested without a kernel. The memory limit is
+    :attr:`Domain.memory_limit_kib`, written once (libvirt's two writes end in that value).
+    v1 needs ``memory.limit_in_bytes`` before ``memory.memsw.limit_in_bytes`` (memsw may never
+    be below it); libvirt's ``swap_hard_limit`` is memory+swap, which is what v1's memsw means,
+    while v2's ``memory.swap.max`` is swap alone, so there it is the difference.
     """
     writes: list[tuple[str, str]] = []
     mt = domain.memtune
     v2 = layout_kind == "v2"
+    limit = domain.memory_limit_kib
+    if limit is not None:
+        writes.append(("memory.max" if v2 else "memory.limit_in_bytes", str(limit * 1024)))
     if mt is not None:
-        if mt.hard_limit_kib is not None:
-            writes.append(
-                ("memory.max" if v2 else "memory.limit_in_bytes", str(mt.hard_limit_kib * 1024))
-            )
         if mt.soft_limit_kib is not None:
             writes.append(
                 (
@@ -248,7 +250,7 @@ def memory_writes(domain: Domain, layout_kind: LayoutKind) -> list[tuple[str, st
             )
         if mt.swap_hard_limit_kib is not None:
             if v2:
-                swap = mt.swap_hard_limit_kib - (mt.hard_limit_kib or 0)
+                swap = mt.swap_hard_limit_kib - (limit or 0)
                 writes.append(("memory.swap.max", str(max(swap, 0) * 1024)))
             else:
                 writes.append(("memory.memsw.limit_in_bytes", str(mt.swap_hard_limit_kib * 1024)))
@@ -266,10 +268,26 @@ _THROTTLE_FILES: dict[str, tuple[str, str]] = {
 }
 
 
-def block_device(path: str) -> tuple[int, int]:
-    """A block device node's (major, minor), for ``<blkiotune><device><path>``."""
+#: udev's name for a block device by its numbers, which libvirt's converter writes
+_BY_NUMBERS = re.compile(r"/dev/block/(\d+):(\d+)")
+
+
+def block_device(path: str, *, sysfs: str = "/sys") -> tuple[int, int]:
+    """A block device node's (major, minor), for ``<blkiotune><device><path>``.
+
+    ``/dev/block/MAJ:MIN`` names the device by its numbers (udev's links; libvirt's converter
+    names the devices of an LXC config's blkio keys so): without udev there is no such link,
+    and then the device ``sysfs`` lists under those numbers is the one meant.
+    """
     try:
         st = os.stat(path)
+    except FileNotFoundError as e:
+        m = _BY_NUMBERS.fullmatch(path)
+        if m is not None and os.path.isdir(
+            os.path.join(sysfs, "dev/block", f"{m.group(1)}:{m.group(2)}")
+        ):
+            return int(m.group(1)), int(m.group(2))
+        raise RuntimeFailure(f"<blkiotune><device><path>{path}: {e.strerror}") from e
     except OSError as e:
         raise RuntimeFailure(f"<blkiotune><device><path>{path}: {e.strerror}") from e
     if not stat.S_ISBLK(st.st_mode):
@@ -446,7 +464,8 @@ class GuestCgroup:
                     raise
 
     def limit_writes(self, domain: Domain) -> list[tuple[str, str]]:
-        """Absolute (path, value) writes for a domain's memory and pids limits."""
+        """Absolute (path, value) writes for a domain's memory and pids limits
+        (:func:`memory_writes`)."""
         kind: LayoutKind = "v2" if "memory" in self.layout.v2_controllers else "v1"
         out: list[tuple[str, str]] = []
         for fname, value in memory_writes(domain, kind):
@@ -458,8 +477,9 @@ class GuestCgroup:
         return out
 
     def apply_limits(self, domain: Domain) -> None:
-        """Write the domain's memtune, pids, cpuset and blkiotune settings (only the ones the
-        domain gives).
+        """Write the domain's memory limit (``<memory>``, or ``<memtune><hard_limit>`` over
+        it, as libvirt's LXC driver applies them), the rest of its memtune, pids, cpuset and
+        blkiotune settings (only the ones the domain gives).
 
         A v1 memsw file that does not exist (swap accounting off) is skipped: the kernel offers
         no way to limit swap then, and refusing to start the guest would help no one. A cpuset
@@ -526,8 +546,23 @@ class GuestCgroup:
             _write_each(os.path.join(path, fname), values)
 
     def _apply_memory(self, domain: Domain) -> None:
+        """The memory and pids writes; a memsw the kernel refuses is named by its element."""
         for path, value in self.limit_writes(domain):
-            if path.endswith("memory.memsw.limit_in_bytes") and not os.path.exists(path):
+            if path.endswith("memory.memsw.limit_in_bytes"):
+                if not os.path.exists(path):
+                    continue
+                try:
+                    _write(path, value)
+                except RuntimeFailure as e:
+                    if not isinstance(e.__cause__, OSError) or e.__cause__.errno != errno.EINVAL:
+                        raise
+                    # the one way a valid domain gets EINVAL here: memsw (memory + swap) below
+                    # the limit; "Invalid argument" on a file name would not say which element
+                    raise RuntimeFailure(
+                        f"<memtune><swap_hard_limit> {int(value) // 1024} KiB is below the "
+                        f"guest's memory limit of {domain.memory_limit_kib} KiB (<hard_limit>, "
+                        "else <memory>): it is memory + swap"
+                    ) from e
                 continue
             if path.endswith("memory.limit_in_bytes"):
                 memsw = os.path.join(os.path.dirname(path), "memory.memsw.limit_in_bytes")

@@ -488,7 +488,7 @@ def _read_vcpu_attrs(r: Reader, el: etree._Element, fields: dict[str, object], l
             el,
             "vcpu/@placement",
             placement,
-            "is not supported (automatic placement chooses a cpuset, which is not applied yet)",
+            "is not supported (automatic placement asks numad for a cpuset: give cpuset= instead)",
             "static",
         )
     elif placement is not None:
@@ -556,8 +556,8 @@ def _read_clock(r: Reader, el: etree._Element, fields: dict[str, object]) -> Non
         r.error(
             srcline(child),
             f"clock/{name}",
-            f"unsupported element <{name}>: allowed none (a container has the host's clock, "
-            "and no timers of its own)",
+            f"unsupported element <{name}>: allowed none (a container has the host's clock; "
+            "the timer devices libvirt's LXC driver adds are not in the guest's fixed /dev)",
         )
     offset = r.required(el, "clock", "offset")
     if offset is None:

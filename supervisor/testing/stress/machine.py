@@ -124,8 +124,8 @@ def op_start(h: Harness, data: st.DataObject) -> None:
     g = h.model.guests.get(name)
     legal = g is not None and g.phase in ("shutoff", "restarting")
     if legal and h.model.start_fails(name):
-        # a NIC guest whose network is down: refused by the network hook (STOPPED FAILED), and
-        # the caller gets the hook's error (start_domain unwraps PrepareFailed for a refusal)
+        # a NIC guest whose network is down: refused by the network hook (STOPPED FAILED),
+        # and the caller gets the hook's own error (409 over the API), not the hook failure
         h.apply(
             expecting(
                 functools.partial(h.sup.start_domain, name),
