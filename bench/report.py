@@ -159,6 +159,24 @@ BENCHES = (
         smoke=("--seconds", "0.5"),
     ),
     Bench(
+        "cli",
+        ("bench/bench_cli.py",),
+        ("--rounds", "5"),
+        300,
+        "every vsv client verb as a whole process",
+        smoke=("--rounds", "2"),
+        missed_exit=1,
+    ),
+    Bench(
+        "stats",
+        ("bench/bench_stats.py",),
+        ("--runs", "5"),
+        300,
+        "statistics of 200 guests (API, in-process, bare reads)",
+        smoke=("--guests", "20", "--runs", "2"),
+        missed_exit=1,
+    ),
+    Bench(
         "api",
         ("bench/bench_api.py",),
         ("--quick",),
@@ -839,6 +857,78 @@ def area_events(bus: Json | None, api: Json | None) -> Area:
     return area
 
 
+def area_cli(c: Json | None) -> Area:
+    """Each client verb as a whole process beside the bare interpreter (and virsh)."""
+    area = Area(
+        "The vsv command",
+        "bench_cli.py: `python -m supervisor VERB` as a whole process against the API over the "
+        "in-memory facade, rounds interleaved with `python -c pass`",
+    )
+    if not c:
+        return area
+    floor = c["floor"]
+    peers = c.get("virsh") or {}
+    margin = c["margin_ms"]
+    for verb, x in c["verbs"].items():
+        peer = peers.get(verb)
+        area.rows.append(
+            Row(
+                f"`vsv {verb}`",
+                ms(x),
+                f"python -c pass {ms(floor, False)}",
+                f"virsh {verb} {ms(peer, False)}" if peer else f"virsh: {LIBVIRT_NOTE}",
+                f"+{x['over_floor_ms']:.1f} ms",
+                f"<= floor + {margin:.0f} ms (60 ms at a 35 ms floor)",
+                met=bool(x["met"]),
+            )
+        )
+    for verb, why in c.get("not_measured", {}).items():
+        area.rows.append(Row(f"`vsv {verb}`", "-", note=f"not measured: {why}"))
+    return area
+
+
+def area_stats(s: Json | None) -> Area:
+    """GET /v1/stats for N guests beside the bare reads of the same files."""
+    area = Area(
+        "Statistics",
+        "bench_stats.py: the daemon's Supervisor with real cgroups in every hierarchy and "
+        "fake processes; the floor reads the same files without parsing",
+    )
+    if not s:
+        return area
+    n, floor = s["guests"], s["floor_bare_reads"]
+    api = s["api_stats"]
+    _, r_text = ratio(api["median_ms"], floor["median_ms"], "floor")
+    area.rows.append(
+        Row(
+            f"`GET /v1/stats`, {n} guests ({s['files_per_guest']} files each)",
+            ms(api),
+            f"bare reads {ms(floor, False)}",
+            f"libvirt: {LIBVIRT_NOTE}",
+            r_text,
+            f"< {s['target_ms']:.0f} ms",
+            met=api["median_ms"] < s["target_ms"],
+        )
+    )
+    for key, what in (
+        ("domain_stats_in_process", "Supervisor.domain_stats(), in-process"),
+        ("reader_with_one_nic_each", "the reader with one NIC per guest"),
+    ):
+        area.rows.append(Row(f"{what}, {n} guests", ms(s[key]), note="info"))
+    if "metrics_scrape" in s:
+        scrape = s["metrics_scrape"]
+        area.rows.append(
+            Row(
+                f"`/metrics` scrape (Prometheus text), {n} guests",
+                ms(scrape),
+                f"bare reads {ms(floor, False)}",
+                target=f"< {s['target_ms']:.0f} ms",
+                met=scrape["median_ms"] < s["target_ms"],
+            )
+        )
+    return area
+
+
 def area_fleet(f: Json | None) -> Area:
     """bench_fleet.py: the publisher beside bare nats-py, latency, starts with the broker down."""
     area = Area(
@@ -1106,6 +1196,8 @@ def build_areas(got: dict[str, Json | None], png: Path) -> list[Area]:
         ("sweep", lambda: area_sweep(got.get("start"), png.name if png.exists() else None)),
         ("net", lambda: area_net(got.get("start"), got.get("net"))),
         ("events", lambda: area_events(got.get("bus"), got.get("api"))),
+        ("cli", lambda: area_cli(got.get("cli"))),
+        ("stats", lambda: area_stats(got.get("stats"))),
         ("sched", lambda: area_sched(got.get("sched"))),
         ("fleet", lambda: area_fleet(got.get("fleet"))),
     ]

@@ -70,11 +70,29 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     from supervisor.logging_setup import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
+    from supervisor.api.client import BadSocketPath
+
     socket_path: str | None = None
     ro_socket: str | None = None
     if not args.no_api:
-        socket_path = resolve_socket(args)
+        try:
+            socket_path = resolve_socket(args)
+        except BadSocketPath as exc:
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 2
+        if args.ro_socket == "":
+            print("vsv daemon: --ro-socket: the socket path is empty", file=sys.stderr)
+            return 2
         ro_socket = args.ro_socket or os.path.join(os.path.dirname(socket_path), "vsv-ro.sock")
+    metrics: tuple[str, int] | None = None
+    if args.metrics_listen is not None:
+        from supervisor.metrics import parse_listen
+
+        try:
+            metrics = parse_listen(args.metrics_listen)
+        except ValueError as exc:
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 2
     sig = getattr(signal, "SIG" + args.shutdown_signal.upper().removeprefix("SIG"), None)
     if not isinstance(sig, int):
         print(
@@ -105,9 +123,17 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         resolv_file=None if args.resolv_file == "none" else args.resolv_file,
         api_max_connections=args.api_max_connections,
         api_ro_max_connections=args.api_ro_max_connections,
+        metrics_listen=metrics,
         fleet=fleet,
     )
     return trio.run(run_daemon, opts)
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from supervisor.completion import print_script
+
+    sys.stdout.write(print_script(args.shell))
+    return 0
 
 
 def _cmd_rootfs(args: argparse.Namespace) -> int:
@@ -136,15 +162,46 @@ def _positive_number(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, separate from :func:`main` so tests and docs can inspect it."""
+class _OneVerb:
+    """Stands in for argparse's sub-parser action while only one verb's parser is wanted.
+
+    Building every verb's parser costs ~10 ms (argparse looks up translations for each), a
+    sixth of what a client verb may take as a whole process; :func:`main` knows the verb before
+    parsing, so it builds that one. Every other verb's registration runs against a stand-in
+    that records the name and ignores the rest.
+    """
+
+    def __init__(self, real: Any, only: str) -> None:
+        self._real = real
+        self._only = only
+        self.names: list[str] = []
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        self.names.append(name)
+        if name == self._only:
+            return self._real.add_parser(name, **kwargs)
+        return _Ignored()
+
+
+class _Ignored:
+    """A verb parser nobody will use: every call is accepted and does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, separate from :func:`main` so tests and docs can inspect it;
+    with ``only``, the parser of that verb alone (all of them when there is no such verb)."""
     parser = argparse.ArgumentParser(
         prog="vsv", description="Supervise Linux guest contexts defined in libvirt-style XML."
     )
     from supervisor.clientcli import add_global_options, register_client_verbs, whole_number
 
     add_global_options(parser)
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    real = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    selective = _OneVerb(real, only) if only is not None else None
+    sub: Any = selective if selective is not None else real
     register_client_verbs(sub)
 
     p = sub.add_parser("validate", help="check domain/network XML documents")
@@ -273,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cut a guest's log back when it grows beyond N MiB (0: never; default %(default)s)",
     )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="[ADDR:]PORT",
+        default=None,
+        help="serve /metrics (Prometheus text format) on this TCP port; the loopback address "
+        "unless ADDR is given (default: off)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-v", "--verbose", action="store_true")
     from supervisor.fleet.cli import add_daemon_options, add_fleet_parser
@@ -286,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_gc_parser(sub)
     add_stress_parser(sub)
 
+    p = sub.add_parser(
+        "completion",
+        help="print the bash or zsh completion script (domain and network names included)",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=_cmd_completion)
+
     p = sub.add_parser("rootfs", help="prepare a small busybox root directory for guests")
     p.add_argument("path", nargs="?", default="/var/lib/vsv/rootfs/busybox")
     p.add_argument(
@@ -295,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(the <uid start='0' target='UID'/> of the domain); every file keeps its offset",
     )
     p.set_defaults(func=_cmd_rootfs)
+    if selective is not None and only not in selective.names:
+        return build_parser()  # not a verb: argparse's error lists them all
     return parser
 
 
@@ -344,9 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # first of all: a stop signal during the start-up must end it in order too
         stopsignals.defer()
-    parser = build_parser()
+    parser = build_parser(command_verb(words))
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    from supervisor.clientcli import stdout_closed
+
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()  # `vsv validate *.xml | head -1`: quietly, as client verbs do
     return result
 
 

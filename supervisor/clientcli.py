@@ -24,6 +24,7 @@ from supervisor.api.client import (
     DEFAULT_RO_SOCKET,
     DEFAULT_SOCKET,
     ApiError,
+    BadSocketPath,
     Client,
     ClientError,
     DaemonNotRunning,
@@ -52,12 +53,74 @@ Verb = Callable[[argparse.Namespace, Client], int]
 
 
 def resolve_socket(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
-    """The socket path: ``--socket``, then ``$VSV_SOCKET``, then the default."""
+    """The socket path: ``--socket``, then ``$VSV_SOCKET``, then the default.
+
+    ``--socket ''`` is a mistake to report (BadSocketPath), not a request for the default: a
+    script whose variable came out empty must not reach another supervisor than it meant. An
+    empty ``$VSV_SOCKET`` counts as unset, as empty environment variables usually do.
+    """
     env = os.environ if environ is None else environ
     explicit = getattr(args, "socket", None)
-    if explicit:
+    if explicit is not None:
+        if not explicit:
+            raise BadSocketPath("--socket: the socket path is empty")
         return str(explicit)
     return env.get("VSV_SOCKET") or DEFAULT_SOCKET
+
+
+#: a domain's or network's name: validate.py's rule, repeated here so that a client verb can
+#: refuse a name that cannot exist without importing the validator (a test keeps them equal)
+NAME_MAX_BYTES = 64
+_NAME_RULE = (
+    f"a name is 1..{NAME_MAX_BYTES} bytes without '/', whitespace or control characters, "
+    "not starting with '.' or '-'"
+)
+
+
+class BadName(ClientError, ValueError):
+    """A domain or network name that no definition can have (``vsv undefine ../x``)."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a domain or network, or None (the validator's rule)."""
+    if not name:
+        return "is empty"
+    if len(name.encode(errors="surrogateescape")) > NAME_MAX_BYTES:
+        return f"is longer than {NAME_MAX_BYTES} bytes"
+    if name[0] in ".-":
+        return "starts with '.' or '-'"
+    if any(c.isspace() or c == "/" or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "contains '/', whitespace or control characters"
+    return None
+
+
+def _valid(kind: str, name: str) -> str:
+    """``name`` when a domain or network can have it; BadName naming it otherwise."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise BadName(f"{name!r} is not a valid {kind} name: it {problem} ({_NAME_RULE})")
+    return name
+
+
+def _named(kind: str, name: str) -> str:
+    """``/v1/{kind}s/NAME`` for a name that can exist; BadName naming it otherwise."""
+    return f"/v1/{kind}s/{quote(_valid(kind, name))}"
+
+
+def stdout_closed() -> int:
+    """Whoever read our standard output is gone (``vsv list | head -1``): stop quietly.
+
+    Nothing more we print can reach anyone, which is what the reader asked for, so this is no
+    error (exit 0), and no message. Standard output is pointed at /dev/null so that the
+    interpreter's own flush at exit does not fail on the closed pipe again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -142,8 +205,33 @@ def _state_word(state: str) -> str:
     return _STATE_WORDS.get(state, state.lower())
 
 
+def _send_document(c: Client, path: str, file: str) -> Any:
+    """POST a document; its problems are printed as ``FILE:LINE: message`` (as ``vsv validate``
+    prints them, so an editor can jump there) and raise :class:`_Reported`."""
+    try:
+        return c.send_xml(path, _read_file(file))
+    except ApiError as exc:
+        if exc.code != "invalid-document" or not exc.problems:
+            raise
+        where = "<stdin>" if file == "-" else file
+        for problem in exc.problems:
+            line, sep, rest = problem.partition(": ")
+            sys.stderr.write(
+                f"{where}:{line}: {rest}\n" if sep and line.isdigit() else f"{where}: {problem}\n"
+            )
+        raise _Reported(EXIT_REFUSED) from None
+
+
+class _Reported(Exception):
+    """The verb has said what went wrong on stderr; exit with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def _define(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_xml("/v1/domains", _read_file(args.file))
+    reply = _send_document(c, "/v1/domains", args.file)
     if args.json:
         _print_json(reply)
     else:
@@ -152,7 +240,7 @@ def _define(args: argparse.Namespace, c: Client) -> int:
 
 
 def _undefine(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_json("DELETE", f"/v1/domains/{quote(args.domain)}")
+    reply = c.send_json("DELETE", f"{_named('domain', args.domain)}")
     _done(args, reply, f"Domain '{args.domain}' has been undefined")
     return EXIT_OK
 
@@ -170,7 +258,7 @@ _ACTION_WORDS = {
 def _action(action: str) -> Verb:
     def run(args: argparse.Namespace, c: Client) -> int:
         query = {"timeout": args.timeout} if action == "shutdown" else {}
-        reply = c.send_json("POST", f"/v1/domains/{quote(args.domain)}/{action}", **query)
+        reply = c.send_json("POST", f"{_named('domain', args.domain)}/{action}", **query)
         _done(args, reply, f"Domain '{args.domain}' {_ACTION_WORDS[action]}")
         return EXIT_OK
 
@@ -194,12 +282,108 @@ def _print_xml(name: str, text: str, *, as_json: bool) -> int:
 
 
 def _dumpxml(args: argparse.Namespace, c: Client) -> int:
-    text = c.get_text(f"/v1/domains/{quote(args.domain)}/xml")
+    inactive = "?inactive=true" if args.inactive else ""
+    text = c.get_text(f"{_named('domain', args.domain)}/xml{inactive}")
     return _print_xml(args.domain, text, as_json=args.json)
 
 
+def _create(args: argparse.Namespace, c: Client) -> int:
+    """virsh create: start a guest from FILE without storing its definition."""
+    try:
+        reply = c.send_xml("/v1/domains?transient=true", _read_file(args.file))
+    except ApiError as exc:
+        if exc.code != "invalid-document" or not exc.problems:
+            raise
+        _print_problems("<stdin>" if args.file == "-" else args.file, exc.problems)
+        return EXIT_REFUSED
+    _done(args, reply, f"Domain '{reply['domain']['name']}' created from {args.file}")
+    return EXIT_OK
+
+
+def _print_problems(where: str, problems: Iterable[str]) -> None:
+    """Each ``LINE: message`` problem as ``WHERE:LINE: message`` on stderr."""
+    for problem in problems:
+        line, sep, rest = problem.partition(": ")
+        sys.stderr.write(
+            f"{where}:{line}: {rest}\n" if sep and line.isdigit() else f"{where}: {problem}\n"
+        )
+
+
+def _edit(kind: str) -> Verb:
+    """virsh edit / net-edit: the stored definition in $VISUAL or $EDITOR (vi), then defined.
+
+    A document the supervisor refuses is not stored: its problems are shown (FILE:LINE) and
+    the question is virsh's, "Failed. Try again? [y,n,?]": y opens the editor again on what
+    was written, anything else (or no answer) leaves the definition as it was (exit 1).
+    """
+
+    def run(args: argparse.Namespace, c: Client) -> int:
+        import shlex
+        import subprocess
+        import tempfile
+
+        name = getattr(args, kind)
+        source = f"{_named(kind, name)}/xml" + ("?inactive=true" if kind == "domain" else "")
+        original = c.get_text(source)
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        label = "Domain" if kind == "domain" else "Network"
+        fd, path = tempfile.mkstemp(prefix=f"vsv-{name}-", suffix=".xml")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(original)
+            while True:
+                status = subprocess.call([*shlex.split(editor), path])
+                if status != 0:
+                    sys.stderr.write(f"vsv: error: {editor} exited {status}; nothing changed\n")
+                    return EXIT_REFUSED
+                with open(path, "rb") as f:
+                    edited = f.read()
+                if edited.decode(errors="replace") == original:
+                    _out().write(f"{label} '{name}' XML configuration not changed.\n")
+                    return EXIT_OK
+                try:
+                    reply = c.send_xml(f"/v1/{kind}s", edited)
+                except ApiError as exc:
+                    if exc.problems:
+                        _print_problems(path, exc.problems)
+                    else:
+                        sys.stderr.write(f"vsv: error: {exc}\n")
+                    if _ask_again():
+                        continue
+                    sys.stderr.write(f"{label} '{name}' XML configuration not changed.\n")
+                    return EXIT_REFUSED
+                if args.json:
+                    _print_json(reply)
+                else:
+                    _out().write(f"{label} '{name}' XML configuration edited.\n")
+                return EXIT_OK
+        finally:
+            os.unlink(path)
+
+    return run
+
+
+def _ask_again() -> bool:
+    """virsh's question after a refused edit; True to open the editor again."""
+    while True:
+        sys.stderr.write("Failed. Try again? [y,n,?]: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline()
+        if not answer:
+            sys.stderr.write("\n")
+            return False  # no one to answer (stdin closed): keep what is stored
+        answer = answer.strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+        sys.stderr.write(
+            "y - yes, start the editor again\nn - no, throw away my changes\n? - print this help\n"
+        )
+
+
 def _dominfo(args: argparse.Namespace, c: Client) -> int:
-    info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    info = c.get_json(f"{_named('domain', args.domain)}")
     if args.json:
         _print_json(info)
         return EXIT_OK
@@ -214,7 +398,14 @@ def _dominfo(args: argparse.Namespace, c: Client) -> int:
             ("Reason", info["reason"].lower()),
             ("Init PID", info.get("init_pid")),
             ("CPU(s)", info.get("vcpu")),
-            ("Max memory", f"{info['memory_kib']} KiB" if info.get("memory_kib") else None),
+            ("CPU time", _cpu_time(info.get("cpu_time_ns"))),
+            ("Max memory", f"{info['memory_kib']} KiB" if info.get("memory_kib") else "no limit"),
+            (
+                "Used memory",
+                f"{info['memory_used_kib']} KiB"
+                if info.get("memory_used_kib") is not None
+                else None,
+            ),
             ("Persistent", "yes" if info.get("persistent") else "no"),
             ("Autostart", "enable" if info["autostart"] else "disable"),
             ("Restarts", info.get("restarts", 0)),
@@ -224,8 +415,138 @@ def _dominfo(args: argparse.Namespace, c: Client) -> int:
     return EXIT_OK
 
 
+def _cpu_time(ns: object) -> str | None:
+    """CPU time as virsh dominfo writes it (``12.3s``)."""
+    return f"{ns / 1e9:.1f}s" if isinstance(ns, int) else None
+
+
+def _domstats(args: argparse.Namespace, c: Client) -> int:
+    """virsh domstats: ``Domain: 'NAME'`` then ``  key=value`` lines, or JSON."""
+    names = [_valid("domain", n) for n in args.domains]
+    reply = c.get_json("/v1/stats", domain=",".join(names) if names else None)
+    if args.json:
+        _print_json(reply["domains"])
+        return EXIT_OK
+    out = _out()
+    for i, entry in enumerate(reply["domains"]):
+        if i:
+            out.write("\n")
+        out.write(f"Domain: '{entry['name']}'\n")
+        for key, value in entry["stats"].items():
+            out.write(f"  {key}={value}\n")
+    return EXIT_OK
+
+
+def _domiflist(args: argparse.Namespace, c: Client) -> int:
+    """virsh domiflist: each interface's host-side name, type, source, model and MAC."""
+    reply = c.get_json(f"{_named('domain', args.domain)}/interfaces")
+    rows = [
+        {
+            "interface": i.get("host_if"),
+            "type": i.get("type"),
+            "source": i.get("source"),
+            "model": i.get("model"),
+            "mac": i.get("mac"),
+        }
+        for i in reply["interfaces"]
+    ]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    _table(
+        ["Interface", "Type", "Source", "Model", "MAC"],
+        ([r["interface"], r["type"], r["source"], r["model"], r["mac"]] for r in rows),
+    )
+    return EXIT_OK
+
+
+_SIZE_UNITS = {
+    "": 1, "k": 1, "kib": 1, "kb": 1, "m": 1 << 10, "mib": 1 << 10, "mb": 1 << 10,
+    "g": 1 << 20, "gib": 1 << 20, "gb": 1 << 20, "t": 1 << 30, "tib": 1 << 30, "tb": 1 << 30,
+}  # fmt: skip
+
+
+def size_kib(text: str) -> int:
+    """argparse type: a size in KiB, as virsh takes it (``524288``, ``512M``, ``1GiB``)."""
+    digits = text.strip().rstrip("BbIiKkMmGgTt")
+    unit = text.strip()[len(digits) :].lower()
+    if not digits.isascii() or not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 524288 (KiB), 512M or 1G, not {text!r}"
+        )
+    value = int(digits) * _SIZE_UNITS[unit]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size of 1 KiB or more, not {text!r}")
+    return value
+
+
+def _show_memory(memory: dict[str, Any]) -> None:
+    def kib(value: object) -> str:
+        return "unlimited" if value is None else f"{value}"
+
+    _pairs(
+        [
+            ("hard_limit", kib(memory.get("hard_limit_kib"))),
+            ("soft_limit", kib(memory.get("soft_limit_kib"))),
+            ("swap_hard_limit", kib(memory.get("swap_hard_limit_kib"))),
+        ]
+    )
+
+
+def _memory_flags(args: argparse.Namespace) -> tuple[bool, bool]:
+    """--live/--config, or --current (the default): neither flag, the supervisor decides."""
+    if args.current and (args.live or args.config):
+        raise ValueError("--current cannot go with --live or --config")
+    return args.live, args.config
+
+
+def _setmem(args: argparse.Namespace, c: Client) -> int:
+    """virsh setmem: the memory the guest may use (its balloon, which for a container is its
+    hard limit) in KiB or with a unit."""
+    try:
+        live, config = _memory_flags(args)
+    except ValueError as exc:
+        sys.stderr.write(f"vsv: error: {exc}\n")
+        return EXIT_USAGE
+    reply = c.send_json(
+        "PUT",
+        f"{_named('domain', args.domain)}/memory",
+        {"current_kib": args.size, "live": live, "config": config},
+    )
+    _done(args, reply, f"Domain '{args.domain}' memory set to {args.size} KiB")
+    return EXIT_OK
+
+
+def _memtune(args: argparse.Namespace, c: Client) -> int:
+    """virsh memtune: show the limits, or change them (KiB or with a unit)."""
+    path = f"{_named('domain', args.domain)}/memory"
+    tune = {
+        key: value
+        for key, value in (
+            ("hard_limit_kib", args.hard_limit),
+            ("soft_limit_kib", args.soft_limit),
+            ("swap_hard_limit_kib", args.swap_hard_limit),
+        )
+        if value is not None
+    }
+    if tune:
+        try:
+            live, config = _memory_flags(args)
+        except ValueError as exc:
+            sys.stderr.write(f"vsv: error: {exc}\n")
+            return EXIT_USAGE
+        reply = c.send_json("PUT", path, {"memtune": tune, "live": live, "config": config})
+    else:
+        reply = c.get_json(path)
+    if args.json:
+        _print_json(reply)
+    else:
+        _show_memory(reply["memory"])
+    return EXIT_OK
+
+
 def _domstate(args: argparse.Namespace, c: Client) -> int:
-    reply = c.get_json(f"/v1/domains/{quote(args.domain)}/state")
+    reply = c.get_json(f"{_named('domain', args.domain)}/state")
     if args.json:
         _print_json(reply)
     elif args.reason:
@@ -237,7 +558,7 @@ def _domstate(args: argparse.Namespace, c: Client) -> int:
 
 def _autostart(args: argparse.Namespace, c: Client) -> int:
     value = not args.disable
-    reply = c.send_json("PUT", f"/v1/domains/{quote(args.domain)}/autostart", {"autostart": value})
+    reply = c.send_json("PUT", f"{_named('domain', args.domain)}/autostart", {"autostart": value})
     _done(
         args,
         reply,
@@ -247,7 +568,7 @@ def _autostart(args: argparse.Namespace, c: Client) -> int:
 
 
 def _schedinfo(args: argparse.Namespace, c: Client) -> int:
-    path = f"/v1/domains/{quote(args.domain)}/schedinfo"
+    path = f"{_named('domain', args.domain)}/schedinfo"
     if args.set:
         params: dict[str, str] = {}
         for item in args.set:
@@ -286,7 +607,7 @@ def _loss_text(loss: object) -> str:
 
 
 def _domifaddr(args: argparse.Namespace, c: Client) -> int:
-    reply = c.get_json(f"/v1/domains/{quote(args.domain)}/interfaces")
+    reply = c.get_json(f"{_named('domain', args.domain)}/interfaces")
     if args.json:
         _print_json(reply["interfaces"])
         return EXIT_OK
@@ -331,20 +652,20 @@ def _net_list(args: argparse.Namespace, c: Client) -> int:
 
 
 def _net_define(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_xml("/v1/networks", _read_file(args.file))
+    reply = _send_document(c, "/v1/networks", args.file)
     _done(args, reply, f"Network {reply['network']['name']} defined from {args.file}")
     return EXIT_OK
 
 
 def _net_undefine(args: argparse.Namespace, c: Client) -> int:
-    reply = c.send_json("DELETE", f"/v1/networks/{quote(args.network)}")
+    reply = c.send_json("DELETE", f"{_named('network', args.network)}")
     _done(args, reply, f"Network {args.network} has been undefined")
     return EXIT_OK
 
 
 def _net_action(action: str) -> Verb:
     def run(args: argparse.Namespace, c: Client) -> int:
-        reply = c.send_json("POST", f"/v1/networks/{quote(args.network)}/{action}")
+        reply = c.send_json("POST", f"{_named('network', args.network)}/{action}")
         _done(
             args, reply, f"Network {args.network} {'started' if action == 'start' else 'destroyed'}"
         )
@@ -353,13 +674,58 @@ def _net_action(action: str) -> Verb:
     return run
 
 
+def _net_info(args: argparse.Namespace, c: Client) -> int:
+    """virsh net-info: name, UUID, active, persistent, autostart, bridge."""
+    info = c.get_json(_named("network", args.network))
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    _pairs(
+        [
+            ("Name", info["name"]),
+            ("UUID", info.get("uuid")),
+            ("Active", "yes" if info.get("active") else "no"),
+            ("Persistent", "yes"),
+            ("Autostart", "yes" if info.get("autostart") else "no"),
+            ("Bridge", info.get("bridge")),
+        ]
+    )
+    return EXIT_OK
+
+
+def _net_autostart(args: argparse.Namespace, c: Client) -> int:
+    value = not args.disable
+    reply = c.send_json("PUT", f"{_named('network', args.network)}/autostart", {"autostart": value})
+    _done(
+        args,
+        reply,
+        f"Network {args.network} {'marked as autostarted' if value else 'unmarked as autostarted'}",
+    )
+    return EXIT_OK
+
+
+def _names(args: argparse.Namespace, c: Client) -> int:
+    """``vsv _names domain|network``: one name a line, for the shell completion scripts.
+
+    Asked on the read-only socket beside the resolved one when there is one: completing a
+    name must work for anyone who may look, and never needs the read-write socket."""
+    ro = os.path.join(os.path.dirname(c.socket_path), os.path.basename(DEFAULT_RO_SOCKET))
+    with Client(ro if os.path.exists(ro) else c.socket_path, timeout=5) as look:
+        if args.kind == "domain":
+            names = [d["name"] for d in look.get_json("/v1/domains")["domains"]]
+        else:
+            names = [n["name"] for n in look.get_json("/v1/networks")["networks"]]
+    _out().write("".join(f"{n}\n" for n in names))
+    return EXIT_OK
+
+
 def _net_dumpxml(args: argparse.Namespace, c: Client) -> int:
-    text = c.get_text(f"/v1/networks/{quote(args.network)}/xml")
+    text = c.get_text(f"{_named('network', args.network)}/xml")
     return _print_xml(args.network, text, as_json=args.json)
 
 
 def _net_leases(args: argparse.Namespace, c: Client) -> int:
-    reply = c.get_json(f"/v1/networks/{quote(args.network)}/leases")
+    reply = c.get_json(f"{_named('network', args.network)}/leases")
     if args.json:
         _print_json(reply["leases"])
         return EXIT_OK
@@ -437,8 +803,15 @@ def format_event(record: dict[str, Any]) -> str:
         what += f" {record['detail']}"
     if record.get("type") in ("TUNABLE", "STOPPED", "CRASHED") and data:
         # what changed, or why it stopped: the part a person reading the stream wants
-        what += " (" + ", ".join(f"{k}={v}" for k, v in sorted(data.items())) + ")"
+        what += " (" + ", ".join(f"{k}={_data_text(v)}" for k, v in sorted(data.items())) + ")"
     return f"#{record['seq']} {stamp} {record.get('kind')} '{subject}': {what}"
+
+
+def _data_text(value: object) -> str:
+    """An event data value as the text line shows it: booleans as JSON writes them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _event(args: argparse.Namespace, c: Client) -> int:
@@ -446,6 +819,7 @@ def _event(args: argparse.Namespace, c: Client) -> int:
     limit = None if args.loop else (1 if args.since is None else None)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     since = args.since
+    waiting = False  # told the user we wait for the supervisor (once per outage)
     while True:
         try:
             for record in c.events(
@@ -456,6 +830,7 @@ def _event(args: argparse.Namespace, c: Client) -> int:
                 type=args.type,
                 heartbeat=min(5.0, args.timeout) if args.timeout else 5.0,
             ):
+                waiting = False
                 if record.get("kind") == "heartbeat":
                     since = record["seq"]
                     if deadline is not None and time.monotonic() >= deadline:
@@ -471,11 +846,17 @@ def _event(args: argparse.Namespace, c: Client) -> int:
                     return EXIT_OK
             return EXIT_OK
         except (ProtocolError, DaemonNotRunning) as exc:
-            if not args.loop:
+            # the supervisor restarted (or is not up yet) or the connection died: with --loop,
+            # resume where we were, but never past --timeout, whose end with no supervisor is
+            # the not-running exit (3) with the last failure as its message
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not args.loop or (remaining is not None and remaining <= 0):
                 raise
-            # the supervisor restarted or the connection died: resume where we were
-            sys.stderr.write(f"vsv: {exc}; reconnecting from #{since}\n")
-            time.sleep(0.5)
+            if not waiting:
+                where = f"reconnecting from #{since}" if since is not None else "waiting for it"
+                sys.stderr.write(f"vsv: {exc}; {where}\n")
+                waiting = True
+            time.sleep(0.5 if remaining is None else min(0.5, remaining))
             follow = True
 
 
@@ -489,6 +870,10 @@ _READ_VERBS = frozenset(
         "dominfo",
         "domstate",
         "domifaddr",
+        "domstats",
+        "domiflist",
+        "net-info",
+        "_names",
         "net-list",
         "net-dumpxml",
         "net-dhcp-leases",
@@ -501,18 +886,21 @@ _READ_VERBS = frozenset(
 def _log(args: argparse.Namespace, c: Client) -> int:
     """Print a guest's log (its stdout and stderr), the last ``--lines``; ``--follow`` waits
     for more, also across a restart of the guest and the daemon's cutting back of the log."""
-    info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+    info = c.get_json(f"{_named('domain', args.domain)}")
     path = info.get("log")
     if not isinstance(path, str):
         sys.stderr.write(f"vsv: error: domain {args.domain!r} has no log\n")
         return EXIT_REFUSED
     out = getattr(_out(), "buffer", None) or sys.stdout.buffer
     try:
-        data = _read_log(path)
+        # what the daemon's cut-back moved to .log.1 comes first: right after a cut-back the
+        # log itself is (nearly) empty, and the last lines are there
+        current = _read_log(path)
+        data = _read_log(path + ".1") + current
     except PermissionError as exc:
         sys.stderr.write(f"vsv: {path}: {exc.strerror} (the log is the daemon's, root's)\n")
         return EXIT_NOT_PERMITTED
-    position = len(data)
+    position = len(current)
     if args.lines is None and args.follow:
         args.lines = 10  # as tail -f and journalctl -f: some context, then what comes
     if args.lines is not None:
@@ -605,7 +993,7 @@ def _exec(args: argparse.Namespace, c: Client) -> int:
             return EXIT_USAGE
         overrides[key] = value
     try:
-        info = c.get_json(f"/v1/domains/{quote(args.domain)}")
+        info = c.get_json(f"{_named('domain', args.domain)}")
     except ApiError as exc:
         return refuse(str(exc))
     pid = info.get("init_pid")
@@ -653,7 +1041,11 @@ def run_verb(
     verb: str, fn: Verb, args: argparse.Namespace, environ: dict[str, str] | None = None
 ) -> int:
     """Run one verb against the resolved socket, turning every failure into a message and a code."""
-    path = resolve_socket(args, environ)
+    try:
+        path = resolve_socket(args, environ)
+    except BadSocketPath as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_USAGE
     explicit = bool(getattr(args, "socket", None)) or bool(
         (os.environ if environ is None else environ).get("VSV_SOCKET")
     )
@@ -666,6 +1058,14 @@ def run_verb(
                 raise
             with Client(DEFAULT_RO_SOCKET) as client:
                 return fn(args, client)
+    except _Reported as reported:
+        return reported.status
+    except BadName as exc:
+        sys.stderr.write(f"vsv: error: {exc}\n")
+        return EXIT_REFUSED
+    except BadSocketPath as exc:
+        sys.stderr.write(f"vsv: {exc}\n")
+        return EXIT_USAGE
     except ApiError as exc:
         sys.stderr.write(f"vsv: error: {exc}\n")
         for problem in exc.problems:
@@ -686,12 +1086,32 @@ def run_verb(
     except ClientError as exc:
         sys.stderr.write(f"vsv: {exc}\n")
         return EXIT_PROTOCOL
+    except BrokenPipeError:
+        return stdout_closed()
     except OSError as exc:
         name = getattr(exc, "filename", None)
         sys.stderr.write(f"vsv: {name + ': ' if name else ''}{exc.strerror or exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+class _NameRecorder:
+    """Sub-parsers that only note each verb's name (see :func:`client_verb_names`)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        self.names.append(name)
+        return argparse.ArgumentParser(add_help=False)
+
+
+def client_verb_names() -> list[str]:
+    """Every client verb's name, in registration order (benchmarks and completion use it)."""
+    recorder = _NameRecorder()
+    register_client_verbs(recorder)
+    return recorder.names
 
 
 def register_client_verbs(subparsers: Any) -> None:
@@ -704,9 +1124,10 @@ def register_client_verbs(subparsers: Any) -> None:
     def verb(
         name: str, fn: Verb, help_text: str, *, json_flag: bool = True
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = subparsers.add_parser(
-            name, help=help_text, description=help_text
-        )
+        # a verb for scripts (_names, for completion) is given no help: argparse then leaves
+        # it out of the list in --help
+        listed = {} if name.startswith("_") else {"help": help_text}
+        p: argparse.ArgumentParser = subparsers.add_parser(name, description=help_text, **listed)
         p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help="the API socket")
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -717,14 +1138,36 @@ def register_client_verbs(subparsers: Any) -> None:
     p.add_argument("--all", action="store_true", help="also inactive domains")
     p = verb("define", _define, "define a domain from an XML file ('-' for stdin)")
     p.add_argument("file", metavar="FILE")
+    p = verb("create", _create, "start a transient domain from an XML file (gone when it stops)")
+    p.add_argument("file", metavar="FILE")
     domain_verbs: tuple[tuple[str, Verb, str], ...] = (
-        ("undefine", _undefine, "remove an inactive domain's definition"),
-        ("dumpxml", _dumpxml, "print a domain's XML"),
+        ("undefine", _undefine, "remove a domain's definition (a running one turns transient)"),
         ("dominfo", _dominfo, "show a domain's information"),
         ("domifaddr", _domifaddr, "show a domain's interfaces and addresses"),
+        ("domiflist", _domiflist, "list a domain's interfaces (host side, type, source, MAC)"),
+        ("edit", _edit("domain"), "edit a domain's stored XML in $VISUAL or $EDITOR"),
     )
     for name, fn, text in domain_verbs:
         verb(name, fn, text).add_argument("domain", metavar="DOMAIN")
+    p = verb("dumpxml", _dumpxml, "print a domain's XML (the running definition)")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--inactive", action="store_true", help="the stored (next boot's) definition")
+    for name, fn, text in (
+        ("setmem", _setmem, "set the memory a domain may use (KiB, or 512M, 1G...)"),
+        ("memtune", _memtune, "show or set a domain's memory limits"),
+    ):
+        p = verb(name, fn, text)
+        p.add_argument("domain", metavar="DOMAIN")
+        if name == "setmem":
+            p.add_argument("size", type=size_kib, metavar="SIZE")
+        else:
+            for option in ("--hard-limit", "--soft-limit", "--swap-hard-limit"):
+                p.add_argument(option, type=size_kib, metavar="SIZE", default=None)
+        p.add_argument("--live", action="store_true", help="change the running domain")
+        p.add_argument("--config", action="store_true", help="change the stored definition")
+        p.add_argument(
+            "--current", action="store_true", help="live if it runs, else config (default)"
+        )
     for action, text in (
         ("start", "start a defined domain"),
         ("shutdown", "ask a domain to shut down"),
@@ -737,6 +1180,12 @@ def register_client_verbs(subparsers: Any) -> None:
         p.add_argument("domain", metavar="DOMAIN")
         if action == "shutdown":
             p.add_argument("--timeout", type=float, default=None, help="seconds before escalating")
+    p = verb(
+        "domstats",
+        _domstats,
+        "show domains' statistics (CPU, memory, pids, block I/O, interfaces): all or DOMAIN...",
+    )
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
     p = verb("domstate", _domstate, "show a domain's state")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--reason", action="store_true", help="also the reason")
@@ -759,10 +1208,17 @@ def register_client_verbs(subparsers: Any) -> None:
         ("net-destroy", _net_action("destroy"), "stop a network"),
         ("net-dumpxml", _net_dumpxml, "print a network's XML"),
         ("net-dhcp-leases", _net_leases, "show a network's DHCP leases"),
+        ("net-info", _net_info, "show a network's name, UUID, state, autostart and bridge"),
+        ("net-edit", _edit("network"), "edit a network's XML in $VISUAL or $EDITOR"),
     )
     for name, fn, text in net_verbs:
         verb(name, fn, text).add_argument("network", metavar="NETWORK")
 
+    p = verb("net-autostart", _net_autostart, "start a network when the supervisor starts")
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("--disable", action="store_true", help="do not autostart")
+    p = verb("_names", _names, "names for shell completion", json_flag=False)
+    p.add_argument("kind", choices=("domain", "network"))
     p = verb("log", _log, "print a domain's log (its stdout and stderr)", json_flag=False)
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument(

@@ -26,7 +26,8 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -52,15 +53,19 @@ from supervisor.guest.linux import LinuxRuntime
 from supervisor.guest.ptykeeper import SOCKET_NAME as KEEPER_SOCKET
 from supervisor.guest.ptykeeper import ConsoleKeeper
 from supervisor.hooks import GuestContext
+from supervisor.journal import Journal
 from supervisor.lifecycle import Phase
-from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, Network
+from supervisor.logrelay import LogRelays, cut_back
+from supervisor.metrics import Histogram, RequestCounts, Snapshot
+from supervisor.model import CONTEXT_ID_MAX, CONTEXT_ID_MIN, Domain, MemTune, Network
 from supervisor.net.nics import PlumbedNic
 from supervisor.net.subsystem import NetworkSubsystem, require_network
 from supervisor.runner import GuestRunner, RunnerEnv, guest_log_file
 from supervisor.runtime import CgroupHandle, Runtime
 from supervisor.sched.params import apply_to_domain, parse_value
 from supervisor.sched.subsystem import SchedSubsystem, resolve_flags
-from supervisor.store import ConfigStore, RunStore, atomic_write
+from supervisor.stats import STATE_NUMBERS, Stats, StatSources, read_many, sources_for
+from supervisor.store import ConfigStore, RunStore
 
 if TYPE_CHECKING:
     from supervisor.fleet.publisher import FleetPublisher
@@ -106,8 +111,10 @@ class Supervisor:
     net: NetworkSubsystem | None = None
     #: CPU limits and the idle-time tuner (runtimes with real cgroups only)
     sched: SchedSubsystem | None = None
-    #: the size at which a guest's log is cut back (0: never); see :meth:`_cap_logs`
+    #: the size at which a guest's log is cut back (0: never): supervisor/logrelay.py, and
+    #: :meth:`_cap_logs` for guests that write to the file itself (started by an older version)
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    logs: LogRelays | None = None
     log_check_interval: float = LOG_CHECK_INTERVAL
     _bus: Bus[GuestContext] = attrs.Factory(Bus)
     #: the registry: one runner per defined domain
@@ -120,6 +127,12 @@ class Supervisor:
     fleet_statistics: Callable[[], Mapping[str, object]] | None = None
     _env: RunnerEnv | None = None
     _spawn: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
+    #: starts asked for (the API, autostart, --start) and done, failed, and how long each took
+    #: the event journal the bus writes to (the daemon's), for the metrics' journal counters
+    journal: Journal | None = None
+    starts: int = 0
+    start_failures: int = 0
+    start_latency: Histogram = attrs.Factory(Histogram)
 
     def __attrs_post_init__(self) -> None:
         self.config = ConfigStore(self.state_dir)
@@ -146,6 +159,8 @@ class Supervisor:
             self.sched = SchedSubsystem.open(self._bus, layout)
         self.config.ensure()
         self.runs.ensure()
+        if self.log_max_bytes > 0:
+            self.logs = LogRelays(self.run_dir, self.log_max_bytes)
         keeper_cgroups = (
             tuple(os.path.join(h, f"{self.prefix}.console-keeper") for h in layout.hierarchies())
             if layout is not None
@@ -153,6 +168,8 @@ class Supervisor:
         )
         consoles = KeptConsoles(ConsoleKeeper(str(self.run_dir / KEEPER_SOCKET), keeper_cgroups))
         self._env = RunnerEnv(
+            log_target=self.logs.target if self.logs is not None else None,
+            log_done=self.logs.stop if self.logs is not None else None,
             runtime=runtime,
             bus=self._bus,
             runs=self.runs,
@@ -170,6 +187,7 @@ class Supervisor:
             log.warning("ignoring stored definition: %s", problem)
         for domain in domains:
             self.guests[domain.name] = self._new_runner(domain)
+        self._load_transient()
         send, receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](math.inf)
         self.adopted = adoption.adoptable(self.runs, runtime, self.guests)
         if self.announce:
@@ -202,6 +220,8 @@ class Supervisor:
                 async with trio.open_nursery() as guests:
                     guests.start_soon(self._spawner, receive)
                     self._spawn = send
+                    if self.logs is not None:
+                        self.logs.launch = self._launch
                     await adoption.take_over(
                         runs=self.runs,
                         runtime=runtime,
@@ -212,6 +232,13 @@ class Supervisor:
                         sched=self.sched,
                         net=self.net,
                     )
+                    for guest in list(self.guests.values()):
+                        if guest.active and self.logs is not None:
+                            # a predecessor's guest writing to its FIFO: drain it from here on
+                            self.logs.resume(guest.domain.name)
+                        if guest.transient:
+                            guest.pending = None  # adoption kept its stored one: it has none
+                            self._launch(partial(self._forget_when_stopped, guest))
                     # kept consoles of guests not adopted (ended while no supervisor ran)
                     consoles.prune({n for n in self.adopted if self._console_relayed(n)})
                     task_status.started()
@@ -224,6 +251,25 @@ class Supervisor:
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
+
+    def _load_transient(self) -> None:
+        """Runners for the transient guests a predecessor left (their run records carry the
+        live definition, there being no stored one), so that they are adopted like the rest."""
+        from supervisor.xml import parse_domain
+
+        for name, record in self.runs.read_all("domains").items():
+            text = record.get("live_domain")
+            if not record.get("transient") or name in self.guests or not isinstance(text, str):
+                continue
+            try:
+                domain = parse_domain(text)
+            except InvalidDocument as exc:
+                log.warning("transient guest %s: unreadable run record: %s", name, exc)
+                continue
+            if domain.name == name:
+                guest = self._new_runner(domain)
+                guest.transient = True
+                self.guests[name] = guest
 
     async def _spawner(
         self, receive: trio.MemoryReceiveChannel[Callable[[], Awaitable[None]]]
@@ -342,23 +388,72 @@ class Supervisor:
             self.guests[domain.name] = self._new_runner(domain)
             detail = "ADDED"
         else:
+            # a transient guest (made by create, or undefined while running) becomes
+            # persistent: it stays when it stops, as libvirt's virDomainDefineXML does
+            detail = "ADDED" if previous.transient else "UPDATED"
+            previous.transient = False
             previous.redefine(domain)
-            detail = "UPDATED"
         self._bus.publish_nowait("domain", domain.name, "DEFINED", detail)
         return domain
 
     async def undefine_domain(self, name: str) -> None:
+        """Remove the stored definition. A stopped guest is gone at once; an active one runs on
+        as a transient guest (its live definition only) and is gone when it stops, as libvirt
+        does (UNDEFINED REMOVED now, nothing more at its end)."""
         guest = self._guest(name)
-        if guest.phase is not Phase.SHUTOFF or guest.busy:
-            raise InvalidOperation(
-                f"domain {name} is {guest.life.status.state.name.lower()}: stop it first"
-            )
+        if guest.transient:
+            raise InvalidOperation(f"domain {name} is transient: it has no definition to remove")
         self.config.remove_domain(name)
-        del self.guests[name]
+        if guest.phase is Phase.SHUTOFF and not guest.busy:
+            del self.guests[name]
+        else:
+            guest.make_transient()
+            self._launch(partial(self._forget_when_stopped, guest))
         self._bus.publish_nowait("domain", name, "UNDEFINED", "REMOVED")
+
+    async def create_domain(self, domain: Domain) -> DomainStatus:
+        """``vsv create``: start a guest from a definition that is not stored (transient). It
+        is gone from the registry when it stops; a define of the same name makes it
+        persistent. Events: STARTED BOOTED (no DEFINED), then its STOPPED."""
+        from supervisor.validate import check_domain
+
+        problems = check_domain(domain)
+        if problems:
+            raise InvalidDocument(problems)
+        if domain.name in self.guests:
+            raise ConflictError(f"domain {domain.name} already exists: use start")
+        domain = self._complete(domain, None)
+        self._check_conflicts(domain)
+        guest = self._new_runner(domain)
+        guest.make_transient()
+        self.guests[domain.name] = guest
+        try:
+            return await self.start_domain(domain.name)
+        finally:
+            self._launch(partial(self._forget_when_stopped, guest))
+
+    async def _forget_when_stopped(self, guest: GuestRunner) -> None:
+        """Remove a transient guest from the registry once it has stopped (and been released);
+        not if it was made persistent meanwhile."""
+
+        def done(g: GuestRunner) -> bool:
+            return not g.transient or (g.phase is Phase.SHUTOFF and not g.busy)
+
+        await guest.wait_until(done)
+        name = guest.domain.name
+        if guest.transient and self.guests.get(name) is guest:
+            del self.guests[name]
+
+    def get_domain_config(self, name: str) -> Domain:
+        """The stored (inactive) definition: the one the next start boots; for a transient
+        guest, which has none, the live one (virsh dumpxml --inactive)."""
+        guest = self._guest(name)
+        return guest.pending if guest.pending is not None else guest.domain
 
     async def set_autostart(self, name: str, autostart: bool) -> None:
         guest = self._guest(name)
+        if guest.transient:
+            raise InvalidOperation(f"domain {name} is transient: it cannot autostart")
         domain = attrs.evolve(guest.domain, autostart=autostart)
         self.config.save_domain(domain)
         guest.domain = domain
@@ -374,11 +469,13 @@ class Supervisor:
             raise ConflictError(
                 f"domain {name}: context id {guest.domain.id} is in use by a running guest"
             )
+        began = time.monotonic()
         try:
             await guest.start()
         except PrepareFailed as error:
             # a hook refused the start on purpose (an address in use, a network not running):
             # the caller gets that error, 409 and its message, not a 500 with a Python repr
+            self.start_failures += 1
             cause = error.cause
             if isinstance(cause, ConflictError | InvalidOperation | NotFound):
                 text = str(cause)
@@ -387,9 +484,13 @@ class Supervisor:
                 ) from error
             raise
         except VsvError:
+            self.start_failures += 1
             raise
         except Exception as error:
+            self.start_failures += 1
             raise RuntimeFailure(f"domain {name}: start failed: {error}") from error
+        self.starts += 1
+        self.start_latency.observe(time.monotonic() - began)
         return guest.status()
 
     def _running_id_conflict(self, guest: GuestRunner) -> bool:
@@ -437,6 +538,8 @@ class Supervisor:
             for guest in list(self.guests.values()):
                 if not guest.active:
                     continue
+                if self.logs is not None and self.logs.relaying(guest.domain.name):
+                    continue  # its relay holds the cap at every write
                 path = guest_log_file(self.run_dir, guest.domain.name)
                 try:
                     if os.stat(path).st_size <= self.log_max_bytes:
@@ -616,6 +719,121 @@ class Supervisor:
             guest.set_stored(stored)
         return info
 
+    async def domain_stats(self, names: Sequence[str] | None = None) -> list[tuple[str, Stats]]:
+        """Every (or each named) guest's figures; the files are read in a worker thread, all
+        guests in one go (supervisor/stats.py)."""
+        chosen = (
+            [self._guest(n) for n in names]
+            if names is not None
+            else [self.guests[n] for n in sorted(self.guests)]
+        )
+        layout = self.runtime.cgroup_layout() if self.runtime is not None else None
+        sources: dict[str, StatSources] = {}
+        answers: list[tuple[str, Stats]] = []
+        for guest in chosen:
+            status = guest.status()
+            head: Stats = {
+                "state.state": STATE_NUMBERS.get(status.state, 0),
+                "state.reason": status.reason,
+            }
+            if guest.domain.memory_kib is not None:
+                head["balloon.maximum"] = guest.domain.memory_kib
+            answers.append((guest.domain.name, head))
+            cgroup = self._live_cgroup(guest)
+            if layout is None or cgroup is None:
+                continue
+            nics: list[tuple[str, str]] = []
+            if guest.ctx is not None and guest.ctx.records.net is not None:
+                for nic in sorted(guest.ctx.records.net.nics, key=lambda n: n.index):
+                    nics.append((nic.host_if, nic.guest_if or f"eth{nic.index}"))
+            sources[guest.domain.name] = sources_for(
+                layout,
+                cgroup,
+                init_pid=status.init_pid,
+                nics=nics,
+                loan=self.sched.loan(guest.domain.name) if self.sched is not None else None,
+            )
+        if sources:
+            figures = await trio.to_thread.run_sync(read_many, sources)
+            for name, head in answers:
+                head.update(figures.get(name, {}))
+        return answers
+
+    def memory_params(self, name: str) -> dict[str, object]:
+        """``memtune``/``setmem``'s view: the live values of a running guest, else the stored."""
+        guest = self._guest(name)
+        running = self._live_cgroup(guest) is not None
+        return memory_view(guest.domain if running else self.get_domain_config(name), running)
+
+    async def set_memory(
+        self,
+        name: str,
+        *,
+        current_kib: int | None = None,
+        memtune: Mapping[str, int] | None = None,
+        live: bool,
+        config: bool,
+    ) -> dict[str, object]:
+        """``vsv setmem`` (``current_kib``) and ``vsv memtune`` (``memtune``: hard_limit_kib,
+        soft_limit_kib, swap_hard_limit_kib), live and/or in the stored definition; neither
+        flag: live when the guest runs, else config (libvirt's "current").
+
+        For a container the balloon is the memory limit (libvirt's LXC driver): setmem sets
+        ``<currentMemory>`` and the hard limit together. A live change writes the cgroup's
+        limits and publishes one TUNABLE naming what changed (KiB)."""
+        from supervisor.validate import check_domain
+
+        guest = self._guest(name)
+        cgroup = self._live_cgroup(guest)
+        live, config = resolve_flags(live, config, running=cgroup is not None)
+        if live and cgroup is None:
+            raise InvalidOperation(f"domain {name} is not running: use --config")
+        if config and guest.transient:
+            raise InvalidOperation(f"domain {name} is transient: it has no stored definition")
+        changes = dict(memtune or {})
+        if current_kib is not None:
+            changes["hard_limit_kib"] = current_kib
+
+        def changed(domain: Domain) -> Domain:
+            tune = attrs.evolve(domain.memtune or MemTune(), **changes)
+            new = attrs.evolve(domain, memtune=tune)
+            if current_kib is not None:
+                new = attrs.evolve(new, current_memory_kib=current_kib)
+            problems = check_domain(new)
+            if problems:
+                raise InvalidDocument(problems)
+            return new
+
+        running = guest.domain
+        persistent = self.get_domain_config(name)
+        new_live = changed(running) if live else running
+        new_stored = changed(persistent) if config else persistent
+        if live:
+            assert cgroup is not None
+            cgroup.apply_limits(new_live)
+        if config:
+            self.config.save_domain(new_stored)
+        if live:
+            guest.set_live(new_live, new_stored if not guest.transient else new_live)
+            if guest.transient:
+                guest.pending = None
+            data: dict[str, int] = {}
+            before, after = running.memtune or MemTune(), new_live.memtune or MemTune()
+            for key in ("hard_limit", "soft_limit", "swap_hard_limit"):
+                value = getattr(after, f"{key}_kib")
+                if value is not None and value != getattr(before, f"{key}_kib"):
+                    data[f"memtune.{key}"] = value
+            if current_kib is not None and current_kib != running.current_memory_kib:
+                data["balloon.current"] = current_kib
+            if data:
+                self._bus.publish_nowait("domain", name, "TUNABLE", None, data)
+        elif config:
+            guest.set_stored(new_stored)
+        return memory_view(new_live if live else new_stored, live)
+
+    async def set_network_autostart(self, name: str, autostart: bool) -> None:
+        await require_network(self.net, name).set_autostart(name, autostart)
+
     def list_networks(self) -> list[NetworkStatus]:
         return [] if self.net is None else self.net.list_networks()
 
@@ -637,6 +855,28 @@ class Supervisor:
 
     def network_leases(self, name: str) -> list[Lease]:
         return require_network(self.net, name).leases(name)
+
+    async def metrics_snapshot(self, requests: RequestCounts | None = None) -> Snapshot:
+        """What a ``/metrics`` scrape reports (supervisor/metrics.py): the counters and states
+        taken in one step, then every guest's figures."""
+        counters = self.statistics()
+        bus = attrs.asdict(self._bus.statistics(), recurse=True)
+        sched = self.sched.statistics() if self.sched is not None else None
+        tuner = sched.get("tuner") if sched is not None else None
+        requests_now = dict(requests.counts) if requests is not None else {}
+        figures = await self.domain_stats()
+        states = {n: g.life.status.state.name for n, g in self.guests.items()}
+        return Snapshot(
+            domains=[(name, states.get(name, "SHUTOFF"), f) for name, f in figures],
+            states=counters["states"],  # type: ignore[arg-type]
+            starts=self.starts,
+            start_failures=self.start_failures,
+            start_latency=self.start_latency,
+            bus=bus,
+            journal=attrs.asdict(self.journal.statistics()) if self.journal is not None else {},
+            requests=requests_now,
+            tuner=tuner if isinstance(tuner, dict) else None,
+        )
 
     def statistics(self) -> Mapping[str, object]:
         states: dict[str, int] = {}
@@ -725,6 +965,8 @@ class DaemonOptions:
     #: supervisor/api/limits.py)
     api_max_connections: int | None = None
     api_ro_max_connections: int | None = None
+    #: serve /metrics (Prometheus) on this (host, port); None: off
+    metrics_listen: tuple[str, int] | None = None
     #: publish the journal to NATS JetStream (``--nats``; docs/fleet.md)
     fleet: FleetSettings | None = None
 
@@ -768,19 +1010,58 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         f" (raised from {nofile_before})" if nofile != nofile_before else "",
         extra={"nofile": nofile, "nofile_before": nofile_before},
     )
+    listeners = None
+    if opts.socket is not None:
+        from supervisor.api.server import bind_api
+
+        # bound before anything is made or runs (see ApiListeners): a second supervisor, or a
+        # socket path that cannot be served, stops here with one line and leaves nothing behind
+        # (no journal, no namespace); a client that connects once the supervisor announced
+        # itself waits in the backlog to be served
+        try:
+            listeners = bind_api(
+                opts.socket,
+                opts.ro_socket,
+                opts.socket_group,
+                make_under=str(opts.run_dir),
+            )
+        except VsvError as exc:
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 1
+    metrics_sock = None
+    if opts.metrics_listen is not None:
+        from supervisor.metrics import bind_metrics
+
+        try:
+            metrics_sock = bind_metrics(*opts.metrics_listen)
+        except VsvError as exc:
+            if listeners is not None:
+                listeners.close()
+            print(f"vsv daemon: {exc}", file=sys.stderr)
+            return 1
     created_netns = False
     host_netns: str | None = None
-    if opts.netns is not None:
-        if not nsutil.netns_exists(opts.netns):
-            nsutil.create_netns(opts.netns)
-            created_netns = True
-        host_netns = str(nsutil.netns_path(opts.netns))
     from supervisor import sdnotify
     from supervisor.journal import Journal
 
-    # The journal numbers on from where the previous supervisor stopped; every event is in it
-    # before anyone can see it (a bus sink), so a consumer resuming with since=N misses nothing.
-    journal = Journal.open(opts.state_dir / "journal")
+    try:
+        if opts.netns is not None:
+            if not nsutil.netns_exists(opts.netns):
+                nsutil.create_netns(opts.netns)
+                created_netns = True
+            host_netns = str(nsutil.netns_path(opts.netns))
+        # The journal numbers on from where the previous supervisor stopped; every event is in
+        # it before anyone can see it (a bus sink), so a consumer resuming with since=N misses
+        # nothing.
+        journal = Journal.open(opts.state_dir / "journal")
+    except BaseException:
+        if listeners is not None:
+            listeners.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
+        if created_netns:
+            nsutil.delete_netns(opts.netns or "")
+        raise
     bus: Bus[GuestContext] = Bus(first_seq=journal.last_seq() + 1)
     bus.add_sink(journal.append)
     sup = Supervisor(
@@ -792,6 +1073,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
         host_netns=host_netns,
         bus=bus,
         announce=True,
+        journal=journal,
         log_max_bytes=opts.log_max_bytes,
         resolv_file=opts.resolv_file,
         # no guest may see them (a guest without a root filesystem sees the host's tree)
@@ -799,20 +1081,6 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     )
     from supervisor import stopsignals
 
-    listeners = None
-    if opts.socket is not None:
-        from supervisor.api.server import bind_api
-
-        # bound before anything runs (see ApiListeners): a second supervisor stops here, and a
-        # client that connects once the supervisor announced itself waits to be served
-        try:
-            listeners = bind_api(opts.socket, opts.ro_socket, opts.socket_group)
-        except VsvError as exc:
-            journal.close()
-            if created_netns:
-                nsutil.delete_netns(opts.netns or "")
-            print(f"vsv daemon: {exc}", file=sys.stderr)
-            return 1
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             # one that came before we listened (see supervisor.stopsignals) counts as well
@@ -821,6 +1089,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                 await nursery.start(print_events, sup.bus, out)
                 fleet = await _start_fleet(nursery, opts, journal, sup)
                 await nursery.start(sup.run)  # publishes the supervisor's STARTED first
+                requests = RequestCounts()
                 if listeners is not None:
                     from supervisor.api.server import serve_api
 
@@ -832,7 +1101,14 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                             listeners=listeners,
                             max_connections=opts.api_max_connections,
                             ro_max_connections=opts.api_ro_max_connections,
+                            requests=requests,
                         )
+                    )
+                if metrics_sock is not None:
+                    from supervisor.metrics import serve_metrics
+
+                    await nursery.start(
+                        serve_metrics, metrics_sock, partial(sup.metrics_snapshot, requests)
                     )
                 early = early or stopsignals.take()
                 if early is None:
@@ -860,7 +1136,7 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
                     None,
                     "STOPPED",
                     None,
-                    {"keep_guests": str(opts.keep_guests).lower()},
+                    {"keep_guests": opts.keep_guests},
                 )
                 await trio.lowlevel.checkpoint()
                 if fleet is not None and fleet.state == "publishing":
@@ -872,6 +1148,8 @@ async def run_daemon(opts: DaemonOptions, *, out: TextIO = sys.stdout) -> int:
     finally:
         if listeners is not None:
             listeners.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         journal.close()
         if created_netns and not opts.keep_guests:
             nsutil.delete_netns(opts.netns or "")
@@ -925,16 +1203,19 @@ async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Netwo
                     print(f"start network {network.name}: {exc}", file=sys.stderr)
 
 
-def cut_back_log(path: Path, keep: int) -> None:
-    """Move the newest ``keep`` bytes of ``path`` (from a line start) to ``path.1``; empty it."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = max(size - keep - 1, 0)  # one byte more: is the cut at a line start?
-        f.seek(start)
-        tail = f.read(size - start)
-    if start > 0:
-        cut = tail.find(b"\n")
-        tail = tail[cut + 1 :] if cut >= 0 else tail[1:]
-    rotated = path.with_name(path.name + ".1")
-    atomic_write(rotated, tail, mode=0o640, durable=False)
-    os.truncate(path, 0)
+def memory_view(domain: Domain, live: bool) -> dict[str, object]:
+    """A definition's memory figures as ``vsv memtune``/``setmem`` show them (KiB; None:
+    no limit), and whether they are the running guest's (live) or the stored ones."""
+    tune = domain.memtune or MemTune()
+    return {
+        "state": "live" if live else "config",
+        "memory_kib": domain.memory_kib,
+        "current_memory_kib": domain.current_memory_kib,
+        "hard_limit_kib": tune.hard_limit_kib,
+        "soft_limit_kib": tune.soft_limit_kib,
+        "swap_hard_limit_kib": tune.swap_hard_limit_kib,
+    }
+
+
+#: kept under its old name for callers that cut a log back themselves
+cut_back_log = cut_back

@@ -34,6 +34,7 @@ name), so a domain and a network of the same name cannot be confused::
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, cast, get_args
 
@@ -43,7 +44,11 @@ from supervisor.errors import VsvError
 
 EventKind = Literal["domain", "network", "supervisor"]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
-DataPairs = tuple[tuple[str, str], ...]
+#: one value of an event's ``data``: numbers and booleans are JSON numbers and booleans
+#: (``exit_code``, ``pid``, ``restart_delay``, ``cputune.shares``...), the rest strings
+DataValue = str | int | float | bool
+DataPairs = tuple[tuple[str, DataValue], ...]
+_SCALARS = (str, int, float, bool)
 
 
 class InvalidEvent(VsvError, ValueError):
@@ -245,21 +250,38 @@ def _invalid_message(kind: str, type: str, detail: str | None) -> str:
     return f"{kind} event {type} cannot have detail {detail!r}; allowed: {', '.join(details)}"
 
 
-def to_data(value: Mapping[str, object] | Iterable[tuple[str, object]] | None) -> DataPairs:
-    """Normalise extra event fields to a tuple of ``(key, str(value))`` pairs, keys unique.
+def data_value(value: object) -> DataValue:
+    """One data value as it is kept: a string, a whole or finite number, a boolean; anything
+    else (an enum, a path, None, an infinite float) as its text."""
+    kind = type(value)
+    if kind is str or kind is bool or kind is int:
+        return cast(DataValue, value)
+    if kind is float and math.isfinite(cast(float, value)):
+        return cast(float, value)
+    return str(value)
 
-    A tuple of string pairs passes through unchanged (the bus's hot path); anything else is
-    converted. Values are strings so the JSON form and the line-oriented journal stay simple.
+
+def to_data(value: Mapping[str, object] | Iterable[tuple[str, object]] | None) -> DataPairs:
+    """Normalise extra event fields to a tuple of ``(key, value)`` pairs, keys unique.
+
+    Numbers and booleans stay numbers and booleans, so that a consumer reads ``exit_code`` as
+    the number it is (JSON keeps the type); other values become strings. A tuple of pairs of
+    these types passes through unchanged (the bus's hot path); anything else is converted.
     """
     if value is None:
         return ()
     if type(value) is tuple and all(
-        type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is str for p in value
+        type(p) is tuple
+        and len(p) == 2
+        and type(p[0]) is str
+        and type(p[1]) in _SCALARS
+        and (type(p[1]) is not float or math.isfinite(p[1]))
+        for p in value
     ):
         pairs = cast(DataPairs, value)
     else:
         items = value.items() if isinstance(value, Mapping) else value
-        pairs = tuple((str(k), str(v)) for k, v in items)
+        pairs = tuple((str(k), data_value(v)) for k, v in items)
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
         raise InvalidEvent(f"duplicate keys in event data: {keys}")
@@ -288,7 +310,7 @@ class Event:
         """libvirt's numeric codes for this event (see :class:`Codes`)."""
         return codes_of(self.kind, self.type, self.detail)
 
-    def get(self, key: str, default: str | None = None) -> str | None:
+    def get(self, key: str, default: DataValue | None = None) -> DataValue | None:
         """The value of one ``data`` field, or ``default``."""
         for k, v in self.data:
             if k == key:
@@ -364,6 +386,10 @@ class Event:
         if not isinstance(raw, Mapping):
             raise InvalidEvent(f"event data must be an object, got {raw!r}")
         for k, v in raw.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise InvalidEvent(f"event data must map strings to strings, got {k!r}: {v!r}")
+            if not isinstance(k, str) or type(v) not in _SCALARS:
+                raise InvalidEvent(
+                    f"event data must map strings to strings, numbers or booleans, got {k!r}: {v!r}"
+                )
+            if type(v) is float and not math.isfinite(v):
+                raise InvalidEvent(f"event data {k!r} must be a finite number, got {v!r}")
         return cls(seq, float(time), kind, name, etype, detail, to_data(raw))

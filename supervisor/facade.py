@@ -8,7 +8,7 @@ Values crossing this boundary are frozen attrs values with JSON-friendly fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -34,6 +34,8 @@ class DomainStatus:
     init_pid: int | None = None
     started_at: float | None = None
     restarts: int = 0
+    #: False for a transient guest (vsv create, or undefined while running): gone when it stops
+    persistent: bool = True
 
 
 @attrs.frozen
@@ -76,7 +78,35 @@ class SupervisorFacade(Protocol):
     def domain_status(self, name: str) -> DomainStatus: ...
     def get_domain(self, name: str) -> Domain: ...
     async def define_domain(self, domain: Domain) -> Domain: ...
-    async def undefine_domain(self, name: str) -> None: ...
+    async def undefine_domain(self, name: str) -> None:
+        """Remove the stored definition; an active guest runs on, transient, until it stops."""
+        ...
+
+    async def create_domain(self, domain: Domain) -> DomainStatus:
+        """Start a transient guest (no stored definition; gone when it stops)."""
+        ...
+
+    def get_domain_config(self, name: str) -> Domain:
+        """The stored definition (the next start's); a transient guest's live one."""
+        ...
+
+    def memory_params(self, name: str) -> dict[str, object]:
+        """``state`` (live/config), ``memory_kib``, ``current_memory_kib``, ``hard_limit_kib``,
+        ``soft_limit_kib``, ``swap_hard_limit_kib`` (None: no limit)."""
+        ...
+
+    async def set_memory(
+        self,
+        name: str,
+        *,
+        current_kib: int | None = None,
+        memtune: Mapping[str, int] | None = None,
+        live: bool,
+        config: bool,
+    ) -> dict[str, object]:
+        """setmem / memtune; returns :meth:`memory_params`' view after the change."""
+        ...
+
     async def start_domain(self, name: str) -> DomainStatus: ...
     async def shutdown_domain(self, name: str, *, timeout: float | None = None) -> None: ...
     async def destroy_domain(self, name: str) -> None: ...
@@ -111,7 +141,16 @@ class SupervisorFacade(Protocol):
     async def undefine_network(self, name: str) -> None: ...
     async def start_network(self, name: str) -> None: ...
     async def destroy_network(self, name: str) -> None: ...
+    async def set_network_autostart(self, name: str, autostart: bool) -> None: ...
     def network_leases(self, name: str) -> list[Lease]: ...
+
+    async def domain_stats(
+        self, names: Sequence[str] | None = None
+    ) -> list[tuple[str, dict[str, int | float | str]]]:
+        """``domstats``: per domain (all, in name order, or ``names`` in that order) its
+        figures under libvirt's keys (supervisor/stats.py); an inactive one has ``state.*``
+        only. NotFound for an unknown name."""
+        ...
 
     # the supervisor itself
     def statistics(self) -> Mapping[str, object]: ...

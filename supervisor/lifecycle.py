@@ -67,6 +67,7 @@ from collections.abc import Mapping
 import attrs
 
 from supervisor.errors import InvalidOperation
+from supervisor.events import DataPairs, DataValue
 from supervisor.model import Domain, LifecycleAction
 
 # --------------------------------------------------------------------------- libvirt's states
@@ -244,7 +245,7 @@ class Emit:
 
     type: str
     detail: str | None = None
-    data: tuple[tuple[str, str], ...] = ()
+    data: DataPairs = ()
 
     def __str__(self) -> str:
         return self.type if self.detail is None else f"{self.type} {self.detail}"
@@ -516,12 +517,13 @@ class GuestEnd:
         """The table input this end feeds."""
         return _END_INPUT[self.kind]
 
-    def data(self) -> tuple[tuple[str, str], ...]:
-        """The event data describing the end: ``end`` plus ``exit_code`` or ``signal``."""
-        how = (
+    def data(self) -> DataPairs:
+        """The event data describing the end: ``end`` plus ``exit_code`` (a number) or
+        ``signal`` (its name)."""
+        how: tuple[str, DataValue] = (
             ("signal", _signal_name(self.signal))
             if self.signal is not None
-            else ("exit_code", str(self.exit_code))
+            else ("exit_code", int(self.exit_code or 0))
         )
         return (("end", self.kind.value), how)
 
@@ -688,7 +690,7 @@ class Lifecycle:
         *,
         now: float,
         end: GuestEnd | None = None,
-        data: tuple[tuple[str, str], ...] = (),
+        data: DataPairs = (),
     ) -> Step:
         """Feed one input at time ``now``.
 
@@ -709,11 +711,12 @@ class Lifecycle:
         elif input is Input.START:
             budget = RestartBudget()  # a person asked: the crash-loop history no longer applies
         row = lookup(self._phase, input, decision)
-        extra: tuple[tuple[str, str], ...] = ()
+        extra: DataPairs = ()
         if end is not None:
             extra += end.data()
         if Action.SCHEDULE_RESTART in row.actions or Action.RESPAWN in row.actions:
-            extra += (("restart_delay", f"{delay:g}"),)
+            # seconds, a number: whole ones as integers (0, 2), as the text form showed them
+            extra += (("restart_delay", int(delay) if float(delay).is_integer() else delay),)
         extra += data
         events = tuple(attrs.evolve(e, data=e.data + extra) for e in row.events)
         step = Step(

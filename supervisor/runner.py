@@ -47,6 +47,7 @@ from supervisor import nsutil
 from supervisor.bus import Bus
 from supervisor.console import GuestConsole, KeptConsoles, open_peer
 from supervisor.errors import InvalidDocument, RuntimeFailure, VsvError
+from supervisor.events import DataPairs
 from supervisor.facade import DomainStatus
 from supervisor.hooks import GuestContext
 from supervisor.lifecycle import Action, EndKind, GuestEnd, Input, Lifecycle, Phase
@@ -94,6 +95,11 @@ class RunnerEnv:
     restart_policy: lc.RestartPolicy
     #: starts a task in the guests' nursery (the daemon's)
     launch: Launcher
+    #: what a guest's stdout and stderr are to be (its log relay's FIFO, supervisor/logrelay.py);
+    #: None: the log file itself
+    log_target: Callable[[str], Path] | None = None
+    #: the guest is released: its log relay drains and ends
+    log_done: Callable[[str], None] | None = None
     #: a running guest's init pid and namespace inodes by kind, by name (None: not running);
     #: for the namespaces ``<lxc:namespace>`` shares
     peers: Callable[[str], tuple[int, Mapping[str, int]] | None] = lambda _name: None
@@ -208,6 +214,8 @@ class GuestRunner:
     restarts: int = 0
     #: why the last start failed (None: it did not)
     start_error: BaseException | None = None
+    #: no stored definition (vsv create, or undefined while it ran): gone when it stops
+    transient: bool = False
     #: the guest's console (a domain with a ``<console>``, from its first boot on): kept across
     #: reboots, so an attached client sees the next boot; relayed while the guest runs
     console: GuestConsole | None = None
@@ -258,6 +266,7 @@ class GuestRunner:
         if self.process is not None:
             pid = self.process.init_pid
         return DomainStatus(
+            persistent=not self.transient,
             name=self.domain.name,
             id=self.domain.id,
             uuid=self.domain.uuid,
@@ -287,6 +296,13 @@ class GuestRunner:
             self.pending = domain
             self.domain = attrs.evolve(self.domain, autostart=domain.autostart)
             self.rerecord()
+
+    def make_transient(self) -> None:
+        """The guest has no stored definition any more (or never had one): its live definition
+        is all there is; the run record says so, for a successor to adopt it as such."""
+        self.transient = True
+        self.pending = None
+        self.rerecord()
 
     def set_live(self, live: Domain, stored: Domain) -> None:
         """The running guest now runs ``live`` (a live change); ``stored`` applies once it stops."""
@@ -515,9 +531,7 @@ class GuestRunner:
             reply.set(error)
         self._start_waiters.clear()
 
-    def _apply(
-        self, input: Input, end: GuestEnd | None = None, data: tuple[tuple[str, str], ...] = ()
-    ) -> lc.Step:
+    def _apply(self, input: Input, end: GuestEnd | None = None, data: DataPairs = ()) -> lc.Step:
         step = self.life.apply(input, now=time.monotonic(), end=end, data=data)
         self._publish(step)
         return step
@@ -637,8 +651,13 @@ class GuestRunner:
                     await self.console.stop_relay()  # what the previous boot left, logged first
                 # the guest's process gets going (its mounts) while the cgroup is made and the
                 # prepare hooks run; finish() then puts it in the cgroup and lets init run
-                log_path = guest_log_file(env.run_dir, domain.name)
-                log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if env.log_target is not None and not domain.consoles:
+                    # the FIFO a relay drains into the capped log; a guest with a console
+                    # writes to its pty instead, which the console's relay logs
+                    log_path = env.log_target(domain.name)
+                else:
+                    log_path = guest_log_file(env.run_dir, domain.name)
+                    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 joins = namespace_joins(domain, env.peers) if domain.shared_namespaces else ()
                 pending = await env.runtime.begin_spawn(domain, log_path=str(log_path), joins=joins)
                 if not keep_resources:
@@ -766,6 +785,8 @@ class GuestRunner:
         self.adopted_pid = self.adopted_pidns = self.adopted_namespaces = None
         self.started_at = None
         self.env.runs.remove("domains", name)
+        if self.env.log_done is not None:
+            self.env.log_done(name)
 
     async def _fail_hard(self, exc: BaseException) -> None:
         """The supervisor's own code failed for this guest: stop its children, release it,
@@ -803,11 +824,13 @@ class GuestRunner:
         elif self.adopted_pid is not None:
             record["wrapper_pid"] = record["init_pid"] = self.adopted_pid
             record["namespaces"] = self.adopted_namespaces
-        if self.pending is not None:
+        if self.pending is not None or self.transient:
             # the running guest's definition is not the stored one (redefined, or changed
-            # live): a successor that adopts the guest must keep it, as libvirt keeps the live
-            # XML of a running domain across a daemon restart
+            # live), or there is no stored one: a successor that adopts the guest must keep it,
+            # as libvirt keeps the live XML of a running domain across a daemon restart
             record["live_domain"] = format_domain(self.domain)
+        if self.transient:
+            record["transient"] = True
         self.env.runs.write("domains", self.domain.name, record)
 
     def rerecord(self) -> None:

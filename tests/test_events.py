@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -119,7 +120,13 @@ def test_json_dict_has_the_documented_keys() -> None:
 
 _triples = st.sampled_from(sorted(CODES, key=str))
 _names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
-_data = st.dictionaries(_names, _names, max_size=3)
+_values = st.one_of(
+    _names,
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+)
+_data = st.dictionaries(_names, _values, max_size=3)
 
 
 @given(
@@ -130,14 +137,20 @@ _data = st.dictionaries(_names, _names, max_size=3)
     data=_data,
 )
 def test_json_round_trip(
-    triple: tuple[str, str, str | None], seq: int, time: float, name: str, data: dict[str, str]
+    triple: tuple[str, str, str | None],
+    seq: int,
+    time: float,
+    name: str,
+    data: dict[str, str | int | float | bool],
 ) -> None:
-    """Every valid event survives to_json_dict -> json text -> from_json_dict unchanged."""
+    """Every valid event survives to_json_dict -> json text -> from_json_dict unchanged, the
+    types of its data's values included."""
     kind, etype, detail = triple
     event_name = None if kind == "supervisor" else name
     event = Event(seq, time, kind, event_name, etype, detail, to_data(data))  # type: ignore[arg-type]
     text = json.dumps(event.to_json_dict())
-    assert event == Event.from_json_dict(json.loads(text))
+    back = Event.from_json_dict(json.loads(text))
+    assert (event, [type(v) for _, v in event.data]) == (back, [type(v) for _, v in back.data])
 
 
 @pytest.mark.parametrize(
@@ -145,7 +158,8 @@ def test_json_round_trip(
     [
         ({"type_code": 4}, "type_code is 5"),
         ({"seq": -1}, "seq must be a non-negative integer"),
-        ({"data": {"a": 1}}, "must map strings to strings"),
+        ({"data": {"a": [1]}}, "must map strings to strings, numbers or booleans"),
+        ({"data": {"a": None}}, "must map strings to strings, numbers or booleans"),
         ({"detail": "BOOTED"}, "cannot have detail 'BOOTED'"),
         ({"name": None, "domain": None}, "needs a name"),
     ],
@@ -165,10 +179,16 @@ def test_from_json_dict_accepts_domain_key_without_name() -> None:
     assert Event(1, 2.0, "domain", "w", "REBOOT") == Event.from_json_dict(doc)
 
 
-def test_to_data_normalises_and_refuses_duplicates() -> None:
-    """Mappings and pairs become string pairs; duplicate keys are refused."""
-    assert (("a", "1"), ("b", "x")) == to_data({"a": 1, "b": "x"})
-    assert (("cputune.shares", "512"),) == to_data([("cputune.shares", 512)])
+def test_to_data_keeps_numbers_and_booleans_and_refuses_duplicates() -> None:
+    """Numbers and booleans stay typed, other values become text; duplicate keys are refused."""
+    assert (("a", 1), ("b", "x"), ("c", True), ("d", 0.5)) == to_data(
+        {"a": 1, "b": "x", "c": True, "d": 0.5}
+    )
+    assert (("cputune.shares", 512),) == to_data([("cputune.shares", 512)])
+    assert (("p", "/x"), ("n", "None"), ("f", "inf")) == to_data(
+        {"p": Path("/x"), "n": None, "f": float("inf")}
+    )
+    assert [bool, int] == [type(v) for _, v in to_data({"t": True, "i": 1})]
     with pytest.raises(InvalidEvent):
         to_data([("a", "1"), ("a", "2")])
 

@@ -176,7 +176,7 @@ def test_classify_exit(
 def test_guest_end_data_names_signal_or_exit_code() -> None:
     """GuestEnd.data gives the end kind and the signal name or the exit code."""
     assert (("end", "crash"), ("signal", "SIGSEGV")) == classify_exit(-11).data()
-    assert (("end", "crash"), ("exit_code", "2")) == classify_exit(2).data()
+    assert (("end", "crash"), ("exit_code", 2)) == classify_exit(2).data()
     assert (("end", "crash"), ("signal", "SIG99")) == classify_exit(-99).data()
 
 
@@ -374,8 +374,8 @@ def test_guest_end_and_restart_delay_travel_in_event_data() -> None:
     first = machine.guest_ended(CRASH, now=10.0)
     _run(machine, Input.RESTART_DUE, Input.STARTED, now=10.0)
     second = machine.guest_ended(CRASH, now=11.0)
-    assert (("end", "crash"), ("signal", "SIGSEGV"), ("restart_delay", "0")) == first.events[0].data
-    assert ("2", 2.0) == (second.events[0].data[-1][1], second.delay)
+    assert (("end", "crash"), ("signal", "SIGSEGV"), ("restart_delay", 0)) == first.events[0].data
+    assert (2, 2.0) == (second.events[0].data[-1][1], second.delay)
 
 
 def test_manual_start_resets_the_budget() -> None:
@@ -581,7 +581,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             # when the previous supervisor went away
             self.active = True
         for e in step.events:
-            self._consume(str(e), dict(e.data).get("reason"))
+            reason = dict(e.data).get("reason")
+            self._consume(str(e), None if reason is None else str(reason))
 
     def _consume(self, event: str, reason: str | None) -> None:
         if event == "STARTED BOOTED":

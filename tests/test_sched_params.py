@@ -58,7 +58,7 @@ def test_apply_reports_only_real_changes() -> None:
     values = p.parse_assignments(["cpu_shares=1024", "vcpu_quota=-1", "fill_rate=3"])
     new, changed = p.apply_to_domain(domain, values)
     assert (
-        {"cputune.vcpu_quota": "-1", "scheduler.fill_rate": "3"},
+        {"cputune.vcpu_quota": -1, "scheduler.fill_rate": 3},
         CpuTune(shares=1024, quota=-1),
         TokenBucket(fill_rate=3, interval=4),
     ) == (dict(changed), new.cputune, new.scheduler)

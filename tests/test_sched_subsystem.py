@@ -227,10 +227,10 @@ async def test_set_schedinfo_live_writes_and_publishes_one_tunable(
         ("20000", "10000", "512"),
         [("l", "TUNABLE")],
         {
-            "cputune.vcpu_period": "20000",
-            "cputune.vcpu_quota": "10000",
-            "cputune.shares": "512",
-            "scheduler.fill_rate": "2",
+            "cputune.vcpu_period": 20000,
+            "cputune.vcpu_quota": 10000,
+            "cputune.shares": 512,
+            "scheduler.fill_rate": 2,
         },
         (CpuTune(period=20000), TokenBucket(fill_rate=2, interval=4)),
         ("live", 512, 20000, 10000),
@@ -412,7 +412,7 @@ async def test_tuner_lends_and_publishes_tunable_with_reason(
         (True, files[1]),
         (False, True, False),
     ) == (
-        (event.name, event.type, (event.get("reason") or "").startswith("lend:"), files[0]),
+        (event.name, event.type, str(event.get("reason") or "").startswith("lend:"), files[0]),
         (4000 < quota <= 16000, str(quota)),
         (idle_before, active, idle_after),
     )
@@ -487,7 +487,7 @@ async def test_tuner_lends_to_a_really_throttled_guest(
             await bus.run_release(ctx)
     assert isinstance(item, Event)
     assert (True, True, True) == (
-        (item.get("reason") or "").startswith("lend:"),
+        str(item.get("reason") or "").startswith("lend:"),
         int(files[1]) > 4000,
         throttled > 0,
     )

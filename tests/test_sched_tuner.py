@@ -212,7 +212,7 @@ async def test_runner_samples_decides_and_applies(autojump_clock: trio.abc.Clock
     with trio.move_on_after(1.05):
         await tuner.run()
     first = applied[0]
-    assert ("b", 25_000, 85_000, "870", 6) == (
+    assert ("b", 25_000, 85_000, 870, 6) == (
         first.guest,
         first.old_quota_us,
         first.new_quota_us,

@@ -50,6 +50,7 @@ from supervisor.model import Domain, Network
 if TYPE_CHECKING:
     from supervisor.api.limits import ApiStatistics
     from supervisor.console import ConsoleSession
+    from supervisor.metrics import RequestCounts
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -261,6 +262,10 @@ def _list_param(query: Mapping[str, str], name: str) -> frozenset[str] | None:
     return frozenset(part for part in raw.split(",") if part)
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 53
+
+
 def _json_body(request: Request) -> dict[str, Any]:
     try:
         value = json.loads(request.body)
@@ -325,6 +330,8 @@ class ApiApp:
     codec: Codec = attrs.field(factory=XmlCodec)
     started_at: float = attrs.field(factory=time.time)
     connections: Callable[[], ApiStatistics] | None = None
+    #: answers counted by socket ("rw"/"ro"), method and status, for /metrics
+    requests: RequestCounts | None = None
     _grown: trio.Event = attrs.field(factory=trio.Event, init=False)
     _unlisten: Callable[[], None] | None = attrs.field(default=None, init=False)
 
@@ -384,12 +391,13 @@ class ApiApp:
                         "peer_gid": peer.gid if peer else None,
                     },
                 )
-            handler, params = _route(method, path)
+            handler, params = _route(method, path, scope.get("raw_path"))
             query = _parse_query(scope.get("query_string", b""))
             headers = {
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
             }
             if handler is _EVENTS:
+                self._count(method, 200)
                 await self._events(query, headers, receive, send)
                 return
             body = await _read_body(receive)
@@ -406,7 +414,12 @@ class ApiApp:
             log.exception("api: unexpected failure in %s %s", method, path)
             internal = HttpProblem(500, "internal", "unexpected failure; see the supervisor's log")
             reply = Reply(500, json_bytes(internal.document()), "application/problem+json")
+        self._count(method, reply.status)
         await _send_reply(send, reply, seq=self.journal.last_seq())
+
+    def _count(self, method: str, status: int) -> None:
+        if self.requests is not None:
+            self.requests.add("ro" if self.read_only else "rw", method, status)
 
     # --- the event stream ---------------------------------------------------------------------
 
@@ -511,8 +524,13 @@ class ApiApp:
         return _ok({"seq": seq, "domains": rows})
 
     async def define_domain(self, request: Request) -> Reply:
+        transient = _bool_param(request.query, "transient") or False
         domain = _parse(self.codec.parse_domain, request.body)
         try:
+            if transient:
+                # vsv create: start it now, with no stored definition (gone when it stops)
+                status = await self.facade.create_domain(domain)
+                return _ok({"seq": self.journal.last_seq(), "domain": status_json(status)}, 201)
             stored = await self.facade.define_domain(domain)
         except VsvError as exc:
             raise problem_for(exc, field="body") from exc
@@ -535,17 +553,50 @@ class ApiApp:
             "on_reboot": domain.on_reboot,
             "on_crash": domain.on_crash,
             "interfaces": len(domain.interfaces),
-            "persistent": True,
+            "persistent": status.persistent,
+            "cpu_time_ns": None,
+            "memory_used_kib": None,
             "log": self.facade.domain_log_path(name),
         }
+        if status.state in ("RUNNING", "PAUSED", "SHUTDOWN"):
+            [(_, figures)] = await self._stats([name])
+            time_ns, used = figures.get("cpu.time"), figures.get("balloon.current")
+            info["cpu_time_ns"] = time_ns if isinstance(time_ns, int) else None
+            info["memory_used_kib"] = used if isinstance(used, int) else None
         return _ok(info)
+
+    async def _stats(self, names: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            return await self.facade.domain_stats(names)
+        except VsvError as exc:
+            raise problem_for(exc, field="name" if names and len(names) == 1 else "domain") from exc
+
+    async def domain_stats(self, request: Request) -> Reply:
+        name = request.params["name"]
+        seq = self.journal.last_seq()  # the guests' states the figures go with
+        [(_, figures)] = await self._stats([name])
+        return _ok({"seq": seq, "name": name, "stats": figures})
+
+    async def stats(self, request: Request) -> Reply:
+        raw = request.query.get("domain")
+        names = [n for n in raw.split(",") if n] if raw else None
+        seq = self.journal.last_seq()
+        answers = await self._stats(names)
+        return _ok(
+            {
+                "seq": seq,
+                "domains": [{"name": n, "stats": figures} for n, figures in answers],
+            }
+        )
 
     async def undefine_domain(self, request: Request) -> Reply:
         await _acall(self.facade.undefine_domain, request.params["name"])
         return _ok({"seq": self.journal.last_seq()})
 
     async def domain_xml(self, request: Request) -> Reply:
-        domain = _call(self.facade.get_domain, request.params["name"], field="name")
+        inactive = _bool_param(request.query, "inactive") or False
+        get = self.facade.get_domain_config if inactive else self.facade.get_domain
+        domain = _call(get, request.params["name"], field="name")
         return Reply(200, self.codec.format_domain(domain).encode(), "application/xml")
 
     async def domain_state(self, request: Request) -> Reply:
@@ -559,6 +610,7 @@ class ApiApp:
         name = request.params["name"]
         action = request.params["action"]
         facade = self.facade
+        before = _call(facade.domain_status, name, field="name")
         if action == "start":
             await _acall(facade.start_domain, name)
         elif action == "shutdown":
@@ -578,7 +630,14 @@ class ApiApp:
         else:  # pragma: no cover - the router only lets the actions above through
             raise HttpProblem(404, "no-route", f"no action {action!r}", field="action")
         seq = self.journal.last_seq()
-        status = _call(facade.domain_status, name, field="name")
+        try:
+            status = facade.domain_status(name)
+        except NotFound:
+            # a transient guest that stopped is gone already: its last state, stopped
+            reason = {"destroy": "DESTROYED", "shutdown": "SHUTDOWN"}.get(action, "UNKNOWN")
+            status = attrs.evolve(
+                before, state="SHUTOFF", reason=reason, id=None, init_pid=None, started_at=None
+            )
         return _ok({"seq": seq, "domain": status_json(status)})
 
     async def set_autostart(self, request: Request) -> Reply:
@@ -630,6 +689,57 @@ class ApiApp:
         except ValueError as exc:
             raise HttpProblem(400, "invalid-parameter", str(exc), field="params") from exc
         return _ok({"seq": self.journal.last_seq(), "params": dict(result)})
+
+    async def get_memory(self, request: Request) -> Reply:
+        memory = _call(self.facade.memory_params, request.params["name"], field="name")
+        return _ok({"seq": self.journal.last_seq(), "memory": memory})
+
+    async def set_memory(self, request: Request) -> Reply:
+        body = _json_body(request)
+        current = body.get("current_kib")
+        if current is not None and not _positive_int(current):
+            raise HttpProblem(
+                400, "bad-body", "current_kib must be a positive integer", field="current_kib"
+            )
+        raw = body.get("memtune") or {}
+        if not isinstance(raw, dict):
+            raise HttpProblem(400, "bad-body", "memtune must be an object", field="memtune")
+        tune: dict[str, int] = {}
+        for key, value in raw.items():
+            if key not in ("hard_limit_kib", "soft_limit_kib", "swap_hard_limit_kib"):
+                raise HttpProblem(
+                    400,
+                    "bad-body",
+                    f"memtune.{key} is not a memtune parameter",
+                    field=f"memtune.{key}",
+                )
+            if not _positive_int(value):
+                raise HttpProblem(
+                    400,
+                    "bad-body",
+                    f"memtune.{key} must be a positive integer",
+                    field=f"memtune.{key}",
+                )
+            tune[key] = value
+        if current is None and not tune:
+            raise HttpProblem(
+                400, "bad-body", "nothing to change: give current_kib or memtune", field="body"
+            )
+        live, config = body.get("live", False), body.get("config", False)
+        for flag, value in (("live", live), ("config", config)):
+            if not isinstance(value, bool):
+                raise HttpProblem(400, "bad-body", f"{flag} must be true or false", field=flag)
+        try:
+            memory = await self.facade.set_memory(
+                request.params["name"], current_kib=current, memtune=tune, live=live, config=config
+            )
+        except InvalidDocument as exc:
+            raise HttpProblem(
+                400, "invalid-parameter", str(exc), field="body", problems=exc.problems
+            ) from exc
+        except VsvError as exc:
+            raise problem_for(exc, field="name") from exc
+        return _ok({"seq": self.journal.last_seq(), "memory": memory})
 
     async def domain_interfaces(self, request: Request) -> Reply:
         name = request.params["name"]
@@ -751,6 +861,17 @@ class ApiApp:
     async def undefine_network(self, request: Request) -> Reply:
         await _acall(self.facade.undefine_network, request.params["name"])
         return _ok({"seq": self.journal.last_seq()})
+
+    async def set_network_autostart(self, request: Request) -> Reply:
+        body = _json_body(request)
+        value = body.get("autostart")
+        if not isinstance(value, bool):
+            raise HttpProblem(400, "bad-body", "autostart must be true or false", field="autostart")
+        try:
+            await self.facade.set_network_autostart(request.params["name"], value)
+        except VsvError as exc:
+            raise problem_for(exc, field="name") from exc
+        return _ok({"seq": self.journal.last_seq(), "autostart": value})
 
     async def network_xml(self, request: Request) -> Reply:
         network = _call(self.facade.get_network, request.params["name"], field="name")
@@ -923,16 +1044,21 @@ ROUTES: list[tuple[str, tuple[str, ...], Handler]] = [
     ("GET", ("v1", "domains", _NAME, "xml"), ApiApp.domain_xml),
     ("GET", ("v1", "domains", _NAME, "state"), ApiApp.domain_state),
     ("GET", ("v1", "domains", _NAME, "interfaces"), ApiApp.domain_interfaces),
+    ("GET", ("v1", "domains", _NAME, "stats"), ApiApp.domain_stats),
+    ("GET", ("v1", "stats"), ApiApp.stats),
     ("GET", ("v1", "domains", _NAME, "console"), ApiApp.console_http),
     ("PUT", ("v1", "domains", _NAME, "autostart"), ApiApp.set_autostart),
     ("GET", ("v1", "domains", _NAME, "schedinfo"), ApiApp.get_schedinfo),
     ("PUT", ("v1", "domains", _NAME, "schedinfo"), ApiApp.set_schedinfo),
+    ("GET", ("v1", "domains", _NAME, "memory"), ApiApp.get_memory),
+    ("PUT", ("v1", "domains", _NAME, "memory"), ApiApp.set_memory),
     ("GET", ("v1", "networks"), ApiApp.list_networks),
     ("POST", ("v1", "networks"), ApiApp.define_network),
     ("GET", ("v1", "networks", _NAME), ApiApp.network_info),
     ("DELETE", ("v1", "networks", _NAME), ApiApp.undefine_network),
     ("GET", ("v1", "networks", _NAME, "xml"), ApiApp.network_xml),
     ("GET", ("v1", "networks", _NAME, "leases"), ApiApp.network_leases),
+    ("PUT", ("v1", "networks", _NAME, "autostart"), ApiApp.set_network_autostart),
 ]
 DOMAIN_ACTIONS = ("start", "shutdown", "destroy", "reboot", "suspend", "resume")
 NETWORK_ACTIONS = ("start", "destroy")
@@ -940,9 +1066,18 @@ ROUTES += [("POST", ("v1", "domains", _NAME, a), ApiApp.domain_action) for a in 
 ROUTES += [("POST", ("v1", "networks", _NAME, a), ApiApp.network_action) for a in NETWORK_ACTIONS]
 
 
-def _route(method: str, path: str) -> tuple[Handler, dict[str, str]]:
-    """The handler for (method, path) and the path parameters; 404/405 problems otherwise."""
-    parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
+def _route(method: str, path: str, raw_path: bytes | None = None) -> tuple[Handler, dict[str, str]]:
+    """The handler for (method, path) and the path parameters; 404/405 problems otherwise.
+
+    Segments are split on the path as sent (``raw_path``) and decoded one by one, so that an
+    escaped ``/`` stays inside its segment: ``/v1/domains/..%2Fx`` asks for the domain named
+    ``../x`` (which cannot exist: 404 ``not-found`` naming it), not for ``/v1/x``.
+    """
+    if raw_path is not None:
+        raw = raw_path.decode("latin-1").strip("/")
+        parts = tuple(urllib.parse.unquote(p) for p in raw.split("/")) if raw else ()
+    else:
+        parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
     allowed: list[str] = []
     for route_method, pattern, handler in ROUTES:
         if len(pattern) != len(parts):

@@ -124,6 +124,32 @@ SCHEMAS: dict[str, Any] = {
             "init_pid": _NULLABLE_INT,
             "started_at": _NULLABLE_NUM,
             "restarts": {"type": "integer"},
+            "persistent": {
+                "type": "boolean",
+                "description": "false for a transient domain (created with ?transient=true, or "
+                "undefined while running): it is gone when it stops",
+            },
+        },
+    },
+    "Memory": {
+        "type": "object",
+        "description": "a domain's memory settings in KiB (null: no limit); state says whether "
+        "they are the running guest's (live) or the stored definition's (config)",
+        "required": [
+            "state",
+            "memory_kib",
+            "current_memory_kib",
+            "hard_limit_kib",
+            "soft_limit_kib",
+            "swap_hard_limit_kib",
+        ],
+        "properties": {
+            "state": {"type": "string", "enum": ["live", "config"]},
+            "memory_kib": _NULLABLE_INT,
+            "current_memory_kib": _NULLABLE_INT,
+            "hard_limit_kib": _NULLABLE_INT,
+            "soft_limit_kib": _NULLABLE_INT,
+            "swap_hard_limit_kib": _NULLABLE_INT,
         },
     },
     "DomainInfo": {
@@ -144,6 +170,16 @@ SCHEMAS: dict[str, Any] = {
                     "on_crash": {"type": "string"},
                     "interfaces": {"type": "integer"},
                     "persistent": {"type": "boolean"},
+                    "cpu_time_ns": {
+                        "type": ["integer", "null"],
+                        "description": "CPU time the guest used (its cgroup's), null when it is "
+                        "not running",
+                    },
+                    "memory_used_kib": {
+                        "type": ["integer", "null"],
+                        "description": "memory the guest uses now (its cgroup's), null when it "
+                        "is not running",
+                    },
                     "log": {
                         "type": ["string", "null"],
                         "description": "host path of the guest's stdout and stderr "
@@ -152,6 +188,24 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         ]
+    },
+    "DomainStats": {
+        "type": "object",
+        "description": "a domain's figures under libvirt's `virsh domstats` keys where libvirt "
+        "has one (state.state, cpu.time, cpu.user, cpu.system in ns; balloon.current, "
+        "balloon.maximum in KiB; net.count, net.N.name, net.N.rx.bytes...; block.count, "
+        "block.N.name, block.N.rd.bytes...) and the supervisor's own (memory.used, memory.limit, "
+        "memory.peak in bytes; pids.current, pids.limit; cpu.throttle.periods, "
+        "cpu.throttle.count, cpu.throttle.time; scheduler.loan); an inactive domain has state.* "
+        "(and balloon.maximum) only. See docs/api.md.",
+        "required": ["name", "stats"],
+        "properties": {
+            "name": {"type": "string"},
+            "stats": {
+                "type": "object",
+                "additionalProperties": {"type": ["integer", "number", "string"]},
+            },
+        },
     },
     "NetworkStatus": {
         "type": "object",
@@ -325,10 +379,18 @@ def openapi_document() -> dict[str, Any]:
                 op_id="listDomains",
             ),
             "post": _op(
-                "define (or redefine) a domain from its XML",
-                _json(_obj(seq=_SEQ, domain=_ref("DomainStatus")), "defined"),
+                "define (or redefine) a domain from its XML; with transient=true start it "
+                "without storing it (virsh create: gone when it stops)",
+                _json(_obj(seq=_SEQ, domain=_ref("DomainStatus")), "defined (or started)"),
                 status="201",
                 body=_XML_BODY,
+                params=[
+                    _query(
+                        "transient",
+                        {"type": "boolean"},
+                        "start a transient domain instead of defining one",
+                    )
+                ],
                 op_id="defineDomain",
             ),
         },
@@ -339,7 +401,15 @@ def openapi_document() -> dict[str, Any]:
             "delete": _op("undefine a domain", seq_only, params=name, op_id="undefineDomain"),
         },
         "/v1/domains/{name}/xml": {
-            "get": _op("a domain's XML", xml_reply, params=name, op_id="domainXml")
+            "get": _op(
+                "a domain's XML (the running definition; inactive=true: the stored one)",
+                xml_reply,
+                params=[
+                    *name,
+                    _query("inactive", {"type": "boolean"}, "the stored (next boot's) definition"),
+                ],
+                op_id="domainXml",
+            )
         },
         "/v1/domains/{name}/state": {
             "get": _op(
@@ -412,6 +482,70 @@ def openapi_document() -> dict[str, Any]:
                 op_id="setSchedinfo",
             ),
         },
+        "/v1/domains/{name}/stats": {
+            "get": _op(
+                "a domain's statistics (virsh domstats)",
+                _json(_obj(seq=_SEQ, name={"type": "string"}, stats={"type": "object"})),
+                params=name,
+                op_id="domainStats",
+            )
+        },
+        "/v1/stats": {
+            "get": _op(
+                "statistics of every domain (or of those named), in one read",
+                _json(_obj(seq=_SEQ, domains={"type": "array", "items": _ref("DomainStats")})),
+                params=[
+                    _query(
+                        "domain",
+                        {"type": "string"},
+                        "only these domains (comma-separated), in that order",
+                    )
+                ],
+                op_id="stats",
+            )
+        },
+        "/v1/domains/{name}/memory": {
+            "get": _op(
+                "a domain's memory settings (virsh memtune)",
+                _json(_obj(seq=_SEQ, memory=_ref("Memory"))),
+                params=name,
+                op_id="getMemory",
+            ),
+            "put": _op(
+                "change the memory (setmem: current_kib, which is also the hard limit) or the "
+                "memtune limits, live and/or in the config; a live change publishes TUNABLE",
+                _json(_obj(seq=_SEQ, memory=_ref("Memory"))),
+                params=name,
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "current_kib": {"type": "integer", "minimum": 1},
+                                    "memtune": {
+                                        "type": "object",
+                                        "properties": {
+                                            k: {"type": "integer", "minimum": 1}
+                                            for k in (
+                                                "hard_limit_kib",
+                                                "soft_limit_kib",
+                                                "swap_hard_limit_kib",
+                                            )
+                                        },
+                                        "additionalProperties": False,
+                                    },
+                                    "live": {"type": "boolean"},
+                                    "config": {"type": "boolean"},
+                                },
+                            }
+                        }
+                    },
+                },
+                op_id="setMemory",
+            ),
+        },
         "/v1/networks": {
             "get": _op(
                 "every defined network",
@@ -437,6 +571,20 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/networks/{name}/xml": {
             "get": _op("a network's XML", xml_reply, params=name, op_id="networkXml")
+        },
+        "/v1/networks/{name}/autostart": {
+            "put": _op(
+                "set a network's autostart flag",
+                _json(_obj(seq=_SEQ, autostart={"type": "boolean"})),
+                params=name,
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _obj(autostart={"type": "boolean"})}
+                    },
+                },
+                op_id="setNetworkAutostart",
+            )
         },
         "/v1/networks/{name}/leases": {
             "get": _op(

@@ -42,6 +42,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
 from supervisor.api.app import ApiApp, Codec, PeerCred, XmlCodec, busy_response
+from supervisor.api.client import socket_path_problem
 from supervisor.api.limits import (
     ApiStatistics,
     ConnectionBudget,
@@ -53,6 +54,7 @@ from supervisor.api.peer import NamespaceGuard
 from supervisor.errors import RuntimeFailure
 from supervisor.facade import SupervisorFacade
 from supervisor.journal import Journal
+from supervisor.metrics import RequestCounts
 
 log = logging.getLogger("supervisor.api")
 
@@ -80,15 +82,29 @@ def resolve_gid(group: str | int | None) -> int | None:
         raise RuntimeFailure(f"api: no group named {group!r} for the read-write socket") from None
 
 
-def bind_unix_socket(path: str, *, mode: int, gid: int | None = None) -> socket.socket:
+def bind_unix_socket(
+    path: str, *, mode: int, gid: int | None = None, make_under: str | None = None
+) -> socket.socket:
     """A listening Unix socket at ``path`` with ``mode`` (and group ``gid``) set before listen.
 
     A stale socket file (nobody accepting) is replaced; a live one means another supervisor is
-    running and is an error, as is any other kind of file at ``path``.
+    running and is an error, as is any other kind of file at ``path``. The socket's directory
+    is made when missing, with the directories above it only inside ``make_under`` (the
+    daemon's run dir, which it makes anyway): elsewhere a missing tree is a typo to report.
     """
+    problem = socket_path_problem(path)
+    if problem is not None:
+        raise RuntimeFailure(problem if path else f"api: {problem}")
     target = Path(path)
+    inside = make_under is not None and Path(os.path.abspath(path)).parent.is_relative_to(
+        os.path.abspath(make_under)
+    )
+    if not inside and not target.parent.parent.is_dir():
+        # the socket's own directory is made (/run/vsv), not a whole invented tree: a typo in
+        # --socket should be reported, not built
+        raise RuntimeFailure(f"{path}: cannot serve the API here: no directory {target.parent}")
     try:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o755, parents=inside, exist_ok=True)
         try:
             st = target.lstat()
         except FileNotFoundError:
@@ -337,6 +353,7 @@ async def serve_api(
     ro_max_connections: int | None = None,
     guard: NamespaceGuard | None = None,
     listeners: ApiListeners | None = None,
+    requests: RequestCounts | None = None,
     task_status: trio.TaskStatus[ApiEndpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until cancelled; ``task_status.started`` once both sockets accept.
@@ -348,6 +365,7 @@ async def serve_api(
     ``guard`` checks read-write peers (default: against this process's namespaces).
     ``listeners`` are sockets the caller bound earlier with :func:`bind_api` (it then owns
     and removes them; ``socket_path``, ``ro_socket_path`` and ``group`` are taken from them).
+    ``requests`` counts the answers by socket, method and status (``/metrics``).
     """
     if listeners is not None:
         socket_path, ro_socket_path = listeners.socket_path, listeners.ro_socket_path
@@ -393,6 +411,7 @@ async def serve_api(
                 heartbeat=heartbeat,
                 codec=codec if codec is not None else XmlCodec(),
                 connections=statistics,
+                requests=requests,
             )
             served.append(
                 ApiSocket(
@@ -443,7 +462,7 @@ class ApiListeners:
     #: (path, socket, inode) of each socket bound, read-write first
     made: list[tuple[str, socket.socket, int]] = attrs.Factory(list)
 
-    def bind(self, gid: int | None) -> None:
+    def bind(self, gid: int | None, make_under: str | None = None) -> None:
         """Bind both sockets (read-write ``0600``, or ``0660`` with group ``gid``; read-only
         ``0666``); on failure the ones already bound are removed."""
         rw_mode = 0o660 if gid is not None else 0o600
@@ -453,7 +472,7 @@ class ApiListeners:
                 (self.ro_socket_path, 0o666, None),
             ):
                 if path is not None:
-                    sock = bind_unix_socket(path, mode=mode, gid=owner)
+                    sock = bind_unix_socket(path, mode=mode, gid=owner, make_under=make_under)
                     self.made.append((path, sock, os.stat(path).st_ino))
         except BaseException:
             self.close()
@@ -468,11 +487,16 @@ class ApiListeners:
 
 
 def bind_api(
-    socket_path: str, ro_socket_path: str | None, group: str | int | None = None
+    socket_path: str,
+    ro_socket_path: str | None,
+    group: str | int | None = None,
+    *,
+    make_under: str | None = None,
 ) -> ApiListeners:
-    """Bind the API's sockets now, to be served later by ``serve_api(listeners=...)``."""
+    """Bind the API's sockets now, to be served later by ``serve_api(listeners=...)``;
+    missing directories are made inside ``make_under`` only (see :func:`bind_unix_socket`)."""
     listeners = ApiListeners(socket_path, ro_socket_path)
-    listeners.bind(resolve_gid(group))
+    listeners.bind(resolve_gid(group), make_under)
     return listeners
 
 

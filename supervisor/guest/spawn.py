@@ -51,6 +51,7 @@ import marshal
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -845,9 +846,19 @@ def _mount_devices(domain: Domain, mounts: list[int]) -> None:
 
 
 def _open_log(log_path: str | None) -> int | None:
-    """The guest's stdout/stderr: ``log_path`` opened for appending, or None for /dev/null."""
+    """The guest's stdout/stderr: ``log_path`` opened for appending, or None for /dev/null.
+
+    A FIFO (the supervisor's log relay, supervisor/logrelay.py) is opened read-write: the
+    guest then never gets EPIPE, also while no supervisor reads."""
     if log_path is None:
         return None
+    try:
+        if stat.S_ISFIFO(os.stat(log_path).st_mode):
+            return os.open(log_path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise RuntimeFailure(f"cannot open guest log {log_path}: {e.strerror}") from e
     try:
         return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
     except OSError as e:

@@ -166,7 +166,7 @@ class SchedUpdate:
 
     cputune: CpuTune | None
     scheduler: TokenBucket | None
-    changed: Mapping[str, str]
+    changed: Mapping[str, Value]
 
 
 def _show(value: Value) -> str:
@@ -182,7 +182,7 @@ def apply_values(
     tune_changes: dict[str, Any] = {}
     # attrs.evolve takes each field's own type; the specs guarantee it, mypy cannot see that
     bucket_changes: dict[str, Any] = {}
-    changed: dict[str, str] = {}
+    changed: dict[str, Value] = {}
     for name, value in values.items():
         spec = PARAMS.get(name)
         if spec is None:
@@ -191,7 +191,7 @@ def apply_values(
         if current == value and type(current) is type(value):
             continue
         (tune_changes if spec.section == "cputune" else bucket_changes)[spec.field] = value
-        changed[spec.tunable] = _show(value)
+        changed[spec.tunable] = value
     new_tune = cputune
     if tune_changes:
         new_tune = attrs.evolve(cputune or CpuTune(), **tune_changes)
@@ -203,7 +203,7 @@ def apply_values(
 
 def apply_to_domain(
     domain: Domain, values: Mapping[str, Value]
-) -> tuple[Domain, Mapping[str, str]]:
+) -> tuple[Domain, Mapping[str, Value]]:
     """:func:`apply_values` on a domain: the new domain and the TUNABLE parameters."""
     update = apply_values(domain.cputune, domain.scheduler, values)
     new = attrs.evolve(domain, cputune=update.cputune, scheduler=update.scheduler)

@@ -35,6 +35,7 @@ import attrs
 import trio
 
 from supervisor.errors import InvalidOperation, RuntimeFailure, VsvError
+from supervisor.events import DataValue
 from supervisor.guest.cgroups import CgroupLayout
 from supervisor.hooks import GuestContext, SchedRecord
 from supervisor.model import Domain
@@ -121,9 +122,9 @@ def _libvirt_view(limits: CpuLimits) -> dict[str, int]:
     }
 
 
-def _tunable_of_limits(old: CpuLimits, new: CpuLimits) -> dict[str, str]:
+def _tunable_of_limits(old: CpuLimits, new: CpuLimits) -> dict[str, int]:
     """The ``cputune.*`` TUNABLE keys whose kernel value differs between two limits."""
-    out: dict[str, str] = {}
+    out: dict[str, int] = {}
     before, after = _libvirt_view(old), _libvirt_view(new)
     for name, key in (
         ("cpu_shares", "cputune.shares"),
@@ -131,7 +132,7 @@ def _tunable_of_limits(old: CpuLimits, new: CpuLimits) -> dict[str, str]:
         ("vcpu_quota", "cputune.vcpu_quota"),
     ):
         if before[name] != after[name]:
-            out[key] = str(after[name])
+            out[key] = after[name]
     return out
 
 
@@ -298,7 +299,7 @@ class SchedSubsystem:
             return
         self._publish(change.guest, change.tunable())
 
-    def _publish(self, name: str, data: Mapping[str, str]) -> None:
+    def _publish(self, name: str, data: Mapping[str, DataValue]) -> None:
         with contextlib.suppress(trio.ClosedResourceError):
             self.bus.publish_nowait("domain", name, "TUNABLE", None, data)
             self._tunable_events += 1
@@ -466,7 +467,7 @@ class SchedSubsystem:
         domain: Domain,
         new_domain: Domain,
         paths: cgroupcpu.CpuPaths,
-        changed: Mapping[str, str],
+        changed: Mapping[str, Value],
     ) -> None:
         """Write the new limits (rolling back on a refusal), retune, publish one TUNABLE."""
         name = domain.name
@@ -486,13 +487,21 @@ class SchedSubsystem:
         if ctx is not None:
             ctx.records.sched = self._record(mapping, losses, version)
         self._live_changes += 1
-        data: dict[str, str] = dict(changed)
+        data: dict[str, DataValue] = dict(changed)
         data.update(_tunable_of_limits(before, mapping.limits))
         if not data:
             return
         if losses:
             data["losses"] = "; ".join(str(x) for x in losses)
         self._publish(name, data)
+
+    def loan(self, name: str) -> float | None:
+        """The CPUs the tuner lends a running token-bucket guest now (0.0 when none); None for
+        a guest it does not tune."""
+        guest = self._guests.get(name)
+        if guest is None or guest.tuned is None or self._tuner is None:
+            return None
+        return self._tuner.state.loans.get(name, 0.0)
 
     def statistics(self) -> dict[str, object]:
         """The subsystem's counters and the tuner's (steps, changes, own CPU time, loans)."""

@@ -134,15 +134,15 @@ class QuotaChange:
     loan: float
     reason: str
 
-    def tunable(self) -> dict[str, str]:
-        """The TUNABLE event parameters (libvirt names) of this change."""
-        out = {
-            "cputune.vcpu_period": str(self.period_us),
-            "cputune.vcpu_quota": str(self.new_quota_us),
+    def tunable(self) -> dict[str, str | int | float]:
+        """The TUNABLE event parameters (libvirt names) of this change, numbers as numbers."""
+        out: dict[str, str | int | float] = {
+            "cputune.vcpu_period": self.period_us,
+            "cputune.vcpu_quota": self.new_quota_us,
         }
         if self.shares is not None:
-            out["cputune.shares"] = str(self.shares)
-        out["scheduler.loan"] = f"{self.loan:.3f}"
+            out["cputune.shares"] = self.shares
+        out["scheduler.loan"] = round(self.loan, 3)
         out["reason"] = self.reason
         return out
 

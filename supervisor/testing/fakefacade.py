@@ -1,7 +1,8 @@
 """An in-memory :class:`SupervisorFacade` for fast tests and benchmarks of the API layer.
 
 It keeps domains and networks in dicts, follows the libvirt state rules the API relies on
-(start a running domain is an InvalidOperation, undefine a running one too, names are unique),
+(start a running domain is an InvalidOperation, names are unique, an undefined or created
+domain is transient and gone when it stops),
 and publishes each change as an event straight into the journal, numbered ``last_seq() + 1``
 as the real bus does. It never stands in for the real supervisor where a test is about the
 supervisor itself; it is for the API, the clients and the CLI. The API serves it with the real
@@ -11,7 +12,7 @@ XML codec (``serve_api``'s default), so documents are parsed as in the daemon.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +21,8 @@ from supervisor.console import GuestConsole, NoConsole
 from supervisor.errors import ConflictError, InvalidDocument, InvalidOperation, NotFound
 from supervisor.facade import DomainStatus, Lease, NetworkStatus
 from supervisor.journal import Journal
-from supervisor.model import Domain, Network
+from supervisor.model import Domain, MemTune, Network
+from supervisor.stats import STATE_NUMBERS
 
 
 @attrs.define(eq=False)
@@ -33,6 +35,7 @@ class _DomainSlot:
     sched: dict[str, object] = attrs.field(
         factory=lambda: {"cpu_shares": 1024, "vcpu_period": 100000, "vcpu_quota": -1}
     )
+    transient: bool = False
     #: a domain with a ``<console>``: its console, whose guest echoes what is typed while it runs
     console: GuestConsole | None = None
     echo: EchoSink | None = None
@@ -111,6 +114,7 @@ class FakeSupervisor:
             autostart=slot.domain.autostart,
             init_pid=4242 if slot.state in ("RUNNING", "PAUSED") else None,
             started_at=slot.started_at,
+            persistent=not slot.transient,
         )
 
     def list_domains(self) -> list[DomainStatus]:
@@ -136,15 +140,64 @@ class FakeSupervisor:
             self.emit("domain", domain.name, "DEFINED", "ADDED")
         else:
             old.domain = domain
-            self.emit("domain", domain.name, "DEFINED", "UPDATED")
+            self.emit("domain", domain.name, "DEFINED", "ADDED" if old.transient else "UPDATED")
+            old.transient = False
         return domain
 
     async def undefine_domain(self, name: str) -> None:
         slot = self._slot(name)
-        if slot.state != "SHUTOFF":
-            raise InvalidOperation(f"domain {name!r} is {slot.state}; destroy it first")
-        del self.domains[name]
+        if slot.transient:
+            raise InvalidOperation(f"domain {name!r} is transient")
+        if slot.state == "SHUTOFF":
+            del self.domains[name]
+        else:
+            slot.transient = True
         self.emit("domain", name, "UNDEFINED", "REMOVED")
+
+    async def create_domain(self, domain: Domain) -> DomainStatus:
+        if domain.name in self.domains:
+            raise ConflictError(f"domain {domain.name!r} already exists")
+        self.domains[domain.name] = _DomainSlot(domain, transient=True)
+        return await self.start_domain(domain.name)
+
+    def get_domain_config(self, name: str) -> Domain:
+        return self._slot(name).domain
+
+    def memory_params(self, name: str) -> dict[str, object]:
+        slot = self._slot(name)
+        tune = slot.domain.memtune or MemTune()
+        return {
+            "state": "live" if slot.state in ("RUNNING", "PAUSED") else "config",
+            "memory_kib": slot.domain.memory_kib,
+            "current_memory_kib": slot.domain.current_memory_kib,
+            "hard_limit_kib": tune.hard_limit_kib,
+            "soft_limit_kib": tune.soft_limit_kib,
+            "swap_hard_limit_kib": tune.swap_hard_limit_kib,
+        }
+
+    async def set_memory(
+        self,
+        name: str,
+        *,
+        current_kib: int | None = None,
+        memtune: Mapping[str, int] | None = None,
+        live: bool,
+        config: bool,
+    ) -> dict[str, object]:
+        slot = self._slot(name)
+        changes = dict(memtune or {})
+        if current_kib is not None:
+            changes["hard_limit_kib"] = current_kib
+        tune = attrs.evolve(slot.domain.memtune or MemTune(), **changes)
+        slot.domain = attrs.evolve(slot.domain, memtune=tune)
+        if current_kib is not None:
+            slot.domain = attrs.evolve(slot.domain, current_memory_kib=current_kib)
+        if slot.state in ("RUNNING", "PAUSED") and (live or not config):
+            data = {f"memtune.{k.removesuffix('_kib')}": v for k, v in changes.items()}
+            if current_kib is not None:
+                data["balloon.current"] = current_kib
+            self.emit("domain", name, "TUNABLE", None, data)
+        return self.memory_params(name)
 
     def _change(
         self, name: str, want: tuple[str, ...], state: str, reason: str, event: tuple[str, str]
@@ -161,6 +214,8 @@ class FakeSupervisor:
             slot.started_at = None
         self._console_follows(slot)
         self.emit("domain", name, *event)
+        if state == "SHUTOFF" and slot.transient:
+            del self.domains[name]
 
     def _console_follows(self, slot: _DomainSlot) -> None:
         """A running domain with a console has its echoing fake guest connected; a stopped one
@@ -204,6 +259,8 @@ class FakeSupervisor:
 
     async def set_autostart(self, name: str, autostart: bool) -> None:
         slot = self._slot(name)
+        if slot.transient:
+            raise InvalidOperation(f"domain {name!r} is transient: it cannot autostart")
         slot.domain = attrs.evolve(slot.domain, autostart=autostart)
 
     def schedinfo(self, name: str) -> Mapping[str, object]:
@@ -267,6 +324,10 @@ class FakeSupervisor:
         self.networks[name] = (net, False)
         self.emit("network", None, "STOPPED", "STOPPED", {"network": name})
 
+    async def set_network_autostart(self, name: str, autostart: bool) -> None:
+        net, active = self._net(name)
+        self.networks[name] = (attrs.evolve(net, autostart=autostart), active)
+
     def network_leases(self, name: str) -> list[Lease]:
         self._net(name)
         return list(self.leases.get(name, ()))
@@ -320,6 +381,30 @@ class FakeSupervisor:
                 }
             )
         return rows
+
+    async def domain_stats(
+        self, names: Sequence[str] | None = None
+    ) -> list[tuple[str, dict[str, int | float | str]]]:
+        """State figures for every (or each named) domain, and for a running one the fixed
+        figures of a guest that does nothing: the fake has no cgroups to read."""
+        chosen = (
+            [self._slot(n) for n in names]
+            if names is not None
+            else [self.domains[n] for n in sorted(self.domains)]
+        )
+        out: list[tuple[str, dict[str, int | float | str]]] = []
+        for slot in chosen:
+            figures: dict[str, int | float | str] = {
+                "state.state": STATE_NUMBERS.get(slot.state, 0),
+                "state.reason": slot.reason,
+            }
+            if slot.domain.memory_kib is not None:
+                figures["balloon.maximum"] = slot.domain.memory_kib
+            if slot.state in ("RUNNING", "PAUSED"):
+                figures |= {"cpu.time": 0, "cpu.user": 0, "cpu.system": 0, "balloon.current": 0}
+                figures |= {"memory.used": 0, "pids.current": 1, "net.count": 0}
+            out.append((slot.domain.name, figures))
+        return out
 
     def statistics(self) -> Mapping[str, object]:
         return {"domains": len(self.domains), "networks": len(self.networks), "fake": True}

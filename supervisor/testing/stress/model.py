@@ -121,14 +121,15 @@ def event_text(
 def text_of(event: Event) -> str:
     """A supervisor's event in the model's :func:`event_text` form, so the two compare as text."""
     delay = event.get("restart_delay")
+    reason, end = event.get("reason"), event.get("end")
     params = None
     if event.type == "TUNABLE":
         params = {k: str(v) for k, v in event.data if k != "reason"}
     return event_text(
         event.type,
         event.detail,
-        reason=event.get("reason"),
-        end=event.get("end"),
+        reason=None if reason is None else str(reason),
+        end=None if end is None else str(end),
         delay=float(delay) if delay is not None else None,
         params=params,
     )
