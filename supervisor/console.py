@@ -467,13 +467,15 @@ class KeptConsoles:
         except OSError as exc:
             log.warning("the console keeper: %s", exc)
 
-    def close(self) -> bool:
+    def close(self) -> bool | None:
         """Disconnect. True when no console is kept: a keeper then exits (its cgroup can go),
-        while one that holds consoles of guests left running stays for the next supervisor."""
+        while one that holds consoles of guests left running stays for the next supervisor
+        (False). None when the keeper does not answer: whether its cgroup can go is then up to
+        the kernel (it refuses while a process is in it)."""
         try:
-            idle = not self.keeper.kept()
+            idle: bool | None = not self.keeper.kept()
         except OSError:
-            idle = False
+            idle = None
         self.keeper.close()
         return idle
 

@@ -245,9 +245,11 @@ class Supervisor:
                     await trio.sleep_forever()
         finally:
             self._spawn = None
-            if consoles.close() and keeper_cgroups:
+            idle = consoles.close()
+            if idle is not False and keeper_cgroups:
+                # None: the keeper did not answer; its cgroups go if nothing is in them
                 with trio.CancelScope(shield=True):
-                    await _remove_keeper_cgroups(keeper_cgroups)
+                    await _remove_keeper_cgroups(keeper_cgroups, 5.0 if idle else 1.0)
             if self.net is not None:
                 with trio.CancelScope(shield=True):
                     await self.net.aclose()
@@ -902,13 +904,13 @@ class Supervisor:
         }
 
 
-async def _remove_keeper_cgroups(paths: tuple[str, ...]) -> None:
+async def _remove_keeper_cgroups(paths: tuple[str, ...], timeout: float) -> None:
     """The console keeper's cgroups, once it has left them (it exits when it holds nothing and
     is told so)."""
     from supervisor.guest.cgroups import remove_dirs
 
     try:
-        await remove_dirs(reversed(paths))
+        await remove_dirs(reversed(paths), timeout=timeout)
     except RuntimeFailure as exc:
         log.warning("the console keeper's cgroup: %s", exc)
 

@@ -166,8 +166,18 @@ async def served(prefix: str, nursery: trio.Nursery) -> AsyncIterator[Served]:
         bus=bus,
         hidden_paths=(sock, ro),
     )
+    running = trio.CancelScope()
+    ended = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with running:
+                await sup.run(task_status=task_status)
+        finally:
+            ended.set()
+
     with trio.CancelScope() as api_scope:
-        await nursery.start(sup.run)
+        await nursery.start(run)
         await nursery.start(partial(serve_api, sup, journal, socket_path=sock, ro_socket_path=ro))
     try:
         yield Served(sup, base, sock, ro, Path(prepare_busybox_root(str(base / "rootfs"))))
@@ -179,7 +189,11 @@ async def served(prefix: str, nursery: trio.Nursery) -> AsyncIterator[Served]:
                         await sup.destroy_domain(guest.domain.name)
                     except Exception:
                         pass
-        api_scope.cancel()
+            api_scope.cancel()
+            # the supervisor ends before its run dir goes: a console keeper being started
+            # meanwhile would otherwise lose its socket file and wait for ever
+            running.cancel()
+            await ended.wait()
         journal.close()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -45,12 +45,16 @@ import select
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 #: the socket's name in the run dir
 SOCKET_NAME = "console-keeper.sock"
 #: how long the supervisor waits for any answer of the keeper
 TIMEOUT = 2.0
+#: how long a new keeper waits for its starter's first connection before it exits
+FIRST_WAIT = 10.0
 _MAX_FDS = 4
 _FD_SIZE = array.array("i").itemsize
 
@@ -101,8 +105,12 @@ def serve(listener: socket.socket) -> None:
     kept: dict[str, tuple[str, list[int]]] = {}
     connections: list[socket.socket] = []
     served = False
+    first_by = time.monotonic() + FIRST_WAIT
     while connections or kept or not served:
-        ready, _, _ = select.select([listener, *connections], [], [])
+        wait = None if served else max(0.0, first_by - time.monotonic())
+        ready, _, _ = select.select([listener, *connections], [], [], wait)
+        if not ready and not served:
+            return  # nobody came: the starter gave up on us (see ConsoleKeeper.start)
         if listener in ready:
             conn, _addr = listener.accept()
             conn.setblocking(True)
@@ -194,20 +202,25 @@ class ConsoleKeeper:
         self.path = path
         self.cgroups = cgroups
         self._sock: socket.socket | None = None
+        # the supervisor asks from its trio thread and starts the keeper from a worker thread:
+        # two connections made at once would leave one open for ever, and a keeper with an
+        # open connection never exits (a leftover process and cgroup)
+        self._mutex = threading.RLock()
 
     def _connect(self) -> socket.socket | None:
         """The connection, or None when no keeper listens."""
-        if self._sock is not None:
-            return self._sock
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            return None
-        self._sock = sock
-        return sock
+        with self._mutex:
+            if self._sock is not None:
+                return self._sock
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            sock.settimeout(TIMEOUT)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                return None
+            self._sock = sock
+            return sock
 
     def start(self) -> None:
         """Start a keeper unless one listens already (blocking: an interpreter starts)."""
@@ -229,23 +242,25 @@ class ConsoleKeeper:
             raise KeeperError(f"{self.path}: the console keeper did not start: {exc}") from exc
         if self._connect() is None:
             raise KeeperError(f"{self.path}: the console keeper does not listen")
+        self.kept()  # it answers: serving, in its own cgroups (KeeperError otherwise)
 
     def _ask(
         self, message: dict[str, Any], fds: list[int] | None = None
     ) -> tuple[dict[str, Any], list[int]]:
-        sock = self._connect()
-        if sock is None:
-            raise KeeperError(f"{self.path}: no console keeper")
-        try:
-            _send(sock, message, fds)
-            answer, got = _receive(sock)
-        except OSError as exc:
-            self.close()
-            raise KeeperError(f"{self.path}: {exc}") from exc
-        if answer is None:
-            self.close()
-            raise KeeperError(f"{self.path}: the console keeper went away")
-        return answer, got
+        with self._mutex:  # one question and its answer at a time on the connection
+            sock = self._connect()
+            if sock is None:
+                raise KeeperError(f"{self.path}: no console keeper")
+            try:
+                _send(sock, message, fds)
+                answer, got = _receive(sock)
+            except OSError as exc:
+                self.close()
+                raise KeeperError(f"{self.path}: {exc}") from exc
+            if answer is None:
+                self.close()
+                raise KeeperError(f"{self.path}: the console keeper went away")
+            return answer, got
 
     def keep(self, name: str, key: str, fds: list[int]) -> None:
         """Keep copies of ``fds`` (the console's master and slave) for ``name``'s boot ``key``."""
@@ -278,9 +293,10 @@ class ConsoleKeeper:
 
     def close(self) -> None:
         """Disconnect; a keeper that holds nothing then exits."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._mutex:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
 
 if __name__ == "__main__":
