@@ -42,12 +42,14 @@ import os
 import struct
 import termios
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
 
 from supervisor.errors import InvalidOperation
+from supervisor.logrelay import cut_back
 
 if TYPE_CHECKING:
     from supervisor.guest.ptykeeper import ConsoleKeeper
@@ -304,13 +306,18 @@ class GuestConsole:
         return self._relay
 
     async def run_relay(
-        self, relay: _Relay, master: int, log_path: str | None, peer: int = -1
+        self,
+        relay: _Relay,
+        master: int,
+        log_path: str | None,
+        peer: int = -1,
+        log_max_bytes: int = 0,
     ) -> None:
         """Serve ``master`` (and ``peer``, its slave end; both owned from here on) until
-        :meth:`stop_relay` or cancellation."""
+        :meth:`stop_relay` or cancellation. ``log_max_bytes``: see :func:`serve_pty`."""
         try:
             with relay.scope:
-                await serve_pty(self, master, log_path, peer)
+                await serve_pty(self, master, log_path, peer, log_max_bytes=log_max_bytes)
         except Exception:
             # the guest's failure is its own: a broken relay costs its console, not the runner
             log.exception("guest %s: the console relay failed", self.name)
@@ -368,7 +375,12 @@ def open_peer(master: int) -> int:
 
 
 async def serve_pty(
-    console: GuestConsole, master: int, log_path: str | None, peer: int = -1
+    console: GuestConsole,
+    master: int,
+    log_path: str | None,
+    peer: int = -1,
+    *,
+    log_max_bytes: int = 0,
 ) -> None:
     """Relay one guest pty (see the module docstring) until cancelled, then drain it and close
     ``master`` and ``peer`` (its slave end, opened here when -1), which this call owns.
@@ -377,6 +389,9 @@ async def serve_pty(
     however often the guest's processes close and reopen the console (a getty respawned by
     init, say), so the relay never has to tell "closed for now" from "gone"; the runner stops
     it once the guest's processes are gone, and what they left in the pty is drained then.
+
+    ``log_max_bytes`` (0: none) is the log's cap, held here as the log relay holds it for a
+    guest without a console: past the cap, the newest half moves to ``NAME.log.1`` at once.
     """
     end = _PtyEnd(master)
     out = _Output(console, -1)
@@ -386,6 +401,10 @@ async def serve_pty(
             peer = open_peer(master)
         if log_path is not None:
             out.log_fd = _open_log(console.name, log_path)
+            out.log_path = log_path
+            out.max_bytes = log_max_bytes
+            with contextlib.suppress(OSError):
+                out.size = os.fstat(out.log_fd).st_size
         console.connect(end)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(end.write_loop)
@@ -396,6 +415,8 @@ async def serve_pty(
                     break  # EIO: every end of the slave is closed (ours too: it cannot be)
                 if data:
                     out.emit(data)
+                    if out.over_cap():
+                        await trio.to_thread.run_sync(out.cut_back)
             nursery.cancel_scope.cancel()
     finally:
         console.disconnect(end)
@@ -514,14 +535,33 @@ class _Output:
     console: GuestConsole
     log_fd: int
     failed: bool = False
+    log_path: str | None = None
+    #: the log's cap (0: none) and what was written since the last cut-back
+    max_bytes: int = 0
+    size: int = 0
 
     def emit(self, data: bytes) -> None:
         if self.log_fd >= 0 and not self.failed:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self.log_fd, view) :]
+                    n = os.write(self.log_fd, view)
+                    self.size += n
+                    view = view[n:]
             except OSError as exc:
                 self.failed = True
                 log.warning("guest %s: console log: %s", self.console.name, exc.strerror)
         self.console.feed(data)
+
+    def over_cap(self) -> bool:
+        return self.max_bytes > 0 and self.log_path is not None and self.size > self.max_bytes
+
+    def cut_back(self) -> None:
+        """Keep the newest half of the cap in ``NAME.log.1`` and empty the log (the log's
+        descriptor appends, so the next write lands at its new end)."""
+        assert self.log_path is not None
+        try:
+            cut_back(Path(self.log_path), self.max_bytes // 2)
+        except OSError as exc:
+            log.warning("guest %s: console log cut-back: %s", self.console.name, exc.strerror)
+        self.size = 0

@@ -170,6 +170,7 @@ class Supervisor:
         self._env = RunnerEnv(
             log_target=self.logs.target if self.logs is not None else None,
             log_done=self.logs.stop if self.logs is not None else None,
+            log_max_bytes=self.log_max_bytes,
             runtime=runtime,
             bus=self._bus,
             runs=self.runs,

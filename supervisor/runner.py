@@ -100,6 +100,8 @@ class RunnerEnv:
     log_target: Callable[[str], Path] | None = None
     #: the guest is released: its log relay drains and ends
     log_done: Callable[[str], None] | None = None
+    #: a guest log's cap (0: none), held by the console relay for a guest with a console
+    log_max_bytes: int = 0
     #: a running guest's init pid and namespace inodes by kind, by name (None: not running);
     #: for the namespaces ``<lxc:namespace>`` shares
     peers: Callable[[str], tuple[int, Mapping[str, int]] | None] = lambda _name: None
@@ -729,7 +731,16 @@ class GuestRunner:
         relay = self.console.begin_relay()
         log_path = str(guest_log_file(self.env.run_dir, self.domain.name))
         assert self._children is not None
-        self._children.start_soon(self.console.run_relay, relay, master, log_path, peer)
+        self._children.start_soon(
+            functools.partial(
+                self.console.run_relay,
+                relay,
+                master,
+                log_path,
+                peer,
+                log_max_bytes=self.env.log_max_bytes,
+            )
+        )
 
     def _signal_init(self, sig: int) -> None:
         with contextlib.suppress(RuntimeFailure, ProcessLookupError):

@@ -168,3 +168,63 @@ def test_a_flooding_guest_stays_within_twice_the_cap(prefix: str) -> None:
         if nsutil.netns_exists(e.netns):
             nsutil.delete_netns(e.netns)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_a_flooding_guest_on_a_console_stays_within_twice_the_cap(prefix: str) -> None:
+    """The same flood from a guest whose output goes to its console (a pty the supervisor
+    relays, not the log relay's FIFO): the console relay holds the cap itself, so the log never
+    exceeds 2 MiB under --log-max-mib 1, nor the log and NAME.log.1 together."""
+    import shutil
+    import subprocess
+    import time
+
+    from supervisor import nsutil
+    from tests.fake_supervisor import short_tmpdir
+    from tests.test_cli_daemon import Env, vsv
+
+    class _Capped(Env):
+        def args(self) -> list[str]:
+            return [*super().args(), "--log-max-mib", "1"]
+
+    base = short_tmpdir()
+    e = _Capped(base, prefix)
+    try:
+        (base / "c.xml").write_text(
+            f"""<domain type='lxc'><name>c1</name>
+            <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+            <initarg>yes 'a line of output from a guest on its console'</initarg>
+            </os><devices><filesystem type='mount'><source dir='{e.root}'/>
+            <target dir='/'/></filesystem><console type='pty'/></devices></domain>"""
+        )
+        vsv(e, "define", str(base / "c.xml"))
+        vsv(e, "start", "c1")
+        log = base / "run" / "logs" / "c1.log"
+        rotated = log.with_name("c1.log.1")
+        last, cuts_seen = 0, 0
+        until = time.monotonic() + 3
+        while time.monotonic() < until or cuts_seen < 3:
+            assert time.monotonic() < until + 60, "no cut-back seen"
+            try:
+                size = log.stat().st_size
+                old = rotated.stat().st_size if rotated.exists() else 0
+            except FileNotFoundError:
+                continue
+            if size < last:
+                cuts_seen += 1
+            last = size
+            assert size <= 2 << 20, size
+            assert size + old <= 2 << 20, (size, old)
+        vsv(e, "destroy", "c1")
+    finally:
+        if e.proc.poll() is None:
+            try:
+                e.stop()
+            except subprocess.TimeoutExpired:
+                e.proc.kill()
+                e.proc.wait(10)
+        if not e.out.closed:
+            e.out.close()
+        if nsutil.netns_exists(e.netns):
+            nsutil.delete_netns(e.netns)
+        shutil.rmtree(base, ignore_errors=True)
