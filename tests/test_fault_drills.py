@@ -433,8 +433,16 @@ def dhcp_guest_then_kill_dnsmasq(world: dict[str, Any], prefix: str) -> tuple[Da
     ip = fields[fields.index("inet") + 1].split("/")[0]
     (old,) = dnsmasq_pids(prefix)
     os.kill(old, signal.SIGKILL)
-    wait_for("a new dnsmasq", lambda: [old] != dnsmasq_pids(prefix) != [])
-    (new,) = dnsmasq_pids(prefix)
+    found: list[int] = []
+
+    def one_new() -> bool:
+        # one reading for both the test and the result: a dnsmasq seen once may be gone
+        # (or joined by its lease helper) at the next look
+        found[:] = dnsmasq_pids(prefix)
+        return len(found) == 1 and found != [old]
+
+    wait_for("a new dnsmasq", one_new)
+    (new,) = found
     return d, ip, new
 
 
