@@ -75,6 +75,21 @@ class Env:
         finally:
             self.out.close()
 
+    def close(self) -> None:
+        """Teardown whatever happened: SIGTERM (the daemon stops its guests and networks; a
+        SIGKILL would leave them to gc), SIGKILL if it hangs, then the sandbox and the files."""
+        if self.proc.poll() is None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not self.out.closed:
+            self.out.close()
+        if nsutil.netns_exists(self.netns):
+            nsutil.delete_netns(self.netns)
+        shutil.rmtree(self.base, ignore_errors=True)
+
 
 @pytest.fixture
 def env(prefix: str) -> Iterator[Env]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from supervisor import nsutil
 from supervisor.guest.cgroups import CgroupLayout, detect_layout
 from tests.fake_supervisor import short_tmpdir
 from tests.test_cli_daemon import Env, js, vsv
@@ -27,18 +25,7 @@ def env(prefix: str) -> Iterator[Env]:
     try:
         yield e
     finally:
-        # SIGTERM: the daemon stops its guests and networks (a SIGKILL would leave them to gc)
-        if e.proc.poll() is None:
-            try:
-                e.stop()
-            except subprocess.TimeoutExpired:
-                e.proc.kill()
-                e.proc.wait(10)
-        if not e.out.closed:
-            e.out.close()
-        if nsutil.netns_exists(e.netns):
-            nsutil.delete_netns(e.netns)
-        shutil.rmtree(base, ignore_errors=True)
+        e.close()
 
 
 def _dir(layout: CgroupLayout, controller: str, name: str) -> tuple[str, int] | None:

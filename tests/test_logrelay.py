@@ -102,11 +102,8 @@ def test_a_flooding_guest_stays_within_twice_the_cap(prefix: str) -> None:
     test can, the log never exceeds 2 MiB, nor the log and NAME.log.1 together; `vsv log -n 3`
     then prints the last three lines (also right after a cut-back, from NAME.log.1)."""
     import json
-    import shutil
-    import subprocess
     import time
 
-    from supervisor import nsutil
     from tests.fake_supervisor import short_tmpdir
     from tests.test_cli_daemon import Env, vsv
 
@@ -157,17 +154,7 @@ def test_a_flooding_guest_stays_within_twice_the_cap(prefix: str) -> None:
         vsv(e, "destroy", "y1")
         assert not (base / "run" / "logs" / "y1.pipe").exists()
     finally:
-        if e.proc.poll() is None:
-            try:
-                e.stop()
-            except subprocess.TimeoutExpired:
-                e.proc.kill()
-                e.proc.wait(10)
-        if not e.out.closed:
-            e.out.close()
-        if nsutil.netns_exists(e.netns):
-            nsutil.delete_netns(e.netns)
-        shutil.rmtree(base, ignore_errors=True)
+        e.close()
 
 
 @pytest.mark.root
@@ -175,11 +162,8 @@ def test_a_flooding_guest_on_a_console_stays_within_twice_the_cap(prefix: str) -
     """The same flood from a guest whose output goes to its console (a pty the supervisor
     relays, not the log relay's FIFO): the console relay holds the cap itself, so the log never
     exceeds 2 MiB under --log-max-mib 1, nor the log and NAME.log.1 together."""
-    import shutil
-    import subprocess
     import time
 
-    from supervisor import nsutil
     from tests.fake_supervisor import short_tmpdir
     from tests.test_cli_daemon import Env, vsv
 
@@ -217,14 +201,4 @@ def test_a_flooding_guest_on_a_console_stays_within_twice_the_cap(prefix: str) -
             assert size + old <= 2 << 20, (size, old)
         vsv(e, "destroy", "c1")
     finally:
-        if e.proc.poll() is None:
-            try:
-                e.stop()
-            except subprocess.TimeoutExpired:
-                e.proc.kill()
-                e.proc.wait(10)
-        if not e.out.closed:
-            e.out.close()
-        if nsutil.netns_exists(e.netns):
-            nsutil.delete_netns(e.netns)
-        shutil.rmtree(base, ignore_errors=True)
+        e.close()

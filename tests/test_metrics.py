@@ -138,9 +138,6 @@ class _MetricsEnv(Env):
 
 @pytest.fixture
 def menv(prefix: str) -> Iterator[Env]:
-    import shutil
-
-    from supervisor import nsutil
 
     base = short_tmpdir()
     _MetricsEnv.port = 0
@@ -148,17 +145,7 @@ def menv(prefix: str) -> Iterator[Env]:
     try:
         yield e
     finally:
-        if e.proc.poll() is None:
-            try:
-                e.stop()
-            except subprocess.TimeoutExpired:
-                e.proc.kill()
-                e.proc.wait(10)
-        if not e.out.closed:
-            e.out.close()
-        if nsutil.netns_exists(e.netns):
-            nsutil.delete_netns(e.netns)
-        shutil.rmtree(base, ignore_errors=True)
+        e.close()
 
 
 def _scrape(port: int) -> str:

@@ -251,24 +251,13 @@ def test_zsh_completion_script_parses(server: ServerThread) -> None:
 
 @pytest.fixture
 def env(prefix: str) -> Iterator[Env]:
-    from supervisor import nsutil
 
     base = short_tmpdir()
     e = Env(base, prefix)
     try:
         yield e
     finally:
-        if e.proc.poll() is None:
-            try:
-                e.stop()
-            except subprocess.TimeoutExpired:
-                e.proc.kill()
-                e.proc.wait(10)
-        if not e.out.closed:
-            e.out.close()
-        if nsutil.netns_exists(e.netns):
-            nsutil.delete_netns(e.netns)
-        shutil.rmtree(base, ignore_errors=True)
+        e.close()
 
 
 def _guest(e: Env, name: str) -> str:
