@@ -19,7 +19,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -29,7 +29,6 @@ import trio
 from supervisor import nsutil
 from supervisor.daemon import Supervisor
 from supervisor.errors import ConflictError
-from supervisor.guest.cgroups import detect_layout, find_leftovers
 from supervisor.guest.rootfs import prepare_busybox_root
 from supervisor.model import (
     AddressRange,
@@ -46,6 +45,7 @@ from supervisor.model import (
 from supervisor.net import names, nftables
 from supervisor.net.networks import HostNet, RunningNetwork, run_network
 from supervisor.net.nics import AddressBook, plumb, unplumb
+from tests import test_net_daemon
 
 pytestmark = pytest.mark.root
 
@@ -93,40 +93,10 @@ def idle_guest(name: str, root: Path, iface: Interface) -> Domain:
     )
 
 
-@pytest.fixture
-def sandbox(prefix: str) -> Iterator[str]:
-    """A network namespace standing for the host; removed afterwards."""
-    name = f"{prefix}-sbx"
-    nsutil.create_netns(name)
-    try:
-        yield name
-    finally:
-        nsutil.delete_netns(name)
-
-
-@pytest.fixture
-async def sup(
-    tmp_path: Path, prefix: str, sandbox: str, nursery: trio.Nursery
-) -> AsyncIterator[Supervisor]:
-    s = Supervisor(
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        prefix=prefix,
-        host_netns=str(nsutil.netns_path(sandbox)),
-        shutdown_timeout=3,
-    )
-    await nursery.start(s.run)
-    try:
-        yield s
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(30):
-            for g in list(s.guests.values()):
-                if g.busy:
-                    await s.destroy_domain(g.domain.name)
-            if s.net is not None:
-                await s.net.stop_all()
-        assert find_leftovers(detect_layout(), prefix) == []
-        assert nsutil.list_netns(prefix) == [sandbox]
+# the network daemon tests' sandbox and supervisor (ended, and its guests released, before
+# the leftover check)
+sandbox = test_net_daemon.sandbox
+sup = test_net_daemon.sup
 
 
 class Lan:
