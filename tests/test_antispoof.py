@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -45,7 +44,7 @@ from supervisor.model import (
 from supervisor.net import names, nftables
 from supervisor.net.networks import HostNet, RunningNetwork, run_network
 from supervisor.net.nics import AddressBook, plumb, unplumb
-from tests import test_net_daemon
+from tests import test_net_daemon, test_net_integration
 
 pytestmark = pytest.mark.root
 
@@ -372,24 +371,11 @@ async def test_clean_traffic_keeps_to_ipv4(
 # ---------------------------------------------------------------------------- below the daemon
 
 
-@pytest.fixture
-async def host(prefix: str, tmp_path: Path) -> AsyncIterator[HostNet]:
-    """A sandbox host namespace with its netlink worker; removes every <prefix> netns after."""
-    sh("ip", "netns", "add", f"{prefix}h", check=True)
-    sh("ip", "-n", f"{prefix}h", "link", "set", "lo", "up", check=True)
-    hn = await HostNet.open(prefix, f"/run/netns/{prefix}h", tmp_path)
-    try:
-        yield hn
-    finally:
-        await hn.aclose()
-        for line in sh("ip", "netns", "list").stdout.splitlines():
-            if line.startswith(prefix):
-                sh("ip", "netns", "del", line.split()[0])
+# the sandbox host namespace of the network integration tests
+host = test_net_integration.host
 
 
-def guest_ns(prefix: str, n: int) -> str:
-    sh("ip", "netns", "add", f"{prefix}g{n}", check=True)
-    return f"/run/netns/{prefix}g{n}"
+guest_ns = test_net_integration.guest_ns
 
 
 async def in_guest(prefix: str, n: int, *argv: str) -> subprocess.CompletedProcess[str]:

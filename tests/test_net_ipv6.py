@@ -16,8 +16,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -35,6 +33,7 @@ from supervisor.model import (
 from supervisor.net import nftables
 from supervisor.net.networks import HostNet, RunningNetwork, run_network
 from supervisor.net.nics import AddressBook, plumb, unplumb
+from tests import test_net_integration
 
 pytestmark = pytest.mark.root
 
@@ -85,19 +84,8 @@ async def ash(*argv: str) -> subprocess.CompletedProcess[str]:
     return await trio.to_thread.run_sync(functools.partial(sh, *argv))
 
 
-@pytest.fixture
-async def host(prefix: str, tmp_path: Path) -> AsyncIterator[HostNet]:
-    """A sandbox host namespace with its netlink worker; removes every <prefix> netns after."""
-    sh("ip", "netns", "add", f"{prefix}h", check=True)
-    sh("ip", "-n", f"{prefix}h", "link", "set", "lo", "up", check=True)
-    hn = await HostNet.open(prefix, f"/run/netns/{prefix}h", tmp_path)
-    try:
-        yield hn
-    finally:
-        await hn.aclose()
-        for line in sh("ip", "netns", "list").stdout.splitlines():
-            if line.startswith(prefix):
-                sh("ip", "netns", "del", line.split()[0])
+# the sandbox host namespace of the network integration tests
+host = test_net_integration.host
 
 
 def dual_stack(name: str, third: int, v6: NetworkIp) -> Network:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +31,7 @@ from supervisor.model import (
 )
 from supervisor.net.networks import HostNet, RunningNetwork, run_network
 from supervisor.net.nics import AddressBook, PlumbedNic, plumb, unplumb
+from tests import test_net_integration
 
 pytestmark = pytest.mark.root
 
@@ -55,19 +54,8 @@ def js(*argv: str) -> Any:
     return json.loads(done.stdout or "[]")
 
 
-@pytest.fixture
-async def host(prefix: str, tmp_path: Path) -> AsyncIterator[HostNet]:
-    """A sandbox host namespace with its netlink worker; every <prefix> netns goes after."""
-    assert 0 == sh("ip", "netns", "add", f"{prefix}h").returncode
-    sh("ip", "-n", f"{prefix}h", "link", "set", "lo", "up")
-    hn = await HostNet.open(prefix, f"/run/netns/{prefix}h", tmp_path)
-    try:
-        yield hn
-    finally:
-        await hn.aclose()
-        for line in sh("ip", "netns", "list").stdout.splitlines():
-            if line.startswith(prefix):
-                sh("ip", "netns", "del", line.split()[0])
+# the sandbox host namespace of the network integration tests
+host = test_net_integration.host
 
 
 def network(manager: MacTableManager, third: int) -> Network:
