@@ -543,12 +543,14 @@ class Supervisor:
                     continue
                 if self.logs is not None and self.logs.relaying(guest.domain.name):
                     continue  # its relay holds the cap at every write
+                if self._console_relayed(guest.domain.name):
+                    continue  # so does its console relay
                 path = guest_log_file(self.run_dir, guest.domain.name)
                 try:
                     if os.stat(path).st_size <= self.log_max_bytes:
                         continue
                     keep = self.log_max_bytes // 2
-                    await trio.to_thread.run_sync(cut_back_log, path, keep)
+                    await trio.to_thread.run_sync(cut_back, path, keep)
                 except OSError as exc:
                     if not isinstance(exc, FileNotFoundError):
                         log.warning("guest %s: log %s: %s", guest.domain.name, path, exc)
@@ -1218,7 +1220,3 @@ def memory_view(domain: Domain, live: bool) -> dict[str, object]:
         "soft_limit_kib": tune.soft_limit_kib,
         "swap_hard_limit_kib": tune.swap_hard_limit_kib,
     }
-
-
-#: kept under its old name for callers that cut a log back themselves
-cut_back_log = cut_back
