@@ -286,3 +286,31 @@ def test_opting_out_is_a_widening_vsv_validate_names() -> None:
             "</interface>")
     )  # fmt: skip
     assert ["devices/interface[2]/filterref"] == [where for where, _ in widenings(d)]
+
+
+@given(
+    st.binary(min_size=6, max_size=6),
+    st.ip_addresses(v=6),
+    st.lists(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), max_size=4),
+)
+def test_guard_addresses_agree_with_ipaddress(
+    raw: bytes,
+    net6: ipaddress.IPv6Address,
+    known: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> None:
+    """The start path's byte arithmetic gives the addresses ipaddress would, as addresses."""
+    mac = ":".join(f"{b:02x}" for b in raw)
+    flipped = bytes([raw[0] ^ 2]) + raw[1:3] + b"\xff\xfe" + raw[3:]
+    network = Network(
+        name="n",
+        ips=(NetworkIp(address=str(net6), prefix=64, family="ipv6"),),
+    )
+    texts = [f"{a}/{a.max_prefixlen}" if i % 2 else str(a) for i, a in enumerate(known)]
+    got = nftables.guard_addresses(mac, texts, network)
+    slaac = ipaddress.IPv6Network(f"{net6}/64", strict=False).network_address
+    expected = [*known]
+    expected += [
+        ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + flipped),
+        ipaddress.IPv6Address(slaac.packed[:8] + flipped),
+    ]
+    assert list(dict.fromkeys(expected)) == [ipaddress.ip_address(a) for a in got]
