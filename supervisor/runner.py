@@ -35,7 +35,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,6 +193,11 @@ class _Fact:
 
 
 _Message = _Command | _Adopt | _Fact
+
+
+def _after_release(step: lc.Step, emit: lc.Emit) -> bool:
+    """A STOPPED of a step that releases the guest: published once the release is done."""
+    return emit.type == "STOPPED" and Action.RELEASE in step.actions
 
 
 @attrs.define(eq=False)
@@ -534,12 +539,17 @@ class GuestRunner:
         self._start_waiters.clear()
 
     def _apply(self, input: Input, end: GuestEnd | None = None, data: DataPairs = ()) -> lc.Step:
+        """Feed the table one input and publish the step's events, but a STOPPED of a step that
+        releases the guest: :meth:`_perform` publishes it once the release is done."""
         step = self.life.apply(input, now=time.monotonic(), end=end, data=data)
-        self._publish(step)
+        self._emit(e for e in step.events if not _after_release(step, e))
         return step
 
     def _publish(self, step: lc.Step) -> None:
-        for emit in step.events:
+        self._emit(step.events)
+
+    def _emit(self, emits: Iterable[lc.Emit]) -> None:
+        for emit in emits:
             self.env.bus.publish_nowait(
                 "domain", self.domain.name, emit.type, emit.detail, emit.data
             )
@@ -547,7 +557,17 @@ class GuestRunner:
     # ------------------------------------------------------------------------ actions
 
     async def _perform(self, step: lc.Step, *, timeout: float | None = None) -> None:
-        """Carry out the step's actions in order (long ones as child tasks)."""
+        """Carry out the step's actions in order (long ones as child tasks); a STOPPED that
+        :meth:`_apply` held back goes out after the release, as libvirt sends its stop event
+        after the domain's cleanup: whoever hears it may reuse what the guest held (its
+        address, its NIC, a lent host device)."""
+        held = [e for e in step.events if _after_release(step, e)]
+        try:
+            await self._perform_actions(step, timeout)
+        finally:
+            self._emit(held)
+
+    async def _perform_actions(self, step: lc.Step, timeout: float | None) -> None:
         for action in step.actions:
             if action is Action.START:
                 if step.previous is Phase.RESTARTING:

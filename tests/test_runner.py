@@ -200,3 +200,44 @@ async def test_back_to_back_commands_as_the_task_ends(world: World) -> None:
     await at_rest(r)
     assert ["STARTED BOOTED", "STOPPED DESTROYED"] * 30 == world.events("b")
     assert CLEAN == world.runtime.leftovers()
+
+
+async def test_stopped_is_published_once_the_guest_is_released(world: World) -> None:
+    """Whoever hears STOPPED may reuse what the guest held (libvirt sends its stop event after
+    the domain's cleanup): the release hooks have run by then, whether the guest ended by
+    itself, crashed into a restart, or was destroyed; the events before it (SHUTDOWN GUEST)
+    are not held back."""
+    seen_at_release: list[list[str]] = []
+
+    async def release(ctx: GuestContext) -> None:
+        await trio.sleep(0.02)  # a release that takes a while, as a veth's deletion does
+        seen_at_release.append(world.events(ctx.domain.name))
+
+    world.bus.add_hooks("probe", release=release)
+    r = world.runner("p")
+    r.domain = attrs.evolve(r.domain, on_crash="restart")
+    r.life.set_policies(r.domain)
+    await r.start()
+    world.runtime.guest_ends("p", "poweroff")
+    await at_rest(r)
+    assert ["STARTED BOOTED", "SHUTDOWN GUEST"] == seen_at_release[-1]
+    assert ["SHUTDOWN GUEST", "STOPPED SHUTDOWN"] == world.events("p")[-2:]
+    await r.start()
+    world.runtime.guest_ends("p", "crash")
+    with trio.fail_after(5):
+        await r.wait_until(lambda r: r.phase is Phase.RUNNING and r.restarts == 1)
+    assert "STOPPED CRASHED" not in seen_at_release[-1]
+    await r.destroy()
+    await at_rest(r)
+    assert "STOPPED DESTROYED" not in seen_at_release[-1]
+    assert [
+        "STARTED BOOTED",
+        "SHUTDOWN GUEST",
+        "STOPPED SHUTDOWN",
+        "STARTED BOOTED",
+        "STOPPED CRASHED",
+        "STARTED BOOTED",
+        "STOPPED DESTROYED",
+    ] == world.events("p")
+    assert 3 == len(seen_at_release)
+    assert CLEAN == world.runtime.leftovers()
