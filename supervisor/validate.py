@@ -478,6 +478,8 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
         for j, ip in enumerate(getattr(iface, ips_field)):
             ikey: Key = (*key, ips_field, j)
             _check_ip(sink, ikey, f"{at}/ip[{j + 1}]", ip)
+            if iface.type != "vserver":  # a vserver NIC's address without prefix is a /32
+                _check_inferable_prefix(sink, ikey, f"{at}/ip[{j + 1}]", ip)
             if ethernet:
                 _check_point_to_point(sink, ikey, f"{at}/ip[{j + 1}]", ip)
             elif ip.peer is not None:
@@ -501,16 +503,22 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
                          "ethernet only)", "only with type='ethernet'")  # fmt: skip
 
 
-def _check_point_to_point(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:
-    """An ethernet NIC's address (either end): a prefix libvirt can infer when none is given
-    (not class D or E), and a peer of the address's family."""
+def _check_inferable_prefix(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:
+    """A NIC's address without a prefix gets libvirt's natural one, which a class D or E
+    address does not have (libvirt refuses to start such a guest)."""
     addr = _maybe_ip(ip.address)
-    if addr is None:
-        return
-    if ip.prefix is None and addr.version == 4 and int(addr) >> 24 >= 0xE0:
+    if ip.prefix is None and addr is not None and addr.version == 4 and int(addr) >> 24 >= 0xE0:
         sink.add((*key, "prefix"), f"{where}/@prefix", "",
                  f"is missing and no prefix can be inferred for {addr} (class D or E)",
                  "a prefix attribute")  # fmt: skip
+
+
+def _check_point_to_point(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:
+    """An ethernet NIC's address (either end) or a lent host NIC's: a peer of the address's
+    family."""
+    addr = _maybe_ip(ip.address)
+    if addr is None:
+        return
     if ip.peer is not None:
         peer = _address(sink, (*key, "peer"), f"{where}/@peer", ip.peer)
         if peer is not None and peer.version != addr.version:
@@ -538,6 +546,7 @@ def _check_hostdev(sink: _Sink, i: int, hostdev: HostdevNet, lent: set[str]) -> 
     lent.add(hostdev.interface)
     for j, ip in enumerate(hostdev.ips):
         _check_ip(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
+        _check_inferable_prefix(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
         _check_point_to_point(sink, (*key, "ips", j), f"{where}/ip[{j + 1}]", ip)
     for j, route in enumerate(hostdev.routes):
         _check_route(sink, (*key, "routes", j), f"{where}/route[{j + 1}]", route)

@@ -127,16 +127,15 @@ def hostnames() -> st.SearchStrategy[str]:
 
 
 def _ip_address_values(ethernet: bool = False) -> st.SearchStrategy[IpAddress]:
-    """A NIC's ``<ip>``; ``ethernet``: either end of a point-to-point link, with a ``peer`` of
-    the address's family, and a prefix wherever libvirt could not infer one (class D, E)."""
+    """A NIC's ``<ip>``, with a prefix wherever libvirt could not infer one (class D, E);
+    ``ethernet``: either end of a point-to-point link, with a ``peer`` of the address's family."""
 
     def build(
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject
     ) -> IpAddress:
         inferable = addr.version == 6 or int(addr) >> 24 < 0xE0
         prefix = data.draw(
-            (st.none() if inferable or not ethernet else st.nothing())
-            | st.integers(0, addr.max_prefixlen)
+            (st.none() if inferable else st.nothing()) | st.integers(0, addr.max_prefixlen)
         )
         family = data.draw(st.none() | st.just("ipv4" if addr.version == 4 else "ipv6"))
         peer = data.draw(st.none() | st.ip_addresses(v=addr.version).map(str)) if ethernet else None

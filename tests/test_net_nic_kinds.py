@@ -90,13 +90,16 @@ async def test_bridge_interface_enslaves_to_existing_bridge(
     sup: Supervisor, tmp_path: Path, prefix: str, sandbox: str
 ) -> None:
     """type='bridge': the host veth end is a port of the existing bridge, the guest end holds
-    the <ip> and reaches the bridge's address; after destroy the port is gone, the bridge stays."""
+    the <ip>s (without a prefix, libvirt's natural one) and reaches the bridge's address;
+    after destroy the port is gone, the bridge stays."""
     bridge = f"{prefix}xbr"
     sh("ip", "-n", sandbox, "link", "add", bridge, "type", "bridge")
     sh("ip", "-n", sandbox, "addr", "add", "10.213.94.1/24", "dev", bridge)
     sh("ip", "-n", sandbox, "link", "set", bridge, "up")
     root = Path(prepare_busybox_root(str(tmp_path / "root")))
-    iface = Interface(type="bridge", source=bridge, ips=(IpAddress("10.213.94.10", 24),))
+    # the second address has no prefix: libvirt's natural one, class B's /16 (it was /24)
+    ips = (IpAddress("10.213.94.10", 24), IpAddress("172.20.94.10"))
+    iface = Interface(type="bridge", source=bridge, ips=ips)
     await sup.define_domain(guest("gbr", root, iface))
     await sup.start_domain("gbr")
 
@@ -104,10 +107,10 @@ async def test_bridge_interface_enslaves_to_existing_bridge(
     host_if = row["host_if"]
     assert (row["mode"], [a["address"] for a in row["addresses"]]) == (
         "veth-bridge",
-        ["10.213.94.10"],
+        ["10.213.94.10", "172.20.94.10"],
     )
     assert [host_if] == [link["ifname"] for link in ip(sandbox, "link", "show", "master", bridge)]
-    assert ["10.213.94.10/24"] == inet(f"{prefix}-gbr", "eth0")
+    assert ["10.213.94.10/24", "172.20.94.10/16"] == inet(f"{prefix}-gbr", "eth0")
     ping = in_ns(f"{prefix}-gbr", "ping", "-c1", "-W2", "10.213.94.1")
     assert 0 == ping.returncode, ping.stdout + ping.stderr
     back = in_ns(sandbox, "ping", "-c1", "-W2", "10.213.94.10")

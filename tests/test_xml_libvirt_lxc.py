@@ -400,6 +400,13 @@ REFUSED = {
         ),
         "devices/interface[1]/source/ip[1]/@prefix",
     ),
+    "bridge class D address without prefix": (
+        doc(
+            "",
+            "<interface type='bridge'><source bridge='br0'/><ip address='224.0.0.9'/></interface>",
+        ),
+        "devices/interface[1]/ip[1]/@prefix",
+    ),
     "direct without the opt-out": (
         doc("", "<interface type='direct'><source dev='enp1s0' mode='bridge'/></interface>"),
         "devices/interface[1]/filterref",

@@ -362,9 +362,7 @@ async def _plumb_one(
     elif bridge is not None:
         # a host bridge (type bridge, or a network of forward mode 'bridge'), or a network
         # without IPv4: the interface's own addresses
-        addresses += [
-            f"{ip.address}/{ip.prefix or (64 if ':' in ip.address else 24)}" for ip in iface.ips
-        ]
+        addresses += [f"{ip.address}/{nic_prefix(ip)}" for ip in iface.ips]
     # the guest end's addresses with their point-to-point peers (ethernet only)
     guest_ips: list[tuple[str, int, str | None]] = []
     if iface.type == "ethernet":
