@@ -636,3 +636,60 @@ async def test_an_address_taken_at_start_is_a_conflict_not_a_failure(
     await sup.start_domain("dyn")  # takes the subnet's first free address, .2
     with pytest.raises(ConflictError, match=r"domain fix: .*10\.213\.64\.2"):
         await sup.start_domain("fix")
+
+
+async def test_a_namespace_mount_point_left_by_a_crash_does_not_block_the_guest(
+    tmp_path: Path, prefix: str, sandbox: str
+) -> None:
+    """A supervisor killed between making a guest's ``/run/netns`` file and mounting the
+    namespace on it leaves a plain file. Its successor removes it, both when it cleans up the
+    interrupted start (the run record made before anything else) and when the guest starts
+    again; before, the file was not seen as a namespace, stayed, and the guest could not start
+    ("exists already")."""
+    root = Path(prepare_busybox_root(str(tmp_path / "root")))
+    script = "trap 'exit 0' TERM; while :; do sleep 1; done"
+
+    def supervisor() -> Supervisor:
+        return Supervisor(
+            state_dir=tmp_path / "state",
+            run_dir=tmp_path / "run",
+            prefix=prefix,
+            host_netns=str(nsutil.netns_path(sandbox)),
+            shutdown_timeout=3,
+        )
+
+    def stale(name: str) -> Path:
+        path = nsutil.netns_path(f"{prefix}-{name}")
+        path.touch()
+        assert not nsutil.netns_exists(f"{prefix}-{name}")
+        return path
+
+    first, second = supervisor(), supervisor()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            await first.define_network(lan(prefix, 61))
+            await first.define_domain(nic_guest("st1", root, script))
+            await first.define_domain(nic_guest("st2", root, script))
+            nursery.cancel_scope.cancel()
+        # st2's start was interrupted right after its mount point was made
+        record = {"name": "st2", "prefix": prefix, "cgroup": f"{prefix}-st2"}
+        (tmp_path / "run" / "domains" / "st2.json").write_text(json.dumps(record))
+        st1, st2 = stale("st1"), stale("st2")
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(second.run)
+                assert not st2.exists()
+                assert "SHUTOFF" == second.domain_status("st2").state
+                await second.start_network("lan")
+                await second.start_domain("st1")
+                assert nsutil.netns_exists(f"{prefix}-st1")
+                await second.destroy_domain("st1")
+                assert not st1.exists()
+                await second.shutdown_all(3)
+                if second.net is not None:
+                    await second.net.stop_all()
+                nursery.cancel_scope.cancel()
+        finally:
+            for path in (st1, st2):
+                nsutil.delete_netns(path.name)

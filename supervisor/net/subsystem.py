@@ -251,8 +251,9 @@ class NetworkSubsystem:
         if not domain.has_nics:
             return
         name = self._netns_name(domain.name)
-        if nsutil.netns_exists(name):  # left by a crash: nothing of it can be in use now
-            nsutil.delete_netns(name)
+        # left by a crash, nothing of it can be in use now: a namespace, or only its mount
+        # point (a supervisor killed between making the file and mounting on it)
+        nsutil.delete_netns(name)
         path, guest = await self.service.create_guest_netns(name, source=ctx.netns_source)
         ctx.records.net = NetRecord(name)
         try:
@@ -341,11 +342,9 @@ class NetworkSubsystem:
     async def _release(self, ctx: GuestContext) -> None:
         record = ctx.records.net
         if record is None:
-            # a start interrupted inside this hook may have made the guest's namespace before
-            # recording it; its name is derived, so it goes all the same
-            name = self._netns_name(ctx.domain.name)
-            if nsutil.netns_exists(name):
-                nsutil.delete_netns(name)
+            # a start interrupted inside this hook may have made the guest's namespace (or
+            # only its mount point) before recording it; its name is derived, so it goes
+            nsutil.delete_netns(self._netns_name(ctx.domain.name))
             return
         self._plumbed.pop(ctx.domain.name, None)
         try:
