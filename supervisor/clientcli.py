@@ -1030,6 +1030,39 @@ def _console(args: argparse.Namespace, c: Client) -> int:
     return console_client.run_console(c.socket_path, args.domain, force=args.force)
 
 
+def _looks_like_uuid(ref: str) -> bool:
+    """32 hex digits, with or without libvirt's dashes (as ``virsh`` accepts a UUID)."""
+    digits = ref.replace("-", "")
+    return len(digits) == 32 and all(ch in "0123456789abcdefABCDEF" for ch in digits)
+
+
+def resolve_domain(args: argparse.Namespace, c: Client) -> None:
+    """Let ``DOMAIN`` be an id or a UUID, as ``virsh`` does: a name first (a domain may be
+    named "101"), then the domain with that id (a VServer context id, or the id an lxc domain
+    was given), then the one with that UUID. Only a reference shaped like an id or a UUID costs
+    the extra listing; anything else, and a reference nothing matches, is left as it is (the
+    verb then says the domain is not defined)."""
+    ref = getattr(args, "domain", None)
+    if not isinstance(ref, str):
+        return
+    number = int(ref) if ref.isascii() and ref.isdigit() else None
+    uuid = ref.replace("-", "").lower() if _looks_like_uuid(ref) else None
+    if number is None and uuid is None:
+        return
+    rows = c.get_json("/v1/domains")["domains"]
+    by_name = [row["name"] for row in rows if row["name"] == ref]
+    by_id = [row["name"] for row in rows if number is not None and row.get("id") == number]
+    by_uuid = [
+        row["name"]
+        for row in rows
+        if uuid is not None and str(row.get("uuid", "")).replace("-", "").lower() == uuid
+    ]
+    for found in (by_name, by_id, by_uuid):
+        if found:
+            args.domain = found[0]
+            return
+
+
 def _runner(verb: str, fn: Verb) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return run_verb(verb, fn, args)
@@ -1052,11 +1085,13 @@ def run_verb(
     try:
         try:
             with Client(path) as client:
+                resolve_domain(args, client)
                 return fn(args, client)
         except SocketNotPermitted:
             if explicit or verb not in _READ_VERBS:
                 raise
             with Client(DEFAULT_RO_SOCKET) as client:
+                resolve_domain(args, client)
                 return fn(args, client)
     except _Reported as reported:
         return reported.status

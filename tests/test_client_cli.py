@@ -181,3 +181,27 @@ def test_client_path_imports_no_trio_or_httpx() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert "[]" == out.strip()
+
+
+def test_a_domain_by_name_id_or_uuid(server: ServerThread, tmp_path: Path) -> None:
+    """DOMAIN may be an id or a UUID (with or without dashes), as with virsh; a name comes
+    first, so a domain named like another's id is still reached by its name."""
+    doc = """<domain type='vserver' id='{id}'><name>{name}</name><uuid>{uuid}</uuid>
+<os><type>exe</type><init>/bin/sh</init></os></domain>"""
+    uuids = ("6f1c2a10-9a1b-4c3d-8e4f-0a1b2c3d4e5f", "6f1c2a10-9a1b-4c3d-8e4f-0a1b2c3d4e60")
+    for i, (name, context) in enumerate((("ctx-a", 301), ("302", 303))):
+        (tmp_path / f"v{i}.xml").write_text(doc.format(id=context, name=name, uuid=uuids[i]))
+        ok_json(server, "define", str(tmp_path / f"v{i}.xml"))
+        ok_json(server, "start", name)  # the fake gives an id only while running, as libvirt
+    try:
+        assert "ctx-a" == ok_json(server, "dominfo", "301")["name"]
+        assert "ctx-a" == ok_json(server, "dominfo", uuids[0].upper())["name"]
+        assert "ctx-a" == ok_json(server, "dominfo", uuids[0].replace("-", ""))["name"]
+        assert "302" == ok_json(server, "dominfo", "302")["name"]  # the name, not an id
+        assert "302" == ok_json(server, "dominfo", "303")["name"]
+        code, _out, err = vsv("--socket", server.rw, "dominfo", "999")
+        assert (1, "vsv: error: no domain named '999'\n") == (code, err)
+    finally:
+        for name in ("ctx-a", "302"):
+            vsv("--socket", server.rw, "destroy", name)
+            vsv("--socket", server.rw, "undefine", name)
