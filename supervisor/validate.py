@@ -504,13 +504,16 @@ def _check_interface(sink: _Sink, domain: Domain, i: int, iface: Interface) -> N
 
 
 def _check_inferable_prefix(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:
-    """A NIC's address without a prefix gets libvirt's natural one, which a class D or E
-    address does not have (libvirt refuses to start such a guest)."""
+    """A NIC's address without a prefix (or with ``prefix='0'``, which libvirt reads the same
+    way) gets libvirt's natural one, which a class D or E address does not have (libvirt
+    refuses to start such a guest; applying it as /0 would change its meaning)."""
     addr = _maybe_ip(ip.address)
-    if ip.prefix is None and addr is not None and addr.version == 4 and int(addr) >> 24 >= 0xE0:
-        sink.add((*key, "prefix"), f"{where}/@prefix", "",
-                 f"is missing and no prefix can be inferred for {addr} (class D or E)",
-                 "a prefix attribute")  # fmt: skip
+    if not ip.prefix and addr is not None and addr.version == 4 and int(addr) >> 24 >= 0xE0:
+        given = "" if ip.prefix is None else str(ip.prefix)
+        sink.add((*key, "prefix"), f"{where}/@prefix", given,
+                 f"{'is missing' if ip.prefix is None else 'reads as none (as libvirt reads 0)'}"
+                 f" and no prefix can be inferred for {addr} (class D or E)",
+                 "a prefix of 1 or more")  # fmt: skip
 
 
 def _check_point_to_point(sink: _Sink, key: Key, where: str, ip: IpAddress) -> None:

@@ -135,7 +135,8 @@ def _ip_address_values(ethernet: bool = False) -> st.SearchStrategy[IpAddress]:
     ) -> IpAddress:
         inferable = addr.version == 6 or int(addr) >> 24 < 0xE0
         prefix = data.draw(
-            (st.none() if inferable else st.nothing()) | st.integers(0, addr.max_prefixlen)
+            (st.none() | st.just(0) if inferable else st.nothing())
+            | st.integers(1, addr.max_prefixlen)
         )
         family = data.draw(st.none() | st.just("ipv4" if addr.version == 4 else "ipv6"))
         peer = data.draw(st.none() | st.ip_addresses(v=addr.version).map(str)) if ethernet else None

@@ -407,6 +407,14 @@ REFUSED = {
         ),
         "devices/interface[1]/ip[1]/@prefix",
     ),
+    "bridge class D address with prefix 0 (read as none)": (
+        doc(
+            "",
+            "<interface type='bridge'><source bridge='br0'/>"
+            "<ip address='224.0.0.9' prefix='0'/></interface>",
+        ),
+        "devices/interface[1]/ip[1]/@prefix",
+    ),
     "direct without the opt-out": (
         doc("", "<interface type='direct'><source dev='enp1s0' mode='bridge'/></interface>"),
         "devices/interface[1]/filterref",
