@@ -47,7 +47,7 @@ from supervisor.errors import (
     RuntimeFailure,
     VsvError,
 )
-from supervisor.facade import DomainStatus, Lease, NetworkStatus
+from supervisor.facade import DomainStatus, Lease, NetworkStatus, memory_view
 from supervisor.fleet.subjects import FleetSettings
 from supervisor.guest.linux import LinuxRuntime
 from supervisor.guest.ptykeeper import SOCKET_NAME as KEEPER_SOCKET
@@ -1206,17 +1206,3 @@ async def _bring_up(sup: Supervisor, domains: list[Domain], networks: list[Netwo
                     await sup.start_network(network.name)
                 except VsvError as exc:
                     print(f"start network {network.name}: {exc}", file=sys.stderr)
-
-
-def memory_view(domain: Domain, live: bool) -> dict[str, object]:
-    """A definition's memory figures as ``vsv memtune``/``setmem`` show them (KiB; None:
-    no limit), and whether they are the running guest's (live) or the stored ones."""
-    tune = domain.memtune or MemTune()
-    return {
-        "state": "live" if live else "config",
-        "memory_kib": domain.memory_kib,
-        "current_memory_kib": domain.current_memory_kib,
-        "hard_limit_kib": tune.hard_limit_kib,
-        "soft_limit_kib": tune.soft_limit_kib,
-        "swap_hard_limit_kib": tune.swap_hard_limit_kib,
-    }

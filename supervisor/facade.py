@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from supervisor.model import Domain, Network
+from supervisor.model import Domain, MemTune, Network
 
 if TYPE_CHECKING:
     from supervisor.bus import Bus
@@ -154,3 +154,17 @@ class SupervisorFacade(Protocol):
 
     # the supervisor itself
     def statistics(self) -> Mapping[str, object]: ...
+
+
+def memory_view(domain: Domain, live: bool) -> dict[str, object]:
+    """A definition's memory figures as ``vsv memtune``/``setmem`` show them (KiB; None:
+    no limit), and whether they are the running guest's (live) or the stored ones."""
+    tune = domain.memtune or MemTune()
+    return {
+        "state": "live" if live else "config",
+        "memory_kib": domain.memory_kib,
+        "current_memory_kib": domain.current_memory_kib,
+        "hard_limit_kib": tune.hard_limit_kib,
+        "soft_limit_kib": tune.soft_limit_kib,
+        "swap_hard_limit_kib": tune.swap_hard_limit_kib,
+    }

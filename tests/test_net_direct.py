@@ -10,10 +10,7 @@ with it ``vsv validate`` reports a widening.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,22 +23,10 @@ from supervisor.validate import check_domain
 from supervisor.xml import parse_domain
 from tests import test_net_daemon
 from tests.test_net_daemon import in_ns
+from tests.test_net_nic_kinds import LOOP, ip, sh
 
 sandbox = test_net_daemon.sandbox
 sup = test_net_daemon.sup
-
-LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
-
-
-def ip(ns: str, *args: str) -> Any:
-    done = subprocess.run(
-        ["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True, timeout=10
-    )
-    return json.loads(done.stdout or "[]")
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
 
 
 def uplink(prefix: str, sandbox: str) -> str:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +29,13 @@ from supervisor.xml import format_domain, parse_domain
 from tests import test_fault_drills, test_net_daemon
 from tests.test_fault_drills import domain_states, start_daemon, wait_for
 from tests.test_net_daemon import in_ns
+from tests.test_net_nic_kinds import LOOP, ip, sh
 
 sandbox = test_net_daemon.sandbox
 sup = test_net_daemon.sup
 world = test_fault_drills.world
 
-LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
 NIC_MAC = "52:54:00:4d:00:01"
-
-
-def ip(ns: str, *args: str) -> Any:
-    done = subprocess.run(
-        ["ip", "-n", ns, "-j", *args], capture_output=True, text=True, check=True, timeout=10
-    )
-    return json.loads(done.stdout or "[]")
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
 
 
 def physical_nic(prefix: str, ns: str) -> str:

@@ -19,7 +19,7 @@ import attrs
 
 from supervisor.console import GuestConsole, NoConsole
 from supervisor.errors import ConflictError, InvalidDocument, InvalidOperation, NotFound
-from supervisor.facade import DomainStatus, Lease, NetworkStatus
+from supervisor.facade import DomainStatus, Lease, NetworkStatus, memory_view
 from supervisor.journal import Journal
 from supervisor.model import Domain, MemTune, Network
 from supervisor.stats import STATE_NUMBERS
@@ -165,15 +165,7 @@ class FakeSupervisor:
 
     def memory_params(self, name: str) -> dict[str, object]:
         slot = self._slot(name)
-        tune = slot.domain.memtune or MemTune()
-        return {
-            "state": "live" if slot.state in ("RUNNING", "PAUSED") else "config",
-            "memory_kib": slot.domain.memory_kib,
-            "current_memory_kib": slot.domain.current_memory_kib,
-            "hard_limit_kib": tune.hard_limit_kib,
-            "soft_limit_kib": tune.soft_limit_kib,
-            "swap_hard_limit_kib": tune.swap_hard_limit_kib,
-        }
+        return memory_view(slot.domain, slot.state in ("RUNNING", "PAUSED"))
 
     async def set_memory(
         self,
