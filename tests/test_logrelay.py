@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -96,109 +97,87 @@ def test_log_n_right_after_a_cut_back_shows_the_last_lines(
     assert expected == capfdbinary.readouterr().out.splitlines()
 
 
+@pytest.fixture
+def capped(prefix: str) -> Iterator[Any]:
+    """A real daemon (test_cli_daemon's Env) with ``--log-max-mib 1``; closed afterwards."""
+    from tests.fake_supervisor import short_tmpdir
+    from tests.test_cli_daemon import Env
+
+    class _Capped(Env):
+        def args(self) -> list[str]:
+            return [*super().args(), "--log-max-mib", "1"]
+
+    e = _Capped(short_tmpdir(), prefix)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def flood(e: Any, name: str, console: bool) -> None:
+    """Start guest ``name`` running `yes` (on a console if asked), then sample its log as fast
+    as the test can until three cut-backs were seen (at least 3 s): the log never exceeds
+    2 MiB, nor the log and NAME.log.1 together."""
+    import time
+
+    from tests.test_cli_daemon import vsv
+
+    (e.base / f"{name}.xml").write_text(
+        f"""<domain type='lxc'><name>{name}</name>
+        <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
+        <initarg>yes '{SAID}'</initarg>
+        </os><devices><filesystem type='mount'><source dir='{e.root}'/>
+        <target dir='/'/></filesystem>{"<console type='pty'/>" if console else ""}</devices>
+        </domain>"""
+    )
+    vsv(e, "define", str(e.base / f"{name}.xml"))
+    vsv(e, "start", name)
+    log = e.base / "run" / "logs" / f"{name}.log"
+    rotated = log.with_name(f"{name}.log.1")
+    last, cuts_seen = 0, 0
+    until = time.monotonic() + 3
+    while time.monotonic() < until or cuts_seen < 3:
+        assert time.monotonic() < until + 60, "no cut-back seen"
+        try:
+            size = log.stat().st_size
+            old = rotated.stat().st_size if rotated.exists() else 0
+        except FileNotFoundError:
+            continue
+        if size < last:
+            cuts_seen += 1
+        last = size
+        assert size <= 2 << 20, size
+        assert size + old <= 2 << 20, (size, old)
+
+
+SAID = "a line of output from a guest that never stops talking"
+
+
 @pytest.mark.root
-def test_a_flooding_guest_stays_within_twice_the_cap(prefix: str) -> None:
+def test_a_flooding_guest_stays_within_twice_the_cap(capped: Any) -> None:
     """A real daemon with --log-max-mib 1 and a guest running `yes`: sampled as fast as the
     test can, the log never exceeds 2 MiB, nor the log and NAME.log.1 together; `vsv log -n 3`
     then prints the last three lines (also right after a cut-back, from NAME.log.1)."""
     import json
-    import time
 
-    from tests.fake_supervisor import short_tmpdir
-    from tests.test_cli_daemon import Env, vsv
+    from tests.test_cli_daemon import vsv
 
-    class _Capped(Env):
-        def args(self) -> list[str]:
-            return [*super().args(), "--log-max-mib", "1"]
-
-    base = short_tmpdir()
-    e = _Capped(base, prefix)
-    try:
-        (base / "y.xml").write_text(
-            f"""<domain type='lxc'><name>y1</name>
-            <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
-            <initarg>yes 'a line of output from a guest that never stops talking'</initarg>
-            </os><devices><filesystem type='mount'><source dir='{e.root}'/>
-            <target dir='/'/></filesystem></devices></domain>"""
-        )
-        vsv(e, "define", str(base / "y.xml"))
-        vsv(e, "start", "y1")
-        log = base / "run" / "logs" / "y1.log"
-        rotated = log.with_name("y1.log.1")
-        worst, worst_total, cuts_seen = 0, 0, 0
-        until = time.monotonic() + 3
-        while time.monotonic() < until or cuts_seen < 3:
-            assert time.monotonic() < until + 60, "no cut-back seen"
-            try:
-                size = log.stat().st_size
-                old = rotated.stat().st_size if rotated.exists() else 0
-            except FileNotFoundError:
-                continue
-            if size < worst:
-                cuts_seen += 1
-            worst = max(worst, size) if size >= worst else size
-            worst_total = max(worst_total, size + old)
-            assert size <= 2 << 20, size
-            assert size + old <= 2 << 20, (size, old)
-        code, out, _ = vsv(e, "log", "y1", "-n", "3")
-        said = "a line of output from a guest that never stops talking"
-        lines = out.splitlines()
-        # the guest is writing meanwhile: the last line may be one it has not finished
-        assert (0, 3, [said, said], True) == (
-            code,
-            len(lines),
-            lines[:2],
-            said.startswith(lines[2]),
-        )
-        assert json.loads(vsv(e, "domstate", "y1", "--json")[1])["state"] == "RUNNING"
-        vsv(e, "destroy", "y1")
-        assert not (base / "run" / "logs" / "y1.pipe").exists()
-    finally:
-        e.close()
+    flood(capped, "y1", console=False)
+    code, out, _ = vsv(capped, "log", "y1", "-n", "3")
+    lines = out.splitlines()
+    # the guest is writing meanwhile: the last line may be one it has not finished
+    assert (0, 3, [SAID, SAID], True) == (code, len(lines), lines[:2], SAID.startswith(lines[2]))
+    assert json.loads(vsv(capped, "domstate", "y1", "--json")[1])["state"] == "RUNNING"
+    vsv(capped, "destroy", "y1")
+    assert not (capped.base / "run" / "logs" / "y1.pipe").exists()
 
 
 @pytest.mark.root
-def test_a_flooding_guest_on_a_console_stays_within_twice_the_cap(prefix: str) -> None:
+def test_a_flooding_guest_on_a_console_stays_within_twice_the_cap(capped: Any) -> None:
     """The same flood from a guest whose output goes to its console (a pty the supervisor
     relays, not the log relay's FIFO): the console relay holds the cap itself, so the log never
     exceeds 2 MiB under --log-max-mib 1, nor the log and NAME.log.1 together."""
-    import time
+    from tests.test_cli_daemon import vsv
 
-    from tests.fake_supervisor import short_tmpdir
-    from tests.test_cli_daemon import Env, vsv
-
-    class _Capped(Env):
-        def args(self) -> list[str]:
-            return [*super().args(), "--log-max-mib", "1"]
-
-    base = short_tmpdir()
-    e = _Capped(base, prefix)
-    try:
-        (base / "c.xml").write_text(
-            f"""<domain type='lxc'><name>c1</name>
-            <os><type>exe</type><init>/bin/sh</init><initarg>-c</initarg>
-            <initarg>yes 'a line of output from a guest on its console'</initarg>
-            </os><devices><filesystem type='mount'><source dir='{e.root}'/>
-            <target dir='/'/></filesystem><console type='pty'/></devices></domain>"""
-        )
-        vsv(e, "define", str(base / "c.xml"))
-        vsv(e, "start", "c1")
-        log = base / "run" / "logs" / "c1.log"
-        rotated = log.with_name("c1.log.1")
-        last, cuts_seen = 0, 0
-        until = time.monotonic() + 3
-        while time.monotonic() < until or cuts_seen < 3:
-            assert time.monotonic() < until + 60, "no cut-back seen"
-            try:
-                size = log.stat().st_size
-                old = rotated.stat().st_size if rotated.exists() else 0
-            except FileNotFoundError:
-                continue
-            if size < last:
-                cuts_seen += 1
-            last = size
-            assert size <= 2 << 20, size
-            assert size + old <= 2 << 20, (size, old)
-        vsv(e, "destroy", "c1")
-    finally:
-        e.close()
+    flood(capped, "c1", console=True)
+    vsv(capped, "destroy", "c1")
