@@ -362,7 +362,7 @@ class ApiApp:
         refusal: str | None = None,
     ) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send, peer=peer, refusal=refusal)
@@ -1142,7 +1142,8 @@ async def _send_reply(send: Send, reply: Reply, *, seq: int) -> None:
     await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan: acknowledge startup and shutdown (nothing to set up or tear down)."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

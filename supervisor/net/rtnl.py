@@ -286,18 +286,11 @@ class Rtnl:
 
     def link(self, name: str) -> tuple[int, int] | None:
         """(index, MTU) of a link by name, or None when there is none."""
-        try:
-            body = self.request(
-                RTM_GETLINK, 0, ifinfo() + attr_str(IFLA_IFNAME, name), f"look up {name}"
-            )
-        except RtnlError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise
-        if body is None:
+        found = self.link_attrs(name)
+        if found is None:
             return None
-        (_family, _type, index, _flags, _change) = _IFINFOMSG.unpack_from(body)
-        mtu = parse_attrs(body[_IFINFOMSG.size :]).get(IFLA_MTU)
+        index, attrs_ = found
+        mtu = attrs_.get(IFLA_MTU)
         return index, struct.unpack("=I", mtu)[0] if mtu else 0
 
     def link_attrs(self, name: str) -> tuple[int, dict[int, bytes]] | None:
