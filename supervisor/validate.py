@@ -1066,14 +1066,6 @@ def domain_problems(domain: Domain) -> list[Problem]:
         fstype: str = fs.type  # a model built by hand can hold anything
         if fstype == "mount":
             _check_abs_path(sink, (*key, "source"), f"{where}/source/@dir", fs.source, root_ok=True)
-            if fs.usage_kib is not None:
-                add(
-                    (*key, "usage_kib"),
-                    f"{where}/source/@usage",
-                    fs.usage_kib,
-                    "is only for type='ram'",
-                    "none",
-                )
         elif fstype == "ram":
             if fs.usage_kib is None or fs.usage_kib < 1:
                 add(
@@ -1096,14 +1088,6 @@ def domain_problems(domain: Domain) -> list[Problem]:
             _check_abs_path(
                 sink, (*key, "source"), f"{where}/source/@{attr}", fs.source, root_ok=False
             )
-            if fs.usage_kib is not None:
-                add(
-                    (*key, "usage_kib"),
-                    f"{where}/source/@usage",
-                    fs.usage_kib,
-                    "is only for type='ram'",
-                    "none",
-                )
             if domain.idmap:
                 # the kernel mounts a filesystem on a device only for the host's root, which
                 # the guest's user namespace is not (the mount is made inside it)
@@ -1123,6 +1107,9 @@ def domain_problems(domain: Domain) -> list[Problem]:
                 "is not supported",
                 "mount, ram, file, block",
             )
+        if fstype in ("mount", "file", "block") and fs.usage_kib is not None:
+            add((*key, "usage_kib"), f"{where}/source/@usage", fs.usage_kib,
+                "is only for type='ram'", "none")  # fmt: skip
         driver_type: str | None = fs.driver_type
         driver_format: str | None = fs.driver_format
         if fstype != "file" and (driver_type is not None or driver_format is not None):
