@@ -93,19 +93,13 @@ class Env:
 
 @pytest.fixture
 def env(prefix: str) -> Iterator[Env]:
-    base = short_tmpdir()
-    e = Env(base, prefix)
+    """A real daemon in a sandbox of its own, closed afterwards (:meth:`Env.close`); other
+    modules bind it by name (``env = test_cli_daemon.env``)."""
+    e = Env(short_tmpdir(), prefix)
     try:
         yield e
     finally:
-        if e.proc.poll() is None:
-            e.proc.kill()
-            e.proc.wait(10)
-        if not e.out.closed:
-            e.out.close()
-        if nsutil.netns_exists(e.netns):
-            nsutil.delete_netns(e.netns)
-        shutil.rmtree(base, ignore_errors=True)
+        e.close()
 
 
 def vsv(e: Env, *args: str, check: bool = True) -> tuple[int, str, str]:

@@ -6,26 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from supervisor.guest.cgroups import CgroupLayout, detect_layout
-from tests.fake_supervisor import short_tmpdir
+from tests import test_cli_daemon
 from tests.test_cli_daemon import Env, js, vsv
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def env(prefix: str) -> Iterator[Env]:
-    base = short_tmpdir()
-    e = Env(base, prefix)
-    try:
-        yield e
-    finally:
-        e.close()
+env = test_cli_daemon.env  # the real daemon fixture, bound here for pytest
 
 
 def _dir(layout: CgroupLayout, controller: str, name: str) -> tuple[str, int] | None:

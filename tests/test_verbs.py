@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor.clientcli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, size_kib
+from tests import test_cli_daemon
 from tests.fake_supervisor import ServerThread, short_tmpdir
 from tests.test_cli_daemon import Env, js
 from tests.test_cli_daemon import vsv as real_vsv
@@ -249,15 +250,7 @@ def test_zsh_completion_script_parses(server: ServerThread) -> None:
 # --- against a real daemon ------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(prefix: str) -> Iterator[Env]:
-
-    base = short_tmpdir()
-    e = Env(base, prefix)
-    try:
-        yield e
-    finally:
-        e.close()
+env = test_cli_daemon.env  # the real daemon fixture, bound here for pytest
 
 
 def _guest(e: Env, name: str) -> str:
