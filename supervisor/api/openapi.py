@@ -276,6 +276,11 @@ _XML_BODY = {
 }
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON request body of ``schema``."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _op(
     summary: str,
     ok: dict[str, Any],
@@ -439,12 +444,7 @@ def openapi_document() -> dict[str, Any]:
                 "set a domain's autostart flag",
                 _json(_obj(seq=_SEQ, autostart={"type": "boolean"})),
                 params=name,
-                body={
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": _obj(autostart={"type": "boolean"})}
-                    },
-                },
+                body=_json_body(_obj(autostart={"type": "boolean"})),
                 op_id="setAutostart",
             )
         },
@@ -459,26 +459,21 @@ def openapi_document() -> dict[str, Any]:
                 "change scheduler parameters live and/or in the config",
                 _json(_obj(seq=_SEQ, params={"type": "object"})),
                 params=name,
-                body={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
+                body=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["params"],
+                        "properties": {
+                            "params": {
                                 "type": "object",
-                                "required": ["params"],
-                                "properties": {
-                                    "params": {
-                                        "type": "object",
-                                        "minProperties": 1,
-                                        "additionalProperties": {"type": ["string", "integer"]},
-                                    },
-                                    "live": {"type": "boolean"},
-                                    "config": {"type": "boolean"},
-                                },
-                            }
-                        }
-                    },
-                },
+                                "minProperties": 1,
+                                "additionalProperties": {"type": ["string", "integer"]},
+                            },
+                            "live": {"type": "boolean"},
+                            "config": {"type": "boolean"},
+                        },
+                    }
+                ),
                 op_id="setSchedinfo",
             ),
         },
@@ -516,33 +511,28 @@ def openapi_document() -> dict[str, Any]:
                 "memtune limits, live and/or in the config; a live change publishes TUNABLE",
                 _json(_obj(seq=_SEQ, memory=_ref("Memory"))),
                 params=name,
-                body={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
+                body=_json_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "current_kib": {"type": "integer", "minimum": 1},
+                            "memtune": {
                                 "type": "object",
                                 "properties": {
-                                    "current_kib": {"type": "integer", "minimum": 1},
-                                    "memtune": {
-                                        "type": "object",
-                                        "properties": {
-                                            k: {"type": "integer", "minimum": 1}
-                                            for k in (
-                                                "hard_limit_kib",
-                                                "soft_limit_kib",
-                                                "swap_hard_limit_kib",
-                                            )
-                                        },
-                                        "additionalProperties": False,
-                                    },
-                                    "live": {"type": "boolean"},
-                                    "config": {"type": "boolean"},
+                                    k: {"type": "integer", "minimum": 1}
+                                    for k in (
+                                        "hard_limit_kib",
+                                        "soft_limit_kib",
+                                        "swap_hard_limit_kib",
+                                    )
                                 },
-                            }
-                        }
-                    },
-                },
+                                "additionalProperties": False,
+                            },
+                            "live": {"type": "boolean"},
+                            "config": {"type": "boolean"},
+                        },
+                    }
+                ),
                 op_id="setMemory",
             ),
         },
@@ -577,12 +567,7 @@ def openapi_document() -> dict[str, Any]:
                 "set a network's autostart flag",
                 _json(_obj(seq=_SEQ, autostart={"type": "boolean"})),
                 params=name,
-                body={
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": _obj(autostart={"type": "boolean"})}
-                    },
-                },
+                body=_json_body(_obj(autostart={"type": "boolean"})),
                 op_id="setNetworkAutostart",
             )
         },
