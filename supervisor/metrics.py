@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import trio
 
-from supervisor.api.app import Receive, Scope, Send, lifespan
+from supervisor.asgi import Receive, Scope, Send, lifespan
 from supervisor.errors import RuntimeFailure
 
 log = logging.getLogger("vsv.metrics")

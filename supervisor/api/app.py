@@ -28,13 +28,14 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from supervisor import __version__
+from supervisor.asgi import Receive, Scope, Send, lifespan
 from supervisor.errors import (
     ConflictError,
     InvalidDocument,
@@ -52,10 +53,6 @@ if TYPE_CHECKING:
     from supervisor.console import ConsoleSession
     from supervisor.metrics import RequestCounts
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("supervisor.api")
 
@@ -1140,14 +1137,3 @@ async def _send_reply(send: Send, reply: Reply, *, seq: int) -> None:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body, "more_body": False})
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """ASGI lifespan: acknowledge startup and shutdown (nothing to set up or tear down)."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
